@@ -1,0 +1,2 @@
+//! Sluice's control plane: sources, compile, publish.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! Sluice's dataplane: packets in, packets out.
+#![forbid(unsafe_code)]
