@@ -14,3 +14,4 @@
 pub mod conntrack;
 pub mod hash;
 pub mod maglev;
+pub mod wire;

@@ -1,0 +1,120 @@
+//! Internet checksums (RFC 1071) and incremental updates (RFC 1624).
+
+/// One's-complement sum of `data` (big-endian 16-bit words, odd byte padded) added to `acc`,
+/// not folded.
+#[inline]
+pub fn sum(mut acc: u32, data: &[u8]) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        acc += u32::from(*last) << 8;
+    }
+    acc
+}
+
+/// Folds a 32-bit accumulator into 16 bits (one's complement addition).
+#[inline(always)]
+pub fn fold(mut acc: u32) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// The checksum of `data`: the complement of its folded sum.
+#[inline]
+pub fn checksum(data: &[u8]) -> u16 {
+    !fold(sum(0, data))
+}
+
+/// Pseudo-header sum for IPv4 TCP/UDP/... (source, destination, protocol, upper-layer length).
+#[inline]
+pub fn pseudo_v4(src: [u8; 4], dst: [u8; 4], proto: u8, len: u16) -> u32 {
+    let mut acc = sum(0, &src);
+    acc = sum(acc, &dst);
+    acc + u32::from(proto) + u32::from(len)
+}
+
+/// Pseudo-header sum for IPv6 (RFC 8200 §8.1).
+#[inline]
+pub fn pseudo_v6(src: [u8; 16], dst: [u8; 16], proto: u8, len: u32) -> u32 {
+    let mut acc = sum(0, &src);
+    acc = sum(acc, &dst);
+    acc + (len >> 16) + (len & 0xffff) + u32::from(proto)
+}
+
+/// RFC 1624 eqn. 3: the new checksum after one 16-bit word changed from `old` to `new`.
+#[inline(always)]
+pub fn update16(csum: u16, old: u16, new: u16) -> u16 {
+    // HC' = ~(~HC + ~m + m')
+    let acc = u32::from(!csum) + u32::from(!old) + u32::from(new);
+    !fold(acc)
+}
+
+/// Incremental update for a changed 32-bit value (e.g. an IPv4 address).
+#[inline(always)]
+pub fn update32(csum: u16, old: u32, new: u32) -> u16 {
+    let acc = u32::from(!csum)
+        + u32::from(!(old >> 16) as u16)
+        + u32::from(!(old as u16))
+        + (new >> 16)
+        + (new & 0xffff);
+    !fold(acc)
+}
+
+/// Incremental update for a changed byte string of even length (e.g. an IPv6 address).
+#[inline]
+pub fn update_bytes(csum: u16, old: &[u8], new: &[u8]) -> u16 {
+    debug_assert_eq!(old.len(), new.len());
+    let mut acc = u32::from(!csum);
+    for (o, n) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
+        acc += u32::from(!u16::from_be_bytes([o[0], o[1]]));
+        acc += u32::from(u16::from_be_bytes([n[0], n[1]]));
+    }
+    !fold(acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc1071_example() {
+        // RFC 1071 §3 example: words 0001 f203 f4f5 f6f7 sum to ddf2 (folded).
+        let d = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(fold(sum(0, &d)), 0xddf2);
+        assert_eq!(checksum(&d), !0xddf2);
+    }
+
+    #[test]
+    fn incremental_matches_full() {
+        let mut d: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(37)).collect();
+        d[10] = 0;
+        d[11] = 0;
+        let c = checksum(&d);
+        d[10..12].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(checksum(&d), 0);
+        // change a 32-bit field
+        let old = u32::from_be_bytes(d[12..16].try_into().unwrap());
+        let new: u32 = 0xc0a8_0101;
+        d[12..16].copy_from_slice(&new.to_be_bytes());
+        let c2 = update32(c, old, new);
+        d[10..12].copy_from_slice(&c2.to_be_bytes());
+        assert_eq!(checksum(&d), 0);
+        // a 16-bit field
+        let old16 = u16::from_be_bytes([d[20], d[21]]);
+        d[20..22].copy_from_slice(&0xbeefu16.to_be_bytes());
+        let c3 = update16(c2, old16, 0xbeef);
+        d[10..12].copy_from_slice(&c3.to_be_bytes());
+        assert_eq!(checksum(&d), 0);
+        // bytes
+        let old_b = d[24..40].to_vec();
+        let new_b: Vec<u8> = (100..116).collect();
+        d[24..40].copy_from_slice(&new_b);
+        let c4 = update_bytes(c3, &old_b, &new_b);
+        d[10..12].copy_from_slice(&c4.to_be_bytes());
+        assert_eq!(checksum(&d), 0);
+    }
+}
