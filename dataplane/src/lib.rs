@@ -14,4 +14,6 @@
 pub mod conntrack;
 pub mod hash;
 pub mod maglev;
+pub mod snapshot;
+pub mod stats;
 pub mod wire;

@@ -1,0 +1,601 @@
+//! # Snapshots: the immutable configuration a worker reads
+//!
+//! ## Design
+//! The control plane compiles Services, EndpointSlices and Nodes into one [`Snapshot`]: the VIP
+//! table, per-frontend (VIP:port) Maglev tables built off the hot path, backend descriptors with
+//! resolved next-hop MACs, source ranges and affinity settings. It is validated once by
+//! [`Snapshot::new`] and never mutated: a change is a new snapshot with a higher generation,
+//! published to every worker as an `Arc<Snapshot>`.
+//!
+//! Frontend and backend *ids* are stable across snapshots (the control plane allocates them
+//! and reuses one only after it left every snapshot), so a conntrack entry that stores a backend
+//! id finds the same backend in the next snapshot, or notices lazily that it is gone.
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::hash;
+use crate::maglev::MaglevTable;
+
+/// How a frontend forwards to its backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// Full NAT: destination to the backend, source to a Sluice local address and port.
+    Nat,
+    /// Direct server return on the same L2 segment: only the destination MAC changes.
+    DsrL2,
+    /// Direct server return through IP-in-IP (IPv6-in-IPv6) encapsulation.
+    DsrIpip,
+}
+
+impl Method {
+    /// Name as used in config and annotations.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Nat => "nat",
+            Method::DsrL2 => "dsr-l2",
+            Method::DsrIpip => "dsr-ipip",
+        }
+    }
+    /// Parses a config/annotation value.
+    pub fn parse(s: &str) -> Option<Method> {
+        match s {
+            "nat" => Some(Method::Nat),
+            "dsr-l2" => Some(Method::DsrL2),
+            "dsr-ipip" => Some(Method::DsrIpip),
+            _ => None,
+        }
+    }
+}
+
+/// Health/administrative state of a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendState {
+    /// Receives new flows.
+    Active,
+    /// No new flows; established flows continue (operator drain, or removed from the
+    /// EndpointSlice while connections may still be open).
+    Draining,
+    /// Failing health checks: no new flows; established flows continue.
+    Down,
+}
+
+/// L4 protocol of a frontend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    /// IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => crate::wire::proto::TCP,
+            Protocol::Udp => crate::wire::proto::UDP,
+        }
+    }
+}
+
+/// A CIDR prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    /// The network address.
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// True when `a` (16 bytes; IPv4 in the first 4) of family `v6` is inside.
+    #[inline]
+    pub fn contains_raw(&self, a: &[u8; 16], v6: bool) -> bool {
+        let (net, bits): ([u8; 16], usize) = match self.addr {
+            IpAddr::V4(x) if !v6 => {
+                let mut n = [0u8; 16];
+                n[..4].copy_from_slice(&x.octets());
+                (n, usize::from(self.prefix.min(32)))
+            }
+            IpAddr::V6(x) if v6 => (x.octets(), usize::from(self.prefix.min(128))),
+            _ => return false,
+        };
+        let full = bits / 8;
+        if a[..full] != net[..full] {
+            return false;
+        }
+        let rem = bits % 8;
+        if rem == 0 {
+            return true;
+        }
+        let mask = 0xffu8 << (8 - rem);
+        a[full] & mask == net[full] & mask
+    }
+
+    /// Parses `a.b.c.d/n` or `x::y/n` (a bare address is a host route).
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a.trim().parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max)?,
+            None => max,
+        };
+        Some(Cidr { addr, prefix })
+    }
+}
+
+/// A backend as the dataplane sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Stable id (indexes [`Snapshot::backends`] and per-backend counters).
+    pub id: u32,
+    /// Address traffic is sent to (node InternalIP or pod IP).
+    pub addr: IpAddr,
+    /// Port (nodePort or targetPort); DSR methods keep the VIP port and ignore it.
+    pub port: u16,
+    /// MAC of the next hop toward `addr`; `None` until resolved (flows are not sent then).
+    pub mac: Option<[u8; 6]>,
+    /// Maglev weight.
+    pub weight: u32,
+    /// Health/administrative state.
+    pub state: BackendState,
+}
+
+/// One VIP:port:protocol of a Service.
+#[derive(Debug, Clone)]
+pub struct Frontend {
+    /// Stable id.
+    pub id: u32,
+    /// `namespace/name` of the Service, plus the port name, for operators.
+    pub service: Arc<str>,
+    /// The VIP.
+    pub vip: IpAddr,
+    /// The VIP port.
+    pub port: u16,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// Forwarding method.
+    pub method: Method,
+    /// ClientIP session affinity timeout in milliseconds (`None`: no affinity).
+    pub affinity_ms: Option<u32>,
+    /// Allowed source ranges (`loadBalancerSourceRanges`); empty allows everyone.
+    pub source_ranges: Vec<Cidr>,
+    /// Backend ids in Maglev index order (`maglev` entries index this list).
+    pub backends: Vec<u32>,
+    /// The Maglev table over `backends`, built by the control plane.
+    pub maglev: Arc<MaglevTable>,
+}
+
+/// Our own identity on the wire.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Local {
+    /// Our port's MAC.
+    pub mac: [u8; 6],
+    /// Our IPv4 addresses (answered by ARP and used as NAT/encapsulation sources).
+    pub ipv4: Vec<[u8; 4]>,
+    /// Our IPv6 addresses.
+    pub ipv6: Vec<[u8; 16]>,
+    /// Full-NAT local IPv4 addresses (a subset of, or in addition to, `ipv4`).
+    pub nat_ipv4: Vec<[u8; 4]>,
+    /// Full-NAT local IPv6 addresses.
+    pub nat_ipv6: Vec<[u8; 16]>,
+    /// First NAT local port (inclusive).
+    pub nat_port_min: u16,
+    /// Last NAT local port (inclusive).
+    pub nat_port_max: u16,
+    /// MTU of the port (bytes of IP packet).
+    pub mtu: u16,
+}
+
+/// Why a snapshot is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// Two frontends share an id.
+    #[error("frontend id {0} used twice")]
+    DuplicateFrontend(u32),
+    /// Two backends share an id.
+    #[error("backend id {0} used twice")]
+    DuplicateBackend(u32),
+    /// Two frontends claim the same VIP, protocol and port.
+    #[error("{0} and {1} both claim the same VIP, protocol and port")]
+    VipClash(Arc<str>, Arc<str>),
+    /// A frontend names a backend that is not in the snapshot.
+    #[error("frontend {0} refers to unknown backend id {1}")]
+    UnknownBackend(Arc<str>, u32),
+    /// The Maglev table does not match the backend list.
+    #[error("frontend {0}: Maglev table built for a different backend list")]
+    MaglevMismatch(Arc<str>),
+    /// A NAT port range is empty.
+    #[error("NAT port range {0}..={1} is empty")]
+    BadNatPorts(u16, u16),
+    /// Too many ids for the preallocated counters.
+    #[error("id {0} exceeds the configured maximum {1}; raise tables.max_backends")]
+    IdTooLarge(u32, usize),
+}
+
+/// Key of the VIP table: family, address, protocol (0 = address entry), port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct VipKey {
+    addr: [u8; 16],
+    v6: bool,
+    proto: u8,
+    port: u16,
+}
+
+const EMPTY: u32 = u32::MAX;
+
+/// An open-addressing table from (VIP, protocol, port) to frontend id, built once.
+#[derive(Debug, Clone)]
+struct VipTable {
+    keys: Box<[VipKey]>,
+    vals: Box<[u32]>,
+    mask: usize,
+}
+
+impl VipTable {
+    fn build(entries: &[(VipKey, u32)]) -> Self {
+        let cap = (entries.len() * 2).next_power_of_two().max(16);
+        let mut t = VipTable {
+            keys: vec![
+                VipKey {
+                    addr: [0; 16],
+                    v6: false,
+                    proto: 0,
+                    port: 0
+                };
+                cap
+            ]
+            .into_boxed_slice(),
+            vals: vec![EMPTY; cap].into_boxed_slice(),
+            mask: cap - 1,
+        };
+        for (k, v) in entries {
+            let mut i = Self::slot(k) & t.mask;
+            while t.vals[i] != EMPTY && t.keys[i] != *k {
+                i = (i + 1) & t.mask;
+            }
+            t.keys[i] = *k;
+            t.vals[i] = *v;
+        }
+        t
+    }
+
+    #[inline(always)]
+    fn slot(k: &VipKey) -> usize {
+        let a = u64::from_le_bytes(k.addr[..8].try_into().unwrap_or_default());
+        let b = u64::from_le_bytes(k.addr[8..].try_into().unwrap_or_default());
+        let c = (u64::from(k.proto) << 32) | (u64::from(k.port) << 8) | u64::from(k.v6);
+        hash::mix64(a ^ hash::mix64(b ^ hash::mix64(c))) as usize
+    }
+
+    #[inline(always)]
+    fn get(&self, k: &VipKey) -> Option<u32> {
+        let mut i = Self::slot(k) & self.mask;
+        loop {
+            let v = self.vals[i];
+            if v == EMPTY {
+                return None;
+            }
+            if self.keys[i] == *k {
+                return Some(v);
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+}
+
+/// What a destination address is to us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddrKind {
+    /// A VIP of at least one frontend.
+    Vip,
+    /// One of our own (or NAT local) addresses.
+    Own,
+}
+
+/// The immutable configuration a worker forwards by.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Monotonic generation number.
+    pub generation: u64,
+    /// Seed of the flow hash (identical on every Sluice host so they choose alike).
+    pub hash_seed: u64,
+    /// Frontends by id.
+    frontends: Vec<Option<Frontend>>,
+    /// Backends by id.
+    backends: Vec<Option<Backend>>,
+    /// Our identity.
+    pub local: Local,
+    vips: VipTable,
+}
+
+/// Address-entry marker in the VIP table.
+const ADDR_VIP: u8 = 0;
+const ADDR_OWN: u8 = 255;
+
+fn raw(a: IpAddr) -> ([u8; 16], bool) {
+    match a {
+        IpAddr::V4(x) => {
+            let mut r = [0u8; 16];
+            r[..4].copy_from_slice(&x.octets());
+            (r, false)
+        }
+        IpAddr::V6(x) => (x.octets(), true),
+    }
+}
+
+impl Snapshot {
+    /// Validates and indexes a snapshot. `max_ids` bounds frontend/backend ids (the workers'
+    /// per-backend counters are preallocated to it).
+    pub fn new(
+        generation: u64,
+        hash_seed: u64,
+        frontends: Vec<Frontend>,
+        backends: Vec<Backend>,
+        local: Local,
+        max_ids: usize,
+    ) -> Result<Snapshot, SnapshotError> {
+        if local.nat_port_min > local.nat_port_max {
+            return Err(SnapshotError::BadNatPorts(local.nat_port_min, local.nat_port_max));
+        }
+        let mut bt: Vec<Option<Backend>> = Vec::new();
+        for b in backends {
+            let i = b.id as usize;
+            if i >= max_ids {
+                return Err(SnapshotError::IdTooLarge(b.id, max_ids));
+            }
+            if bt.len() <= i {
+                bt.resize(i + 1, None);
+            }
+            if bt[i].is_some() {
+                return Err(SnapshotError::DuplicateBackend(b.id));
+            }
+            bt[i] = Some(b);
+        }
+        let mut entries: Vec<(VipKey, u32)> = Vec::new();
+        let mut ft: Vec<Option<Frontend>> = Vec::new();
+        for f in frontends {
+            let i = f.id as usize;
+            if i >= max_ids {
+                return Err(SnapshotError::IdTooLarge(f.id, max_ids));
+            }
+            for id in &f.backends {
+                if bt.get(*id as usize).and_then(Option::as_ref).is_none() {
+                    return Err(SnapshotError::UnknownBackend(f.service.clone(), *id));
+                }
+            }
+            let n = f.backends.len() as u32;
+            if f.maglev.entries().iter().any(|e| *e >= n) || (n > 0 && f.maglev.entries().is_empty()) {
+                return Err(SnapshotError::MaglevMismatch(f.service.clone()));
+            }
+            let (addr, v6) = raw(f.vip);
+            let key = VipKey {
+                addr,
+                v6,
+                proto: f.protocol.number(),
+                port: f.port,
+            };
+            if let Some((_, other)) = entries.iter().find(|(k, _)| *k == key) {
+                let o = ft[*other as usize].as_ref().map(|o| o.service.clone()).unwrap_or_default();
+                return Err(SnapshotError::VipClash(o, f.service.clone()));
+            }
+            entries.push((key, f.id));
+            let akey = VipKey {
+                addr,
+                v6,
+                proto: ADDR_VIP,
+                port: 0,
+            };
+            if !entries.iter().any(|(k, _)| *k == akey) {
+                entries.push((akey, f.id));
+            }
+            if ft.len() <= i {
+                ft.resize(i + 1, None);
+            }
+            if ft[i].is_some() {
+                return Err(SnapshotError::DuplicateFrontend(f.id));
+            }
+            ft[i] = Some(f);
+        }
+        let own4 = local.ipv4.iter().chain(&local.nat_ipv4).map(|a| {
+            let mut r = [0u8; 16];
+            r[..4].copy_from_slice(a);
+            (r, false)
+        });
+        let own6 = local.ipv6.iter().chain(&local.nat_ipv6).map(|a| (*a, true));
+        for (addr, v6) in own4.chain(own6) {
+            let k = VipKey {
+                addr,
+                v6,
+                proto: ADDR_OWN,
+                port: 0,
+            };
+            if !entries.iter().any(|(e, _)| *e == k) {
+                entries.push((k, 0));
+            }
+        }
+        Ok(Snapshot {
+            generation,
+            hash_seed,
+            frontends: ft,
+            backends: bt,
+            local,
+            vips: VipTable::build(&entries),
+        })
+    }
+
+    /// An empty snapshot (generation 0): drops everything but answers for `local`.
+    pub fn empty(local: Local) -> Snapshot {
+        Snapshot::new(0, 0, Vec::new(), Vec::new(), local, 0).unwrap_or_else(|_| Snapshot {
+            generation: 0,
+            hash_seed: 0,
+            frontends: Vec::new(),
+            backends: Vec::new(),
+            local: Local::default(),
+            vips: VipTable::build(&[]),
+        })
+    }
+
+    /// The frontend serving (dst, proto, port), if any.
+    #[inline(always)]
+    pub fn frontend_for(&self, dst: &[u8; 16], v6: bool, proto: u8, port: u16) -> Option<&Frontend> {
+        let id = self.vips.get(&VipKey {
+            addr: *dst,
+            v6,
+            proto,
+            port,
+        })?;
+        self.frontend(id)
+    }
+
+    /// What `dst` is to us: a VIP, our own address, or nothing.
+    #[inline(always)]
+    pub fn addr_kind(&self, dst: &[u8; 16], v6: bool) -> Option<AddrKind> {
+        let mut k = VipKey {
+            addr: *dst,
+            v6,
+            proto: ADDR_VIP,
+            port: 0,
+        };
+        if self.vips.get(&k).is_some() {
+            return Some(AddrKind::Vip);
+        }
+        k.proto = ADDR_OWN;
+        self.vips.get(&k).map(|_| AddrKind::Own)
+    }
+
+    /// Some frontend on VIP `dst` with protocol `proto` (any port) using a DSR method: used for
+    /// non-first fragments, which carry no port.
+    pub fn dsr_frontend_any_port(&self, dst: &[u8; 16], v6: bool, proto: u8) -> Option<&Frontend> {
+        self.frontends.iter().flatten().find(|f| {
+            let (a, fv6) = raw(f.vip);
+            a == *dst && fv6 == v6 && f.protocol.number() == proto && f.method != Method::Nat
+        })
+    }
+
+    /// The frontend with this id.
+    #[inline(always)]
+    pub fn frontend(&self, id: u32) -> Option<&Frontend> {
+        self.frontends.get(id as usize).and_then(Option::as_ref)
+    }
+
+    /// The backend with this id.
+    #[inline(always)]
+    pub fn backend(&self, id: u32) -> Option<&Backend> {
+        self.backends.get(id as usize).and_then(Option::as_ref)
+    }
+
+    /// Every frontend.
+    pub fn frontends(&self) -> impl Iterator<Item = &Frontend> {
+        self.frontends.iter().flatten()
+    }
+
+    /// Every backend.
+    pub fn backends(&self) -> impl Iterator<Item = &Backend> {
+        self.backends.iter().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::maglev::MaglevBackend;
+
+    fn fe(id: u32, vip: &str, port: u16, backends: Vec<u32>) -> Frontend {
+        let names: Vec<String> = backends.iter().map(|b| format!("b{b}")).collect();
+        let mb: Vec<MaglevBackend<'_>> = names.iter().map(|n| MaglevBackend { id: n, weight: 1 }).collect();
+        Frontend {
+            id,
+            service: Arc::from(format!("default/s{id}")),
+            vip: vip.parse().unwrap(),
+            port,
+            protocol: Protocol::Tcp,
+            method: Method::Nat,
+            affinity_ms: None,
+            source_ranges: vec![],
+            backends,
+            maglev: Arc::new(MaglevTable::build(&mb, 251, 0).unwrap()),
+        }
+    }
+
+    fn be(id: u32) -> Backend {
+        Backend {
+            id,
+            addr: format!("10.0.0.{id}").parse().unwrap(),
+            port: 8080,
+            mac: Some([2, 0, 0, 0, 0, id as u8]),
+            weight: 1,
+            state: BackendState::Active,
+        }
+    }
+
+    #[test]
+    fn lookup_and_validation() {
+        let local = Local {
+            ipv4: vec![[10, 0, 0, 2]],
+            nat_port_min: 1024,
+            nat_port_max: 65535,
+            ..Local::default()
+        };
+        let s = Snapshot::new(
+            1,
+            7,
+            vec![fe(0, "192.0.2.1", 80, vec![1, 2]), fe(3, "2001:db8::1", 443, vec![2])],
+            vec![be(1), be(2)],
+            local.clone(),
+            64,
+        )
+        .unwrap();
+        let mut d = [0u8; 16];
+        d[..4].copy_from_slice(&[192, 0, 2, 1]);
+        assert_eq!(s.frontend_for(&d, false, 6, 80).map(|f| f.id), Some(0));
+        assert!(s.frontend_for(&d, false, 6, 81).is_none());
+        assert!(s.frontend_for(&d, false, 17, 80).is_none());
+        assert_eq!(s.addr_kind(&d, false), Some(AddrKind::Vip));
+        let v6: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
+        assert_eq!(s.frontend_for(&v6.octets(), true, 6, 443).map(|f| f.id), Some(3));
+        let mut own = [0u8; 16];
+        own[..4].copy_from_slice(&[10, 0, 0, 2]);
+        assert_eq!(s.addr_kind(&own, false), Some(AddrKind::Own));
+        assert_eq!(s.backend(2).map(|b| b.port), Some(8080));
+
+        let clash = Snapshot::new(
+            2,
+            7,
+            vec![fe(0, "192.0.2.1", 80, vec![1]), fe(1, "192.0.2.1", 80, vec![1])],
+            vec![be(1)],
+            local.clone(),
+            64,
+        );
+        assert!(matches!(clash, Err(SnapshotError::VipClash(..))));
+        let unknown = Snapshot::new(2, 7, vec![fe(0, "192.0.2.1", 80, vec![9])], vec![be(1)], local.clone(), 64);
+        assert!(matches!(unknown, Err(SnapshotError::UnknownBackend(_, 9))));
+        let big = Snapshot::new(2, 7, vec![], vec![be(70)], local, 64);
+        assert!(matches!(big, Err(SnapshotError::IdTooLarge(70, 64))));
+    }
+
+    #[test]
+    fn cidr_contains() {
+        let c = Cidr::parse("10.1.0.0/16").unwrap();
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&[10, 1, 200, 3]);
+        assert!(c.contains_raw(&a, false));
+        a[1] = 2;
+        assert!(!c.contains_raw(&a, false));
+        assert!(!c.contains_raw(&a, true));
+        let c6 = Cidr::parse("fd00::/7").unwrap();
+        let x: std::net::Ipv6Addr = "fdab::1".parse().unwrap();
+        assert!(c6.contains_raw(&x.octets(), true));
+        let c12 = Cidr::parse("10.16.0.0/12").unwrap();
+        a[..4].copy_from_slice(&[10, 31, 0, 1]);
+        assert!(c12.contains_raw(&a, false));
+        a[1] = 32;
+        assert!(!c12.contains_raw(&a, false));
+        assert!(Cidr::parse("10.0.0.0/33").is_none());
+        assert_eq!(Cidr::parse("10.0.0.1").unwrap().prefix, 32);
+    }
+}
