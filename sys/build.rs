@@ -28,6 +28,8 @@ fn main() {
     build.flag_if_supported("-march=corei7");
     build.compile("sluice_shim");
     let _ = cflags;
+    // rte_eth_from_rings lives in the net_ring PMD, which pkg-config does not list.
+    println!("cargo:rustc-link-lib=dylib=rte_net_ring");
 
     let mut clang_args: Vec<String> = dpdk
         .include_paths
@@ -75,6 +77,7 @@ fn main() {
         .allowlist_function("rte_eth_xstats_get_names")
         .allowlist_function("rte_eth_xstats_reset")
         .allowlist_function("rte_eth_dev_set_mtu")
+        .allowlist_function("rte_eth_from_rings")
         .allowlist_var("RTE_ETH_.*")
         .allowlist_var("RING_F_.*")
         .allowlist_var("RTE_MBUF_DEFAULT_BUF_SIZE")

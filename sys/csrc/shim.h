@@ -14,6 +14,7 @@
 #include <rte_ethdev.h>
 #include <rte_ring.h>
 #include <rte_bus_vdev.h>
+#include <rte_eth_ring.h>
 
 uint16_t sluice_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n);
 uint16_t sluice_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n);

@@ -27,5 +27,5 @@ pub use error::{DpdkError, Result};
 pub use mbuf::{Drain, Mbuf, MbufBatch, BURST};
 pub use mempool::Mempool;
 pub use port::{LinkStatus, Port, PortConfig, PortId, PortStats, QueueId, RxQueue, TxQueue};
-pub use ring::{MbufRing, RingConsumer, RingProducer};
+pub use ring::{MbufRing, RingConsumer, RingPort, RingProducer};
 pub use time::{pause, tsc, tsc_hz};

@@ -97,6 +97,7 @@ pub struct Port {
     name: String,
     started: bool,
     configured: bool,
+    keep: Option<Box<dyn std::fmt::Debug + Send>>,
 }
 
 const RSS_IP_TCP_UDP: u64 =
@@ -117,6 +118,7 @@ impl Port {
             name: name.to_string(),
             started: false,
             configured: false,
+            keep: None,
         })
     }
 
@@ -138,7 +140,13 @@ impl Port {
             name,
             started: false,
             configured: false,
+            keep: None,
         })
+    }
+
+    /// Keeps `v` alive as long as the port (e.g. the rings behind a ring port).
+    pub(crate) fn keep_alive(&mut self, v: Box<dyn std::fmt::Debug + Send>) {
+        self.keep = Some(v);
     }
 
     /// The port number.

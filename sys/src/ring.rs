@@ -52,6 +52,42 @@ impl MbufRing {
     }
 }
 
+/// A port made of two SP/SC rings (`rte_eth_from_rings`): what the test or program enqueues on
+/// the returned producer, the port receives; what the port transmits, the consumer dequeues.
+/// A wire in memory, for tests and loopback benchmarks.
+#[derive(Debug)]
+pub struct RingPort {
+    /// The port (one RX and one TX queue).
+    pub port: crate::port::Port,
+    /// Feeds the port's RX queue.
+    pub inject: RingProducer,
+    /// Drains the port's TX queue.
+    pub capture: RingConsumer,
+}
+
+impl MbufRing {
+    /// Creates a ring-backed port named `name` with rings of `count` slots.
+    pub fn port(eal: &crate::eal::Eal, name: &str, count: u32) -> Result<RingPort> {
+        let (inject, rx_cons) = Self::create(&format!("{name}_rx"), count, -1)?;
+        let (tx_prod, capture) = Self::create(&format!("{name}_tx"), count, -1)?;
+        let cname = CString::new(name).map_err(|_| DpdkError::InvalidArgument {
+            op: "rte_eth_from_rings",
+            why: "name contains a NUL byte".into(),
+        })?;
+        let rxr = [rx_cons.inner.ptr.as_ptr()];
+        let txr = [tx_prod.inner.ptr.as_ptr()];
+        // SAFETY: EAL is running (&Eal); the ring arrays hold one valid ring each, kept alive by
+        // the port's keep-alive below for as long as the port exists.
+        let id = unsafe { ffi::rte_eth_from_rings(cname.as_ptr(), rxr.as_ptr(), 1, txr.as_ptr(), 1, 0) };
+        if id < 0 {
+            return Err(DpdkError::last("rte_eth_from_rings"));
+        }
+        let mut port = crate::port::Port::by_id(eal, id as u16)?;
+        port.keep_alive(Box::new((rx_cons, tx_prod)));
+        Ok(RingPort { port, inject, capture })
+    }
+}
+
 /// The producing end of an [`MbufRing`]; one thread at a time.
 #[derive(Debug)]
 pub struct RingProducer {

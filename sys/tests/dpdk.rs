@@ -354,3 +354,32 @@ fn registered_threads_share_a_ring() {
     });
     assert_eq!(pool.in_use(), 0);
 }
+
+#[test]
+fn ring_port_is_a_wire_in_memory() {
+    let env = env();
+    let pool = Mempool::new("t_rp_pool", 1023, 0, Mempool::DEFAULT_DATA_ROOM, -1).unwrap();
+    let mut rp = MbufRing::port(&env.eal, "t_wire", 256).unwrap();
+    let (mut rx, mut tx) = rp.port.configure(&PortConfig::default(), &pool).unwrap();
+    rp.port.start().unwrap();
+    // inject -> port rx
+    let mut b = MbufBatch::new();
+    for i in 0..10 {
+        let mut m = pool.alloc().unwrap();
+        fill(&mut m, 60, i);
+        b.push(m).unwrap();
+    }
+    assert_eq!(rp.inject.enqueue(&mut b), 10);
+    let mut r = MbufBatch::new();
+    assert_eq!(rx[0].rx_burst(&mut r), 10);
+    // port tx -> capture
+    assert_eq!(tx[0].tx_burst(&mut r), 10);
+    let mut c = MbufBatch::new();
+    assert_eq!(rp.capture.dequeue(&mut c), 10);
+    for (i, m) in c.drain().enumerate() {
+        assert_eq!(m.data()[0], (i * 7) as u8);
+    }
+    drop((rx, tx));
+    drop(rp);
+    assert_eq!(pool.in_use(), 0);
+}
