@@ -12,8 +12,11 @@
 #![forbid(unsafe_code)]
 
 pub mod conntrack;
+pub mod edge;
 pub mod hash;
 pub mod maglev;
+pub mod pipeline;
 pub mod snapshot;
 pub mod stats;
 pub mod wire;
+pub mod worker;

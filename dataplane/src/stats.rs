@@ -151,8 +151,10 @@ pub struct TargetCounters {
     pub new_flows: AtomicU64,
 }
 
-/// One worker's counters. Written by that worker only.
+/// One worker's counters. Written by that worker only. Aligned to 128 bytes (two cache lines,
+/// the adjacent-line prefetcher's unit) so two workers' counters never share a line.
 #[derive(Debug)]
+#[repr(align(128))]
 pub struct WorkerStats {
     /// Packets received.
     pub rx_packets: AtomicU64,

@@ -1,0 +1,1086 @@
+//! # The per-packet pipeline
+//!
+//! `parse -> classify -> ACL -> conntrack -> affinity/Maglev -> rewrite`, on byte slices.
+//!
+//! ## Design
+//! - [`Pipeline::process`] takes one frame in a [`PacketBuf`] (an mbuf in the worker, a `Vec`
+//!   in tests and benchmarks) and returns a [`Verdict`]. It never allocates, locks, logs or
+//!   formats; every table it touches was allocated in [`Pipeline::new`].
+//! - Flow tables are per worker and per family: forward flows (client -> VIP), NAT reverse
+//!   flows (backend -> local address), and ClientIP affinity. A forward entry stores the
+//!   backend *id*; a backend that left the snapshot is noticed lazily at the next packet.
+//! - Established flows keep their backend whatever its state (draining, down); only a backend
+//!   removed from the snapshot ends them. New flows see only `Active` backends.
+//! - `nat` gives each worker a disjoint slice of the local port range, so the owner of a reply
+//!   is known from its destination port alone ([`Verdict::ToWorker`]).
+//! - Fragments: `dsr-*` Services balance them by 3-tuple (source, destination, protocol) without
+//!   tracking, so every fragment of a datagram reaches the same backend; `nat` drops them
+//!   ([`DropReason::NatFragment`]), since rewriting ports needs the whole datagram.
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::conntrack::{Conntrack, ConntrackConfig, FlowState, Timeouts, V4Key, V6Key};
+use crate::hash;
+use crate::snapshot::{AddrKind, Backend, BackendState, Frontend, Method, Snapshot};
+use crate::stats::{bump, DropReason, WorkerStats};
+use crate::wire::checksum::{self, update16, update_bytes};
+use crate::wire::parse::{parse, Fragment, Parsed, L3};
+use crate::wire::{arp, be16, ethernet, icmp, ipv4, ipv6, proto, put16, tcp::flags};
+
+/// A packet buffer the pipeline can rewrite and grow at the front (for encapsulation).
+pub trait PacketBuf {
+    /// The frame bytes.
+    fn data(&self) -> &[u8];
+    /// The frame bytes, writable.
+    fn data_mut(&mut self) -> &mut [u8];
+    /// Grows the frame by `n` bytes at the front; false if there is no headroom.
+    fn prepend(&mut self, n: usize) -> bool;
+    /// Shrinks the frame by `n` bytes at the end; false if shorter than `n`.
+    fn trim(&mut self, n: usize) -> bool;
+}
+
+/// A `Vec`-backed [`PacketBuf`] with headroom, for tests, benchmarks and fuzzing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VecBuf {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl VecBuf {
+    /// Headroom given by [`VecBuf::new`], as an mbuf has (`RTE_PKTMBUF_HEADROOM`).
+    pub const HEADROOM: usize = 128;
+
+    /// A buffer holding `frame` with [`Self::HEADROOM`] bytes free in front.
+    pub fn new(frame: &[u8]) -> Self {
+        let mut buf = vec![0u8; Self::HEADROOM + frame.len()];
+        buf[Self::HEADROOM..].copy_from_slice(frame);
+        VecBuf {
+            buf,
+            start: Self::HEADROOM,
+        }
+    }
+
+    /// Replaces the content with `frame`, reusing the allocation when it fits.
+    pub fn reset(&mut self, frame: &[u8]) {
+        self.buf.resize(Self::HEADROOM + frame.len(), 0);
+        self.buf[Self::HEADROOM..].copy_from_slice(frame);
+        self.start = Self::HEADROOM;
+    }
+}
+
+impl PacketBuf for VecBuf {
+    fn data(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+    fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..]
+    }
+    fn prepend(&mut self, n: usize) -> bool {
+        if n > self.start {
+            return false;
+        }
+        self.start -= n;
+        true
+    }
+    fn trim(&mut self, n: usize) -> bool {
+        if n > self.buf.len() - self.start {
+            return false;
+        }
+        self.buf.truncate(self.buf.len() - n);
+        true
+    }
+}
+
+/// A neighbour (ARP reply or neighbour advertisement) learned from the wire, for the control
+/// plane's next-hop table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NeighborEvent {
+    /// The neighbour's address.
+    pub ip: IpAddr,
+    /// Its MAC.
+    pub mac: [u8; 6],
+}
+
+/// What to do with a packet after [`Pipeline::process`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Transmit the (rewritten) frame on the port it came from.
+    Tx,
+    /// Hand the untouched frame to the worker with this index (NAT reply on the wrong queue).
+    ToWorker(u16),
+    /// A neighbour was learned; hand the event to the control plane, free the frame.
+    Neighbor(NeighborEvent),
+    /// Drop and count.
+    Drop(DropReason),
+}
+
+/// Forward-flow value: which backend, and the NAT local address/port if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Fwd {
+    /// Backend id.
+    pub backend: u32,
+    /// NAT local port (0 for DSR).
+    pub nat_port: u16,
+    /// Index into the NAT local addresses of the family.
+    pub nat_addr: u8,
+    /// Reserved.
+    pub flags: u8,
+}
+
+/// NAT reverse value (IPv4): where the reply goes back to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rev4 {
+    /// Client address.
+    pub client: [u8; 4],
+    /// Client port.
+    pub client_port: u16,
+    /// MAC the client's packets came from (client or router), replies go there.
+    pub client_mac: [u8; 6],
+    /// Frontend id (gives the VIP and port to put back as the source).
+    pub frontend: u32,
+}
+
+/// NAT reverse value (IPv6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rev6 {
+    /// Client address.
+    pub client: [u8; 16],
+    /// Client port.
+    pub client_port: u16,
+    /// MAC the client's packets came from.
+    pub client_mac: [u8; 6],
+    /// Frontend id.
+    pub frontend: u32,
+}
+
+/// ClientIP affinity value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Aff {
+    /// Backend id.
+    pub backend: u32,
+    /// When the affinity ends (ms, wrapping clock).
+    pub expires_ms: u32,
+}
+
+/// Per-worker settings.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// This worker's index (0-based).
+    pub worker: u16,
+    /// Number of workers (NAT port slices).
+    pub workers: u16,
+    /// IPv4 forward and NAT-reverse table size and timeouts.
+    pub conntrack: ConntrackConfig,
+    /// IPv6 tables' capacity (the IPv4 tables use `conntrack.capacity`).
+    pub conntrack_v6_capacity: usize,
+    /// Affinity table capacity per family.
+    pub affinity_capacity: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            worker: 0,
+            workers: 1,
+            conntrack: ConntrackConfig {
+                capacity: 1 << 20,
+                timeouts: Timeouts::default(),
+            },
+            conntrack_v6_capacity: 1 << 18,
+            affinity_capacity: 1 << 16,
+        }
+    }
+}
+
+/// Longest ClientIP affinity Kubernetes allows (`timeoutSeconds` ≤ 86400).
+const MAX_AFFINITY_MS: u32 = 86_400_000;
+/// Tries to find a free NAT port before giving up.
+const NAT_PORT_TRIES: u32 = 64;
+
+/// One worker's pipeline: its flow tables, counters and NAT port cursor.
+#[derive(Debug)]
+pub struct Pipeline {
+    worker: u16,
+    workers: u16,
+    fwd4: Conntrack<V4Key, Fwd>,
+    fwd6: Conntrack<V6Key, Fwd>,
+    rev4: Conntrack<V4Key, Rev4>,
+    rev6: Conntrack<V6Key, Rev6>,
+    aff4: Conntrack<V4Key, Aff>,
+    aff6: Conntrack<V6Key, Aff>,
+    nat_cursor: u32,
+    stats: Arc<WorkerStats>,
+}
+
+#[inline(always)]
+fn k4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, proto: u8) -> V4Key {
+    V4Key {
+        src,
+        dst,
+        sport,
+        dport,
+        proto,
+    }
+}
+
+#[inline(always)]
+fn k6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, proto: u8) -> V6Key {
+    V6Key {
+        src,
+        dst,
+        sport,
+        dport,
+        proto,
+    }
+}
+
+#[inline(always)]
+fn a4(a: &[u8; 16]) -> [u8; 4] {
+    [a[0], a[1], a[2], a[3]]
+}
+
+
+#[inline(always)]
+fn raw_ip(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(x) => {
+            let mut r = [0u8; 16];
+            r[..4].copy_from_slice(&x.octets());
+            r
+        }
+        IpAddr::V6(x) => x.octets(),
+    }
+}
+
+#[inline(always)]
+fn flow_state(tcp: bool, fl: u8) -> FlowState {
+    if !tcp {
+        FlowState::Udp
+    } else if fl & (flags::RST | flags::FIN) != 0 {
+        FlowState::TcpClosing
+    } else if fl & flags::SYN != 0 && fl & flags::ACK == 0 {
+        FlowState::TcpSynSent
+    } else {
+        FlowState::TcpEstablished
+    }
+}
+
+#[inline(always)]
+fn next_state(cur: FlowState, tcp: bool, fl: u8) -> FlowState {
+    if !tcp {
+        return cur;
+    }
+    if fl & (flags::RST | flags::FIN) != 0 {
+        FlowState::TcpClosing
+    } else if matches!(cur, FlowState::TcpSynSent) && fl & flags::ACK != 0 && fl & flags::SYN == 0 {
+        FlowState::TcpEstablished
+    } else {
+        cur
+    }
+}
+
+/// The scheduling decision for one packet to a VIP.
+struct Choice {
+    backend: u32,
+    nat_port: u16,
+    nat_addr: u8,
+}
+
+impl Pipeline {
+    /// Allocates every table this worker will ever use.
+    pub fn new(cfg: &PipelineConfig, stats: Arc<WorkerStats>) -> Self {
+        let v6cfg = ConntrackConfig {
+            capacity: cfg.conntrack_v6_capacity,
+            timeouts: cfg.conntrack.timeouts,
+        };
+        let aff = ConntrackConfig {
+            capacity: cfg.affinity_capacity,
+            timeouts: Timeouts {
+                other_ms: MAX_AFFINITY_MS,
+                ..cfg.conntrack.timeouts
+            },
+        };
+        let p = Pipeline {
+            worker: cfg.worker,
+            workers: cfg.workers.max(1),
+            fwd4: Conntrack::new(&cfg.conntrack),
+            fwd6: Conntrack::new(&v6cfg),
+            rev4: Conntrack::new(&cfg.conntrack),
+            rev6: Conntrack::new(&v6cfg),
+            aff4: Conntrack::new(&aff),
+            aff6: Conntrack::new(&aff),
+            nat_cursor: u32::from(cfg.worker).wrapping_mul(7919),
+            stats,
+        };
+        crate::stats::set(&p.stats.ct_capacity, (p.fwd4.capacity() + p.fwd6.capacity()) as u64);
+        p
+    }
+
+    /// This worker's counters.
+    pub fn stats(&self) -> &Arc<WorkerStats> {
+        &self.stats
+    }
+
+    /// Bytes held by this worker's flow tables.
+    pub fn table_bytes(&self) -> usize {
+        self.fwd4.bytes() + self.fwd6.bytes() + self.rev4.bytes() + self.rev6.bytes() + self.aff4.bytes() + self.aff6.bytes()
+    }
+
+    /// Live forward flows (both families).
+    pub fn flows(&self) -> usize {
+        self.fwd4.len() + self.fwd6.len()
+    }
+
+    /// Amortised expiry: scans up to `buckets` buckets of each table. Publishes table gauges.
+    pub fn expire(&mut self, now_ms: u32, buckets: usize) -> usize {
+        let n = self.fwd4.expire(now_ms, buckets)
+            + self.fwd6.expire(now_ms, buckets)
+            + self.rev4.expire(now_ms, buckets)
+            + self.rev6.expire(now_ms, buckets)
+            + self.aff4.expire(now_ms, buckets)
+            + self.aff6.expire(now_ms, buckets);
+        self.publish_table_stats();
+        n
+    }
+
+    /// Copies the conntrack counters into the shared stats.
+    pub fn publish_table_stats(&self) {
+        use crate::stats::set;
+        let (a, b) = (self.fwd4.stats(), self.fwd6.stats());
+        let s = &self.stats;
+        set(&s.ct_hits, a.hits + b.hits);
+        set(&s.ct_misses, a.misses + b.misses);
+        set(&s.ct_inserts, a.inserts + b.inserts);
+        set(&s.ct_evictions, a.evictions + b.evictions);
+        set(&s.ct_expiries, a.expiries + b.expiries);
+        set(&s.ct_entries, (self.fwd4.len() + self.fwd6.len()) as u64);
+    }
+
+    /// Looks up the forward flow of a client 5-tuple (admin/diagnostics, off the hot path).
+    pub fn find_flow(&self, src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -> Option<(Fwd, FlowState, u32)> {
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let k = k4(s.octets(), d.octets(), sport, dport, proto);
+                self.fwd4.iter().find(|e| *e.key() == k).map(|e| (*e.value(), e.state(), e.last_seen_ms()))
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let k = k6(s.octets(), d.octets(), sport, dport, proto);
+                self.fwd6.iter().find(|e| *e.key() == k).map(|e| (*e.value(), e.state(), e.last_seen_ms()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The worker that owns NAT local port `port`.
+    #[inline(always)]
+    pub fn nat_owner(snap: &Snapshot, workers: u16, port: u16) -> u16 {
+        let (lo, hi) = (snap.local.nat_port_min, snap.local.nat_port_max);
+        if port < lo || port > hi || workers <= 1 {
+            return 0;
+        }
+        let per = ((u32::from(hi) - u32::from(lo) + 1) / u32::from(workers)).max(1);
+        ((u32::from(port - lo) / per) as u16).min(workers - 1)
+    }
+
+    /// Processes one frame. `now_ms` is a wrapping millisecond clock.
+    #[inline]
+    pub fn process<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, now_ms: u32) -> Verdict {
+        let v = self.classify(snap, pkt, now_ms);
+        if let Verdict::Drop(r) = v {
+            self.stats.drop_packet(r);
+        }
+        v
+    }
+
+    #[inline(always)]
+    fn classify<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, now_ms: u32) -> Verdict {
+        let p = match parse(pkt.data()) {
+            Ok(p) => p,
+            Err(_) => return Verdict::Drop(DropReason::Malformed),
+        };
+        let d = pkt.data();
+        let dst_mac = [d[0], d[1], d[2], d[3], d[4], d[5]];
+        if dst_mac != snap.local.mac && dst_mac[0] & 1 == 0 {
+            return Verdict::Drop(DropReason::NotForUs);
+        }
+        match p.l3 {
+            L3::Arp => self.arp(snap, pkt, &p),
+            L3::Ipv4 => {
+                let l3 = usize::from(p.l3_off);
+                let hl = usize::from(d[l3] & 0x0f) * 4;
+                if checksum::checksum(&d[l3..l3 + hl]) != 0 {
+                    return Verdict::Drop(DropReason::BadIpChecksum);
+                }
+                self.ip(snap, pkt, &p, false, now_ms)
+            }
+            L3::Ipv6 => self.ip(snap, pkt, &p, true, now_ms),
+            L3::Other => Verdict::Drop(DropReason::UnsupportedL3),
+        }
+    }
+
+    fn arp<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, p: &Parsed) -> Verdict {
+        let l3 = usize::from(p.l3_off);
+        let d = pkt.data_mut();
+        let a = match arp::Packet::new_checked(&d[l3..]) {
+            Ok(a) => a,
+            Err(_) => return Verdict::Drop(DropReason::Malformed),
+        };
+        let (op, sha, spa, tpa) = (a.op(), a.sha(), a.spa(), a.tpa());
+        let mut t = [0u8; 16];
+        t[..4].copy_from_slice(&tpa);
+        let ours = snap.addr_kind(&t, false).is_some();
+        if op == arp::OP_REQUEST && ours && spa != tpa {
+            let mac = snap.local.mac;
+            ethernet::emit(d, sha, mac, ethernet::ethertype::ARP);
+            if let Some(v) = p.vlan {
+                // keep the VLAN tag: rewrite only the MACs
+                let _ = v;
+                d[0..6].copy_from_slice(&sha);
+                d[6..12].copy_from_slice(&mac);
+                d[12..14].copy_from_slice(&ethernet::ethertype::VLAN.to_be_bytes());
+            }
+            arp::emit(&mut d[l3..], arp::OP_REPLY, mac, tpa, sha, spa);
+            bump(&self.stats.neighbor_replies, 1);
+            return Verdict::Tx;
+        }
+        let mut s = [0u8; 16];
+        s[..4].copy_from_slice(&spa);
+        if (op == arp::OP_REPLY || spa == tpa) && snap.addr_kind(&s, false).is_none() && spa != [0; 4] {
+            return Verdict::Neighbor(NeighborEvent {
+                ip: IpAddr::from(spa),
+                mac: sha,
+            });
+        }
+        Verdict::Drop(DropReason::ArpNotOurs)
+    }
+
+    #[inline(always)]
+    fn ip<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, p: &Parsed, v6: bool, now_ms: u32) -> Verdict {
+        if v6 && p.proto == proto::ICMPV6 && matches!(p.icmp_type, icmp::v6::NEIGHBOR_SOLICIT | icmp::v6::NEIGHBOR_ADVERT) {
+            return self.ndp(snap, pkt, p);
+        }
+        match snap.addr_kind(&p.dst, v6) {
+            None => Verdict::Drop(DropReason::NoVip),
+            Some(AddrKind::Own) => match p.proto {
+                proto::TCP | proto::UDP if p.fragment == Fragment::No => self.nat_reply(snap, pkt, p, v6, now_ms),
+                proto::TCP | proto::UDP => Verdict::Drop(DropReason::NatFragment),
+                proto::ICMP | proto::ICMPV6 => self.icmp(snap, pkt, p, v6, now_ms),
+                _ => Verdict::Drop(DropReason::UnsupportedL4),
+            },
+            Some(AddrKind::Vip) => match p.proto {
+                proto::TCP | proto::UDP => self.vip_packet(snap, pkt, p, v6, now_ms),
+                proto::ICMP | proto::ICMPV6 => self.icmp(snap, pkt, p, v6, now_ms),
+                _ => Verdict::Drop(DropReason::UnsupportedL4),
+            },
+        }
+    }
+
+    #[inline(always)]
+    fn vip_packet<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, p: &Parsed, v6: bool, now_ms: u32) -> Verdict {
+        let f = if p.fragment == Fragment::Later {
+            match snap.dsr_frontend_any_port(&p.dst, v6, p.proto) {
+                Some(f) => f,
+                None => {
+                    return Verdict::Drop(if snap.frontends().any(|f| raw_ip(f.vip) == p.dst) {
+                        DropReason::NatFragment
+                    } else {
+                        DropReason::PortNotServed
+                    })
+                }
+            }
+        } else {
+            match snap.frontend_for(&p.dst, v6, p.proto, p.dport) {
+                Some(f) => f,
+                None => return Verdict::Drop(DropReason::PortNotServed),
+            }
+        };
+        if !f.source_ranges.is_empty() && !f.source_ranges.iter().any(|c| c.contains_raw(&p.src, v6)) {
+            return Verdict::Drop(DropReason::SourceDenied);
+        }
+        if p.fragment != Fragment::No {
+            if f.method == Method::Nat {
+                return Verdict::Drop(DropReason::NatFragment);
+            }
+            // 3-tuple: every fragment of a datagram goes to the same backend, untracked.
+            let h = if v6 {
+                hash::hash_v6_5tuple(snap.hash_seed, p.src, p.dst, 0, 0, p.proto)
+            } else {
+                hash::hash_v4_5tuple(snap.hash_seed, a4(&p.src), a4(&p.dst), 0, 0, p.proto)
+            };
+            let Some(b) = pick(snap, f, h) else {
+                return Verdict::Drop(DropReason::NoBackend);
+            };
+            return self.send_dsr(snap, pkt, p, v6, f.method, b);
+        }
+        let h = if v6 {
+            hash::hash_v6_5tuple(snap.hash_seed, p.src, p.dst, p.sport, p.dport, p.proto)
+        } else {
+            hash::hash_v4_5tuple(snap.hash_seed, a4(&p.src), a4(&p.dst), p.sport, p.dport, p.proto)
+        };
+        let d = pkt.data();
+        let src_mac = [d[6], d[7], d[8], d[9], d[10], d[11]];
+        let choice = match self.schedule(snap, f, p, v6, h, now_ms, src_mac) {
+            Ok(c) => c,
+            Err(r) => return Verdict::Drop(r),
+        };
+        let Some(b) = snap.backend(choice.backend) else {
+            return Verdict::Drop(DropReason::NoBackend);
+        };
+        let t = &self.stats.targets;
+        if let Some(c) = t.get(b.id as usize) {
+            bump(&c.packets, 1);
+            bump(&c.bytes, pkt.data().len() as u64);
+        }
+        match f.method {
+            Method::Nat => self.send_nat(snap, pkt, p, v6, b, &choice),
+            m => self.send_dsr(snap, pkt, p, v6, m, b),
+        }
+    }
+
+    /// Conntrack, then affinity, then Maglev. Inserts new flows.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn schedule(
+        &mut self,
+        snap: &Snapshot,
+        f: &Frontend,
+        p: &Parsed,
+        v6: bool,
+        h: u64,
+        now_ms: u32,
+        src_mac: [u8; 6],
+    ) -> Result<Choice, DropReason> {
+        let tcp = p.proto == proto::TCP;
+        let fl = p.tcp_flags;
+        // Established flow?
+        let hit = if v6 {
+            let k = k6(p.src, p.dst, p.sport, p.dport, p.proto);
+            self.fwd6.lookup(&k, h, now_ms).map(|e| {
+                let s = next_state(e.state(), tcp, fl);
+                e.set_state(s);
+                *e.value()
+            })
+        } else {
+            let k = k4(a4(&p.src), a4(&p.dst), p.sport, p.dport, p.proto);
+            self.fwd4.lookup(&k, h, now_ms).map(|e| {
+                let s = next_state(e.state(), tcp, fl);
+                e.set_state(s);
+                *e.value()
+            })
+        };
+        if let Some(v) = hit {
+            if let Some(b) = snap.backend(v.backend) {
+                if b.mac.is_some() && (f.method != Method::Nat || v.nat_port != 0) && f.backends.contains(&b.id) {
+                    return Ok(Choice {
+                        backend: v.backend,
+                        nat_port: v.nat_port,
+                        nat_addr: v.nat_addr,
+                    });
+                }
+            }
+            // The backend left the snapshot (or the method changed): schedule anew below.
+        }
+        if tcp && f.method == Method::Nat && !(fl & flags::SYN != 0 && fl & flags::ACK == 0) {
+            return Err(DropReason::TcpNoFlow);
+        }
+        // ClientIP affinity.
+        let mut chosen: Option<&Backend> = None;
+        if let Some(aff_ms) = f.affinity_ms {
+            let ak_h = if v6 {
+                hash::hash_v6_5tuple(snap.hash_seed, p.src, p.dst, 0, p.dport, p.proto)
+            } else {
+                hash::hash_v4_5tuple(snap.hash_seed, a4(&p.src), a4(&p.dst), 0, p.dport, p.proto)
+            };
+            let got = if v6 {
+                let k = k6(p.src, p.dst, 0, p.dport, p.proto);
+                self.aff6.lookup(&k, ak_h, now_ms).map(|e| *e.value())
+            } else {
+                let k = k4(a4(&p.src), a4(&p.dst), 0, p.dport, p.proto);
+                self.aff4.lookup(&k, ak_h, now_ms).map(|e| *e.value())
+            };
+            if let Some(a) = got {
+                if (a.expires_ms.wrapping_sub(now_ms) as i32) > 0 {
+                    chosen = snap.backend(a.backend).filter(|b| b.state == BackendState::Active && f.backends.contains(&b.id));
+                }
+            }
+            if chosen.is_none() {
+                // Maglev on the client address alone: the same client lands on the same
+                // backend on every worker and every Sluice host.
+                let ch = if v6 {
+                    hash::hash_v6_5tuple(snap.hash_seed, p.src, [0; 16], 0, 0, 0)
+                } else {
+                    hash::hash_v4_5tuple(snap.hash_seed, a4(&p.src), [0; 4], 0, 0, 0)
+                };
+                chosen = pick(snap, f, ch);
+            }
+            if let Some(b) = chosen {
+                let val = Aff {
+                    backend: b.id,
+                    expires_ms: now_ms.wrapping_add(aff_ms.min(MAX_AFFINITY_MS)),
+                };
+                if v6 {
+                    let _ = self.aff6.insert(k6(p.src, p.dst, 0, p.dport, p.proto), ak_h, val, FlowState::Other, now_ms);
+                } else {
+                    let _ = self.aff4.insert(k4(a4(&p.src), a4(&p.dst), 0, p.dport, p.proto), ak_h, val, FlowState::Other, now_ms);
+                }
+            }
+        } else {
+            chosen = pick(snap, f, h);
+        }
+        let Some(b) = chosen else {
+            return Err(DropReason::NoBackend);
+        };
+        if b.mac.is_none() {
+            return Err(DropReason::NextHopUnresolved);
+        }
+        let (nat_port, nat_addr) = if f.method == Method::Nat {
+            self.alloc_nat(snap, p, v6, b, h, now_ms, src_mac, f.id)?
+        } else {
+            (0, 0)
+        };
+        let val = Fwd {
+            backend: b.id,
+            nat_port,
+            nat_addr,
+            flags: 0,
+        };
+        let st = flow_state(tcp, fl);
+        if v6 {
+            let _ = self.fwd6.insert(k6(p.src, p.dst, p.sport, p.dport, p.proto), h, val, st, now_ms);
+        } else {
+            let _ = self.fwd4.insert(k4(a4(&p.src), a4(&p.dst), p.sport, p.dport, p.proto), h, val, st, now_ms);
+        }
+        bump(&self.stats.new_flows, 1);
+        if let Some(c) = self.stats.targets.get(b.id as usize) {
+            bump(&c.new_flows, 1);
+        }
+        Ok(Choice {
+            backend: b.id,
+            nat_port,
+            nat_addr,
+        })
+    }
+
+    /// Finds a free local port in this worker's slice and records the reverse flow.
+    #[allow(clippy::too_many_arguments)]
+    fn alloc_nat(
+        &mut self,
+        snap: &Snapshot,
+        p: &Parsed,
+        v6: bool,
+        b: &Backend,
+        h: u64,
+        now_ms: u32,
+        src_mac: [u8; 6],
+        frontend: u32,
+    ) -> Result<(u16, u8), DropReason> {
+        let l = &snap.local;
+        let naddrs = if v6 { l.nat_ipv6.len() } else { l.nat_ipv4.len() };
+        if naddrs == 0 || !matches!((b.addr, v6), (IpAddr::V4(_), false) | (IpAddr::V6(_), true)) {
+            return Err(DropReason::NoNatAddress);
+        }
+        let ai = (h >> 32) as usize % naddrs;
+        let (lo, hi) = (u32::from(l.nat_port_min), u32::from(l.nat_port_max));
+        let workers = u32::from(self.workers);
+        let per = ((hi - lo + 1) / workers).max(1);
+        let base = lo + per * u32::from(self.worker);
+        let bport = b.port;
+        for _ in 0..NAT_PORT_TRIES.min(per) {
+            let port = (base + self.nat_cursor % per) as u16;
+            self.nat_cursor = self.nat_cursor.wrapping_add(1);
+            if v6 {
+                let la = l.nat_ipv6[ai];
+                let IpAddr::V6(ba) = b.addr else { unreachable!() };
+                let rk = k6(ba.octets(), la, bport, port, p.proto);
+                let rh = hash::hash_v6_5tuple(snap.hash_seed, ba.octets(), la, bport, port, p.proto);
+                if self.rev6.contains(&rk, rh) {
+                    continue;
+                }
+                let val = Rev6 {
+                    client: p.src,
+                    client_port: p.sport,
+                    client_mac: src_mac,
+                    frontend,
+                };
+                let _ = self.rev6.insert(rk, rh, val, flow_state(p.proto == proto::TCP, p.tcp_flags), now_ms);
+            } else {
+                let la = l.nat_ipv4[ai];
+                let IpAddr::V4(ba) = b.addr else { unreachable!() };
+                let rk = k4(ba.octets(), la, bport, port, p.proto);
+                let rh = hash::hash_v4_5tuple(snap.hash_seed, ba.octets(), la, bport, port, p.proto);
+                if self.rev4.contains(&rk, rh) {
+                    continue;
+                }
+                let val = Rev4 {
+                    client: a4(&p.src),
+                    client_port: p.sport,
+                    client_mac: src_mac,
+                    frontend,
+                };
+                let _ = self.rev4.insert(rk, rh, val, flow_state(p.proto == proto::TCP, p.tcp_flags), now_ms);
+            }
+            return Ok((port, ai as u8));
+        }
+        Err(DropReason::NatPortsExhausted)
+    }
+}
+
+/// Maglev with down/draining backends skipped, no rebuild.
+#[inline(always)]
+fn pick<'s>(snap: &'s Snapshot, f: &Frontend, h: u64) -> Option<&'s Backend> {
+    let idx = f.maglev.lookup_live(h, |i| {
+        f.backends
+            .get(i as usize)
+            .and_then(|id| snap.backend(*id))
+            .is_some_and(|b| b.state == BackendState::Active)
+    })?;
+    snap.backend(*f.backends.get(idx as usize)?)
+}
+
+/// Rewrites addresses and ports of an IP packet with incremental checksum updates (IPv4
+/// header, TCP/UDP checksum including the pseudo-header). `new_src`/`new_dst` are 4 or 16 bytes.
+#[inline(always)]
+fn rewrite_flow(d: &mut [u8], p: &Parsed, v6: bool, new_src: &[u8], new_dst: &[u8], new_sport: u16, new_dport: u16) {
+    let l3 = usize::from(p.l3_off);
+    let l4 = usize::from(p.l4_off);
+    let (a_off, alen) = if v6 { (l3 + 8, 16) } else { (l3 + 12, 4) };
+    let mut old = [0u8; 32];
+    old[..2 * alen].copy_from_slice(&d[a_off..a_off + 2 * alen]);
+    d[a_off..a_off + alen].copy_from_slice(new_src);
+    d[a_off + alen..a_off + 2 * alen].copy_from_slice(new_dst);
+    if !v6 {
+        let c = be16(d, l3 + 10);
+        let c = update_bytes(c, &old[..8], &d[a_off..a_off + 8]);
+        put16(d, l3 + 10, c);
+    }
+    let coff = if p.proto == proto::TCP { l4 + 16 } else { l4 + 6 };
+    let c = be16(d, coff);
+    let (osp, odp) = (be16(d, l4), be16(d, l4 + 2));
+    put16(d, l4, new_sport);
+    put16(d, l4 + 2, new_dport);
+    if p.proto == proto::UDP && c == 0 && !v6 {
+        return; // IPv4 UDP without checksum stays without
+    }
+    let mut c = update_bytes(c, &old[..2 * alen], &d[a_off..a_off + 2 * alen]);
+    c = update16(c, osp, new_sport);
+    c = update16(c, odp, new_dport);
+    if p.proto == proto::UDP && c == 0 {
+        c = 0xffff;
+    }
+    put16(d, coff, c);
+}
+
+impl Pipeline {
+    #[inline(always)]
+    fn send_nat<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, p: &Parsed, v6: bool, b: &Backend, c: &Choice) -> Verdict {
+        let l = &snap.local;
+        let Some(mac) = b.mac else {
+            return Verdict::Drop(DropReason::NextHopUnresolved);
+        };
+        let d = pkt.data_mut();
+        match (v6, b.addr) {
+            (false, IpAddr::V4(ba)) => {
+                let Some(la) = l.nat_ipv4.get(usize::from(c.nat_addr)) else {
+                    return Verdict::Drop(DropReason::NoNatAddress);
+                };
+                rewrite_flow(d, p, false, la, &ba.octets(), c.nat_port, b.port);
+            }
+            (true, IpAddr::V6(ba)) => {
+                let Some(la) = l.nat_ipv6.get(usize::from(c.nat_addr)) else {
+                    return Verdict::Drop(DropReason::NoNatAddress);
+                };
+                rewrite_flow(d, p, true, la, &ba.octets(), c.nat_port, b.port);
+            }
+            _ => return Verdict::Drop(DropReason::NoNatAddress),
+        }
+        d[0..6].copy_from_slice(&mac);
+        d[6..12].copy_from_slice(&l.mac);
+        Verdict::Tx
+    }
+
+    #[inline(always)]
+    fn send_dsr<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, p: &Parsed, v6: bool, m: Method, b: &Backend) -> Verdict {
+        let l = &snap.local;
+        let Some(mac) = b.mac else {
+            return Verdict::Drop(DropReason::NextHopUnresolved);
+        };
+        if m == Method::DsrIpip {
+            let l3 = usize::from(p.l3_off);
+            let inner = usize::from(p.l3_end) - l3;
+            let outer = if v6 { ipv6::HEADER_LEN } else { ipv4::MIN_HEADER_LEN };
+            if l.mtu != 0 && inner + outer > usize::from(l.mtu) {
+                return Verdict::Drop(DropReason::TooBig);
+            }
+            let (src, dst) = match (v6, b.addr) {
+                (false, IpAddr::V4(ba)) => match l.ipv4.first() {
+                    Some(s) => (raw_ip(IpAddr::from(*s)), raw_ip(IpAddr::V4(ba))),
+                    None => return Verdict::Drop(DropReason::NoNatAddress),
+                },
+                (true, IpAddr::V6(ba)) => match l.ipv6.first() {
+                    Some(s) => (*s, ba.octets()),
+                    None => return Verdict::Drop(DropReason::NoNatAddress),
+                },
+                _ => return Verdict::Drop(DropReason::NoNatAddress),
+            };
+            let pad = pkt.data().len() - usize::from(p.l3_end);
+            if !pkt.prepend(outer) {
+                return Verdict::Drop(DropReason::NoHeadroom);
+            }
+            if pad > 0 {
+                pkt.trim(pad);
+            }
+            let d = pkt.data_mut();
+            d.copy_within(outer..outer + l3, 0);
+            if v6 {
+                ipv6::emit(&mut d[l3..], src, dst, proto::IPV6, inner as u16, 64);
+            } else {
+                ipv4::emit(&mut d[l3..], a4(&src), a4(&dst), proto::IPIP, inner as u16, 64, 0);
+            }
+        }
+        let d = pkt.data_mut();
+        d[0..6].copy_from_slice(&mac);
+        d[6..12].copy_from_slice(&l.mac);
+        Verdict::Tx
+    }
+
+    fn nat_reply<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, p: &Parsed, v6: bool, now_ms: u32) -> Verdict {
+        let l = &snap.local;
+        if p.dport < l.nat_port_min || p.dport > l.nat_port_max {
+            return Verdict::Drop(DropReason::NatNoFlow);
+        }
+        let owner = Self::nat_owner(snap, self.workers, p.dport);
+        if owner != self.worker {
+            bump(&self.stats.to_other_worker, 1);
+            return Verdict::ToWorker(owner);
+        }
+        let tcp = p.proto == proto::TCP;
+        let (client, cport, cmac, fid) = if v6 {
+            let k = k6(p.src, p.dst, p.sport, p.dport, p.proto);
+            let h = hash::hash_v6_5tuple(snap.hash_seed, p.src, p.dst, p.sport, p.dport, p.proto);
+            match self.rev6.lookup(&k, h, now_ms) {
+                Some(e) => {
+                    let s = next_state(e.state(), tcp, p.tcp_flags);
+                    e.set_state(s);
+                    let v = *e.value();
+                    (v.client, v.client_port, v.client_mac, v.frontend)
+                }
+                None => return Verdict::Drop(DropReason::NatNoFlow),
+            }
+        } else {
+            let k = k4(a4(&p.src), a4(&p.dst), p.sport, p.dport, p.proto);
+            let h = hash::hash_v4_5tuple(snap.hash_seed, a4(&p.src), a4(&p.dst), p.sport, p.dport, p.proto);
+            match self.rev4.lookup(&k, h, now_ms) {
+                Some(e) => {
+                    let s = next_state(e.state(), tcp, p.tcp_flags);
+                    e.set_state(s);
+                    let v = *e.value();
+                    let mut c = [0u8; 16];
+                    c[..4].copy_from_slice(&v.client);
+                    (c, v.client_port, v.client_mac, v.frontend)
+                }
+                None => return Verdict::Drop(DropReason::NatNoFlow),
+            }
+        };
+        let Some(f) = snap.frontend(fid) else {
+            return Verdict::Drop(DropReason::NatNoFlow);
+        };
+        let vip = raw_ip(f.vip);
+        let alen = if v6 { 16 } else { 4 };
+        let d = pkt.data_mut();
+        rewrite_flow(d, p, v6, &vip[..alen], &client[..alen], f.port, cport);
+        d[0..6].copy_from_slice(&cmac);
+        d[6..12].copy_from_slice(&l.mac);
+        bump(&self.stats.nat_replies, 1);
+        Verdict::Tx
+    }
+
+    fn icmp<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, p: &Parsed, v6: bool, now_ms: u32) -> Verdict {
+        if p.fragment != Fragment::No {
+            return Verdict::Drop(DropReason::IcmpUnsupported);
+        }
+        let l3 = usize::from(p.l3_off);
+        let l4 = usize::from(p.l4_off);
+        let echo = if v6 { icmp::v6::ECHO_REQUEST } else { icmp::v4::ECHO_REQUEST };
+        if p.icmp_type == echo {
+            let d = pkt.data_mut();
+            ethernet::Frame::new_unchecked(&mut d[..]).swap_macs();
+            let (reply, hop) = if v6 { (icmp::v6::ECHO_REPLY, 64u8) } else { (icmp::v4::ECHO_REPLY, 64u8) };
+            let old_word = u16::from_be_bytes([d[l4], d[l4 + 1]]);
+            d[l4] = reply;
+            let new_word = u16::from_be_bytes([d[l4], d[l4 + 1]]);
+            let c = update16(be16(d, l4 + 2), old_word, new_word);
+            put16(d, l4 + 2, c);
+            if v6 {
+                let mut ip = ipv6::Packet::new_unchecked(&mut d[l3..]);
+                let (s, t) = (ip.src(), ip.dst());
+                ip.set_src(t);
+                ip.set_dst(s);
+                ip.set_hop_limit(hop);
+            } else {
+                let mut tmp = [0u8; 4];
+                tmp.copy_from_slice(&d[l3 + 12..l3 + 16]);
+                d.copy_within(l3 + 16..l3 + 20, l3 + 12);
+                d[l3 + 16..l3 + 20].copy_from_slice(&tmp);
+                ipv4::Packet::new_unchecked(&mut d[l3..]).set_ttl(hop);
+            }
+            bump(&self.stats.echo_replies, 1);
+            return Verdict::Tx;
+        }
+        let is_error = if v6 {
+            matches!(p.icmp_type, icmp::v6::DEST_UNREACH | icmp::v6::PACKET_TOO_BIG | icmp::v6::TIME_EXCEEDED)
+        } else {
+            matches!(p.icmp_type, icmp::v4::DEST_UNREACH | icmp::v4::TIME_EXCEEDED)
+        };
+        if !is_error {
+            return Verdict::Drop(DropReason::IcmpUnsupported);
+        }
+        self.icmp_error(snap, pkt, p, v6, now_ms)
+    }
+
+    /// An ICMP error quoting a packet we (or a DSR backend) sent as VIP -> client: forward it to
+    /// the flow's backend, translated back for `nat`.
+    fn icmp_error<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, p: &Parsed, v6: bool, now_ms: u32) -> Verdict {
+        let l4 = usize::from(p.l4_off);
+        let end = usize::from(p.l3_end);
+        let q = l4 + icmp::HEADER_LEN;
+        let d = pkt.data();
+        // The quoted header: at least the IP header and the first 4 bytes of L4 (ports).
+        let (isrc, idst, iproto, ihl) = if v6 {
+            if end < q + ipv6::HEADER_LEN + 4 {
+                return Verdict::Drop(DropReason::Malformed);
+            }
+            let ip = ipv6::Packet::new_unchecked(&d[q..end]);
+            (ip.src(), ip.dst(), ip.next_header(), ipv6::HEADER_LEN)
+        } else {
+            if end < q + ipv4::MIN_HEADER_LEN + 4 {
+                return Verdict::Drop(DropReason::Malformed);
+            }
+            let ihl = usize::from(d[q] & 0x0f) * 4;
+            if ihl < ipv4::MIN_HEADER_LEN || end < q + ihl + 4 {
+                return Verdict::Drop(DropReason::Malformed);
+            }
+            let mut s = [0u8; 16];
+            let mut t = [0u8; 16];
+            s[..4].copy_from_slice(&d[q + 12..q + 16]);
+            t[..4].copy_from_slice(&d[q + 16..q + 20]);
+            (s, t, d[q + 9], ihl)
+        };
+        if iproto != proto::TCP && iproto != proto::UDP {
+            return Verdict::Drop(DropReason::IcmpErrorNoFlow);
+        }
+        let isport = be16(d, q + ihl);
+        let idport = be16(d, q + ihl + 2);
+        // Quoted VIP:vport -> client:cport is the reverse of the client's flow.
+        let Some(f) = snap.frontend_for(&isrc, v6, iproto, isport) else {
+            return Verdict::Drop(DropReason::IcmpErrorNoFlow);
+        };
+        let fv = if v6 {
+            let h = hash::hash_v6_5tuple(snap.hash_seed, idst, isrc, idport, isport, iproto);
+            self.fwd6.lookup(&k6(idst, isrc, idport, isport, iproto), h, now_ms).map(|e| *e.value())
+        } else {
+            let h = hash::hash_v4_5tuple(snap.hash_seed, a4(&idst), a4(&isrc), idport, isport, iproto);
+            self.fwd4.lookup(&k4(a4(&idst), a4(&isrc), idport, isport, iproto), h, now_ms).map(|e| *e.value())
+        };
+        let Some(fv) = fv else {
+            return Verdict::Drop(DropReason::IcmpErrorNoFlow);
+        };
+        let Some(b) = snap.backend(fv.backend) else {
+            return Verdict::Drop(DropReason::IcmpErrorNoFlow);
+        };
+        bump(&self.stats.icmp_errors_forwarded, 1);
+        if f.method != Method::Nat {
+            return self.send_dsr(snap, pkt, p, v6, f.method, b);
+        }
+        // nat: the backend sent backend:bport -> local:lport; show it that packet.
+        let Some(mac) = b.mac else {
+            return Verdict::Drop(DropReason::NextHopUnresolved);
+        };
+        let l = &snap.local;
+        let la = if v6 {
+            l.nat_ipv6.get(usize::from(fv.nat_addr)).copied()
+        } else {
+            l.nat_ipv4.get(usize::from(fv.nat_addr)).map(|a| {
+                let mut r = [0u8; 16];
+                r[..4].copy_from_slice(a);
+                r
+            })
+        };
+        let Some(la) = la else {
+            return Verdict::Drop(DropReason::NoNatAddress);
+        };
+        let ba = raw_ip(b.addr);
+        let l3 = usize::from(p.l3_off);
+        let d = pkt.data_mut();
+        let alen = if v6 { 16 } else { 4 };
+        let (aoff, ioff) = if v6 { (l3 + 24, q + 8) } else { (l3 + 16, q + 12) };
+        // outer destination -> backend
+        d[aoff..aoff + alen].copy_from_slice(&ba[..alen]);
+        // quoted source -> backend:bport, destination -> local:lport
+        d[ioff..ioff + alen].copy_from_slice(&ba[..alen]);
+        d[ioff + alen..ioff + 2 * alen].copy_from_slice(&la[..alen]);
+        put16(d, q + ihl, b.port);
+        put16(d, q + ihl + 2, fv.nat_port);
+        if !v6 {
+            ipv4::Packet::new_unchecked(&mut d[q..]).fill_checksum();
+            ipv4::Packet::new_unchecked(&mut d[l3..]).fill_checksum();
+        }
+        put16(d, l4 + 2, 0);
+        let c = if v6 {
+            let mut src = [0u8; 16];
+            src.copy_from_slice(&d[l3 + 8..l3 + 24]);
+            let ps = checksum::pseudo_v6(src, ba, proto::ICMPV6, (end - l4) as u32);
+            !checksum::fold(checksum::sum(ps, &d[l4..end]))
+        } else {
+            checksum::checksum(&d[l4..end])
+        };
+        put16(d, l4 + 2, c);
+        d[0..6].copy_from_slice(&mac);
+        d[6..12].copy_from_slice(&l.mac);
+        Verdict::Tx
+    }
+
+    fn ndp<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, p: &Parsed) -> Verdict {
+        let l3 = usize::from(p.l3_off);
+        let l4 = usize::from(p.l4_off);
+        let end = usize::from(p.l3_end);
+        let d = pkt.data();
+        let Ok(m) = icmp::Message::new_checked(&d[l4..end]) else {
+            return Verdict::Drop(DropReason::Malformed);
+        };
+        let Some(target) = m.nd_target() else {
+            return Verdict::Drop(DropReason::Malformed);
+        };
+        if p.icmp_type == icmp::v6::NEIGHBOR_ADVERT {
+            if snap.addr_kind(&target, true).is_some() {
+                return Verdict::Drop(DropReason::NdpNotOurs);
+            }
+            let mac = m.nd_lladdr(icmp::v6::OPT_TARGET_LLADDR).unwrap_or([d[6], d[7], d[8], d[9], d[10], d[11]]);
+            return Verdict::Neighbor(NeighborEvent {
+                ip: IpAddr::from(target),
+                mac,
+            });
+        }
+        // Neighbour solicitation: answer for VIPs and own addresses, not DAD probes.
+        if snap.addr_kind(&target, true).is_none() || p.src == [0u8; 16] || l4 != l3 + ipv6::HEADER_LEN || end - l4 < 32 {
+            return Verdict::Drop(DropReason::NdpNotOurs);
+        }
+        let asker = p.src;
+        let mac = snap.local.mac;
+        let frame_len = d.len();
+        let d = pkt.data_mut();
+        let src_mac = [d[6], d[7], d[8], d[9], d[10], d[11]];
+        d[0..6].copy_from_slice(&src_mac);
+        d[6..12].copy_from_slice(&mac);
+        ipv6::emit(&mut d[l3..], target, asker, proto::ICMPV6, 32, 255);
+        icmp::emit_neighbor_advert(&mut d[l4..l4 + 32], icmp::v6::NA_SOLICITED | icmp::v6::NA_OVERRIDE, target, mac);
+        let ps = checksum::pseudo_v6(target, asker, proto::ICMPV6, 32);
+        let c = !checksum::fold(checksum::sum(ps, &d[l4..l4 + 32]));
+        put16(d, l4 + 2, c);
+        let extra = frame_len - (l4 + 32);
+        if extra > 0 {
+            pkt.trim(extra);
+        }
+        bump(&self.stats.neighbor_replies, 1);
+        Verdict::Tx
+    }
+}

@@ -1,0 +1,162 @@
+//! The worker on real DPDK: a ring-backed port (rte_eth_from_rings) is the wire. Packets in,
+//! rewritten packets out, a snapshot swap mid-stream loses no packet, established flows keep
+//! their backend and new flows see the new backend set. Needs root (hugepages): scripts/test.
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use dpdk_sys::{Eal, MbufBatch, MbufRing, Mempool, PortConfig};
+use sluice_dataplane::snapshot::{Method, Protocol, Snapshot};
+use sluice_dataplane::worker::{self, Command, WorkerConfig, WorkerLinks, WorkerQueues};
+
+const VIP: [u8; 4] = [192, 0, 2, 10];
+
+fn snap(generation: u64, backends: Vec<u32>) -> Snapshot {
+    Snapshot::new(
+        generation,
+        42,
+        vec![frontend(0, "192.0.2.10", 80, Protocol::Tcp, Method::DsrL2, backends)],
+        vec![backend(1, "10.0.1.1", 8080), backend(2, "10.0.1.2", 8080), backend(4, "10.0.1.4", 8080)],
+        local(),
+        1024,
+    )
+    .unwrap()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn worker_forwards_swaps_snapshots_and_keeps_flows() {
+    let eal = Arc::new(
+        Eal::init(&["worker-test", "--no-pci", "--in-memory", "-l", "0", "--log-level=lib.eal:error"])
+            .expect("EAL init (needs root + hugepages: run sudo scripts/test)"),
+    );
+    let pool = Arc::new(Mempool::new("w_pool", 8191, 256, Mempool::DEFAULT_DATA_ROOM, -1).unwrap());
+    let mut wire = MbufRing::port(&eal, "w_wire", 4096).unwrap();
+    let (mut rxq, mut txq) = wire.port.configure(&PortConfig::default(), &pool).unwrap();
+    wire.port.start().unwrap();
+
+    let (snap_tx, snap_rx) = crossbeam_channel::bounded(4);
+    let (ret_tx, ret_rx) = crossbeam_channel::bounded(4);
+    let (nb_tx, nb_rx) = crossbeam_channel::bounded(64);
+    let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(64);
+    let stop = Arc::new(AtomicBool::new(false));
+    let links = WorkerLinks {
+        snapshots: snap_rx,
+        retired: ret_tx,
+        neighbors: nb_tx,
+        commands: cmd_rx,
+        to_workers: vec![None],
+        from_workers: vec![],
+        stop: stop.clone(),
+    };
+    let queues = WorkerQueues {
+        pairs: vec![(rxq.remove(0), txq.remove(0))],
+    };
+    let cfg = WorkerConfig {
+        tx_flush_us: 50,
+        ..WorkerConfig::default()
+    };
+    let h = worker::spawn(eal.clone(), cfg, queues, links, pool.clone(), Arc::new(snap(1, vec![1, 2])), 1024).unwrap();
+    let stats = h.stats.clone();
+
+    let send = |frames: &[Vec<u8>], inject: &mut dpdk_sys::RingProducer| {
+        for chunk in frames.chunks(32) {
+            let mut b = MbufBatch::new();
+            for f in chunk {
+                let mut m = pool.alloc().expect("mbuf");
+                m.append(f.len()).unwrap().copy_from_slice(f);
+                b.push(m).unwrap();
+            }
+            while !b.is_empty() {
+                inject.enqueue(&mut b);
+            }
+        }
+    };
+    let mut captured: Vec<Vec<u8>> = Vec::new();
+    let mut collect = |want: usize, capture: &mut dpdk_sys::RingConsumer, out: &mut Vec<Vec<u8>>| {
+        let t = Instant::now();
+        while out.len() < want {
+            assert!(t.elapsed() < Duration::from_secs(10), "got {} of {want} packets", out.len());
+            let mut b = MbufBatch::new();
+            capture.dequeue(&mut b);
+            for m in b.drain() {
+                out.push(m.data().to_vec());
+            }
+        }
+    };
+
+    // 1. 400 new flows with generation 1 ([1, 2]); the snapshot with a third backend arrives
+    //    halfway through the stream.
+    let syns: Vec<Vec<u8>> = (0..400).map(|i| tcp4(CLIENT4, VIP, 30000 + i, 80, true, false, &[])).collect();
+    send(&syns[..200], &mut wire.inject);
+    snap_tx.send(Arc::new(snap(2, vec![1, 2, 4]))).unwrap();
+    send(&syns[200..], &mut wire.inject);
+    collect(400, &mut wire.capture, &mut captured);
+    wait_for("generation 2", || stats.snapshot_generation.load(Relaxed) == 2);
+    let retired = ret_rx.recv_timeout(Duration::from_secs(5)).expect("old snapshot handed back");
+    assert_eq!(retired.generation, 1);
+    // Every packet came out, in order, with only the MACs rewritten.
+    let mut first_backend = Vec::new();
+    for (i, out) in captured.iter().enumerate() {
+        assert_eq!(&out[6..12], &LB_MAC);
+        assert_eq!(&out[12..], &syns[i][12..], "packet {i} otherwise untouched");
+        first_backend.push(out[5]);
+    }
+    assert_eq!(stats.rx_packets.load(Relaxed), 400);
+    assert_eq!(stats.tx_packets.load(Relaxed), 400);
+    assert_eq!(stats.total_drops(), 0);
+
+    // 2. The same flows again (ACKs): each keeps the backend it had, whatever Maglev says now.
+    let acks: Vec<Vec<u8>> = (0..400).map(|i| tcp4(CLIENT4, VIP, 30000 + i, 80, false, true, b"data")).collect();
+    send(&acks, &mut wire.inject);
+    let mut again = Vec::new();
+    collect(400, &mut wire.capture, &mut again);
+    for (i, out) in again.iter().enumerate() {
+        assert_eq!(out[5], first_backend[i], "flow {i} kept its backend across the swap");
+    }
+
+    // 3. New flows see the third backend.
+    let fresh: Vec<Vec<u8>> = (0..600).map(|i| tcp4(CLIENT4, VIP, 50000 + i, 80, true, false, &[])).collect();
+    send(&fresh, &mut wire.inject);
+    let mut third = Vec::new();
+    collect(600, &mut wire.capture, &mut third);
+    let to4 = third.iter().filter(|o| o[5] == 4).count();
+    assert!(to4 > 100, "new flows reach the new backend ({to4} of 600)");
+
+    // 4. A neighbour resolution request goes out as an ARP request.
+    cmd_tx
+        .send(Command::Resolve {
+            target: "10.0.1.9".parse().unwrap(),
+            from: "10.0.0.2".parse().unwrap(),
+        })
+        .unwrap();
+    let mut arp = Vec::new();
+    collect(1, &mut wire.capture, &mut arp);
+    assert_eq!(&arp[0][12..14], &[0x08, 0x06]);
+    assert_eq!(&arp[0][38..42], &[10, 0, 1, 9]);
+    // ... and the reply comes back to the control plane.
+    let mut reply = vec![0u8; 60];
+    sluice_dataplane::wire::ethernet::emit(&mut reply, LB_MAC, bmac(9), 0x0806);
+    sluice_dataplane::wire::arp::emit(&mut reply[14..], 2, bmac(9), [10, 0, 1, 9], LB_MAC, LB4);
+    send(&[reply], &mut wire.inject);
+    let ev = nb_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(ev.ip, "10.0.1.9".parse::<std::net::IpAddr>().unwrap());
+    assert_eq!(ev.mac, bmac(9));
+
+    h.stop().unwrap();
+    assert_eq!(stats.tx_packets.load(Relaxed), 1401);
+    assert_eq!(stats.rx_packets.load(Relaxed), 1401);
+    assert!(stats.polls.load(Relaxed) > 0);
+    drop(wire);
+    assert_eq!(pool.in_use(), 0, "no mbuf leaked");
+}
