@@ -14,6 +14,7 @@
 
 pub mod ffi;
 
+mod alloc_count;
 mod eal;
 mod error;
 mod mbuf;
@@ -22,6 +23,7 @@ mod port;
 mod ring;
 mod time;
 
+pub use alloc_count::CountingAlloc;
 pub use eal::{lcore_id, register_thread, Eal, ThreadRegistration};
 pub use error::{DpdkError, Result};
 pub use mbuf::{Drain, Mbuf, MbufBatch, BURST};
