@@ -1,7 +1,46 @@
-//! `sluiced`: the Sluice daemon.
+//! `sluiced`: the Sluice daemon. `sluiced --config sluice.toml`.
 #![forbid(unsafe_code)]
 
-fn main() {
-    eprintln!("sluiced: not built yet");
-    std::process::exit(2);
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Sluice: a DPDK L4 load balancer for Kubernetes Services of type LoadBalancer.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The configuration file (TOML; see docs/configuration.md).
+    #[arg(short, long, default_value = "/etc/sluice/sluice.toml")]
+    config: PathBuf,
+    /// Only check the configuration and the manifests, then exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    if args.check {
+        let cfg = sluice_controlplane::config::Config::load(&args.config)?;
+        let m = sluice_controlplane::manifest::load_dir(&cfg.source.manifest_dir)?;
+        println!(
+            "{}: ok; {}: {} services, {} endpoint slices, {} nodes",
+            args.config.display(),
+            cfg.source.manifest_dir.display(),
+            m.model.services.len(),
+            m.model.endpoint_slices.len(),
+            m.model.nodes.len()
+        );
+        return Ok(());
+    }
+    if let Err(e) = sluice_controlplane::daemon::run(&args.config) {
+        eprintln!("sluiced: {e}");
+        std::process::exit(1);
+    }
+    Ok(())
 }
