@@ -1055,7 +1055,7 @@ fn desired_backends(
     let model = input.model;
     let probe_for = |addr: SocketAddr| -> Option<ProbeTarget> {
         (cfg.health.enabled && sp.protocol == L4Protocol::Tcp)
-            .then(|| ProbeTarget::from_config(addr, &cfg.health))
+            .then(|| ProbeTarget::from_config(addr, &cfg.health, sp.is_http()))
     };
     let mut out = Vec::new();
     match target {
@@ -1298,7 +1298,10 @@ namespaces = ["prod"]
 
     #[test]
     fn lab_example_compiles() {
-        let cfg = lab_cfg();
+        let mut cfg = lab_cfg();
+        cfg.health.enabled = true;
+        cfg.health.kind = crate::config::HealthKind::Http;
+        cfg.health.http_path = "/".into();
         let m = lab_model();
         let mut env = Env::new();
         let mut c = Compiler::new();
@@ -1335,8 +1338,21 @@ namespaces = ["prod"]
         assert_eq!(udp6.backends[2].addr, ip("fd00:99::23"));
         assert_eq!(out.report.unresolved.len(), 6);
         assert_eq!(out.report.next_hops, out.report.unresolved);
-        // The example disables health checks (the lab's backends are not reachable from the host).
-        assert!(out.report.health_targets.is_empty());
+        // HTTP probes on the http port, TCP connects on the echo port; UDP is
+        // not probed: 2 TCP ports x 3 backends x 2 families.
+        assert_eq!(out.report.health_targets.len(), 12);
+        assert!(out
+            .report
+            .health_targets
+            .contains(&ProbeTarget::http("10.99.0.21:8080".parse().unwrap(), "/")));
+        assert!(out
+            .report
+            .health_targets
+            .contains(&ProbeTarget::tcp("[fd00:99::23]:9000".parse().unwrap())));
+        assert_eq!(
+            http4.backends[0].health_target,
+            Some(ProbeTarget::http("10.99.0.21:8080".parse().unwrap(), "/"))
+        );
 
         let s = &out.snapshot;
         assert_eq!(s.generation, 1);

@@ -671,14 +671,11 @@ fn rewrite_message(msg: &str, path: &str) -> String {
                 .trim_start_matches(',')
                 .trim()
                 .trim_start_matches("expected ")
-                .replace('`', "");
-            let expected = if expected.starts_with("one of ") {
-                expected
-            } else {
-                format!("one of: {expected}")
-            };
+                .trim_start_matches("one of ")
+                .replace('`', "")
+                .replace(" or ", ", ");
             return format!(
-                "unknown key {field:?} {}; expected {expected} (see docs/configuration.md)",
+                "unknown key {field:?} {}; expected one of: {expected} (see docs/configuration.md)",
                 describe_path(parent)
             );
         }
@@ -1372,14 +1369,11 @@ mod doc_tests {
         for (table, text) in probes {
             let msg = Config::parse(&text, "t.toml").unwrap_err().to_string();
             let list = msg
-                .split("expected one of")
+                .split("expected one of: ")
                 .nth(1)
                 .unwrap_or_else(|| panic!("{table}: {msg}"));
             let list = list.split(" (see").next().unwrap();
-            for key in list
-                .split(',')
-                .map(|k| k.trim().trim_start_matches("one of ").trim())
-            {
+            for key in list.split(',').map(str::trim) {
                 if table.is_empty() {
                     let heading = if matches!(key, "ports" | "pools") {
                         format!("## `[[{key}]]`")

@@ -18,7 +18,9 @@ use dpdk_sys::{Eal, MbufRing, Mempool, Port, PortConfig as DpdkPortConfig};
 use sluice_dataplane::pipeline::{NeighborEvent, PipelineConfig};
 use sluice_dataplane::snapshot::Snapshot;
 use sluice_dataplane::stats::WorkerStats;
-use sluice_dataplane::worker::{self, Command, WorkerConfig, WorkerHandle, WorkerLinks, WorkerQueues};
+use sluice_dataplane::worker::{
+    self, Command, WorkerConfig, WorkerHandle, WorkerLinks, WorkerQueues,
+};
 use tracing::{error, info, warn};
 
 use crate::compile::{CompileInput, CompileReport, Compiler};
@@ -59,7 +61,11 @@ pub fn eal_args(cfg: &Config) -> Vec<String> {
         .control_cores
         .clone()
         .and_then(|c| c.first().copied())
-        .unwrap_or_else(|| (0..num_cores()).find(|c| !cfg.workers.cores.contains(c)).unwrap_or(0));
+        .unwrap_or_else(|| {
+            (0..num_cores())
+                .find(|c| !cfg.workers.cores.contains(c))
+                .unwrap_or(0)
+        });
     a.push("-l".into());
     a.push(control.to_string());
     if cfg.ports.iter().all(|p| p.is_vdev()) {
@@ -81,7 +87,9 @@ pub fn eal_args(cfg: &Config) -> Vec<String> {
 }
 
 fn num_cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// The DPDK port name of a device string (`net_af_packet0,iface=x` -> `net_af_packet0`).
@@ -134,11 +142,20 @@ impl State {
             // A worker keeps only the newest; if its channel is full it will catch up.
             let _ = tx.try_send(snap.clone());
         }
-        let backends: usize = report.services.iter().flat_map(|s| &s.frontends).map(|f| f.backends.len()).sum();
+        let backends: usize = report
+            .services
+            .iter()
+            .flat_map(|s| &s.frontends)
+            .map(|f| f.backends.len())
+            .sum();
         info!(
             generation = report.generation,
             services = report.services.len(),
-            frontends = report.services.iter().map(|s| s.frontends.len()).sum::<usize>(),
+            frontends = report
+                .services
+                .iter()
+                .map(|s| s.frontends.len())
+                .sum::<usize>(),
             backends,
             unresolved = report.unresolved.len(),
             maglev_rebuilt = report.maglev_rebuilt.len(),
@@ -154,9 +171,14 @@ impl State {
         for p in &report.problems {
             warn!(problem = %p, "problem");
         }
-        self.health.set_targets(report.health_targets.iter().cloned());
+        self.health
+            .set_targets(report.health_targets.iter().cloned());
         // Announce VIPs we did not announce before.
-        let vips: BTreeSet<IpAddr> = report.services.iter().flat_map(|s| s.vips.iter().copied()).collect();
+        let vips: BTreeSet<IpAddr> = report
+            .services
+            .iter()
+            .flat_map(|s| s.vips.iter().copied())
+            .collect();
         for v in vips.difference(&self.announced) {
             if let Some(c) = self.commands.first() {
                 let _ = c.try_send(Command::Announce(*v));
@@ -234,10 +256,21 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
     let eal = Arc::new(dpdk("EAL init", Eal::init(&args))?);
     let nworkers = cfg.workers.cores.len().max(1);
     let pool_size = (8192 * cfg.ports.len() * nworkers).max(8192) as u32 - 1;
-    let pool = Arc::new(dpdk("mempool", Mempool::new("sluice_pool", pool_size, 256, Mempool::DEFAULT_DATA_ROOM, -1))?);
+    let pool = Arc::new(dpdk(
+        "mempool",
+        Mempool::new(
+            "sluice_pool",
+            pool_size,
+            256,
+            Mempool::DEFAULT_DATA_ROOM,
+            -1,
+        ),
+    )?);
 
     let mut ports = Vec::new();
-    let mut queues: Vec<WorkerQueues> = (0..nworkers).map(|_| WorkerQueues { pairs: Vec::new() }).collect();
+    let mut queues: Vec<WorkerQueues> = (0..nworkers)
+        .map(|_| WorkerQueues { pairs: Vec::new() })
+        .collect();
     let mut mac = [0u8; 6];
     for (i, pc) in cfg.ports.iter().enumerate() {
         let name = port_name(&pc.device);
@@ -274,22 +307,29 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
     }
 
     // Worker-to-worker rings for NAT replies that land on the wrong queue.
-    let mut producers: Vec<Vec<Option<dpdk_sys::RingProducer>>> = (0..nworkers).map(|_| (0..nworkers).map(|_| None).collect()).collect();
-    let mut consumers: Vec<Vec<dpdk_sys::RingConsumer>> = (0..nworkers).map(|_| Vec::new()).collect();
-    for from in 0..nworkers {
-        for to in 0..nworkers {
+    let mut producers: Vec<Vec<Option<dpdk_sys::RingProducer>>> = (0..nworkers)
+        .map(|_| (0..nworkers).map(|_| None).collect())
+        .collect();
+    let mut consumers: Vec<Vec<dpdk_sys::RingConsumer>> =
+        (0..nworkers).map(|_| Vec::new()).collect();
+    for (from, row) in producers.iter_mut().enumerate() {
+        for (to, slot) in row.iter_mut().enumerate() {
             if from != to {
                 let (p, c) = dpdk("ring", MbufRing::create(&format!("sl_w{from}_w{to}"), 1024, -1))?;
-                producers[from][to] = Some(p);
+                *slot = Some(p);
                 consumers[to].push(c);
             }
         }
     }
 
     let stop = Arc::new(AtomicBool::new(false));
-    let (nb_tx, nb_rx): (Sender<NeighborEvent>, Receiver<NeighborEvent>) = crossbeam_channel::bounded(4096);
+    let (nb_tx, nb_rx): (Sender<NeighborEvent>, Receiver<NeighborEvent>) =
+        crossbeam_channel::bounded(4096);
     let (ret_tx, ret_rx) = crossbeam_channel::bounded::<Arc<Snapshot>>(64);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     let _guard = rt.enter();
     let settings = ProbeSettings::from(&cfg.health);
     let mut state = State {
@@ -351,13 +391,26 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
             tx_flush_us: cfg.workers.tx_flush_us,
             expire_buckets: 64,
         };
-        let h = worker::spawn(eal.clone(), wc, q, links, pool.clone(), first_snap_arc.clone(), cfg.tables.max_backends)?;
+        let h = worker::spawn(
+            eal.clone(),
+            wc,
+            q,
+            links,
+            pool.clone(),
+            first_snap_arc.clone(),
+            cfg.tables.max_backends,
+        )?;
         info!(worker = w, core = ?cfg.workers.cores.get(w), "worker started");
         workers.push(h);
     }
     drop(first_snap_arc);
     let stats: Vec<Arc<WorkerStats>> = workers.iter().map(|w| w.stats.clone()).collect();
-    let dp = Dataplane { workers, ports, pool, eal };
+    let dp = Dataplane {
+        workers,
+        ports,
+        pool,
+        eal,
+    };
     pin_control_threads(&cfg);
     state.compile_and_publish("start");
 
@@ -371,11 +424,11 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
 }
 
 fn pin_control_threads(cfg: &Config) {
-    let control: Vec<usize> = cfg
-        .workers
-        .control_cores
-        .clone()
-        .unwrap_or_else(|| (0..num_cores()).filter(|c| !cfg.workers.cores.contains(c)).collect());
+    let control: Vec<usize> = cfg.workers.control_cores.clone().unwrap_or_else(|| {
+        (0..num_cores())
+            .filter(|c| !cfg.workers.cores.contains(c))
+            .collect()
+    });
     if let Some(c) = control.first() {
         let _ = core_affinity::set_for_current(core_affinity::CoreId { id: *c });
     }
@@ -385,13 +438,19 @@ fn resolve_dir(config: &Path, dir: &Path) -> PathBuf {
     if dir.is_absolute() || dir.exists() {
         dir.to_path_buf()
     } else {
-        config.parent().map(|p| p.join(dir)).unwrap_or_else(|| dir.to_path_buf())
+        config
+            .parent()
+            .map(|p| p.join(dir))
+            .unwrap_or_else(|| dir.to_path_buf())
     }
 }
 
 /// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
 pub fn fmt_mac(m: [u8; 6]) -> String {
-    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }
 
 async fn control_loop(

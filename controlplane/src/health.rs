@@ -70,11 +70,13 @@ impl ProbeTarget {
         }
     }
 
-    /// The target for a backend at `addr` under the configured probe kind.
-    pub fn from_config(addr: SocketAddr, cfg: &HealthConfig) -> Self {
+    /// The target for a backend at `addr` under the configured probe kind: with `kind =
+    /// "http"` only ports that speak HTTP (`http_port`) get an HTTP GET, the others a TCP
+    /// connect (an HTTP request to, say, an echo server would fail).
+    pub fn from_config(addr: SocketAddr, cfg: &HealthConfig, http_port: bool) -> Self {
         match cfg.kind {
-            HealthKind::Tcp => Self::tcp(addr),
-            HealthKind::Http => Self::http(addr, cfg.http_path.clone()),
+            HealthKind::Http if http_port => Self::http(addr, cfg.http_path.clone()),
+            _ => Self::tcp(addr),
         }
     }
 }

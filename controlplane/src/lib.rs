@@ -5,6 +5,7 @@
 //! - [`manifest`]: the manifest-directory source and its watcher.
 //! - [`compile`]: model + config + health + neighbours → dataplane `Snapshot`, with IPAM.
 //! - [`health`]: active TCP/HTTP health checks.
+//! - [`daemon`]: the `sluiced` runtime (EAL, ports, workers, the compile/publish loop).
 #![forbid(unsafe_code)]
 
 pub mod compile;

@@ -58,7 +58,7 @@ pub enum ManifestError {
         /// The file.
         file: PathBuf,
         /// Document index, 1-based, with `items[i]` for list items.
-        doc: String,
+        doc: Box<str>,
         /// What is wrong and how to fix it.
         message: String,
     },
@@ -68,11 +68,11 @@ pub enum ManifestError {
         /// The file.
         file: PathBuf,
         /// Document index, 1-based, with `items[i]` for list items.
-        doc: String,
+        doc: Box<str>,
         /// `Kind namespace/name`.
-        object: String,
+        object: Box<str>,
         /// Dotted field path.
-        field: String,
+        field: Box<str>,
         /// What is wrong and how to fix it.
         message: String,
     },
@@ -82,13 +82,13 @@ pub enum ManifestError {
         /// The file of the second definition.
         file: PathBuf,
         /// Its document.
-        doc: String,
+        doc: Box<str>,
         /// `Kind namespace/name`.
-        object: String,
+        object: Box<str>,
         /// The file of the first definition.
         first_file: PathBuf,
         /// Its document.
-        first_doc: String,
+        first_doc: Box<str>,
     },
 }
 
@@ -177,7 +177,7 @@ fn parse_files(files: &[(PathBuf, String)]) -> Result<Manifests, ManifestError> 
             let idx = (i + 1).to_string();
             let value = Value::deserialize(doc).map_err(|e| ManifestError::Document {
                 file: file.clone(),
-                doc: idx.clone(),
+                doc: idx.as_str().into(),
                 message: format!("invalid YAML: {e}"),
             })?;
             b.document(file, &idx, value)?;
@@ -216,7 +216,7 @@ impl Builder {
     fn document(&mut self, file: &Path, doc: &str, value: Value) -> Result<(), ManifestError> {
         let derr = |message: String| ManifestError::Document {
             file: file.to_owned(),
-            doc: doc.to_owned(),
+            doc: doc.into(),
             message,
         };
         if value.is_null() {
@@ -316,10 +316,10 @@ impl Builder {
         {
             return Err(ManifestError::Duplicate {
                 file: here.0,
-                doc: here.1,
-                object: object.to_owned(),
+                doc: here.1.into(),
+                object: object.into(),
                 first_file,
-                first_doc,
+                first_doc: first_doc.into(),
             });
         }
         Ok(())
@@ -329,9 +329,9 @@ impl Builder {
 fn obj_err(file: &Path, doc: &str, object: &str, e: ModelError) -> ManifestError {
     ManifestError::Object {
         file: file.to_owned(),
-        doc: doc.to_owned(),
-        object: object.to_owned(),
-        field: e.field,
+        doc: doc.into(),
+        object: object.into(),
+        field: e.field.into(),
         message: e.message,
     }
 }
@@ -347,12 +347,12 @@ fn typed<T: serde::de::DeserializeOwned>(
         let field = e.path().to_string();
         ManifestError::Object {
             file: file.to_owned(),
-            doc: doc.to_owned(),
-            object: object.to_owned(),
+            doc: doc.into(),
+            object: object.into(),
             field: if field == "." {
-                "(object)".to_owned()
+                "(object)".into()
             } else {
-                field
+                field.into()
             },
             message: e.into_inner().to_string(),
         }
@@ -482,6 +482,17 @@ spec:
       port: 80
       targetPort: 8080
 "#;
+
+    #[test]
+    fn errors_stay_small() {
+        // Small enough to sit in a caller's error enum without clippy::result_large_err.
+        assert!(
+            std::mem::size_of::<ManifestError>() <= 104,
+            "{}",
+            std::mem::size_of::<ManifestError>()
+        );
+        assert!(std::mem::size_of::<crate::config::ConfigError>() <= 104);
+    }
 
     #[test]
     fn examples_load() {

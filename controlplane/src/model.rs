@@ -137,6 +137,24 @@ pub struct ServicePort {
     pub target_port: TargetPort,
     /// The node port, if allocated.
     pub node_port: Option<u16>,
+    /// `appProtocol` (e.g. `http`), if given.
+    pub app_protocol: Option<String>,
+}
+
+impl ServicePort {
+    /// Whether the port speaks HTTP: `appProtocol: http` (or `kubernetes.io/http`), else a name
+    /// `http` or `http-*` (the convention service meshes use).
+    pub fn is_http(&self) -> bool {
+        match self.app_protocol.as_deref() {
+            Some(a) => {
+                a.eq_ignore_ascii_case("http") || a.eq_ignore_ascii_case("kubernetes.io/http")
+            }
+            None => self
+                .name
+                .as_deref()
+                .is_some_and(|n| n == "http" || n.starts_with("http-")),
+        }
+    }
 }
 
 /// `spec.externalTrafficPolicy`.
@@ -313,6 +331,7 @@ impl Service {
                 port,
                 target_port,
                 node_port,
+                app_protocol: p.app_protocol.clone().filter(|a| !a.is_empty()),
             });
         }
         if ports.len() > 1 {
