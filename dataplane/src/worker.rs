@@ -300,6 +300,9 @@ fn process_burst(
     stats: &WorkerStats,
 ) {
     let snap = l.snap.clone();
+    for m in rx.iter_mut() {
+        l.pipeline.prefetch(&snap, m);
+    }
     for mut m in rx.drain() {
         if m.segments() > 1 {
             stats.drop_packet(DropReason::Multisegment);

@@ -30,4 +30,4 @@ pub use mbuf::{Drain, Mbuf, MbufBatch, BURST};
 pub use mempool::Mempool;
 pub use port::{LinkStatus, Port, PortConfig, PortId, PortStats, QueueId, RxQueue, TxQueue};
 pub use ring::{MbufRing, RingConsumer, RingPort, RingProducer};
-pub use time::{pause, tsc, tsc_hz};
+pub use time::{pause, prefetch, tsc, tsc_hz};
