@@ -4,15 +4,18 @@
 //! `cargo bench -p sluice-dataplane --bench conntrack -- --warm-up-time 1 --measurement-time 3`
 //!
 //! Work is done as a worker does it: bursts of 32 flows, the flow hashes already computed by
-//! the parser, [`Conntrack::prefetch`] called for the whole burst before the lookups. Times are
-//! reported per flow (burst time / 32). Flows are visited in a random order over the whole
-//! table, so nearly every entry access is a cache miss.
+//! the parser, the burst prefetched before its lookups (not at all, per flow with
+//! `Conntrack::prefetch`, or with `Conntrack::prefetch_burst`). Times are reported per flow
+//! (burst time / 32). Flows are visited in a random order over the whole table, so nearly every
+//! entry access is a cache miss.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_main, Criterion};
-use sluice_dataplane::conntrack::{Conntrack, ConntrackConfig, FlowKey, FlowState, Timeouts, V4Key};
+use sluice_dataplane::conntrack::{
+    Conntrack, ConntrackConfig, FlowKey, FlowState, Timeouts, V4Key,
+};
 use sluice_dataplane::hash::mix64;
 
 /// Burst size of a worker.
@@ -38,7 +41,10 @@ fn key(family: u32, i: u32) -> V4Key {
 
 /// `n` flows of `family` with their hashes, in a random order.
 fn flows(family: u32, n: u32) -> Vec<(V4Key, u64)> {
-    let mut v: Vec<(V4Key, u64)> = (0..n).map(|i| key(family, i)).map(|k| (k, k.flow_hash(SEED))).collect();
+    let mut v: Vec<(V4Key, u64)> = (0..n)
+        .map(|i| key(family, i))
+        .map(|k| (k, k.flow_hash(SEED)))
+        .collect();
     let mut st = 1u64;
     for i in (1..v.len()).rev() {
         st = mix64(st.wrapping_add(i as u64));
@@ -49,7 +55,10 @@ fn flows(family: u32, n: u32) -> Vec<(V4Key, u64)> {
 
 /// A table of `capacity` slots holding [`FLOWS`] established flows.
 fn filled(capacity: usize) -> Conntrack<V4Key, Value> {
-    let mut t = Conntrack::new(&ConntrackConfig { capacity, timeouts: Timeouts::default() });
+    let mut t = Conntrack::new(&ConntrackConfig {
+        capacity,
+        timeouts: Timeouts::default(),
+    });
     for i in 0..FLOWS {
         let k = key(10, i);
         let _ = t.insert(k, k.flow_hash(SEED), [i, 0], FlowState::TcpEstablished, 0);
@@ -58,7 +67,11 @@ fn filled(capacity: usize) -> Conntrack<V4Key, Value> {
 }
 
 /// Runs `burst` over consecutive bursts of `flows` `iters` times; returns the time per flow.
-fn per_flow(iters: u64, flows: &[(V4Key, u64)], mut burst: impl FnMut(&[(V4Key, u64)]) -> u64) -> Duration {
+fn per_flow(
+    iters: u64,
+    flows: &[(V4Key, u64)],
+    mut burst: impl FnMut(&[(V4Key, u64)]) -> u64,
+) -> Duration {
     let mut at = 0;
     let mut sink = 0u64;
     let start = Instant::now();
@@ -74,16 +87,34 @@ fn per_flow(iters: u64, flows: &[(V4Key, u64)], mut burst: impl FnMut(&[(V4Key, 
     elapsed / BURST as u32
 }
 
-/// Looks a burst up: prefetch (tags) for all, optionally prefetch the entries, then look up.
-fn lookup_burst(t: &mut Conntrack<V4Key, Value>, burst: &[(V4Key, u64)], prefetch: u8, now: u32) -> u64 {
-    if prefetch >= 1 {
-        for (_, h) in burst {
-            t.prefetch(*h);
+/// How a burst is prefetched before its lookups.
+#[derive(Clone, Copy)]
+enum Prefetch {
+    /// Not at all.
+    None,
+    /// [`Conntrack::prefetch`] per flow (tag words only).
+    PerFlow,
+    /// [`Conntrack::prefetch_burst`] (tag words, then candidate entries).
+    Burst,
+}
+
+/// Looks a burst up after prefetching it as asked; returns a checksum of the values found.
+fn lookup_burst(
+    t: &mut Conntrack<V4Key, Value>,
+    burst: &[(V4Key, u64)],
+    prefetch: Prefetch,
+    now: u32,
+) -> u64 {
+    match prefetch {
+        Prefetch::None => {}
+        Prefetch::PerFlow => {
+            for (_, h) in burst {
+                t.prefetch(*h);
+            }
         }
-    }
-    if prefetch >= 2 {
-        for (_, h) in burst {
-            t.prefetch_entry(*h);
+        Prefetch::Burst => {
+            let hashes: [u64; BURST] = std::array::from_fn(|i| burst[i].1);
+            t.prefetch_burst(&hashes);
         }
     }
     let mut found = 0u64;
@@ -103,7 +134,11 @@ fn bench(c: &mut Criterion) {
         b.iter_custom(|iters| per_flow(iters, &present, |f| f.iter().fold(0, |a, (_, h)| a ^ h)))
     });
     g.bench_function("baseline_hash_32", |b| {
-        b.iter_custom(|iters| per_flow(iters, &present, |f| f.iter().fold(0, |a, (k, _)| a ^ k.flow_hash(SEED))))
+        b.iter_custom(|iters| {
+            per_flow(iters, &present, |f| {
+                f.iter().fold(0, |a, (k, _)| a ^ k.flow_hash(SEED))
+            })
+        })
     });
     for capacity in [1usize << 20, 1 << 21] {
         let mut t = filled(capacity);
@@ -116,22 +151,29 @@ fn bench(c: &mut Criterion) {
             t.bytes() >> 20
         );
         let tag = format!("{}_in_{}Mi", FLOWS / 1_000_000, capacity >> 20);
-        for (name, prefetch) in [("", 0u8), ("_prefetch", 1), ("_prefetch2", 2)] {
+        for (name, prefetch) in [
+            ("", Prefetch::None),
+            ("_prefetch", Prefetch::PerFlow),
+            ("_prefetch_burst", Prefetch::Burst),
+        ] {
             g.bench_function(format!("hit{name}_{tag}"), |b| {
-                b.iter_custom(|iters| per_flow(iters, &present, |f| lookup_burst(&mut t, f, prefetch, 1)))
+                b.iter_custom(|iters| {
+                    per_flow(iters, &present, |f| lookup_burst(&mut t, f, prefetch, 1))
+                })
             });
             g.bench_function(format!("miss{name}_{tag}"), |b| {
-                b.iter_custom(|iters| per_flow(iters, &absent, |f| lookup_burst(&mut t, f, prefetch, 1)))
+                b.iter_custom(|iters| {
+                    per_flow(iters, &absent, |f| lookup_burst(&mut t, f, prefetch, 1))
+                })
             });
         }
         // New flows: insert a burst, then remove it so the table stays at 1M flows. Reported
         // per insert+remove pair.
-        g.bench_function(format!("insert_remove_prefetch_{tag}"), |b| {
+        g.bench_function(format!("insert_remove_prefetch_burst_{tag}"), |b| {
             b.iter_custom(|iters| {
                 per_flow(iters, &absent, |f| {
-                    for (_, h) in f {
-                        t.prefetch(*h);
-                    }
+                    let hashes: [u64; BURST] = std::array::from_fn(|i| f[i].1);
+                    t.prefetch_burst(&hashes);
                     for (k, h) in f {
                         let _ = t.insert(*k, *h, [1, 2], FlowState::TcpSynSent, 1);
                     }
@@ -140,7 +182,12 @@ fn bench(c: &mut Criterion) {
             })
         });
         let s = t.stats();
-        eprintln!("after inserts: {} flows, {} evicted, {} relocated", t.len(), s.evictions, s.relocations);
+        eprintln!(
+            "after inserts: {} flows, {} evicted, {} relocated",
+            t.len(),
+            s.evictions,
+            s.relocations
+        );
     }
     g.finish();
 }

@@ -16,7 +16,9 @@ const BURST: usize = 32;
 
 /// `n` backend ids like `10.0.1.2:8080`.
 fn ids(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("10.{}.{}.{}:8080", i / 65536, i / 256 % 256, i % 256)).collect()
+    (0..n)
+        .map(|i| format!("10.{}.{}.{}:8080", i / 65536, i / 256 % 256, i % 256))
+        .collect()
 }
 
 /// Flow hashes: 64 Ki well-mixed values, walked in bursts.
@@ -40,27 +42,39 @@ fn per_element(iters: u64, hashes: &[u64], mut burst: impl FnMut(&[u64]) -> u64)
 
 fn build(c: &mut Criterion) {
     let names = ids(1000);
-    let backends: Vec<MaglevBackend<'_>> = names.iter().map(|id| MaglevBackend { id, weight: 1 }).collect();
+    let backends: Vec<MaglevBackend<'_>> = names
+        .iter()
+        .map(|id| MaglevBackend { id, weight: 1 })
+        .collect();
     let mut g = c.benchmark_group("maglev_build");
     g.sample_size(10);
     for size in [DEFAULT_TABLE_SIZE, 655_373] {
-        g.bench_with_input(BenchmarkId::new("build", format!("M={size},N=1000")), &size, |b, &size| {
-            b.iter(|| MaglevTable::build(black_box(&backends), size, 42).unwrap())
-        });
+        g.bench_with_input(
+            BenchmarkId::new("build", format!("M={size},N=1000")),
+            &size,
+            |b, &size| b.iter(|| MaglevTable::build(black_box(&backends), size, 42).unwrap()),
+        );
         // Baseline: one pass writing and summing an array of the table's size.
-        g.bench_with_input(BenchmarkId::new("baseline_fill_sum", format!("M={size}")), &size, |b, &size| {
-            b.iter(|| {
-                let v: Vec<u32> = (0..size).map(|i| i ^ 0x55).collect();
-                black_box(v.iter().fold(0u32, |a, &x| a.wrapping_add(x)))
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("baseline_fill_sum", format!("M={size}")),
+            &size,
+            |b, &size| {
+                b.iter(|| {
+                    let v: Vec<u32> = (0..size).map(|i| i ^ 0x55).collect();
+                    black_box(v.iter().fold(0u32, |a, &x| a.wrapping_add(x)))
+                })
+            },
+        );
     }
     g.finish();
 }
 
 fn lookup(c: &mut Criterion) {
     let names = ids(1000);
-    let backends: Vec<MaglevBackend<'_>> = names.iter().map(|id| MaglevBackend { id, weight: 1 }).collect();
+    let backends: Vec<MaglevBackend<'_>> = names
+        .iter()
+        .map(|id| MaglevBackend { id, weight: 1 })
+        .collect();
     let table = MaglevTable::build(&backends, DEFAULT_TABLE_SIZE, 42).unwrap();
     // 10% of the backends down, as a bitmap.
     let mut down = [0u64; 1000_usize.div_ceil(64)];
@@ -75,13 +89,18 @@ fn lookup(c: &mut Criterion) {
     g.bench_function("baseline_hash_32_v4_5tuples", |b| {
         b.iter_custom(|iters| {
             per_element(iters, &hashes, |h| {
-                h.iter().fold(0, |a, &x| a ^ hash_v4_5tuple(7, (x as u32).to_be_bytes(), [192, 0, 2, 1], x as u16, 80, 6))
+                h.iter().fold(0, |a, &x| {
+                    a ^ hash_v4_5tuple(7, (x as u32).to_be_bytes(), [192, 0, 2, 1], x as u16, 80, 6)
+                })
             })
         })
     });
     g.bench_function("lookup_M=65537,N=1000", |b| {
         b.iter_custom(|iters| {
-            per_element(iters, &hashes, |h| h.iter().fold(0, |a, &x| a ^ u64::from(table.lookup(x).unwrap_or(0))))
+            per_element(iters, &hashes, |h| {
+                h.iter()
+                    .fold(0, |a, &x| a ^ u64::from(table.lookup(x).unwrap_or(0)))
+            })
         })
     });
     g.bench_function("lookup_live_10pct_down", |b| {

@@ -2,6 +2,8 @@
 //! established TCP (conntrack hit + rewrite) and new flows (SYN: Maglev + NAT port + inserts),
 //! each next to a trivial baseline over the same burst (restore the frames + MAC swap) so the
 //! ratio survives machine noise. Run: `cargo bench -p sluice-dataplane --bench pipeline`.
+#![allow(missing_docs)] // criterion_group! generates an undocumented function
+
 use std::hint::black_box;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -132,6 +134,7 @@ fn bench(c: &mut Criterion) {
             for buf in bufs.iter() {
                 pipe.prefetch(&snap, buf);
             }
+            pipe.prefetch_entries();
             for buf in bufs.iter_mut() {
                 black_box(pipe.process(&snap, buf, 2));
             }
@@ -162,6 +165,7 @@ fn bench(c: &mut Criterion) {
             for buf in bufs.iter() {
                 pipe.prefetch(&snap, buf);
             }
+            pipe.prefetch_entries();
             for buf in bufs.iter_mut() {
                 black_box(pipe.process(&snap, buf, 3 + bursts));
             }

@@ -210,6 +210,9 @@ pub struct Pipeline {
     aff6: Conntrack<V6Key, Aff>,
     nat_cursor: u32,
     stats: Arc<WorkerStats>,
+    /// Burst prefetch: (table, flow hash) per packet of the current burst.
+    pf: [(u8, u64); 32],
+    pf_len: usize,
 }
 
 #[inline(always)]
@@ -311,6 +314,8 @@ impl Pipeline {
             aff6: Conntrack::new(&aff),
             nat_cursor: u32::from(cfg.worker).wrapping_mul(7919),
             stats,
+            pf: [(0, 0); 32],
+            pf_len: 0,
         };
         crate::stats::set(&p.stats.ct_capacity, (p.fwd4.capacity() + p.fwd6.capacity()) as u64);
         p
@@ -382,11 +387,16 @@ impl Pipeline {
         ((u32::from(port - lo) / per) as u16).min(workers - 1)
     }
 
-    /// Touches the flow-table buckets `pkt` will need, without changing anything. A worker calls
-    /// it for a whole burst before processing the burst, so the burst's cache misses on the
-    /// (much larger than cache) flow tables overlap instead of stalling one packet at a time.
+    /// First pass of burst prefetching: parses `pkt`, computes its flow hash and prefetches the
+    /// tag words of the two buckets it may live in (`prefetcht0`), remembering the hash for
+    /// [`Pipeline::prefetch_entries`]. A worker calls it for every packet of a burst, then
+    /// `prefetch_entries`, then processes the burst: the burst's cache misses on the (much
+    /// larger than cache) flow tables overlap instead of stalling one packet at a time.
     #[inline]
-    pub fn prefetch<P: PacketBuf>(&self, snap: &Snapshot, pkt: &P) {
+    pub fn prefetch<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &P) {
+        if self.pf_len >= self.pf.len() {
+            return;
+        }
         let Ok(p) = parse(pkt.data()) else {
             return;
         };
@@ -403,13 +413,35 @@ impl Pipeline {
         } else {
             hash::hash_v4_5tuple(snap.hash_seed, a4(&p.src), a4(&p.dst), p.sport, p.dport, p.proto)
         };
-        let nat_reply = p.dport >= snap.local.nat_port_min && p.dport <= snap.local.nat_port_max;
-        match (v6, nat_reply && matches!(snap.addr_kind(&p.dst, v6), Some(AddrKind::Own))) {
-            (false, false) => self.fwd4.prefetch(h),
-            (true, false) => self.fwd6.prefetch(h),
-            (false, true) => self.rev4.prefetch(h),
-            (true, true) => self.rev6.prefetch(h),
+        let nat_reply = p.dport >= snap.local.nat_port_min
+            && p.dport <= snap.local.nat_port_max
+            && matches!(snap.addr_kind(&p.dst, v6), Some(AddrKind::Own));
+        let table = u8::from(v6) | (u8::from(nat_reply) << 1);
+        let pf = dpdk_sys::prefetch::<u128>;
+        match table {
+            0 => self.fwd4.prefetch_with(h, pf),
+            1 => self.fwd6.prefetch_with(h, pf),
+            2 => self.rev4.prefetch_with(h, pf),
+            _ => self.rev6.prefetch_with(h, pf),
         }
+        self.pf[self.pf_len] = (table, h);
+        self.pf_len += 1;
+    }
+
+    /// Second pass: prefetches the entry each remembered flow's lookup will compare (its tags
+    /// are in cache by now), then forgets the burst.
+    #[inline]
+    pub fn prefetch_entries(&mut self) {
+        for i in 0..self.pf_len {
+            let (table, h) = self.pf[i];
+            match table {
+                0 => self.fwd4.prefetch_entry_with(h, dpdk_sys::prefetch),
+                1 => self.fwd6.prefetch_entry_with(h, dpdk_sys::prefetch),
+                2 => self.rev4.prefetch_entry_with(h, dpdk_sys::prefetch),
+                _ => self.rev6.prefetch_entry_with(h, dpdk_sys::prefetch),
+            }
+        }
+        self.pf_len = 0;
     }
 
     /// Processes one frame. `now_ms` is a wrapping millisecond clock.

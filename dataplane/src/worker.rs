@@ -303,6 +303,7 @@ fn process_burst(
     for m in rx.iter_mut() {
         l.pipeline.prefetch(&snap, m);
     }
+    l.pipeline.prefetch_entries();
     for mut m in rx.drain() {
         if m.segments() > 1 {
             stats.drop_packet(DropReason::Multisegment);

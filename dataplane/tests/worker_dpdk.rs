@@ -83,7 +83,7 @@ fn worker_forwards_swaps_snapshots_and_keeps_flows() {
         }
     };
     let mut captured: Vec<Vec<u8>> = Vec::new();
-    let mut collect = |want: usize, capture: &mut dpdk_sys::RingConsumer, out: &mut Vec<Vec<u8>>| {
+    let collect = |want: usize, capture: &mut dpdk_sys::RingConsumer, out: &mut Vec<Vec<u8>>| {
         let t = Instant::now();
         while out.len() < want {
             assert!(t.elapsed() < Duration::from_secs(10), "got {} of {want} packets", out.len());

@@ -253,6 +253,5 @@ pub fn assert_checksums_valid(frame: &[u8]) {
                 _ => {}
             }
         }
-        _ => {}
     }
 }
