@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use dpdk_sys::{Eal, MbufBatch, MbufRing, Mempool, PortConfig};
+use sluice_dataplane::pipeline::{Pipeline, PipelineConfig};
 use sluice_dataplane::snapshot::{Method, Protocol, Snapshot};
 use sluice_dataplane::worker::{self, Command, WorkerConfig, WorkerLinks, WorkerQueues};
 
@@ -34,12 +35,21 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// EAL starts once per process; the tests share it.
+fn eal() -> Arc<Eal> {
+    static EAL: std::sync::OnceLock<Arc<Eal>> = std::sync::OnceLock::new();
+    EAL.get_or_init(|| {
+        Arc::new(
+            Eal::init(&["worker-test", "--no-pci", "--in-memory", "-l", "0", "--log-level=lib.eal:error"])
+                .expect("EAL init (needs root + hugepages: run sudo scripts/test)"),
+        )
+    })
+    .clone()
+}
+
 #[test]
 fn worker_forwards_swaps_snapshots_and_keeps_flows() {
-    let eal = Arc::new(
-        Eal::init(&["worker-test", "--no-pci", "--in-memory", "-l", "0", "--log-level=lib.eal:error"])
-            .expect("EAL init (needs root + hugepages: run sudo scripts/test)"),
-    );
+    let eal = eal();
     let pool = Arc::new(Mempool::new("w_pool", 8191, 256, Mempool::DEFAULT_DATA_ROOM, -1).unwrap());
     let mut wire = MbufRing::port(&eal, "w_wire", 4096).unwrap();
     let (mut rxq, mut txq) = wire.port.configure(&PortConfig::default(), &pool).unwrap();
@@ -159,4 +169,114 @@ fn worker_forwards_swaps_snapshots_and_keeps_flows() {
     assert!(stats.polls.load(Relaxed) > 0);
     drop(wire);
     assert_eq!(pool.in_use(), 0, "no mbuf leaked");
+}
+
+/// Two workers, each on its own ring port. A NAT flow opened through worker 0 owns a port of
+/// worker 0's slice; its reply arrives at worker 1 (as RSS could deliver it), which hands it to
+/// worker 0 over their SP/SC ring; worker 0 translates it back and sends it out of its port.
+#[test]
+fn nat_reply_on_the_wrong_worker_reaches_its_owner() {
+    let eal = eal();
+    let pool = Arc::new(Mempool::new("w2_pool", 8191, 256, Mempool::DEFAULT_DATA_ROOM, -1).unwrap());
+    let mut wires = Vec::new();
+    let mut pairs = Vec::new();
+    for i in 0..2 {
+        let mut w = MbufRing::port(&eal, &format!("w2_wire{i}"), 1024).unwrap();
+        let (mut rx, mut tx) = w.port.configure(&PortConfig::default(), &pool).unwrap();
+        w.port.start().unwrap();
+        pairs.push((rx.remove(0), tx.remove(0)));
+        wires.push(w);
+    }
+    let (p01, c01) = MbufRing::create("w2_r01", 1024, -1).unwrap();
+    let (p10, c10) = MbufRing::create("w2_r10", 1024, -1).unwrap();
+    let snapshot = Arc::new(snapshot(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut handles = Vec::new();
+    let mut rings_to = [vec![None, Some(p01)], vec![Some(p10), None]];
+    let mut rings_from = [vec![c10], vec![c01]];
+    let (nb_tx, _nb_rx) = crossbeam_channel::bounded(64);
+    let mut keep = Vec::new();
+    for (w, pair) in pairs.into_iter().enumerate() {
+        let (_stx, srx) = crossbeam_channel::bounded(4);
+        let (rtx, rrx) = crossbeam_channel::bounded(4);
+        let (_ctx, crx) = crossbeam_channel::bounded(4);
+        keep.push((_stx, rrx, _ctx));
+        let links = WorkerLinks {
+            snapshots: srx,
+            retired: rtx,
+            neighbors: nb_tx.clone(),
+            commands: crx,
+            to_workers: std::mem::take(&mut rings_to[w]),
+            from_workers: std::mem::take(&mut rings_from[w]),
+            stop: stop.clone(),
+        };
+        let cfg = WorkerConfig {
+            index: w as u16,
+            pipeline: PipelineConfig {
+                worker: w as u16,
+                workers: 2,
+                conntrack: sluice_dataplane::conntrack::ConntrackConfig {
+                    capacity: 1 << 12,
+                    ..Default::default()
+                },
+                conntrack_v6_capacity: 1 << 10,
+                affinity_capacity: 1 << 10,
+            },
+            ..WorkerConfig::default()
+        };
+        handles.push(worker::spawn(eal.clone(), cfg, WorkerQueues { pairs: vec![pair] }, links, pool.clone(), snapshot.clone(), 1024).unwrap());
+    }
+    let put = |w: &mut dpdk_sys::RingPort, f: &[u8]| {
+        let mut b = MbufBatch::new();
+        let mut m = pool.alloc().unwrap();
+        m.append(f.len()).unwrap().copy_from_slice(f);
+        b.push(m).unwrap();
+        while !b.is_empty() {
+            w.inject.enqueue(&mut b);
+        }
+    };
+    let get = |w: &mut dpdk_sys::RingPort| -> Vec<u8> {
+        let t = Instant::now();
+        loop {
+            let mut b = MbufBatch::new();
+            if w.capture.dequeue(&mut b) > 0 {
+                return b.drain().next().unwrap().data().to_vec();
+            }
+            assert!(t.elapsed() < Duration::from_secs(5), "nothing transmitted");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    // SYN through worker 0: NAT to backend 1 from 10.0.0.3 and the first port of slice 0.
+    put(&mut wires[0], &tcp4(CLIENT4, [192, 0, 2, 1], 45000, 80, true, false, &[]));
+    let out = get(&mut wires[0]);
+    let nat_port = u16::from_be_bytes([out[34], out[35]]);
+    assert_eq!(&out[26..30], &NAT4);
+    assert_eq!(Pipeline::nat_owner(&snapshot, 2, nat_port), 0);
+    // The backend's reply lands on worker 1.
+    let mut reply = Vec::new();
+    etherparse::PacketBuilder::ethernet2(bmac(1), LB_MAC)
+        .ipv4([10, 0, 1, 1], NAT4, 64)
+        .tcp(8080, nat_port, 7, 1000)
+        .syn()
+        .ack(1001)
+        .write(&mut reply, &[])
+        .unwrap();
+    put(&mut wires[1], &reply);
+    let back = get(&mut wires[0]);
+    assert_eq!(&back[0..6], &CLIENT_MAC, "to the client");
+    assert_eq!(&back[26..30], &[192, 0, 2, 1], "from the VIP");
+    assert_eq!(&back[30..34], &CLIENT4);
+    assert_eq!(u16::from_be_bytes([back[36], back[37]]), 45000);
+    let s1 = handles[1].stats.clone();
+    let s0 = handles[0].stats.clone();
+    for h in handles {
+        h.stop().unwrap();
+    }
+    assert_eq!(s1.to_other_worker.load(Relaxed), 1);
+    assert_eq!(s0.from_other_worker.load(Relaxed), 1);
+    assert_eq!(s0.nat_replies.load(Relaxed), 1);
+    let mut b = MbufBatch::new();
+    assert_eq!(wires[1].capture.dequeue(&mut b), 0, "worker 1 sent nothing itself");
+    drop(keep);
+    drop(wires);
 }
