@@ -632,7 +632,7 @@ impl Pipeline {
         };
         if let Some(v) = hit {
             if let Some(b) = snap.backend(v.backend) {
-                if b.mac.is_some() && (f.method != Method::Nat || v.nat_port != 0) && f.backends.contains(&b.id) {
+                if b.mac.is_some() && (f.method != Method::Nat || v.nat_port != 0) {
                     return Ok(Choice {
                         backend: v.backend,
                         nat_port: v.nat_port,

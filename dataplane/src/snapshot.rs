@@ -9,7 +9,10 @@
 //!
 //! Frontend and backend *ids* are stable across snapshots (the control plane allocates them
 //! and reuses one only after it left every snapshot), so a conntrack entry that stores a backend
-//! id finds the same backend in the next snapshot, or notices lazily that it is gone.
+//! id finds the same backend in the next snapshot, or notices lazily that it is gone. A backend
+//! id names one backend *of one frontend* (the control plane keys its ids by frontend, address
+//! and port), so an established flow's hit needs no membership check: if the id is still in the
+//! snapshot, it is still a backend of the flow's frontend.
 use std::net::IpAddr;
 use std::sync::Arc;
 
