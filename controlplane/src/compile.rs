@@ -8,16 +8,11 @@
 //! ## Rules
 //! - **Which Services.** `type: LoadBalancer` whose `spec.loadBalancerClass` equals
 //!   `source.load_balancer_class`, or has none when `source.serve_unclassed` is set.
-//! - **VIPs (IPAM).** One per family of [`Service::families`]. Deterministic, in three passes
-//!   over the Services sorted by namespace/name, so a Service never loses its address to one
-//!   that sorts before it:
-//!   1. explicit requests (annotation `sluice.dev/load-balancer-ips`, a comma-separated list,
-//!      then `spec.loadBalancerIP`) are honoured when inside a pool open to the namespace and
-//!      not taken; otherwise the family stays pending with a problem saying why;
-//!   2. the address this compiler assigned before, then `status.loadBalancer.ingress`, when
-//!      still inside an open pool and free;
-//!   3. the first free address of the first `auto_assign` pool of the family open to the
-//!      namespace, in configuration order.
+//! - **VIPs (IPAM).** One per family of [`Service::families`], by [`crate::ipam`]: held
+//!   addresses first (the last compile's, else `status.loadBalancer.ingress`), then explicit
+//!   requests, then the first free address of an eligible pool; sharing keys, pool selection
+//!   by annotation, and a follower mode that only serves what status says. Every finding is
+//!   both a problem string and a structured [`Issue`] (the Kubernetes Event reasons).
 //! - **Frontends.** One per VIP and Service port (TCP, UDP; SCTP is reported and skipped).
 //!   Method, target and Maglev size come from `[forwarding]`/`[tables]`, overridden by the
 //!   annotations `sluice.dev/forwarding-method`, `sluice.dev/target` and
@@ -49,11 +44,20 @@
 //!   inputs it was built from (backend ids, identities, weights, size, seed); an unchanged
 //!   frontend reuses the same `Arc`. Draining and down backends stay in the table (the dataplane
 //!   skips them), so health flaps never rebuild anything.
-//! - The compiler holds only that memory (ids, IPAM, draining backends, Maglev cache);
-//!   everything else is recomputed from the inputs on every call, which is cheap next to a
-//!   Maglev build.
+//! - **Only changed Services are re-examined.** Each Service's result (frontends, backends,
+//!   report) is cached with a fingerprint of its inputs: the Service, its EndpointSlices, its
+//!   VIPs and IPAM findings, the Nodes when it targets nodes, and the health states and
+//!   neighbour MACs its backends use. A Service whose fingerprint is unchanged reuses its
+//!   result, so one EndpointSlice change among 10,000 Services costs one Service's work plus
+//!   assembling the snapshot. A change of the configuration, the drained set or the weights
+//!   re-examines everything; Services with draining backends (time-dependent) and Services
+//!   that share a VIP are always re-examined. [`CompileReport::recompiled`] lists the
+//!   re-examined ones.
+//! - The compiler holds only that memory (ids, IPAM, draining backends, Maglev cache, the
+//!   per-Service results).
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::hash::Hash;
+use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,6 +69,7 @@ use sluice_dataplane::snapshot::{
 
 use crate::config::{check_maglev_size, Config, Target};
 use crate::health::{Health, ProbeTarget};
+use crate::ipam::{Ipam, Issue};
 use crate::model::{
     AddressType, EndpointSlice, IpFamily, L4Protocol, Model, ObjectKey, Service, ServicePort,
     TargetPort, TrafficPolicy,
@@ -77,7 +82,7 @@ pub const ANNOTATION_MAGLEV_SIZE: &str = "sluice.dev/maglev-size";
 /// Annotation: backends of a Service (`pod` or `node`).
 pub const ANNOTATION_TARGET: &str = "sluice.dev/target";
 /// Annotation: requested VIPs, comma-separated, at most one per family.
-pub const ANNOTATION_IPS: &str = "sluice.dev/load-balancer-ips";
+pub const ANNOTATION_IPS: &str = crate::ipam::ANNOTATION_IPS;
 /// Path probed on a node's `healthCheckNodePort` (as kube-proxy serves it).
 pub const NODE_HEALTH_PATH: &str = "/healthz";
 
@@ -108,6 +113,8 @@ pub struct CompileInput<'a> {
     pub health: &'a HashMap<ProbeTarget, Health>,
     /// Backend addresses the operator drained (no new flows, in every Service).
     pub drained: &'a BTreeSet<IpAddr>,
+    /// Maglev weights the operator set per backend address (in every Service); others get 1.
+    pub weights: &'a BTreeMap<IpAddr, u32>,
     /// The time, for grace periods and id reuse.
     pub now: Instant,
 }
@@ -138,6 +145,9 @@ pub struct CompileReport {
     pub health_targets: BTreeSet<ProbeTarget>,
     /// Frontends whose Maglev table was built by this compile (the others reused theirs).
     pub maglev_rebuilt: Vec<u32>,
+    /// Services this compile re-examined, sorted; the others' inputs were unchanged and their
+    /// last result was reused.
+    pub recompiled: Vec<ObjectKey>,
 }
 
 impl CompileReport {
@@ -159,6 +169,8 @@ pub struct ServiceReport {
     pub frontends: Vec<FrontendReport>,
     /// What is wrong, for operators and Kubernetes Events (empty when all is well).
     pub problems: Vec<String>,
+    /// The IPAM findings among `problems`, with their reasons.
+    pub issues: Vec<Issue>,
 }
 
 /// One frontend.
@@ -201,6 +213,8 @@ pub struct BackendReport {
     pub state: BackendState,
     /// Why the state is not `Active`.
     pub reason: Option<String>,
+    /// Maglev weight (1 unless the operator set one).
+    pub weight: u32,
     /// The node (pod `nodeName`, or the node itself for node targets).
     pub node: Option<String>,
     /// Next hop toward the backend (`None`: unreachable, see the Service's problems).
@@ -351,13 +365,45 @@ pub struct Compiler {
     generation: u64,
     frontend_ids: IdSlab<FrontendKey>,
     backend_ids: IdSlab<BackendKey>,
-    /// VIPs assigned by the last compile.
-    assigned: BTreeMap<ObjectKey, Vec<IpAddr>>,
+    /// VIP allocation (remembers the last assignment).
+    ipam: Ipam,
     /// Backends in the last snapshot, per frontend id.
     present: HashMap<u32, BTreeSet<(IpAddr, u16)>>,
     /// Since when a backend has been missing from the model (draining until the grace ends).
     removed_since: HashMap<BackendKey, Instant>,
     maglev: HashMap<u32, (MaglevKey, Arc<MaglevTable>)>,
+    /// Each served Service's last result.
+    cache: HashMap<ObjectKey, ServiceCache>,
+    /// The whole-compile inputs the cache was built with.
+    cached_with: Option<GlobalInputs>,
+    /// Frontend ids of the last snapshot.
+    live: HashSet<u32>,
+}
+
+/// Inputs that every Service depends on; a change invalidates the whole cache.
+#[derive(Debug, PartialEq)]
+struct GlobalInputs {
+    config: Config,
+    drained: BTreeSet<IpAddr>,
+    weights: BTreeMap<IpAddr, u32>,
+}
+
+/// What one Service compiled to, reused while its fingerprints hold.
+#[derive(Debug)]
+struct ServiceCache {
+    /// Fingerprint of the Service, its slices, VIPs, IPAM findings (and Nodes).
+    base: u64,
+    /// Fingerprint of the health states and neighbour MACs its backends used.
+    env: u64,
+    /// Depends on time (draining backends): never reused.
+    volatile: bool,
+    /// Its frontend ids (including ones left out of the snapshot for a Maglev error).
+    live: Vec<u32>,
+    frontends: Vec<Frontend>,
+    backends: Vec<Backend>,
+    report: ServiceReport,
+    health_targets: Vec<ProbeTarget>,
+    next_hops: Vec<IpAddr>,
 }
 
 impl Compiler {
@@ -368,7 +414,13 @@ impl Compiler {
 
     /// VIPs assigned by the last compile, per Service.
     pub fn assigned_vips(&self) -> &BTreeMap<ObjectKey, Vec<IpAddr>> {
-        &self.assigned
+        self.ipam.assigned()
+    }
+
+    /// Follower mode of IPAM: serve only the VIPs in `status.loadBalancer.ingress` and
+    /// allocate nothing (a Kubernetes instance that does not hold the Lease).
+    pub fn set_follow_status(&mut self, follow: bool) {
+        self.ipam.set_follow_status(follow);
     }
 
     /// Compiles a snapshot (generation one above the last).
@@ -382,7 +434,6 @@ impl Compiler {
         }
         self.generation += 1;
         let now = input.now;
-        let grace = Duration::from_secs(cfg.forwarding.removed_backend_grace_seconds);
         let max_ids = cfg.tables.max_backends;
         let mut report = CompileReport {
             generation: self.generation,
@@ -395,159 +446,114 @@ impl Compiler {
             .values()
             .filter(|s| serves(cfg, s))
             .collect();
-        let mut problems: BTreeMap<ObjectKey, Vec<String>> = BTreeMap::new();
-        let vips = self.ipam(cfg, &served, &mut problems);
+        let assignment = self.ipam.assign(&cfg.pools, &served);
+
+        // A change of a whole-compile input re-examines every Service.
+        let global = GlobalInputs {
+            config: cfg.clone(),
+            drained: input.drained.clone(),
+            weights: input.weights.clone(),
+        };
+        if self.cached_with.as_ref() != Some(&global) {
+            self.cache.clear();
+            self.cached_with = Some(global);
+        }
+        let slices = slice_index(input.model);
+        let nodes_fp = fingerprint(&input.model.nodes);
+        // Services that share a VIP claim ports against each other: always re-examined.
+        let mut holders: HashMap<IpAddr, u32> = HashMap::new();
+        for ip in assignment.vips.values().flatten() {
+            *holders.entry(*ip).or_default() += 1;
+        }
 
         let mut frontends: Vec<Frontend> = Vec::new();
         let mut backends: Vec<Backend> = Vec::new();
         let mut live_frontends: HashSet<u32> = HashSet::new();
         let mut claimed: HashSet<(IpAddr, Protocol, u16)> = HashSet::new();
+        let mut cache = std::mem::take(&mut self.cache);
+        let mut next_cache = HashMap::with_capacity(served.len());
 
         for svc in &served {
-            let mut probs = problems.remove(&svc.key).unwrap_or_default();
-            let settings = service_settings(cfg, svc, &mut probs);
-            let svc_vips = vips.get(&svc.key).cloned().unwrap_or_default();
-            let mut fe_reports = Vec::new();
-            for &vip in &svc_vips {
-                let family = IpFamily::of(vip);
-                for sp in &svc.ports {
-                    let port_label = sp.name.clone().unwrap_or_else(|| sp.port.to_string());
-                    let protocol = match sp.protocol {
-                        L4Protocol::Tcp => Protocol::Tcp,
-                        L4Protocol::Udp => Protocol::Udp,
-                        L4Protocol::Sctp => {
-                            if family == svc.families()[0] {
-                                probs.push(format!("port {port_label}: SCTP is not supported; the port is not served"));
-                            }
-                            continue;
-                        }
-                    };
-                    if !claimed.insert((vip, protocol, sp.port)) {
-                        probs.push(format!(
-                            "{vip} {} {} is already served; port skipped",
-                            sp.protocol.name(),
-                            sp.port
-                        ));
-                        continue;
-                    }
-                    let fkey = FrontendKey {
-                        service: svc.key.clone(),
-                        vip,
-                        protocol,
-                        port: sp.port,
-                    };
-                    let Some(fid) = self.frontend_ids.get_or_alloc(&fkey, now, grace, max_ids)
-                    else {
-                        probs.push(format!(
-                            "port {port_label} ({vip}): no free frontend id below tables.max_backends = {max_ids}; raise it"
-                        ));
-                        continue;
-                    };
-                    live_frontends.insert(fid);
-                    let label = format!("port {port_label} ({})", family.name());
-                    let desired = desired_backends(
+            let svc_vips = assignment.vips.get(&svc.key).cloned().unwrap_or_default();
+            let issues: &[Issue] = assignment
+                .issues
+                .get(&svc.key)
+                .map_or(&[], Vec::as_slice);
+            let my_slices: &[&EndpointSlice] = slices
+                .get(&(svc.key.namespace.as_str(), svc.key.name.as_str()))
+                .map_or(&[], Vec::as_slice);
+            let base = {
+                let mut h = DefaultHasher::new();
+                svc.hash(&mut h);
+                my_slices.hash(&mut h);
+                svc_vips.hash(&mut h);
+                issues.hash(&mut h);
+                if effective_target(cfg, svc) == Target::Node {
+                    nodes_fp.hash(&mut h);
+                }
+                h.finish()
+            };
+            let shared = svc_vips
+                .iter()
+                .any(|v| holders.get(v).is_some_and(|n| *n > 1));
+            let reuse = cache.remove(&svc.key).filter(|c| {
+                !shared
+                    && !c.volatile
+                    && c.base == base
+                    && c.env == env_fingerprint(input, &c.health_targets, &c.next_hops)
+            });
+            let entry = match reuse {
+                Some(c) => c,
+                None => {
+                    report.recompiled.push(svc.key.clone());
+                    let mut c = self.compile_service(
                         input,
                         svc,
-                        sp,
-                        family,
-                        settings.target,
-                        &label,
-                        &mut probs,
+                        svc_vips,
+                        issues,
+                        my_slices,
+                        &mut claimed,
+                        &mut report.maglev_rebuilt,
                     );
-                    let mut fe = FrontendReport {
-                        id: fid,
-                        name: format!("{}:{port_label}", svc.key),
-                        vip,
-                        port: sp.port,
-                        protocol: sp.protocol,
-                        method: settings.method,
-                        target: settings.target,
-                        affinity_ms: svc.session_affinity_seconds.map(|s| s.saturating_mul(1000)),
-                        maglev_size: settings.maglev_size,
-                        backends: Vec::new(),
-                    };
-                    let fe_backends = self.frontend_backends(
-                        input,
-                        fid,
-                        &desired,
-                        grace,
-                        &mut fe,
-                        &mut probs,
-                        &mut report,
-                    );
-                    if settings.method == Method::DsrL2 {
-                        for b in &fe.backends {
-                            if b.next_hop.is_some() && b.next_hop != Some(b.addr) {
-                                probs.push(format!(
-                                    "{label}: backend {} is not on-link, but dsr-l2 only reaches backends on the port's own subnets",
-                                    b.addr
-                                ));
-                            }
-                        }
-                    }
-                    let maglev = match self.maglev_table(
-                        fid,
-                        &fe.backends,
-                        settings.maglev_size,
-                        cfg.forwarding.hash_seed,
-                    ) {
-                        Ok((t, rebuilt)) => {
-                            if rebuilt {
-                                report.maglev_rebuilt.push(fid);
-                            }
-                            t
-                        }
-                        Err(e) => {
-                            probs.push(format!("{label}: {e}; the port is not served"));
-                            continue;
-                        }
-                    };
-                    frontends.push(Frontend {
-                        id: fid,
-                        service: Arc::from(fe.name.as_str()),
-                        vip,
-                        port: sp.port,
-                        protocol,
-                        method: settings.method,
-                        affinity_ms: fe.affinity_ms,
-                        source_ranges: svc
-                            .source_ranges
-                            .iter()
-                            .map(|n| Cidr {
-                                addr: n.network(),
-                                prefix: n.prefix_len(),
-                            })
-                            .collect(),
-                        backends: fe.backends.iter().map(|b| b.id).collect(),
-                        maglev,
-                    });
-                    backends.extend(fe_backends);
-                    fe_reports.push(fe);
+                    c.base = base;
+                    c.env = env_fingerprint(input, &c.health_targets, &c.next_hops);
+                    c
+                }
+            };
+            live_frontends.extend(entry.live.iter().copied());
+            for f in &entry.frontends {
+                claimed.insert((f.vip, f.protocol, f.port));
+            }
+            frontends.extend(entry.frontends.iter().cloned());
+            backends.extend(entry.backends.iter().cloned());
+            report.services.push(entry.report.clone());
+            report
+                .health_targets
+                .extend(entry.health_targets.iter().cloned());
+            for n in &entry.next_hops {
+                report.next_hops.insert(*n);
+                if !input.neighbours.contains_key(n) {
+                    report.unresolved.insert(*n);
                 }
             }
-            probs.dedup();
-            report.services.push(ServiceReport {
-                service: svc.key.clone(),
-                vips: svc_vips,
-                frontends: fe_reports,
-                problems: probs,
-            });
+            next_cache.insert(svc.key.clone(), entry);
         }
+        self.cache = next_cache;
 
-        // Forget frontends that are gone, with their backends.
-        self.frontend_ids
-            .release_where(now, |_, id| !live_frontends.contains(&id));
-        self.backend_ids
-            .release_where(now, |k, _| !live_frontends.contains(&k.frontend));
-        self.present.retain(|f, _| live_frontends.contains(f));
-        self.removed_since
-            .retain(|k, _| live_frontends.contains(&k.frontend));
-        self.maglev.retain(|f, _| live_frontends.contains(f));
-        report.problems.extend(
-            problems
-                .into_iter()
-                .flat_map(|(k, v)| v.into_iter().map(move |p| format!("{k}: {p}"))),
-        );
+        // Forget frontends that are gone, with their backends (a full pass only when one is).
+        let gone = self.live.len() != live_frontends.len()
+            || self.live.iter().any(|f| !live_frontends.contains(f));
+        if gone {
+            self.frontend_ids
+                .release_where(now, |_, id| !live_frontends.contains(&id));
+            self.backend_ids
+                .release_where(now, |k, _| !live_frontends.contains(&k.frontend));
+            self.present.retain(|f, _| live_frontends.contains(f));
+            self.removed_since
+                .retain(|k, _| live_frontends.contains(&k.frontend));
+            self.maglev.retain(|f, _| live_frontends.contains(f));
+        }
+        self.live = live_frontends;
 
         let local = local_of(cfg, input.local_mac);
         let snapshot = Snapshot::new(
@@ -559,6 +565,178 @@ impl Compiler {
             max_ids,
         )?;
         Ok(Compiled { snapshot, report })
+    }
+
+    /// Compiles one Service: its frontends, backends and report. `claimed` holds the
+    /// (VIP, protocol, port) pairs earlier Services took; this Service's are added.
+    #[allow(clippy::too_many_arguments)]
+    fn compile_service(
+        &mut self,
+        input: &CompileInput<'_>,
+        svc: &Service,
+        svc_vips: Vec<IpAddr>,
+        issues: &[Issue],
+        slices: &[&EndpointSlice],
+        claimed: &mut HashSet<(IpAddr, Protocol, u16)>,
+        maglev_rebuilt: &mut Vec<u32>,
+    ) -> ServiceCache {
+        let cfg = input.config;
+        let now = input.now;
+        let grace = Duration::from_secs(cfg.forwarding.removed_backend_grace_seconds);
+        let max_ids = cfg.tables.max_backends;
+        let mut frontends: Vec<Frontend> = Vec::new();
+        let mut backends: Vec<Backend> = Vec::new();
+        let mut scratch = CompileReport::default();
+        let mut live = Vec::new();
+        let mut probs: Vec<String> = issues.iter().map(|i| i.message.clone()).collect();
+        let settings = service_settings(cfg, svc, &mut probs);
+        let mut fe_reports = Vec::new();
+        for &vip in &svc_vips {
+            let family = IpFamily::of(vip);
+            for sp in &svc.ports {
+                let port_label = sp.name.clone().unwrap_or_else(|| sp.port.to_string());
+                let protocol = match sp.protocol {
+                    L4Protocol::Tcp => Protocol::Tcp,
+                    L4Protocol::Udp => Protocol::Udp,
+                    L4Protocol::Sctp => {
+                        if family == svc.families()[0] {
+                            probs.push(format!("port {port_label}: SCTP is not supported; the port is not served"));
+                        }
+                        continue;
+                    }
+                };
+                if !claimed.insert((vip, protocol, sp.port)) {
+                    probs.push(format!(
+                        "{vip} {} {} is already served; port skipped",
+                        sp.protocol.name(),
+                        sp.port
+                    ));
+                    continue;
+                }
+                let fkey = FrontendKey {
+                    service: svc.key.clone(),
+                    vip,
+                    protocol,
+                    port: sp.port,
+                };
+                let Some(fid) = self.frontend_ids.get_or_alloc(&fkey, now, grace, max_ids)
+                else {
+                    probs.push(format!(
+                        "port {port_label} ({vip}): no free frontend id below tables.max_backends = {max_ids}; raise it"
+                    ));
+                    continue;
+                };
+                live.push(fid);
+                let label = format!("port {port_label} ({})", family.name());
+                let desired = desired_backends(
+                    input,
+                    svc,
+                    slices,
+                    sp,
+                    family,
+                    settings.target,
+                    &label,
+                    &mut probs,
+                );
+                let mut fe = FrontendReport {
+                    id: fid,
+                    name: format!("{}:{port_label}", svc.key),
+                    vip,
+                    port: sp.port,
+                    protocol: sp.protocol,
+                    method: settings.method,
+                    target: settings.target,
+                    affinity_ms: svc.session_affinity_seconds.map(|s| s.saturating_mul(1000)),
+                    maglev_size: settings.maglev_size,
+                    backends: Vec::new(),
+                };
+                let fe_backends = self.frontend_backends(
+                    input,
+                    fid,
+                    &desired,
+                    grace,
+                    &mut fe,
+                    &mut probs,
+                    &mut scratch,
+                );
+                if settings.method == Method::DsrL2 {
+                    for b in &fe.backends {
+                        if b.next_hop.is_some() && b.next_hop != Some(b.addr) {
+                            probs.push(format!(
+                                "{label}: backend {} is not on-link, but dsr-l2 only reaches backends on the port's own subnets",
+                                b.addr
+                            ));
+                        }
+                    }
+                }
+                let maglev = match self.maglev_table(
+                    fid,
+                    &fe.backends,
+                    settings.maglev_size,
+                    cfg.forwarding.hash_seed,
+                ) {
+                    Ok((t, rebuilt)) => {
+                        if rebuilt {
+                            scratch.maglev_rebuilt.push(fid);
+                        }
+                        t
+                    }
+                    Err(e) => {
+                        probs.push(format!("{label}: {e}; the port is not served"));
+                        continue;
+                    }
+                };
+                frontends.push(Frontend {
+                    id: fid,
+                    service: Arc::from(fe.name.as_str()),
+                    vip,
+                    port: sp.port,
+                    protocol,
+                    method: settings.method,
+                    affinity_ms: fe.affinity_ms,
+                    source_ranges: svc
+                        .source_ranges
+                        .iter()
+                        .map(|n| Cidr {
+                            addr: n.network(),
+                            prefix: n.prefix_len(),
+                        })
+                        .collect(),
+                    backends: fe.backends.iter().map(|b| b.id).collect(),
+                    maglev,
+                });
+                backends.extend(fe_backends);
+                fe_reports.push(fe);
+            }
+        }
+        probs.dedup();
+        maglev_rebuilt.append(&mut scratch.maglev_rebuilt);
+        let volatile = fe_reports.iter().any(|f| {
+            f.backends.iter().any(|b| {
+                self.removed_since.contains_key(&BackendKey {
+                    frontend: f.id,
+                    addr: b.addr,
+                    port: b.port,
+                })
+            })
+        });
+        ServiceCache {
+            base: 0,
+            env: 0,
+            volatile,
+            live,
+            frontends,
+            backends,
+            report: ServiceReport {
+                service: svc.key.clone(),
+                vips: svc_vips,
+                frontends: fe_reports,
+                problems: probs,
+                issues: issues.to_vec(),
+            },
+            health_targets: scratch.health_targets.into_iter().collect(),
+            next_hops: scratch.next_hops.into_iter().collect(),
+        }
     }
 
     /// Merges the desired backends of frontend `fid` with the ones still draining, assigns ids,
@@ -669,6 +847,7 @@ impl Compiler {
                     d.and_then(|d| d.note).map(str::to_owned),
                 )
             };
+            let weight = input.weights.get(&addr).copied().unwrap_or(1);
             let next_hop = next_hop(cfg, addr);
             let mac = next_hop.and_then(|n| input.neighbours.get(&n).copied());
             match next_hop {
@@ -688,7 +867,7 @@ impl Compiler {
                 addr,
                 port,
                 mac,
-                weight: 1,
+                weight,
                 state,
             });
             fe.backends.push(BackendReport {
@@ -697,6 +876,7 @@ impl Compiler {
                 port,
                 state,
                 reason,
+                weight,
                 node: d.and_then(|d| d.node.clone()),
                 next_hop,
                 mac,
@@ -719,7 +899,7 @@ impl Compiler {
         let key = MaglevKey {
             backends: backends
                 .iter()
-                .map(|b| (b.id, SocketAddr::new(b.addr, b.port).to_string(), 1))
+                .map(|b| (b.id, SocketAddr::new(b.addr, b.port).to_string(), b.weight))
                 .collect(),
             size,
             seed,
@@ -738,145 +918,43 @@ impl Compiler {
         self.maglev.insert(fid, (key, table.clone()));
         Ok((table, true))
     }
+}
 
-    /// Assigns VIPs (see the module docs); problems go to `problems`.
-    fn ipam(
-        &mut self,
-        cfg: &Config,
-        served: &[&Service],
-        problems: &mut BTreeMap<ObjectKey, Vec<String>>,
-    ) -> BTreeMap<ObjectKey, Vec<IpAddr>> {
-        let mut used: HashMap<IpAddr, ObjectKey> = HashMap::new();
-        let mut got: BTreeMap<ObjectKey, BTreeMap<IpFamily, IpAddr>> = BTreeMap::new();
-        let mut explicit: HashSet<(ObjectKey, IpFamily)> = HashSet::new();
-        let open = |ip: IpAddr, ns: &str| {
-            cfg.pools
-                .iter()
-                .any(|p| p.contains(ip) && p.allows_namespace(ns))
-        };
-
-        // 1. Explicit requests.
-        for svc in served {
-            let fams = svc.families();
-            let probs = problems.entry(svc.key.clone()).or_default();
-            for (ip, source) in requested_ips(svc, probs) {
-                let fam = IpFamily::of(ip);
-                if !fams.contains(&fam) {
-                    probs.push(format!(
-                        "{source} requests {ip}, but the Service's ipFamilies do not include {}; add it or drop the request",
-                        fam.name()
-                    ));
-                    continue;
-                }
-                if !explicit.insert((svc.key.clone(), fam)) {
-                    probs.push(format!(
-                        "{source} requests a second {} address {ip}; only the first is used",
-                        fam.name()
-                    ));
-                    continue;
-                }
-                match cfg.pool_of(ip) {
-                    None => probs.push(format!(
-                        "requested IP {ip} ({source}) is outside every pool; add it to a [[pools]] entry or request an address from one"
-                    )),
-                    Some(p) if !p.allows_namespace(&svc.key.namespace) => probs.push(format!(
-                        "requested IP {ip} ({source}) is in pool {:?}, which is not open to namespace {:?}; add the namespace to its namespaces",
-                        p.name, svc.key.namespace
-                    )),
-                    Some(_) => match used.get(&ip) {
-                        Some(other) => probs.push(format!(
-                            "requested IP {ip} ({source}) is already used by Service {other}; request another address"
-                        )),
-                        None => {
-                            used.insert(ip, svc.key.clone());
-                            got.entry(svc.key.clone()).or_default().insert(fam, ip);
-                        }
-                    },
-                }
-            }
+/// EndpointSlices by (namespace, Service name), in slice-name order.
+fn slice_index(model: &Model) -> HashMap<(&str, &str), Vec<&EndpointSlice>> {
+    let mut out: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for s in model.endpoint_slices.values() {
+        if let Some(svc) = s.service.as_deref() {
+            out.entry((s.key.namespace.as_str(), svc)).or_default().push(s);
         }
-        // 2. What this compiler assigned before, then status.loadBalancer.ingress.
-        for svc in served {
-            for fam in svc.families() {
-                if explicit.contains(&(svc.key.clone(), fam))
-                    || got.get(&svc.key).is_some_and(|g| g.contains_key(&fam))
-                {
-                    continue;
-                }
-                let previous = self.assigned.get(&svc.key).into_iter().flatten().copied();
-                let candidates = previous.chain(svc.ingress_ips.iter().copied());
-                let pick = candidates
-                    .filter(|ip| IpFamily::of(*ip) == fam)
-                    .find(|ip| open(*ip, &svc.key.namespace) && !used.contains_key(ip));
-                if let Some(ip) = pick {
-                    used.insert(ip, svc.key.clone());
-                    got.entry(svc.key.clone()).or_default().insert(fam, ip);
-                }
-            }
-        }
-        // 3. The first free pool address.
-        for svc in served {
-            for fam in svc.families() {
-                if explicit.contains(&(svc.key.clone(), fam))
-                    || got.get(&svc.key).is_some_and(|g| g.contains_key(&fam))
-                {
-                    continue;
-                }
-                let v6 = fam == IpFamily::V6;
-                let pools: Vec<_> = cfg
-                    .pools
-                    .iter()
-                    .filter(|p| {
-                        p.auto_assign && p.has_family(v6) && p.allows_namespace(&svc.key.namespace)
-                    })
-                    .collect();
-                let probs = problems.entry(svc.key.clone()).or_default();
-                if pools.is_empty() {
-                    probs.push(format!(
-                        "no {} VIP: no auto-assign pool with {} addresses is open to namespace {:?}; add one to [[pools]]",
-                        fam.name(),
-                        fam.name(),
-                        svc.key.namespace
-                    ));
-                    continue;
-                }
-                match pools.iter().find_map(|p| p.first_free(v6, |a| used.contains_key(&a))) {
-                    Some(ip) => {
-                        used.insert(ip, svc.key.clone());
-                        got.entry(svc.key.clone()).or_default().insert(fam, ip);
-                    }
-                    None => probs.push(format!(
-                        "no {} VIP: every pool open to namespace {:?} is full; add addresses to [[pools]]",
-                        fam.name(),
-                        svc.key.namespace
-                    )),
-                }
-            }
-            if let Some(g) = got.get(&svc.key) {
-                for ip in &svc.ingress_ips {
-                    if !g.values().any(|a| a == ip) {
-                        problems.entry(svc.key.clone()).or_default().push(format!(
-                            "status.loadBalancer.ingress lists {ip}, which is not assigned (outside the open pools, taken, or replaced)"
-                        ));
-                    }
-                }
-            }
-        }
-        let out: BTreeMap<ObjectKey, Vec<IpAddr>> = served
-            .iter()
-            .map(|svc| {
-                let g = got.get(&svc.key);
-                let ips = svc
-                    .families()
-                    .iter()
-                    .filter_map(|f| g.and_then(|g| g.get(f)).copied())
-                    .collect();
-                (svc.key.clone(), ips)
-            })
-            .collect();
-        self.assigned = out.clone();
-        out
     }
+    out
+}
+
+fn fingerprint<T: Hash + ?Sized>(v: &T) -> u64 {
+    let mut h = DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
+}
+
+/// Fingerprint of the health states and neighbour MACs a Service's backends used.
+fn env_fingerprint(input: &CompileInput<'_>, targets: &[ProbeTarget], hops: &[IpAddr]) -> u64 {
+    let mut h = DefaultHasher::new();
+    for t in targets {
+        (input.health.get(t) == Some(&Health::Down)).hash(&mut h);
+    }
+    for n in hops {
+        input.neighbours.get(n).hash(&mut h);
+    }
+    h.finish()
+}
+
+/// The Service's target after the `sluice.dev/target` annotation.
+fn effective_target(cfg: &Config, svc: &Service) -> Target {
+    svc.annotations
+        .get(ANNOTATION_TARGET)
+        .and_then(|v| Target::parse(v.trim()))
+        .unwrap_or(cfg.forwarding.target)
 }
 
 /// Whether Sluice serves the Service.
@@ -979,26 +1057,6 @@ fn service_settings(cfg: &Config, svc: &Service, probs: &mut Vec<String>) -> Set
     s
 }
 
-/// Requested VIPs with where each came from.
-fn requested_ips(svc: &Service, probs: &mut Vec<String>) -> Vec<(IpAddr, &'static str)> {
-    let mut out = Vec::new();
-    if let Some(v) = svc.annotations.get(ANNOTATION_IPS) {
-        for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            match part.parse::<IpAddr>() {
-                Ok(ip) => out.push((ip, "annotation sluice.dev/load-balancer-ips")),
-                Err(_) => probs.push(format!(
-                    "annotation {ANNOTATION_IPS}: {part:?} is not an IP address; list addresses separated by commas"
-                )),
-            }
-        }
-    }
-    if let Some(ip) = svc.load_balancer_ip {
-        if !out.iter().any(|(a, _)| *a == ip) {
-            out.push((ip, "spec.loadBalancerIP"));
-        }
-    }
-    out
-}
 
 fn slice_family(s: &EndpointSlice) -> Option<IpFamily> {
     match s.address_type {
@@ -1045,6 +1103,7 @@ fn slice_port(slice: &EndpointSlice, sp: &ServicePort) -> Option<u16> {
 fn desired_backends(
     input: &CompileInput<'_>,
     svc: &Service,
+    slices: &[&EndpointSlice],
     sp: &ServicePort,
     family: IpFamily,
     target: Target,
@@ -1063,8 +1122,9 @@ fn desired_backends(
             let mut ready = Vec::new();
             let mut fallback = Vec::new();
             let mut any_slice = false;
-            for slice in model
-                .slices_of(&svc.key)
+            for slice in slices
+                .iter()
+                .copied()
                 .filter(|s| slice_family(s) == Some(family))
             {
                 any_slice = true;
@@ -1127,8 +1187,8 @@ fn desired_backends(
                 return out;
             };
             let local = svc.external_traffic_policy == TrafficPolicy::Local;
-            let with_endpoints: BTreeSet<&str> = model
-                .slices_of(&svc.key)
+            let with_endpoints: BTreeSet<&str> = slices
+                .iter()
                 .flat_map(|s| s.endpoints.iter())
                 .filter(|e| e.ready)
                 .filter_map(|e| e.node_name.as_deref())
@@ -1261,6 +1321,7 @@ namespaces = ["prod"]
         neighbours: HashMap<IpAddr, [u8; 6]>,
         health: HashMap<ProbeTarget, Health>,
         drained: BTreeSet<IpAddr>,
+        weights: BTreeMap<IpAddr, u32>,
         now: Instant,
     }
 
@@ -1270,6 +1331,7 @@ namespaces = ["prod"]
                 neighbours: HashMap::new(),
                 health: HashMap::new(),
                 drained: BTreeSet::new(),
+                weights: BTreeMap::new(),
                 now: Instant::now(),
             }
         }
@@ -1282,6 +1344,7 @@ namespaces = ["prod"]
                 neighbours: &self.neighbours,
                 health: &self.health,
                 drained: &self.drained,
+                weights: &self.weights,
                 now: self.now,
             })
             .unwrap()
@@ -1821,6 +1884,34 @@ status:
             out.snapshot.backend(fe.backends[0].id).unwrap().state,
             BackendState::Down
         );
+    }
+
+    #[test]
+    fn operator_weights_rebuild_only_that_table() {
+        let cfg = cfg();
+        let mut env = Env::new();
+        let two = &[("10.99.0.21", true, "n1"), ("10.99.0.22", true, "n2")];
+        let m = model(&svc_yaml("web", "", "", two));
+        let mut c = Compiler::new();
+        let out = env.run(&mut c, &cfg, &m);
+        let fe = &out.report.services[0].frontends[0];
+        assert!(fe.backends.iter().all(|b| b.weight == 1));
+        let even = out.snapshot.frontend(fe.id).unwrap().maglev.shares();
+        env.weights.insert(ip("10.99.0.21"), 3);
+        let out = env.run(&mut c, &cfg, &m);
+        let fe = &out.report.services[0].frontends[0];
+        assert_eq!(out.report.maglev_rebuilt, vec![fe.id]);
+        assert_eq!((fe.backends[0].weight, fe.backends[1].weight), (3, 1));
+        assert_eq!(out.snapshot.backend(fe.backends[0].id).unwrap().weight, 3);
+        let shares = out.snapshot.frontend(fe.id).unwrap().maglev.shares();
+        assert!(shares[0] > 2 * shares[1], "{shares:?} (even: {even:?})");
+        // Weight 0: no entries at all, the backend gets no new flows.
+        env.weights.insert(ip("10.99.0.21"), 0);
+        let out = env.run(&mut c, &cfg, &m);
+        let fe = &out.report.services[0].frontends[0];
+        let shares = out.snapshot.frontend(fe.id).unwrap().maglev.shares();
+        assert_eq!(shares[0], 0);
+        assert_eq!(shares[1], cfg.tables.maglev_size);
     }
 
     #[test]

@@ -434,7 +434,7 @@ impl PoolConfig {
     }
 
     /// The pool's usable addresses as inclusive `(first, last, is_v6)` integer blocks.
-    fn blocks(&self) -> Vec<(u128, u128, bool)> {
+    pub(crate) fn blocks(&self) -> Vec<(u128, u128, bool)> {
         let mut out = Vec::with_capacity(self.cidrs.len() + self.ranges.len());
         for n in &self.cidrs {
             let (lo, hi) = (ip_to_u128(n.network()), ip_to_u128(n.broadcast()));
@@ -503,7 +503,7 @@ impl Default for HealthConfig {
 pub enum SourceKind {
     /// A directory of Kubernetes manifests (Service, EndpointSlice, Node YAML), hot-reloaded.
     Manifests,
-    /// The Kubernetes API (not implemented yet).
+    /// The Kubernetes API (watch, write status and Events; see docs/kubernetes.md).
     Kubernetes,
 }
 
@@ -522,6 +522,22 @@ pub struct SourceConfig {
     pub load_balancer_class: String,
     /// Also serve LoadBalancer Services with no `loadBalancerClass`. Default: false.
     pub serve_unclassed: bool,
+    /// Kubeconfig file for `kind = "kubernetes"`. Default: none (as kube-rs infers:
+    /// `KUBECONFIG`, `~/.kube/config`, then the in-cluster service account).
+    pub kubeconfig: Option<PathBuf>,
+    /// Milliseconds without Kubernetes changes before a rebuild (a burst waits at most four
+    /// times this). Default: 50.
+    pub debounce_ms: u64,
+    /// Elect one writer of status and Events among several instances with a Lease.
+    /// Default: true.
+    pub leader_election: bool,
+    /// Name of the Lease. Default: `sluice`.
+    pub lease_name: String,
+    /// Namespace of the Lease. Default: empty, meaning the Pod's own namespace (else `default`).
+    pub lease_namespace: String,
+    /// This instance's identity in the Lease and Events. Default: empty, meaning `$POD_NAME`
+    /// or the host name.
+    pub identity: String,
 }
 
 impl Default for SourceConfig {
@@ -532,6 +548,12 @@ impl Default for SourceConfig {
             poll_interval_ms: 500,
             load_balancer_class: "sluice.dev/dpdk".to_owned(),
             serve_unclassed: false,
+            kubeconfig: None,
+            debounce_ms: 50,
+            leader_election: true,
+            lease_name: "sluice".to_owned(),
+            lease_namespace: String::new(),
+            identity: String::new(),
         }
     }
 }
@@ -1044,6 +1066,19 @@ impl Config {
             return err(
                 "source.load_balancer_class",
                 "is empty; use \"sluice.dev/dpdk\" (and serve_unclassed = true to also serve Services without a class)"
+                    .to_owned(),
+            );
+        }
+        if !(1..=10_000).contains(&s.debounce_ms) {
+            return err(
+                "source.debounce_ms",
+                format!("{} is out of range; use 1 to 10000 (default 50)", s.debounce_ms),
+            );
+        }
+        if s.leader_election && s.lease_name.trim().is_empty() {
+            return err(
+                "source.lease_name",
+                "is empty; name the Lease (default \"sluice\") or set leader_election = false"
                     .to_owned(),
             );
         }

@@ -6,7 +6,7 @@
 //! the new snapshot is published to every worker; unresolved next hops are asked for through
 //! the dataplane (ARP/NS from worker 0) and refreshed periodically; new VIPs are announced
 //! (gratuitous ARP / unsolicited NA). SIGINT/SIGTERM stop the workers, then the ports, then EAL.
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +23,7 @@ use sluice_dataplane::worker::{
 };
 use tracing::{error, info, warn};
 
+use crate::admin::{self, AdminState, ControlRequest};
 use crate::compile::{CompileInput, CompileReport, Compiler};
 use crate::config::Config;
 use crate::health::{HealthChecker, ProbeSettings};
@@ -47,6 +48,9 @@ pub enum DaemonError {
     /// An I/O error (threads, signals, runtime).
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The Kubernetes source could not start.
+    #[error(transparent)]
+    Kube(#[from] crate::k8s::KubeError),
 }
 
 fn dpdk<T>(what: &str, r: dpdk_sys::Result<T>) -> Result<T, DaemonError> {
@@ -104,6 +108,8 @@ struct State {
     compiler: Compiler,
     neighbours: HashMap<IpAddr, [u8; 6]>,
     drained: BTreeSet<IpAddr>,
+    /// Maglev weights set by the operator (admin API).
+    weights: BTreeMap<IpAddr, u32>,
     health: HealthChecker,
     mac: [u8; 6],
     snap_tx: Vec<Sender<Arc<Snapshot>>>,
@@ -111,6 +117,14 @@ struct State {
     last: Option<CompileReport>,
     announced: BTreeSet<IpAddr>,
     last_publish: Instant,
+    /// The admin API's view (set once the workers run).
+    admin: Option<Arc<AdminState>>,
+    /// The manifest directory (for `POST /v1/reload`).
+    manifest_dir: PathBuf,
+    /// The Kubernetes source (`source.kind = "kubernetes"`).
+    kube: Option<crate::k8s::Kubernetes>,
+    /// Hands compile reports to the Kubernetes status writer.
+    status: Option<crate::k8s::StatusReporter>,
 }
 
 impl State {
@@ -123,9 +137,15 @@ impl State {
             neighbours: &self.neighbours,
             health: &health,
             drained: &self.drained,
+            weights: &self.weights,
             now: Instant::now(),
         };
-        let compiled = match self.compiler.compile(&input) {
+        let t_compile = Instant::now();
+        let compiled = self.compiler.compile(&input);
+        if let Some(a) = &self.admin {
+            a.observe_compile(t_compile.elapsed());
+        }
+        let compiled = match compiled {
             Ok(c) => c,
             Err(e) => {
                 error!(error = %e, "compile failed; the workers keep the last good snapshot");
@@ -141,6 +161,13 @@ impl State {
         for tx in &self.snap_tx {
             // A worker keeps only the newest; if its channel is full it will catch up.
             let _ = tx.try_send(snap.clone());
+        }
+        if let Some(s) = &mut self.status {
+            s.report(&report);
+        }
+        if let Some(a) = &self.admin {
+            a.snapshot_sent(report.generation, t);
+            a.publish_snapshot(&report, &snap, &self.model, &self.drained, &self.weights);
         }
         let backends: usize = report
             .services
@@ -207,6 +234,65 @@ impl State {
     }
 }
 
+impl State {
+    /// Carries out a write from the admin API and answers it.
+    fn admin_request(&mut self, req: ControlRequest) {
+        match req {
+            ControlRequest::Backend { addr, op, reply } => {
+                let r = op.apply(
+                    addr,
+                    self.last.as_ref(),
+                    &mut self.drained,
+                    &mut self.weights,
+                );
+                let r = r.map(|backends| {
+                    self.compile_and_publish(&op.describe(addr));
+                    if let Some(a) = &self.admin {
+                        a.set_overrides(&self.drained, &self.weights);
+                    }
+                    admin::api::BackendChange {
+                        addr,
+                        drained: self.drained.contains(&addr),
+                        weight: self.weights.get(&addr).copied(),
+                        backends,
+                        generation: self.last.as_ref().map_or(0, |l| l.generation),
+                    }
+                });
+                let _ = reply.send(r);
+            }
+            ControlRequest::Reload { reply } => {
+                let r = if self.cfg.source.kind != crate::config::SourceKind::Manifests {
+                    Err(admin::ApiError::conflict(
+                        "source.kind is not manifests: there is no manifest directory to reload",
+                    ))
+                } else {
+                    match crate::manifest::load_dir(&self.manifest_dir) {
+                        Ok(m) => {
+                            info!(dir = %self.manifest_dir.display(), services = m.model.services.len(), "manifests reloaded by the operator");
+                            let services = m.model.services.len();
+                            self.model = m.model;
+                            self.compile_and_publish("operator reload");
+                            if let Some(a) = &self.admin {
+                                a.set_source_error(None);
+                            }
+                            Ok(admin::api::Reloaded {
+                                dir: self.manifest_dir.display().to_string(),
+                                services,
+                                warnings: m.warnings.iter().map(|w| w.to_string()).collect(),
+                                generation: self.last.as_ref().map_or(0, |l| l.generation),
+                            })
+                        }
+                        Err(e) => Err(admin::ApiError::conflict(format!(
+                            "{e}; still serving the last good state"
+                        ))),
+                    }
+                };
+                let _ = reply.send(r);
+            }
+        }
+    }
+}
+
 /// Two reports that would give the dataplane the same snapshot.
 fn same_config(a: &CompileReport, b: &CompileReport) -> bool {
     a.services == b.services && a.problems == b.problems && a.unresolved == b.unresolved
@@ -245,11 +331,17 @@ impl Dataplane {
 pub fn run(path: &Path) -> Result<(), DaemonError> {
     let cfg = Config::load(path)?;
     let manifest_dir = resolve_dir(path, &cfg.source.manifest_dir);
-    let (first, watcher) = ManifestWatcher::load(&manifest_dir)?;
-    for w in &first.warnings {
-        warn!(warning = %w, "manifest");
-    }
-    info!(dir = %manifest_dir.display(), files = first.files.len(), services = first.model.services.len(), "manifests loaded");
+    let kubernetes = cfg.source.kind == crate::config::SourceKind::Kubernetes;
+    let (first, watcher) = if kubernetes {
+        (crate::manifest::Manifests::default(), None)
+    } else {
+        let (first, watcher) = ManifestWatcher::load(&manifest_dir)?;
+        for w in &first.warnings {
+            warn!(warning = %w, "manifest");
+        }
+        info!(dir = %manifest_dir.display(), files = first.files.len(), services = first.model.services.len(), "manifests loaded");
+        (first, Some(watcher))
+    };
 
     let args = eal_args(&cfg);
     info!(args = ?args, "starting EAL");
@@ -272,6 +364,7 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
         .map(|_| WorkerQueues { pairs: Vec::new() })
         .collect();
     let mut mac = [0u8; 6];
+    let mut port_links = Vec::new();
     for (i, pc) in cfg.ports.iter().enumerate() {
         let name = port_name(&pc.device);
         let mut port = dpdk(&format!("port {}", pc.name), Port::by_name(&eal, name))?;
@@ -299,6 +392,11 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
         if i == 0 {
             mac = m;
         }
+        port_links.push(admin::PortLink {
+            name: pc.name.clone(),
+            device: pc.device.clone(),
+            mac: m,
+        });
         info!(port = %pc.name, device = %pc.device, id = %port.id(), mac = %fmt_mac(m), driver = port.driver_name().unwrap_or_default(), "port up");
         for (w, (r, t)) in rx.into_iter().zip(tx).enumerate() {
             queues[w].pairs.push((r, t));
@@ -315,7 +413,10 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
     for (from, row) in producers.iter_mut().enumerate() {
         for (to, slot) in row.iter_mut().enumerate() {
             if from != to {
-                let (p, c) = dpdk("ring", MbufRing::create(&format!("sl_w{from}_w{to}"), 1024, -1))?;
+                let (p, c) = dpdk(
+                    "ring",
+                    MbufRing::create(&format!("sl_w{from}_w{to}"), 1024, -1),
+                )?;
                 *slot = Some(p);
                 consumers[to].push(c);
             }
@@ -331,12 +432,29 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
         .enable_all()
         .build()?;
     let _guard = rt.enter();
+    // The Kubernetes source runs on the control-plane runtime: list the cluster before the
+    // first compile.
+    let mut kube = None;
+    let mut first_model = first.model;
+    if kubernetes {
+        let mut k = rt.block_on(async {
+            let client = crate::k8s::client(&cfg).await?;
+            Ok::<_, DaemonError>(crate::k8s::Kubernetes::start(
+                client,
+                crate::k8s::KubeSettings::from_config(&cfg),
+            ))
+        })?;
+        info!(class = %cfg.source.load_balancer_class, "listing Services, EndpointSlices and Nodes");
+        first_model = rt.block_on(k.initial_model());
+        kube = Some(k);
+    }
     let settings = ProbeSettings::from(&cfg.health);
     let mut state = State {
-        model: first.model,
+        model: first_model,
         compiler: Compiler::new(),
         neighbours: HashMap::new(),
         drained: BTreeSet::new(),
+        weights: BTreeMap::new(),
         health: HealthChecker::new(settings),
         mac,
         snap_tx: Vec::new(),
@@ -344,8 +462,17 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
         last: None,
         announced: BTreeSet::new(),
         last_publish: Instant::now(),
+        admin: None,
+        manifest_dir: manifest_dir.clone(),
+        kube: None,
+        status: None,
         cfg: cfg.clone(),
     };
+    if let Some(mut k) = kube {
+        state.compiler.set_follow_status(!k.is_leader());
+        state.status = k.take_reporter();
+        state.kube = Some(k);
+    }
     // First snapshot (next hops unresolved yet: backends wait for ARP/NDP).
     let input_health = HashMap::new();
     let first_snap = state.compiler.compile(&CompileInput {
@@ -355,6 +482,7 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
         neighbours: &state.neighbours,
         health: &input_health,
         drained: &state.drained,
+        weights: &state.weights,
         now: Instant::now(),
     })?;
     let first_snap_arc = Arc::new(first_snap.snapshot);
@@ -387,6 +515,12 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
                 },
                 conntrack_v6_capacity: cfg.tables.conntrack_v6_capacity,
                 affinity_capacity: cfg.tables.affinity_capacity,
+                // Differs between runs: a restart does not reuse the NAT ports whose old
+                // connections backends may still hold in TIME_WAIT.
+                nat_port_start: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32).wrapping_mul(2_654_435_761))
+                    .unwrap_or(0),
             },
             tx_flush_us: cfg.workers.tx_flush_us,
             expire_buckets: 64,
@@ -405,22 +539,82 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
     }
     drop(first_snap_arc);
     let stats: Vec<Arc<WorkerStats>> = workers.iter().map(|w| w.stats.clone()).collect();
+    let (admin_state, admin_rx) = AdminState::new(admin::Setup {
+        config_path: path.to_path_buf(),
+        config: cfg.clone(),
+        workers: stats
+            .iter()
+            .zip(&state.commands)
+            .enumerate()
+            .map(|(w, (s, c))| admin::WorkerLink {
+                index: w as u16,
+                core: cfg.workers.cores.get(w).copied(),
+                queues: cfg
+                    .ports
+                    .iter()
+                    .map(|p| format!("{}/q{w}", p.name))
+                    .collect(),
+                stats: s.clone(),
+                commands: c.clone(),
+            })
+            .collect(),
+        ports: port_links,
+        health: state.health.view(),
+        timeouts: Default::default(),
+    });
+    state.admin = Some(admin_state.clone());
+    // Bound before the first publish, so a bad socket or metrics address fails the start-up.
+    let servers = start_admin(&cfg, &admin_state);
     let dp = Dataplane {
         workers,
         ports,
         pool,
         eal,
     };
+    let servers = match servers {
+        Ok(s) => s,
+        Err(e) => {
+            stop.store(true, Ordering::Relaxed);
+            drop(state);
+            dp.stop();
+            return Err(e);
+        }
+    };
     pin_control_threads(&cfg);
     state.compile_and_publish("start");
 
-    let result = rt.block_on(control_loop(&mut state, watcher, nb_rx, ret_rx, &stats));
+    let result = rt.block_on(control_loop(
+        &mut state, watcher, nb_rx, ret_rx, &stats, admin_rx, &dp.ports,
+    ));
+    if let Some(k) = state.kube.take() {
+        rt.block_on(k.shutdown());
+    }
     info!("stopping: workers, then ports, then EAL");
+    drop(servers);
     stop.store(true, Ordering::Relaxed);
     drop(state);
     dp.stop();
     info!("stopped cleanly");
     result
+}
+
+/// The admin socket and (if enabled) the metrics listener.
+type AdminServers = (
+    admin::server::AdminServer,
+    Option<admin::metrics::MetricsServer>,
+);
+
+fn start_admin(cfg: &Config, state: &Arc<AdminState>) -> Result<AdminServers, DaemonError> {
+    let sock = admin::server::AdminServer::start(state.clone(), &cfg.admin.socket)?;
+    let metrics = if cfg.admin.metrics_enabled {
+        Some(admin::metrics::MetricsServer::start(
+            state.clone(),
+            cfg.admin.metrics_listen,
+        )?)
+    } else {
+        None
+    };
+    Ok((sock, metrics))
 }
 
 fn pin_control_threads(cfg: &Config) {
@@ -453,22 +647,59 @@ pub fn fmt_mac(m: [u8; 6]) -> String {
     )
 }
 
+/// The next batch of the Kubernetes source; never resolves without one.
+async fn next_batch(kube: &mut Option<crate::k8s::Kubernetes>) -> Option<crate::k8s::Batch> {
+    match kube {
+        Some(k) => k.next_batch().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The new leadership state when it changes; never resolves without an elector.
+async fn leader_changed(rx: &mut Option<tokio::sync::watch::Receiver<bool>>) -> Option<bool> {
+    if let Some(r) = rx {
+        if r.changed().await.is_ok() {
+            return Some(*r.borrow_and_update());
+        }
+    }
+    std::future::pending().await
+}
+
 async fn control_loop(
     state: &mut State,
-    watcher: ManifestWatcher,
+    watcher: Option<ManifestWatcher>,
     nb_rx: Receiver<NeighborEvent>,
     ret_rx: Receiver<Arc<Snapshot>>,
     stats: &[Arc<WorkerStats>],
+    mut admin_rx: tokio::sync::mpsc::Receiver<ControlRequest>,
+    ports: &[Port],
 ) -> Result<(), DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut manifests = watcher.spawn(Duration::from_millis(state.cfg.source.poll_interval_ms))?;
+    let (_no_manifests, idle) = tokio::sync::mpsc::channel(1);
+    let mut manifests = match watcher {
+        Some(w) => w.spawn(Duration::from_millis(state.cfg.source.poll_interval_ms))?,
+        None => idle,
+    };
+    let mut leader = state.kube.as_ref().map(|k| k.leader());
     let mut health = state.health.subscribe();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut last_resolve = Instant::now();
     let mut last_refresh = Instant::now();
     let mut last_stats = Instant::now();
+    let mut last_sample = Instant::now();
+    let sample = |state: &State| {
+        if let Some(a) = &state.admin {
+            a.sample(
+                ports
+                    .iter()
+                    .map(|p| p.stats().unwrap_or_default())
+                    .collect(),
+            );
+        }
+    };
+    sample(state);
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM"); return Ok(()); }
@@ -479,14 +710,32 @@ async fn control_loop(
                     info!(services = m.model.services.len(), "manifests changed");
                     state.model = m.model;
                     state.compile_and_publish("manifests changed");
+                    if let Some(a) = &state.admin { a.set_source_error(None); }
                 }
                 Some(ManifestEvent::Invalid(e)) => {
                     error!(error = %e, "invalid manifests; still serving the last good state");
+                    if let Some(a) = &state.admin { a.set_source_error(Some(e.to_string())); }
                 }
                 None => { warn!("manifest watcher ended"); }
             },
+            Some(batch) = next_batch(&mut state.kube) => {
+                // One rebuild for everything that queued up meanwhile.
+                let mut n = batch.apply(&mut state.model);
+                while let Some(b) = state.kube.as_mut().and_then(|k| k.try_next_batch()) {
+                    n += b.apply(&mut state.model);
+                }
+                tracing::debug!(changes = n, services = state.model.services.len(), "kubernetes changed");
+                state.compile_and_publish("kubernetes changed");
+            }
+            Some(leads) = leader_changed(&mut leader) => {
+                state.compiler.set_follow_status(!leads);
+                state.compile_and_publish(if leads { "became the leader" } else { "following the leader" });
+            }
             _ = health.changed() => {
                 state.compile_and_publish("health changed");
+            }
+            Some(req) = admin_rx.recv() => {
+                state.admin_request(req);
             }
             _ = tick.tick() => {
                 let mut changed = false;
@@ -499,6 +748,11 @@ async fn control_loop(
                 while ret_rx.try_recv().is_ok() {}
                 if changed {
                     state.compile_and_publish("neighbour learned");
+                    if let Some(a) = &state.admin { a.set_neighbours(&state.neighbours); }
+                }
+                if last_sample.elapsed() >= Duration::from_secs(1) {
+                    sample(state);
+                    last_sample = Instant::now();
                 }
                 let unresolved = state.last.as_ref().map(|r| r.unresolved.clone()).unwrap_or_default();
                 if !unresolved.is_empty() && last_resolve.elapsed() >= Duration::from_millis(500) {

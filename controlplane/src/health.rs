@@ -292,10 +292,37 @@ impl HealthChecker {
         self.shared.lock().get(t).cloned()
     }
 
+    /// A read-only handle on the statuses that other tasks can keep (the admin API).
+    pub fn view(&self) -> HealthView {
+        HealthView {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// A receiver whose value (a count of health transitions) changes whenever a target goes
     /// up or down: `rx.changed().await`, then recompile with [`states`](Self::states).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared.changes.subscribe()
+    }
+}
+
+/// A cloneable, read-only view of a [`HealthChecker`]'s statuses.
+#[derive(Debug, Clone)]
+pub struct HealthView {
+    shared: Arc<Shared>,
+}
+
+impl HealthView {
+    /// Full status of every target, sorted by target (as [`HealthChecker::statuses`]).
+    pub fn statuses(&self) -> Vec<(ProbeTarget, TargetStatus)> {
+        let mut v: Vec<(ProbeTarget, TargetStatus)> = self
+            .shared
+            .lock()
+            .iter()
+            .map(|(t, s)| (t.clone(), s.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 }
 

@@ -2,8 +2,8 @@
 //!
 //! What Sluice knows about the cluster: Services, EndpointSlices and Nodes, reduced to the
 //! fields load balancing needs and checked once, so [`crate::compile`] never parses a string.
-//! Both sources produce it: [`crate::manifest`] from YAML files, and (later) a Kubernetes
-//! watch. Both deserialize into `k8s-openapi` types first and convert with
+//! Both sources produce it: [`crate::manifest`] from YAML files, and [`crate::k8s`] from a
+//! Kubernetes watch. Both deserialize into `k8s-openapi` types first and convert with
 //! [`Service::from_k8s`], [`EndpointSlice::from_k8s`] and [`Node::from_k8s`], so the two
 //! sources accept and reject exactly the same objects.
 //!
@@ -206,7 +206,7 @@ pub enum IpFamilyPolicy {
 }
 
 /// A Service, reduced to what load balancing needs.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Service {
     /// Namespace and name.
     pub key: ObjectKey,
@@ -492,7 +492,7 @@ pub enum AddressType {
 }
 
 /// One endpoint of a slice, with Kubernetes' nil-condition defaults applied.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Endpoint {
     /// Addresses (all of the slice's family).
     pub addresses: Vec<IpAddr>,
@@ -507,7 +507,7 @@ pub struct Endpoint {
 }
 
 /// One port of a slice.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct EndpointPort {
     /// The name (equal to the Service port's name for controller-made slices).
     pub name: Option<String>,
@@ -518,7 +518,7 @@ pub struct EndpointPort {
 }
 
 /// An EndpointSlice.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct EndpointSlice {
     /// Namespace and name.
     pub key: ObjectKey,
@@ -609,7 +609,7 @@ impl EndpointSlice {
 }
 
 /// A Node.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Node {
     /// Name.
     pub name: String,

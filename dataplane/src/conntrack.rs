@@ -634,8 +634,15 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
                 }
             }
         }
-        // One cuckoo step: an entry whose other bucket has a free slot moves there.
+        // One cuckoo step: an entry whose other bucket has a free slot moves there. It reads
+        // the alternate bucket of up to 16 entries (16 cache misses), and in a table that is
+        // nearly full (a SYN flood) it almost never finds room: skip it above 90% occupancy,
+        // where an insert must stay cheap and evicting the oldest is the answer anyway.
+        let nearly_full = self.len * 10 >= self.capacity() * 9;
         for b in [b1, b2] {
+            if nearly_full {
+                break;
+            }
             let tags = self.tags[b];
             for lane in 0..SLOTS_PER_BUCKET {
                 let t = (tags >> (lane * 16)) as u16;

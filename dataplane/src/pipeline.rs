@@ -153,6 +153,27 @@ pub struct Rev6 {
     pub frontend: u32,
 }
 
+/// One tracked forward flow, as [`Pipeline::flows_from`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowEntry {
+    /// Client address.
+    pub src: IpAddr,
+    /// VIP.
+    pub dst: IpAddr,
+    /// Client port.
+    pub sport: u16,
+    /// VIP port.
+    pub dport: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Backend and NAT local port.
+    pub fwd: Fwd,
+    /// Protocol state.
+    pub state: FlowState,
+    /// When the flow was last seen, on the worker's millisecond clock.
+    pub last_seen_ms: u32,
+}
+
 /// ClientIP affinity value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Aff {
@@ -175,6 +196,10 @@ pub struct PipelineConfig {
     pub conntrack_v6_capacity: usize,
     /// Affinity table capacity per family.
     pub affinity_capacity: usize,
+    /// Where in its slice the worker starts handing out NAT ports. The daemon makes it differ
+    /// between runs, so a restarted Sluice does not reuse the ports whose old connections
+    /// backends may still hold (TIME_WAIT); tests leave it 0 for reproducible ports.
+    pub nat_port_start: u32,
 }
 
 impl Default for PipelineConfig {
@@ -188,6 +213,7 @@ impl Default for PipelineConfig {
             },
             conntrack_v6_capacity: 1 << 18,
             affinity_capacity: 1 << 16,
+            nat_port_start: 0,
         }
     }
 }
@@ -275,6 +301,9 @@ fn next_state(cur: FlowState, tcp: bool, fl: u8) -> FlowState {
     }
     if fl & (flags::RST | flags::FIN) != 0 {
         FlowState::TcpClosing
+    } else if fl & flags::SYN != 0 && fl & flags::ACK == 0 {
+        // A new connection attempt on this 5-tuple (e.g. a retry after an RST): start over.
+        FlowState::TcpSynSent
     } else if matches!(cur, FlowState::TcpSynSent) && fl & flags::ACK != 0 && fl & flags::SYN == 0 {
         FlowState::TcpEstablished
     } else {
@@ -312,7 +341,7 @@ impl Pipeline {
             rev6: Conntrack::new(&v6cfg),
             aff4: Conntrack::new(&aff),
             aff6: Conntrack::new(&aff),
-            nat_cursor: u32::from(cfg.worker).wrapping_mul(7919),
+            nat_cursor: cfg.nat_port_start,
             stats,
             pf: [(0, 0); 32],
             pf_len: 0,
@@ -373,6 +402,49 @@ impl Pipeline {
                 self.fwd6.iter().find(|e| *e.key() == k).map(|e| (*e.value(), e.state(), e.last_seen_ms()))
             }
             _ => None,
+        }
+    }
+
+    /// Forward flows of client `src` (any port, VIP and protocol), at most `max`, in table
+    /// order (admin/diagnostics: a linear scan of one family's table, off the hot path).
+    pub fn flows_from(&self, src: IpAddr, max: usize) -> Vec<FlowEntry> {
+        match src {
+            IpAddr::V4(s) => {
+                let s = s.octets();
+                self.fwd4
+                    .iter()
+                    .filter(|e| e.key().src == s)
+                    .take(max)
+                    .map(|e| FlowEntry {
+                        src,
+                        dst: IpAddr::from(e.key().dst),
+                        sport: e.key().sport,
+                        dport: e.key().dport,
+                        proto: e.key().proto,
+                        fwd: *e.value(),
+                        state: e.state(),
+                        last_seen_ms: e.last_seen_ms(),
+                    })
+                    .collect()
+            }
+            IpAddr::V6(s) => {
+                let s = s.octets();
+                self.fwd6
+                    .iter()
+                    .filter(|e| e.key().src == s)
+                    .take(max)
+                    .map(|e| FlowEntry {
+                        src,
+                        dst: IpAddr::from(e.key().dst),
+                        sport: e.key().sport,
+                        dport: e.key().dport,
+                        proto: e.key().proto,
+                        fwd: *e.value(),
+                        state: e.state(),
+                        last_seen_ms: e.last_seen_ms(),
+                    })
+                    .collect()
+            }
         }
     }
 

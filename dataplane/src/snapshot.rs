@@ -221,7 +221,7 @@ pub enum SnapshotError {
 }
 
 /// Key of the VIP table: family, address, protocol (0 = address entry), port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct VipKey {
     addr: [u8; 16],
     v6: bool,
@@ -360,6 +360,8 @@ impl Snapshot {
             bt[i] = Some(b);
         }
         let mut entries: Vec<(VipKey, u32)> = Vec::new();
+        // Index of `entries` by key: duplicate checks stay O(1) with tens of thousands of VIPs.
+        let mut seen: std::collections::HashMap<VipKey, u32> = std::collections::HashMap::new();
         let mut ft: Vec<Option<Frontend>> = Vec::new();
         for f in frontends {
             let i = f.id as usize;
@@ -382,10 +384,11 @@ impl Snapshot {
                 proto: f.protocol.number(),
                 port: f.port,
             };
-            if let Some((_, other)) = entries.iter().find(|(k, _)| *k == key) {
+            if let Some(other) = seen.get(&key) {
                 let o = ft[*other as usize].as_ref().map(|o| o.service.clone()).unwrap_or_default();
                 return Err(SnapshotError::VipClash(o, f.service.clone()));
             }
+            seen.insert(key, f.id);
             entries.push((key, f.id));
             let akey = VipKey {
                 addr,
@@ -393,7 +396,7 @@ impl Snapshot {
                 proto: ADDR_VIP,
                 port: 0,
             };
-            if !entries.iter().any(|(k, _)| *k == akey) {
+            if seen.insert(akey, f.id).is_none() {
                 entries.push((akey, f.id));
             }
             if ft.len() <= i {
@@ -417,7 +420,7 @@ impl Snapshot {
                 proto: ADDR_OWN,
                 port: 0,
             };
-            if !entries.iter().any(|(e, _)| *e == k) {
+            if seen.insert(k, 0).is_none() {
                 entries.push((k, 0));
             }
         }

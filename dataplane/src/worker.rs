@@ -19,7 +19,7 @@ use crossbeam_channel::{Receiver, Sender};
 use dpdk_sys::{register_thread, tsc, tsc_hz, Eal, Mbuf, MbufBatch, Mempool, RingConsumer, RingProducer, RxQueue, TxQueue};
 
 use crate::edge;
-use crate::pipeline::{NeighborEvent, PacketBuf, Pipeline, PipelineConfig, Verdict};
+use crate::pipeline::{FlowEntry, NeighborEvent, PacketBuf, Pipeline, PipelineConfig, Verdict};
 use crate::snapshot::Snapshot;
 use crate::stats::{bump, set, DropReason, WorkerStats};
 
@@ -42,8 +42,8 @@ impl PacketBuf for Mbuf {
     }
 }
 
-/// Something the control plane asks a worker to send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Something the control plane asks a worker to send or answer.
+#[derive(Debug, Clone)]
 pub enum Command {
     /// Resolve a next hop: ARP request (IPv4) or neighbour solicitation (IPv6) from `from`.
     Resolve {
@@ -54,6 +54,79 @@ pub enum Command {
     },
     /// Announce an address we now own: gratuitous ARP / unsolicited NA.
     Announce(IpAddr),
+    /// Find tracked forward flows (admin API). Answered at the worker's millisecond tick, off
+    /// the packet path, on `reply`; the scan reads this worker's table once.
+    FindFlows {
+        /// What to look for.
+        query: FlowQuery,
+        /// Where the answer goes (a full or closed channel drops it).
+        reply: Sender<FlowAnswer>,
+    },
+}
+
+/// Which forward flows [`Command::FindFlows`] asks for: every flow of `client`, narrowed by
+/// the optional fields. With every field set, one exact 5-tuple.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowQuery {
+    /// Client address.
+    pub client: IpAddr,
+    /// Client port.
+    pub client_port: Option<u16>,
+    /// VIP.
+    pub vip: Option<IpAddr>,
+    /// VIP port.
+    pub vip_port: Option<u16>,
+    /// IP protocol number.
+    pub proto: Option<u8>,
+    /// At most this many flows per worker.
+    pub max: usize,
+}
+
+/// A worker's answer to [`Command::FindFlows`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowAnswer {
+    /// The worker's index.
+    pub worker: u16,
+    /// The worker's millisecond clock when it answered (compare with `last_seen_ms`).
+    pub now_ms: u32,
+    /// Matching flows.
+    pub flows: Vec<FlowEntry>,
+}
+
+/// Answers a [`FlowQuery`] from `pipeline`'s tables.
+fn find_flows(pipeline: &Pipeline, q: &FlowQuery, worker: u16, now_ms: u32) -> FlowAnswer {
+    let flows = match (q.client_port, q.vip, q.vip_port, q.proto) {
+        (Some(sport), Some(vip), Some(dport), Some(proto)) => pipeline
+            .find_flow(q.client, vip, sport, dport, proto)
+            .map(|(fwd, state, last_seen_ms)| FlowEntry {
+                src: q.client,
+                dst: vip,
+                sport,
+                dport,
+                proto,
+                fwd,
+                state,
+                last_seen_ms,
+            })
+            .into_iter()
+            .collect(),
+        _ => pipeline
+            .flows_from(q.client, usize::MAX)
+            .into_iter()
+            .filter(|f| {
+                q.client_port.map_or(true, |p| p == f.sport)
+                    && q.vip.map_or(true, |v| v == f.dst)
+                    && q.vip_port.map_or(true, |p| p == f.dport)
+                    && q.proto.map_or(true, |p| p == f.proto)
+            })
+            .take(q.max)
+            .collect(),
+    };
+    FlowAnswer {
+        worker,
+        now_ms,
+        flows,
+    }
 }
 
 /// How a worker runs.
@@ -254,16 +327,23 @@ fn run(
                 b.free_all();
             }
         }
-        // TX flush on deadline.
+        // TX flush: at once when this iteration did not fill a burst (we are not saturated, so
+        // waiting only adds latency), else when the deadline passes.
+        let idle = work < dpdk_sys::BURST;
         for port in 0..nports {
-            if !l.tx[port].is_empty() && now >= l.tx_deadline[port] {
+            if !l.tx[port].is_empty() && (idle || now >= l.tx_deadline[port]) {
                 flush(&mut l.tx[port], &mut queues.pairs[port].1, &stats);
             }
         }
         if now >= next_tick {
             next_tick = now + ms_ticks;
             while let Ok(c) = links.commands.try_recv() {
-                command(&l.snap, c, pool, &mut l.tx[0], &stats);
+                match c {
+                    Command::FindFlows { query, reply } => {
+                        let _ = reply.try_send(find_flows(&l.pipeline, &query, cfg.index, now_ms));
+                    }
+                    c => command(&l.snap, c, pool, &mut l.tx[0], &stats),
+                }
             }
             l.pipeline.expire(now_ms, cfg.expire_buckets);
         }
@@ -393,6 +473,7 @@ fn command(snap: &Snapshot, c: Command, pool: &Mempool, tx: &mut MbufBatch, stat
         Command::Resolve { .. } => return,
         Command::Announce(IpAddr::V4(a)) => edge::gratuitous_arp(buf, mac, a.octets()),
         Command::Announce(IpAddr::V6(a)) => edge::unsolicited_na(buf, mac, a.octets()),
+        Command::FindFlows { .. } => return,
     };
     let total = m.len();
     m.trim(total - n);

@@ -11,7 +11,9 @@ use common::*;
 use dpdk_sys::{Eal, MbufBatch, MbufRing, Mempool, PortConfig};
 use sluice_dataplane::pipeline::{Pipeline, PipelineConfig};
 use sluice_dataplane::snapshot::{Method, Protocol, Snapshot};
-use sluice_dataplane::worker::{self, Command, WorkerConfig, WorkerLinks, WorkerQueues};
+use sluice_dataplane::worker::{
+    self, Command, FlowAnswer, FlowQuery, WorkerConfig, WorkerLinks, WorkerQueues,
+};
 
 const VIP: [u8; 4] = [192, 0, 2, 10];
 
@@ -163,6 +165,47 @@ fn worker_forwards_swaps_snapshots_and_keeps_flows() {
     assert_eq!(ev.ip, "10.0.1.9".parse::<std::net::IpAddr>().unwrap());
     assert_eq!(ev.mac, bmac(9));
 
+    // 5. The admin API's conntrack lookup: answered at the worker's tick, off the packet path.
+    let ask = |query: FlowQuery| -> FlowAnswer {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        cmd_tx.send(Command::FindFlows { query, reply: tx }).unwrap();
+        rx.recv_timeout(Duration::from_secs(5)).expect("the worker answers")
+    };
+    let client = std::net::IpAddr::from(CLIENT4);
+    let exact = ask(FlowQuery {
+        client,
+        client_port: Some(30005),
+        vip: Some(std::net::IpAddr::from(VIP)),
+        vip_port: Some(80),
+        proto: Some(6),
+        max: 10,
+    });
+    assert_eq!(exact.worker, 0);
+    assert_eq!(exact.flows.len(), 1);
+    let f = exact.flows[0];
+    assert_eq!((f.sport, f.dport, f.proto), (30005, 80, 6));
+    assert_eq!(f.fwd.backend, u32::from(first_backend[5]));
+    assert_eq!(f.state, sluice_dataplane::conntrack::FlowState::TcpEstablished);
+    assert!(exact.now_ms.wrapping_sub(f.last_seen_ms) < 60_000);
+    let some = ask(FlowQuery {
+        client,
+        client_port: None,
+        vip: None,
+        vip_port: None,
+        proto: None,
+        max: 10,
+    });
+    assert_eq!(some.flows.len(), 10, "capped at max");
+    let none = ask(FlowQuery {
+        client: "10.8.8.8".parse().unwrap(),
+        client_port: None,
+        vip: None,
+        vip_port: None,
+        proto: None,
+        max: 10,
+    });
+    assert!(none.flows.is_empty());
+
     h.stop().unwrap();
     assert_eq!(stats.tx_packets.load(Relaxed), 1401);
     assert_eq!(stats.rx_packets.load(Relaxed), 1401);
@@ -221,6 +264,7 @@ fn nat_reply_on_the_wrong_worker_reaches_its_owner() {
                 },
                 conntrack_v6_capacity: 1 << 10,
                 affinity_capacity: 1 << 10,
+                nat_port_start: 0,
             },
             ..WorkerConfig::default()
         };

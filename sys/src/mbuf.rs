@@ -149,6 +149,21 @@ impl Mbuf {
         // SAFETY: valid mbuf; reads a field.
         unsafe { ffi::sluice_pktmbuf_nb_segs(self.ptr.as_ptr()) }
     }
+
+    /// References held on this mbuf: 1 while only this handle owns it, more while a driver
+    /// still holds one from [`crate::TxQueue::tx_burst_shared`] (transmission not completed).
+    /// Rewrite the data of a shared template only when this is 1.
+    #[inline(always)]
+    pub fn refcnt(&self) -> u16 {
+        // SAFETY: valid mbuf; an atomic read of one field.
+        unsafe { ffi::sluice_mbuf_refcnt_read(self.ptr.as_ptr()) }
+    }
+
+    /// The raw pointer, for wrappers in this crate that lend the mbuf to DPDK.
+    #[inline(always)]
+    pub(crate) fn as_ptr(&self) -> *mut ffi::rte_mbuf {
+        self.ptr.as_ptr()
+    }
 }
 
 impl Drop for Mbuf {

@@ -5,7 +5,7 @@ use std::fmt;
 use crate::eal::Eal;
 use crate::error::{DpdkError, Result, ToResult};
 use crate::ffi;
-use crate::mbuf::MbufBatch;
+use crate::mbuf::{Mbuf, MbufBatch, BURST};
 use crate::mempool::Mempool;
 
 /// A DPDK port number; prints as `port0`.
@@ -417,6 +417,38 @@ impl TxQueue {
         // driver takes ownership of the first k it returns.
         let k = unsafe { ffi::sluice_tx_burst(self.port, self.queue, p, n as u16) } as usize;
         batch.consume_front(k);
+        k
+    }
+
+    /// Sends the packets `pkts` yields (the first [`BURST`]) without giving them up: each sent
+    /// mbuf gets one more reference, which the driver drops when it is done with the packet
+    /// (at once for copying drivers such as `net_memif`, after the DMA for a NIC). The caller
+    /// keeps its handles and may send the same buffers again: this is how a traffic generator
+    /// reuses precomputed template packets without allocating or copying. Check
+    /// [`Mbuf::refcnt`] is 1 before rewriting one, or the driver may send the new bytes.
+    /// Returns how many were sent (a prefix of what `pkts` yielded).
+    #[inline(always)]
+    pub fn tx_burst_shared<'a, I: IntoIterator<Item = &'a Mbuf>>(&mut self, pkts: I) -> usize {
+        let mut raw = [std::ptr::null_mut::<ffi::rte_mbuf>(); BURST];
+        let mut n = 0;
+        for m in pkts.into_iter().take(BURST) {
+            raw[n] = m.as_ptr();
+            // SAFETY: valid mbuf that the caller owns; the extra reference is the driver's.
+            unsafe { ffi::sluice_mbuf_refcnt_update(raw[n], 1) };
+            n += 1;
+        }
+        if n == 0 {
+            return 0;
+        }
+        // SAFETY: queue set up and owned by this thread; raw holds n valid mbufs, each with a
+        // reference the driver takes over for the ones it accepts.
+        let k = unsafe { ffi::sluice_tx_burst(self.port, self.queue, raw.as_mut_ptr(), n as u16) }
+            as usize;
+        for r in &raw[k..n] {
+            // SAFETY: the driver refused these; take back the reference we added (the caller's
+            // own reference keeps the mbuf alive).
+            unsafe { ffi::sluice_mbuf_refcnt_update(*r, -1) };
+        }
         k
     }
 }

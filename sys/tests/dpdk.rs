@@ -383,3 +383,44 @@ fn ring_port_is_a_wire_in_memory() {
     drop(rp);
     assert_eq!(pool.in_use(), 0);
 }
+
+#[test]
+fn tx_burst_shared_lends_templates_and_keeps_them() {
+    let env = env();
+    let pool = Mempool::new("t_shared_pool", 255, 0, Mempool::DEFAULT_DATA_ROOM, -1).unwrap();
+    // A ring of 4 slots holds 3 packets: the fourth is refused.
+    let mut rp = MbufRing::port(&env.eal, "t_shared", 4).unwrap();
+    let (rx, mut tx) = rp.port.configure(&PortConfig::default(), &pool).unwrap();
+    rp.port.start().unwrap();
+    let mut templates: Vec<Mbuf> = (0..4)
+        .map(|i| {
+            let mut m = pool.alloc().unwrap();
+            fill(&mut m, 60, i);
+            m
+        })
+        .collect();
+    assert!(templates.iter().all(|m| m.refcnt() == 1));
+    assert_eq!(tx[0].tx_burst_shared(templates.iter()), 3);
+    // The driver holds a reference to the three it took; the refused one is ours alone.
+    assert_eq!(
+        templates.iter().map(Mbuf::refcnt).collect::<Vec<_>>(),
+        [2, 2, 2, 1]
+    );
+    let mut c = MbufBatch::new();
+    assert_eq!(rp.capture.dequeue(&mut c), 3);
+    for (i, m) in c.drain().enumerate() {
+        assert_eq!(m.data()[0], (i * 7) as u8, "the template's bytes went out");
+    }
+    // The other side freed its copies: the templates are ours again, still allocated.
+    assert!(templates.iter().all(|m| m.refcnt() == 1));
+    assert_eq!(pool.in_use(), 4);
+    // Rewrite one and send it again.
+    templates[0].data_mut()[0] = 0xee;
+    assert_eq!(tx[0].tx_burst_shared(templates[..1].iter()), 1);
+    assert_eq!(rp.capture.dequeue(&mut c), 1);
+    assert_eq!(c.drain().next().unwrap().data()[0], 0xee);
+    drop(templates);
+    drop((rx, tx));
+    drop(rp);
+    assert_eq!(pool.in_use(), 0);
+}

@@ -1,7 +1,504 @@
-//! `sluicectl`: the operator's CLI (not built yet; see issue 7).
+//! `sluicectl`: the operator's CLI, a thin client of `sluiced`'s admin socket.
 #![forbid(unsafe_code)]
 
+use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::de::DeserializeOwned;
+use sluice_controlplane::admin::{api, client};
+use sluice_controlplane::ctl::{self, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNREACHABLE};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  sluiced answered with an error (bad request, conflict, internal error)
+  2  bad command line
+  3  sluiced cannot be reached (not running, wrong --socket) or refused this user
+  4  not found: no such Service or backend, or `conntrack lookup` found no flow";
+
+/// Inspect and operate a running sluiced over its admin socket.
+#[derive(Debug, Parser)]
+#[command(name = "sluicectl", version, about, after_help = EXIT_CODES)]
+struct Cli {
+    /// The admin socket of sluiced ([admin] socket in its configuration).
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_SOCKET",
+        default_value = "/run/sluice/admin.sock"
+    )]
+    socket: PathBuf,
+    /// Output format: human tables, or the API's JSON.
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// The daemon at a glance: snapshot, services, workers, drops, problems.
+    Status,
+    /// Served Services: VIPs, ports, method, policy, backends by state, traffic.
+    Services,
+    /// One Service with its frontends and backends (state, health, Maglev share, traffic).
+    Service {
+        /// NAMESPACE/NAME.
+        name: String,
+    },
+    /// Every backend of every frontend.
+    Backends {
+        /// Only this Service (NAMESPACE/NAME).
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Stop sending new flows to a backend address (in every Service); open flows stay.
+    Drain {
+        /// The backend's address.
+        addr: IpAddr,
+    },
+    /// Undo `drain`.
+    Undrain {
+        /// The backend's address.
+        addr: IpAddr,
+    },
+    /// Set a backend address's Maglev weight (0..=10000; `default` removes the override).
+    Weight {
+        /// The backend's address.
+        addr: IpAddr,
+        /// The weight, or `default`.
+        weight: String,
+    },
+    /// Connection-table queries.
+    Conntrack {
+        #[command(subcommand)]
+        cmd: ConntrackCmd,
+    },
+    /// Drop counters by reason (only reasons with drops, unless --all).
+    Drops {
+        /// Show every reason.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Workers: core, queues, packets/s, busy ratio, conntrack fill.
+    Workers,
+    /// DPDK port counters (rx/tx, missed, errors).
+    Ports,
+    /// Health-check targets and their results.
+    Health,
+    /// Learned neighbours and next hops being resolved.
+    Neighbours,
+    /// The configuration file sluiced runs with (JSON).
+    Config,
+    /// sluiced's version.
+    Version,
+    /// Re-read the manifest directory now.
+    Reload,
+    /// Reset the counters the API reports (Prometheus metrics are not reset).
+    ResetCounters,
+    /// Refreshing view of rates: workers and Services.
+    Watch {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after this many refreshes (default: until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConntrackCmd {
+    /// Flows of a client: which backend, state, idle time.
+    Lookup {
+        /// Client address, or address:port (`10.0.0.7`, `10.0.0.7:40000`, `[fd00::7]:40000`).
+        client: String,
+        /// Only flows to this VIP (address or address:port).
+        #[arg(long)]
+        vip: Option<String>,
+        /// Only this protocol (tcp, udp or a number).
+        #[arg(long)]
+        protocol: Option<String>,
+        /// At most this many flows per worker.
+        #[arg(long, default_value_t = 100)]
+        max: usize,
+    },
+}
+
+/// An address with an optional port.
+fn addr_port(s: &str) -> Result<(IpAddr, Option<u16>), String> {
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Ok((sa.ip(), Some(sa.port())));
+    }
+    s.trim_matches(|c| c == '[' || c == ']')
+        .parse::<IpAddr>()
+        .map(|a| (a, None))
+        .map_err(|_| format!("{s:?} is not an address or address:port"))
+}
+
+/// Escapes a query value.
+fn q(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// What went wrong, and the exit code.
+struct Failure {
+    code: i32,
+    message: String,
+    /// The daemon's JSON error body, printed as is with `-o json`.
+    body: Option<String>,
+}
+
+struct Ctl {
+    socket: PathBuf,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Ctl {
+    fn call(&self, method: &str, target: &str, body: Option<String>) -> Result<String, Failure> {
+        let a = self
+            .rt
+            .block_on(client::request(&self.socket, method, target, body))
+            .map_err(|e| Failure {
+                code: EXIT_UNREACHABLE,
+                message: e.to_string(),
+                body: None,
+            })?;
+        if (200..300).contains(&a.status) {
+            return Ok(a.body);
+        }
+        let message = serde_json::from_str::<api::ErrorBody>(&a.body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| format!("HTTP {}: {}", a.status, a.body.trim()));
+        Err(Failure {
+            code: ctl::exit_code(a.status),
+            message,
+            body: Some(a.body),
+        })
+    }
+
+    fn get<T: DeserializeOwned>(&self, target: &str) -> Result<(T, String), Failure> {
+        let body = self.call("GET", target, None)?;
+        parse(&body).map(|v| (v, body))
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &str) -> Result<T, Failure> {
+    serde_json::from_str(body).map_err(|e| Failure {
+        code: ctl::EXIT_FAILED,
+        message: format!(
+            "cannot read sluiced's answer ({e}); is sluicectl the same version as sluiced?"
+        ),
+        body: None,
+    })
+}
+
 fn main() {
-    eprintln!("sluicectl: not built yet");
-    std::process::exit(2);
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluicectl: cannot start the async runtime: {e}");
+            std::process::exit(ctl::EXIT_FAILED);
+        }
+    };
+    let ctl = Ctl {
+        socket: cli.socket.clone(),
+        rt,
+    };
+    let json = cli.output == Output::Json;
+    let code = match run(&ctl, &cli.cmd, json) {
+        Ok(code) => code,
+        Err(f) => {
+            if json {
+                match f.body {
+                    Some(b) => println!("{}", b.trim_end()),
+                    None => println!("{}", serde_json::json!({ "status": 0, "error": f.message })),
+                }
+            }
+            eprintln!("sluicectl: {}", f.message);
+            f.code
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Prints the JSON body, or the rendered table.
+fn show<T: DeserializeOwned>(
+    ctl: &Ctl,
+    target: &str,
+    json: bool,
+    render: impl Fn(&T) -> String,
+) -> Result<i32, Failure> {
+    let (v, body) = ctl.get::<T>(target)?;
+    if json {
+        println!("{}", body.trim_end());
+    } else {
+        print!("{}", render(&v));
+    }
+    Ok(EXIT_OK)
+}
+
+fn run(ctl: &Ctl, cmd: &Cmd, json: bool) -> Result<i32, Failure> {
+    match cmd {
+        Cmd::Status => show(ctl, "/v1/status", json, ctl::status),
+        Cmd::Services => show(ctl, "/v1/services", json, |v: &Vec<api::ServiceSummary>| {
+            ctl::services(v)
+        }),
+        Cmd::Service { name } => {
+            let (ns, n) = name.split_once('/').unwrap_or(("default", name.as_str()));
+            show(
+                ctl,
+                &format!("/v1/services/{}/{}", q(ns), q(n)),
+                json,
+                ctl::service,
+            )
+        }
+        Cmd::Backends { service } => {
+            let target = match service {
+                Some(s) => format!("/v1/backends?service={}", q(s)),
+                None => "/v1/backends".to_owned(),
+            };
+            show(ctl, &target, json, |v: &Vec<api::BackendRow>| {
+                ctl::backends(v)
+            })
+        }
+        Cmd::Drain { addr } => write(ctl, json, "drained", *addr, "drain", None),
+        Cmd::Undrain { addr } => write(ctl, json, "undrained", *addr, "undrain", None),
+        Cmd::Weight { addr, weight } => {
+            let w: Option<u32> = if weight == "default" {
+                None
+            } else {
+                Some(weight.parse().map_err(|_| Failure {
+                    code: ctl::EXIT_USAGE,
+                    message: format!("weight {weight:?}: use a number 0..=10000 or `default`"),
+                    body: None,
+                })?)
+            };
+            let body = serde_json::to_string(&api::WeightRequest { weight: w }).ok();
+            write(ctl, json, "weighted", *addr, "weight", body)
+        }
+        Cmd::Conntrack {
+            cmd:
+                ConntrackCmd::Lookup {
+                    client,
+                    vip,
+                    protocol,
+                    max,
+                },
+        } => {
+            let usage = |message: String| Failure {
+                code: ctl::EXIT_USAGE,
+                message,
+                body: None,
+            };
+            let (ip, port) = addr_port(client).map_err(usage)?;
+            let mut target = format!("/v1/conntrack?client={}&max={max}", q(&ip.to_string()));
+            if let Some(p) = port {
+                target.push_str(&format!("&client_port={p}"));
+            }
+            if let Some(v) = vip {
+                let (vip, vport) = addr_port(v).map_err(usage)?;
+                target.push_str(&format!("&vip={}", q(&vip.to_string())));
+                if let Some(p) = vport {
+                    target.push_str(&format!("&vip_port={p}"));
+                }
+            }
+            if let Some(p) = protocol {
+                target.push_str(&format!("&protocol={}", q(p)));
+            }
+            let (v, body) = ctl.get::<api::Conntrack>(&target)?;
+            if json {
+                println!("{}", body.trim_end());
+            } else {
+                print!("{}", ctl::conntrack(&v));
+            }
+            Ok(if v.flows.is_empty() {
+                EXIT_NOT_FOUND
+            } else {
+                EXIT_OK
+            })
+        }
+        Cmd::Drops { all } => show(ctl, "/v1/drops", json, |d| ctl::drops(d, *all)),
+        Cmd::Workers => show(ctl, "/v1/workers", json, |v: &Vec<api::WorkerRow>| {
+            ctl::workers(v)
+        }),
+        Cmd::Ports => show(ctl, "/v1/ports", json, |v: &Vec<api::PortRow>| {
+            ctl::ports(v)
+        }),
+        Cmd::Health => show(ctl, "/v1/health", json, |v: &Vec<api::HealthRow>| {
+            ctl::health(v)
+        }),
+        Cmd::Neighbours => show(ctl, "/v1/neighbours", json, ctl::neighbours),
+        Cmd::Config => {
+            // The configuration is JSON either way.
+            let body = ctl.call("GET", "/v1/config", None)?;
+            println!("{}", body.trim_end());
+            Ok(EXIT_OK)
+        }
+        Cmd::Version => show(ctl, "/v1/version", json, |v: &api::Version| {
+            format!(
+                "sluiced {} (API {}), sluicectl {}\n",
+                v.version,
+                v.api,
+                env!("CARGO_PKG_VERSION")
+            )
+        }),
+        Cmd::Reload => {
+            let body = ctl.call("POST", "/v1/reload", None)?;
+            let r: api::Reloaded = parse(&body)?;
+            if json {
+                println!("{}", body.trim_end());
+            } else {
+                println!(
+                    "reloaded {}: {} service(s), snapshot generation {}",
+                    r.dir, r.services, r.generation
+                );
+                for w in &r.warnings {
+                    println!("  warning: {w}");
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        Cmd::ResetCounters => {
+            let body = ctl.call("POST", "/v1/counters/reset", None)?;
+            if json {
+                println!("{}", body.trim_end());
+            } else {
+                println!("counters reset (the API counts from now; /metrics is not reset)");
+            }
+            Ok(EXIT_OK)
+        }
+        Cmd::Watch { interval, count } => watch(ctl, json, *interval, *count),
+    }
+}
+
+fn write(
+    ctl: &Ctl,
+    json: bool,
+    verb: &str,
+    addr: IpAddr,
+    op: &str,
+    body: Option<String>,
+) -> Result<i32, Failure> {
+    let target = format!("/v1/backends/{}/{op}", q(&addr.to_string()));
+    let body = ctl.call("POST", &target, body)?;
+    let c: api::BackendChange = parse(&body)?;
+    if json {
+        println!("{}", body.trim_end());
+    } else {
+        print!("{}", ctl::change(verb, &c));
+    }
+    Ok(EXIT_OK)
+}
+
+/// One refresh of `watch`: rates per worker and per Service (from counter deltas).
+fn watch(ctl: &Ctl, json: bool, interval: f64, count: Option<u64>) -> Result<i32, Failure> {
+    let interval = Duration::from_secs_f64(interval.max(0.1));
+    let tty = std::io::stdout().is_terminal() && !json;
+    let mut prev: Option<(std::time::Instant, Vec<api::ServiceSummary>)> = None;
+    let mut n = 0u64;
+    loop {
+        let (workers, _) = ctl.get::<Vec<api::WorkerRow>>("/v1/workers")?;
+        let (services, _) = ctl.get::<Vec<api::ServiceSummary>>("/v1/services")?;
+        let (status, _) = ctl.get::<api::Status>("/v1/status")?;
+        let now = std::time::Instant::now();
+        let rates: Vec<(String, f64, f64, f64)> = services
+            .iter()
+            .map(|s| {
+                let before = prev
+                    .as_ref()
+                    .and_then(|(t, p)| p.iter().find(|x| x.service == s.service).map(|x| (*t, x)));
+                match before {
+                    Some((t, b)) => {
+                        let dt = now.duration_since(t).as_secs_f64().max(1e-3);
+                        let d = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt;
+                        (
+                            s.service.clone(),
+                            d(s.traffic.packets, b.traffic.packets),
+                            d(s.traffic.bytes, b.traffic.bytes) * 8.0,
+                            d(s.traffic.new_flows, b.traffic.new_flows),
+                        )
+                    }
+                    None => (s.service.clone(), 0.0, 0.0, 0.0),
+                }
+            })
+            .collect();
+        if json {
+            let line = serde_json::json!({
+                "time_unix": sluice_controlplane::admin::unix(std::time::SystemTime::now()),
+                "generation": status.generation,
+                "drops": status.drops,
+                "workers": workers.iter().map(|w| serde_json::json!({
+                    "worker": w.worker, "rx_pps": w.rx_pps, "tx_pps": w.tx_pps,
+                    "busy_ratio": w.busy_ratio, "conntrack_fill": w.conntrack.fill,
+                })).collect::<Vec<_>>(),
+                "services": rates.iter().map(|(s, p, b, f)| serde_json::json!({
+                    "service": s, "pps": p, "bps": b, "new_flows_per_s": f,
+                })).collect::<Vec<_>>(),
+            });
+            println!("{line}");
+        } else {
+            if tty {
+                print!("\x1b[H\x1b[2J");
+            }
+            println!(
+                "sluiced {}  generation {}  services {}  backends a/d/down {}/{}/{}  drops {}  (every {:.1}s)",
+                status.version,
+                status.generation,
+                status.services,
+                status.backends.active,
+                status.backends.draining,
+                status.backends.down,
+                status.drops,
+                interval.as_secs_f64()
+            );
+            println!();
+            print!("{}", ctl::workers(&workers));
+            println!();
+            let rows: Vec<Vec<String>> = rates
+                .iter()
+                .map(|(s, p, b, f)| {
+                    vec![
+                        s.clone(),
+                        ctl::si(*p),
+                        format!("{}b/s", ctl::si(*b)),
+                        ctl::si(*f),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                ctl::table(&["SERVICE", "PACKETS/S", "BITS/S", "NEW-FLOWS/S"], &rows)
+            );
+            if !tty {
+                println!();
+            }
+        }
+        prev = Some((now, services));
+        n += 1;
+        if count.is_some_and(|c| n >= c) {
+            return Ok(EXIT_OK);
+        }
+        std::thread::sleep(interval);
+    }
 }

@@ -1,0 +1,691 @@
+//! Unit tests of the admin API handlers and metrics, on the lab's example configuration and
+//! manifests, with fake workers (counters and command channels) and a fake control loop.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crossbeam_channel::Receiver;
+use sluice_dataplane::conntrack::FlowState;
+use sluice_dataplane::pipeline::{FlowEntry, Fwd};
+use sluice_dataplane::stats::{bump, DropReason, WorkerStats};
+use sluice_dataplane::worker::{Command, FlowAnswer};
+
+use super::api;
+use super::*;
+use crate::compile::{CompileInput, CompileReport, Compiler};
+use crate::config::Config;
+use crate::health::{HealthChecker, ProbeSettings};
+use crate::manifest;
+use crate::model::Model;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// The control loop's side: what the fake loop compiles from.
+struct Brain {
+    cfg: Config,
+    model: Model,
+    compiler: Compiler,
+    neighbours: HashMap<IpAddr, [u8; 6]>,
+    drained: BTreeSet<IpAddr>,
+    weights: BTreeMap<IpAddr, u32>,
+    report: CompileReport,
+}
+
+impl Brain {
+    fn compile(&mut self, st: &AdminState) {
+        let health = HashMap::new();
+        let out = self
+            .compiler
+            .compile(&CompileInput {
+                config: &self.cfg,
+                model: &self.model,
+                local_mac: [2, 0x99, 0, 0, 0, 2],
+                neighbours: &self.neighbours,
+                health: &health,
+                drained: &self.drained,
+                weights: &self.weights,
+                now: Instant::now(),
+            })
+            .unwrap();
+        st.publish_snapshot(
+            &out.report,
+            &out.snapshot,
+            &self.model,
+            &self.drained,
+            &self.weights,
+        );
+        self.report = out.report;
+    }
+}
+
+struct Fixture {
+    st: Arc<AdminState>,
+    stats: Vec<Arc<WorkerStats>>,
+    commands: Vec<Receiver<Command>>,
+    brain: Arc<Mutex<Brain>>,
+    _health: HealthChecker,
+}
+
+const WORKERS: usize = 2;
+
+fn fixture() -> (Fixture, tokio::sync::mpsc::Receiver<ControlRequest>) {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let cfg_path = PathBuf::from(format!("{root}/docs/examples/sluice.toml"));
+    let cfg = Config::load(&cfg_path).unwrap();
+    let model = manifest::load_dir(format!("{root}/docs/examples/manifests"))
+        .unwrap()
+        .model;
+    let health = HealthChecker::new(ProbeSettings::from(&cfg.health));
+    let mut stats = Vec::new();
+    let mut commands = Vec::new();
+    let mut links = Vec::new();
+    for w in 0..WORKERS {
+        let s = Arc::new(WorkerStats::new(cfg.tables.max_backends));
+        let (tx, rx) = crossbeam_channel::bounded(16);
+        links.push(WorkerLink {
+            index: w as u16,
+            core: Some(w + 1),
+            queues: vec![format!("lb0/q{w}")],
+            stats: s.clone(),
+            commands: tx,
+        });
+        stats.push(s);
+        commands.push(rx);
+    }
+    let (st, rx) = AdminState::new(Setup {
+        config_path: cfg_path,
+        config: cfg.clone(),
+        workers: links,
+        ports: vec![PortLink {
+            name: "lb0".into(),
+            device: "net_af_packet0,iface=sl-lb0".into(),
+            mac: [2, 0x99, 0, 0, 0, 2],
+        }],
+        health: health.view(),
+        timeouts: Default::default(),
+    });
+    let mut neighbours = HashMap::new();
+    for i in 1..=3u8 {
+        neighbours.insert(ip(&format!("10.99.0.2{i}")), [2, 0x99, 0, 0, 0, 0x20 + i]);
+        neighbours.insert(ip(&format!("fd00:99::2{i}")), [2, 0x99, 0, 0, 0, 0x20 + i]);
+    }
+    let mut brain = Brain {
+        cfg,
+        model,
+        compiler: Compiler::new(),
+        neighbours,
+        drained: BTreeSet::new(),
+        weights: BTreeMap::new(),
+        report: CompileReport::default(),
+    };
+    brain.compile(&st);
+    st.set_neighbours(&brain.neighbours);
+    (
+        Fixture {
+            st,
+            stats,
+            commands,
+            brain: Arc::new(Mutex::new(brain)),
+            _health: health,
+        },
+        rx,
+    )
+}
+
+/// Answers control requests the way the daemon's loop does.
+fn fake_loop(f: &Fixture, mut rx: tokio::sync::mpsc::Receiver<ControlRequest>) {
+    let st = f.st.clone();
+    let brain = f.brain.clone();
+    tokio::spawn(async move {
+        while let Some(req) = rx.recv().await {
+            let mut b = brain.lock().unwrap();
+            match req {
+                ControlRequest::Backend { addr, op, reply } => {
+                    let b = &mut *b;
+                    let r = op.apply(addr, Some(&b.report), &mut b.drained, &mut b.weights);
+                    let r = r.map(|n| {
+                        b.compile(&st);
+                        api::BackendChange {
+                            addr,
+                            drained: b.drained.contains(&addr),
+                            weight: b.weights.get(&addr).copied(),
+                            backends: n,
+                            generation: b.report.generation,
+                        }
+                    });
+                    let _ = reply.send(r);
+                }
+                ControlRequest::Reload { reply } => {
+                    let _ = reply.send(Err(ApiError::conflict("no reload in tests")));
+                }
+            }
+        }
+    });
+}
+
+async fn get(st: &Arc<AdminState>, target: &str) -> Reply {
+    handle(st, "GET", target, b"").await
+}
+
+fn ok<T: serde::de::DeserializeOwned>(r: Reply) -> T {
+    assert_eq!(r.status, 200, "{}", r.body);
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
+}
+
+fn err(r: Reply, status: u16) -> String {
+    assert_eq!(r.status, status, "{}", r.body);
+    let e: api::ErrorBody = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(e.status, status);
+    e.error
+}
+
+/// The id of backend `addr:port` on the frontend `vip:vport`.
+fn backend_id(f: &Fixture, vip: &str, vport: u16, addr: &str, port: u16) -> u32 {
+    let b = f.brain.lock().unwrap();
+    b.report
+        .services
+        .iter()
+        .flat_map(|s| &s.frontends)
+        .find(|fe| fe.vip == ip(vip) && fe.port == vport)
+        .and_then(|fe| {
+            fe.backends
+                .iter()
+                .find(|x| x.addr == ip(addr) && x.port == port)
+        })
+        .map(|x| x.id)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn services_list_and_detail() {
+    let (f, _rx) = fixture();
+    let list: Vec<api::ServiceSummary> = ok(get(&f.st, "/v1/services").await);
+    assert_eq!(list.len(), 1);
+    let s = &list[0];
+    assert_eq!(s.service, "default/web");
+    assert_eq!(
+        s.vips,
+        vec![
+            api::Vip {
+                addr: ip("10.99.0.100"),
+                pool: Some("lab".into())
+            },
+            api::Vip {
+                addr: ip("fd00:99::100"),
+                pool: Some("lab".into())
+            }
+        ]
+    );
+    let ports: Vec<(u16, &str)> = s
+        .ports
+        .iter()
+        .map(|p| (p.port, p.protocol.as_str()))
+        .collect();
+    assert_eq!(ports, vec![(80, "tcp"), (9000, "tcp"), (9001, "udp")]);
+    assert_eq!((s.method.as_str(), s.target.as_str()), ("nat", "pod"));
+    assert_eq!(s.external_traffic_policy, "Cluster");
+    assert_eq!(s.backends.active, 18, "3 ports x 3 pods x 2 families");
+    assert!(s.problems.is_empty(), "{:?}", s.problems);
+
+    // Traffic on sl-b1's HTTP backend, from two workers.
+    let id = backend_id(&f, "10.99.0.100", 80, "10.99.0.21", 8080);
+    let other = backend_id(&f, "10.99.0.100", 80, "10.99.0.22", 8080);
+    for s in &f.stats {
+        bump(&s.targets[id as usize].packets, 10);
+        bump(&s.targets[id as usize].bytes, 1000);
+        bump(&s.targets[id as usize].new_flows, 3);
+        bump(&s.targets[other as usize].new_flows, 1);
+    }
+    let d: api::ServiceDetail = ok(get(&f.st, "/v1/services/default/web").await);
+    assert_eq!(d.frontends.len(), 6);
+    let http = &d.frontends[0];
+    assert_eq!(
+        (http.vip, http.port, http.protocol.as_str()),
+        (ip("10.99.0.100"), 80, "tcp")
+    );
+    assert_eq!(http.backends.len(), 3);
+    let total: u32 = http.backends.iter().map(|b| b.maglev_entries).sum();
+    assert_eq!(total, http.maglev_size);
+    for b in &http.backends {
+        assert!((b.maglev_share - 1.0 / 3.0).abs() < 0.02, "{b:?}");
+        assert_eq!(b.state, "active");
+        assert_eq!(b.weight, 1);
+        assert!(b.mac.is_some());
+    }
+    let b1 = &http.backends[0];
+    assert_eq!((b1.addr, b1.port), (ip("10.99.0.21"), 8080));
+    assert_eq!(
+        b1.traffic,
+        api::Traffic {
+            packets: 20,
+            bytes: 2000,
+            new_flows: 6
+        }
+    );
+    assert!((b1.flow_share - 0.75).abs() < 1e-9);
+    assert_eq!(http.traffic.new_flows, 8);
+    assert_eq!(d.summary.traffic.new_flows, 8);
+
+    // The flat backend list, filtered by Service.
+    let rows: Vec<api::BackendRow> = ok(get(&f.st, "/v1/backends?service=default%2Fweb").await);
+    assert_eq!(rows.len(), 18);
+    assert!(rows.iter().all(|r| r.service == "default/web"));
+}
+
+#[tokio::test]
+async fn errors_say_what_to_do() {
+    let (f, _rx) = fixture();
+    let e = err(get(&f.st, "/v1/services/default/nope").await, 404);
+    assert!(
+        e.contains("default/nope") && e.contains("sluicectl services"),
+        "{e}"
+    );
+    let e = err(get(&f.st, "/v1/nothing").await, 404);
+    assert!(e.contains("GET /"), "{e}");
+    let e = err(handle(&f.st, "DELETE", "/v1/status", b"").await, 405);
+    assert!(e.contains("use GET"), "{e}");
+    let e = err(
+        handle(&f.st, "GET", "/v1/backends/10.99.0.21/drain", b"").await,
+        405,
+    );
+    assert!(e.contains("use POST"), "{e}");
+    let e = err(get(&f.st, "/v1/backends?service=web").await, 400);
+    assert!(e.contains("NAMESPACE/NAME"), "{e}");
+    let e = err(get(&f.st, "/v1/conntrack").await, 400);
+    assert!(e.contains("client=IP"), "{e}");
+    let e = err(
+        get(&f.st, "/v1/conntrack?client=10.99.0.11&vip=fd00:99::100").await,
+        400,
+    );
+    assert!(e.contains("families"), "{e}");
+    let e = err(
+        get(&f.st, "/v1/conntrack?client=10.99.0.11&bogus=1").await,
+        400,
+    );
+    assert!(e.contains("bogus"), "{e}");
+    let index: serde_json::Value = ok(get(&f.st, "/").await);
+    assert!(index["endpoints"].as_array().unwrap().len() > 10);
+    let v: api::Version = ok(get(&f.st, "/v1/version").await);
+    assert_eq!(v.api, "v1");
+    let c: api::ConfigDoc = ok(get(&f.st, "/v1/config").await);
+    assert_eq!(c.file["ports"][0]["name"], "lb0");
+}
+
+#[tokio::test]
+async fn status_workers_drops_and_reset() {
+    let (f, _rx) = fixture();
+    bump(&f.stats[0].rx_packets, 100);
+    bump(&f.stats[1].rx_packets, 50);
+    f.stats[1].drop_packet(DropReason::NoVip);
+    f.stats[0].ct_entries.store(10, Relaxed);
+    f.stats[0].ct_capacity.store(100, Relaxed);
+    f.stats[1].ct_capacity.store(100, Relaxed);
+    f.st.sample(vec![Default::default()]);
+    bump(&f.stats[0].rx_packets, 1000);
+    bump(&f.stats[0].busy_cycles, 250);
+    bump(&f.stats[0].total_cycles, 1000);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    f.st.sample(vec![Default::default()]);
+
+    let s: api::Status = ok(get(&f.st, "/v1/status").await);
+    assert_eq!((s.services, s.frontends, s.workers), (1, 6, 2));
+    assert_eq!(s.backends.active, 18);
+    assert_eq!(s.drops, 1);
+    assert_eq!(s.conntrack.entries, 10);
+    assert_eq!(s.conntrack.capacity, 200);
+    assert!(s.rx_pps > 0.0);
+    assert!(s.problems.is_empty(), "{:?}", s.problems);
+    assert_eq!(s.source, "manifests");
+
+    let w: Vec<api::WorkerRow> = ok(get(&f.st, "/v1/workers").await);
+    assert_eq!(w.len(), 2);
+    assert_eq!((w[0].rx_packets, w[1].rx_packets), (1100, 50));
+    assert!((w[0].busy_ratio - 0.25).abs() < 1e-9, "{}", w[0].busy_ratio);
+    assert_eq!(w[0].queues, vec!["lb0/q0"]);
+    assert!((w[0].conntrack.fill - 0.1).abs() < 1e-9);
+
+    let d: api::Drops = ok(get(&f.st, "/v1/drops").await);
+    assert_eq!(d.total, 1);
+    assert_eq!(d.reasons.len(), DropReason::COUNT);
+    let novip = d.reasons.iter().find(|r| r.reason == "no_vip").unwrap();
+    assert_eq!(novip.per_worker, vec![0, 1]);
+    assert!(!novip.description.is_empty());
+
+    // Reset: the API counts from now, gauges are untouched.
+    let r = handle(&f.st, "POST", "/v1/counters/reset", b"").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    bump(&f.stats[1].rx_packets, 7);
+    f.stats[0].drop_packet(DropReason::NoBackend);
+    let w: Vec<api::WorkerRow> = ok(get(&f.st, "/v1/workers").await);
+    assert_eq!((w[0].rx_packets, w[1].rx_packets), (0, 7));
+    assert_eq!(w[0].conntrack.entries, 10);
+    let d: api::Drops = ok(get(&f.st, "/v1/drops").await);
+    assert_eq!(d.total, 1);
+    assert_eq!(
+        d.reasons
+            .iter()
+            .find(|r| r.reason == "no_backend")
+            .unwrap()
+            .total,
+        1
+    );
+    let s: api::Status = ok(get(&f.st, "/v1/status").await);
+    assert!(s.counters_reset_unix.is_some());
+
+    let p: Vec<api::PortRow> = ok(get(&f.st, "/v1/ports").await);
+    assert_eq!(p[0].name, "lb0");
+    let n: api::Neighbours = ok(get(&f.st, "/v1/neighbours").await);
+    assert_eq!(n.neighbours.len(), 6);
+    assert!(n.neighbours.iter().all(|x| x.next_hop));
+    assert!(n.unresolved.is_empty());
+    let h: Vec<api::HealthRow> = ok(get(&f.st, "/v1/health").await);
+    assert!(h.is_empty(), "no targets are probed in this test");
+}
+
+#[tokio::test]
+async fn drain_weight_and_undrain_go_through_the_control_loop() {
+    let (f, rx) = fixture();
+    fake_loop(&f, rx);
+    let gen0 = f.brain.lock().unwrap().report.generation;
+    let r = handle(&f.st, "POST", "/v1/backends/10.99.0.22/drain", b"").await;
+    let c: api::BackendChange = ok(r);
+    assert!(c.drained);
+    assert_eq!(c.backends, 3, "three ports of one IPv4 backend");
+    assert!(c.generation > gen0);
+    let d: api::ServiceDetail = ok(get(&f.st, "/v1/services/default/web").await);
+    let b22 = d.frontends[0]
+        .backends
+        .iter()
+        .find(|b| b.addr == ip("10.99.0.22"))
+        .unwrap();
+    assert_eq!(b22.state, "draining");
+    assert_eq!(b22.reason.as_deref(), Some("drained by the operator"));
+    assert_eq!(d.summary.backends.draining, 3);
+    let s: api::Status = ok(get(&f.st, "/v1/status").await);
+    assert_eq!(s.drained, vec![ip("10.99.0.22")]);
+
+    // Weights: validated, then carried into the Maglev table.
+    let e = err(
+        handle(
+            &f.st,
+            "POST",
+            "/v1/backends/10.99.0.21/weight",
+            b"{\"weight\": 20000}",
+        )
+        .await,
+        400,
+    );
+    assert!(e.contains("maximum"), "{e}");
+    let e = err(
+        handle(&f.st, "POST", "/v1/backends/10.99.0.21/weight", b"three").await,
+        400,
+    );
+    assert!(e.contains("{\"weight\": N}"), "{e}");
+    let c: api::BackendChange = ok(handle(
+        &f.st,
+        "POST",
+        "/v1/backends/10.99.0.21/weight",
+        b"{\"weight\": 3}",
+    )
+    .await);
+    assert_eq!(c.weight, Some(3));
+    let d: api::ServiceDetail = ok(get(&f.st, "/v1/services/default/web").await);
+    let http = &d.frontends[0];
+    assert_eq!(http.backends[0].weight, 3);
+    assert!(http.backends[0].maglev_entries > 2 * http.backends[2].maglev_entries);
+
+    // Unknown and not-drained addresses.
+    let e = err(
+        handle(&f.st, "POST", "/v1/backends/10.99.0.99/drain", b"").await,
+        404,
+    );
+    assert!(e.contains("sluicectl backends"), "{e}");
+    let e = err(
+        handle(&f.st, "POST", "/v1/backends/10.99.0.23/undrain", b"").await,
+        404,
+    );
+    assert!(e.contains("not drained"), "{e}");
+    let e = err(
+        handle(&f.st, "POST", "/v1/backends/not-an-ip/drain", b"").await,
+        400,
+    );
+    assert!(e.contains("not an IP"), "{e}");
+
+    let c: api::BackendChange =
+        ok(handle(&f.st, "POST", "/v1/backends/10.99.0.22/undrain", b"").await);
+    assert!(!c.drained);
+    let d: api::ServiceDetail = ok(get(&f.st, "/v1/services/default/web").await);
+    assert_eq!(d.summary.backends.draining, 0);
+    let e = err(handle(&f.st, "POST", "/v1/reload", b"").await, 409);
+    assert!(e.contains("no reload"), "{e}");
+}
+
+#[tokio::test]
+async fn conntrack_lookup_asks_every_worker() {
+    let (f, _rx) = fixture();
+    let id = backend_id(&f, "10.99.0.100", 80, "10.99.0.21", 8080);
+    // Worker 0 has the flow; worker 1 has none.
+    let workers: Vec<_> = f
+        .commands
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(w, rx)| {
+            std::thread::spawn(move || {
+                let Ok(Command::FindFlows { query, reply }) = rx.recv() else {
+                    panic!("expected FindFlows");
+                };
+                assert_eq!(query.client, ip("10.99.0.11"));
+                assert_eq!(query.client_port, Some(40000));
+                assert_eq!(query.proto, Some(6));
+                let flows = if w == 0 {
+                    vec![FlowEntry {
+                        src: query.client,
+                        dst: ip("10.99.0.100"),
+                        sport: 40000,
+                        dport: 80,
+                        proto: 6,
+                        fwd: Fwd {
+                            backend: id,
+                            nat_port: 20001,
+                            nat_addr: 0,
+                            flags: 0,
+                        },
+                        state: FlowState::TcpEstablished,
+                        last_seen_ms: 1000,
+                    }]
+                } else {
+                    Vec::new()
+                };
+                reply
+                    .send(FlowAnswer {
+                        worker: w as u16,
+                        now_ms: 3500,
+                        flows,
+                    })
+                    .unwrap();
+            })
+        })
+        .collect();
+    let c: api::Conntrack = ok(get(
+        &f.st,
+        "/v1/conntrack?client=10.99.0.11&client_port=40000&protocol=tcp",
+    )
+    .await);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(c.workers_answered, 2);
+    assert!(c.workers_unanswered.is_empty());
+    assert_eq!(c.flows.len(), 1);
+    let fl = &c.flows[0];
+    assert_eq!(fl.worker, 0);
+    assert_eq!(fl.backend.as_deref(), Some("10.99.0.21:8080"));
+    assert_eq!(fl.backend_state.as_deref(), Some("active"));
+    assert_eq!(fl.frontend.as_deref(), Some("default/web:http"));
+    assert_eq!(fl.nat.as_deref(), Some("10.99.0.3:20001"));
+    assert_eq!(fl.state, "tcp_established");
+    assert_eq!(fl.idle_ms, 2500);
+    assert_eq!(fl.expires_in_ms, 300_000 - 2500);
+    assert_eq!(fl.protocol, "tcp");
+}
+
+#[test]
+fn backend_op_rules() {
+    let (f, _rx) = fixture();
+    let b = f.brain.lock().unwrap();
+    let mut drained = BTreeSet::new();
+    let mut weights = BTreeMap::new();
+    let r = Some(&b.report);
+    assert_eq!(
+        BackendOp::Drain.apply(ip("fd00:99::21"), r, &mut drained, &mut weights),
+        Ok(3)
+    );
+    assert!(drained.contains(&ip("fd00:99::21")));
+    assert_eq!(
+        BackendOp::Drain
+            .apply(ip("10.1.1.1"), r, &mut drained, &mut weights)
+            .unwrap_err()
+            .status,
+        404
+    );
+    assert_eq!(
+        BackendOp::Weight(Some(0)).apply(ip("10.99.0.21"), r, &mut drained, &mut weights),
+        Ok(3)
+    );
+    assert_eq!(weights.get(&ip("10.99.0.21")), Some(&0));
+    assert_eq!(
+        BackendOp::Weight(None).apply(ip("10.99.0.21"), r, &mut drained, &mut weights),
+        Ok(3)
+    );
+    assert!(weights.is_empty());
+    assert_eq!(
+        BackendOp::Undrain.apply(ip("fd00:99::21"), r, &mut drained, &mut weights),
+        Ok(3)
+    );
+    assert!(drained.is_empty());
+}
+
+#[test]
+fn reused_backend_ids_count_from_their_new_owner() {
+    let (f, _rx) = fixture();
+    let id = backend_id(&f, "10.99.0.100", 80, "10.99.0.21", 8080);
+    bump(&f.stats[0].targets[id as usize].packets, 5);
+    let live = f.st.live();
+    assert_eq!(live.owners[&id].1, api::Traffic::default());
+    drop(live);
+    // Pretend another backend took the id: its counting starts from the current value.
+    {
+        let mut live = f.st.live_mut();
+        live.owners
+            .insert(id, ((999, ip("10.0.0.1"), 1), api::Traffic::default()));
+    }
+    let b = f.brain.lock().unwrap();
+    let model = b.model.clone();
+    let report = b.report.clone();
+    drop(b);
+    let snap = {
+        let mut b = f.brain.lock().unwrap();
+        let b = &mut *b;
+        b.compiler
+            .compile(&CompileInput {
+                config: &b.cfg,
+                model: &model,
+                local_mac: [0; 6],
+                neighbours: &b.neighbours,
+                health: &HashMap::new(),
+                drained: &b.drained,
+                weights: &b.weights,
+                now: Instant::now(),
+            })
+            .unwrap()
+            .snapshot
+    };
+    f.st.publish_snapshot(&report, &snap, &model, &BTreeSet::new(), &BTreeMap::new());
+    assert_eq!(f.st.live().owners[&id].1.packets, 5);
+}
+
+/// Parses the metrics text with a Prometheus text-format parser and checks the series.
+#[test]
+fn metrics_scrape_parses_with_expected_series() {
+    let (f, _rx) = fixture();
+    let id = backend_id(&f, "10.99.0.100", 80, "10.99.0.21", 8080);
+    bump(&f.stats[1].targets[id as usize].packets, 42);
+    bump(&f.stats[1].targets[id as usize].new_flows, 4);
+    f.stats[0].drop_packet(DropReason::SourceDenied);
+    f.st.observe_compile(std::time::Duration::from_millis(2));
+    f.st.sample(vec![dpdk_sys::PortStats {
+        rx_packets: 9,
+        rx_missed: 1,
+        ..Default::default()
+    }]);
+    let text = metrics::encode(&metrics::registry(f.st.clone()));
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+    let find = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        let s = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"));
+        match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name}: unexpected type"),
+        }
+    };
+    let fe = [
+        ("service", "default/web"),
+        ("vip", "10.99.0.100"),
+        ("port", "80"),
+        ("protocol", "tcp"),
+    ];
+    let mut be = fe.to_vec();
+    be.push(("backend", "10.99.0.21:8080"));
+    assert_eq!(find("sluice_backend_packets_total", &be), 42.0);
+    assert_eq!(find("sluice_backend_new_flows_total", &be), 4.0);
+    assert_eq!(find("sluice_frontend_new_flows_total", &fe), 4.0);
+    let mut active = fe.to_vec();
+    active.push(("state", "active"));
+    assert_eq!(find("sluice_frontend_backends", &active), 3.0);
+    let mut st = be.clone();
+    st.push(("state", "active"));
+    assert_eq!(find("sluice_backend_state", &st), 1.0);
+    assert!((find("sluice_backend_maglev_share", &be) - 1.0 / 3.0).abs() < 0.02);
+    assert_eq!(find("sluice_backend_weight", &be), 1.0);
+    assert_eq!(
+        find(
+            "sluice_drops_total",
+            &[("worker", "0"), ("reason", "source_denied")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        find(
+            "sluice_drops_total",
+            &[("worker", "1"), ("reason", "no_vip")]
+        ),
+        0.0
+    );
+    assert_eq!(find("sluice_port_rx_missed_total", &[("port", "lb0")]), 1.0);
+    assert_eq!(find("sluice_conntrack_capacity", &[("worker", "1")]), 0.0);
+    assert_eq!(find("sluice_services", &[]), 1.0);
+    assert_eq!(find("sluice_snapshot_generation", &[]), 1.0);
+    assert_eq!(find("sluice_next_hops_unresolved", &[]), 0.0);
+    assert_eq!(find("sluice_build_info", &[]), 1.0);
+    assert!(text.contains("sluice_snapshot_compile_seconds_bucket"));
+    assert!(text.contains("# TYPE sluice_worker_busy_ratio gauge"));
+    // Every drop reason of every worker is exported, even at zero.
+    let drops = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "sluice_drops_total")
+        .count();
+    assert_eq!(drops, WORKERS * DropReason::COUNT);
+}

@@ -1,0 +1,588 @@
+//! # Writing Service status and Events
+//!
+//! The leader (see [`super::lease`]) writes what the compiler decided back to the cluster:
+//!
+//! - **Status.** `status.loadBalancer.ingress` of every served Service: one entry per VIP with
+//!   `ipMode: VIP` (traffic reaches the nodes with the VIP as destination, so kube-proxy keeps
+//!   its own rules for it), and `ports` only when some Service port is not served on that VIP
+//!   (each then has an entry, the unserved ones with an `error`). It is written with
+//!   server-side apply on the `status` subresource, with the fixed field manager
+//!   [`super::FIELD_MANAGER`] and `force`, so Sluice owns exactly those fields and nothing
+//!   else. A pending Service gets an empty ingress list. Writes go out with bounded
+//!   concurrency; failures are retried every second, and every 10 s the whole set is compared
+//!   again with what the watch shows.
+//! - **Events** (`events.k8s.io/v1`, through kube-rs's `Recorder`, which folds repeats into a
+//!   series) answer the lecture's troubleshooting list: `IPAllocated` when status gets new
+//!   addresses; the IPAM reasons of [`crate::ipam::IssueReason`] (`PoolExhausted`,
+//!   `RequestedIPUnavailable`, `RequestedIPOutsidePools`, ...) when an address cannot be given;
+//!   `NoReadyBackends` / `BackendsReady` when a Service's last backend goes and comes back;
+//!   `BackendDown` when a health check takes a backend down; `InvalidService` and
+//!   `InvalidEndpointSlice` when an object cannot be used. Events are emitted on transitions
+//!   only, at most 50 per second (more are dropped and counted in the log).
+//!
+//! A follower keeps the latest decisions but writes nothing; when it becomes the leader it
+//! compares everything with the cluster at once and records the problems currently in effect.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1 as corev1;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
+use kube::Client;
+use serde_json::json;
+use sluice_dataplane::snapshot::BackendState;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::source::{IngressEntry, Invalid, Kind, MetaMap};
+use crate::compile::{CompileReport, ServiceReport};
+use crate::config::PoolConfig;
+use crate::ipam::{Issue, IssueReason};
+use crate::model::{L4Protocol, ObjectKey};
+
+/// How many status writes are in flight at once.
+const CONCURRENCY: usize = 16;
+/// Events per second at most.
+const EVENTS_PER_SECOND: u64 = 50;
+
+/// What the writer knows about one served Service from the compile report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct View {
+    vips: Vec<IpAddr>,
+    /// Per VIP, the (protocol, port) pairs that have a frontend.
+    served: BTreeMap<IpAddr, BTreeSet<(L4Protocol, u16)>>,
+    issues: Vec<Issue>,
+    /// Set when the Service has VIPs but no active backend: the problems that say why.
+    no_ready: Option<String>,
+    /// Backends a health check took down, with the reason.
+    down: BTreeMap<SocketAddr, String>,
+}
+
+impl View {
+    fn of(s: &ServiceReport) -> View {
+        let mut served: BTreeMap<IpAddr, BTreeSet<(L4Protocol, u16)>> = BTreeMap::new();
+        let mut down = BTreeMap::new();
+        let mut any_active = false;
+        for f in &s.frontends {
+            served.entry(f.vip).or_default().insert((f.protocol, f.port));
+            for b in &f.backends {
+                match b.state {
+                    BackendState::Active => any_active = true,
+                    BackendState::Down => {
+                        down.insert(
+                            SocketAddr::new(b.addr, b.port),
+                            b.reason.clone().unwrap_or_else(|| "health check failing".into()),
+                        );
+                    }
+                    BackendState::Draining => {}
+                }
+            }
+        }
+        let no_ready = (!s.vips.is_empty() && !s.frontends.is_empty() && !any_active).then(|| {
+            let why: Vec<&str> = s
+                .problems
+                .iter()
+                .filter(|p| !s.issues.iter().any(|i| &i.message == *p))
+                .map(String::as_str)
+                .collect();
+            if why.is_empty() {
+                "no backend is active".to_owned()
+            } else {
+                why.join("; ")
+            }
+        });
+        View {
+            vips: s.vips.clone(),
+            served,
+            issues: s.issues.clone(),
+            no_ready,
+            down,
+        }
+    }
+
+    /// The `status.loadBalancer.ingress` this view asks for, given the Service's ports.
+    fn ingress(&self, ports: &[(L4Protocol, u16)]) -> Vec<IngressEntry> {
+        self.vips
+            .iter()
+            .map(|vip| {
+                let served = self.served.get(vip);
+                let all = ports
+                    .iter()
+                    .all(|p| served.is_some_and(|s| s.contains(p)));
+                let ports = if all {
+                    Vec::new()
+                } else {
+                    ports
+                        .iter()
+                        .map(|p @ (proto, port)| {
+                            let error = if served.is_some_and(|s| s.contains(p)) {
+                                None
+                            } else if *proto == L4Protocol::Sctp {
+                                Some("ProtocolNotSupported".to_owned())
+                            } else {
+                                Some("NotServed".to_owned())
+                            };
+                            (i32::from(*port), proto.name().to_owned(), error)
+                        })
+                        .collect()
+                };
+                IngressEntry {
+                    ip: vip.to_string(),
+                    ip_mode: Some("VIP".to_owned()),
+                    ports,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Messages to the writer task.
+#[derive(Debug)]
+pub(crate) enum WriterMsg {
+    /// New views for some Services, and Services that are no longer served.
+    Views {
+        upsert: Vec<(ObjectKey, View)>,
+        removed: Vec<ObjectKey>,
+    },
+    /// An object that could not be converted.
+    Invalid(Invalid),
+}
+
+/// The daemon side of the writer: turns compile reports into [`WriterMsg`]s.
+#[derive(Debug)]
+pub struct StatusReporter {
+    tx: mpsc::UnboundedSender<WriterMsg>,
+    /// Keys of the last report, sorted.
+    keys: Vec<ObjectKey>,
+    first: bool,
+}
+
+impl StatusReporter {
+    pub(crate) fn new(tx: mpsc::UnboundedSender<WriterMsg>) -> Self {
+        StatusReporter {
+            tx,
+            keys: Vec::new(),
+            first: true,
+        }
+    }
+
+    /// Hands a compile report to the writer (cheap: only re-examined Services are sent).
+    pub fn report(&mut self, report: &CompileReport) {
+        let recompiled: BTreeSet<&ObjectKey> = report.recompiled.iter().collect();
+        let upsert: Vec<(ObjectKey, View)> = report
+            .services
+            .iter()
+            .filter(|s| self.first || recompiled.contains(&s.service))
+            .map(|s| (s.service.clone(), View::of(s)))
+            .collect();
+        let keys: Vec<ObjectKey> = report.services.iter().map(|s| s.service.clone()).collect();
+        let mut removed = Vec::new();
+        let (mut i, mut j) = (0, 0);
+        while i < self.keys.len() {
+            if j < keys.len() && keys[j] < self.keys[i] {
+                j += 1;
+            } else if j < keys.len() && keys[j] == self.keys[i] {
+                i += 1;
+                j += 1;
+            } else {
+                removed.push(self.keys[i].clone());
+                i += 1;
+            }
+        }
+        self.keys = keys;
+        self.first = false;
+        if !upsert.is_empty() || !removed.is_empty() {
+            let _ = self.tx.send(WriterMsg::Views { upsert, removed });
+        }
+    }
+}
+
+/// Settings of the writer.
+#[derive(Debug, Clone)]
+pub(crate) struct WriterSettings {
+    pub field_manager: String,
+    pub reporter: String,
+    pub instance: String,
+    pub pools: Vec<PoolConfig>,
+}
+
+struct Writer {
+    client: Client,
+    s: WriterSettings,
+    meta: MetaMap,
+    views: HashMap<ObjectKey, View>,
+    /// What was last written and when.
+    applied: HashMap<ObjectKey, (Vec<IngressEntry>, Instant)>,
+    dirty: BTreeSet<ObjectKey>,
+    failed: BTreeSet<ObjectKey>,
+    leader: bool,
+    events: mpsc::Sender<(ObjectReference, KEvent)>,
+    dropped_events: u64,
+}
+
+/// Runs the writer until `rx` closes.
+pub(crate) async fn run_writer(
+    client: Client,
+    s: WriterSettings,
+    meta: MetaMap,
+    mut rx: mpsc::UnboundedReceiver<WriterMsg>,
+    mut invalid: mpsc::UnboundedReceiver<Invalid>,
+    mut leader: watch::Receiver<bool>,
+) {
+    let (etx, erx) = mpsc::channel(1024);
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: s.reporter.clone(),
+            instance: Some(s.instance.clone()),
+        },
+    );
+    let publisher = tokio::spawn(publish_events(recorder, erx));
+    let mut w = Writer {
+        client,
+        s,
+        meta,
+        views: HashMap::new(),
+        applied: HashMap::new(),
+        dirty: BTreeSet::new(),
+        failed: BTreeSet::new(),
+        leader: *leader.borrow_and_update(),
+        events: etx,
+        dropped_events: 0,
+    };
+    let mut retry = tokio::time::interval(Duration::from_secs(1));
+    let mut resync = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => w.handle(m),
+                None => break,
+            },
+            Some(i) = invalid.recv() => w.handle(WriterMsg::Invalid(i)),
+            r = leader.changed() => {
+                if r.is_err() {
+                    break;
+                }
+                let l = *leader.borrow_and_update();
+                if l && !w.leader {
+                    w.leader = true;
+                    w.on_lead();
+                } else if !l && w.leader {
+                    w.leader = false;
+                    w.applied.clear();
+                    w.failed.clear();
+                }
+            }
+            _ = retry.tick() => {
+                let failed = std::mem::take(&mut w.failed);
+                w.dirty.extend(failed);
+                if w.dropped_events > 0 {
+                    warn!(dropped = w.dropped_events, "Events dropped (more than {EVENTS_PER_SECOND}/s)");
+                    w.dropped_events = 0;
+                }
+            }
+            _ = resync.tick() => {
+                let keys: Vec<ObjectKey> = w.views.keys().cloned().collect();
+                w.dirty.extend(keys);
+            }
+        }
+        // Take everything that queued up before writing.
+        while let Ok(m) = rx.try_recv() {
+            w.handle(m);
+        }
+        if w.leader && !w.dirty.is_empty() {
+            w.reconcile().await;
+        } else if !w.leader {
+            w.dirty.clear();
+        }
+    }
+    drop(w);
+    let _ = publisher.await;
+}
+
+async fn publish_events(recorder: Recorder, mut rx: mpsc::Receiver<(ObjectReference, KEvent)>) {
+    let pace = Duration::from_millis(1000 / EVENTS_PER_SECOND);
+    while let Some((r, ev)) = rx.recv().await {
+        if let Err(e) = recorder.publish(&ev, &r).await {
+            warn!(error = %e, reason = %ev.reason, service = ?r.name, "could not record an Event");
+        }
+        tokio::time::sleep(pace).await;
+    }
+}
+
+fn suppressed(r: IssueReason) -> bool {
+    matches!(r, IssueReason::AwaitingLeader | IssueReason::StatusMismatch)
+}
+
+impl Writer {
+    fn handle(&mut self, m: WriterMsg) {
+        match m {
+            WriterMsg::Views { upsert, removed } => {
+                for k in removed {
+                    self.views.remove(&k);
+                    self.applied.remove(&k);
+                    self.dirty.remove(&k);
+                }
+                for (k, v) in upsert {
+                    let old = self.views.insert(k.clone(), v.clone()).unwrap_or_default();
+                    if self.leader && old != v {
+                        self.transition_events(&k, &old, &v);
+                    }
+                    self.dirty.insert(k);
+                }
+            }
+            WriterMsg::Invalid(i) => {
+                if !self.leader {
+                    return;
+                }
+                let Some(svc) = i.service.clone() else { return };
+                let reason = match i.kind {
+                    Kind::Service => "InvalidService",
+                    Kind::EndpointSlice => "InvalidEndpointSlice",
+                    Kind::Node => return,
+                };
+                let note = format!(
+                    "{} {}: {}; Sluice keeps using the last valid version",
+                    i.kind.name(),
+                    i.key,
+                    i.error
+                );
+                self.event(&svc, EventType::Warning, reason, "Watch", note);
+            }
+        }
+    }
+
+    /// Events for the change from `old` to `new` of one Service.
+    fn transition_events(&mut self, k: &ObjectKey, old: &View, new: &View) {
+        for i in &new.issues {
+            if !suppressed(i.reason) && !old.issues.contains(i) {
+                self.event(
+                    k,
+                    EventType::Warning,
+                    i.reason.as_str(),
+                    "AllocateIP",
+                    i.message.clone(),
+                );
+            }
+        }
+        match (&old.no_ready, &new.no_ready) {
+            (None, Some(why)) => self.event(
+                k,
+                EventType::Warning,
+                "NoReadyBackends",
+                "Forward",
+                format!("no backend can take traffic: {why}"),
+            ),
+            (Some(_), None) if !new.vips.is_empty() => self.event(
+                k,
+                EventType::Normal,
+                "BackendsReady",
+                "Forward",
+                "backends are active again".to_owned(),
+            ),
+            _ => {}
+        }
+        let newly_down: Vec<(SocketAddr, String)> = new
+            .down
+            .iter()
+            .filter(|(a, _)| !old.down.contains_key(a))
+            .map(|(a, r)| (*a, r.clone()))
+            .collect();
+        for (a, r) in newly_down {
+            self.event(
+                k,
+                EventType::Warning,
+                "BackendDown",
+                "HealthCheck",
+                format!("backend {a} marked down: {r}; it gets no new connections"),
+            );
+        }
+    }
+
+    /// On becoming the leader: compare everything, and record the problems in effect.
+    fn on_lead(&mut self) {
+        self.dirty.extend(self.views.keys().cloned());
+        let pending: Vec<(ObjectKey, Issue)> = self
+            .views
+            .iter()
+            .flat_map(|(k, v)| {
+                v.issues
+                    .iter()
+                    .filter(|i| !suppressed(i.reason))
+                    .map(move |i| (k.clone(), i.clone()))
+            })
+            .collect();
+        for (k, i) in pending {
+            self.event(
+                &k,
+                EventType::Warning,
+                i.reason.as_str(),
+                "AllocateIP",
+                i.message,
+            );
+        }
+    }
+
+    fn event(&mut self, k: &ObjectKey, t: EventType, reason: &str, action: &str, note: String) {
+        let uid = {
+            let m = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+            match m.get(k) {
+                Some(sm) => sm.uid.clone(),
+                None => return,
+            }
+        };
+        let r = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Service".into()),
+            name: Some(k.name.clone()),
+            namespace: Some(k.namespace.clone()),
+            uid,
+            ..ObjectReference::default()
+        };
+        let mut note = note;
+        if note.len() > 1000 {
+            let mut cut = 1000;
+            while !note.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            note.truncate(cut);
+        }
+        let ev = KEvent {
+            type_: t,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        if self.events.try_send((r, ev)).is_err() {
+            self.dropped_events += 1;
+        }
+    }
+
+    async fn reconcile(&mut self) {
+        let keys = std::mem::take(&mut self.dirty);
+        let mut todo: Vec<(ObjectKey, Vec<IngressEntry>, Vec<IngressEntry>)> = Vec::new();
+        {
+            let meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+            for k in keys {
+                let (Some(v), Some(m)) = (self.views.get(&k), meta.get(&k)) else {
+                    continue;
+                };
+                let want = v.ingress(&m.ports);
+                if m.ingress == want {
+                    self.applied.insert(k, (want, Instant::now()));
+                    continue;
+                }
+                if let Some((sent, at)) = self.applied.get(&k) {
+                    if *sent == want && at.elapsed() < Duration::from_secs(5) {
+                        continue; // written; the watch has not shown it yet
+                    }
+                }
+                todo.push((k, want, m.ingress.clone()));
+            }
+        }
+        if todo.is_empty() {
+            return;
+        }
+        let fm = self.s.field_manager.clone();
+        let client = self.client.clone();
+        let results: Vec<_> = futures::stream::iter(todo)
+            .map(|(k, want, had)| {
+                let client = client.clone();
+                let fm = fm.clone();
+                async move {
+                    let r = write_status(&client, &fm, &k, &want).await;
+                    (k, want, had, r)
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (k, want, had, r) in results {
+            match r {
+                Ok(()) => {
+                    debug!(service = %k, ingress = ?want, "status written");
+                    let had_ips: BTreeSet<&str> = had.iter().map(|e| e.ip.as_str()).collect();
+                    let new_ips: Vec<&IngressEntry> = want
+                        .iter()
+                        .filter(|e| !had_ips.contains(e.ip.as_str()))
+                        .collect();
+                    if !new_ips.is_empty() {
+                        let what: Vec<String> = new_ips
+                            .iter()
+                            .map(|e| {
+                                let pool = e
+                                    .ip
+                                    .parse::<IpAddr>()
+                                    .ok()
+                                    .and_then(|ip| self.s.pools.iter().find(|p| p.contains(ip)))
+                                    .map(|p| format!(" (pool {})", p.name))
+                                    .unwrap_or_default();
+                                format!("{}{pool}", e.ip)
+                            })
+                            .collect();
+                        info!(service = %k, vips = %what.join(", "), "VIP assigned");
+                        self.event(
+                            &k,
+                            EventType::Normal,
+                            "IPAllocated",
+                            "AllocateIP",
+                            format!("Assigned load balancer IP {}", what.join(", ")),
+                        );
+                    }
+                    self.applied.insert(k, (want, Instant::now()));
+                }
+                Err(e) => {
+                    warn!(service = %k, error = %e, "could not write status.loadBalancer; retrying");
+                    self.failed.insert(k);
+                }
+            }
+        }
+    }
+}
+
+/// Server-side apply of `status.loadBalancer` on the status subresource.
+async fn write_status(
+    client: &Client,
+    field_manager: &str,
+    k: &ObjectKey,
+    ingress: &[IngressEntry],
+) -> Result<(), kube::Error> {
+    let api: Api<corev1::Service> = Api::namespaced(client.clone(), &k.namespace);
+    let ingress: Vec<serde_json::Value> = ingress
+        .iter()
+        .map(|e| {
+            let mut v = json!({"ip": e.ip});
+            if let Some(m) = &e.ip_mode {
+                v["ipMode"] = json!(m);
+            }
+            if !e.ports.is_empty() {
+                v["ports"] = e
+                    .ports
+                    .iter()
+                    .map(|(port, protocol, error)| {
+                        let mut p = json!({"port": port, "protocol": protocol});
+                        if let Some(err) = error {
+                            p["error"] = json!(err);
+                        }
+                        p
+                    })
+                    .collect();
+            }
+            v
+        })
+        .collect();
+    let patch = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "status": {"loadBalancer": {"ingress": ingress}},
+    });
+    let pp = PatchParams::apply(field_manager).force();
+    api.patch_status(&k.name, &pp, &Patch::Apply(&patch))
+        .await
+        .map(|_| ())
+}
