@@ -243,7 +243,10 @@ fn attempts(name: &str, f: impl Fn() + std::panic::RefUnwindSafe) {
                     .map(String::as_str)
                     .or_else(|| e.downcast_ref::<&str>().copied())
                     .unwrap_or("?");
-                eprintln!("{name}: attempt {i} failed, retrying: {}", msg.lines().next().unwrap_or(""));
+                eprintln!(
+                    "{name}: attempt {i} failed, retrying: {}",
+                    msg.lines().next().unwrap_or("")
+                );
             }
             Err(e) => std::panic::resume_unwind(e),
         }

@@ -21,7 +21,8 @@
 //!   backend. Changes are spaced 100-200 ms apart.
 //!
 //! Environment: `SLUICE_BENCH_SERVICES` (10000), `SLUICE_BENCH_ENDPOINTS` (100000),
-//! `SLUICE_BENCH_CHANGES` (300), `SLUICE_BENCH_WORKERS` (4).
+//! `SLUICE_BENCH_CHANGES` (300), `SLUICE_BENCH_WORKERS` (4), `SLUICE_BENCH_MAGLEV` (Maglev
+//! table size, 1031).
 
 #[path = "../tests/support/fakeapi.rs"]
 mod fakeapi;
@@ -244,8 +245,9 @@ fn main() {
     let nworkers = env("SLUICE_BENCH_WORKERS", 4);
     let per = per_service(services, endpoints);
     println!(
-        "k8s_convergence: {services} Services, {} endpoints ({per} per Service), {nworkers} workers, {changes} changes",
-        services * per
+        "k8s_convergence: {services} Services, {} endpoints ({per} per Service), {nworkers} workers, {changes} changes, Maglev size {}",
+        services * per,
+        env("SLUICE_BENCH_MAGLEV", 1031)
     );
 
     let t = Instant::now();
@@ -260,10 +262,14 @@ fn main() {
         .read_line(&mut line)
         .expect("url");
     let url = line.trim().to_owned();
-    println!("fake API server (child process) ready in {:.1} s at {url}", t.elapsed().as_secs_f64());
+    println!(
+        "fake API server (child process) ready in {:.1} s at {url}",
+        t.elapsed().as_secs_f64()
+    );
 
+    let maglev = env("SLUICE_BENCH_MAGLEV", 1031);
     let cfg = Config::parse(
-        r#"
+        &r#"
 [[ports]]
 name = "lb0"
 device = "net_null0"
@@ -272,7 +278,7 @@ gateway_v4 = "192.168.0.254"
 
 [tables]
 # 10 backends per Service: 1031 is over 100 times that (docs/configuration.md).
-maglev_size = 1031
+maglev_size = MAGLEV
 max_backends = 262144
 
 [health]
@@ -286,7 +292,8 @@ leader_election = false
 [[pools]]
 name = "bench"
 cidrs = ["172.16.0.0/16"]
-"#,
+"#
+        .replace("MAGLEV", &maglev.to_string()),
         "bench.toml",
     )
     .expect("config");
@@ -336,7 +343,12 @@ cidrs = ["172.16.0.0/16"]
     let mut settings = KubeSettings::from_config(&cfg2);
     settings.identity = "bench".into();
     settings.lease = None;
-    let inst = rt.block_on(harness::Instance::start(client.clone(), cfg2, settings, senders));
+    let inst = rt.block_on(harness::Instance::start(
+        client.clone(),
+        cfg2,
+        settings,
+        senders,
+    ));
     let p = inst.now();
     println!(
         "initial list + first compile: {:.2} s ({} frontends, {} backends; first compile {:.0} ms)",
@@ -350,7 +362,11 @@ cidrs = ["172.16.0.0/16"]
             .sum::<usize>(),
         ms(p.compile_time),
     );
-    assert_eq!(p.snapshot.frontends().count(), services, "every Service served");
+    assert_eq!(
+        p.snapshot.frontends().count(),
+        services,
+        "every Service served"
+    );
     drop(p);
     let rss_loaded = rss_kib("VmRSS:");
 
@@ -365,16 +381,14 @@ cidrs = ["172.16.0.0/16"]
     let mut samples = Vec::with_capacity(changes);
     let mut compile_times = Vec::with_capacity(changes);
     let mut timeouts = 0;
-    let mut fresh = u32::from(Ipv4Addr::new(10, 250, 0, 1));
-    for _ in 0..changes {
+    let first_fresh = u32::from(Ipv4Addr::new(10, 250, 0, 1));
+    for fresh in (first_fresh..).take(changes) {
         let i = (next() % services as u64) as usize;
         let ns = format!("ns-{}", i % 20);
         let name = format!("svc-{i:05}-abcde");
-        let api: kube::Api<discoveryv1::EndpointSlice> =
-            kube::Api::namespaced(client.clone(), &ns);
+        let api: kube::Api<discoveryv1::EndpointSlice> = kube::Api::namespaced(client.clone(), &ns);
         let mut s = rt.block_on(api.get(&name)).expect("get slice");
         let new = Ipv4Addr::from(fresh);
-        fresh += 1;
         if let Some(eps) = s.endpoints.as_mut() {
             let k = (next() % eps.len() as u64) as usize;
             eps[k].addresses = vec![new.to_string()];
@@ -411,7 +425,10 @@ cidrs = ["172.16.0.0/16"]
     let hwm = rss_kib("VmHWM:");
     let p = inst.now();
     println!();
-    println!("convergence (EndpointSlice PUT -> all {nworkers} workers hold it), {} samples:", samples.len());
+    println!(
+        "convergence (EndpointSlice PUT -> all {nworkers} workers hold it), {} samples:",
+        samples.len()
+    );
     println!(
         "  p50 {:.1} ms   p90 {:.1} ms   p99 {:.1} ms   max {:.1} ms   timeouts {timeouts}",
         ms(pct(&samples, 0.50)),
@@ -433,8 +450,16 @@ cidrs = ["172.16.0.0/16"]
     );
     println!(
         "targets: p99 <= 1000 ms: {}; p50 <= 200 ms: {}",
-        if ms(pct(&samples, 0.99)) <= 1000.0 && timeouts == 0 { "met" } else { "NOT met" },
-        if ms(pct(&samples, 0.50)) <= 200.0 { "met" } else { "NOT met" },
+        if ms(pct(&samples, 0.99)) <= 1000.0 && timeouts == 0 {
+            "met"
+        } else {
+            "NOT met"
+        },
+        if ms(pct(&samples, 0.50)) <= 200.0 {
+            "met"
+        } else {
+            "NOT met"
+        },
     );
     drop(p);
     rt.block_on(inst.stop());

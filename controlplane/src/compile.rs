@@ -45,19 +45,18 @@
 //!   frontend reuses the same `Arc`. Draining and down backends stay in the table (the dataplane
 //!   skips them), so health flaps never rebuild anything.
 //! - **Only changed Services are re-examined.** Each Service's result (frontends, backends,
-//!   report) is cached with a fingerprint of its inputs: the Service, its EndpointSlices, its
-//!   VIPs and IPAM findings, the Nodes when it targets nodes, and the health states and
-//!   neighbour MACs its backends use. A Service whose fingerprint is unchanged reuses its
-//!   result, so one EndpointSlice change among 10,000 Services costs one Service's work plus
-//!   assembling the snapshot. A change of the configuration, the drained set or the weights
+//!   report) is cached with the inputs it was compiled from: the Service, its EndpointSlices,
+//!   its VIPs and IPAM findings, and the health states and neighbour MACs its backends used
+//!   (plus the Nodes, for node targets). A Service whose inputs compare equal reuses its
+//!   result (the report is the same `Arc`), so one EndpointSlice change among 10,000 Services
+//!   costs one Service's work plus assembling the snapshot. A change of the configuration, the drained set or the weights
 //!   re-examines everything; Services with draining backends (time-dependent) and Services
 //!   that share a VIP are always re-examined. [`CompileReport::recompiled`] lists the
 //!   re-examined ones.
 //! - The compiler holds only that memory (ids, IPAM, draining backends, Maglev cache, the
 //!   per-Service results).
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -133,8 +132,11 @@ pub struct Compiled {
 pub struct CompileReport {
     /// The snapshot's generation.
     pub generation: u64,
-    /// Every served Service, sorted by namespace/name.
-    pub services: Vec<ServiceReport>,
+    /// Every served Service, sorted by namespace/name. Shared with the compiler's cache: a
+    /// Service whose inputs did not change is the same `Arc` as in the last report, so
+    /// comparing two reports (or cloning one) costs little for the unchanged ones.
+    #[serde(serialize_with = "ser_arcs")]
+    pub services: Vec<Arc<ServiceReport>>,
     /// Problems not tied to one Service.
     pub problems: Vec<String>,
     /// Every next hop the snapshot's backends use (resolve and keep refreshing these).
@@ -153,8 +155,18 @@ pub struct CompileReport {
 impl CompileReport {
     /// The report of one Service.
     pub fn service(&self, key: &ObjectKey) -> Option<&ServiceReport> {
-        self.services.iter().find(|s| &s.service == key)
+        self.services
+            .binary_search_by(|s| s.service.cmp(key))
+            .ok()
+            .map(|i| &*self.services[i])
     }
+}
+
+fn ser_arcs<S: serde::Serializer, T: serde::Serialize>(
+    v: &[Arc<T>],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|a| &**a))
 }
 
 /// One served Service.
@@ -372,12 +384,14 @@ pub struct Compiler {
     /// Since when a backend has been missing from the model (draining until the grace ends).
     removed_since: HashMap<BackendKey, Instant>,
     maglev: HashMap<u32, (MaglevKey, Arc<MaglevTable>)>,
-    /// Each served Service's last result.
-    cache: HashMap<ObjectKey, ServiceCache>,
+    /// Each served Service's last result, sorted by Service.
+    cache: Vec<ServiceCache>,
     /// The whole-compile inputs the cache was built with.
     cached_with: Option<GlobalInputs>,
     /// Frontend ids of the last snapshot.
     live: HashSet<u32>,
+    /// The Nodes of the last compile (node-target Services depend on all of them).
+    nodes: BTreeMap<String, crate::model::Node>,
 }
 
 /// Inputs that every Service depends on; a change invalidates the whole cache.
@@ -388,20 +402,25 @@ struct GlobalInputs {
     weights: BTreeMap<IpAddr, u32>,
 }
 
-/// What one Service compiled to, reused while its fingerprints hold.
+/// What one Service compiled to, reused while the inputs it was compiled from are unchanged.
+/// The inputs are kept and compared exactly (a hash could miss a change).
 #[derive(Debug)]
 struct ServiceCache {
-    /// Fingerprint of the Service, its slices, VIPs, IPAM findings (and Nodes).
-    base: u64,
-    /// Fingerprint of the health states and neighbour MACs its backends used.
-    env: u64,
+    svc: Service,
+    slices: Vec<EndpointSlice>,
+    vips: Vec<IpAddr>,
+    issues: Vec<Issue>,
+    /// Whether each of `health_targets` was down.
+    down: Vec<bool>,
+    /// The MAC of each of `next_hops`.
+    macs: Vec<Option<[u8; 6]>>,
     /// Depends on time (draining backends): never reused.
     volatile: bool,
     /// Its frontend ids (including ones left out of the snapshot for a Maglev error).
     live: Vec<u32>,
     frontends: Vec<Frontend>,
     backends: Vec<Backend>,
-    report: ServiceReport,
+    report: Arc<ServiceReport>,
     health_targets: Vec<ProbeTarget>,
     next_hops: Vec<IpAddr>,
 }
@@ -449,17 +468,22 @@ impl Compiler {
         let assignment = self.ipam.assign(&cfg.pools, &served);
 
         // A change of a whole-compile input re-examines every Service.
-        let global = GlobalInputs {
-            config: cfg.clone(),
-            drained: input.drained.clone(),
-            weights: input.weights.clone(),
-        };
-        if self.cached_with.as_ref() != Some(&global) {
+        let same = self.cached_with.as_ref().is_some_and(|g| {
+            g.config == *cfg && g.drained == *input.drained && g.weights == *input.weights
+        });
+        if !same {
             self.cache.clear();
-            self.cached_with = Some(global);
+            self.cached_with = Some(GlobalInputs {
+                config: cfg.clone(),
+                drained: input.drained.clone(),
+                weights: input.weights.clone(),
+            });
         }
         let slices = slice_index(input.model);
-        let nodes_fp = fingerprint(&input.model.nodes);
+        let nodes_changed = self.nodes != input.model.nodes;
+        if nodes_changed {
+            self.nodes = input.model.nodes.clone();
+        }
         // Services that share a VIP claim ports against each other: always re-examined.
         let mut holders: HashMap<IpAddr, u32> = HashMap::new();
         for ip in assignment.vips.values().flatten() {
@@ -470,54 +494,61 @@ impl Compiler {
         let mut backends: Vec<Backend> = Vec::new();
         let mut live_frontends: HashSet<u32> = HashSet::new();
         let mut claimed: HashSet<(IpAddr, Protocol, u16)> = HashSet::new();
-        let mut cache = std::mem::take(&mut self.cache);
-        let mut next_cache = HashMap::with_capacity(served.len());
+        // The cache, the assignment and `served` are all sorted by key: walk them together.
+        let mut cache = std::mem::take(&mut self.cache).into_iter().peekable();
+        let mut next_cache = Vec::with_capacity(served.len());
+        let mut all_vips = assignment.vips.iter();
+        let mut all_issues = assignment.issues.iter().peekable();
 
         for svc in &served {
-            let svc_vips = assignment.vips.get(&svc.key).cloned().unwrap_or_default();
-            let issues: &[Issue] = assignment
-                .issues
-                .get(&svc.key)
-                .map_or(&[], Vec::as_slice);
+            let svc_vips: &[IpAddr] = match all_vips.next() {
+                Some((k, v)) if *k == svc.key => v,
+                _ => assignment.vips.get(&svc.key).map_or(&[], Vec::as_slice),
+            };
+            while all_issues.next_if(|(k, _)| **k < svc.key).is_some() {}
+            let issues: &[Issue] = all_issues
+                .next_if(|(k, _)| **k == svc.key)
+                .map_or(&[], |(_, v)| v.as_slice());
+            while cache.next_if(|c| c.svc.key < svc.key).is_some() {}
+            let cached = cache.next_if(|c| c.svc.key == svc.key);
             let my_slices: &[&EndpointSlice] = slices
                 .get(&(svc.key.namespace.as_str(), svc.key.name.as_str()))
                 .map_or(&[], Vec::as_slice);
-            let base = {
-                let mut h = DefaultHasher::new();
-                svc.hash(&mut h);
-                my_slices.hash(&mut h);
-                svc_vips.hash(&mut h);
-                issues.hash(&mut h);
-                if effective_target(cfg, svc) == Target::Node {
-                    nodes_fp.hash(&mut h);
-                }
-                h.finish()
-            };
             let shared = svc_vips
                 .iter()
                 .any(|v| holders.get(v).is_some_and(|n| *n > 1));
-            let reuse = cache.remove(&svc.key).filter(|c| {
-                !shared
+            let nodes_matter = effective_target(cfg, svc) == Target::Node;
+            let stale = shared || (nodes_matter && nodes_changed);
+            let reuse = cached.filter(|c| {
+                !stale
                     && !c.volatile
-                    && c.base == base
-                    && c.env == env_fingerprint(input, &c.health_targets, &c.next_hops)
+                    && c.vips == svc_vips
+                    && c.issues == issues
+                    && c.svc == **svc
+                    && c.slices.len() == my_slices.len()
+                    && c.slices.iter().zip(my_slices).all(|(a, b)| a == *b)
+                    && c.health_targets
+                        .iter()
+                        .zip(&c.down)
+                        .all(|(t, d)| (input.health.get(t) == Some(&Health::Down)) == *d)
+                    && c.next_hops
+                        .iter()
+                        .zip(&c.macs)
+                        .all(|(n, m)| input.neighbours.get(n) == m.as_ref())
             });
             let entry = match reuse {
                 Some(c) => c,
                 None => {
                     report.recompiled.push(svc.key.clone());
-                    let mut c = self.compile_service(
+                    self.compile_service(
                         input,
                         svc,
-                        svc_vips,
+                        svc_vips.to_vec(),
                         issues,
                         my_slices,
                         &mut claimed,
                         &mut report.maglev_rebuilt,
-                    );
-                    c.base = base;
-                    c.env = env_fingerprint(input, &c.health_targets, &c.next_hops);
-                    c
+                    )
                 }
             };
             live_frontends.extend(entry.live.iter().copied());
@@ -536,7 +567,7 @@ impl Compiler {
                     report.unresolved.insert(*n);
                 }
             }
-            next_cache.insert(svc.key.clone(), entry);
+            next_cache.push(entry);
         }
         self.cache = next_cache;
 
@@ -600,7 +631,9 @@ impl Compiler {
                     L4Protocol::Udp => Protocol::Udp,
                     L4Protocol::Sctp => {
                         if family == svc.families()[0] {
-                            probs.push(format!("port {port_label}: SCTP is not supported; the port is not served"));
+                            probs.push(format!(
+                                "port {port_label}: SCTP is not supported; the port is not served"
+                            ));
                         }
                         continue;
                     }
@@ -619,8 +652,7 @@ impl Compiler {
                     protocol,
                     port: sp.port,
                 };
-                let Some(fid) = self.frontend_ids.get_or_alloc(&fkey, now, grace, max_ids)
-                else {
+                let Some(fid) = self.frontend_ids.get_or_alloc(&fkey, now, grace, max_ids) else {
                     probs.push(format!(
                         "port {port_label} ({vip}): no free frontend id below tables.max_backends = {max_ids}; raise it"
                     ));
@@ -720,22 +752,34 @@ impl Compiler {
                 })
             })
         });
+        let health_targets: Vec<ProbeTarget> = scratch.health_targets.into_iter().collect();
+        let next_hops: Vec<IpAddr> = scratch.next_hops.into_iter().collect();
         ServiceCache {
-            base: 0,
-            env: 0,
+            svc: svc.clone(),
+            slices: slices.iter().map(|s| (*s).clone()).collect(),
+            vips: svc_vips.clone(),
+            issues: issues.to_vec(),
+            down: health_targets
+                .iter()
+                .map(|t| input.health.get(t) == Some(&Health::Down))
+                .collect(),
+            macs: next_hops
+                .iter()
+                .map(|n| input.neighbours.get(n).copied())
+                .collect(),
             volatile,
             live,
             frontends,
             backends,
-            report: ServiceReport {
+            report: Arc::new(ServiceReport {
                 service: svc.key.clone(),
                 vips: svc_vips,
                 frontends: fe_reports,
                 problems: probs,
                 issues: issues.to_vec(),
-            },
-            health_targets: scratch.health_targets.into_iter().collect(),
-            next_hops: scratch.next_hops.into_iter().collect(),
+            }),
+            health_targets,
+            next_hops,
         }
     }
 
@@ -925,28 +969,12 @@ fn slice_index(model: &Model) -> HashMap<(&str, &str), Vec<&EndpointSlice>> {
     let mut out: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for s in model.endpoint_slices.values() {
         if let Some(svc) = s.service.as_deref() {
-            out.entry((s.key.namespace.as_str(), svc)).or_default().push(s);
+            out.entry((s.key.namespace.as_str(), svc))
+                .or_default()
+                .push(s);
         }
     }
     out
-}
-
-fn fingerprint<T: Hash + ?Sized>(v: &T) -> u64 {
-    let mut h = DefaultHasher::new();
-    v.hash(&mut h);
-    h.finish()
-}
-
-/// Fingerprint of the health states and neighbour MACs a Service's backends used.
-fn env_fingerprint(input: &CompileInput<'_>, targets: &[ProbeTarget], hops: &[IpAddr]) -> u64 {
-    let mut h = DefaultHasher::new();
-    for t in targets {
-        (input.health.get(t) == Some(&Health::Down)).hash(&mut h);
-    }
-    for n in hops {
-        input.neighbours.get(n).hash(&mut h);
-    }
-    h.finish()
 }
 
 /// The Service's target after the `sluice.dev/target` annotation.
@@ -1057,7 +1085,6 @@ fn service_settings(cfg: &Config, svc: &Service, probs: &mut Vec<String>) -> Set
     s
 }
 
-
 fn slice_family(s: &EndpointSlice) -> Option<IpFamily> {
     match s.address_type {
         AddressType::IPv4 => Some(IpFamily::V4),
@@ -1100,6 +1127,7 @@ fn slice_port(slice: &EndpointSlice, sp: &ServicePort) -> Option<u16> {
 }
 
 /// The backends the model asks for on one frontend (before draining and ids).
+#[allow(clippy::too_many_arguments)]
 fn desired_backends(
     input: &CompileInput<'_>,
     svc: &Service,
@@ -1943,6 +1971,79 @@ status:
                 .any(|p| p.contains("10.1.2.3 is outside every on-link subnet")),
             "{:?}",
             r.problems
+        );
+    }
+
+    #[test]
+    fn only_changed_services_are_re_examined() {
+        let mut cfg = cfg();
+        cfg.health.enabled = true;
+        let mut env = Env::new();
+        let mut c = Compiler::new();
+        let a = svc_yaml("a", "", "", &[("10.99.0.21", true, "n1")]);
+        let b = svc_yaml("b", "", "", &[("10.99.0.22", true, "n1")]);
+        let m = model(&format!("{a}{b}"));
+        let out1 = env.run(&mut c, &cfg, &m);
+        assert_eq!(out1.report.recompiled.len(), 2);
+        // Nothing changed: nothing re-examined, the very same reports.
+        let out2 = env.run(&mut c, &cfg, &m);
+        assert!(out2.report.recompiled.is_empty());
+        assert!(Arc::ptr_eq(
+            &out1.report.services[0],
+            &out2.report.services[0]
+        ));
+        assert_eq!(
+            out1.report,
+            CompileReport {
+                generation: 1,
+                maglev_rebuilt: out1.report.maglev_rebuilt.clone(),
+                recompiled: out1.report.recompiled.clone(),
+                ..out2.report.clone()
+            }
+        );
+        // b's slice changes: only b.
+        let b2 = svc_yaml(
+            "b",
+            "",
+            "",
+            &[("10.99.0.22", true, "n1"), ("10.99.0.23", true, "n1")],
+        );
+        let m2 = model(&format!("{a}{b2}"));
+        let out3 = env.run(&mut c, &cfg, &m2);
+        assert_eq!(out3.report.recompiled, vec![ObjectKey::new("default", "b")]);
+        // A health check takes a's backend down: only a, and its state shows.
+        env.health.insert(
+            ProbeTarget::tcp("10.99.0.21:8080".parse().unwrap()),
+            Health::Down,
+        );
+        let out4 = env.run(&mut c, &cfg, &m2);
+        assert_eq!(out4.report.recompiled, vec![ObjectKey::new("default", "a")]);
+        let fa = &out4.report.services[0].frontends[0];
+        assert_eq!(fa.backends[0].state, BackendState::Down);
+        // A neighbour is learned: only the Service whose next hop it is.
+        env.neighbours
+            .insert(ip("10.99.0.23"), [2, 0, 0, 0, 0, 0x23]);
+        let out5 = env.run(&mut c, &cfg, &m2);
+        assert_eq!(out5.report.recompiled, vec![ObjectKey::new("default", "b")]);
+        // The operator drains an address: everything.
+        env.drained.insert(ip("10.99.0.23"));
+        let out6 = env.run(&mut c, &cfg, &m2);
+        assert_eq!(out6.report.recompiled.len(), 2);
+        // The result equals a compile from scratch (ids aside, which a fresh compiler
+        // hands out in the same order here).
+        let fresh = env.run(&mut Compiler::new(), &cfg, &m2);
+        assert_eq!(
+            out6.report
+                .services
+                .iter()
+                .map(|s| (**s).clone())
+                .collect::<Vec<_>>(),
+            fresh
+                .report
+                .services
+                .iter()
+                .map(|s| (**s).clone())
+                .collect::<Vec<_>>()
         );
     }
 

@@ -1072,7 +1072,10 @@ impl Config {
         if !(1..=10_000).contains(&s.debounce_ms) {
             return err(
                 "source.debounce_ms",
-                format!("{} is out of range; use 1 to 10000 (default 50)", s.debounce_ms),
+                format!(
+                    "{} is out of range; use 1 to 10000 (default 50)",
+                    s.debounce_ms
+                ),
             );
         }
         if s.leader_election && s.lease_name.trim().is_empty() {

@@ -41,6 +41,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::config::PoolConfig;
 use crate::model::{IpFamily, L4Protocol, ObjectKey, Service};
@@ -122,15 +123,40 @@ pub struct Assignment {
 /// The allocator. It remembers its last assignment, which is what keeps VIPs stable.
 #[derive(Debug, Default, Clone)]
 pub struct Ipam {
-    assigned: BTreeMap<ObjectKey, Vec<IpAddr>>,
+    last: Arc<Assignment>,
     follow_status: bool,
+}
+
+/// The VIPs one Service got, by family.
+#[derive(Debug, Clone, Copy, Default)]
+struct Got([Option<IpAddr>; 2]);
+
+impl Got {
+    fn slot(f: IpFamily) -> usize {
+        match f {
+            IpFamily::V4 => 0,
+            IpFamily::V6 => 1,
+        }
+    }
+    fn get(&self, f: &IpFamily) -> Option<IpAddr> {
+        self.0[Self::slot(*f)]
+    }
+    fn contains_key(&self, f: &IpFamily) -> bool {
+        self.get(f).is_some()
+    }
+    fn insert(&mut self, f: IpFamily, ip: IpAddr) {
+        self.0[Self::slot(f)] = Some(ip);
+    }
 }
 
 /// Who holds an address.
 struct Holder<'a> {
     first: &'a ObjectKey,
     sharing: Option<&'a str>,
-    ports: Vec<(L4Protocol, u16)>,
+    /// The first holder's ports.
+    ports: &'a [(L4Protocol, u16)],
+    /// Ports of Services that joined.
+    more: Vec<(L4Protocol, u16)>,
 }
 
 /// What a Service brings to IPAM, computed once per run.
@@ -151,7 +177,7 @@ impl Ipam {
 
     /// VIPs of the last run, per Service.
     pub fn assigned(&self) -> &BTreeMap<ObjectKey, Vec<IpAddr>> {
-        &self.assigned
+        &self.last.vips
     }
 
     /// Follower mode: take VIPs only from `status.loadBalancer.ingress`, allocate nothing.
@@ -166,7 +192,7 @@ impl Ipam {
 
     /// Assigns VIPs to `served` (which must be sorted by namespace/name, as [`crate::model::
     /// Model::services`] iterates) from `pools`.
-    pub fn assign(&mut self, pools: &[PoolConfig], served: &[&Service]) -> Assignment {
+    pub fn assign(&mut self, pools: &[PoolConfig], served: &[&Service]) -> Arc<Assignment> {
         let mut issues: BTreeMap<ObjectKey, Vec<Issue>> = BTreeMap::new();
         let wants: Vec<Want<'_>> = served
             .iter()
@@ -188,27 +214,32 @@ impl Ipam {
                 .any(|&(lo, hi, v6)| v6 == ip.is_ipv6() && (lo..=hi).contains(&a))
         };
         let mut used: HashMap<IpAddr, Holder<'_>> = HashMap::new();
-        let mut got: Vec<BTreeMap<IpFamily, IpAddr>> = vec![BTreeMap::new(); wants.len()];
+        let mut got: Vec<Got> = vec![Got::default(); wants.len()];
 
-        // 1. Held addresses.
+        // 1. Held addresses. The last assignment is sorted like `wants`: walk it alongside.
+        let mut last = self.last.vips.iter().peekable();
         for (i, w) in wants.iter().enumerate() {
-            let previous = self.assigned.get(&w.svc.key);
+            while last.next_if(|(k, _)| **k < w.svc.key).is_some() {}
+            let previous: &[IpAddr] = last
+                .next_if(|(k, _)| **k == w.svc.key)
+                .map_or(&[], |(_, v)| v.as_slice());
             for &fam in &w.families {
                 let status = w.svc.ingress_ips.iter().copied();
-                let candidates: Vec<IpAddr> = if self.follow_status {
-                    status.collect()
-                } else if let Some((req, _)) = w.requests.get(&fam) {
-                    let held = previous.into_iter().flatten().any(|a| a == req)
-                        || w.svc.ingress_ips.contains(req);
-                    if held {
-                        vec![*req]
+                let none: &[IpAddr] = &[];
+                let (from_last, from_status, only): (&[IpAddr], bool, Option<IpAddr>) =
+                    if self.follow_status {
+                        (none, true, None)
+                    } else if let Some((req, _)) = w.requests.get(&fam) {
+                        let held = previous.contains(req) || w.svc.ingress_ips.contains(req);
+                        (none, false, held.then_some(*req))
                     } else {
-                        Vec::new()
-                    }
-                } else {
-                    previous.into_iter().flatten().copied().chain(status).collect()
-                };
-                let pick = candidates.into_iter().find(|ip| {
+                        (previous, true, None)
+                    };
+                let mut candidates = only
+                    .into_iter()
+                    .chain(from_last.iter().copied())
+                    .chain(status.filter(|_| from_status));
+                let pick = candidates.find(|ip| {
                     IpFamily::of(*ip) == fam
                         && (0..pools.len()).any(|p| contains(p, *ip) && may_use(&pools[p], w))
                         && used.get(ip).map_or(true, |h| may_join(h, w).is_ok())
@@ -228,7 +259,9 @@ impl Ipam {
                         continue;
                     }
                     let is = issues.entry(w.svc.key.clone()).or_default();
-                    let Some(p) = (0..pools.len()).find(|p| contains(*p, ip)).map(|p| &pools[p])
+                    let Some(p) = (0..pools.len())
+                        .find(|p| contains(*p, ip))
+                        .map(|p| &pools[p])
                     else {
                         is.push(Issue {
                             reason: IssueReason::RequestedIPOutsidePools,
@@ -362,11 +395,7 @@ impl Ipam {
 
         let mut out = Assignment::default();
         for (i, w) in wants.iter().enumerate() {
-            let vips: Vec<IpAddr> = w
-                .families
-                .iter()
-                .filter_map(|f| got[i].get(f).copied())
-                .collect();
+            let vips: Vec<IpAddr> = w.families.iter().filter_map(|f| got[i].get(f)).collect();
             if self.follow_status {
                 for f in w.families.iter().filter(|f| !got[i].contains_key(f)) {
                     issues.entry(w.svc.key.clone()).or_default().push(Issue {
@@ -393,8 +422,8 @@ impl Ipam {
         }
         issues.retain(|_, v| !v.is_empty());
         out.issues = issues;
-        self.assigned = out.vips.clone();
-        out
+        self.last = Arc::new(out);
+        self.last.clone()
     }
 }
 
@@ -415,7 +444,11 @@ fn may_join(h: &Holder<'_>, w: &Want<'_>) -> Result<(), String> {
         }
         _ => return Err(h.first.to_string()),
     }
-    if let Some((proto, port)) = w.ports.iter().find(|p| h.ports.contains(p)) {
+    if let Some((proto, port)) = w
+        .ports
+        .iter()
+        .find(|p| h.ports.contains(p) || h.more.contains(p))
+    {
         return Err(format!(
             "{} (it shares the address, but both use {} port {port})",
             h.first,
@@ -425,13 +458,14 @@ fn may_join(h: &Holder<'_>, w: &Want<'_>) -> Result<(), String> {
     Ok(())
 }
 
-fn take<'a>(used: &mut HashMap<IpAddr, Holder<'a>>, ip: IpAddr, w: &Want<'a>) {
+fn take<'a>(used: &mut HashMap<IpAddr, Holder<'a>>, ip: IpAddr, w: &'a Want<'a>) {
     used.entry(ip)
-        .and_modify(|h| h.ports.extend(w.ports.iter().copied()))
+        .and_modify(|h| h.more.extend(w.ports.iter().copied()))
         .or_insert_with(|| Holder {
             first: &w.svc.key,
             sharing: w.sharing,
-            ports: w.ports.clone(),
+            ports: &w.ports,
+            more: Vec::new(),
         });
 }
 
@@ -500,7 +534,8 @@ fn want<'a>(svc: &'a Service, pools: &[PoolConfig], issues: &mut Vec<Issue>) -> 
         .get(ANNOTATION_SHARING)
         .map(|s| s.trim())
         .filter(|s| !s.is_empty());
-    let mut ports: Vec<(L4Protocol, u16)> = svc.ports.iter().map(|p| (p.protocol, p.port)).collect();
+    let mut ports: Vec<(L4Protocol, u16)> =
+        svc.ports.iter().map(|p| (p.protocol, p.port)).collect();
     ports.sort_unstable();
     ports.dedup();
     Want {
@@ -552,7 +587,7 @@ namespaces = ["a"]
         )
     }
 
-    fn run(ipam: &mut Ipam, pools: &[PoolConfig], yaml: &str) -> Assignment {
+    fn run(ipam: &mut Ipam, pools: &[PoolConfig], yaml: &str) -> Arc<Assignment> {
         let m = manifest::parse_str(yaml, "t.yaml").unwrap().model;
         let served: Vec<&Service> = m.services.values().collect();
         ipam.assign(pools, &served)
@@ -587,9 +622,27 @@ namespaces = ["a"]
             "",
             &[80],
         ));
-        y.push_str(&svc("default", "bad", "sluice.dev/address-pool: nope", "", &[80]));
-        y.push_str(&svc("a", "team", "sluice.dev/address-pool: team-a", "", &[80]));
-        y.push_str(&svc("b", "team", "sluice.dev/address-pool: team-a", "", &[80]));
+        y.push_str(&svc(
+            "default",
+            "bad",
+            "sluice.dev/address-pool: nope",
+            "",
+            &[80],
+        ));
+        y.push_str(&svc(
+            "a",
+            "team",
+            "sluice.dev/address-pool: team-a",
+            "",
+            &[80],
+        ));
+        y.push_str(&svc(
+            "b",
+            "team",
+            "sluice.dev/address-pool: team-a",
+            "",
+            &[80],
+        ));
         let a = run(&mut Ipam::new(), &p, &y);
         assert_eq!(a.vips[&key("default", "s1")], vec![ip("192.0.2.10")]);
         assert_eq!(a.vips[&key("default", "s3")], vec![ip("192.0.2.12")]);
@@ -600,7 +653,10 @@ namespaces = ["a"]
         );
         // The internal pool does not auto-assign, but serves Services that select it.
         assert_eq!(a.vips[&key("default", "int")], vec![ip("10.50.0.1")]);
-        assert_eq!(reasons(&a, "default", "bad"), vec![IssueReason::UnknownPool]);
+        assert_eq!(
+            reasons(&a, "default", "bad"),
+            vec![IssueReason::UnknownPool]
+        );
         assert_eq!(a.vips[&key("a", "team")], vec![ip("198.51.100.1")]);
         assert_eq!(reasons(&a, "b", "team"), vec![IssueReason::NoPool]);
     }
@@ -613,9 +669,21 @@ namespaces = ["a"]
         let a = run(&mut ipam, &p, &y);
         assert_eq!(a.vips[&key("default", "web")], vec![ip("192.0.2.10")]);
         // A Service that sorts first requests web's address: web keeps it.
-        let mut y2 = svc("default", "aaa", "", "  loadBalancerIP: 192.0.2.10\n", &[80]);
+        let mut y2 = svc(
+            "default",
+            "aaa",
+            "",
+            "  loadBalancerIP: 192.0.2.10\n",
+            &[80],
+        );
         y2.push_str(&y);
-        y2.push_str(&svc("default", "out", "", "  loadBalancerIP: 203.0.113.9\n", &[80]));
+        y2.push_str(&svc(
+            "default",
+            "out",
+            "",
+            "  loadBalancerIP: 203.0.113.9\n",
+            &[80],
+        ));
         y2.push_str(&svc(
             "default",
             "ns",
@@ -667,26 +735,42 @@ namespaces = ["a"]
         let p = pools(POOLS);
         let k = "sluice.dev/allow-shared-ip: dns";
         let mut y = svc("default", "dns-tcp", k, "", &[53]);
-        y.push_str(
-            &svc("default", "dns-udp", k, "", &[53]).replace("{name: p53, port: 53}", "{name: p53, port: 53, protocol: UDP}"),
-        );
+        y.push_str(&svc("default", "dns-udp", k, "", &[53]).replace(
+            "{name: p53, port: 53}",
+            "{name: p53, port: 53, protocol: UDP}",
+        ));
         y.push_str(&svc("default", "dns-web", k, "", &[80]));
         y.push_str(&svc("default", "dns-zclash", k, "", &[80]));
-        y.push_str(&svc("default", "other", "sluice.dev/allow-shared-ip: x", "", &[8080]));
+        y.push_str(&svc(
+            "default",
+            "other",
+            "sluice.dev/allow-shared-ip: x",
+            "",
+            &[8080],
+        ));
         let a = run(&mut Ipam::new(), &p, &y);
         let shared = vec![ip("192.0.2.10")];
         assert_eq!(a.vips[&key("default", "dns-tcp")], shared);
         assert_eq!(a.vips[&key("default", "dns-udp")], shared);
         assert_eq!(a.vips[&key("default", "dns-web")], shared);
         // Port 80 is taken on the shared address: its own address.
-        assert_eq!(a.vips[&key("default", "dns-zclash")], vec![ip("192.0.2.11")]);
+        assert_eq!(
+            a.vips[&key("default", "dns-zclash")],
+            vec![ip("192.0.2.11")]
+        );
         assert_eq!(a.vips[&key("default", "other")], vec![ip("192.0.2.12")]);
 
         // An explicit request for a held shared address needs the key too.
         let mut ipam = Ipam::new();
         run(&mut ipam, &p, &y);
         let mut y2 = y.clone();
-        y2.push_str(&svc("default", "zzz", "", "  loadBalancerIP: 192.0.2.10\n", &[9999]));
+        y2.push_str(&svc(
+            "default",
+            "zzz",
+            "",
+            "  loadBalancerIP: 192.0.2.10\n",
+            &[9999],
+        ));
         let a = run(&mut ipam, &p, &y2);
         assert_eq!(
             reasons(&a, "default", "zzz"),
@@ -703,7 +787,10 @@ namespaces = ["a"]
             svc("default", "b", "", "", &[80])
         );
         let mut m = manifest::parse_str(&y, "t.yaml").unwrap().model;
-        m.services.get_mut(&key("default", "a")).unwrap().ingress_ips = vec![ip("192.0.2.12")];
+        m.services
+            .get_mut(&key("default", "a"))
+            .unwrap()
+            .ingress_ips = vec![ip("192.0.2.12")];
         let served: Vec<&Service> = m.services.values().collect();
         let a = Ipam::new().assign(&p, &served);
         assert_eq!(a.vips[&key("default", "a")], vec![ip("192.0.2.12")]);
@@ -714,10 +801,16 @@ namespaces = ["a"]
         let a = follower.assign(&p, &served);
         assert_eq!(a.vips[&key("default", "a")], vec![ip("192.0.2.12")]);
         assert!(a.vips[&key("default", "b")].is_empty());
-        assert_eq!(reasons(&a, "default", "b"), vec![IssueReason::AwaitingLeader]);
+        assert_eq!(
+            reasons(&a, "default", "b"),
+            vec![IssueReason::AwaitingLeader]
+        );
 
         // A status address outside every pool is not served, even by a follower.
-        m.services.get_mut(&key("default", "b")).unwrap().ingress_ips = vec![ip("203.0.113.1")];
+        m.services
+            .get_mut(&key("default", "b"))
+            .unwrap()
+            .ingress_ips = vec![ip("203.0.113.1")];
         let served: Vec<&Service> = m.services.values().collect();
         let a = follower.assign(&p, &served);
         assert!(a.vips[&key("default", "b")].is_empty());

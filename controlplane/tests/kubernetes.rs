@@ -132,7 +132,12 @@ fn with_lb_ip(mut s: corev1::Service, ip: &str) -> corev1::Service {
 
 /// An EndpointSlice of `svc` with `(address, ready)` endpoints on port 8080 (named like the
 /// Service's first port).
-fn slice(svc: &str, suffix: &str, port_name: &str, eps: &[(&str, bool)]) -> discoveryv1::EndpointSlice {
+fn slice(
+    svc: &str,
+    suffix: &str,
+    port_name: &str,
+    eps: &[(&str, bool)],
+) -> discoveryv1::EndpointSlice {
     let mut m = meta("default", &format!("{svc}-{suffix}"), &[]);
     m.labels = Some(
         [("kubernetes.io/service-name".to_owned(), svc.to_owned())]
@@ -263,19 +268,27 @@ async fn services_and_slices_flow_into_snapshots_and_status() {
     assert_eq!(ing.ip_mode.as_deref(), Some("VIP"));
     assert!(ing.ports.is_none(), "every port is served: no ports list");
     let p = &api.status_patches()[0];
-    assert!(p.content_type.starts_with("application/apply-patch+yaml"), "{p:?}");
+    assert!(
+        p.content_type.starts_with("application/apply-patch+yaml"),
+        "{p:?}"
+    );
     assert_eq!(p.field_manager.as_deref(), Some("sluice"));
     assert!(p.force);
-    eventually("IPAllocated Event", 10, || has_event(&api, "web", "IPAllocated")).await;
+    eventually("IPAllocated Event", 10, || {
+        has_event(&api, "web", "IPAllocated")
+    })
+    .await;
     let ev = api.events();
-    let e = ev
-        .iter()
-        .find(|e| e["reason"] == "IPAllocated")
-        .unwrap();
+    let e = ev.iter().find(|e| e["reason"] == "IPAllocated").unwrap();
     assert_eq!(e["type"], "Normal");
     assert_eq!(e["regarding"]["kind"], "Service");
-    assert!(e["regarding"]["uid"].as_str().is_some_and(|u| !u.is_empty()));
-    assert!(e["note"].as_str().unwrap().contains("10.99.0.100 (pool lab)"));
+    assert!(e["regarding"]["uid"]
+        .as_str()
+        .is_some_and(|u| !u.is_empty()));
+    assert!(e["note"]
+        .as_str()
+        .unwrap()
+        .contains("10.99.0.100 (pool lab)"));
     assert_eq!(e["reportingController"], "sluice.dev/sluiced");
 
     // The slice grows: the new endpoint is in the next snapshot.
@@ -301,7 +314,10 @@ async fn services_and_slices_flow_into_snapshots_and_status() {
     })
     .await;
     api.upsert(&slice("web", "a", "p80", &[("10.99.0.21", true)]));
-    eventually("BackendsReady Event", 10, || has_event(&api, "web", "BackendsReady")).await;
+    eventually("BackendsReady Event", 10, || {
+        has_event(&api, "web", "BackendsReady")
+    })
+    .await;
 
     // The Service goes: its frontends go, and its VIP is free for the next one.
     api.delete::<corev1::Service>("default", "web");
@@ -350,8 +366,14 @@ async fn pool_exhaustion_is_an_event_and_resolves_when_an_ip_is_released() {
     // s2 goes: s4 gets its address.
     let freed = status_ips(&api, "s2");
     api.delete::<corev1::Service>("default", "s2");
-    eventually("s4 gets the freed address", 10, || status_ips(&api, "s4") == freed).await;
-    eventually("IPAllocated on s4", 10, || has_event(&api, "s4", "IPAllocated")).await;
+    eventually("s4 gets the freed address", 10, || {
+        status_ips(&api, "s4") == freed
+    })
+    .await;
+    eventually("IPAllocated on s4", 10, || {
+        has_event(&api, "s4", "IPAllocated")
+    })
+    .await;
     inst.stop().await;
 }
 
@@ -439,7 +461,10 @@ async fn a_restart_keeps_every_ip() {
     let patches = api.status_patches().len();
 
     let two = Instance::start(api.client(), cfg.clone(), settings(&cfg, "a", None), vec![]).await;
-    eventually("restarted instance serves", 10, || vips(&two, "a").len() == 1).await;
+    eventually("restarted instance serves", 10, || {
+        vips(&two, "a").len() == 1
+    })
+    .await;
     assert_eq!(vips(&two, "a"), vec![ip("10.99.0.101")]);
     assert_eq!(vips(&two, "b"), vec![ip("10.99.0.100")]);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -461,7 +486,10 @@ async fn watch_disconnects_and_410_gone_recover_without_dropping_state() {
     }
     let cfg = config("");
     let inst = Instance::start(api.client(), cfg.clone(), settings(&cfg, "a", None), vec![]).await;
-    eventually("three served", 10, || inst.now().snapshot.frontends().count() == 3).await;
+    eventually("three served", 10, || {
+        inst.now().snapshot.frontends().count() == 3
+    })
+    .await;
     let lists = |api: &FakeApi| {
         api.requests()
             .iter()
@@ -474,20 +502,30 @@ async fn watch_disconnects_and_410_gone_recover_without_dropping_state() {
 
     // 1. The watch connections break; a change happens meanwhile.
     api.disconnect_watches();
-    api.upsert(&slice("s1", "a", "p80", &[("10.99.0.21", true), ("10.99.0.22", true)]));
+    api.upsert(&slice(
+        "s1",
+        "a",
+        "p80",
+        &[("10.99.0.21", true), ("10.99.0.22", true)],
+    ));
     eventually("the change made during the disconnect arrives", 15, || {
         backends(&inst, "s1").len() == 2
     })
     .await;
-    assert_eq!(lists(&api), lists_before, "a plain disconnect resumes the watch, no relist");
+    assert_eq!(
+        lists(&api),
+        lists_before,
+        "a plain disconnect resumes the watch, no relist"
+    );
     let resumed = api
         .requests()
         .into_iter()
-        .filter(|r| r.is_watch() && r.path.ends_with("/endpointslices"))
-        .last()
+        .rfind(|r| r.is_watch() && r.path.ends_with("/endpointslices"))
         .unwrap();
     assert!(
-        resumed.param("resourceVersion").is_some_and(|v| v != "0" && !v.is_empty()),
+        resumed
+            .param("resourceVersion")
+            .is_some_and(|v| v != "0" && !v.is_empty()),
         "{resumed:?}"
     );
 
@@ -501,7 +539,10 @@ async fn watch_disconnects_and_410_gone_recover_without_dropping_state() {
         backends(&inst, "s2") == vec![ip("10.99.0.23")] && inst.now().report.services.len() == 2
     })
     .await;
-    assert!(lists(&api) > lists_before, "410 Gone made the watcher relist");
+    assert!(
+        lists(&api) > lists_before,
+        "410 Gone made the watcher relist"
+    );
     // The dataplane never saw the state go away: every published snapshot kept the Services
     // (only s3, deleted on purpose, left).
     assert!(inst.now().min_frontends_since_start >= 2);
@@ -541,12 +582,7 @@ async fn two_instances_one_leader_and_both_serve_what_status_says() {
     assert_eq!(vips(&leader, "web"), vips(&follower, "web"));
     // Only one instance writes: one status patch for one Service.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        api.status_patches().len(),
-        1,
-        "{:?}",
-        api.status_patches()
-    );
+    assert_eq!(api.status_patches().len(), 1, "{:?}", api.status_patches());
     let lease = api
         .get::<k8s_openapi::api::coordination::v1::Lease>("sluice-system", "sluice")
         .unwrap();
@@ -593,7 +629,10 @@ async fn services_of_another_class_are_left_alone() {
     api.upsert(&service("mine", &[80]));
     let cfg = config("");
     let inst = Instance::start(api.client(), cfg.clone(), settings(&cfg, "a", None), vec![]).await;
-    eventually("mine is written", 10, || status_ips(&api, "mine").len() == 1).await;
+    eventually("mine is written", 10, || {
+        status_ips(&api, "mine").len() == 1
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let names: Vec<String> = inst
         .now()
@@ -648,7 +687,10 @@ async fn health_check_failures_and_invalid_objects_are_events() {
         Health::Down,
     );
     inst.recompile();
-    eventually("BackendDown Event", 10, || has_event(&api, "web", "BackendDown")).await;
+    eventually("BackendDown Event", 10, || {
+        has_event(&api, "web", "BackendDown")
+    })
+    .await;
     let note = api
         .events_for("default", "web")
         .into_iter()
@@ -661,7 +703,10 @@ async fn health_check_failures_and_invalid_objects_are_events() {
     let mut bad = api.get::<corev1::Service>("default", "web").unwrap();
     bad.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].protocol = Some("QUIC".into());
     api.upsert(&bad);
-    eventually("InvalidService Event", 10, || has_event(&api, "web", "InvalidService")).await;
+    eventually("InvalidService Event", 10, || {
+        has_event(&api, "web", "InvalidService")
+    })
+    .await;
     assert_eq!(backends(&inst, "web").len(), 2);
     assert_eq!(inst.now().report.services.len(), 1);
     inst.stop().await;
@@ -684,7 +729,11 @@ async fn the_fake_api_server_speaks_the_protocol() {
     assert_eq!(page.items.len(), 2);
     let token = page.metadata.continue_.clone().unwrap();
     let rest = svcs
-        .list(&kube::api::ListParams::default().limit(10).continue_token(&token))
+        .list(
+            &kube::api::ListParams::default()
+                .limit(10)
+                .continue_token(&token),
+        )
         .await
         .unwrap();
     assert_eq!(rest.items.len(), 3);
@@ -719,7 +768,10 @@ async fn the_fake_api_server_speaks_the_protocol() {
     let mut stale = l.clone();
     leases.replace("l", &Default::default(), &l).await.unwrap();
     stale.metadata.resource_version = l.metadata.resource_version.clone();
-    let e = leases.replace("l", &Default::default(), &stale).await.unwrap_err();
+    let e = leases
+        .replace("l", &Default::default(), &stale)
+        .await
+        .unwrap_err();
     assert!(matches!(e, kube::Error::Api(ref s) if s.code == 409), "{e}");
     assert_eq!(api.list_json(Res::Leases).len(), 1);
 }

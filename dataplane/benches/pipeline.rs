@@ -13,7 +13,9 @@ use etherparse::PacketBuilder;
 use sluice_dataplane::conntrack::ConntrackConfig;
 use sluice_dataplane::maglev::{MaglevBackend, MaglevTable};
 use sluice_dataplane::pipeline::{PacketBuf, Pipeline, PipelineConfig, VecBuf, Verdict};
-use sluice_dataplane::snapshot::{Backend, BackendState, Frontend, Local, Method, Protocol, Snapshot};
+use sluice_dataplane::snapshot::{
+    Backend, BackendState, Frontend, Local, Method, Protocol, Snapshot,
+};
 use sluice_dataplane::stats::WorkerStats;
 
 const FLOWS: u32 = 1_000_000;
@@ -21,8 +23,13 @@ const LB_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 
 fn snapshot() -> Snapshot {
     let n = 100u32;
-    let names: Vec<String> = (0..n).map(|i| format!("10.1.{}.{}:8080", i / 250, i % 250 + 1)).collect();
-    let mb: Vec<MaglevBackend<'_>> = names.iter().map(|s| MaglevBackend { id: s, weight: 1 }).collect();
+    let names: Vec<String> = (0..n)
+        .map(|i| format!("10.1.{}.{}:8080", i / 250, i % 250 + 1))
+        .collect();
+    let mb: Vec<MaglevBackend<'_>> = names
+        .iter()
+        .map(|s| MaglevBackend { id: s, weight: 1 })
+        .collect();
     let maglev = Arc::new(MaglevTable::build(&mb, 65537, 7).unwrap());
     let backends: Vec<Backend> = (0..n)
         .map(|i| Backend {
@@ -95,7 +102,11 @@ fn bench(c: &mut Criterion) {
         buf.reset(&frame(i, false));
         pipe.process(&snap, &mut buf, 1);
     }
-    assert!(pipe.flows() >= (FLOWS as usize) * 99 / 100, "{} flows tracked", pipe.flows());
+    assert!(
+        pipe.flows() >= (FLOWS as usize) * 99 / 100,
+        "{} flows tracked",
+        pipe.flows()
+    );
 
     // Established: 32 random tracked flows per burst.
     let mut rng = 0x9e37_79b9u32;

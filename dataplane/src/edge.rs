@@ -14,7 +14,14 @@ pub const MIN_FRAME_LEN: usize = 60;
 /// returns the frame length.
 pub fn arp_request(buf: &mut [u8], src_mac: [u8; 6], src_ip: [u8; 4], target: [u8; 4]) -> usize {
     ethernet::emit(buf, ethernet::BROADCAST, src_mac, ethernet::ethertype::ARP);
-    arp::emit(&mut buf[ethernet::HEADER_LEN..], arp::OP_REQUEST, src_mac, src_ip, [0; 6], target);
+    arp::emit(
+        &mut buf[ethernet::HEADER_LEN..],
+        arp::OP_REQUEST,
+        src_mac,
+        src_ip,
+        [0; 6],
+        target,
+    );
     buf[ARP_FRAME_LEN..MIN_FRAME_LEN].fill(0);
     MIN_FRAME_LEN
 }
@@ -23,21 +30,41 @@ pub fn arp_request(buf: &mut [u8], src_mac: [u8; 6], src_ip: [u8; 4], target: [u
 /// neighbours' caches after a VIP moved to us. Returns the frame length.
 pub fn gratuitous_arp(buf: &mut [u8], mac: [u8; 6], ip: [u8; 4]) -> usize {
     ethernet::emit(buf, ethernet::BROADCAST, mac, ethernet::ethertype::ARP);
-    arp::emit(&mut buf[ethernet::HEADER_LEN..], arp::OP_REQUEST, mac, ip, [0; 6], ip);
+    arp::emit(
+        &mut buf[ethernet::HEADER_LEN..],
+        arp::OP_REQUEST,
+        mac,
+        ip,
+        [0; 6],
+        ip,
+    );
     buf[ARP_FRAME_LEN..MIN_FRAME_LEN].fill(0);
     MIN_FRAME_LEN
 }
 
 /// Writes a neighbour solicitation for `target` from `src_ip` to its solicited-node multicast
 /// address into `buf` (≥ 86 bytes). Returns the frame length.
-pub fn neighbor_solicit(buf: &mut [u8], src_mac: [u8; 6], src_ip: [u8; 16], target: [u8; 16]) -> usize {
+pub fn neighbor_solicit(
+    buf: &mut [u8],
+    src_mac: [u8; 6],
+    src_ip: [u8; 16],
+    target: [u8; 16],
+) -> usize {
     let dst = icmp::solicited_node(target);
-    ethernet::emit(buf, icmp::multicast_mac(dst), src_mac, ethernet::ethertype::IPV6);
+    ethernet::emit(
+        buf,
+        icmp::multicast_mac(dst),
+        src_mac,
+        ethernet::ethertype::IPV6,
+    );
     let l3 = ethernet::HEADER_LEN;
     ipv6::emit(&mut buf[l3..], src_ip, dst, proto::ICMPV6, 32, 255);
     let l4 = l3 + ipv6::HEADER_LEN;
     icmp::emit_neighbor_solicit(&mut buf[l4..], target, src_mac);
-    let c = !checksum::fold(checksum::sum(checksum::pseudo_v6(src_ip, dst, proto::ICMPV6, 32), &buf[l4..l4 + 32]));
+    let c = !checksum::fold(checksum::sum(
+        checksum::pseudo_v6(src_ip, dst, proto::ICMPV6, 32),
+        &buf[l4..l4 + 32],
+    ));
     put16(buf, l4 + 2, c);
     ND_FRAME_LEN
 }
@@ -49,12 +76,20 @@ pub fn unsolicited_na(buf: &mut [u8], mac: [u8; 6], ip: [u8; 16]) -> usize {
     dst[0] = 0xff;
     dst[1] = 0x02;
     dst[15] = 1;
-    ethernet::emit(buf, icmp::multicast_mac(dst), mac, ethernet::ethertype::IPV6);
+    ethernet::emit(
+        buf,
+        icmp::multicast_mac(dst),
+        mac,
+        ethernet::ethertype::IPV6,
+    );
     let l3 = ethernet::HEADER_LEN;
     ipv6::emit(&mut buf[l3..], ip, dst, proto::ICMPV6, 32, 255);
     let l4 = l3 + ipv6::HEADER_LEN;
     icmp::emit_neighbor_advert(&mut buf[l4..], icmp::v6::NA_OVERRIDE, ip, mac);
-    let c = !checksum::fold(checksum::sum(checksum::pseudo_v6(ip, dst, proto::ICMPV6, 32), &buf[l4..l4 + 32]));
+    let c = !checksum::fold(checksum::sum(
+        checksum::pseudo_v6(ip, dst, proto::ICMPV6, 32),
+        &buf[l4..l4 + 32],
+    ));
     put16(buf, l4 + 2, c);
     ND_FRAME_LEN
 }
@@ -78,7 +113,10 @@ mod tests {
             Some(etherparse::TransportSlice::Icmpv6(i)) => {
                 let src = [0xfd; 16];
                 let dst = icmp::solicited_node([0xfe; 16]);
-                assert_eq!(i.checksum(), i.icmp_type().calc_checksum(src, dst, i.payload()).unwrap());
+                assert_eq!(
+                    i.checksum(),
+                    i.icmp_type().calc_checksum(src, dst, i.payload()).unwrap()
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -268,7 +268,6 @@ fn a4(a: &[u8; 16]) -> [u8; 4] {
     [a[0], a[1], a[2], a[3]]
 }
 
-
 #[inline(always)]
 fn raw_ip(a: IpAddr) -> [u8; 16] {
     match a {
@@ -346,7 +345,10 @@ impl Pipeline {
             pf: [(0, 0); 32],
             pf_len: 0,
         };
-        crate::stats::set(&p.stats.ct_capacity, (p.fwd4.capacity() + p.fwd6.capacity()) as u64);
+        crate::stats::set(
+            &p.stats.ct_capacity,
+            (p.fwd4.capacity() + p.fwd6.capacity()) as u64,
+        );
         p
     }
 
@@ -357,7 +359,12 @@ impl Pipeline {
 
     /// Bytes held by this worker's flow tables.
     pub fn table_bytes(&self) -> usize {
-        self.fwd4.bytes() + self.fwd6.bytes() + self.rev4.bytes() + self.rev6.bytes() + self.aff4.bytes() + self.aff6.bytes()
+        self.fwd4.bytes()
+            + self.fwd6.bytes()
+            + self.rev4.bytes()
+            + self.rev6.bytes()
+            + self.aff4.bytes()
+            + self.aff6.bytes()
     }
 
     /// Live forward flows (both families).
@@ -391,15 +398,28 @@ impl Pipeline {
     }
 
     /// Looks up the forward flow of a client 5-tuple (admin/diagnostics, off the hot path).
-    pub fn find_flow(&self, src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -> Option<(Fwd, FlowState, u32)> {
+    pub fn find_flow(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        sport: u16,
+        dport: u16,
+        proto: u8,
+    ) -> Option<(Fwd, FlowState, u32)> {
         match (src, dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 let k = k4(s.octets(), d.octets(), sport, dport, proto);
-                self.fwd4.iter().find(|e| *e.key() == k).map(|e| (*e.value(), e.state(), e.last_seen_ms()))
+                self.fwd4
+                    .iter()
+                    .find(|e| *e.key() == k)
+                    .map(|e| (*e.value(), e.state(), e.last_seen_ms()))
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
                 let k = k6(s.octets(), d.octets(), sport, dport, proto);
-                self.fwd6.iter().find(|e| *e.key() == k).map(|e| (*e.value(), e.state(), e.last_seen_ms()))
+                self.fwd6
+                    .iter()
+                    .find(|e| *e.key() == k)
+                    .map(|e| (*e.value(), e.state(), e.last_seen_ms()))
             }
             _ => None,
         }
@@ -483,7 +503,14 @@ impl Pipeline {
         let h = if v6 {
             hash::hash_v6_5tuple(snap.hash_seed, p.src, p.dst, p.sport, p.dport, p.proto)
         } else {
-            hash::hash_v4_5tuple(snap.hash_seed, a4(&p.src), a4(&p.dst), p.sport, p.dport, p.proto)
+            hash::hash_v4_5tuple(
+                snap.hash_seed,
+                a4(&p.src),
+                a4(&p.dst),
+                p.sport,
+                p.dport,
+                p.proto,
+            )
         };
         let nat_reply = p.dport >= snap.local.nat_port_min
             && p.dport <= snap.local.nat_port_max
@@ -579,7 +606,10 @@ impl Pipeline {
         }
         let mut s = [0u8; 16];
         s[..4].copy_from_slice(&spa);
-        if (op == arp::OP_REPLY || spa == tpa) && snap.addr_kind(&s, false).is_none() && spa != [0; 4] {
+        if (op == arp::OP_REPLY || spa == tpa)
+            && snap.addr_kind(&s, false).is_none()
+            && spa != [0; 4]
+        {
             return Verdict::Neighbor(NeighborEvent {
                 ip: IpAddr::from(spa),
                 mac: sha,
@@ -589,14 +619,29 @@ impl Pipeline {
     }
 
     #[inline(always)]
-    fn ip<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, p: &Parsed, v6: bool, now_ms: u32) -> Verdict {
-        if v6 && p.proto == proto::ICMPV6 && matches!(p.icmp_type, icmp::v6::NEIGHBOR_SOLICIT | icmp::v6::NEIGHBOR_ADVERT) {
+    fn ip<P: PacketBuf>(
+        &mut self,
+        snap: &Snapshot,
+        pkt: &mut P,
+        p: &Parsed,
+        v6: bool,
+        now_ms: u32,
+    ) -> Verdict {
+        if v6
+            && p.proto == proto::ICMPV6
+            && matches!(
+                p.icmp_type,
+                icmp::v6::NEIGHBOR_SOLICIT | icmp::v6::NEIGHBOR_ADVERT
+            )
+        {
             return self.ndp(snap, pkt, p);
         }
         match snap.addr_kind(&p.dst, v6) {
             None => Verdict::Drop(DropReason::NoVip),
             Some(AddrKind::Own) => match p.proto {
-                proto::TCP | proto::UDP if p.fragment == Fragment::No => self.nat_reply(snap, pkt, p, v6, now_ms),
+                proto::TCP | proto::UDP if p.fragment == Fragment::No => {
+                    self.nat_reply(snap, pkt, p, v6, now_ms)
+                }
                 proto::TCP | proto::UDP => Verdict::Drop(DropReason::NatFragment),
                 proto::ICMP | proto::ICMPV6 => self.icmp(snap, pkt, p, v6, now_ms),
                 _ => Verdict::Drop(DropReason::UnsupportedL4),
@@ -610,7 +655,14 @@ impl Pipeline {
     }
 
     #[inline(always)]
-    fn vip_packet<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, p: &Parsed, v6: bool, now_ms: u32) -> Verdict {
+    fn vip_packet<P: PacketBuf>(
+        &mut self,
+        snap: &Snapshot,
+        pkt: &mut P,
+        p: &Parsed,
+        v6: bool,
+        now_ms: u32,
+    ) -> Verdict {
         let f = if p.fragment == Fragment::Later {
             match snap.dsr_frontend_any_port(&p.dst, v6, p.proto) {
                 Some(f) => f,
@@ -628,7 +680,9 @@ impl Pipeline {
                 None => return Verdict::Drop(DropReason::PortNotServed),
             }
         };
-        if !f.source_ranges.is_empty() && !f.source_ranges.iter().any(|c| c.contains_raw(&p.src, v6)) {
+        if !f.source_ranges.is_empty()
+            && !f.source_ranges.iter().any(|c| c.contains_raw(&p.src, v6))
+        {
             return Verdict::Drop(DropReason::SourceDenied);
         }
         if p.fragment != Fragment::No {
@@ -649,7 +703,14 @@ impl Pipeline {
         let h = if v6 {
             hash::hash_v6_5tuple(snap.hash_seed, p.src, p.dst, p.sport, p.dport, p.proto)
         } else {
-            hash::hash_v4_5tuple(snap.hash_seed, a4(&p.src), a4(&p.dst), p.sport, p.dport, p.proto)
+            hash::hash_v4_5tuple(
+                snap.hash_seed,
+                a4(&p.src),
+                a4(&p.dst),
+                p.sport,
+                p.dport,
+                p.proto,
+            )
         };
         let d = pkt.data();
         let src_mac = [d[6], d[7], d[8], d[9], d[10], d[11]];
@@ -734,7 +795,9 @@ impl Pipeline {
             };
             if let Some(a) = got {
                 if (a.expires_ms.wrapping_sub(now_ms) as i32) > 0 {
-                    chosen = snap.backend(a.backend).filter(|b| b.state == BackendState::Active && f.backends.contains(&b.id));
+                    chosen = snap
+                        .backend(a.backend)
+                        .filter(|b| b.state == BackendState::Active && f.backends.contains(&b.id));
                 }
             }
             if chosen.is_none() {
@@ -753,9 +816,21 @@ impl Pipeline {
                     expires_ms: now_ms.wrapping_add(aff_ms.min(MAX_AFFINITY_MS)),
                 };
                 if v6 {
-                    let _ = self.aff6.insert(k6(p.src, p.dst, 0, p.dport, p.proto), ak_h, val, FlowState::Other, now_ms);
+                    let _ = self.aff6.insert(
+                        k6(p.src, p.dst, 0, p.dport, p.proto),
+                        ak_h,
+                        val,
+                        FlowState::Other,
+                        now_ms,
+                    );
                 } else {
-                    let _ = self.aff4.insert(k4(a4(&p.src), a4(&p.dst), 0, p.dport, p.proto), ak_h, val, FlowState::Other, now_ms);
+                    let _ = self.aff4.insert(
+                        k4(a4(&p.src), a4(&p.dst), 0, p.dport, p.proto),
+                        ak_h,
+                        val,
+                        FlowState::Other,
+                        now_ms,
+                    );
                 }
             }
         } else {
@@ -780,9 +855,21 @@ impl Pipeline {
         };
         let st = flow_state(tcp, fl);
         if v6 {
-            let _ = self.fwd6.insert(k6(p.src, p.dst, p.sport, p.dport, p.proto), h, val, st, now_ms);
+            let _ = self.fwd6.insert(
+                k6(p.src, p.dst, p.sport, p.dport, p.proto),
+                h,
+                val,
+                st,
+                now_ms,
+            );
         } else {
-            let _ = self.fwd4.insert(k4(a4(&p.src), a4(&p.dst), p.sport, p.dport, p.proto), h, val, st, now_ms);
+            let _ = self.fwd4.insert(
+                k4(a4(&p.src), a4(&p.dst), p.sport, p.dport, p.proto),
+                h,
+                val,
+                st,
+                now_ms,
+            );
         }
         bump(&self.stats.new_flows, 1);
         if let Some(c) = self.stats.targets.get(b.id as usize) {
@@ -809,7 +896,11 @@ impl Pipeline {
         frontend: u32,
     ) -> Result<(u16, u8), DropReason> {
         let l = &snap.local;
-        let naddrs = if v6 { l.nat_ipv6.len() } else { l.nat_ipv4.len() };
+        let naddrs = if v6 {
+            l.nat_ipv6.len()
+        } else {
+            l.nat_ipv4.len()
+        };
         if naddrs == 0 || !matches!((b.addr, v6), (IpAddr::V4(_), false) | (IpAddr::V6(_), true)) {
             return Err(DropReason::NoNatAddress);
         }
@@ -824,9 +915,12 @@ impl Pipeline {
             self.nat_cursor = self.nat_cursor.wrapping_add(1);
             if v6 {
                 let la = l.nat_ipv6[ai];
-                let IpAddr::V6(ba) = b.addr else { unreachable!() };
+                let IpAddr::V6(ba) = b.addr else {
+                    unreachable!()
+                };
                 let rk = k6(ba.octets(), la, bport, port, p.proto);
-                let rh = hash::hash_v6_5tuple(snap.hash_seed, ba.octets(), la, bport, port, p.proto);
+                let rh =
+                    hash::hash_v6_5tuple(snap.hash_seed, ba.octets(), la, bport, port, p.proto);
                 if self.rev6.contains(&rk, rh) {
                     continue;
                 }
@@ -836,12 +930,21 @@ impl Pipeline {
                     client_mac: src_mac,
                     frontend,
                 };
-                let _ = self.rev6.insert(rk, rh, val, flow_state(p.proto == proto::TCP, p.tcp_flags), now_ms);
+                let _ = self.rev6.insert(
+                    rk,
+                    rh,
+                    val,
+                    flow_state(p.proto == proto::TCP, p.tcp_flags),
+                    now_ms,
+                );
             } else {
                 let la = l.nat_ipv4[ai];
-                let IpAddr::V4(ba) = b.addr else { unreachable!() };
+                let IpAddr::V4(ba) = b.addr else {
+                    unreachable!()
+                };
                 let rk = k4(ba.octets(), la, bport, port, p.proto);
-                let rh = hash::hash_v4_5tuple(snap.hash_seed, ba.octets(), la, bport, port, p.proto);
+                let rh =
+                    hash::hash_v4_5tuple(snap.hash_seed, ba.octets(), la, bport, port, p.proto);
                 if self.rev4.contains(&rk, rh) {
                     continue;
                 }
@@ -851,7 +954,13 @@ impl Pipeline {
                     client_mac: src_mac,
                     frontend,
                 };
-                let _ = self.rev4.insert(rk, rh, val, flow_state(p.proto == proto::TCP, p.tcp_flags), now_ms);
+                let _ = self.rev4.insert(
+                    rk,
+                    rh,
+                    val,
+                    flow_state(p.proto == proto::TCP, p.tcp_flags),
+                    now_ms,
+                );
             }
             return Ok((port, ai as u8));
         }
@@ -874,7 +983,15 @@ fn pick<'s>(snap: &'s Snapshot, f: &Frontend, h: u64) -> Option<&'s Backend> {
 /// Rewrites addresses and ports of an IP packet with incremental checksum updates (IPv4
 /// header, TCP/UDP checksum including the pseudo-header). `new_src`/`new_dst` are 4 or 16 bytes.
 #[inline(always)]
-fn rewrite_flow(d: &mut [u8], p: &Parsed, v6: bool, new_src: &[u8], new_dst: &[u8], new_sport: u16, new_dport: u16) {
+fn rewrite_flow(
+    d: &mut [u8],
+    p: &Parsed,
+    v6: bool,
+    new_src: &[u8],
+    new_dst: &[u8],
+    new_sport: u16,
+    new_dport: u16,
+) {
     let l3 = usize::from(p.l3_off);
     let l4 = usize::from(p.l4_off);
     let (a_off, alen) = if v6 { (l3 + 8, 16) } else { (l3 + 12, 4) };
@@ -887,7 +1004,11 @@ fn rewrite_flow(d: &mut [u8], p: &Parsed, v6: bool, new_src: &[u8], new_dst: &[u
         let c = update_bytes(c, &old[..8], &d[a_off..a_off + 8]);
         put16(d, l3 + 10, c);
     }
-    let coff = if p.proto == proto::TCP { l4 + 16 } else { l4 + 6 };
+    let coff = if p.proto == proto::TCP {
+        l4 + 16
+    } else {
+        l4 + 6
+    };
     let c = be16(d, coff);
     let (osp, odp) = (be16(d, l4), be16(d, l4 + 2));
     put16(d, l4, new_sport);
@@ -906,7 +1027,15 @@ fn rewrite_flow(d: &mut [u8], p: &Parsed, v6: bool, new_src: &[u8], new_dst: &[u
 
 impl Pipeline {
     #[inline(always)]
-    fn send_nat<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, p: &Parsed, v6: bool, b: &Backend, c: &Choice) -> Verdict {
+    fn send_nat<P: PacketBuf>(
+        &mut self,
+        snap: &Snapshot,
+        pkt: &mut P,
+        p: &Parsed,
+        v6: bool,
+        b: &Backend,
+        c: &Choice,
+    ) -> Verdict {
         let l = &snap.local;
         let Some(mac) = b.mac else {
             return Verdict::Drop(DropReason::NextHopUnresolved);
@@ -933,7 +1062,15 @@ impl Pipeline {
     }
 
     #[inline(always)]
-    fn send_dsr<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, p: &Parsed, v6: bool, m: Method, b: &Backend) -> Verdict {
+    fn send_dsr<P: PacketBuf>(
+        &mut self,
+        snap: &Snapshot,
+        pkt: &mut P,
+        p: &Parsed,
+        v6: bool,
+        m: Method,
+        b: &Backend,
+    ) -> Verdict {
         let l = &snap.local;
         let Some(mac) = b.mac else {
             return Verdict::Drop(DropReason::NextHopUnresolved);
@@ -941,7 +1078,11 @@ impl Pipeline {
         if m == Method::DsrIpip {
             let l3 = usize::from(p.l3_off);
             let inner = usize::from(p.l3_end) - l3;
-            let outer = if v6 { ipv6::HEADER_LEN } else { ipv4::MIN_HEADER_LEN };
+            let outer = if v6 {
+                ipv6::HEADER_LEN
+            } else {
+                ipv4::MIN_HEADER_LEN
+            };
             if l.mtu != 0 && inner + outer > usize::from(l.mtu) {
                 return Verdict::Drop(DropReason::TooBig);
             }
@@ -968,7 +1109,15 @@ impl Pipeline {
             if v6 {
                 ipv6::emit(&mut d[l3..], src, dst, proto::IPV6, inner as u16, 64);
             } else {
-                ipv4::emit(&mut d[l3..], a4(&src), a4(&dst), proto::IPIP, inner as u16, 64, 0);
+                ipv4::emit(
+                    &mut d[l3..],
+                    a4(&src),
+                    a4(&dst),
+                    proto::IPIP,
+                    inner as u16,
+                    64,
+                    0,
+                );
             }
         }
         let d = pkt.data_mut();
@@ -977,7 +1126,14 @@ impl Pipeline {
         Verdict::Tx
     }
 
-    fn nat_reply<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, p: &Parsed, v6: bool, now_ms: u32) -> Verdict {
+    fn nat_reply<P: PacketBuf>(
+        &mut self,
+        snap: &Snapshot,
+        pkt: &mut P,
+        p: &Parsed,
+        v6: bool,
+        now_ms: u32,
+    ) -> Verdict {
         let l = &snap.local;
         if p.dport < l.nat_port_min || p.dport > l.nat_port_max {
             return Verdict::Drop(DropReason::NatNoFlow);
@@ -1002,7 +1158,14 @@ impl Pipeline {
             }
         } else {
             let k = k4(a4(&p.src), a4(&p.dst), p.sport, p.dport, p.proto);
-            let h = hash::hash_v4_5tuple(snap.hash_seed, a4(&p.src), a4(&p.dst), p.sport, p.dport, p.proto);
+            let h = hash::hash_v4_5tuple(
+                snap.hash_seed,
+                a4(&p.src),
+                a4(&p.dst),
+                p.sport,
+                p.dport,
+                p.proto,
+            );
             match self.rev4.lookup(&k, h, now_ms) {
                 Some(e) => {
                     let s = next_state(e.state(), tcp, p.tcp_flags);
@@ -1028,17 +1191,32 @@ impl Pipeline {
         Verdict::Tx
     }
 
-    fn icmp<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, p: &Parsed, v6: bool, now_ms: u32) -> Verdict {
+    fn icmp<P: PacketBuf>(
+        &mut self,
+        snap: &Snapshot,
+        pkt: &mut P,
+        p: &Parsed,
+        v6: bool,
+        now_ms: u32,
+    ) -> Verdict {
         if p.fragment != Fragment::No {
             return Verdict::Drop(DropReason::IcmpUnsupported);
         }
         let l3 = usize::from(p.l3_off);
         let l4 = usize::from(p.l4_off);
-        let echo = if v6 { icmp::v6::ECHO_REQUEST } else { icmp::v4::ECHO_REQUEST };
+        let echo = if v6 {
+            icmp::v6::ECHO_REQUEST
+        } else {
+            icmp::v4::ECHO_REQUEST
+        };
         if p.icmp_type == echo {
             let d = pkt.data_mut();
             ethernet::Frame::new_unchecked(&mut d[..]).swap_macs();
-            let (reply, hop) = if v6 { (icmp::v6::ECHO_REPLY, 64u8) } else { (icmp::v4::ECHO_REPLY, 64u8) };
+            let (reply, hop) = if v6 {
+                (icmp::v6::ECHO_REPLY, 64u8)
+            } else {
+                (icmp::v4::ECHO_REPLY, 64u8)
+            };
             let old_word = u16::from_be_bytes([d[l4], d[l4 + 1]]);
             d[l4] = reply;
             let new_word = u16::from_be_bytes([d[l4], d[l4 + 1]]);
@@ -1061,9 +1239,15 @@ impl Pipeline {
             return Verdict::Tx;
         }
         let is_error = if v6 {
-            matches!(p.icmp_type, icmp::v6::DEST_UNREACH | icmp::v6::PACKET_TOO_BIG | icmp::v6::TIME_EXCEEDED)
+            matches!(
+                p.icmp_type,
+                icmp::v6::DEST_UNREACH | icmp::v6::PACKET_TOO_BIG | icmp::v6::TIME_EXCEEDED
+            )
         } else {
-            matches!(p.icmp_type, icmp::v4::DEST_UNREACH | icmp::v4::TIME_EXCEEDED)
+            matches!(
+                p.icmp_type,
+                icmp::v4::DEST_UNREACH | icmp::v4::TIME_EXCEEDED
+            )
         };
         if !is_error {
             return Verdict::Drop(DropReason::IcmpUnsupported);
@@ -1073,7 +1257,14 @@ impl Pipeline {
 
     /// An ICMP error quoting a packet we (or a DSR backend) sent as VIP -> client: forward it to
     /// the flow's backend, translated back for `nat`.
-    fn icmp_error<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, p: &Parsed, v6: bool, now_ms: u32) -> Verdict {
+    fn icmp_error<P: PacketBuf>(
+        &mut self,
+        snap: &Snapshot,
+        pkt: &mut P,
+        p: &Parsed,
+        v6: bool,
+        now_ms: u32,
+    ) -> Verdict {
         let l4 = usize::from(p.l4_off);
         let end = usize::from(p.l3_end);
         let q = l4 + icmp::HEADER_LEN;
@@ -1110,10 +1301,15 @@ impl Pipeline {
         };
         let fv = if v6 {
             let h = hash::hash_v6_5tuple(snap.hash_seed, idst, isrc, idport, isport, iproto);
-            self.fwd6.lookup(&k6(idst, isrc, idport, isport, iproto), h, now_ms).map(|e| *e.value())
+            self.fwd6
+                .lookup(&k6(idst, isrc, idport, isport, iproto), h, now_ms)
+                .map(|e| *e.value())
         } else {
-            let h = hash::hash_v4_5tuple(snap.hash_seed, a4(&idst), a4(&isrc), idport, isport, iproto);
-            self.fwd4.lookup(&k4(a4(&idst), a4(&isrc), idport, isport, iproto), h, now_ms).map(|e| *e.value())
+            let h =
+                hash::hash_v4_5tuple(snap.hash_seed, a4(&idst), a4(&isrc), idport, isport, iproto);
+            self.fwd4
+                .lookup(&k4(a4(&idst), a4(&isrc), idport, isport, iproto), h, now_ms)
+                .map(|e| *e.value())
         };
         let Some(fv) = fv else {
             return Verdict::Drop(DropReason::IcmpErrorNoFlow);
@@ -1146,7 +1342,11 @@ impl Pipeline {
         let l3 = usize::from(p.l3_off);
         let d = pkt.data_mut();
         let alen = if v6 { 16 } else { 4 };
-        let (aoff, ioff) = if v6 { (l3 + 24, q + 8) } else { (l3 + 16, q + 12) };
+        let (aoff, ioff) = if v6 {
+            (l3 + 24, q + 8)
+        } else {
+            (l3 + 16, q + 12)
+        };
         // outer destination -> backend
         d[aoff..aoff + alen].copy_from_slice(&ba[..alen]);
         // quoted source -> backend:bport, destination -> local:lport
@@ -1188,14 +1388,20 @@ impl Pipeline {
             if snap.addr_kind(&target, true).is_some() {
                 return Verdict::Drop(DropReason::NdpNotOurs);
             }
-            let mac = m.nd_lladdr(icmp::v6::OPT_TARGET_LLADDR).unwrap_or([d[6], d[7], d[8], d[9], d[10], d[11]]);
+            let mac = m
+                .nd_lladdr(icmp::v6::OPT_TARGET_LLADDR)
+                .unwrap_or([d[6], d[7], d[8], d[9], d[10], d[11]]);
             return Verdict::Neighbor(NeighborEvent {
                 ip: IpAddr::from(target),
                 mac,
             });
         }
         // Neighbour solicitation: answer for VIPs and own addresses, not DAD probes.
-        if snap.addr_kind(&target, true).is_none() || p.src == [0u8; 16] || l4 != l3 + ipv6::HEADER_LEN || end - l4 < 32 {
+        if snap.addr_kind(&target, true).is_none()
+            || p.src == [0u8; 16]
+            || l4 != l3 + ipv6::HEADER_LEN
+            || end - l4 < 32
+        {
             return Verdict::Drop(DropReason::NdpNotOurs);
         }
         let asker = p.src;
@@ -1206,7 +1412,12 @@ impl Pipeline {
         d[0..6].copy_from_slice(&src_mac);
         d[6..12].copy_from_slice(&mac);
         ipv6::emit(&mut d[l3..], target, asker, proto::ICMPV6, 32, 255);
-        icmp::emit_neighbor_advert(&mut d[l4..l4 + 32], icmp::v6::NA_SOLICITED | icmp::v6::NA_OVERRIDE, target, mac);
+        icmp::emit_neighbor_advert(
+            &mut d[l4..l4 + 32],
+            icmp::v6::NA_SOLICITED | icmp::v6::NA_OVERRIDE,
+            target,
+            mac,
+        );
         let ps = checksum::pseudo_v6(target, asker, proto::ICMPV6, 32);
         let c = !checksum::fold(checksum::sum(ps, &d[l4..l4 + 32]));
         put16(d, l4 + 2, c);

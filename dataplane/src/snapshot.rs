@@ -13,6 +13,7 @@
 //! id names one backend *of one frontend* (the control plane keys its ids by frontend, address
 //! and port), so an established flow's hit needs no membership check: if the id is still in the
 //! snapshot, it is still a backend of the flow's frontend.
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -343,7 +344,10 @@ impl Snapshot {
         max_ids: usize,
     ) -> Result<Snapshot, SnapshotError> {
         if local.nat_port_min > local.nat_port_max {
-            return Err(SnapshotError::BadNatPorts(local.nat_port_min, local.nat_port_max));
+            return Err(SnapshotError::BadNatPorts(
+                local.nat_port_min,
+                local.nat_port_max,
+            ));
         }
         let mut bt: Vec<Option<Backend>> = Vec::new();
         for b in backends {
@@ -361,7 +365,7 @@ impl Snapshot {
         }
         let mut entries: Vec<(VipKey, u32)> = Vec::new();
         // Index of `entries` by key: duplicate checks stay O(1) with tens of thousands of VIPs.
-        let mut seen: std::collections::HashMap<VipKey, u32> = std::collections::HashMap::new();
+        let mut seen: HashMap<VipKey, u32> = HashMap::new();
         let mut ft: Vec<Option<Frontend>> = Vec::new();
         for f in frontends {
             let i = f.id as usize;
@@ -374,7 +378,11 @@ impl Snapshot {
                 }
             }
             let n = f.backends.len() as u32;
-            if f.maglev.entries().iter().any(|e| *e >= n) || (n > 0 && f.maglev.entries().is_empty()) {
+            // A table's entries index the backend list it was built from, so a table built for
+            // `n` backends fits without a scan of its (up to 16M) entries.
+            let fits =
+                f.maglev.backend_count() == n as usize || f.maglev.entries().iter().all(|e| *e < n);
+            if !fits || (n > 0 && f.maglev.entries().is_empty()) {
                 return Err(SnapshotError::MaglevMismatch(f.service.clone()));
             }
             let (addr, v6) = raw(f.vip);
@@ -385,7 +393,10 @@ impl Snapshot {
                 port: f.port,
             };
             if let Some(other) = seen.get(&key) {
-                let o = ft[*other as usize].as_ref().map(|o| o.service.clone()).unwrap_or_default();
+                let o = ft[*other as usize]
+                    .as_ref()
+                    .map(|o| o.service.clone())
+                    .unwrap_or_default();
                 return Err(SnapshotError::VipClash(o, f.service.clone()));
             }
             seen.insert(key, f.id);
@@ -448,7 +459,13 @@ impl Snapshot {
 
     /// The frontend serving (dst, proto, port), if any.
     #[inline(always)]
-    pub fn frontend_for(&self, dst: &[u8; 16], v6: bool, proto: u8, port: u16) -> Option<&Frontend> {
+    pub fn frontend_for(
+        &self,
+        dst: &[u8; 16],
+        v6: bool,
+        proto: u8,
+        port: u16,
+    ) -> Option<&Frontend> {
         let id = self.vips.get(&VipKey {
             addr: *dst,
             v6,
@@ -513,7 +530,10 @@ mod tests {
 
     fn fe(id: u32, vip: &str, port: u16, backends: Vec<u32>) -> Frontend {
         let names: Vec<String> = backends.iter().map(|b| format!("b{b}")).collect();
-        let mb: Vec<MaglevBackend<'_>> = names.iter().map(|n| MaglevBackend { id: n, weight: 1 }).collect();
+        let mb: Vec<MaglevBackend<'_>> = names
+            .iter()
+            .map(|n| MaglevBackend { id: n, weight: 1 })
+            .collect();
         Frontend {
             id,
             service: Arc::from(format!("default/s{id}")),
@@ -550,7 +570,10 @@ mod tests {
         let s = Snapshot::new(
             1,
             7,
-            vec![fe(0, "192.0.2.1", 80, vec![1, 2]), fe(3, "2001:db8::1", 443, vec![2])],
+            vec![
+                fe(0, "192.0.2.1", 80, vec![1, 2]),
+                fe(3, "2001:db8::1", 443, vec![2]),
+            ],
             vec![be(1), be(2)],
             local.clone(),
             64,
@@ -563,7 +586,10 @@ mod tests {
         assert!(s.frontend_for(&d, false, 17, 80).is_none());
         assert_eq!(s.addr_kind(&d, false), Some(AddrKind::Vip));
         let v6: std::net::Ipv6Addr = "2001:db8::1".parse().unwrap();
-        assert_eq!(s.frontend_for(&v6.octets(), true, 6, 443).map(|f| f.id), Some(3));
+        assert_eq!(
+            s.frontend_for(&v6.octets(), true, 6, 443).map(|f| f.id),
+            Some(3)
+        );
         let mut own = [0u8; 16];
         own[..4].copy_from_slice(&[10, 0, 0, 2]);
         assert_eq!(s.addr_kind(&own, false), Some(AddrKind::Own));
@@ -572,13 +598,23 @@ mod tests {
         let clash = Snapshot::new(
             2,
             7,
-            vec![fe(0, "192.0.2.1", 80, vec![1]), fe(1, "192.0.2.1", 80, vec![1])],
+            vec![
+                fe(0, "192.0.2.1", 80, vec![1]),
+                fe(1, "192.0.2.1", 80, vec![1]),
+            ],
             vec![be(1)],
             local.clone(),
             64,
         );
         assert!(matches!(clash, Err(SnapshotError::VipClash(..))));
-        let unknown = Snapshot::new(2, 7, vec![fe(0, "192.0.2.1", 80, vec![9])], vec![be(1)], local.clone(), 64);
+        let unknown = Snapshot::new(
+            2,
+            7,
+            vec![fe(0, "192.0.2.1", 80, vec![9])],
+            vec![be(1)],
+            local.clone(),
+            64,
+        );
         assert!(matches!(unknown, Err(SnapshotError::UnknownBackend(_, 9))));
         let big = Snapshot::new(2, 7, vec![], vec![be(70)], local, 64);
         assert!(matches!(big, Err(SnapshotError::IdTooLarge(70, 64))));

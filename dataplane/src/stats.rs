@@ -239,7 +239,9 @@ impl WorkerStats {
             busy_cycles: AtomicU64::new(0),
             total_cycles: AtomicU64::new(0),
             snapshot_generation: AtomicU64::new(0),
-            targets: (0..max_backends).map(|_| TargetCounters::default()).collect(),
+            targets: (0..max_backends)
+                .map(|_| TargetCounters::default())
+                .collect(),
         }
     }
 

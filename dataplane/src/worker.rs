@@ -16,7 +16,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
-use dpdk_sys::{register_thread, tsc, tsc_hz, Eal, Mbuf, MbufBatch, Mempool, RingConsumer, RingProducer, RxQueue, TxQueue};
+use dpdk_sys::{
+    register_thread, tsc, tsc_hz, Eal, Mbuf, MbufBatch, Mempool, RingConsumer, RingProducer,
+    RxQueue, TxQueue,
+};
 
 use crate::edge;
 use crate::pipeline::{FlowEntry, NeighborEvent, PacketBuf, Pipeline, PipelineConfig, Verdict};
@@ -297,7 +300,18 @@ fn run(
                 bump(&stats.from_other_worker, n as u64);
                 work += n;
                 // They arrived on port 0's queues of another worker; send out port 0.
-                process_burst(&mut l, &mut rx, 0, now, now_ms, flush_ticks, &mut queues, &mut links.to_workers, &links.neighbors, &stats);
+                process_burst(
+                    &mut l,
+                    &mut rx,
+                    0,
+                    now,
+                    now_ms,
+                    flush_ticks,
+                    &mut queues,
+                    &mut links.to_workers,
+                    &links.neighbors,
+                    &stats,
+                );
             }
         }
         for port in 0..nports {
@@ -309,7 +323,18 @@ fn run(
             bump(&stats.rx_packets, n as u64);
             let bytes: usize = rx.iter_mut().map(|m| m.len()).sum();
             bump(&stats.rx_bytes, bytes as u64);
-            process_burst(&mut l, &mut rx, port, now, now_ms, flush_ticks, &mut queues, &mut links.to_workers, &links.neighbors, &stats);
+            process_burst(
+                &mut l,
+                &mut rx,
+                port,
+                now,
+                now_ms,
+                flush_ticks,
+                &mut queues,
+                &mut links.to_workers,
+                &links.neighbors,
+                &stats,
+            );
         }
         // Hand-offs to other workers.
         for (w, b) in l.ring_out.iter_mut().enumerate() {

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use common::*;
 use etherparse::{Ethernet2Header, Ipv4Header, Ipv6Header, PacketBuilder};
-use sluice_dataplane::pipeline::{NeighborEvent, PacketBuf, Pipeline, PipelineConfig, Verdict, VecBuf};
+use sluice_dataplane::pipeline::{
+    NeighborEvent, PacketBuf, Pipeline, PipelineConfig, VecBuf, Verdict,
+};
 use sluice_dataplane::stats::{DropReason, WorkerStats};
 use sluice_dataplane::wire::{arp, ethernet, icmp};
 
@@ -36,7 +38,14 @@ fn drop(desc: &'static str, input: Vec<u8>, r: DropReason) -> Case {
     case(desc, input, Verdict::Drop(r), None)
 }
 
-fn arp_frame(op: u16, sha: [u8; 6], spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4], eth_dst: [u8; 6]) -> Vec<u8> {
+fn arp_frame(
+    op: u16,
+    sha: [u8; 6],
+    spa: [u8; 4],
+    tha: [u8; 6],
+    tpa: [u8; 4],
+    eth_dst: [u8; 6],
+) -> Vec<u8> {
     let mut b = vec![0u8; 42];
     ethernet::emit(&mut b, eth_dst, sha, ethernet::ethertype::ARP);
     arp::emit(&mut b[14..], op, sha, spa, tha, tpa);
@@ -53,7 +62,14 @@ fn ipip4(inner_frame: &[u8], outer_src: [u8; 4], outer_dst: [u8; 4], mac: [u8; 6
     }
     .write(&mut out)
     .unwrap();
-    let mut h = Ipv4Header::new(inner.len() as u16, 64, etherparse::IpNumber(4), outer_src, outer_dst).unwrap();
+    let mut h = Ipv4Header::new(
+        inner.len() as u16,
+        64,
+        etherparse::IpNumber(4),
+        outer_src,
+        outer_dst,
+    )
+    .unwrap();
     h.dont_fragment = false;
     h.header_checksum = h.calc_header_checksum();
     h.write(&mut out).unwrap();
@@ -147,7 +163,12 @@ fn frag_needed(router: [u8; 4], to: [u8; 4], quoted: &[u8]) -> Vec<u8> {
 fn ns_frame(target: [u8; 16]) -> Vec<u8> {
     let mut b = vec![0u8; 86];
     let dst = icmp::solicited_node(target);
-    ethernet::emit(&mut b, icmp::multicast_mac(dst), CLIENT_MAC, ethernet::ethertype::IPV6);
+    ethernet::emit(
+        &mut b,
+        icmp::multicast_mac(dst),
+        CLIENT_MAC,
+        ethernet::ethertype::IPV6,
+    );
     sluice_dataplane::wire::ipv6::emit(&mut b[14..], CLIENT6, dst, 58, 32, 255);
     icmp::emit_neighbor_solicit(&mut b[54..], target, CLIENT_MAC);
     let c = !sluice_dataplane::wire::checksum::fold(sluice_dataplane::wire::checksum::sum(
@@ -168,7 +189,12 @@ fn na_frame(target: [u8; 16]) -> Vec<u8> {
     .write(&mut v)
     .unwrap();
     let mut body = vec![0u8; 32];
-    icmp::emit_neighbor_advert(&mut body, icmp::v6::NA_SOLICITED | icmp::v6::NA_OVERRIDE, target, LB_MAC);
+    icmp::emit_neighbor_advert(
+        &mut body,
+        icmp::v6::NA_SOLICITED | icmp::v6::NA_OVERRIDE,
+        target,
+        LB_MAC,
+    );
     let ipn = Ipv6Header {
         traffic_class: 0,
         flow_label: Default::default(),
@@ -223,7 +249,9 @@ fn run(pipe: &mut Pipeline, snap: &sluice_dataplane::snapshot::Snapshot, cases: 
         assert_eq!(v, c.verdict, "row {i}: {}", c.desc);
         if let Some(want) = c.output {
             assert_eq!(b.data(), &want[..], "row {i}: {} (output bytes)", c.desc);
-            if b.data().len() >= 34 && (b.data()[12..14] == [8, 0] || b.data()[12..14] == [0x86, 0xdd]) {
+            if b.data().len() >= 34
+                && (b.data()[12..14] == [8, 0] || b.data()[12..14] == [0x86, 0xdd])
+            {
                 assert_checksums_valid(b.data());
             }
         }
@@ -290,7 +318,15 @@ fn golden_table() {
     let icmp_err_unknown = frag_needed([10, 9, 0, 1], [192, 0, 2, 2], &quoted_unknown);
     let mut timestamp = icmp4_echo(vip1);
     timestamp[34] = 13;
-    let big = tcp4(CLIENT4, [192, 0, 2, 3], 40005, 80, true, false, &[0u8; 1450]);
+    let big = tcp4(
+        CLIENT4,
+        [192, 0, 2, 3],
+        40005,
+        80,
+        true,
+        false,
+        &[0u8; 1450],
+    );
     let v6udp = udp6(CLIENT6, v6("2001:db8::3"), 5000, 53, b"dns6");
 
     let cases = vec![

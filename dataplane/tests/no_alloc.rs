@@ -60,9 +60,16 @@ fn a_burst_allocates_nothing() {
     }
     pipe.expire(6000, 64);
     let after = A.count();
-    assert_eq!(after - before, 0, "the pipeline allocated while processing a burst");
+    assert_eq!(
+        after - before,
+        0,
+        "the pipeline allocated while processing a burst"
+    );
     // And it did real work: most packets were forwarded.
     let tx = verdicts.iter().filter(|v| **v == Verdict::Tx).count();
     assert!(tx >= 28, "{verdicts:?}");
-    assert!(bufs[14].data().len() > frames[14].len(), "IPIP grew the frame");
+    assert!(
+        bufs[14].data().len() > frames[14].len(),
+        "IPIP grew the frame"
+    );
 }

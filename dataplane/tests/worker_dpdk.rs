@@ -21,8 +21,19 @@ fn snap(generation: u64, backends: Vec<u32>) -> Snapshot {
     Snapshot::new(
         generation,
         42,
-        vec![frontend(0, "192.0.2.10", 80, Protocol::Tcp, Method::DsrL2, backends)],
-        vec![backend(1, "10.0.1.1", 8080), backend(2, "10.0.1.2", 8080), backend(4, "10.0.1.4", 8080)],
+        vec![frontend(
+            0,
+            "192.0.2.10",
+            80,
+            Protocol::Tcp,
+            Method::DsrL2,
+            backends,
+        )],
+        vec![
+            backend(1, "10.0.1.1", 8080),
+            backend(2, "10.0.1.2", 8080),
+            backend(4, "10.0.1.4", 8080),
+        ],
         local(),
         1024,
     )
@@ -32,7 +43,10 @@ fn snap(generation: u64, backends: Vec<u32>) -> Snapshot {
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
-        assert!(t.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
 }
@@ -42,8 +56,15 @@ fn eal() -> Arc<Eal> {
     static EAL: std::sync::OnceLock<Arc<Eal>> = std::sync::OnceLock::new();
     EAL.get_or_init(|| {
         Arc::new(
-            Eal::init(&["worker-test", "--no-pci", "--in-memory", "-l", "0", "--log-level=lib.eal:error"])
-                .expect("EAL init (needs root + hugepages: run sudo scripts/test)"),
+            Eal::init(&[
+                "worker-test",
+                "--no-pci",
+                "--in-memory",
+                "-l",
+                "0",
+                "--log-level=lib.eal:error",
+            ])
+            .expect("EAL init (needs root + hugepages: run sudo scripts/test)"),
         )
     })
     .clone()
@@ -78,7 +99,16 @@ fn worker_forwards_swaps_snapshots_and_keeps_flows() {
         tx_flush_us: 50,
         ..WorkerConfig::default()
     };
-    let h = worker::spawn(eal.clone(), cfg, queues, links, pool.clone(), Arc::new(snap(1, vec![1, 2])), 1024).unwrap();
+    let h = worker::spawn(
+        eal.clone(),
+        cfg,
+        queues,
+        links,
+        pool.clone(),
+        Arc::new(snap(1, vec![1, 2])),
+        1024,
+    )
+    .unwrap();
     let stats = h.stats.clone();
 
     let send = |frames: &[Vec<u8>], inject: &mut dpdk_sys::RingProducer| {
@@ -98,7 +128,11 @@ fn worker_forwards_swaps_snapshots_and_keeps_flows() {
     let collect = |want: usize, capture: &mut dpdk_sys::RingConsumer, out: &mut Vec<Vec<u8>>| {
         let t = Instant::now();
         while out.len() < want {
-            assert!(t.elapsed() < Duration::from_secs(10), "got {} of {want} packets", out.len());
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "got {} of {want} packets",
+                out.len()
+            );
             let mut b = MbufBatch::new();
             capture.dequeue(&mut b);
             for m in b.drain() {
@@ -109,13 +143,19 @@ fn worker_forwards_swaps_snapshots_and_keeps_flows() {
 
     // 1. 400 new flows with generation 1 ([1, 2]); the snapshot with a third backend arrives
     //    halfway through the stream.
-    let syns: Vec<Vec<u8>> = (0..400).map(|i| tcp4(CLIENT4, VIP, 30000 + i, 80, true, false, &[])).collect();
+    let syns: Vec<Vec<u8>> = (0..400)
+        .map(|i| tcp4(CLIENT4, VIP, 30000 + i, 80, true, false, &[]))
+        .collect();
     send(&syns[..200], &mut wire.inject);
     snap_tx.send(Arc::new(snap(2, vec![1, 2, 4]))).unwrap();
     send(&syns[200..], &mut wire.inject);
     collect(400, &mut wire.capture, &mut captured);
-    wait_for("generation 2", || stats.snapshot_generation.load(Relaxed) == 2);
-    let retired = ret_rx.recv_timeout(Duration::from_secs(5)).expect("old snapshot handed back");
+    wait_for("generation 2", || {
+        stats.snapshot_generation.load(Relaxed) == 2
+    });
+    let retired = ret_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("old snapshot handed back");
     assert_eq!(retired.generation, 1);
     // Every packet came out, in order, with only the MACs rewritten.
     let mut first_backend = Vec::new();
@@ -129,16 +169,23 @@ fn worker_forwards_swaps_snapshots_and_keeps_flows() {
     assert_eq!(stats.total_drops(), 0);
 
     // 2. The same flows again (ACKs): each keeps the backend it had, whatever Maglev says now.
-    let acks: Vec<Vec<u8>> = (0..400).map(|i| tcp4(CLIENT4, VIP, 30000 + i, 80, false, true, b"data")).collect();
+    let acks: Vec<Vec<u8>> = (0..400)
+        .map(|i| tcp4(CLIENT4, VIP, 30000 + i, 80, false, true, b"data"))
+        .collect();
     send(&acks, &mut wire.inject);
     let mut again = Vec::new();
     collect(400, &mut wire.capture, &mut again);
     for (i, out) in again.iter().enumerate() {
-        assert_eq!(out[5], first_backend[i], "flow {i} kept its backend across the swap");
+        assert_eq!(
+            out[5], first_backend[i],
+            "flow {i} kept its backend across the swap"
+        );
     }
 
     // 3. New flows see the third backend.
-    let fresh: Vec<Vec<u8>> = (0..600).map(|i| tcp4(CLIENT4, VIP, 50000 + i, 80, true, false, &[])).collect();
+    let fresh: Vec<Vec<u8>> = (0..600)
+        .map(|i| tcp4(CLIENT4, VIP, 50000 + i, 80, true, false, &[]))
+        .collect();
     send(&fresh, &mut wire.inject);
     let mut third = Vec::new();
     collect(600, &mut wire.capture, &mut third);
@@ -168,8 +215,11 @@ fn worker_forwards_swaps_snapshots_and_keeps_flows() {
     // 5. The admin API's conntrack lookup: answered at the worker's tick, off the packet path.
     let ask = |query: FlowQuery| -> FlowAnswer {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        cmd_tx.send(Command::FindFlows { query, reply: tx }).unwrap();
-        rx.recv_timeout(Duration::from_secs(5)).expect("the worker answers")
+        cmd_tx
+            .send(Command::FindFlows { query, reply: tx })
+            .unwrap();
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("the worker answers")
     };
     let client = std::net::IpAddr::from(CLIENT4);
     let exact = ask(FlowQuery {
@@ -185,7 +235,10 @@ fn worker_forwards_swaps_snapshots_and_keeps_flows() {
     let f = exact.flows[0];
     assert_eq!((f.sport, f.dport, f.proto), (30005, 80, 6));
     assert_eq!(f.fwd.backend, u32::from(first_backend[5]));
-    assert_eq!(f.state, sluice_dataplane::conntrack::FlowState::TcpEstablished);
+    assert_eq!(
+        f.state,
+        sluice_dataplane::conntrack::FlowState::TcpEstablished
+    );
     assert!(exact.now_ms.wrapping_sub(f.last_seen_ms) < 60_000);
     let some = ask(FlowQuery {
         client,
@@ -220,7 +273,8 @@ fn worker_forwards_swaps_snapshots_and_keeps_flows() {
 #[test]
 fn nat_reply_on_the_wrong_worker_reaches_its_owner() {
     let eal = eal();
-    let pool = Arc::new(Mempool::new("w2_pool", 8191, 256, Mempool::DEFAULT_DATA_ROOM, -1).unwrap());
+    let pool =
+        Arc::new(Mempool::new("w2_pool", 8191, 256, Mempool::DEFAULT_DATA_ROOM, -1).unwrap());
     let mut wires = Vec::new();
     let mut pairs = Vec::new();
     for i in 0..2 {
@@ -268,7 +322,18 @@ fn nat_reply_on_the_wrong_worker_reaches_its_owner() {
             },
             ..WorkerConfig::default()
         };
-        handles.push(worker::spawn(eal.clone(), cfg, WorkerQueues { pairs: vec![pair] }, links, pool.clone(), snapshot.clone(), 1024).unwrap());
+        handles.push(
+            worker::spawn(
+                eal.clone(),
+                cfg,
+                WorkerQueues { pairs: vec![pair] },
+                links,
+                pool.clone(),
+                snapshot.clone(),
+                1024,
+            )
+            .unwrap(),
+        );
     }
     let put = |w: &mut dpdk_sys::RingPort, f: &[u8]| {
         let mut b = MbufBatch::new();
@@ -291,7 +356,10 @@ fn nat_reply_on_the_wrong_worker_reaches_its_owner() {
         }
     };
     // SYN through worker 0: NAT to backend 1 from 10.0.0.3 and the first port of slice 0.
-    put(&mut wires[0], &tcp4(CLIENT4, [192, 0, 2, 1], 45000, 80, true, false, &[]));
+    put(
+        &mut wires[0],
+        &tcp4(CLIENT4, [192, 0, 2, 1], 45000, 80, true, false, &[]),
+    );
     let out = get(&mut wires[0]);
     let nat_port = u16::from_be_bytes([out[34], out[35]]);
     assert_eq!(&out[26..30], &NAT4);
@@ -320,7 +388,11 @@ fn nat_reply_on_the_wrong_worker_reaches_its_owner() {
     assert_eq!(s0.from_other_worker.load(Relaxed), 1);
     assert_eq!(s0.nat_replies.load(Relaxed), 1);
     let mut b = MbufBatch::new();
-    assert_eq!(wires[1].capture.dequeue(&mut b), 0, "worker 1 sent nothing itself");
+    assert_eq!(
+        wires[1].capture.dequeue(&mut b),
+        0,
+        "worker 1 sent nothing itself"
+    );
     drop(keep);
     drop(wires);
 }

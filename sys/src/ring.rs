@@ -78,13 +78,18 @@ impl MbufRing {
         let txr = [tx_prod.inner.ptr.as_ptr()];
         // SAFETY: EAL is running (&Eal); the ring arrays hold one valid ring each, kept alive by
         // the port's keep-alive below for as long as the port exists.
-        let id = unsafe { ffi::rte_eth_from_rings(cname.as_ptr(), rxr.as_ptr(), 1, txr.as_ptr(), 1, 0) };
+        let id =
+            unsafe { ffi::rte_eth_from_rings(cname.as_ptr(), rxr.as_ptr(), 1, txr.as_ptr(), 1, 0) };
         if id < 0 {
             return Err(DpdkError::last("rte_eth_from_rings"));
         }
         let mut port = crate::port::Port::by_id(eal, id as u16)?;
         port.keep_alive(Box::new((rx_cons, tx_prod)));
-        Ok(RingPort { port, inject, capture })
+        Ok(RingPort {
+            port,
+            inject,
+            capture,
+        })
     }
 }
 

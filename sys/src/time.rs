@@ -30,7 +30,9 @@ pub fn prefetch<T>(r: &T) {
     // SAFETY: prefetcht0 is an SSE instruction (baseline on x86-64) and a pure hint: it never
     // faults, even on an invalid address, and `r` is a valid reference anyway.
     unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((r as *const T).cast::<i8>());
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (r as *const T).cast::<i8>(),
+        );
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = r;

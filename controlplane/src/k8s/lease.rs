@@ -250,6 +250,8 @@ async fn release(api: &Api<Lease>, s: &LeaseSettings) {
     spec.renew_time = Some(now());
     match api.replace(&s.name, &PostParams::default(), &lease).await {
         Ok(_) => info!(identity = %s.identity, "released the Lease"),
-        Err(e) => warn!(error = %e, "could not release the Lease; a standby takes over when it expires"),
+        Err(e) => {
+            warn!(error = %e, "could not release the Lease; a standby takes over when it expires")
+        }
     }
 }

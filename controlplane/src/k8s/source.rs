@@ -192,7 +192,11 @@ impl Selection {
             return false;
         };
         spec.type_.as_deref() == Some("LoadBalancer")
-            && match spec.load_balancer_class.as_deref().filter(|c| !c.is_empty()) {
+            && match spec
+                .load_balancer_class
+                .as_deref()
+                .filter(|c| !c.is_empty())
+            {
                 Some(c) => c == self.class,
                 None => self.serve_unclassed,
             }
@@ -336,7 +340,10 @@ impl Watched for discoveryv1::EndpointSlice {
     const KIND: Kind = Kind::EndpointSlice;
     fn convert(&self, _sel: &Selection) -> Result<Option<Change>, ModelError> {
         let s = EndpointSlice::from_k8s(self)?;
-        Ok(Some(Change::EndpointSlice(s.key.clone(), Some(Box::new(s)))))
+        Ok(Some(Change::EndpointSlice(
+            s.key.clone(),
+            Some(Box::new(s)),
+        )))
     }
     fn deleted(&self) -> Change {
         Change::EndpointSlice(ns_key(self), None)
@@ -530,7 +537,10 @@ pub(crate) fn spawn_watchers(
     client: &Client,
     opts: &WatchOptions,
     meta: &MetaMap,
-) -> (mpsc::UnboundedReceiver<Msg>, Vec<tokio::task::JoinHandle<()>>) {
+) -> (
+    mpsc::UnboundedReceiver<Msg>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
     let tasks = vec![
         tokio::spawn(watch_kind(
@@ -607,5 +617,137 @@ pub(crate) async fn debounce(
                 pending.push(c);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn k8s_service(class: Option<&str>, type_: &str) -> corev1::Service {
+        corev1::Service {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            spec: Some(corev1::ServiceSpec {
+                type_: Some(type_.into()),
+                load_balancer_class: class.map(str::to_owned),
+                ports: Some(vec![corev1::ServicePort {
+                    port: 80,
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    #[test]
+    fn selection_by_type_and_class() {
+        let sel = Selection {
+            class: "sluice.dev/dpdk".into(),
+            serve_unclassed: false,
+        };
+        assert!(sel.serves(&k8s_service(Some("sluice.dev/dpdk"), "LoadBalancer")));
+        assert!(!sel.serves(&k8s_service(Some("other"), "LoadBalancer")));
+        assert!(!sel.serves(&k8s_service(None, "LoadBalancer")));
+        assert!(!sel.serves(&k8s_service(Some("sluice.dev/dpdk"), "ClusterIP")));
+        let default_lb = Selection {
+            serve_unclassed: true,
+            ..sel
+        };
+        assert!(default_lb.serves(&k8s_service(None, "LoadBalancer")));
+        assert!(default_lb.serves(&k8s_service(Some(""), "LoadBalancer")));
+        assert!(!default_lb.serves(&k8s_service(Some("other"), "LoadBalancer")));
+        // Not ours: converting gives nothing, so the model drops it.
+        assert_eq!(
+            k8s_service(Some("other"), "LoadBalancer").convert(&default_lb),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn batches_apply_and_resyncs_replace_a_kind_keeping_invalid_objects() {
+        let svc = Service::from_k8s(&k8s_service(Some("x"), "LoadBalancer")).unwrap();
+        let mut other = svc.clone();
+        other.key = ObjectKey::new("default", "other");
+        let mut model = Model::default();
+        let n = Batch {
+            changes: vec![
+                Change::Service(svc.key.clone(), Some(Box::new(svc.clone()))),
+                Change::Service(other.key.clone(), Some(Box::new(other.clone()))),
+                Change::Node(
+                    "n1".into(),
+                    Some(Box::new(Node {
+                        name: "n1".into(),
+                        internal_ips: vec![],
+                        ready: true,
+                        excluded: false,
+                    })),
+                ),
+            ],
+        }
+        .apply(&mut model);
+        assert_eq!(n, 3);
+        assert_eq!(model.services.len(), 2);
+
+        // A relist without `other`, and with `web` invalid: `other` goes, `web` stays.
+        let b = Batch {
+            changes: vec![Change::Synced(Box::new(Synced {
+                kind: Some(Kind::Service),
+                keep: vec!["default/web".into()],
+                ..Synced::default()
+            }))],
+        };
+        assert_eq!(b.synced_kinds(), vec![Kind::Service]);
+        b.apply(&mut model);
+        assert_eq!(
+            model.services.keys().cloned().collect::<Vec<_>>(),
+            vec![svc.key.clone()]
+        );
+        assert_eq!(model.nodes.len(), 1, "a Service relist leaves Nodes alone");
+        Batch {
+            changes: vec![Change::Service(svc.key.clone(), None)],
+        }
+        .apply(&mut model);
+        assert!(model.services.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn debounce_batches_bursts_and_caps_the_wait() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (btx, mut brx) = mpsc::channel(8);
+        let (itx, _irx) = mpsc::unbounded_channel();
+        let quiet = Duration::from_millis(50);
+        tokio::spawn(debounce(rx, btx, itx, quiet, quiet * 4));
+        let change = |n: &str| Msg::Change(Change::Node(n.into(), None));
+        // A burst of three inside the quiet time: one batch.
+        for n in ["a", "b", "c"] {
+            tx.send(change(n)).unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let t = Instant::now();
+        let b = brx.recv().await.unwrap();
+        assert_eq!(b.changes.len(), 3);
+        assert!(t.elapsed() <= quiet);
+        // A steady trickle (every 30 ms) is cut at 4 x quiet.
+        let t = Instant::now();
+        let feeder = tokio::spawn(async move {
+            for i in 0..20 {
+                tx.send(change(&i.to_string())).unwrap();
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        });
+        let b = brx.recv().await.unwrap();
+        assert!(t.elapsed() <= quiet * 4 + Duration::from_millis(1));
+        assert!(
+            b.changes.len() >= 6 && b.changes.len() < 20,
+            "{}",
+            b.changes.len()
+        );
+        feeder.await.unwrap();
     }
 }

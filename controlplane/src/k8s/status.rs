@@ -24,6 +24,7 @@
 //! compares everything with the cluster at once and records the problems currently in effect.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -68,14 +69,19 @@ impl View {
         let mut down = BTreeMap::new();
         let mut any_active = false;
         for f in &s.frontends {
-            served.entry(f.vip).or_default().insert((f.protocol, f.port));
+            served
+                .entry(f.vip)
+                .or_default()
+                .insert((f.protocol, f.port));
             for b in &f.backends {
                 match b.state {
                     BackendState::Active => any_active = true,
                     BackendState::Down => {
                         down.insert(
                             SocketAddr::new(b.addr, b.port),
-                            b.reason.clone().unwrap_or_else(|| "health check failing".into()),
+                            b.reason
+                                .clone()
+                                .unwrap_or_else(|| "health check failing".into()),
                         );
                     }
                     BackendState::Draining => {}
@@ -110,9 +116,7 @@ impl View {
             .iter()
             .map(|vip| {
                 let served = self.served.get(vip);
-                let all = ports
-                    .iter()
-                    .all(|p| served.is_some_and(|s| s.contains(p)));
+                let all = ports.iter().all(|p| served.is_some_and(|s| s.contains(p)));
                 let ports = if all {
                     Vec::new()
                 } else {
@@ -156,45 +160,51 @@ pub(crate) enum WriterMsg {
 #[derive(Debug)]
 pub struct StatusReporter {
     tx: mpsc::UnboundedSender<WriterMsg>,
-    /// Keys of the last report, sorted.
-    keys: Vec<ObjectKey>,
-    first: bool,
+    /// The last report's Services, sorted by key.
+    last: Vec<Arc<ServiceReport>>,
 }
 
 impl StatusReporter {
     pub(crate) fn new(tx: mpsc::UnboundedSender<WriterMsg>) -> Self {
         StatusReporter {
             tx,
-            keys: Vec::new(),
-            first: true,
+            last: Vec::new(),
         }
     }
 
-    /// Hands a compile report to the writer (cheap: only re-examined Services are sent).
+    /// Hands a compile report to the writer. Cheap: a Service whose report is the same `Arc`
+    /// as last time (the compiler reused it) is skipped without looking inside; a re-examined
+    /// one is sent even if equal, so the writer compares it with the cluster again.
     pub fn report(&mut self, report: &CompileReport) {
-        let recompiled: BTreeSet<&ObjectKey> = report.recompiled.iter().collect();
-        let upsert: Vec<(ObjectKey, View)> = report
-            .services
-            .iter()
-            .filter(|s| self.first || recompiled.contains(&s.service))
-            .map(|s| (s.service.clone(), View::of(s)))
-            .collect();
-        let keys: Vec<ObjectKey> = report.services.iter().map(|s| s.service.clone()).collect();
+        let mut upsert = Vec::new();
         let mut removed = Vec::new();
+        let (old, new) = (&self.last, &report.services);
         let (mut i, mut j) = (0, 0);
-        while i < self.keys.len() {
-            if j < keys.len() && keys[j] < self.keys[i] {
-                j += 1;
-            } else if j < keys.len() && keys[j] == self.keys[i] {
-                i += 1;
-                j += 1;
-            } else {
-                removed.push(self.keys[i].clone());
-                i += 1;
+        while i < old.len() || j < new.len() {
+            let ord = match (old.get(i), new.get(j)) {
+                (Some(o), Some(n)) => o.service.cmp(&n.service),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                _ => std::cmp::Ordering::Greater,
+            };
+            match ord {
+                std::cmp::Ordering::Less => {
+                    removed.push(old[i].service.clone());
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    upsert.push((new[j].service.clone(), View::of(&new[j])));
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    if !Arc::ptr_eq(&old[i], &new[j]) {
+                        upsert.push((new[j].service.clone(), View::of(&new[j])));
+                    }
+                    i += 1;
+                    j += 1;
+                }
             }
         }
-        self.keys = keys;
-        self.first = false;
+        self.last = report.services.clone();
         if !upsert.is_empty() || !removed.is_empty() {
             let _ = self.tx.send(WriterMsg::Views { upsert, removed });
         }
@@ -222,6 +232,8 @@ struct Writer {
     leader: bool,
     events: mpsc::Sender<(ObjectReference, KEvent)>,
     dropped_events: u64,
+    /// Invalid objects seen while following, per Service.
+    invalid: HashMap<ObjectKey, Invalid>,
 }
 
 /// Runs the writer until `rx` closes.
@@ -253,6 +265,7 @@ pub(crate) async fn run_writer(
         leader: *leader.borrow_and_update(),
         events: etx,
         dropped_events: 0,
+        invalid: HashMap::new(),
     };
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     let mut resync = tokio::time::interval(Duration::from_secs(10));
@@ -336,10 +349,12 @@ impl Writer {
                 }
             }
             WriterMsg::Invalid(i) => {
+                let Some(svc) = i.service.clone() else { return };
                 if !self.leader {
+                    // Recorded when this instance becomes the leader (latest per Service).
+                    self.invalid.insert(svc, i);
                     return;
                 }
-                let Some(svc) = i.service.clone() else { return };
                 let reason = match i.kind {
                     Kind::Service => "InvalidService",
                     Kind::EndpointSlice => "InvalidEndpointSlice",
@@ -406,6 +421,10 @@ impl Writer {
     /// On becoming the leader: compare everything, and record the problems in effect.
     fn on_lead(&mut self) {
         self.dirty.extend(self.views.keys().cloned());
+        let invalid: Vec<Invalid> = self.invalid.drain().map(|(_, i)| i).collect();
+        for i in invalid {
+            self.handle(WriterMsg::Invalid(i));
+        }
         let pending: Vec<(ObjectKey, Issue)> = self
             .views
             .iter()
@@ -515,13 +534,12 @@ impl Writer {
                         let what: Vec<String> = new_ips
                             .iter()
                             .map(|e| {
-                                let pool = e
-                                    .ip
-                                    .parse::<IpAddr>()
-                                    .ok()
-                                    .and_then(|ip| self.s.pools.iter().find(|p| p.contains(ip)))
-                                    .map(|p| format!(" (pool {})", p.name))
-                                    .unwrap_or_default();
+                                let pool =
+                                    e.ip.parse::<IpAddr>()
+                                        .ok()
+                                        .and_then(|ip| self.s.pools.iter().find(|p| p.contains(ip)))
+                                        .map(|p| format!(" (pool {})", p.name))
+                                        .unwrap_or_default();
                                 format!("{}{pool}", e.ip)
                             })
                             .collect();
@@ -585,4 +603,138 @@ async fn write_status(
     api.patch_status(&k.name, &pp, &Patch::Apply(&patch))
         .await
         .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::{BackendReport, FrontendReport};
+    use crate::config::Target;
+    use sluice_dataplane::snapshot::Method;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn fe(vip: &str, port: u16, states: &[BackendState]) -> FrontendReport {
+        FrontendReport {
+            id: 0,
+            name: "x".into(),
+            vip: ip(vip),
+            port,
+            protocol: L4Protocol::Tcp,
+            method: Method::Nat,
+            target: Target::Pod,
+            affinity_ms: None,
+            maglev_size: 251,
+            backends: states
+                .iter()
+                .enumerate()
+                .map(|(i, st)| BackendReport {
+                    id: i as u32,
+                    addr: ip(&format!("10.0.0.{}", i + 1)),
+                    port: 8080,
+                    state: *st,
+                    reason: (*st == BackendState::Down).then(|| "health check failing".into()),
+                    weight: 1,
+                    node: None,
+                    next_hop: None,
+                    mac: None,
+                    health_target: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn report(name: &str, vips: &[&str], frontends: Vec<FrontendReport>) -> ServiceReport {
+        ServiceReport {
+            service: ObjectKey::new("default", name),
+            vips: vips.iter().map(|v| ip(v)).collect(),
+            frontends,
+            problems: vec!["port p80 (IPv4): no ready endpoints".into()],
+            issues: vec![],
+        }
+    }
+
+    #[test]
+    fn ingress_lists_ports_only_when_one_is_not_served() {
+        let ports = [(L4Protocol::Tcp, 80), (L4Protocol::Sctp, 9)];
+        let v = View::of(&report(
+            "a",
+            &["192.0.2.1"],
+            vec![fe("192.0.2.1", 80, &[BackendState::Active])],
+        ));
+        let ing = v.ingress(&ports);
+        assert_eq!(ing.len(), 1);
+        assert_eq!(ing[0].ip, "192.0.2.1");
+        assert_eq!(ing[0].ip_mode.as_deref(), Some("VIP"));
+        assert_eq!(
+            ing[0].ports,
+            vec![
+                (80, "TCP".to_owned(), None),
+                (
+                    9,
+                    "SCTP".to_owned(),
+                    Some("ProtocolNotSupported".to_owned())
+                )
+            ]
+        );
+        assert!(v.ingress(&ports[..1])[0].ports.is_empty());
+        assert!(v.no_ready.is_none());
+    }
+
+    #[test]
+    fn views_see_no_ready_and_down_backends() {
+        let v = View::of(&report(
+            "a",
+            &["192.0.2.1"],
+            vec![fe(
+                "192.0.2.1",
+                80,
+                &[BackendState::Down, BackendState::Draining],
+            )],
+        ));
+        assert!(v
+            .no_ready
+            .as_deref()
+            .unwrap()
+            .contains("no ready endpoints"));
+        assert_eq!(
+            v.down.keys().collect::<Vec<_>>(),
+            vec![&"10.0.0.1:8080".parse::<SocketAddr>().unwrap()]
+        );
+        // Pending (no VIP): not "no ready backends", the IPAM issue says why.
+        let v = View::of(&report("b", &[], vec![]));
+        assert!(v.no_ready.is_none());
+    }
+
+    #[test]
+    fn the_reporter_sends_only_what_the_compiler_rebuilt() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut r = StatusReporter::new(tx);
+        let a = Arc::new(report("a", &["192.0.2.1"], vec![]));
+        let b = Arc::new(report("b", &["192.0.2.2"], vec![]));
+        let mut rep = CompileReport {
+            services: vec![a.clone(), b.clone()],
+            ..CompileReport::default()
+        };
+        r.report(&rep);
+        let WriterMsg::Views { upsert, removed } = rx.try_recv().unwrap() else {
+            panic!()
+        };
+        assert_eq!((upsert.len(), removed.len()), (2, 0));
+        // Same Arcs: nothing to send.
+        r.report(&rep);
+        assert!(rx.try_recv().is_err());
+        // b rebuilt, a gone, c new.
+        let c = Arc::new(report("c", &[], vec![]));
+        rep.services = vec![Arc::new((*b).clone()), c];
+        r.report(&rep);
+        let WriterMsg::Views { upsert, removed } = rx.try_recv().unwrap() else {
+            panic!()
+        };
+        let names: Vec<&str> = upsert.iter().map(|(k, _)| k.name.as_str()).collect();
+        assert_eq!(names, vec!["b", "c"]);
+        assert_eq!(removed, vec![ObjectKey::new("default", "a")]);
+    }
 }

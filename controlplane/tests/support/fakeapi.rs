@@ -425,7 +425,10 @@ fn store(
     g.rv += 1;
     let rv = g.rv;
     let key = (res, ns.to_owned(), name.to_owned());
-    let uid = g.objects.get(&key).and_then(|o| o["metadata"]["uid"].as_str().map(str::to_owned));
+    let uid = g
+        .objects
+        .get(&key)
+        .and_then(|o| o["metadata"]["uid"].as_str().map(str::to_owned));
     let uid = uid.unwrap_or_else(|| {
         g.uid += 1;
         format!("00000000-0000-4000-8000-{:012x}", g.uid)
@@ -564,7 +567,11 @@ async fn handle(s: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         Err(e) => return error(400, "BadRequest", &format!("reading the body: {e}")),
     };
     let Some(t) = parse_path(&path) else {
-        return error(404, "NotFound", &format!("the server could not find {path}"));
+        return error(
+            404,
+            "NotFound",
+            &format!("the server could not find {path}"),
+        );
     };
     let ns_of = |v: &Value| -> String {
         if !t.res.namespaced() {
@@ -575,12 +582,10 @@ async fn handle(s: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                 .unwrap_or_else(|| "default".to_owned())
         }
     };
-    let parse_body = || -> Result<Value, Response<Body>> {
+    let parse_body = || -> Result<Value, Box<Response<Body>>> {
         serde_json::from_slice::<Value>(&body)
-            .or_else(|_| {
-                serde_yaml::from_slice::<Value>(&body).map_err(|e| e.to_string())
-            })
-            .map_err(|e| error(400, "BadRequest", &format!("invalid body: {e}")))
+            .or_else(|_| serde_yaml::from_slice::<Value>(&body).map_err(|e| e.to_string()))
+            .map_err(|e| Box::new(error(400, "BadRequest", &format!("invalid body: {e}"))))
     };
     match (&method, &t.name) {
         (&Method::GET, None) => {
@@ -594,7 +599,7 @@ async fn handle(s: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         (&Method::POST, None) => {
             let v = match parse_body() {
                 Ok(v) => v,
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             let Some(name) = v["metadata"]["name"].as_str().map(str::to_owned) else {
                 return error(422, "Invalid", "metadata.name: Required value");
@@ -626,7 +631,7 @@ async fn handle(s: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         (&Method::PUT, Some(name)) => {
             let mut v = match parse_body() {
                 Ok(v) => v,
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             let ns = ns_of(&v);
             let mut g = lock(s);
@@ -676,7 +681,7 @@ async fn handle(s: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             let ct = content_type.unwrap_or_default();
             let patch = match parse_body() {
                 Ok(v) => v,
-                Err(r) => return r,
+                Err(r) => return *r,
             };
             let ns = ns_of(&patch);
             let mut g = lock(s);
@@ -703,7 +708,10 @@ async fn handle(s: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                 );
             };
             if ct.starts_with("application/apply-patch+yaml") {
-                if query_param(&query, "fieldManager").unwrap_or_default().is_empty() {
+                if query_param(&query, "fieldManager")
+                    .unwrap_or_default()
+                    .is_empty()
+                {
                     return error(
                         400,
                         "BadRequest",

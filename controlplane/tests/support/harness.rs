@@ -214,8 +214,11 @@ impl Loop {
     }
 }
 
+/// Senders and receivers of the workers' snapshot channels.
+pub type WorkerChannels = (Vec<Sender<Arc<Snapshot>>>, Vec<Receiver<Arc<Snapshot>>>);
+
 /// `N` worker channels (bounded like the daemon's) and their receivers.
-pub fn worker_channels(n: usize) -> (Vec<Sender<Arc<Snapshot>>>, Vec<Receiver<Arc<Snapshot>>>) {
+pub fn worker_channels(n: usize) -> WorkerChannels {
     (0..n).map(|_| crossbeam_channel::bounded(8)).unzip()
 }
 

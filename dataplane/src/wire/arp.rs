@@ -68,7 +68,14 @@ mod tests {
     #[test]
     fn roundtrip() {
         let mut b = [0xa5u8; LEN];
-        emit(&mut b, OP_REQUEST, [1; 6], [10, 0, 0, 1], [0; 6], [10, 0, 0, 2]);
+        emit(
+            &mut b,
+            OP_REQUEST,
+            [1; 6],
+            [10, 0, 0, 1],
+            [0; 6],
+            [10, 0, 0, 2],
+        );
         let p = Packet::new_checked(&b[..]).unwrap();
         assert_eq!(p.op(), OP_REQUEST);
         assert_eq!(p.sha(), [1; 6]);
@@ -76,7 +83,13 @@ mod tests {
         assert_eq!(p.tha(), [0; 6]);
         assert_eq!(p.tpa(), [10, 0, 0, 2]);
         b[5] = 16;
-        assert_eq!(Packet::new_checked(&b[..]).unwrap_err(), WireError::Malformed);
-        assert_eq!(Packet::new_checked(&b[..20]).unwrap_err(), WireError::Truncated);
+        assert_eq!(
+            Packet::new_checked(&b[..]).unwrap_err(),
+            WireError::Malformed
+        );
+        assert_eq!(
+            Packet::new_checked(&b[..20]).unwrap_err(),
+            WireError::Truncated
+        );
     }
 }

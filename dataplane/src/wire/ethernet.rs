@@ -122,7 +122,12 @@ mod tests {
     #[test]
     fn parse_and_emit() {
         let mut b = [0xa5u8; 18];
-        emit(&mut b, [1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12], ethertype::VLAN);
+        emit(
+            &mut b,
+            [1, 2, 3, 4, 5, 6],
+            [7, 8, 9, 10, 11, 12],
+            ethertype::VLAN,
+        );
         b[14..18].copy_from_slice(&[0x20, 0x64, 0x08, 0x00]);
         let f = Frame::new_checked(&b[..]).unwrap();
         assert_eq!(f.dst(), [1, 2, 3, 4, 5, 6]);

@@ -138,7 +138,15 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 }
 
 /// Writes a 20-byte IPv4 header (no options, DF clear) with a correct checksum.
-pub fn emit(buf: &mut [u8], src: [u8; 4], dst: [u8; 4], proto: u8, payload_len: u16, ttl: u8, ident: u16) {
+pub fn emit(
+    buf: &mut [u8],
+    src: [u8; 4],
+    dst: [u8; 4],
+    proto: u8,
+    payload_len: u16,
+    ttl: u8,
+    ident: u16,
+) {
     buf[0] = 0x45;
     buf[1] = 0;
     put16(buf, 2, payload_len + MIN_HEADER_LEN as u16);
@@ -187,10 +195,19 @@ mod tests {
         assert_eq!(p.header_len(), 24);
         assert!(p.verify_checksum());
         assert_eq!(p.payload().len(), 32);
-        assert_eq!(Packet::new_checked(&b[..50]).unwrap_err(), WireError::Truncated);
+        assert_eq!(
+            Packet::new_checked(&b[..50]).unwrap_err(),
+            WireError::Truncated
+        );
         b[0] = 0x44;
-        assert_eq!(Packet::new_checked(&b[..]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            Packet::new_checked(&b[..]).unwrap_err(),
+            WireError::Malformed
+        );
         b[0] = 0x65;
-        assert_eq!(Packet::new_checked(&b[..]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            Packet::new_checked(&b[..]).unwrap_err(),
+            WireError::Malformed
+        );
     }
 }

@@ -156,7 +156,14 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 }
 
 /// Writes a fixed IPv6 header.
-pub fn emit(buf: &mut [u8], src: [u8; 16], dst: [u8; 16], next_header: u8, payload_len: u16, hop_limit: u8) {
+pub fn emit(
+    buf: &mut [u8],
+    src: [u8; 16],
+    dst: [u8; 16],
+    next_header: u8,
+    payload_len: u16,
+    hop_limit: u8,
+) {
     put32(buf, 0, 6 << 28);
     put16(buf, 4, payload_len);
     buf[6] = next_header;
@@ -188,7 +195,16 @@ mod tests {
         // truncated extension chain
         let mut t = b.clone();
         t[4..6].copy_from_slice(&4u16.to_be_bytes());
-        assert_eq!(Packet::new_checked(&t[..]).unwrap().upper_layer().unwrap_err(), WireError::Truncated);
-        assert_eq!(Packet::new_checked(&b[..39]).unwrap_err(), WireError::Truncated);
+        assert_eq!(
+            Packet::new_checked(&t[..])
+                .unwrap()
+                .upper_layer()
+                .unwrap_err(),
+            WireError::Truncated
+        );
+        assert_eq!(
+            Packet::new_checked(&b[..39]).unwrap_err(),
+            WireError::Truncated
+        );
     }
 }

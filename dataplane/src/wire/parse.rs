@@ -126,7 +126,11 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, WireError> {
             p.ttl = ip.ttl();
             p.l3_end = (off + usize::from(ip.total_len())) as u16;
             if ip.is_fragment() {
-                p.fragment = if ip.frag_offset() == 0 { Fragment::First } else { Fragment::Later };
+                p.fragment = if ip.frag_offset() == 0 {
+                    Fragment::First
+                } else {
+                    Fragment::Later
+                };
             }
             let l4 = off + ip.header_len();
             if p.fragment == Fragment::Later {

@@ -111,10 +111,19 @@ mod tests {
         b[12] = 6 << 4;
         b[13] = flags::SYN;
         let s = Segment::new_checked(&b[..]).unwrap();
-        assert_eq!((s.src_port(), s.dst_port(), s.seq(), s.header_len()), (1234, 80, 7, 24));
+        assert_eq!(
+            (s.src_port(), s.dst_port(), s.seq(), s.header_len()),
+            (1234, 80, 7, 24)
+        );
         assert_eq!(s.flags(), flags::SYN);
-        assert_eq!(Segment::new_checked(&b[..22]).unwrap_err(), WireError::Truncated);
+        assert_eq!(
+            Segment::new_checked(&b[..22]).unwrap_err(),
+            WireError::Truncated
+        );
         b[12] = 4 << 4;
-        assert_eq!(Segment::new_checked(&b[..]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            Segment::new_checked(&b[..]).unwrap_err(),
+            WireError::Malformed
+        );
     }
 }

@@ -76,9 +76,15 @@ mod tests {
         let b = [0x30, 0x39, 0x00, 0x35, 0x00, 0x0a, 0x00, 0x00, 1, 2];
         let d = Datagram::new_checked(&b[..]).unwrap();
         assert_eq!((d.src_port(), d.dst_port(), d.len()), (12345, 53, 10));
-        assert_eq!(Datagram::new_checked(&b[..9]).unwrap_err(), WireError::Truncated);
+        assert_eq!(
+            Datagram::new_checked(&b[..9]).unwrap_err(),
+            WireError::Truncated
+        );
         let mut c = b;
         c[5] = 4;
-        assert_eq!(Datagram::new_checked(&c[..]).unwrap_err(), WireError::Malformed);
+        assert_eq!(
+            Datagram::new_checked(&c[..]).unwrap_err(),
+            WireError::Malformed
+        );
     }
 }

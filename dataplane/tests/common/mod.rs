@@ -6,9 +6,13 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use etherparse::{Ethernet2Header, IpNumber, Ipv4Header, Ipv6Header, PacketBuilder, TcpHeader, UdpHeader};
+use etherparse::{
+    Ethernet2Header, IpNumber, Ipv4Header, Ipv6Header, PacketBuilder, TcpHeader, UdpHeader,
+};
 use sluice_dataplane::maglev::{MaglevBackend, MaglevTable};
-use sluice_dataplane::snapshot::{Backend, BackendState, Cidr, Frontend, Local, Method, Protocol, Snapshot};
+use sluice_dataplane::snapshot::{
+    Backend, BackendState, Cidr, Frontend, Local, Method, Protocol, Snapshot,
+};
 
 pub const LB_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 pub const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xaa];
@@ -39,9 +43,19 @@ pub fn backend(id: u32, addr: &str, port: u16) -> Backend {
     }
 }
 
-pub fn frontend(id: u32, vip: &str, port: u16, protocol: Protocol, method: Method, backends: Vec<u32>) -> Frontend {
+pub fn frontend(
+    id: u32,
+    vip: &str,
+    port: u16,
+    protocol: Protocol,
+    method: Method,
+    backends: Vec<u32>,
+) -> Frontend {
     let names: Vec<String> = backends.iter().map(|b| format!("backend-{b}")).collect();
-    let mb: Vec<MaglevBackend<'_>> = names.iter().map(|n| MaglevBackend { id: n, weight: 1 }).collect();
+    let mb: Vec<MaglevBackend<'_>> = names
+        .iter()
+        .map(|n| MaglevBackend { id: n, weight: 1 })
+        .collect();
     Frontend {
         id,
         service: Arc::from(format!("default/svc{id}")),
@@ -75,7 +89,14 @@ pub fn snapshot(generation: u64) -> Snapshot {
     unresolved.mac = None;
     let mut acl = frontend(6, "192.0.2.4", 80, Protocol::Tcp, Method::Nat, vec![1]);
     acl.source_ranges = vec![Cidr::parse("10.9.0.0/16").unwrap()];
-    let mut aff = frontend(9, "192.0.2.7", 80, Protocol::Tcp, Method::DsrL2, vec![1, 2, 4]);
+    let mut aff = frontend(
+        9,
+        "192.0.2.7",
+        80,
+        Protocol::Tcp,
+        Method::DsrL2,
+        vec![1, 2, 4],
+    );
     aff.affinity_ms = Some(10_800_000);
     Snapshot::new(
         generation,
@@ -86,7 +107,14 @@ pub fn snapshot(generation: u64) -> Snapshot {
             frontend(2, "192.0.2.2", 80, Protocol::Tcp, Method::DsrL2, vec![1]),
             frontend(3, "192.0.2.3", 80, Protocol::Tcp, Method::DsrIpip, vec![2]),
             frontend(4, "2001:db8::1", 80, Protocol::Tcp, Method::Nat, vec![3]),
-            frontend(5, "2001:db8::2", 80, Protocol::Tcp, Method::DsrIpip, vec![3]),
+            frontend(
+                5,
+                "2001:db8::2",
+                80,
+                Protocol::Tcp,
+                Method::DsrIpip,
+                vec![3],
+            ),
             acl,
             frontend(7, "192.0.2.5", 80, Protocol::Tcp, Method::Nat, vec![]),
             frontend(8, "192.0.2.6", 80, Protocol::Tcp, Method::Nat, vec![5]),
@@ -106,8 +134,18 @@ pub fn snapshot(generation: u64) -> Snapshot {
     .unwrap()
 }
 
-pub fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, syn: bool, ack: bool, payload: &[u8]) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv4(src, dst, 64).tcp(sport, dport, 1000, 65535);
+pub fn tcp4(
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    syn: bool,
+    ack: bool,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, 65535);
     if syn {
         b = b.syn();
     }
@@ -129,8 +167,17 @@ pub fn udp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) 
     v
 }
 
-pub fn tcp6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, syn: bool, payload: &[u8]) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv6(src, dst, 64).tcp(sport, dport, 1000, 65535);
+pub fn tcp6(
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    dport: u16,
+    syn: bool,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv6(src, dst, 64)
+        .tcp(sport, dport, 1000, 65535);
     if syn {
         b = b.syn();
     }
@@ -151,7 +198,15 @@ pub fn udp6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, payload: &[u8]
 
 /// Re-serialises `frame` (Ethernet + IPv4/IPv6 + TCP/UDP) with new MACs, addresses and ports,
 /// computing every checksum from scratch with etherparse.
-pub fn rewritten(frame: &[u8], eth_src: [u8; 6], eth_dst: [u8; 6], src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Vec<u8> {
+pub fn rewritten(
+    frame: &[u8],
+    eth_src: [u8; 6],
+    eth_dst: [u8; 6],
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
     let (eth, rest) = Ethernet2Header::from_slice(frame).unwrap();
     let eth = Ethernet2Header {
         source: eth_src,
@@ -168,9 +223,15 @@ pub fn rewritten(frame: &[u8], eth_src: [u8; 6], eth_dst: [u8; 6], src: IpAddr, 
             ip.destination = d.octets();
             ip.header_checksum = ip.calc_header_checksum();
             ip.write(&mut out).unwrap();
-            write_l4(&mut out, ip.protocol, l4, sport, dport, |t, p| t.calc_checksum_ipv4(&ip, p).unwrap(), |u, p| {
-                u.calc_checksum_ipv4(&ip, p).unwrap()
-            });
+            write_l4(
+                &mut out,
+                ip.protocol,
+                l4,
+                sport,
+                dport,
+                |t, p| t.calc_checksum_ipv4(&ip, p).unwrap(),
+                |u, p| u.calc_checksum_ipv4(&ip, p).unwrap(),
+            );
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             let (mut ip, l4) = Ipv6Header::from_slice(rest).unwrap();
@@ -178,9 +239,15 @@ pub fn rewritten(frame: &[u8], eth_src: [u8; 6], eth_dst: [u8; 6], src: IpAddr, 
             ip.source = s.octets();
             ip.destination = d.octets();
             ip.write(&mut out).unwrap();
-            write_l4(&mut out, ip.next_header, l4, sport, dport, |t, p| t.calc_checksum_ipv6(&ip, p).unwrap(), |u, p| {
-                u.calc_checksum_ipv6(&ip, p).unwrap()
-            });
+            write_l4(
+                &mut out,
+                ip.next_header,
+                l4,
+                sport,
+                dport,
+                |t, p| t.calc_checksum_ipv6(&ip, p).unwrap(),
+                |u, p| u.calc_checksum_ipv6(&ip, p).unwrap(),
+            );
         }
         _ => panic!("mixed families"),
     }
@@ -222,16 +289,34 @@ pub fn assert_checksums_valid(frame: &[u8]) {
     match (&net, &p.transport) {
         (etherparse::NetSlice::Ipv4(ip), t) => {
             let h = ip.header().to_header();
-            assert_eq!(h.header_checksum, h.calc_header_checksum(), "IPv4 header checksum");
+            assert_eq!(
+                h.header_checksum,
+                h.calc_header_checksum(),
+                "IPv4 header checksum"
+            );
             match t {
                 Some(etherparse::TransportSlice::Tcp(tcp)) => {
-                    assert_eq!(tcp.checksum(), tcp.to_header().calc_checksum_ipv4(&h, tcp.payload()).unwrap(), "TCP checksum")
+                    assert_eq!(
+                        tcp.checksum(),
+                        tcp.to_header()
+                            .calc_checksum_ipv4(&h, tcp.payload())
+                            .unwrap(),
+                        "TCP checksum"
+                    )
                 }
                 Some(etherparse::TransportSlice::Udp(u)) if u.checksum() != 0 => {
-                    assert_eq!(u.checksum(), u.to_header().calc_checksum_ipv4(&h, u.payload()).unwrap(), "UDP checksum")
+                    assert_eq!(
+                        u.checksum(),
+                        u.to_header().calc_checksum_ipv4(&h, u.payload()).unwrap(),
+                        "UDP checksum"
+                    )
                 }
                 Some(etherparse::TransportSlice::Icmpv4(i)) => {
-                    assert_eq!(i.checksum(), i.icmp_type().calc_checksum(i.payload()), "ICMP checksum")
+                    assert_eq!(
+                        i.checksum(),
+                        i.icmp_type().calc_checksum(i.payload()),
+                        "ICMP checksum"
+                    )
                 }
                 _ => {}
             }
@@ -240,14 +325,26 @@ pub fn assert_checksums_valid(frame: &[u8]) {
             let h = ip.header().to_header();
             match t {
                 Some(etherparse::TransportSlice::Tcp(tcp)) => {
-                    assert_eq!(tcp.checksum(), tcp.to_header().calc_checksum_ipv6(&h, tcp.payload()).unwrap(), "TCP checksum")
+                    assert_eq!(
+                        tcp.checksum(),
+                        tcp.to_header()
+                            .calc_checksum_ipv6(&h, tcp.payload())
+                            .unwrap(),
+                        "TCP checksum"
+                    )
                 }
                 Some(etherparse::TransportSlice::Udp(u)) => {
-                    assert_eq!(u.checksum(), u.to_header().calc_checksum_ipv6(&h, u.payload()).unwrap(), "UDP checksum")
+                    assert_eq!(
+                        u.checksum(),
+                        u.to_header().calc_checksum_ipv6(&h, u.payload()).unwrap(),
+                        "UDP checksum"
+                    )
                 }
                 Some(etherparse::TransportSlice::Icmpv6(i)) => assert_eq!(
                     i.checksum(),
-                    i.icmp_type().calc_checksum(h.source, h.destination, i.payload()).unwrap(),
+                    i.icmp_type()
+                        .calc_checksum(h.source, h.destination, i.payload())
+                        .unwrap(),
                     "ICMPv6 checksum"
                 ),
                 _ => {}
