@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::api::discovery::v1 as discoveryv1;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sluice_controlplane::config::Config;
 use sluice_controlplane::k8s::KubeSettings;
@@ -83,6 +83,7 @@ fn service(i: usize) -> corev1::Service {
             }]),
             ..Default::default()
         }),
+        // What Sluice writes, as a previous leader left it: no status write is due.
         status: Some(corev1::ServiceStatus {
             load_balancer: Some(corev1::LoadBalancerStatus {
                 ingress: Some(vec![corev1::LoadBalancerIngress {
@@ -91,8 +92,30 @@ fn service(i: usize) -> corev1::Service {
                     ..Default::default()
                 }]),
             }),
-            ..Default::default()
+            conditions: Some(vec![
+                condition(
+                    "sluice.dev/BackendsReady",
+                    "BackendsActive",
+                    "at least one backend takes traffic".into(),
+                ),
+                condition(
+                    "sluice.dev/IPAllocated",
+                    "Allocated",
+                    format!("{} (pool bench)", vip(i)),
+                ),
+            ]),
         }),
+    }
+}
+
+fn condition(type_: &str, reason: &str, message: String) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: "True".into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+        observed_generation: None,
     }
 }
 
@@ -193,6 +216,14 @@ fn child() {
         })
         .await
         .ok();
+        let requests = api.requests();
+        eprintln!(
+            "fake API server: {} requests ({} watches), {} status writes, {} Events",
+            requests.len(),
+            requests.iter().filter(|r| r.is_watch()).count(),
+            api.status_patches().len(),
+            api.events().len()
+        );
     });
 }
 

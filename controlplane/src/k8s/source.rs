@@ -214,7 +214,37 @@ pub struct ServiceMeta {
     pub ingress: Vec<IngressEntry>,
     /// `spec.ports` as (protocol, port).
     pub ports: Vec<(L4Protocol, u16)>,
+    /// `status.conditions` of Sluice's types (`sluice.dev/...`), sorted by type.
+    pub conditions: Vec<ConditionEntry>,
 }
+
+/// One `status.conditions` entry.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ConditionEntry {
+    /// `type`, e.g. `sluice.dev/IPAllocated`.
+    pub type_: String,
+    /// `True` or `False`.
+    pub status: String,
+    /// CamelCase reason.
+    pub reason: String,
+    /// Human-readable message.
+    pub message: String,
+    /// `lastTransitionTime` as written (RFC 3339); not part of comparisons.
+    pub last_transition: Option<String>,
+}
+
+impl ConditionEntry {
+    /// Equal apart from `lastTransitionTime`.
+    pub fn same(&self, other: &ConditionEntry) -> bool {
+        self.type_ == other.type_
+            && self.status == other.status
+            && self.reason == other.reason
+            && self.message == other.message
+    }
+}
+
+/// The prefix of the condition types Sluice owns.
+pub const CONDITION_PREFIX: &str = "sluice.dev/";
 
 /// One `status.loadBalancer.ingress` entry.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -324,6 +354,22 @@ impl Watched for corev1::Service {
                     .collect()
             })
             .unwrap_or_default();
+        let mut conditions: Vec<ConditionEntry> = self
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|c| c.type_.starts_with(CONDITION_PREFIX))
+            .map(|c| ConditionEntry {
+                type_: c.type_.clone(),
+                status: c.status.clone(),
+                reason: c.reason.clone(),
+                message: c.message.clone(),
+                last_transition: Some(c.last_transition_time.0.to_string()),
+            })
+            .collect();
+        conditions.sort();
         Some((
             ns_key(self),
             ServiceMeta {
@@ -331,6 +377,7 @@ impl Watched for corev1::Service {
                 resource_version: self.metadata.resource_version.clone(),
                 ingress,
                 ports,
+                conditions,
             },
         ))
     }

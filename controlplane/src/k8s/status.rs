@@ -5,12 +5,15 @@
 //! - **Status.** `status.loadBalancer.ingress` of every served Service: one entry per VIP with
 //!   `ipMode: VIP` (traffic reaches the nodes with the VIP as destination, so kube-proxy keeps
 //!   its own rules for it), and `ports` only when some Service port is not served on that VIP
-//!   (each then has an entry, the unserved ones with an `error`). It is written with
-//!   server-side apply on the `status` subresource, with the fixed field manager
-//!   [`super::FIELD_MANAGER`] and `force`, so Sluice owns exactly those fields and nothing
-//!   else. A pending Service gets an empty ingress list. Writes go out with bounded
-//!   concurrency; failures are retried every second, and every 10 s the whole set is compared
-//!   again with what the watch shows.
+//!   (each then has an entry, the unserved ones with an `error`); and two conditions,
+//!   [`CONDITION_IP_ALLOCATED`] (false with the IPAM reason while an address is missing) and
+//!   [`CONDITION_BACKENDS_READY`] (false while no backend takes traffic), whose
+//!   `lastTransitionTime` only moves when their status does. It is written with server-side
+//!   apply on the `status` subresource, with the fixed field manager [`super::FIELD_MANAGER`]
+//!   and `force`, so Sluice owns exactly those fields and nothing else. A pending Service gets
+//!   an empty ingress list. Nothing is written when the cluster already shows the decision.
+//!   Writes go out with bounded concurrency; failures are retried every second, and every 10 s
+//!   the whole set is compared again with what the watch shows.
 //! - **Events** (`events.k8s.io/v1`, through kube-rs's `Recorder`, which folds repeats into a
 //!   series) answer the lecture's troubleshooting list: `IPAllocated` when status gets new
 //!   addresses; the IPAM reasons of [`crate::ipam::IssueReason`] (`PoolExhausted`,
@@ -39,11 +42,16 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::source::{IngressEntry, Invalid, Kind, MetaMap};
+use super::source::{ConditionEntry, IngressEntry, Invalid, Kind, MetaMap};
 use crate::compile::{CompileReport, ServiceReport};
 use crate::config::PoolConfig;
 use crate::ipam::{Issue, IssueReason};
 use crate::model::{L4Protocol, ObjectKey};
+
+/// Condition: whether the Service has its VIPs (`False` with the IPAM reason when not).
+pub const CONDITION_IP_ALLOCATED: &str = "sluice.dev/IPAllocated";
+/// Condition: whether a backend takes the Service's traffic (set once it has a VIP).
+pub const CONDITION_BACKENDS_READY: &str = "sluice.dev/BackendsReady";
 
 /// How many status writes are in flight at once.
 const CONCURRENCY: usize = 16;
@@ -144,6 +152,108 @@ impl View {
     }
 }
 
+/// What `status` should say about one Service: ingress and Sluice's conditions (without
+/// `lastTransitionTime`, which is filled in when writing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Desired {
+    ingress: Vec<IngressEntry>,
+    conditions: Vec<ConditionEntry>,
+}
+
+/// `lastTransitionTime` now, in whole seconds.
+fn now_rfc3339() -> String {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    k8s_openapi::jiff::Timestamp::from_second(now.as_second())
+        .unwrap_or(now)
+        .to_string()
+}
+
+fn cap(mut s: String) -> String {
+    if s.len() > 1000 {
+        let mut cut = 1000;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+/// The IP-address label used in messages: `10.99.0.100 (pool lab)`.
+fn with_pool(ip: &str, pools: &[PoolConfig]) -> String {
+    let pool = ip
+        .parse::<IpAddr>()
+        .ok()
+        .and_then(|ip| pools.iter().find(|p| p.contains(ip)))
+        .map(|p| format!(" (pool {})", p.name))
+        .unwrap_or_default();
+    format!("{ip}{pool}")
+}
+
+impl View {
+    /// Sluice's conditions for this view, sorted by type.
+    fn conditions(&self, pools: &[PoolConfig]) -> Vec<ConditionEntry> {
+        let cond = |t: &str, ok: bool, reason: &str, message: String| ConditionEntry {
+            type_: t.to_owned(),
+            status: if ok { "True" } else { "False" }.to_owned(),
+            reason: reason.to_owned(),
+            message: cap(message),
+            last_transition: None,
+        };
+        let mut out = Vec::new();
+        if !self.vips.is_empty() {
+            out.push(match &self.no_ready {
+                Some(why) => cond(
+                    CONDITION_BACKENDS_READY,
+                    false,
+                    "NoReadyBackends",
+                    why.clone(),
+                ),
+                None => cond(
+                    CONDITION_BACKENDS_READY,
+                    true,
+                    "BackendsActive",
+                    "at least one backend takes traffic".to_owned(),
+                ),
+            });
+        }
+        let problems: Vec<&Issue> = self
+            .issues
+            .iter()
+            .filter(|i| !suppressed(i.reason))
+            .collect();
+        out.push(if let Some(first) = problems.first() {
+            let msg: Vec<&str> = problems.iter().map(|i| i.message.as_str()).collect();
+            cond(
+                CONDITION_IP_ALLOCATED,
+                false,
+                first.reason.as_str(),
+                msg.join("; "),
+            )
+        } else if self.vips.is_empty() {
+            cond(
+                CONDITION_IP_ALLOCATED,
+                false,
+                "Pending",
+                "no address assigned yet".to_owned(),
+            )
+        } else {
+            let what: Vec<String> = self
+                .vips
+                .iter()
+                .map(|v| with_pool(&v.to_string(), pools))
+                .collect();
+            cond(CONDITION_IP_ALLOCATED, true, "Allocated", what.join(", "))
+        });
+        out.sort();
+        out
+    }
+}
+
+fn same_conditions(a: &[ConditionEntry], b: &[ConditionEntry]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.same(y))
+}
+
 /// Messages to the writer task.
 #[derive(Debug)]
 pub(crate) enum WriterMsg {
@@ -226,7 +336,7 @@ struct Writer {
     meta: MetaMap,
     views: HashMap<ObjectKey, View>,
     /// What was last written and when.
-    applied: HashMap<ObjectKey, (Vec<IngressEntry>, Instant)>,
+    applied: HashMap<ObjectKey, (Desired, Instant)>,
     dirty: BTreeSet<ObjectKey>,
     failed: BTreeSet<ObjectKey>,
     leader: bool,
@@ -484,15 +594,18 @@ impl Writer {
 
     async fn reconcile(&mut self) {
         let keys = std::mem::take(&mut self.dirty);
-        let mut todo: Vec<(ObjectKey, Vec<IngressEntry>, Vec<IngressEntry>)> = Vec::new();
+        let mut todo: Vec<(ObjectKey, Desired, Vec<IngressEntry>)> = Vec::new();
         {
             let meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
             for k in keys {
                 let (Some(v), Some(m)) = (self.views.get(&k), meta.get(&k)) else {
                     continue;
                 };
-                let want = v.ingress(&m.ports);
-                if m.ingress == want {
+                let want = Desired {
+                    ingress: v.ingress(&m.ports),
+                    conditions: v.conditions(&self.s.pools),
+                };
+                if m.ingress == want.ingress && same_conditions(&m.conditions, &want.conditions) {
                     self.applied.insert(k, (want, Instant::now()));
                     continue;
                 }
@@ -501,7 +614,17 @@ impl Writer {
                         continue; // written; the watch has not shown it yet
                     }
                 }
-                todo.push((k, want, m.ingress.clone()));
+                // A condition keeps its lastTransitionTime while its status stays.
+                let mut write = want.clone();
+                for c in &mut write.conditions {
+                    c.last_transition = m
+                        .conditions
+                        .iter()
+                        .find(|o| o.type_ == c.type_ && o.status == c.status)
+                        .and_then(|o| o.last_transition.clone())
+                        .or_else(|| Some(now_rfc3339()));
+                }
+                todo.push((k, write, m.ingress.clone()));
             }
         }
         if todo.is_empty() {
@@ -514,35 +637,25 @@ impl Writer {
                 let client = client.clone();
                 let fm = fm.clone();
                 async move {
-                    let r = write_status(&client, &fm, &k, &want).await;
+                    let r = write_status(&client, &fm, &k, &want.ingress, &want.conditions).await;
                     (k, want, had, r)
                 }
             })
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
-        for (k, want, had, r) in results {
+        for (k, mut want, had, r) in results {
             match r {
                 Ok(()) => {
-                    debug!(service = %k, ingress = ?want, "status written");
+                    debug!(service = %k, ingress = ?want.ingress, "status written");
                     let had_ips: BTreeSet<&str> = had.iter().map(|e| e.ip.as_str()).collect();
-                    let new_ips: Vec<&IngressEntry> = want
+                    let what: Vec<String> = want
+                        .ingress
                         .iter()
                         .filter(|e| !had_ips.contains(e.ip.as_str()))
+                        .map(|e| with_pool(&e.ip, &self.s.pools))
                         .collect();
-                    if !new_ips.is_empty() {
-                        let what: Vec<String> = new_ips
-                            .iter()
-                            .map(|e| {
-                                let pool =
-                                    e.ip.parse::<IpAddr>()
-                                        .ok()
-                                        .and_then(|ip| self.s.pools.iter().find(|p| p.contains(ip)))
-                                        .map(|p| format!(" (pool {})", p.name))
-                                        .unwrap_or_default();
-                                format!("{}{pool}", e.ip)
-                            })
-                            .collect();
+                    if !what.is_empty() {
                         info!(service = %k, vips = %what.join(", "), "VIP assigned");
                         self.event(
                             &k,
@@ -551,6 +664,9 @@ impl Writer {
                             "AllocateIP",
                             format!("Assigned load balancer IP {}", what.join(", ")),
                         );
+                    }
+                    for c in &mut want.conditions {
+                        c.last_transition = None;
                     }
                     self.applied.insert(k, (want, Instant::now()));
                 }
@@ -563,12 +679,14 @@ impl Writer {
     }
 }
 
-/// Server-side apply of `status.loadBalancer` on the status subresource.
+/// Server-side apply of `status.loadBalancer` and Sluice's `status.conditions` on the status
+/// subresource.
 async fn write_status(
     client: &Client,
     field_manager: &str,
     k: &ObjectKey,
     ingress: &[IngressEntry],
+    conditions: &[ConditionEntry],
 ) -> Result<(), kube::Error> {
     let api: Api<corev1::Service> = Api::namespaced(client.clone(), &k.namespace);
     let ingress: Vec<serde_json::Value> = ingress
@@ -594,10 +712,22 @@ async fn write_status(
             v
         })
         .collect();
+    let conditions: Vec<serde_json::Value> = conditions
+        .iter()
+        .map(|c| {
+            json!({
+                "type": c.type_,
+                "status": c.status,
+                "reason": c.reason,
+                "message": c.message,
+                "lastTransitionTime": c.last_transition,
+            })
+        })
+        .collect();
     let patch = json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "status": {"loadBalancer": {"ingress": ingress}},
+        "status": {"loadBalancer": {"ingress": ingress}, "conditions": conditions},
     });
     let pp = PatchParams::apply(field_manager).force();
     api.patch_status(&k.name, &pp, &Patch::Apply(&patch))
@@ -706,6 +836,42 @@ mod tests {
         // Pending (no VIP): not "no ready backends", the IPAM issue says why.
         let v = View::of(&report("b", &[], vec![]));
         assert!(v.no_ready.is_none());
+    }
+
+    #[test]
+    fn conditions_say_why_an_address_or_a_backend_is_missing() {
+        let pools = crate::config::Config::parse(
+            "[[ports]]\nname = \"p\"\ndevice = \"net_null0\"\nipv4 = [\"10.0.0.2/24\"]\n\
+             [[pools]]\nname = \"lab\"\nranges = [\"192.0.2.1-192.0.2.9\"]\n",
+            "t.toml",
+        )
+        .unwrap()
+        .pools;
+        let ok = View::of(&report(
+            "a",
+            &["192.0.2.1"],
+            vec![fe("192.0.2.1", 80, &[BackendState::Active])],
+        ));
+        let c = ok.conditions(&pools);
+        let by = |t: &str| c.iter().find(|c| c.type_ == t).unwrap().clone();
+        assert_eq!(by(CONDITION_IP_ALLOCATED).status, "True");
+        assert_eq!(by(CONDITION_IP_ALLOCATED).message, "192.0.2.1 (pool lab)");
+        assert_eq!(by(CONDITION_BACKENDS_READY).reason, "BackendsActive");
+
+        let mut pending = report("b", &[], vec![]);
+        pending.issues = vec![Issue {
+            reason: IssueReason::PoolExhausted,
+            message: "no IPv4 VIP: every pool open to namespace \"default\" is full".into(),
+        }];
+        let c = View::of(&pending).conditions(&pools);
+        assert_eq!(c.len(), 1, "no BackendsReady without an address");
+        assert_eq!(
+            (c[0].status.as_str(), c[0].reason.as_str()),
+            ("False", "PoolExhausted")
+        );
+        // A follower's "waiting for the leader" is not a reason to write anything.
+        pending.issues[0].reason = IssueReason::AwaitingLeader;
+        assert_eq!(View::of(&pending).conditions(&pools)[0].reason, "Pending");
     }
 
     #[test]

@@ -167,6 +167,8 @@ struct Inner {
     bookmark_every: Option<Duration>,
     /// Fail the next N status PATCHes with 500 (tests of retries).
     fail_status_patches: u32,
+    /// Condition types each (object, field manager) applied to `status.conditions`.
+    owned_conditions: BTreeMap<(String, String, String), Vec<String>>,
 }
 
 struct Shared {
@@ -213,6 +215,7 @@ impl FakeApi {
                 status_patches: Vec::new(),
                 bookmark_every: Some(Duration::from_millis(500)),
                 fail_status_patches: 0,
+                owned_conditions: BTreeMap::new(),
             }),
             changes,
             kill,
@@ -734,6 +737,36 @@ async fn handle(s: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                         cur["status"] = json!({});
                     }
                     cur["status"]["loadBalancer"] = if lb.is_null() { json!({}) } else { lb };
+                    // status.conditions is a list map keyed by `type`: entries the manager
+                    // applies replace theirs, entries it applied before and omits now go.
+                    let manager = query_param(&query, "fieldManager").unwrap_or_default();
+                    let applied: Vec<Value> = patch["status"]["conditions"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    let types: Vec<String> = applied
+                        .iter()
+                        .filter_map(|c| c["type"].as_str().map(str::to_owned))
+                        .collect();
+                    let okey = (ns.clone(), name.clone(), manager);
+                    let before = g.owned_conditions.get(&okey).cloned().unwrap_or_default();
+                    let mut conds: Vec<Value> = cur["status"]["conditions"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    conds.retain(|c| {
+                        let t = c["type"].as_str().unwrap_or("");
+                        !(before.iter().any(|b| b == t) || types.iter().any(|n| n == t))
+                    });
+                    conds.extend(applied);
+                    if conds.is_empty() {
+                        if let Some(st) = cur["status"].as_object_mut() {
+                            st.remove("conditions");
+                        }
+                    } else {
+                        cur["status"]["conditions"] = Value::Array(conds);
+                    }
+                    g.owned_conditions.insert(okey, types);
                 } else {
                     merge_patch(&mut cur, &patch);
                 }
