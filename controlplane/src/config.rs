@@ -402,7 +402,7 @@ impl PoolConfig {
     pub fn allows_namespace(&self, namespace: &str) -> bool {
         self.namespaces
             .as_ref()
-            .map_or(true, |ns| ns.iter().any(|n| n == namespace))
+            .is_none_or(|ns| ns.iter().any(|n| n == namespace))
     }
 
     /// The first address of the family (`v6`) that `is_used` rejects nowhere, in the order the

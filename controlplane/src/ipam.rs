@@ -242,7 +242,7 @@ impl Ipam {
                 let pick = candidates.find(|ip| {
                     IpFamily::of(*ip) == fam
                         && (0..pools.len()).any(|p| contains(p, *ip) && may_use(&pools[p], w))
-                        && used.get(ip).map_or(true, |h| may_join(h, w).is_ok())
+                        && used.get(ip).is_none_or(|h| may_join(h, w).is_ok())
                 });
                 if let Some(ip) = pick {
                     take(&mut used, ip, w);
@@ -429,7 +429,7 @@ impl Ipam {
 
 /// Whether `w` may take addresses of pool `p` at all (namespace and pool annotation).
 fn may_use(p: &PoolConfig, w: &Want<'_>) -> bool {
-    p.allows_namespace(&w.svc.key.namespace) && w.pool.map_or(true, |n| n == p.name)
+    p.allows_namespace(&w.svc.key.namespace) && w.pool.is_none_or(|n| n == p.name)
 }
 
 /// Whether `w` may share an address `h` holds; the error names the holder and why not.

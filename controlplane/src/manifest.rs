@@ -123,7 +123,7 @@ fn is_manifest(p: &Path) -> bool {
     let hidden = p
         .file_name()
         .and_then(|n| n.to_str())
-        .map_or(true, |n| n.starts_with('.'));
+        .is_none_or(|n| n.starts_with('.'));
     let ext = p.extension().and_then(|e| e.to_str());
     !hidden && matches!(ext, Some("yaml" | "yml")) && p.is_file()
 }

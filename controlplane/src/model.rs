@@ -649,7 +649,7 @@ impl Node {
             .iter()
             .flatten()
             .find(|c| c.type_ == "Ready")
-            .map_or(true, |c| c.status == "True");
+            .is_none_or(|c| c.status == "True");
         let excluded = n
             .metadata
             .labels

@@ -1262,7 +1262,7 @@ mod tests {
     /// A hash that crowds 48 keys into 4 buckets and gives many of them the same tag.
     fn test_hash(k: u32) -> u64 {
         let h = mix64(u64::from(k));
-        if k % 3 == 0 {
+        if k.is_multiple_of(3) {
             (h & !(0xffff << 48)) | (0x1234 << 48)
         } else {
             h

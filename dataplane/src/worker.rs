@@ -117,10 +117,10 @@ fn find_flows(pipeline: &Pipeline, q: &FlowQuery, worker: u16, now_ms: u32) -> F
             .flows_from(q.client, usize::MAX)
             .into_iter()
             .filter(|f| {
-                q.client_port.map_or(true, |p| p == f.sport)
-                    && q.vip.map_or(true, |v| v == f.dst)
-                    && q.vip_port.map_or(true, |p| p == f.dport)
-                    && q.proto.map_or(true, |p| p == f.proto)
+                q.client_port.is_none_or(|p| p == f.sport)
+                    && q.vip.is_none_or(|v| v == f.dst)
+                    && q.vip_port.is_none_or(|p| p == f.dport)
+                    && q.proto.is_none_or(|p| p == f.proto)
             })
             .take(q.max)
             .collect(),

@@ -132,7 +132,7 @@ async fn run(
             }
             Err(e) => {
                 warn!(error = %e, lease = %s.name, "Lease request failed; retrying");
-                if leading && last_renew.map_or(true, |t| t.elapsed() >= s.renew_deadline) {
+                if leading && last_renew.is_none_or(|t| t.elapsed() >= s.renew_deadline) {
                     warn!(identity = %s.identity, "could not renew the Lease within the renew deadline; stepping down");
                     tx.send_replace(false);
                 }
@@ -192,7 +192,7 @@ async fn try_acquire_or_renew(
     let renew = spec.renew_time.as_ref().map(|t| t.0);
     let changed = observed
         .as_ref()
-        .map_or(true, |o| o.holder != holder || o.renew != renew);
+        .is_none_or(|o| o.holder != holder || o.renew != renew);
     if changed {
         *observed = Some(Observed {
             holder: holder.clone(),

@@ -446,7 +446,7 @@ fn store(
     if res.namespaced() {
         m["namespace"] = json!(ns);
     }
-    if m.get("creationTimestamp").map_or(true, Value::is_null) {
+    if m.get("creationTimestamp").is_none_or(Value::is_null) {
         m["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
     }
     obj["apiVersion"] = json!(res.api_version());
@@ -813,7 +813,7 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 fn in_scope(t: &Target, res: Res, ns: &str) -> bool {
-    res == t.res && t.ns.as_deref().map_or(true, |n| n == ns)
+    res == t.res && t.ns.as_deref().is_none_or(|n| n == ns)
 }
 
 fn list_response(s: &Shared, t: &Target, query: &str) -> Response<Body> {
