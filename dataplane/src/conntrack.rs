@@ -551,6 +551,13 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         self.find(key, hash).is_some()
     }
 
+    /// The entry of `key`, live or expired, without refreshing it or counting a hit or miss
+    /// (diagnostics, off the hot path).
+    #[inline]
+    pub fn get(&self, key: &K, hash: u64) -> Option<&Entry<K, V>> {
+        self.find(key, hash).and_then(|i| self.slots[i].0.as_ref())
+    }
+
     /// Stores `key -> value` in state `state`, seen at `now_ms`.
     ///
     /// Replaces the entry of the same key if there is one. Otherwise takes a free slot in the

@@ -396,10 +396,12 @@ impl Pipeline {
         set(&s.ct_expiries, a.expiries + b.expiries);
         set(&s.ct_entries, (self.fwd4.len() + self.fwd6.len()) as u64);
     }
-
-    /// Looks up the forward flow of a client 5-tuple (admin/diagnostics, off the hot path).
+    /// Looks up the forward flow of a client 5-tuple (admin/diagnostics, off the hot path):
+    /// a keyed lookup with the snapshot's hash seed, which neither refreshes the entry nor
+    /// counts in the hit/miss statistics.
     pub fn find_flow(
         &self,
+        seed: u64,
         src: IpAddr,
         dst: IpAddr,
         sport: u16,
@@ -408,17 +410,17 @@ impl Pipeline {
     ) -> Option<(Fwd, FlowState, u32)> {
         match (src, dst) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                let k = k4(s.octets(), d.octets(), sport, dport, proto);
+                let (s, d) = (s.octets(), d.octets());
+                let h = hash::hash_v4_5tuple(seed, s, d, sport, dport, proto);
                 self.fwd4
-                    .iter()
-                    .find(|e| *e.key() == k)
+                    .get(&k4(s, d, sport, dport, proto), h)
                     .map(|e| (*e.value(), e.state(), e.last_seen_ms()))
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
-                let k = k6(s.octets(), d.octets(), sport, dport, proto);
+                let (s, d) = (s.octets(), d.octets());
+                let h = hash::hash_v6_5tuple(seed, s, d, sport, dport, proto);
                 self.fwd6
-                    .iter()
-                    .find(|e| *e.key() == k)
+                    .get(&k6(s, d, sport, dport, proto), h)
                     .map(|e| (*e.value(), e.state(), e.last_seen_ms()))
             }
             _ => None,
@@ -428,43 +430,48 @@ impl Pipeline {
     /// Forward flows of client `src` (any port, VIP and protocol), at most `max`, in table
     /// order (admin/diagnostics: a linear scan of one family's table, off the hot path).
     pub fn flows_from(&self, src: IpAddr, max: usize) -> Vec<FlowEntry> {
+        fn collect<K: crate::conntrack::FlowKey>(
+            t: &Conntrack<K, Fwd>,
+            src: IpAddr,
+            max: usize,
+            parts: impl Fn(&K) -> (bool, IpAddr, u16, u16, u8),
+        ) -> Vec<FlowEntry> {
+            t.iter()
+                .filter_map(|e| {
+                    let (mine, dst, sport, dport, proto) = parts(e.key());
+                    mine.then_some(FlowEntry {
+                        src,
+                        dst,
+                        sport,
+                        dport,
+                        proto,
+                        fwd: *e.value(),
+                        state: e.state(),
+                        last_seen_ms: e.last_seen_ms(),
+                    })
+                })
+                .take(max)
+                .collect()
+        }
         match src {
-            IpAddr::V4(s) => {
-                let s = s.octets();
-                self.fwd4
-                    .iter()
-                    .filter(|e| e.key().src == s)
-                    .take(max)
-                    .map(|e| FlowEntry {
-                        src,
-                        dst: IpAddr::from(e.key().dst),
-                        sport: e.key().sport,
-                        dport: e.key().dport,
-                        proto: e.key().proto,
-                        fwd: *e.value(),
-                        state: e.state(),
-                        last_seen_ms: e.last_seen_ms(),
-                    })
-                    .collect()
-            }
-            IpAddr::V6(s) => {
-                let s = s.octets();
-                self.fwd6
-                    .iter()
-                    .filter(|e| e.key().src == s)
-                    .take(max)
-                    .map(|e| FlowEntry {
-                        src,
-                        dst: IpAddr::from(e.key().dst),
-                        sport: e.key().sport,
-                        dport: e.key().dport,
-                        proto: e.key().proto,
-                        fwd: *e.value(),
-                        state: e.state(),
-                        last_seen_ms: e.last_seen_ms(),
-                    })
-                    .collect()
-            }
+            IpAddr::V4(a) => collect(&self.fwd4, src, max, |k| {
+                (
+                    k.src == a.octets(),
+                    IpAddr::from(k.dst),
+                    k.sport,
+                    k.dport,
+                    k.proto,
+                )
+            }),
+            IpAddr::V6(a) => collect(&self.fwd6, src, max, |k| {
+                (
+                    k.src == a.octets(),
+                    IpAddr::from(k.dst),
+                    k.sport,
+                    k.dport,
+                    k.proto,
+                )
+            }),
         }
     }
 
@@ -591,15 +598,10 @@ impl Pipeline {
         t[..4].copy_from_slice(&tpa);
         let ours = snap.addr_kind(&t, false).is_some();
         if op == arp::OP_REQUEST && ours && spa != tpa {
+            // Rewrite only the MACs: the EtherType (or VLAN tag) stays as received.
             let mac = snap.local.mac;
-            ethernet::emit(d, sha, mac, ethernet::ethertype::ARP);
-            if let Some(v) = p.vlan {
-                // keep the VLAN tag: rewrite only the MACs
-                let _ = v;
-                d[0..6].copy_from_slice(&sha);
-                d[6..12].copy_from_slice(&mac);
-                d[12..14].copy_from_slice(&ethernet::ethertype::VLAN.to_be_bytes());
-            }
+            d[0..6].copy_from_slice(&sha);
+            d[6..12].copy_from_slice(&mac);
             arp::emit(&mut d[l3..], arp::OP_REPLY, mac, tpa, sha, spa);
             bump(&self.stats.neighbor_replies, 1);
             return Verdict::Tx;

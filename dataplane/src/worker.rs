@@ -97,10 +97,16 @@ pub struct FlowAnswer {
 }
 
 /// Answers a [`FlowQuery`] from `pipeline`'s tables.
-fn find_flows(pipeline: &Pipeline, q: &FlowQuery, worker: u16, now_ms: u32) -> FlowAnswer {
+fn find_flows(
+    pipeline: &Pipeline,
+    seed: u64,
+    q: &FlowQuery,
+    worker: u16,
+    now_ms: u32,
+) -> FlowAnswer {
     let flows = match (q.client_port, q.vip, q.vip_port, q.proto) {
         (Some(sport), Some(vip), Some(dport), Some(proto)) => pipeline
-            .find_flow(q.client, vip, sport, dport, proto)
+            .find_flow(seed, q.client, vip, sport, dport, proto)
             .map(|(fwd, state, last_seen_ms)| FlowEntry {
                 src: q.client,
                 dst: vip,
@@ -365,7 +371,13 @@ fn run(
             while let Ok(c) = links.commands.try_recv() {
                 match c {
                     Command::FindFlows { query, reply } => {
-                        let _ = reply.try_send(find_flows(&l.pipeline, &query, cfg.index, now_ms));
+                        let _ = reply.try_send(find_flows(
+                            &l.pipeline,
+                            l.snap.hash_seed,
+                            &query,
+                            cfg.index,
+                            now_ms,
+                        ));
                     }
                     c => command(&l.snap, c, pool, &mut l.tx[0], &stats),
                 }
@@ -404,9 +416,9 @@ fn process_burst(
     neighbors: &Sender<NeighborEvent>,
     stats: &WorkerStats,
 ) {
-    let snap = l.snap.clone();
+    let snap: &Snapshot = &l.snap;
     for m in rx.iter_mut() {
-        l.pipeline.prefetch(&snap, m);
+        l.pipeline.prefetch(snap, m);
     }
     l.pipeline.prefetch_entries();
     for mut m in rx.drain() {
@@ -414,7 +426,7 @@ fn process_burst(
             stats.drop_packet(DropReason::Multisegment);
             continue;
         }
-        match l.pipeline.process(&snap, &mut m, now_ms) {
+        match l.pipeline.process(snap, &mut m, now_ms) {
             Verdict::Tx => {
                 let b = &mut l.tx[port];
                 if b.is_empty() {
