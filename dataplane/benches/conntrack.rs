@@ -96,6 +96,9 @@ enum Prefetch {
     PerFlow,
     /// [`Conntrack::prefetch_burst`] (tag words, then candidate entries).
     Burst,
+    /// Two passes of `prefetcht0` (`dpdk_sys::prefetch`): tag words, then candidate entries,
+    /// as the worker does.
+    Prefetcht0,
 }
 
 /// Looks a burst up after prefetching it as asked; returns a checksum of the values found.
@@ -115,6 +118,14 @@ fn lookup_burst(
         Prefetch::Burst => {
             let hashes: [u64; BURST] = std::array::from_fn(|i| burst[i].1);
             t.prefetch_burst(&hashes);
+        }
+        Prefetch::Prefetcht0 => {
+            for (_, h) in burst {
+                t.prefetch_with(*h, dpdk_sys::prefetch);
+            }
+            for (_, h) in burst {
+                t.prefetch_entry_with(*h, dpdk_sys::prefetch);
+            }
         }
     }
     let mut found = 0u64;
@@ -155,6 +166,7 @@ fn bench(c: &mut Criterion) {
             ("", Prefetch::None),
             ("_prefetch", Prefetch::PerFlow),
             ("_prefetch_burst", Prefetch::Burst),
+            ("_prefetcht0", Prefetch::Prefetcht0),
         ] {
             g.bench_function(format!("hit{name}_{tag}"), |b| {
                 b.iter_custom(|iters| {
