@@ -146,8 +146,8 @@ fn bench(c: &mut Criterion) {
                 pipe.prefetch(&snap, buf);
             }
             pipe.prefetch_entries();
-            for buf in bufs.iter_mut() {
-                black_box(pipe.process(&snap, buf, 2));
+            for (i, buf) in bufs.iter_mut().enumerate() {
+                black_box(pipe.process_prefetched(&snap, i, buf, 2));
             }
         })
     });
@@ -177,8 +177,8 @@ fn bench(c: &mut Criterion) {
                 pipe.prefetch(&snap, buf);
             }
             pipe.prefetch_entries();
-            for buf in bufs.iter_mut() {
-                black_box(pipe.process(&snap, buf, 3 + bursts));
+            for (i, buf) in bufs.iter_mut().enumerate() {
+                black_box(pipe.process_prefetched(&snap, i, buf, 3 + bursts));
             }
             bursts += 1;
             pipe.expire(3 + bursts, 64);

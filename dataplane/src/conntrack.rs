@@ -70,6 +70,8 @@
 //!   The fastest on the development VM: hits take about two thirds of the time they take with
 //!   `prefetch_burst` (docs/dataplane-tables.md).
 
+use dpdk_sys::HugeSlice;
+
 use crate::hash::{hash_v4_5tuple, hash_v6_5tuple};
 
 /// Slots per bucket: eight, so that the bucket's tags are one `u128`.
@@ -377,12 +379,12 @@ pub struct ConntrackStats {
 
 /// A per-worker connection table: fixed capacity, two-choice buckets of 8 slots with 16-bit tags.
 /// See the [module docs](self).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Conntrack<K, V> {
-    /// Eight 16-bit tags per bucket; 0 means the slot is free.
-    tags: Box<[u128]>,
+    /// Eight 16-bit tags per bucket; 0 means the slot is free. (Huge pages: see below.)
+    tags: HugeSlice<u128>,
     /// `SLOTS_PER_BUCKET` slots per bucket; `Some` exactly where the tag is non-zero.
-    slots: Box<[Slot<K, V>]>,
+    slots: HugeSlice<Slot<K, V>>,
     /// Number of buckets - 1.
     mask: usize,
     /// Timeouts indexed by `FlowState as usize`.
@@ -443,15 +445,10 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
             .div_ceil(SLOTS_PER_BUCKET)
             .next_power_of_two()
             .max(MIN_BUCKETS);
-        let mut tags = vec![0u128; buckets].into_boxed_slice();
-        // calloc'd memory is mapped lazily: write a value the compiler cannot see to be zero
-        // into every page so the first packets do not take page faults.
-        for t in tags.iter_mut().step_by(4096 / std::mem::size_of::<u128>()) {
-            *t = std::hint::black_box(0);
-        }
+        // HugeSlice writes every element, so the first packets take no page faults.
         Self {
-            tags,
-            slots: vec![Slot(None); buckets * SLOTS_PER_BUCKET].into_boxed_slice(),
+            tags: HugeSlice::new(buckets, 0u128),
+            slots: HugeSlice::new(buckets * SLOTS_PER_BUCKET, Slot(None)),
             mask: buckets - 1,
             timeouts: cfg.timeouts.as_array(),
             len: 0,
@@ -592,12 +589,21 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
                 return Inserted::Replaced { old: old.value };
             }
         }
+        // The first bucket while it has three free slots or more (as DPDK's rte_hash, which
+        // fills the primary bucket first), else the less loaded of the two: most flows then
+        // live in their first bucket, so a lookup usually reads one tag word and the burst
+        // prefetch needs only that bucket's line, while a nearly full first bucket still
+        // leaves room for the flows whose second bucket it is.
         let free1 = zero_lanes(self.tags[b1]);
-        let free2 = zero_lanes(self.tags[b2]);
-        let (b, free) = if free1.count_ones() >= free2.count_ones() {
+        let (b, free) = if free1.count_ones() >= 3 {
             (b1, free1)
         } else {
-            (b2, free2)
+            let free2 = zero_lanes(self.tags[b2]);
+            if free1.count_ones() >= free2.count_ones() {
+                (b1, free1)
+            } else {
+                (b2, free2)
+            }
         };
         if free != 0 {
             let i = b * SLOTS_PER_BUCKET + first_lane(free);
@@ -643,9 +649,9 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         }
         // One cuckoo step: an entry whose other bucket has a free slot moves there. It reads
         // the alternate bucket of up to 16 entries (16 cache misses), and in a table that is
-        // nearly full (a SYN flood) it almost never finds room: skip it above 90% occupancy,
+        // nearly full (a SYN flood) it almost never finds room: skip it above 95% occupancy,
         // where an insert must stay cheap and evicting the oldest is the answer anyway.
-        let nearly_full = self.len * 10 >= self.capacity() * 9;
+        let nearly_full = self.len * 20 >= self.capacity() * 19;
         for b in [b1, b2] {
             if nearly_full {
                 break;
@@ -775,26 +781,35 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         std::hint::black_box(acc);
     }
 
-    /// Hands `prefetch` the two tag words a lookup of `hash` reads, for a real prefetch
-    /// instruction from `dpdk-sys` (the one crate allowed to issue it):
+    /// Hands `prefetch` the tag word of `hash`'s first bucket, where a lookup starts (and,
+    /// the table filling first buckets first, usually ends), for a real prefetch instruction
+    /// from `dpdk-sys` (the one crate allowed to issue it):
     /// `ct.prefetch_with(h, |r| dpdk_sys::prefetch(r))`. Unlike [`Conntrack::prefetch`] nothing
-    /// is loaded here, so the core never stalls on it. Hits also need
+    /// is loaded here, so the core never stalls on it. Follow it with
     /// [`Conntrack::prefetch_entry_with`] in a second pass over the burst.
     #[inline]
     pub fn prefetch_with(&self, hash: u64, mut prefetch: impl FnMut(&u128)) {
-        let (b1, b2) = self.buckets(hash);
-        prefetch(&self.tags[b1]);
-        prefetch(&self.tags[b2]);
+        prefetch(&self.tags[hash as usize & self.mask]);
     }
 
-    /// Hands `prefetch` the slot a hit on `hash` will compare (the first tag match, in its first
-    /// bucket, else in its second): `ct.prefetch_entry_with(h, |r| dpdk_sys::prefetch(r))`.
-    /// Reads the tags, so call it in a second pass, after [`Conntrack::prefetch_with`] over the
-    /// whole burst, and before the lookups.
+    /// Second pass, once the first bucket's tags are in cache: hands `entry` the slot a hit on
+    /// `hash` will compare if its first bucket has a tag match; otherwise hands `tags` the
+    /// second bucket's tag word (the flow, if tracked, is there):
+    /// `ct.prefetch_entry_with(h, dpdk_sys::prefetch, dpdk_sys::prefetch)`.
     #[inline]
-    pub fn prefetch_entry_with(&self, hash: u64, mut prefetch: impl FnMut(&Option<Entry<K, V>>)) {
-        if let Some(i) = self.first_match(hash) {
-            prefetch(&self.slots[i].0);
+    pub fn prefetch_entry_with(
+        &self,
+        hash: u64,
+        mut entry: impl FnMut(&Option<Entry<K, V>>),
+        mut tags: impl FnMut(&u128),
+    ) {
+        let tag = u128::from(tag_of(hash)) * LANE_LOW_BIT;
+        let (b1, b2) = self.buckets(hash);
+        let m1 = zero_lanes(self.tags[b1] ^ tag);
+        if m1 != 0 {
+            entry(&self.slots[b1 * SLOTS_PER_BUCKET + first_lane(m1)].0);
+        } else {
+            tags(&self.tags[b2]);
         }
     }
 
@@ -1043,14 +1058,21 @@ mod tests {
         t.prefetch_burst(&[h, h ^ 1, 0, u64::MAX]);
         let mut tags = 0;
         t.prefetch_with(h, |w| tags += usize::from(*w != 0));
-        assert_eq!(tags, 1, "one of the two buckets holds the entry");
+        assert_eq!(tags, 1, "an empty table puts the entry in its first bucket");
         let mut seen = None;
-        t.prefetch_entry_with(h, |e| seen = e.map(|e| *e.key()));
+        t.prefetch_entry_with(
+            h,
+            |e| seen = e.map(|e| *e.key()),
+            |_| panic!("first bucket"),
+        );
         assert_eq!(seen, Some(k));
         let other = v4(6);
-        let mut called = false;
-        t.prefetch_entry_with(other.flow_hash(2), |_| called = true);
-        assert!(!called, "no tag match, nothing to prefetch");
+        let (mut entry, mut second) = (false, false);
+        t.prefetch_entry_with(other.flow_hash(2), |_| entry = true, |_| second = true);
+        assert!(
+            !entry && second,
+            "no tag match: the second bucket's tags are next"
+        );
     }
 
     #[test]

@@ -239,6 +239,36 @@ pub struct Pipeline {
     /// Burst prefetch: (table, flow hash) per packet of the current burst.
     pf: [(u8, u64); 32],
     pf_len: usize,
+    /// Burst parse cache: what [`Pipeline::prefetch`] learned about each packet of the burst,
+    /// reused by [`Pipeline::process_prefetched`] so a packet is parsed and hashed once.
+    pre: [Pre; 32],
+    /// Entries of `pre` written by the current burst's `prefetch` calls.
+    pre_fill: usize,
+    /// Entries of `pre` valid for `process_prefetched` (set by `prefetch_entries`).
+    pre_ready: usize,
+}
+
+/// What the prefetch pass learned about one packet of a burst.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pre {
+    /// The frame's length when parsed: a packet of another length is parsed again.
+    len: usize,
+    /// Whether the frame parsed (`p` is meaningful only then).
+    ok: bool,
+    /// The parse.
+    p: Parsed,
+    /// Its hint for the processing pass.
+    hint: Hint,
+}
+
+/// Work already done for a packet: its 5-tuple hash and the frontend it addresses.
+#[derive(Debug, Clone, Copy, Default)]
+struct Hint {
+    /// The 5-tuple flow hash under the snapshot's seed.
+    hash: Option<u64>,
+    /// The frontend of (dst, proto, dport), if the packet is a first-fragment-free TCP/UDP
+    /// packet to a served VIP port.
+    frontend: Option<u32>,
 }
 
 #[inline(always)]
@@ -260,6 +290,23 @@ fn k6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, proto: u8) -> V6Key 
         sport,
         dport,
         proto,
+    }
+}
+
+/// The 5-tuple flow hash of a parsed TCP/UDP packet under the snapshot's seed.
+#[inline(always)]
+fn flow_hash(snap: &Snapshot, p: &Parsed, v6: bool) -> u64 {
+    if v6 {
+        hash::hash_v6_5tuple(snap.hash_seed, p.src, p.dst, p.sport, p.dport, p.proto)
+    } else {
+        hash::hash_v4_5tuple(
+            snap.hash_seed,
+            a4(&p.src),
+            a4(&p.dst),
+            p.sport,
+            p.dport,
+            p.proto,
+        )
     }
 }
 
@@ -344,6 +391,9 @@ impl Pipeline {
             stats,
             pf: [(0, 0); 32],
             pf_len: 0,
+            pre: [Pre::default(); 32],
+            pre_fill: 0,
+            pre_ready: 0,
         };
         crate::stats::set(
             &p.stats.ct_capacity,
@@ -486,19 +536,33 @@ impl Pipeline {
         ((u32::from(port - lo) / per) as u16).min(workers - 1)
     }
 
-    /// First pass of burst prefetching: parses `pkt`, computes its flow hash and prefetches the
-    /// tag words of the two buckets it may live in (`prefetcht0`), remembering the hash for
-    /// [`Pipeline::prefetch_entries`]. A worker calls it for every packet of a burst, then
-    /// `prefetch_entries`, then processes the burst: the burst's cache misses on the (much
-    /// larger than cache) flow tables overlap instead of stalling one packet at a time.
+    /// First pass of burst prefetching: parses `pkt`, computes its flow hash, finds its
+    /// frontend and prefetches the tag words of the two buckets its flow may live in
+    /// (`prefetcht0`), remembering all of it as the burst's next packet. A worker calls it for
+    /// every packet of a burst (at most 32), then [`Pipeline::prefetch_entries`], then
+    /// [`Pipeline::process_prefetched`] for each packet in the same order: the burst's cache
+    /// misses on the (much larger than cache) flow tables overlap instead of stalling one
+    /// packet at a time, and no packet is parsed or hashed twice.
     #[inline]
     pub fn prefetch<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &P) {
-        if self.pf_len >= self.pf.len() {
-            return;
-        }
-        let Ok(p) = parse(pkt.data()) else {
+        let Some(slot) = self.pre.get_mut(self.pre_fill) else {
             return;
         };
+        self.pre_fill += 1;
+        let data = pkt.data();
+        slot.len = data.len();
+        slot.hint = Hint::default();
+        match parse(data) {
+            Ok(p) => {
+                slot.ok = true;
+                slot.p = p;
+            }
+            Err(_) => {
+                slot.ok = false;
+                return;
+            }
+        }
+        let p = &slot.p;
         if p.proto != proto::TCP && p.proto != proto::UDP || p.fragment != Fragment::No {
             return;
         }
@@ -507,21 +571,19 @@ impl Pipeline {
             L3::Ipv6 => true,
             _ => return,
         };
-        let h = if v6 {
-            hash::hash_v6_5tuple(snap.hash_seed, p.src, p.dst, p.sport, p.dport, p.proto)
-        } else {
-            hash::hash_v4_5tuple(
-                snap.hash_seed,
-                a4(&p.src),
-                a4(&p.dst),
-                p.sport,
-                p.dport,
-                p.proto,
-            )
+        let h = flow_hash(snap, p, v6);
+        let fe = snap.frontend_id_for(&p.dst, v6, p.proto, p.dport);
+        slot.hint = Hint {
+            hash: Some(h),
+            frontend: fe,
         };
-        let nat_reply = p.dport >= snap.local.nat_port_min
+        let nat_reply = fe.is_none()
+            && p.dport >= snap.local.nat_port_min
             && p.dport <= snap.local.nat_port_max
             && matches!(snap.addr_kind(&p.dst, v6), Some(AddrKind::Own));
+        if fe.is_none() && !nat_reply {
+            return;
+        }
         let table = u8::from(v6) | (u8::from(nat_reply) << 1);
         let pf = dpdk_sys::prefetch::<u128>;
         match table {
@@ -530,24 +592,65 @@ impl Pipeline {
             2 => self.rev4.prefetch_with(h, pf),
             _ => self.rev6.prefetch_with(h, pf),
         }
-        self.pf[self.pf_len] = (table, h);
-        self.pf_len += 1;
+        if let Some(e) = self.pf.get_mut(self.pf_len) {
+            *e = (table, h);
+            self.pf_len += 1;
+        }
     }
 
     /// Second pass: prefetches the entry each remembered flow's lookup will compare (its tags
-    /// are in cache by now), then forgets the burst.
+    /// are in cache by now), and readies the burst for [`Pipeline::process_prefetched`].
     #[inline]
     pub fn prefetch_entries(&mut self) {
         for i in 0..self.pf_len {
             let (table, h) = self.pf[i];
             match table {
-                0 => self.fwd4.prefetch_entry_with(h, dpdk_sys::prefetch),
-                1 => self.fwd6.prefetch_entry_with(h, dpdk_sys::prefetch),
-                2 => self.rev4.prefetch_entry_with(h, dpdk_sys::prefetch),
-                _ => self.rev6.prefetch_entry_with(h, dpdk_sys::prefetch),
+                0 => self
+                    .fwd4
+                    .prefetch_entry_with(h, dpdk_sys::prefetch, dpdk_sys::prefetch),
+                1 => self
+                    .fwd6
+                    .prefetch_entry_with(h, dpdk_sys::prefetch, dpdk_sys::prefetch),
+                2 => self
+                    .rev4
+                    .prefetch_entry_with(h, dpdk_sys::prefetch, dpdk_sys::prefetch),
+                _ => self
+                    .rev6
+                    .prefetch_entry_with(h, dpdk_sys::prefetch, dpdk_sys::prefetch),
             }
         }
         self.pf_len = 0;
+        self.pre_ready = self.pre_fill;
+        self.pre_fill = 0;
+    }
+
+    /// Processes packet `i` (0-based, in [`Pipeline::prefetch`] order) of the burst readied by
+    /// [`Pipeline::prefetch_entries`], reusing its parse, hash and frontend. A packet that does
+    /// not match what was prefetched at `i` (another length, or `i` outside the burst) is
+    /// simply processed from scratch, as by [`Pipeline::process`].
+    #[inline]
+    pub fn process_prefetched<P: PacketBuf>(
+        &mut self,
+        snap: &Snapshot,
+        i: usize,
+        pkt: &mut P,
+        now_ms: u32,
+    ) -> Verdict {
+        let (p, hint) = match self.pre.get(i) {
+            Some(pre) if i < self.pre_ready && pre.len == pkt.data().len() => {
+                if !pre.ok {
+                    self.stats.drop_packet(DropReason::Malformed);
+                    return Verdict::Drop(DropReason::Malformed);
+                }
+                (pre.p, pre.hint)
+            }
+            _ => return self.process(snap, pkt, now_ms),
+        };
+        let v = self.classify_parsed(snap, pkt, &p, hint, now_ms);
+        if let Verdict::Drop(r) = v {
+            self.stats.drop_packet(r);
+        }
+        v
     }
 
     /// Processes one frame. `now_ms` is a wrapping millisecond clock.
@@ -562,26 +665,37 @@ impl Pipeline {
 
     #[inline(always)]
     fn classify<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, now_ms: u32) -> Verdict {
-        let p = match parse(pkt.data()) {
-            Ok(p) => p,
-            Err(_) => return Verdict::Drop(DropReason::Malformed),
-        };
+        match parse(pkt.data()) {
+            Ok(p) => self.classify_parsed(snap, pkt, &p, Hint::default(), now_ms),
+            Err(_) => Verdict::Drop(DropReason::Malformed),
+        }
+    }
+
+    #[inline(always)]
+    fn classify_parsed<P: PacketBuf>(
+        &mut self,
+        snap: &Snapshot,
+        pkt: &mut P,
+        p: &Parsed,
+        hint: Hint,
+        now_ms: u32,
+    ) -> Verdict {
         let d = pkt.data();
         let dst_mac = [d[0], d[1], d[2], d[3], d[4], d[5]];
         if dst_mac != snap.local.mac && dst_mac[0] & 1 == 0 {
             return Verdict::Drop(DropReason::NotForUs);
         }
         match p.l3 {
-            L3::Arp => self.arp(snap, pkt, &p),
+            L3::Arp => self.arp(snap, pkt, p),
             L3::Ipv4 => {
                 let l3 = usize::from(p.l3_off);
                 let hl = usize::from(d[l3] & 0x0f) * 4;
                 if checksum::checksum(&d[l3..l3 + hl]) != 0 {
                     return Verdict::Drop(DropReason::BadIpChecksum);
                 }
-                self.ip(snap, pkt, &p, false, now_ms)
+                self.ip(snap, pkt, p, false, hint, now_ms)
             }
-            L3::Ipv6 => self.ip(snap, pkt, &p, true, now_ms),
+            L3::Ipv6 => self.ip(snap, pkt, p, true, hint, now_ms),
             L3::Other => Verdict::Drop(DropReason::UnsupportedL3),
         }
     }
@@ -627,8 +741,22 @@ impl Pipeline {
         pkt: &mut P,
         p: &Parsed,
         v6: bool,
+        hint: Hint,
         now_ms: u32,
     ) -> Verdict {
+        // The common case first: TCP/UDP to a served VIP port, one table lookup (none when the
+        // prefetch pass found the frontend already).
+        if (p.proto == proto::TCP || p.proto == proto::UDP) && p.fragment == Fragment::No {
+            let f = match hint.frontend {
+                Some(id) => snap.frontend(id),
+                None if hint.hash.is_some() => None,
+                None => snap.frontend_for(&p.dst, v6, p.proto, p.dport),
+            };
+            if let Some(f) = f {
+                let h = hint.hash.unwrap_or_else(|| flow_hash(snap, p, v6));
+                return self.vip_flow(snap, pkt, p, v6, f, h, now_ms);
+            }
+        }
         if v6
             && p.proto == proto::ICMPV6
             && matches!(
@@ -642,7 +770,7 @@ impl Pipeline {
             None => Verdict::Drop(DropReason::NoVip),
             Some(AddrKind::Own) => match p.proto {
                 proto::TCP | proto::UDP if p.fragment == Fragment::No => {
-                    self.nat_reply(snap, pkt, p, v6, now_ms)
+                    self.nat_reply(snap, pkt, p, v6, hint.hash, now_ms)
                 }
                 proto::TCP | proto::UDP => Verdict::Drop(DropReason::NatFragment),
                 proto::ICMP | proto::ICMPV6 => self.icmp(snap, pkt, p, v6, now_ms),
@@ -682,38 +810,48 @@ impl Pipeline {
                 None => return Verdict::Drop(DropReason::PortNotServed),
             }
         };
+        if p.fragment == Fragment::No {
+            let h = flow_hash(snap, p, v6);
+            return self.vip_flow(snap, pkt, p, v6, f, h, now_ms);
+        }
         if !f.source_ranges.is_empty()
             && !f.source_ranges.iter().any(|c| c.contains_raw(&p.src, v6))
         {
             return Verdict::Drop(DropReason::SourceDenied);
         }
-        if p.fragment != Fragment::No {
-            if f.method == Method::Nat {
-                return Verdict::Drop(DropReason::NatFragment);
-            }
-            // 3-tuple: every fragment of a datagram goes to the same backend, untracked.
-            let h = if v6 {
-                hash::hash_v6_5tuple(snap.hash_seed, p.src, p.dst, 0, 0, p.proto)
-            } else {
-                hash::hash_v4_5tuple(snap.hash_seed, a4(&p.src), a4(&p.dst), 0, 0, p.proto)
-            };
-            let Some(b) = pick(snap, f, h) else {
-                return Verdict::Drop(DropReason::NoBackend);
-            };
-            return self.send_dsr(snap, pkt, p, v6, f.method, b);
+        if f.method == Method::Nat {
+            return Verdict::Drop(DropReason::NatFragment);
         }
+        // 3-tuple: every fragment of a datagram goes to the same backend, untracked.
         let h = if v6 {
-            hash::hash_v6_5tuple(snap.hash_seed, p.src, p.dst, p.sport, p.dport, p.proto)
+            hash::hash_v6_5tuple(snap.hash_seed, p.src, p.dst, 0, 0, p.proto)
         } else {
-            hash::hash_v4_5tuple(
-                snap.hash_seed,
-                a4(&p.src),
-                a4(&p.dst),
-                p.sport,
-                p.dport,
-                p.proto,
-            )
+            hash::hash_v4_5tuple(snap.hash_seed, a4(&p.src), a4(&p.dst), 0, 0, p.proto)
         };
+        let Some(b) = pick(snap, f, h) else {
+            return Verdict::Drop(DropReason::NoBackend);
+        };
+        self.send_dsr(snap, pkt, p, v6, f.method, b)
+    }
+
+    /// A TCP/UDP packet (not a fragment) to frontend `f`; `h` is its 5-tuple hash.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn vip_flow<P: PacketBuf>(
+        &mut self,
+        snap: &Snapshot,
+        pkt: &mut P,
+        p: &Parsed,
+        v6: bool,
+        f: &Frontend,
+        h: u64,
+        now_ms: u32,
+    ) -> Verdict {
+        if !f.source_ranges.is_empty()
+            && !f.source_ranges.iter().any(|c| c.contains_raw(&p.src, v6))
+        {
+            return Verdict::Drop(DropReason::SourceDenied);
+        }
         let d = pkt.data();
         let src_mac = [d[6], d[7], d[8], d[9], d[10], d[11]];
         let choice = match self.schedule(snap, f, p, v6, h, now_ms, src_mac) {
@@ -1134,6 +1272,7 @@ impl Pipeline {
         pkt: &mut P,
         p: &Parsed,
         v6: bool,
+        h: Option<u64>,
         now_ms: u32,
     ) -> Verdict {
         let l = &snap.local;
@@ -1148,7 +1287,7 @@ impl Pipeline {
         let tcp = p.proto == proto::TCP;
         let (client, cport, cmac, fid) = if v6 {
             let k = k6(p.src, p.dst, p.sport, p.dport, p.proto);
-            let h = hash::hash_v6_5tuple(snap.hash_seed, p.src, p.dst, p.sport, p.dport, p.proto);
+            let h = h.unwrap_or_else(|| flow_hash(snap, p, true));
             match self.rev6.lookup(&k, h, now_ms) {
                 Some(e) => {
                     let s = next_state(e.state(), tcp, p.tcp_flags);
@@ -1160,14 +1299,7 @@ impl Pipeline {
             }
         } else {
             let k = k4(a4(&p.src), a4(&p.dst), p.sport, p.dport, p.proto);
-            let h = hash::hash_v4_5tuple(
-                snap.hash_seed,
-                a4(&p.src),
-                a4(&p.dst),
-                p.sport,
-                p.dport,
-                p.proto,
-            );
+            let h = h.unwrap_or_else(|| flow_hash(snap, p, false));
             match self.rev4.lookup(&k, h, now_ms) {
                 Some(e) => {
                     let s = next_state(e.state(), tcp, p.tcp_flags);

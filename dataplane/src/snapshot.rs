@@ -273,7 +273,12 @@ impl VipTable {
         let a = u64::from_le_bytes(k.addr[..8].try_into().unwrap_or_default());
         let b = u64::from_le_bytes(k.addr[8..].try_into().unwrap_or_default());
         let c = (u64::from(k.proto) << 32) | (u64::from(k.port) << 8) | u64::from(k.v6);
-        hash::mix64(a ^ hash::mix64(b ^ hash::mix64(c))) as usize
+        // One 64x64->128 multiply: the table is small and built by us, so a fast mix is enough
+        // (this runs for every packet).
+        hash::fold_mul(
+            a ^ c.rotate_left(40) ^ 0x9e37_79b9_7f4a_7c15,
+            b ^ c ^ 0xc2b2_ae3d_27d4_eb4f,
+        ) as usize
     }
 
     #[inline(always)]
@@ -466,13 +471,18 @@ impl Snapshot {
         proto: u8,
         port: u16,
     ) -> Option<&Frontend> {
-        let id = self.vips.get(&VipKey {
+        self.frontend(self.frontend_id_for(dst, v6, proto, port)?)
+    }
+
+    /// The id of the frontend serving (`dst`, `proto`, `port`), as [`Snapshot::frontend_for`].
+    #[inline(always)]
+    pub fn frontend_id_for(&self, dst: &[u8; 16], v6: bool, proto: u8, port: u16) -> Option<u32> {
+        self.vips.get(&VipKey {
             addr: *dst,
             v6,
             proto,
             port,
-        })?;
-        self.frontend(id)
+        })
     }
 
     /// What `dst` is to us: a VIP, our own address, or nothing.

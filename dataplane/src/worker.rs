@@ -421,12 +421,12 @@ fn process_burst(
         l.pipeline.prefetch(snap, m);
     }
     l.pipeline.prefetch_entries();
-    for mut m in rx.drain() {
+    for (i, mut m) in rx.drain().enumerate() {
         if m.segments() > 1 {
             stats.drop_packet(DropReason::Multisegment);
             continue;
         }
-        match l.pipeline.process(snap, &mut m, now_ms) {
+        match l.pipeline.process_prefetched(snap, i, &mut m, now_ms) {
             Verdict::Tx => {
                 let b = &mut l.tx[port];
                 if b.is_empty() {

@@ -242,10 +242,34 @@ fn fragment4(dst: [u8; 4], later: bool) -> Vec<u8> {
     v
 }
 
-fn run(pipe: &mut Pipeline, snap: &sluice_dataplane::snapshot::Snapshot, cases: Vec<Case>) {
-    for (i, c) in cases.into_iter().enumerate() {
-        let mut b = VecBuf::new(&c.input);
-        let v = pipe.process(snap, &mut b, 1000 + i as u32);
+/// Runs the table one packet at a time (`burst == false`, `Pipeline::process`) or as the
+/// worker does, in bursts of 32 (`prefetch` each, `prefetch_entries`, `process_prefetched`).
+fn run(
+    pipe: &mut Pipeline,
+    snap: &sluice_dataplane::snapshot::Snapshot,
+    cases: Vec<Case>,
+    burst: bool,
+) {
+    let mut bufs: Vec<VecBuf> = cases.iter().map(|c| VecBuf::new(&c.input)).collect();
+    let mut verdicts = Vec::new();
+    for (chunk_no, chunk) in bufs.chunks_mut(32).enumerate() {
+        if burst {
+            for b in chunk.iter() {
+                pipe.prefetch(snap, b);
+            }
+            pipe.prefetch_entries();
+        }
+        for (j, b) in chunk.iter_mut().enumerate() {
+            let i = chunk_no * 32 + j;
+            verdicts.push(if burst {
+                pipe.process_prefetched(snap, j, b, 1000 + i as u32)
+            } else {
+                pipe.process(snap, b, 1000 + i as u32)
+            });
+        }
+    }
+    for (i, (c, b)) in cases.into_iter().zip(bufs).enumerate() {
+        let v = verdicts[i];
         assert_eq!(v, c.verdict, "row {i}: {}", c.desc);
         if let Some(want) = c.output {
             assert_eq!(b.data(), &want[..], "row {i}: {} (output bytes)", c.desc);
@@ -260,6 +284,17 @@ fn run(pipe: &mut Pipeline, snap: &sluice_dataplane::snapshot::Snapshot, cases: 
 
 #[test]
 fn golden_table() {
+    golden(false);
+}
+
+/// The same table through the worker's burst path, which parses and hashes each packet once in
+/// the prefetch pass and reuses the result.
+#[test]
+fn golden_table_burst_path() {
+    golden(true);
+}
+
+fn golden(burst: bool) {
     let snap = snapshot(1);
     let stats = Arc::new(WorkerStats::new(1024));
     let mut pipe = Pipeline::new(&PipelineConfig::default(), stats.clone());
@@ -474,7 +509,7 @@ fn golden_table() {
         drop("dsr-ipip packet that would exceed the MTU once encapsulated", big, DropReason::TooBig),
     ];
     let n = cases.len();
-    run(&mut pipe, &snap, cases);
+    run(&mut pipe, &snap, cases, burst);
     assert!(n >= 35);
     // Every drop above was counted under its own reason.
     for r in [

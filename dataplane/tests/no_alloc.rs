@@ -55,8 +55,13 @@ fn a_burst_allocates_nothing() {
     let mut bufs: Vec<VecBuf> = frames.iter().map(|f| VecBuf::new(f)).collect();
     let mut verdicts = [Verdict::Tx; 32];
     let before = A.count();
+    // As the worker does: the prefetch pass, then the burst.
+    for b in bufs.iter() {
+        pipe.prefetch(&snap, b);
+    }
+    pipe.prefetch_entries();
     for (i, b) in bufs.iter_mut().enumerate() {
-        verdicts[i] = pipe.process(&snap, b, 5000);
+        verdicts[i] = pipe.process_prefetched(&snap, i, b, 5000);
     }
     pipe.expire(6000, 64);
     let after = A.count();

@@ -85,6 +85,7 @@ impl Parsed {
 
 /// Parses an Ethernet frame: up to two VLAN tags, then ARP, IPv4 (options) or IPv6 (extension
 /// headers skipped), then TCP, UDP, ICMP or ICMPv6. Never panics on any input.
+#[inline]
 pub fn parse(frame: &[u8]) -> Result<Parsed, WireError> {
     let eth = ethernet::Frame::new_checked(frame)?;
     let mut p = Parsed::default();
