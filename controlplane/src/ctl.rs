@@ -221,6 +221,7 @@ pub fn services(v: &[api::ServiceSummary]) -> String {
                 s.method.clone(),
                 s.external_traffic_policy.clone(),
                 counts(&s.backends),
+                si(s.traffic.active_flows as f64),
                 si(s.traffic.new_flows as f64),
                 si(s.traffic.packets as f64),
                 bytes(s.traffic.bytes),
@@ -236,6 +237,7 @@ pub fn services(v: &[api::ServiceSummary]) -> String {
             "METHOD",
             "POLICY",
             "BACKENDS(A/D/DOWN)",
+            "ACTIVE",
             "FLOWS",
             "PACKETS",
             "BYTES",
@@ -261,6 +263,7 @@ fn backend_row(b: &api::BackendDetail) -> Vec<String> {
         health_cell(b),
         b.weight.to_string(),
         pct(b.maglev_share),
+        si(b.traffic.active_flows as f64),
         si(b.traffic.new_flows as f64),
         pct(b.flow_share),
         si(b.traffic.packets as f64),
@@ -269,9 +272,9 @@ fn backend_row(b: &api::BackendDetail) -> Vec<String> {
     ]
 }
 
-const BACKEND_HEADERS: [&str; 12] = [
-    "BACKEND", "NODE", "STATE", "SINCE", "HEALTH", "WEIGHT", "MAGLEV", "FLOWS", "SHARE", "PACKETS",
-    "BYTES", "REASON",
+const BACKEND_HEADERS: [&str; 13] = [
+    "BACKEND", "NODE", "STATE", "SINCE", "HEALTH", "WEIGHT", "MAGLEV", "ACTIVE", "FLOWS", "SHARE",
+    "PACKETS", "BYTES", "REASON",
 ];
 
 fn fmt_ip(a: std::net::IpAddr) -> String {
@@ -322,13 +325,14 @@ pub fn service(d: &api::ServiceDetail) -> String {
     for f in &d.frontends {
         let _ = writeln!(
             o,
-            "\n{}:{}/{}  {}  {}  maglev {}  flows {}  packets {}  bytes {}",
+            "\n{}:{}/{}  {}  {}  maglev {}  active {}  flows {}  packets {}  bytes {}",
             fmt_ip(f.vip),
             f.port,
             f.protocol,
             f.name,
             f.method,
             f.maglev_size,
+            si(f.traffic.active_flows as f64),
             si(f.traffic.new_flows as f64),
             si(f.traffic.packets as f64),
             bytes(f.traffic.bytes)

@@ -849,6 +849,21 @@ fn drain_moves_new_flows_and_keeps_established_ones() {
     );
     let (code, _, _) = ctl(&s, &["conntrack", "lookup", "10.99.0.99"]);
     assert_eq!(code, 4, "no flow: exit 4");
+    // The session is the echo port's one active flow, counted on its backend.
+    let svc = ctl_json(&s, &["service", "default/web"]);
+    let echo_fe = svc["frontends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["vip"] == VIP4 && f["port"] == 9000)
+        .unwrap();
+    assert_eq!(echo_fe["traffic"]["active_flows"], 1, "{echo_fe}");
+    for b in echo_fe["backends"].as_array().unwrap() {
+        let want = u64::from(b["addr"] == addr.as_str());
+        assert_eq!(b["traffic"]["active_flows"], want, "{b}");
+    }
+    let (_, out, _) = ctl(&s, &["service", "default/web"]);
+    assert!(out.contains("ACTIVE"), "{out}");
 
     // Drain the session's backend.
     let (code, out, err) = ctl(&s, &["drain", &addr]);
@@ -1037,6 +1052,13 @@ fn metrics_scrape_parses_with_the_expected_series() {
         ("protocol", "tcp"),
     ];
     assert!(value("sluice_frontend_new_flows_total", &fe) >= 20.0);
+    // The closed HTTP connections are still tracked for the closing timeout, never more than
+    // were opened.
+    let act = value("sluice_frontend_active_flows", &fe);
+    assert!(
+        act <= value("sluice_frontend_new_flows_total", &fe),
+        "{act}"
+    );
     assert!(value("sluice_frontend_packets_total", &fe) >= 100.0);
     let mut total = 0.0;
     for b in ["10.99.0.21:8080", "10.99.0.22:8080", "10.99.0.23:8080"] {

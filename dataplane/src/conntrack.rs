@@ -522,6 +522,19 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     /// An entry found expired is freed and reported as a miss (and counted in `expiries`).
     #[inline]
     pub fn lookup(&mut self, key: &K, hash: u64, now_ms: u32) -> Option<&mut Entry<K, V>> {
+        self.lookup_with(key, hash, now_ms, |_| {})
+    }
+
+    /// [`Conntrack::lookup`], calling `on_expired` with an entry found expired before it is
+    /// freed (so the caller can account for the flow that ended).
+    #[inline]
+    pub fn lookup_with(
+        &mut self,
+        key: &K,
+        hash: u64,
+        now_ms: u32,
+        on_expired: impl FnOnce(&Entry<K, V>),
+    ) -> Option<&mut Entry<K, V>> {
         let Some(i) = self.find(key, hash) else {
             self.stats.misses += 1;
             return None;
@@ -531,7 +544,9 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
             None => true,
         };
         if expired {
-            self.release(i);
+            if let Some(e) = self.release(i) {
+                on_expired(&e);
+            }
             self.stats.misses += 1;
             self.stats.expiries += 1;
             return None;

@@ -19,7 +19,9 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::conntrack::{Conntrack, ConntrackConfig, FlowState, Timeouts, V4Key, V6Key};
+use crate::conntrack::{
+    Conntrack, ConntrackConfig, Entry, FlowState, Inserted, Timeouts, V4Key, V6Key,
+};
 use crate::hash;
 use crate::snapshot::{AddrKind, Backend, BackendState, Frontend, Method, Snapshot};
 use crate::stats::{bump, DropReason, WorkerStats};
@@ -293,6 +295,24 @@ fn k6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, proto: u8) -> V6Key 
     }
 }
 
+/// A forward flow's entry was freed: one flow fewer to its backend.
+#[inline(always)]
+fn closed(stats: &WorkerStats, v: &Fwd) {
+    if let Some(c) = stats.targets.get(v.backend as usize) {
+        bump(&c.closed_flows, 1);
+    }
+}
+
+/// Accounts for the flow a forward insert displaced, if any (replaced, expired or evicted).
+#[inline(always)]
+fn displaced_flow<K>(stats: &WorkerStats, r: &Inserted<K, Fwd>) {
+    match r {
+        Inserted::New => {}
+        Inserted::Replaced { old } => closed(stats, old),
+        Inserted::Expired { value, .. } | Inserted::Evicted { value, .. } => closed(stats, value),
+    }
+}
+
 /// The 5-tuple flow hash of a parsed TCP/UDP packet under the snapshot's seed.
 #[inline(always)]
 fn flow_hash(snap: &Snapshot, p: &Parsed, v6: bool) -> u64 {
@@ -424,8 +444,13 @@ impl Pipeline {
 
     /// Amortised expiry: scans up to `buckets` buckets of each table. Publishes table gauges.
     pub fn expire(&mut self, now_ms: u32, buckets: usize) -> usize {
-        let n = self.fwd4.expire(now_ms, buckets)
-            + self.fwd6.expire(now_ms, buckets)
+        let stats = &self.stats;
+        let n = self
+            .fwd4
+            .expire_with(now_ms, buckets, |e| closed(stats, e.value()))
+            + self
+                .fwd6
+                .expire_with(now_ms, buckets, |e| closed(stats, e.value()))
             + self.rev4.expire(now_ms, buckets)
             + self.rev6.expire(now_ms, buckets)
             + self.aff4.expire(now_ms, buckets)
@@ -890,14 +915,18 @@ impl Pipeline {
         // Established flow?
         let hit = if v6 {
             let k = k6(p.src, p.dst, p.sport, p.dport, p.proto);
-            self.fwd6.lookup(&k, h, now_ms).map(|e| {
+            let stats = &self.stats;
+            let gone = |e: &Entry<V6Key, Fwd>| closed(stats, e.value());
+            self.fwd6.lookup_with(&k, h, now_ms, gone).map(|e| {
                 let s = next_state(e.state(), tcp, fl);
                 e.set_state(s);
                 *e.value()
             })
         } else {
             let k = k4(a4(&p.src), a4(&p.dst), p.sport, p.dport, p.proto);
-            self.fwd4.lookup(&k, h, now_ms).map(|e| {
+            let stats = &self.stats;
+            let gone = |e: &Entry<V4Key, Fwd>| closed(stats, e.value());
+            self.fwd4.lookup_with(&k, h, now_ms, gone).map(|e| {
                 let s = next_state(e.state(), tcp, fl);
                 e.set_state(s);
                 *e.value()
@@ -995,21 +1024,23 @@ impl Pipeline {
         };
         let st = flow_state(tcp, fl);
         if v6 {
-            let _ = self.fwd6.insert(
+            let displaced = self.fwd6.insert(
                 k6(p.src, p.dst, p.sport, p.dport, p.proto),
                 h,
                 val,
                 st,
                 now_ms,
             );
+            displaced_flow(&self.stats, &displaced);
         } else {
-            let _ = self.fwd4.insert(
+            let displaced = self.fwd4.insert(
                 k4(a4(&p.src), a4(&p.dst), p.sport, p.dport, p.proto),
                 h,
                 val,
                 st,
                 now_ms,
             );
+            displaced_flow(&self.stats, &displaced);
         }
         bump(&self.stats.new_flows, 1);
         if let Some(c) = self.stats.targets.get(b.id as usize) {

@@ -149,6 +149,19 @@ pub struct TargetCounters {
     pub bytes: AtomicU64,
     /// New flows scheduled to the backend.
     pub new_flows: AtomicU64,
+    /// Flows of the backend whose conntrack entry was freed (expired, evicted, or replaced
+    /// when the flow was scheduled anew). `new_flows - closed_flows` is the number of flows the
+    /// worker tracks to the backend: its active flows.
+    pub closed_flows: AtomicU64,
+}
+
+impl TargetCounters {
+    /// Flows tracked to the backend now (`new_flows - closed_flows`).
+    pub fn active_flows(&self) -> u64 {
+        self.new_flows
+            .load(Relaxed)
+            .saturating_sub(self.closed_flows.load(Relaxed))
+    }
 }
 
 /// One worker's counters. Written by that worker only. Aligned to 128 bytes (two cache lines,

@@ -131,6 +131,10 @@ pub struct Traffic {
     pub bytes: u64,
     /// New flows scheduled.
     pub new_flows: u64,
+    /// Flows tracked now (a gauge: new flows minus flows whose conntrack entry was freed; not
+    /// affected by a counter reset).
+    #[serde(default)]
+    pub active_flows: u64,
 }
 
 impl Traffic {
@@ -139,6 +143,7 @@ impl Traffic {
         self.packets += o.packets;
         self.bytes += o.bytes;
         self.new_flows += o.new_flows;
+        self.active_flows += o.active_flows;
     }
 }
 

@@ -505,6 +505,13 @@ impl Collector for SluiceCollector {
         )?;
         family(
             &mut enc,
+            "sluice_frontend_active_flows",
+            "Flows to the VIP:port tracked now (all workers)",
+            fes.iter()
+                .map(|f| (f.labels.clone(), g(f.traffic.active_flows as f64))),
+        )?;
+        family(
+            &mut enc,
             "sluice_frontend_backends",
             "Backends of the VIP:port by state (active, draining, down)",
             fes.iter().flat_map(|f| {
@@ -533,6 +540,12 @@ impl Collector for SluiceCollector {
             "sluice_backend_new_flows",
             "New flows scheduled to the backend",
             bs().map(|b| (b.0.clone(), c(b.1.new_flows))),
+        )?;
+        family(
+            &mut enc,
+            "sluice_backend_active_flows",
+            "Flows to the backend tracked now (all workers)",
+            bs().map(|b| (b.0.clone(), g(b.1.active_flows as f64))),
         )?;
         family(
             &mut enc,

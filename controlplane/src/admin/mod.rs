@@ -691,6 +691,7 @@ impl AdminState {
                     packets: c.packets.load(Relaxed),
                     bytes: c.bytes.load(Relaxed),
                     new_flows: c.new_flows.load(Relaxed),
+                    active_flows: c.active_flows(),
                 };
                 if t != api::Traffic::default() {
                     out.entry(id as u32).or_default().add(t);
@@ -710,6 +711,7 @@ impl AdminState {
                     packets: c.packets.load(Relaxed),
                     bytes: c.bytes.load(Relaxed),
                     new_flows: c.new_flows.load(Relaxed),
+                    active_flows: c.active_flows(),
                 });
             }
         }
@@ -717,19 +719,23 @@ impl AdminState {
     }
 }
 
+/// Counters of `a` since baseline `b`. `active_flows` is a gauge: `a`'s, whatever the baseline.
 fn traffic_minus(a: api::Traffic, b: api::Traffic) -> api::Traffic {
     api::Traffic {
         packets: a.packets.saturating_sub(b.packets),
         bytes: a.bytes.saturating_sub(b.bytes),
         new_flows: a.new_flows.saturating_sub(b.new_flows),
+        active_flows: a.active_flows,
     }
 }
 
+/// The later of two baselines, counter by counter.
 fn traffic_max(a: api::Traffic, b: api::Traffic) -> api::Traffic {
     api::Traffic {
         packets: a.packets.max(b.packets),
         bytes: a.bytes.max(b.bytes),
         new_flows: a.new_flows.max(b.new_flows),
+        active_flows: a.active_flows.max(b.active_flows),
     }
 }
 

@@ -240,6 +240,8 @@ async fn services_list_and_detail() {
         bump(&s.targets[id as usize].new_flows, 3);
         bump(&s.targets[other as usize].new_flows, 1);
     }
+    // One of sl-b1's flows ended on the first worker: 5 of its 6 flows are active.
+    bump(&f.stats[0].targets[id as usize].closed_flows, 1);
     let d: api::ServiceDetail = ok(get(&f.st, "/v1/services/default/web").await);
     assert_eq!(d.frontends.len(), 6);
     let http = &d.frontends[0];
@@ -263,9 +265,12 @@ async fn services_list_and_detail() {
         api::Traffic {
             packets: 20,
             bytes: 2000,
-            new_flows: 6
+            new_flows: 6,
+            active_flows: 5,
         }
     );
+    assert_eq!(http.traffic.active_flows, 7, "5 on sl-b1, 2 on sl-b2");
+    assert_eq!(d.summary.traffic.active_flows, 7);
     assert!((b1.flow_share - 0.75).abs() < 1e-9);
     assert_eq!(http.traffic.new_flows, 8);
     assert_eq!(d.summary.traffic.new_flows, 8);
@@ -616,6 +621,7 @@ fn metrics_scrape_parses_with_expected_series() {
     let id = backend_id(&f, "10.99.0.100", 80, "10.99.0.21", 8080);
     bump(&f.stats[1].targets[id as usize].packets, 42);
     bump(&f.stats[1].targets[id as usize].new_flows, 4);
+    bump(&f.stats[1].targets[id as usize].closed_flows, 1);
     f.stats[0].drop_packet(DropReason::SourceDenied);
     f.st.observe_compile(std::time::Duration::from_millis(2));
     f.st.sample(vec![dpdk_sys::PortStats {
@@ -651,6 +657,8 @@ fn metrics_scrape_parses_with_expected_series() {
     assert_eq!(find("sluice_backend_packets_total", &be), 42.0);
     assert_eq!(find("sluice_backend_new_flows_total", &be), 4.0);
     assert_eq!(find("sluice_frontend_new_flows_total", &fe), 4.0);
+    assert_eq!(find("sluice_backend_active_flows", &be), 3.0);
+    assert_eq!(find("sluice_frontend_active_flows", &fe), 3.0);
     let mut active = fe.to_vec();
     active.push(("state", "active"));
     assert_eq!(find("sluice_frontend_backends", &active), 3.0);
