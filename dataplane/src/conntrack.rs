@@ -897,6 +897,18 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         std::mem::size_of::<Slot<K, V>>() + 2
     }
 
+    /// The occupied entries, expired or not, among slots `start..start + count` (clamped to
+    /// the table), in table order: lets an admin scan walk the table a bounded piece at a time.
+    pub fn entries_in(
+        &self,
+        start: usize,
+        count: usize,
+    ) -> impl Iterator<Item = &Entry<K, V>> + '_ {
+        let lo = start.min(self.slots.len());
+        let hi = start.saturating_add(count).min(self.slots.len());
+        self.slots[lo..hi].iter().filter_map(|s| s.0.as_ref())
+    }
+
     /// Every occupied entry, expired or not, in table order. For admin lookups off the hot path
     /// (it walks the whole table).
     pub fn iter(&self) -> impl Iterator<Item = &Entry<K, V>> + '_ {

@@ -505,31 +505,57 @@ impl Pipeline {
     /// Forward flows of client `src` (any port, VIP and protocol), at most `max`, in table
     /// order (admin/diagnostics: a linear scan of one family's table, off the hot path).
     pub fn flows_from(&self, src: IpAddr, max: usize) -> Vec<FlowEntry> {
+        let mut out = Vec::new();
+        self.flows_from_slots(src, 0, usize::MAX, &mut out);
+        out.truncate(max);
+        out
+    }
+
+    /// Slots in the forward table of `src`'s family (the range of [`Pipeline::flows_from_slots`]).
+    pub fn flow_slots(&self, src: IpAddr) -> usize {
+        match src {
+            IpAddr::V4(_) => self.fwd4.capacity(),
+            IpAddr::V6(_) => self.fwd6.capacity(),
+        }
+    }
+
+    /// Appends to `out` the forward flows of client `src` held in slots `start..start + count`
+    /// of its family's table: an admin scan a worker spreads over many millisecond ticks, so
+    /// that no tick holds up its packets for long. Returns the next slot to scan, or `None`
+    /// when the table is done.
+    pub fn flows_from_slots(
+        &self,
+        src: IpAddr,
+        start: usize,
+        count: usize,
+        out: &mut Vec<FlowEntry>,
+    ) -> Option<usize> {
         fn collect<K: crate::conntrack::FlowKey>(
             t: &Conntrack<K, Fwd>,
             src: IpAddr,
-            max: usize,
+            start: usize,
+            count: usize,
+            out: &mut Vec<FlowEntry>,
             parts: impl Fn(&K) -> (bool, IpAddr, u16, u16, u8),
-        ) -> Vec<FlowEntry> {
-            t.iter()
-                .filter_map(|e| {
-                    let (mine, dst, sport, dport, proto) = parts(e.key());
-                    mine.then_some(FlowEntry {
-                        src,
-                        dst,
-                        sport,
-                        dport,
-                        proto,
-                        fwd: *e.value(),
-                        state: e.state(),
-                        last_seen_ms: e.last_seen_ms(),
-                    })
+        ) -> Option<usize> {
+            out.extend(t.entries_in(start, count).filter_map(|e| {
+                let (mine, dst, sport, dport, proto) = parts(e.key());
+                mine.then_some(FlowEntry {
+                    src,
+                    dst,
+                    sport,
+                    dport,
+                    proto,
+                    fwd: *e.value(),
+                    state: e.state(),
+                    last_seen_ms: e.last_seen_ms(),
                 })
-                .take(max)
-                .collect()
+            }));
+            let next = start.saturating_add(count);
+            (next < t.capacity()).then_some(next)
         }
         match src {
-            IpAddr::V4(a) => collect(&self.fwd4, src, max, |k| {
+            IpAddr::V4(a) => collect(&self.fwd4, src, start, count, out, |k| {
                 (
                     k.src == a.octets(),
                     IpAddr::from(k.dst),
@@ -538,7 +564,7 @@ impl Pipeline {
                     k.proto,
                 )
             }),
-            IpAddr::V6(a) => collect(&self.fwd6, src, max, |k| {
+            IpAddr::V6(a) => collect(&self.fwd6, src, start, count, out, |k| {
                 (
                     k.src == a.octets(),
                     IpAddr::from(k.dst),

@@ -57,8 +57,11 @@ pub enum Command {
     },
     /// Announce an address we now own: gratuitous ARP / unsolicited NA.
     Announce(IpAddr),
-    /// Find tracked forward flows (admin API). Answered at the worker's millisecond tick, off
-    /// the packet path, on `reply`; the scan reads this worker's table once.
+    /// Find tracked forward flows (admin API), answered on `reply` off the packet path: an
+    /// exact 5-tuple with one keyed lookup at the worker's next millisecond tick; a client
+    /// query by scanning the family's table 16k slots per tick (a 2M-slot table in about 128
+    /// ms; at most 1024 ticks for any table), so that no tick holds the worker's packets up for
+    /// long.
     FindFlows {
         /// What to look for.
         query: FlowQuery,
@@ -96,46 +99,89 @@ pub struct FlowAnswer {
     pub flows: Vec<FlowEntry>,
 }
 
-/// Answers a [`FlowQuery`] from `pipeline`'s tables.
-fn find_flows(
+/// Slots of a flow table an admin client scan reads per millisecond tick, at least: about
+/// 0.5 MiB of IPv4 entries, tens of microseconds, so no tick holds the worker's packets up for
+/// long. Tables over 16M slots are read in 1024 pieces instead, so a scan always ends within
+/// about a second.
+const SCAN_SLOTS_PER_TICK: usize = 16 * 1024;
+
+/// A client-address [`FlowQuery`] being answered a piece per tick.
+struct Scan {
+    query: FlowQuery,
+    reply: Sender<FlowAnswer>,
+    /// Next slot to read.
+    next: usize,
+    /// Matches so far.
+    flows: Vec<FlowEntry>,
+}
+
+impl Scan {
+    /// Reads the next piece of the table; the answer once the scan is done.
+    fn step(&mut self, pipeline: &Pipeline, worker: u16, now_ms: u32) -> Option<FlowAnswer> {
+        let q = self.query;
+        let next =
+            pipeline.flows_from_slots(q.client, self.next, SCAN_SLOTS_PER_TICK, &mut self.flows);
+        self.flows.retain(|f| {
+            q.client_port.is_none_or(|p| p == f.sport)
+                && q.vip.is_none_or(|v| v == f.dst)
+                && q.vip_port.is_none_or(|p| p == f.dport)
+                && q.proto.is_none_or(|p| p == f.proto)
+        });
+        match next {
+            Some(n) if self.flows.len() < q.max => {
+                self.next = n;
+                None
+            }
+            _ => {
+                // Entries can move between buckets while the scan spans ticks: a flow may be
+                // seen twice (or, rarely, missed); keep one of each.
+                let mut flows = std::mem::take(&mut self.flows);
+                flows.sort_by_key(|f| (f.dst, f.sport, f.dport, f.proto));
+                flows.dedup_by_key(|f| (f.dst, f.sport, f.dport, f.proto));
+                flows.truncate(q.max);
+                Some(FlowAnswer {
+                    worker,
+                    now_ms,
+                    flows,
+                })
+            }
+        }
+    }
+}
+
+/// Answers an exact 5-tuple [`FlowQuery`] with one keyed lookup; `None` for a client query,
+/// which needs a [`Scan`].
+fn find_flow(
     pipeline: &Pipeline,
     seed: u64,
     q: &FlowQuery,
     worker: u16,
     now_ms: u32,
-) -> FlowAnswer {
-    let flows = match (q.client_port, q.vip, q.vip_port, q.proto) {
-        (Some(sport), Some(vip), Some(dport), Some(proto)) => pipeline
-            .find_flow(seed, q.client, vip, sport, dport, proto)
-            .map(|(fwd, state, last_seen_ms)| FlowEntry {
-                src: q.client,
-                dst: vip,
-                sport,
-                dport,
-                proto,
-                fwd,
-                state,
-                last_seen_ms,
-            })
-            .into_iter()
-            .collect(),
-        _ => pipeline
-            .flows_from(q.client, usize::MAX)
-            .into_iter()
-            .filter(|f| {
-                q.client_port.is_none_or(|p| p == f.sport)
-                    && q.vip.is_none_or(|v| v == f.dst)
-                    && q.vip_port.is_none_or(|p| p == f.dport)
-                    && q.proto.is_none_or(|p| p == f.proto)
-            })
-            .take(q.max)
-            .collect(),
+) -> Option<FlowAnswer> {
+    let (Some(sport), Some(vip), Some(dport), Some(proto)) =
+        (q.client_port, q.vip, q.vip_port, q.proto)
+    else {
+        return None;
     };
-    FlowAnswer {
+    let flows = pipeline
+        .find_flow(seed, q.client, vip, sport, dport, proto)
+        .map(|(fwd, state, last_seen_ms)| FlowEntry {
+            src: q.client,
+            dst: vip,
+            sport,
+            dport,
+            proto,
+            fwd,
+            state,
+            last_seen_ms,
+        })
+        .into_iter()
+        .collect();
+    Some(FlowAnswer {
         worker,
         now_ms,
         flows,
-    }
+    })
 }
 
 /// How a worker runs.
@@ -284,6 +330,8 @@ fn run(
     let ms_ticks = (hz / 1000).max(1);
     let start = tsc();
     let mut next_tick = start + ms_ticks;
+    // Client flow queries in progress (admin), one table piece per tick.
+    let mut scans: std::collections::VecDeque<Scan> = std::collections::VecDeque::new();
     let mut rx = MbufBatch::new();
     let mut last = start;
     while !links.stop.load(Ordering::Relaxed) {
@@ -371,15 +419,25 @@ fn run(
             while let Ok(c) = links.commands.try_recv() {
                 match c {
                     Command::FindFlows { query, reply } => {
-                        let _ = reply.try_send(find_flows(
-                            &l.pipeline,
-                            l.snap.hash_seed,
-                            &query,
-                            cfg.index,
-                            now_ms,
-                        ));
+                        match find_flow(&l.pipeline, l.snap.hash_seed, &query, cfg.index, now_ms) {
+                            Some(a) => {
+                                let _ = reply.try_send(a);
+                            }
+                            None => scans.push_back(Scan {
+                                query,
+                                reply,
+                                next: 0,
+                                flows: Vec::new(),
+                            }),
+                        }
                     }
                     c => command(&l.snap, c, pool, &mut l.tx[0], &stats),
+                }
+            }
+            if let Some(sc) = scans.front_mut() {
+                if let Some(a) = sc.step(&l.pipeline, cfg.index, now_ms) {
+                    let _ = sc.reply.try_send(a);
+                    scans.pop_front();
                 }
             }
             l.pipeline.expire(now_ms, cfg.expire_buckets);

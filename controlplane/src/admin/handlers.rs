@@ -752,8 +752,9 @@ fn flow_query(q: &BTreeMap<String, String>) -> Result<FlowQuery, ApiError> {
     })
 }
 
-/// How long a conntrack lookup waits for the workers.
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a conntrack lookup waits for the workers (a client scan takes a worker at most
+/// 1024 millisecond ticks).
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn conntrack(
     st: &Arc<AdminState>,

@@ -18,8 +18,9 @@
 //!   monotonic. A backend id the compiler reuses for another backend starts from the counters'
 //!   value at that moment (its "origin"), in the API and in `/metrics`.
 //! - **Conntrack lookups ask the workers.** The tables live on the worker cores; a lookup is a
-//!   [`Command::FindFlows`] that each worker answers at its millisecond tick, off its packet
-//!   path. One lookup runs at a time.
+//!   [`Command::FindFlows`] that each worker answers off its packet path: an exact 5-tuple at
+//!   its next millisecond tick, a client address by scanning its table a piece per tick (at
+//!   most about a second). One lookup runs at a time.
 //! - **Rates** (packets/s, busy ratio, drops/s) come from a sample taken every second by the
 //!   control loop ([`AdminState::sample`]), which also reads the DPDK port counters.
 pub mod api;
