@@ -809,7 +809,8 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
 
     /// Second pass, once the first bucket's tags are in cache: hands `entry` the slot a hit on
     /// `hash` will compare if its first bucket has a tag match; otherwise hands `tags` the
-    /// second bucket's tag word (the flow, if tracked, is there):
+    /// second bucket's tag word (the flow, if tracked, is there) and `entry` the first free
+    /// slot of the first bucket (where an insert of a new flow goes):
     /// `ct.prefetch_entry_with(h, dpdk_sys::prefetch, dpdk_sys::prefetch)`.
     #[inline]
     pub fn prefetch_entry_with(
@@ -825,6 +826,10 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
             entry(&self.slots[b1 * SLOTS_PER_BUCKET + first_lane(m1)].0);
         } else {
             tags(&self.tags[b2]);
+            let free = zero_lanes(self.tags[b1]);
+            if free != 0 {
+                entry(&self.slots[b1 * SLOTS_PER_BUCKET + first_lane(free)].0);
+            }
         }
     }
 
@@ -1094,12 +1099,14 @@ mod tests {
         );
         assert_eq!(seen, Some(k));
         let other = v4(6);
-        let (mut entry, mut second) = (false, false);
-        t.prefetch_entry_with(other.flow_hash(2), |_| entry = true, |_| second = true);
-        assert!(
-            !entry && second,
-            "no tag match: the second bucket's tags are next"
+        let (mut free, mut second) = (None, false);
+        t.prefetch_entry_with(
+            other.flow_hash(2),
+            |e| free = Some(e.is_none()),
+            |_| second = true,
         );
+        assert!(second, "no tag match: the second bucket's tags are next");
+        assert_eq!(free, Some(true), "and the free slot an insert would fill");
     }
 
     #[test]

@@ -222,6 +222,9 @@ impl Default for PipelineConfig {
 
 /// Longest ClientIP affinity Kubernetes allows (`timeoutSeconds` ≤ 86400).
 const MAX_AFFINITY_MS: u32 = 86_400_000;
+/// Flows whose second-pass prefetch is issued before a burst's first packet is processed; the
+/// rest follow as packets are processed, this far ahead.
+const PF_AHEAD: usize = 16;
 /// Tries to find a free NAT port before giving up.
 const NAT_PORT_TRIES: u32 = 64;
 
@@ -239,8 +242,12 @@ pub struct Pipeline {
     nat_cursor: u32,
     stats: Arc<WorkerStats>,
     /// Burst prefetch: (table, flow hash) per packet of the current burst.
-    pf: [(u8, u64); 32],
+    pf: [(u8, u64); 64],
     pf_len: usize,
+    /// NAT port allocations predicted so far in this burst's prefetch pass.
+    pf_syn: u32,
+    /// The next entry of `pf` whose second-pass prefetch is still to be issued.
+    pf_next: usize,
     /// Burst parse cache: what [`Pipeline::prefetch`] learned about each packet of the burst,
     /// reused by [`Pipeline::process_prefetched`] so a packet is parsed and hashed once.
     pre: [Pre; 32],
@@ -409,8 +416,10 @@ impl Pipeline {
             aff6: Conntrack::new(&aff),
             nat_cursor: cfg.nat_port_start,
             stats,
-            pf: [(0, 0); 32],
+            pf: [(0, 0); 64],
             pf_len: 0,
+            pf_syn: 0,
+            pf_next: 0,
             pre: [Pre::default(); 32],
             pre_fill: 0,
             pre_ready: 0,
@@ -596,6 +605,12 @@ impl Pipeline {
     /// packet at a time, and no packet is parsed or hashed twice.
     #[inline]
     pub fn prefetch<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &P) {
+        if self.pre_fill == 0 {
+            // A new burst.
+            self.pf_len = 0;
+            self.pf_next = 0;
+            self.pf_syn = 0;
+        }
         let Some(slot) = self.pre.get_mut(self.pre_fill) else {
             return;
         };
@@ -647,32 +662,66 @@ impl Pipeline {
             *e = (table, h);
             self.pf_len += 1;
         }
+        // A TCP SYN to a NAT frontend will take a NAT port: predict which (the cursor advances
+        // by one per allocation) and prefetch the reverse-table bucket that the port check and
+        // the reverse insert read. A wrong guess (a retransmitted SYN, a port in use) costs one
+        // useless prefetch.
+        let Some(f) = fe.and_then(|id| snap.frontend(id)) else {
+            return;
+        };
+        if f.method != Method::Nat
+            || f.affinity_ms.is_some()
+            || p.proto != proto::TCP
+            || p.tcp_flags & (flags::SYN | flags::ACK) != flags::SYN
+        {
+            return;
+        }
+        let Some(b) = pick(snap, f, h) else {
+            return;
+        };
+        let cursor = self.nat_cursor.wrapping_add(self.pf_syn);
+        self.pf_syn += 1;
+        let Some((_, rh)) = nat_rev_key(snap, self.worker, self.workers, p, v6, b, h, cursor)
+        else {
+            return;
+        };
+        let table = if v6 { 3 } else { 2 };
+        match table {
+            2 => self.rev4.prefetch_with(rh, pf),
+            _ => self.rev6.prefetch_with(rh, pf),
+        }
+        if let Some(e) = self.pf.get_mut(self.pf_len) {
+            *e = (table, rh);
+            self.pf_len += 1;
+        }
     }
 
-    /// Second pass: prefetches the entry each remembered flow's lookup will compare (its tags
-    /// are in cache by now), and readies the burst for [`Pipeline::process_prefetched`].
+    /// Second pass: prefetches the entries the first few remembered flows' lookups will compare
+    /// (their tags are in cache by now), and readies the burst for
+    /// [`Pipeline::process_prefetched`], which prefetches the rest a few packets ahead so that
+    /// the misses overlap with processing rather than stall a pass of their own.
     #[inline]
     pub fn prefetch_entries(&mut self) {
-        for i in 0..self.pf_len {
-            let (table, h) = self.pf[i];
-            match table {
-                0 => self
-                    .fwd4
-                    .prefetch_entry_with(h, dpdk_sys::prefetch, dpdk_sys::prefetch),
-                1 => self
-                    .fwd6
-                    .prefetch_entry_with(h, dpdk_sys::prefetch, dpdk_sys::prefetch),
-                2 => self
-                    .rev4
-                    .prefetch_entry_with(h, dpdk_sys::prefetch, dpdk_sys::prefetch),
-                _ => self
-                    .rev6
-                    .prefetch_entry_with(h, dpdk_sys::prefetch, dpdk_sys::prefetch),
-            }
-        }
-        self.pf_len = 0;
+        self.pf_issue(PF_AHEAD);
         self.pre_ready = self.pre_fill;
         self.pre_fill = 0;
+    }
+
+    /// Issues the second-pass prefetches of the remembered flows up to (not including) `upto`.
+    #[inline(always)]
+    fn pf_issue(&mut self, upto: usize) {
+        let end = upto.min(self.pf_len);
+        while self.pf_next < end {
+            let (table, h) = self.pf[self.pf_next];
+            use dpdk_sys::prefetch as pf;
+            match table {
+                0 => self.fwd4.prefetch_entry_with(h, pf, pf),
+                1 => self.fwd6.prefetch_entry_with(h, pf, pf),
+                2 => self.rev4.prefetch_entry_with(h, pf, pf),
+                _ => self.rev6.prefetch_entry_with(h, pf, pf),
+            }
+            self.pf_next += 1;
+        }
     }
 
     /// Processes packet `i` (0-based, in [`Pipeline::prefetch`] order) of the burst readied by
@@ -687,6 +736,9 @@ impl Pipeline {
         pkt: &mut P,
         now_ms: u32,
     ) -> Verdict {
+        // Keep the second-pass prefetches PF_AHEAD flows ahead (two per packet: a new TCP flow
+        // has two, its forward and its NAT reverse bucket).
+        self.pf_issue(self.pf_next + 2);
         let (p, hint) = match self.pre.get(i) {
             Some(pre) if i < self.pre_ready && pre.len == pkt.data().len() => {
                 if !pre.ok {
@@ -1093,75 +1145,94 @@ impl Pipeline {
         frontend: u32,
     ) -> Result<(u16, u8), DropReason> {
         let l = &snap.local;
-        let naddrs = if v6 {
-            l.nat_ipv6.len()
-        } else {
-            l.nat_ipv4.len()
-        };
-        if naddrs == 0 || !matches!((b.addr, v6), (IpAddr::V4(_), false) | (IpAddr::V6(_), true)) {
-            return Err(DropReason::NoNatAddress);
-        }
-        let ai = (h >> 32) as usize % naddrs;
         let (lo, hi) = (u32::from(l.nat_port_min), u32::from(l.nat_port_max));
-        let workers = u32::from(self.workers);
-        let per = ((hi - lo + 1) / workers).max(1);
-        let base = lo + per * u32::from(self.worker);
-        let bport = b.port;
+        let per = ((hi - lo + 1) / u32::from(self.workers)).max(1);
+        let st = flow_state(p.proto == proto::TCP, p.tcp_flags);
         for _ in 0..NAT_PORT_TRIES.min(per) {
-            let port = (base + self.nat_cursor % per) as u16;
+            let cursor = self.nat_cursor;
             self.nat_cursor = self.nat_cursor.wrapping_add(1);
-            if v6 {
-                let la = l.nat_ipv6[ai];
-                let IpAddr::V6(ba) = b.addr else {
-                    unreachable!()
-                };
-                let rk = k6(ba.octets(), la, bport, port, p.proto);
-                let rh =
-                    hash::hash_v6_5tuple(snap.hash_seed, ba.octets(), la, bport, port, p.proto);
-                if self.rev6.contains(&rk, rh) {
-                    continue;
-                }
-                let val = Rev6 {
-                    client: p.src,
-                    client_port: p.sport,
-                    client_mac: src_mac,
-                    frontend,
-                };
-                let _ = self.rev6.insert(
-                    rk,
-                    rh,
-                    val,
-                    flow_state(p.proto == proto::TCP, p.tcp_flags),
-                    now_ms,
-                );
-            } else {
-                let la = l.nat_ipv4[ai];
-                let IpAddr::V4(ba) = b.addr else {
-                    unreachable!()
-                };
-                let rk = k4(ba.octets(), la, bport, port, p.proto);
-                let rh =
-                    hash::hash_v4_5tuple(snap.hash_seed, ba.octets(), la, bport, port, p.proto);
-                if self.rev4.contains(&rk, rh) {
-                    continue;
-                }
-                let val = Rev4 {
-                    client: a4(&p.src),
-                    client_port: p.sport,
-                    client_mac: src_mac,
-                    frontend,
-                };
-                let _ = self.rev4.insert(
-                    rk,
-                    rh,
-                    val,
-                    flow_state(p.proto == proto::TCP, p.tcp_flags),
-                    now_ms,
-                );
+            let Some((rk, rh)) = nat_rev_key(snap, self.worker, self.workers, p, v6, b, h, cursor)
+            else {
+                return Err(DropReason::NoNatAddress);
+            };
+            let taken = match &rk {
+                RevKey::V4(k, ..) => self.rev4.contains(k, rh),
+                RevKey::V6(k, ..) => self.rev6.contains(k, rh),
+            };
+            if taken {
+                continue;
             }
-            return Ok((port, ai as u8));
+            let (port, ai) = match rk {
+                RevKey::V4(k, ai) => {
+                    let val = Rev4 {
+                        client: a4(&p.src),
+                        client_port: p.sport,
+                        client_mac: src_mac,
+                        frontend,
+                    };
+                    let _ = self.rev4.insert(k, rh, val, st, now_ms);
+                    (k.dport, ai)
+                }
+                RevKey::V6(k, ai) => {
+                    let val = Rev6 {
+                        client: p.src,
+                        client_port: p.sport,
+                        client_mac: src_mac,
+                        frontend,
+                    };
+                    let _ = self.rev6.insert(k, rh, val, st, now_ms);
+                    (k.dport, ai)
+                }
+            };
+            return Ok((port, ai));
         }
         Err(DropReason::NatPortsExhausted)
+    }
+}
+
+/// A NAT reverse key (the backend's reply: backend -> NAT address and port) and the index of
+/// the NAT address.
+enum RevKey {
+    V4(V4Key, u8),
+    V6(V6Key, u8),
+}
+
+/// The reverse key and its hash for a new flow `p` (flow hash `h`) to backend `b` through the
+/// NAT port that port cursor `cursor` names in worker `worker`'s slice; `None` if the family
+/// has no NAT address or the backend is of the other family. [`Pipeline::alloc_nat`] and the
+/// prefetch pass's guess both use it, so they agree.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn nat_rev_key(
+    snap: &Snapshot,
+    worker: u16,
+    workers: u16,
+    p: &Parsed,
+    v6: bool,
+    b: &Backend,
+    h: u64,
+    cursor: u32,
+) -> Option<(RevKey, u64)> {
+    let l = &snap.local;
+    let (lo, hi) = (u32::from(l.nat_port_min), u32::from(l.nat_port_max));
+    let per = ((hi - lo + 1) / u32::from(workers)).max(1);
+    let port = (lo + per * u32::from(worker) + cursor % per) as u16;
+    match (b.addr, v6) {
+        (IpAddr::V4(ba), false) if !l.nat_ipv4.is_empty() => {
+            let ai = (h >> 32) as usize % l.nat_ipv4.len();
+            let la = l.nat_ipv4[ai];
+            let rk = k4(ba.octets(), la, b.port, port, p.proto);
+            let rh = hash::hash_v4_5tuple(snap.hash_seed, ba.octets(), la, b.port, port, p.proto);
+            Some((RevKey::V4(rk, ai as u8), rh))
+        }
+        (IpAddr::V6(ba), true) if !l.nat_ipv6.is_empty() => {
+            let ai = (h >> 32) as usize % l.nat_ipv6.len();
+            let la = l.nat_ipv6[ai];
+            let rk = k6(ba.octets(), la, b.port, port, p.proto);
+            let rh = hash::hash_v6_5tuple(snap.hash_seed, ba.octets(), la, b.port, port, p.proto);
+            Some((RevKey::V6(rk, ai as u8), rh))
+        }
+        _ => None,
     }
 }
 
