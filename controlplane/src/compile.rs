@@ -64,6 +64,7 @@ use std::time::{Duration, Instant};
 use sluice_dataplane::maglev::{MaglevBackend, MaglevTable};
 use sluice_dataplane::snapshot::{
     Backend, BackendState, Cidr, Frontend, Local, Method, Protocol, Snapshot, SnapshotError,
+    MAX_FRONTENDS,
 };
 
 use crate::config::{check_maglev_size, Config, Target};
@@ -652,10 +653,17 @@ impl Compiler {
                     protocol,
                     port: sp.port,
                 };
-                let Some(fid) = self.frontend_ids.get_or_alloc(&fkey, now, grace, max_ids) else {
-                    probs.push(format!(
-                        "port {port_label} ({vip}): no free frontend id below tables.max_backends = {max_ids}; raise it"
-                    ));
+                let fmax = max_ids.min(MAX_FRONTENDS);
+                let Some(fid) = self.frontend_ids.get_or_alloc(&fkey, now, grace, fmax) else {
+                    probs.push(if fmax < max_ids {
+                        format!(
+                            "port {port_label} ({vip}): this host already serves {MAX_FRONTENDS} frontends (VIP, protocol, port), the most it can; spread the Services over more Sluice hosts or pools"
+                        )
+                    } else {
+                        format!(
+                            "port {port_label} ({vip}): no free frontend id below tables.max_backends = {max_ids}; raise it"
+                        )
+                    });
                     continue;
                 };
                 live.push(fid);

@@ -103,9 +103,10 @@ pub trait FlowKey: Copy + Eq {
     fn flow_hash(&self, seed: u64) -> u64;
 }
 
-/// An IPv4 flow: 13 bytes of data, 14 with padding. Addresses are as on the wire; ports are
-/// numbers (host order).
+/// An IPv4 flow: 13 bytes, packed (alignment 1), so that an entry with a 14-byte value
+/// still fits a 32-byte slot. Addresses are as on the wire; ports are numbers (host order).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C, packed)]
 pub struct V4Key {
     /// Source address.
     pub src: [u8; 4],
@@ -126,9 +127,10 @@ impl FlowKey for V4Key {
     }
 }
 
-/// An IPv6 flow: 37 bytes of data, 38 with padding. Addresses are as on the wire; ports are
+/// An IPv6 flow: 37 bytes, packed (alignment 1). Addresses are as on the wire; ports are
 /// numbers (host order).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C, packed)]
 pub struct V6Key {
     /// Source address.
     pub src: [u8; 16],
@@ -970,8 +972,8 @@ mod tests {
     #[test]
     fn sizes() {
         use std::mem::size_of;
-        assert_eq!(size_of::<V4Key>(), 14);
-        assert_eq!(size_of::<V6Key>(), 38);
+        assert_eq!(size_of::<V4Key>(), 13);
+        assert_eq!(size_of::<V6Key>(), 37);
         assert_eq!(size_of::<FlowState>(), 1);
         // The entry targets: at most 32 bytes for IPv4 with an 8-byte value...
         assert_eq!(size_of::<Entry<V4Key, u64>>(), 32);

@@ -138,8 +138,9 @@ pub struct Rev4 {
     pub client_port: u16,
     /// MAC the client's packets came from (client or router), replies go there.
     pub client_mac: [u8; 6],
-    /// Frontend id (gives the VIP and port to put back as the source).
-    pub frontend: u32,
+    /// Frontend id (gives the VIP and port to put back as the source); below
+    /// [`MAX_FRONTENDS`](crate::snapshot::MAX_FRONTENDS), so 16 bits: with them the entry fits a 32-byte slot.
+    pub frontend: u16,
 }
 
 /// NAT reverse value (IPv6).
@@ -151,8 +152,8 @@ pub struct Rev6 {
     pub client_port: u16,
     /// MAC the client's packets came from.
     pub client_mac: [u8; 6],
-    /// Frontend id.
-    pub frontend: u32,
+    /// Frontend id (below [`MAX_FRONTENDS`](crate::snapshot::MAX_FRONTENDS)).
+    pub frontend: u16,
 }
 
 /// One tracked forward flow, as [`Pipeline::flows_from`] reports it.
@@ -1090,7 +1091,8 @@ impl Pipeline {
             return Err(DropReason::NextHopUnresolved);
         }
         let (nat_port, nat_addr) = if f.method == Method::Nat {
-            self.alloc_nat(snap, p, v6, b, h, now_ms, src_mac, f.id)?
+            // A snapshot holds only frontend ids below MAX_FRONTENDS (2^16).
+            self.alloc_nat(snap, p, v6, b, h, now_ms, src_mac, f.id as u16)?
         } else {
             (0, 0)
         };
@@ -1142,7 +1144,7 @@ impl Pipeline {
         h: u64,
         now_ms: u32,
         src_mac: [u8; 6],
-        frontend: u32,
+        frontend: u16,
     ) -> Result<(u16, u8), DropReason> {
         let l = &snap.local;
         let (lo, hi) = (u32::from(l.nat_port_min), u32::from(l.nat_port_max));
@@ -1440,7 +1442,7 @@ impl Pipeline {
                 None => return Verdict::Drop(DropReason::NatNoFlow),
             }
         };
-        let Some(f) = snap.frontend(fid) else {
+        let Some(f) = snap.frontend(u32::from(fid)) else {
             return Verdict::Drop(DropReason::NatNoFlow);
         };
         let vip = raw_ip(f.vip);
@@ -1689,5 +1691,22 @@ impl Pipeline {
         }
         bump(&self.stats.neighbor_replies, 1);
         Verdict::Tx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a flow costs in the tables (slot plus 2-byte tag): the targets of docs/dataplane.md.
+    #[test]
+    fn flow_entry_sizes() {
+        // IPv4: a DSR flow is one forward entry, a NAT flow a forward and a reverse entry.
+        assert_eq!(Conntrack::<V4Key, Fwd>::bytes_per_slot(), 34);
+        assert_eq!(Conntrack::<V4Key, Rev4>::bytes_per_slot(), 34);
+        // IPv6: a forward entry fills a cache line; a reverse one a line and a half.
+        assert_eq!(Conntrack::<V6Key, Fwd>::bytes_per_slot(), 66);
+        assert_eq!(Conntrack::<V6Key, Rev6>::bytes_per_slot(), 98);
+        assert_eq!(Conntrack::<V4Key, Aff>::bytes_per_slot(), 34);
     }
 }

@@ -219,7 +219,15 @@ pub enum SnapshotError {
     /// Too many ids for the preallocated counters.
     #[error("id {0} exceeds the configured maximum {1}; raise tables.max_backends")]
     IdTooLarge(u32, usize),
+    /// A frontend id at or above [`MAX_FRONTENDS`].
+    #[error("frontend id {0} is not below {MAX_FRONTENDS}, the most frontends (VIP, protocol, port) a Sluice host serves")]
+    FrontendIdTooLarge(u32),
 }
+
+/// Frontend ids are below this (2^16): a NAT reverse entry stores one in 16 bits, which keeps
+/// it in a 32-byte conntrack slot. A frontend is one (VIP, protocol, port); 65,536 of them is,
+/// e.g., 16,384 dual-stack Services of two ports each.
+pub const MAX_FRONTENDS: usize = 1 << 16;
 
 /// Key of the VIP table: family, address, protocol (0 = address entry), port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -376,6 +384,9 @@ impl Snapshot {
             let i = f.id as usize;
             if i >= max_ids {
                 return Err(SnapshotError::IdTooLarge(f.id, max_ids));
+            }
+            if i >= MAX_FRONTENDS {
+                return Err(SnapshotError::FrontendIdTooLarge(f.id));
             }
             for id in &f.backends {
                 if bt.get(*id as usize).and_then(Option::as_ref).is_none() {
