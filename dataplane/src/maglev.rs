@@ -605,37 +605,48 @@ mod tests {
     }
 
     /// Removing a backend must move its own `1/N` of the table; Maglev moves a little more
-    /// (the paper's "not minimally disruptive"). Measured at M = 65537 over many seeds: about
-    /// +0.2 pp at N = 10, +0.55 pp at N = 100, a peak of about +1.0 pp near N = 400 and +0.6 pp
-    /// at N = 1000; at M = 655373 it stays under +0.35 pp up to N = 1000 (docs/dataplane-tables.md).
+    /// (the paper's "not minimally disruptive"), the less the larger `M / N`. The worst extra
+    /// over 50 seeds (`disruption_report`, docs/dataplane-tables.md): at M = 262139 and above,
+    /// under +0.55 pp for every N from 3 to 1000, so "at most 1/N + 0.6 pp" holds there; at the
+    /// default M = 65537, up to +1.07 pp (N = 400) and, for N = 3, +3.6 pp. Checked here on a
+    /// few seeds against those bounds.
     #[test]
     fn removing_one_backend_disturbs_little() {
-        for n in [2, 3, 10, 100, BIG_N] {
-            let c = removal_change(n, n / 2, DEFAULT_TABLE_SIZE, 5);
-            assert!(
-                c <= 1.0 / n as f64 + 0.0125,
-                "n = {n}: {:.3}% changed",
-                c * 100.0
-            );
-        }
-        // With a table 655 times the backend count, within 0.6 pp of the minimum.
-        for n in [10, 100, BIG_N] {
-            let c = removal_change(n, n / 3, 655_373, 5);
-            assert!(
-                c <= 1.0 / n as f64 + 0.006,
-                "n = {n}: {:.3}% changed",
-                c * 100.0
-            );
+        let cases: &[(u32, &[usize], f64)] = &[
+            (262_139, &[3, 10, 50, 100, 200, 400, 700, BIG_N], 0.006),
+            (655_373, &[3, 100, BIG_N], 0.006),
+            (DEFAULT_TABLE_SIZE, &[10, 50, 100, 400, BIG_N], 0.0125),
+            (DEFAULT_TABLE_SIZE, &[2, 3], 0.04),
+        ];
+        for &(size, ns, extra) in cases {
+            for &n in ns {
+                for seed in [5u64, 11, 23] {
+                    let gone = (seed as usize * 7919) % n;
+                    let c = removal_change(n, gone, size, seed);
+                    assert!(
+                        c <= 1.0 / n as f64 + extra,
+                        "M = {size}, n = {n}, seed {seed}: {:.3}% changed",
+                        c * 100.0
+                    );
+                }
+            }
         }
     }
 
     /// The disruption figures of docs/dataplane-tables.md:
     /// `cargo test -p sluice-dataplane --release --lib maglev::tests::disruption_report -- --ignored --nocapture`
+    /// (`MAGLEV_SIZES=65537,262139 MAGLEV_NS=10,100` to choose other sizes and counts).
     #[test]
     #[ignore = "a report, slow in debug builds"]
     fn disruption_report() {
-        for size in [DEFAULT_TABLE_SIZE, 655_373] {
-            for n in [3, 10, 100, 300, 1000] {
+        let sizes: Vec<u32> = std::env::var("MAGLEV_SIZES")
+            .map(|v| v.split(',').map(|x| x.parse().unwrap()).collect())
+            .unwrap_or(vec![DEFAULT_TABLE_SIZE, 131_071, 262_139, 655_373]);
+        let ns: Vec<usize> = std::env::var("MAGLEV_NS")
+            .map(|v| v.split(',').map(|x| x.parse().unwrap()).collect())
+            .unwrap_or(vec![3, 10, 50, 100, 200, 400, 700, 1000]);
+        for &size in &sizes {
+            for &n in &ns {
                 let mut extra: Vec<f64> = (0..50u64)
                     .map(|seed| {
                         let c = removal_change(n, (seed as usize * 7919) % n, size, seed);
