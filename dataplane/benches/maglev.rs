@@ -48,7 +48,7 @@ fn build(c: &mut Criterion) {
         .collect();
     let mut g = c.benchmark_group("maglev_build");
     g.sample_size(10);
-    for size in [DEFAULT_TABLE_SIZE, 655_373] {
+    for size in [DEFAULT_TABLE_SIZE, 262_139, 655_373] {
         g.bench_with_input(
             BenchmarkId::new("build", format!("M={size},N=1000")),
             &size,
