@@ -194,6 +194,61 @@ fn bench(c: &mut Criterion) {
             total
         })
     });
+    // A SYN flood into full tables: 1M-slot forward and reverse tables filled with half-open
+    // flows that have not expired, so every new flow evicts the least recently seen flow of
+    // its first bucket (in the forward and in the NAT reverse table).
+    let mut flood = Pipeline::new(
+        &PipelineConfig {
+            conntrack: ConntrackConfig {
+                capacity: 1 << 20,
+                ..Default::default()
+            },
+            conntrack_v6_capacity: 1 << 10,
+            affinity_capacity: 1 << 10,
+            ..PipelineConfig::default()
+        },
+        Arc::new(WorkerStats::new(1024)),
+    );
+    let mut buf = VecBuf::new(&syn_tmpl);
+    for i in 0..1_100_000u32 {
+        buf.reset(&frame(i, true));
+        flood.process(&snap, &mut buf, 1);
+    }
+    let mut flood_next = 2_000_000u32;
+    let mut flood_bursts = 0u32;
+    g.throughput(Throughput::Elements(32));
+    g.bench_function("nat_syn_flood_full_tables_burst32", |b| {
+        b.iter_custom(|iters| {
+            let mut total = std::time::Duration::ZERO;
+            for _ in 0..iters {
+                for buf in bufs.iter_mut() {
+                    buf.reset(&syn_tmpl);
+                    let i = flood_next;
+                    flood_next = flood_next.wrapping_add(1);
+                    let d = buf.data_mut();
+                    let old = [d[26], d[27], d[28], d[29]];
+                    let new = [10, 100 + ((i >> 16) & 0x7f) as u8, (i >> 8) as u8, i as u8];
+                    d[26..30].copy_from_slice(&new);
+                    let ipc = u16::from_be_bytes([d[24], d[25]]);
+                    let ipc = sluice_dataplane::wire::checksum::update_bytes(ipc, &old, &new);
+                    d[24..26].copy_from_slice(&ipc.to_be_bytes());
+                }
+                // 1 ms per 32 bursts (1M SYN/s): nothing expires within the 5 s SYN timeout.
+                let now = 2 + flood_bursts / 32;
+                let t0 = std::time::Instant::now();
+                for buf in bufs.iter() {
+                    flood.prefetch(&snap, buf);
+                }
+                flood.prefetch_entries();
+                for (i, buf) in bufs.iter_mut().enumerate() {
+                    black_box(flood.process_prefetched(&snap, i, buf, now));
+                }
+                total += t0.elapsed();
+                flood_bursts += 1;
+            }
+            total
+        })
+    });
     // The worker's expiry tick on these tables (64 buckets of each of the six), once per
     // millisecond: its cost per second of a core is 1000 times this.
     g.throughput(Throughput::Elements(1));

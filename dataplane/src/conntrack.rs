@@ -45,12 +45,15 @@
 //! periodic expiry guarantees. Timeouts above `i32::MAX` ms are clamped to it.
 //!
 //! **Expiry** is lazy and amortised: a lookup that finds an expired entry frees it and reports a
-//! miss; an insert into two full buckets reuses an expired slot before it evicts a live flow;
+//! miss; an insert into two full buckets reuses an expired slot of its first bucket before it
+//! evicts a live flow;
 //! and [`Conntrack::expire`] scans a bounded number of buckets from a cursor, so a worker can
 //! call it once per poll iteration at a cost it chooses.
 //!
-//! **Eviction**: when both buckets are full, nothing in them has expired and no entry can
-//! move, the entry with the oldest last-seen time among the 16 is evicted and handed back in
+//! **Eviction**: when both buckets are full, nothing in the first has expired and no entry can
+//! move, the entry with the oldest last-seen time among the first bucket's 8 is evicted (four
+//! cache lines, which the burst prefetch can fetch ahead for a SYN; scanning all 16 would
+//! double the misses of every insert during a SYN flood) and handed back in
 //! [`Inserted::Evicted`], so the caller can release what the value stood for (a NAT port, a
 //! reverse entry).
 //!
@@ -575,9 +578,10 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     /// Stores `key -> value` in state `state`, seen at `now_ms`.
     ///
     /// Replaces the entry of the same key if there is one. Otherwise takes a free slot in the
-    /// less loaded of the key's two buckets; if both are full, the slot of an expired entry in
-    /// them; failing that, moves one of their entries to its other bucket to make room; failing
-    /// that, evicts the least recently seen of their 16 entries. Never fails and
+    /// first bucket while it has three free slots, else the less loaded of the two; if both
+    /// are full, the slot of an expired entry in the first; failing that, moves one of their
+    /// entries to its other bucket to make room; failing that, evicts the least recently seen
+    /// of the first bucket's 8 entries. Never fails and
     /// never allocates; the returned [`Inserted`] says which happened and hands back any value
     /// displaced.
     #[inline]
@@ -633,8 +637,9 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         self.insert_full(b1, b2, tag, entry, now_ms)
     }
 
-    /// [`Conntrack::insert`] when both buckets are full: reuse an expired slot, else move an
-    /// entry to its other bucket if that has room, else evict the least recently seen.
+    /// [`Conntrack::insert`] when both buckets are full: reuse an expired slot of the first,
+    /// else move an entry to its other bucket if that has room, else evict the least recently
+    /// seen of the first.
     #[inline(never)]
     fn insert_full(
         &mut self,
@@ -644,10 +649,12 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         entry: Entry<K, V>,
         now_ms: u32,
     ) -> Inserted<K, V> {
-        let range = |b: usize| b * SLOTS_PER_BUCKET..(b + 1) * SLOTS_PER_BUCKET;
+        // Expired or oldest among the first bucket's eight only: four cache lines, which the
+        // burst prefetch fetches ahead for a new flow whose first bucket is full (SYN floods
+        // live on this path), rather than eight.
         let mut oldest = b1 * SLOTS_PER_BUCKET;
         let mut oldest_idle = i32::MIN;
-        for i in range(b1).chain(range(b2)) {
+        for i in b1 * SLOTS_PER_BUCKET..(b1 + 1) * SLOTS_PER_BUCKET {
             if let Some(e) = &self.slots[i].0 {
                 if is_expired(e, now_ms, &self.timeouts) {
                     let old = self.put(i, tag, entry);
@@ -807,6 +814,22 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     #[inline]
     pub fn prefetch_with(&self, hash: u64, mut prefetch: impl FnMut(&u128)) {
         prefetch(&self.tags[hash as usize & self.mask]);
+    }
+
+    /// For a flow about to be inserted (a SYN), once the first bucket's tags are in cache: if
+    /// that bucket is full and holds no tag match, hands `prefetch` each of its cache lines of
+    /// entries (four), which an insert scans for an expired or least recently seen victim.
+    #[inline]
+    pub fn prefetch_victims_with(&self, hash: u64, mut prefetch: impl FnMut(&Option<Entry<K, V>>)) {
+        let b1 = hash as usize & self.mask;
+        let t = self.tags[b1];
+        let tag = u128::from(tag_of(hash)) * LANE_LOW_BIT;
+        if zero_lanes(t) == 0 && zero_lanes(t ^ tag) == 0 {
+            let per_line = (64 / std::mem::size_of::<Slot<K, V>>()).max(1);
+            for i in (b1 * SLOTS_PER_BUCKET..(b1 + 1) * SLOTS_PER_BUCKET).step_by(per_line) {
+                prefetch(&self.slots[i].0);
+            }
+        }
     }
 
     /// Second pass, once the first bucket's tags are in cache: hands `entry` the slot a hit on
@@ -1184,12 +1207,13 @@ mod tests {
                 Inserted::New
             );
         }
-        // Refresh key 0: key 1 (seen at 10) becomes the oldest.
-        assert!(t.lookup(&v4(0), crowded(0), 500).is_some());
+        // Key i's first bucket is i % 2, and the first keys filled their first buckets, so key
+        // 1 (seen at 10) is the oldest of bucket 1. Refreshing it makes key 3 (30) the oldest.
+        assert!(t.lookup(&v4(1), crowded(1), 500).is_some());
         let r = t.insert(
-            v4(100),
-            crowded(100),
-            [100, 0],
+            v4(101),
+            crowded(101),
+            [101, 0],
             FlowState::TcpEstablished,
             600,
         );
@@ -1197,17 +1221,17 @@ mod tests {
         assert_eq!(
             r,
             Inserted::Evicted {
-                key: v4(1),
-                value: [1, 0]
+                key: v4(3),
+                value: [3, 0]
             }
         );
-        assert!(!t.contains(&v4(1), crowded(1)));
-        assert!(t.contains(&v4(100), crowded(100)));
+        assert!(!t.contains(&v4(3), crowded(3)));
+        assert!(t.contains(&v4(101), crowded(101)));
         assert_eq!(t.stats().evictions, 1);
         assert_eq!(t.len(), 16);
         // With an expired SYN entry among them, it is reused instead of evicting.
         let _ = t.insert(v4(2), crowded(2), [2, 0], FlowState::TcpSynSent, 600);
-        let r = t.insert(v4(101), crowded(101), [101, 0], FlowState::Udp, 600 + 5_000);
+        let r = t.insert(v4(100), crowded(100), [100, 0], FlowState::Udp, 600 + 5_000);
         assert_eq!(
             r,
             Inserted::Expired {
@@ -1245,8 +1269,8 @@ mod tests {
             );
         }
         let r = t.insert(
-            v4(99),
-            crowded(99),
+            v4(98),
+            crowded(98),
             [0; 2],
             FlowState::TcpEstablished,
             start.wrapping_add(2_000),
@@ -1338,7 +1362,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
         /// Model test against a `HashMap`: no live entry is ever lost unless both of the new
-        /// key's buckets were full (and then only the oldest), expired entries are reported as
+        /// key's buckets were full (and then only the oldest of its first bucket), expired entries are reported as
         /// such, and the counters add up.
         #[test]
         fn never_loses_a_live_entry(ops in prop::collection::vec(op(), 1..300)) {
@@ -1355,8 +1379,9 @@ mod tests {
                         let h = test_hash(k);
                         let (b1, b2) = t.buckets(h);
                         let full = zero_lanes(t.tags[b1]) == 0 && zero_lanes(t.tags[b2]) == 0;
-                        let in_buckets: Vec<u32> = [b1, b2].iter()
-                            .flat_map(|&b| t.slots[b * SLOTS_PER_BUCKET..(b + 1) * SLOTS_PER_BUCKET].iter())
+                        // An insert into two full buckets picks its victim in the first.
+                        let in_buckets: Vec<u32> = t.slots[b1 * SLOTS_PER_BUCKET..(b1 + 1) * SLOTS_PER_BUCKET]
+                            .iter()
                             .filter_map(|s| s.0.as_ref()).map(|e| id(e.key())).collect();
                         let value = [k, n as u32];
                         match t.insert(v4(k), h, value, s, now) {
@@ -1373,7 +1398,7 @@ mod tests {
                                 let m = model.remove(&id(&key)).unwrap();
                                 prop_assert_eq!(m.0, value);
                                 prop_assert!(live(&m, now));
-                                // Nothing in the two buckets was expired, and the victim was the oldest.
+                                // Nothing in the first bucket was expired, and the victim was its oldest.
                                 for other in &in_buckets {
                                     let o = &model[other];
                                     prop_assert!(live(o, now));

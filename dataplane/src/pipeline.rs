@@ -242,7 +242,8 @@ pub struct Pipeline {
     aff6: Conntrack<V6Key, Aff>,
     nat_cursor: u32,
     stats: Arc<WorkerStats>,
-    /// Burst prefetch: (table, flow hash) per packet of the current burst.
+    /// Burst prefetch: (table, flow hash) per flow lookup of the current burst; table bits 0-1
+    /// pick fwd4/fwd6/rev4/rev6, bit 2 marks a new flow (a SYN's insert).
     pf: [(u8, u64); 64],
     pf_len: usize,
     /// NAT port allocations predicted so far in this burst's prefetch pass.
@@ -651,9 +652,11 @@ impl Pipeline {
         if fe.is_none() && !nat_reply {
             return;
         }
-        let table = u8::from(v6) | (u8::from(nat_reply) << 1);
+        // A TCP SYN opens a flow: its insert may need a victim from a full bucket.
+        let syn = p.proto == proto::TCP && p.tcp_flags & (flags::SYN | flags::ACK) == flags::SYN;
+        let table = u8::from(v6) | (u8::from(nat_reply) << 1) | (u8::from(syn && !nat_reply) << 2);
         let pf = dpdk_sys::prefetch::<u128>;
-        match table {
+        match table & 3 {
             0 => self.fwd4.prefetch_with(h, pf),
             1 => self.fwd6.prefetch_with(h, pf),
             2 => self.rev4.prefetch_with(h, pf),
@@ -670,11 +673,7 @@ impl Pipeline {
         let Some(f) = fe.and_then(|id| snap.frontend(id)) else {
             return;
         };
-        if f.method != Method::Nat
-            || f.affinity_ms.is_some()
-            || p.proto != proto::TCP
-            || p.tcp_flags & (flags::SYN | flags::ACK) != flags::SYN
-        {
+        if f.method != Method::Nat || f.affinity_ms.is_some() || !syn {
             return;
         }
         let Some(b) = pick(snap, f, h) else {
@@ -686,8 +685,8 @@ impl Pipeline {
         else {
             return;
         };
-        let table = if v6 { 3 } else { 2 };
-        match table {
+        let table = if v6 { 3 | 4 } else { 2 | 4 };
+        match table & 3 {
             2 => self.rev4.prefetch_with(rh, pf),
             _ => self.rev6.prefetch_with(rh, pf),
         }
@@ -715,11 +714,33 @@ impl Pipeline {
         while self.pf_next < end {
             let (table, h) = self.pf[self.pf_next];
             use dpdk_sys::prefetch as pf;
-            match table {
-                0 => self.fwd4.prefetch_entry_with(h, pf, pf),
-                1 => self.fwd6.prefetch_entry_with(h, pf, pf),
-                2 => self.rev4.prefetch_entry_with(h, pf, pf),
-                _ => self.rev6.prefetch_entry_with(h, pf, pf),
+            // Bit 2: a new flow, whose insert may scan its first bucket for a victim.
+            let new = table & 4 != 0;
+            match table & 3 {
+                0 => {
+                    self.fwd4.prefetch_entry_with(h, pf, pf);
+                    if new {
+                        self.fwd4.prefetch_victims_with(h, pf);
+                    }
+                }
+                1 => {
+                    self.fwd6.prefetch_entry_with(h, pf, pf);
+                    if new {
+                        self.fwd6.prefetch_victims_with(h, pf);
+                    }
+                }
+                2 => {
+                    self.rev4.prefetch_entry_with(h, pf, pf);
+                    if new {
+                        self.rev4.prefetch_victims_with(h, pf);
+                    }
+                }
+                _ => {
+                    self.rev6.prefetch_entry_with(h, pf, pf);
+                    if new {
+                        self.rev6.prefetch_victims_with(h, pf);
+                    }
+                }
             }
             self.pf_next += 1;
         }
