@@ -1,17 +1,35 @@
 //! Internet checksums (RFC 1071) and incremental updates (RFC 1624).
 
 /// One's-complement sum of `data` (big-endian 16-bit words, odd byte padded) added to `acc`,
-/// not folded.
+/// not folded (but kept below 2^17 + `acc`, so callers may add more before folding).
+///
+/// Adds big-endian 32-bit words into a 64-bit accumulator (half the additions; the same sum
+/// modulo 0xffff, since 2^16 = 1 there), then folds to 17 bits.
 #[inline]
-pub fn sum(mut acc: u32, data: &[u8]) -> u32 {
-    let mut chunks = data.chunks_exact(2);
+pub fn sum(acc: u32, data: &[u8]) -> u32 {
+    let mut a = 0u64;
+    let mut chunks = data.chunks_exact(4);
     for c in &mut chunks {
-        acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
+        a += u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
     }
-    if let [last] = chunks.remainder() {
-        acc += u32::from(*last) << 8;
+    let rest = chunks.remainder();
+    let mut pairs = rest.chunks_exact(2);
+    for c in &mut pairs {
+        a += u64::from(u16::from_be_bytes([c[0], c[1]]));
     }
-    acc
+    if let [last] = pairs.remainder() {
+        a += u64::from(*last) << 8;
+    }
+    acc + fold64(a)
+}
+
+/// Folds a 64-bit accumulator to at most 17 bits, preserving it modulo 0xffff.
+#[inline(always)]
+fn fold64(a: u64) -> u32 {
+    let a = (a & 0xffff_ffff) + (a >> 32); // < 2^33
+    let a = (a & 0xffff_ffff) + (a >> 32); // < 2^32 + 1
+    let a = (a & 0xffff) + (a >> 16); // < 2^17
+    a as u32
 }
 
 /// Folds a 32-bit accumulator into 16 bits (one's complement addition).
@@ -64,16 +82,27 @@ pub fn update32(csum: u16, old: u32, new: u32) -> u16 {
     !fold(acc)
 }
 
-/// Incremental update for a changed byte string of even length (e.g. an IPv6 address).
+/// Incremental update for a changed byte string of even length (e.g. an IPv6 address):
+/// RFC 1624 eqn. 3 over its 32-bit words (the complement of a 32-bit word complements both of
+/// its 16-bit halves), 16-bit words for a remainder.
 #[inline]
 pub fn update_bytes(csum: u16, old: &[u8], new: &[u8]) -> u16 {
     debug_assert_eq!(old.len(), new.len());
-    let mut acc = u32::from(!csum);
-    for (o, n) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
-        acc += u32::from(!u16::from_be_bytes([o[0], o[1]]));
-        acc += u32::from(u16::from_be_bytes([n[0], n[1]]));
+    let mut a = u64::from(!csum);
+    let (mut o4, mut n4) = (old.chunks_exact(4), new.chunks_exact(4));
+    for (o, n) in (&mut o4).zip(&mut n4) {
+        a += u64::from(!u32::from_be_bytes([o[0], o[1], o[2], o[3]]));
+        a += u64::from(u32::from_be_bytes([n[0], n[1], n[2], n[3]]));
     }
-    !fold(acc)
+    for (o, n) in o4
+        .remainder()
+        .chunks_exact(2)
+        .zip(n4.remainder().chunks_exact(2))
+    {
+        a += u64::from(!u16::from_be_bytes([o[0], o[1]]));
+        a += u64::from(u16::from_be_bytes([n[0], n[1]]));
+    }
+    !fold(fold64(a))
 }
 
 #[cfg(test)]
@@ -116,5 +145,50 @@ mod tests {
         let c4 = update_bytes(c3, &old_b, &new_b);
         d[10..12].copy_from_slice(&c4.to_be_bytes());
         assert_eq!(checksum(&d), 0);
+    }
+
+    /// The reference definitions the word-wise versions must agree with.
+    fn sum16(mut acc: u32, data: &[u8]) -> u32 {
+        let mut chunks = data.chunks_exact(2);
+        for c in &mut chunks {
+            acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+        if let [last] = chunks.remainder() {
+            acc += u32::from(*last) << 8;
+        }
+        acc
+    }
+
+    fn update16_bytes(csum: u16, old: &[u8], new: &[u8]) -> u16 {
+        let mut acc = u32::from(!csum);
+        for (o, n) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
+            acc += u32::from(!u16::from_be_bytes([o[0], o[1]]));
+            acc += u32::from(u16::from_be_bytes([n[0], n[1]]));
+        }
+        !fold(acc)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn word_sums_match_the_16_bit_definition(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1600),
+            acc in 0u32..0x2_0000,
+        ) {
+            proptest::prop_assert_eq!(fold(sum(acc, &data)), fold(sum16(acc, &data)));
+            proptest::prop_assert!(sum(acc, &data) - acc < 0x2_0000);
+        }
+
+        #[test]
+        fn word_updates_match_the_16_bit_definition(
+            pairs in proptest::collection::vec(proptest::prelude::any::<(u16, u16)>(), 0..20),
+            csum in proptest::prelude::any::<u16>(),
+        ) {
+            let old: Vec<u8> = pairs.iter().flat_map(|p| p.0.to_be_bytes()).collect();
+            let new: Vec<u8> = pairs.iter().flat_map(|p| p.1.to_be_bytes()).collect();
+            proptest::prop_assert_eq!(
+                update_bytes(csum, &old, &new),
+                update16_bytes(csum, &old, &new)
+            );
+        }
     }
 }
