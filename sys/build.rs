@@ -78,6 +78,7 @@ fn main() {
         .allowlist_function("rte_eth_xstats_reset")
         .allowlist_function("rte_eth_dev_set_mtu")
         .allowlist_function("rte_eth_from_rings")
+        .allowlist_var("sluice_mbuf_layout")
         .allowlist_var("RTE_ETH_.*")
         .allowlist_var("RING_F_.*")
         .allowlist_var("RTE_MBUF_DEFAULT_BUF_SIZE")

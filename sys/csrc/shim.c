@@ -1,5 +1,13 @@
 /* One-line wrappers for DPDK's static inline functions (see shim.h). */
 #include "shim.h"
+#include <stddef.h>
+
+const struct sluice_mbuf_layout sluice_mbuf_layout = {
+    .buf_addr = offsetof(struct rte_mbuf, buf_addr),
+    .data_off = offsetof(struct rte_mbuf, data_off),
+    .data_len = offsetof(struct rte_mbuf, data_len),
+    .nb_segs = offsetof(struct rte_mbuf, nb_segs),
+};
 
 uint16_t sluice_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n) { return rte_eth_rx_burst(port, queue, pkts, n); }
 uint16_t sluice_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n) { return rte_eth_tx_burst(port, queue, pkts, n); }

@@ -16,6 +16,17 @@
 #include <rte_bus_vdev.h>
 #include <rte_eth_ring.h>
 
+/* Offsets of the rte_mbuf fields the per-packet path reads, from the C compiler that sees the
+ * same headers as bindgen: Rust reads the fields itself (an inlined load) instead of calling a
+ * wrapper per access, while rte_mbuf stays opaque to it. */
+struct sluice_mbuf_layout {
+    uint16_t buf_addr;
+    uint16_t data_off;
+    uint16_t data_len;
+    uint16_t nb_segs;
+};
+extern const struct sluice_mbuf_layout sluice_mbuf_layout;
+
 uint16_t sluice_rx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n);
 uint16_t sluice_tx_burst(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n);
 struct rte_mbuf *sluice_pktmbuf_alloc(struct rte_mempool *mp);

@@ -29,11 +29,42 @@ impl Mbuf {
         Mbuf { ptr }
     }
 
+    /// Reads the `T` at byte offset `off` of the mbuf header (an offset from
+    /// `sluice_mbuf_layout`, i.e. of a field of type `T`).
+    #[inline(always)]
+    fn field<T: Copy>(&self, off: u16) -> T {
+        // SAFETY: the mbuf is valid while we own it, and `off` is the C compiler's offset of a
+        // field of type T inside struct rte_mbuf (shim.c), so the read is in bounds and typed.
+        unsafe {
+            self.ptr
+                .as_ptr()
+                .cast::<u8>()
+                .add(usize::from(off))
+                .cast::<T>()
+                .read_unaligned()
+        }
+    }
+
+    /// The field offsets (a copy of the C constant).
+    #[inline(always)]
+    fn layout() -> ffi::sluice_mbuf_layout {
+        // SAFETY: an immutable C constant initialised before main.
+        unsafe { ffi::sluice_mbuf_layout }
+    }
+
+    /// The first byte of packet data: `buf_addr + data_off` (`rte_pktmbuf_mtod`).
+    #[inline(always)]
+    fn data_ptr(&self) -> *mut u8 {
+        let l = Self::layout();
+        let base: *mut u8 = self.field(l.buf_addr);
+        let off: u16 = self.field(l.data_off);
+        base.wrapping_add(usize::from(off))
+    }
+
     /// Length of the packet data in this (first) segment.
     #[inline(always)]
     pub fn len(&self) -> usize {
-        // SAFETY: the mbuf is valid while we own it; reads one field.
-        unsafe { ffi::sluice_pktmbuf_data_len(self.ptr.as_ptr()) as usize }
+        usize::from(self.field::<u16>(Self::layout().data_len))
     }
 
     /// True when the buffer holds no data.
@@ -48,7 +79,7 @@ impl Mbuf {
         let len = self.len();
         // SAFETY: mtod points at data_len initialised bytes inside the mbuf's buffer, which we
         // own exclusively; the borrow is tied to &self.
-        unsafe { std::slice::from_raw_parts(ffi::sluice_pktmbuf_data(self.ptr.as_ptr()), len) }
+        unsafe { std::slice::from_raw_parts(self.data_ptr(), len) }
     }
 
     /// The packet bytes, writable.
@@ -56,7 +87,7 @@ impl Mbuf {
     pub fn data_mut(&mut self) -> &mut [u8] {
         let len = self.len();
         // SAFETY: as in `data`, and &mut self guarantees no other borrow exists.
-        unsafe { std::slice::from_raw_parts_mut(ffi::sluice_pktmbuf_data(self.ptr.as_ptr()), len) }
+        unsafe { std::slice::from_raw_parts_mut(self.data_ptr(), len) }
     }
 
     /// Free bytes before the data (room for encapsulation headers).
@@ -146,8 +177,7 @@ impl Mbuf {
     /// Number of chained segments.
     #[inline(always)]
     pub fn segments(&self) -> u16 {
-        // SAFETY: valid mbuf; reads a field.
-        unsafe { ffi::sluice_pktmbuf_nb_segs(self.ptr.as_ptr()) }
+        self.field(Self::layout().nb_segs)
     }
 
     /// References held on this mbuf: 1 while only this handle owns it, more while a driver

@@ -144,9 +144,16 @@ fn mempool_alloc_and_return() {
     assert!(m.headroom() >= 128, "headroom {}", m.headroom());
     fill(m, 100, 1);
     assert_eq!(m.len(), 100);
+    assert_eq!(m.segments(), 1);
+    // data() and len() read the mbuf fields themselves (offsets from the C compiler); the
+    // shim's rte_pktmbuf_prepend moves data_off and data_len, and they follow.
     assert!(m.prepend(20));
     assert_eq!(m.len(), 120);
     assert_eq!(m.data()[20], 7);
+    assert_eq!(
+        m.headroom() + m.len() + m.tailroom(),
+        Mempool::DEFAULT_DATA_ROOM as usize
+    );
     assert!(m.adj(20));
     assert!(m.trim(50));
     assert_eq!(m.len(), 50);
