@@ -124,7 +124,7 @@ fn lookup_burst(
                 t.prefetch_with(*h, dpdk_sys::prefetch);
             }
             for (_, h) in burst {
-                t.prefetch_entry_with(*h, dpdk_sys::prefetch, dpdk_sys::prefetch);
+                t.prefetch_entry_with(*h, dpdk_sys::prefetch);
             }
         }
     }

@@ -714,31 +714,31 @@ impl Pipeline {
         while self.pf_next < end {
             let (table, h) = self.pf[self.pf_next];
             use dpdk_sys::prefetch as pf;
-            // Bit 2: a new flow, whose insert may scan its first bucket for a victim.
+            // Bit 2: a new flow: also the slot its insert fills (or the victims it scans).
             let new = table & 4 != 0;
             match table & 3 {
                 0 => {
-                    self.fwd4.prefetch_entry_with(h, pf, pf);
+                    self.fwd4.prefetch_entry_with(h, pf);
                     if new {
-                        self.fwd4.prefetch_victims_with(h, pf);
+                        self.fwd4.prefetch_insert_with(h, pf);
                     }
                 }
                 1 => {
-                    self.fwd6.prefetch_entry_with(h, pf, pf);
+                    self.fwd6.prefetch_entry_with(h, pf);
                     if new {
-                        self.fwd6.prefetch_victims_with(h, pf);
+                        self.fwd6.prefetch_insert_with(h, pf);
                     }
                 }
                 2 => {
-                    self.rev4.prefetch_entry_with(h, pf, pf);
+                    self.rev4.prefetch_entry_with(h, pf);
                     if new {
-                        self.rev4.prefetch_victims_with(h, pf);
+                        self.rev4.prefetch_insert_with(h, pf);
                     }
                 }
                 _ => {
-                    self.rev6.prefetch_entry_with(h, pf, pf);
+                    self.rev6.prefetch_entry_with(h, pf);
                     if new {
-                        self.rev6.prefetch_victims_with(h, pf);
+                        self.rev6.prefetch_insert_with(h, pf);
                     }
                 }
             }
