@@ -608,10 +608,12 @@ impl Pipeline {
     #[inline]
     pub fn prefetch<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &P) {
         if self.pre_fill == 0 {
-            // A new burst.
+            // A new burst: nothing of the last one may be reused, even if the caller skips
+            // prefetch_entries (then every packet is processed from scratch).
             self.pf_len = 0;
             self.pf_next = 0;
             self.pf_syn = 0;
+            self.pre_ready = 0;
         }
         let Some(slot) = self.pre.get_mut(self.pre_fill) else {
             return;

@@ -540,3 +540,34 @@ fn golden(burst: bool) {
     assert_eq!(stats.neighbor_replies.load(Relaxed), 3);
     assert_eq!(stats.icmp_errors_forwarded.load(Relaxed), 1);
 }
+
+/// The burst cache never applies one packet's parse to another: a packet at an index the
+/// current burst did not prefetch (here the caller skipped `prefetch_entries`) is processed from
+/// scratch, even when a packet of the same length sat at that index in the last burst.
+#[test]
+fn burst_cache_is_not_reused_across_bursts() {
+    let snap = snapshot(1);
+    let mut pipe = Pipeline::new(&PipelineConfig::default(), Arc::new(WorkerStats::new(1024)));
+    // Burst A: two nat SYNs, processed the worker's way.
+    let a: Vec<Vec<u8>> = (0..2)
+        .map(|i| tcp4(CLIENT4, [192, 0, 2, 1], 41000 + i, 80, true, false, &[]))
+        .collect();
+    let mut bufs: Vec<VecBuf> = a.iter().map(|f| VecBuf::new(f)).collect();
+    for b in &bufs {
+        pipe.prefetch(&snap, b);
+    }
+    pipe.prefetch_entries();
+    for (i, b) in bufs.iter_mut().enumerate() {
+        assert_eq!(pipe.process_prefetched(&snap, i, b, 10), Verdict::Tx);
+    }
+    // Burst B: one packet prefetched, prefetch_entries forgotten, and at index 1 a dsr-l2 SYN of
+    // the same length as A's second packet.
+    let x = tcp4(CLIENT4, [192, 0, 2, 1], 41005, 80, true, false, &[]);
+    let y = tcp4(CLIENT4, [192, 0, 2, 2], 41006, 80, true, false, &[]);
+    assert_eq!(y.len(), a[1].len());
+    pipe.prefetch(&snap, &VecBuf::new(&x));
+    let mut yb = VecBuf::new(&y);
+    assert_eq!(pipe.process_prefetched(&snap, 1, &mut yb, 11), Verdict::Tx);
+    // dsr-l2: only the destination MAC changed; a stale nat parse would have rewritten the IPs.
+    assert_eq!(yb.data(), &with_mac(&y, bmac(1))[..]);
+}
