@@ -68,4 +68,21 @@ fuzz_target!(|data: &[u8]| {
     let mut p = Pipeline::new(&cfg, Arc::new(WorkerStats::new(16)));
     let mut b = VecBuf::new(data);
     let _ = p.process(snapshot(), &mut b, 1);
+    // The worker's burst path on the same input: the frame twice in one burst (the first
+    // processing may create the flow the second finds), then split in two frames.
+    let mut burst = [VecBuf::new(data), VecBuf::new(data)];
+    if data.len() > 1 {
+        let (x, y) = data.split_at(data.len() / 2);
+        burst = [VecBuf::new(x), VecBuf::new(y)];
+    }
+    for frames in [[VecBuf::new(data), VecBuf::new(data)], burst] {
+        let mut frames = frames;
+        for f in &frames {
+            p.prefetch(snapshot(), f);
+        }
+        p.prefetch_entries();
+        for (i, f) in frames.iter_mut().enumerate() {
+            let _ = p.process_prefetched(snapshot(), i, f, 2);
+        }
+    }
 });
