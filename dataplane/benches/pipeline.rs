@@ -81,6 +81,35 @@ fn frame(i: u32, syn: bool) -> Vec<u8> {
     v
 }
 
+/// Processes `bufs` as one burst, the worker's way: the prefetch pass, the second-pass
+/// prefetches, then every packet with what the prefetch pass learned.
+fn burst(pipe: &mut Pipeline, snap: &Snapshot, bufs: &mut [VecBuf], now_ms: u32) {
+    for buf in bufs.iter() {
+        pipe.prefetch(snap, buf);
+    }
+    pipe.prefetch_entries();
+    for (i, buf) in bufs.iter_mut().enumerate() {
+        black_box(pipe.process_prefetched(snap, i, buf, now_ms));
+    }
+}
+
+/// Turns every buffer into the SYN `tmpl` from a never-used source address (`*next`,
+/// `*next + 1`, ...), the IPv4 header checksum fixed incrementally.
+fn fresh_syns(bufs: &mut [VecBuf], tmpl: &[u8], next: &mut u32) {
+    for buf in bufs.iter_mut() {
+        buf.reset(tmpl);
+        let i = *next;
+        *next = next.wrapping_add(1);
+        let d = buf.data_mut();
+        let old = [d[26], d[27], d[28], d[29]];
+        let new = [10, 100 + ((i >> 16) & 0x7f) as u8, (i >> 8) as u8, i as u8];
+        d[26..30].copy_from_slice(&new);
+        let ipc = u16::from_be_bytes([d[24], d[25]]);
+        let ipc = sluice_dataplane::wire::checksum::update_bytes(ipc, &old, &new);
+        d[24..26].copy_from_slice(&ipc.to_be_bytes());
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let snap = snapshot();
     let cfg = PipelineConfig {
@@ -142,14 +171,7 @@ fn bench(c: &mut Criterion) {
                 buf.reset(&est[k & 4095]);
                 k += 1;
             }
-            // As the worker does: prefetch the burst's buckets, then process it.
-            for buf in bufs.iter() {
-                pipe.prefetch(&snap, buf);
-            }
-            pipe.prefetch_entries();
-            for (i, buf) in bufs.iter_mut().enumerate() {
-                black_box(pipe.process_prefetched(&snap, i, buf, 2));
-            }
+            burst(&mut pipe, &snap, &mut bufs, 2);
         })
     });
     // New flows: never-seen 5-tuples (Maglev + NAT port + forward and reverse inserts). The
@@ -166,27 +188,9 @@ fn bench(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut total = std::time::Duration::ZERO;
             for _ in 0..iters {
-                for buf in bufs.iter_mut() {
-                    buf.reset(&syn_tmpl);
-                    // unique source address/port per packet, checksum fixed incrementally
-                    let i = next;
-                    next = next.wrapping_add(1);
-                    let d = buf.data_mut();
-                    let old = [d[26], d[27], d[28], d[29]];
-                    let new = [10, 100 + ((i >> 16) & 0x7f) as u8, (i >> 8) as u8, i as u8];
-                    d[26..30].copy_from_slice(&new);
-                    let ipc = u16::from_be_bytes([d[24], d[25]]);
-                    let ipc = sluice_dataplane::wire::checksum::update_bytes(ipc, &old, &new);
-                    d[24..26].copy_from_slice(&ipc.to_be_bytes());
-                }
+                fresh_syns(&mut bufs, &syn_tmpl, &mut next);
                 let t0 = std::time::Instant::now();
-                for buf in bufs.iter() {
-                    pipe.prefetch(&snap, buf);
-                }
-                pipe.prefetch_entries();
-                for (i, buf) in bufs.iter_mut().enumerate() {
-                    black_box(pipe.process_prefetched(&snap, i, buf, 3 + bursts));
-                }
+                burst(&mut pipe, &snap, &mut bufs, 3 + bursts);
                 total += t0.elapsed();
                 bursts += 1;
                 pipe.expire(3 + bursts, 64);
@@ -221,28 +225,11 @@ fn bench(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut total = std::time::Duration::ZERO;
             for _ in 0..iters {
-                for buf in bufs.iter_mut() {
-                    buf.reset(&syn_tmpl);
-                    let i = flood_next;
-                    flood_next = flood_next.wrapping_add(1);
-                    let d = buf.data_mut();
-                    let old = [d[26], d[27], d[28], d[29]];
-                    let new = [10, 100 + ((i >> 16) & 0x7f) as u8, (i >> 8) as u8, i as u8];
-                    d[26..30].copy_from_slice(&new);
-                    let ipc = u16::from_be_bytes([d[24], d[25]]);
-                    let ipc = sluice_dataplane::wire::checksum::update_bytes(ipc, &old, &new);
-                    d[24..26].copy_from_slice(&ipc.to_be_bytes());
-                }
+                fresh_syns(&mut bufs, &syn_tmpl, &mut flood_next);
                 // 1 ms per 32 bursts (1M SYN/s): nothing expires within the 5 s SYN timeout.
                 let now = 2 + flood_bursts / 32;
                 let t0 = std::time::Instant::now();
-                for buf in bufs.iter() {
-                    flood.prefetch(&snap, buf);
-                }
-                flood.prefetch_entries();
-                for (i, buf) in bufs.iter_mut().enumerate() {
-                    black_box(flood.process_prefetched(&snap, i, buf, now));
-                }
+                burst(&mut flood, &snap, &mut bufs, now);
                 total += t0.elapsed();
                 flood_bursts += 1;
             }

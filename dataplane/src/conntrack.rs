@@ -610,22 +610,7 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
                 return Inserted::Replaced { old: old.value };
             }
         }
-        // The first bucket while it has three free slots or more (as DPDK's rte_hash, which
-        // fills the primary bucket first), else the less loaded of the two: most flows then
-        // live in their first bucket, so a lookup usually reads one tag word and the burst
-        // prefetch needs only that bucket's line, while a nearly full first bucket still
-        // leaves room for the flows whose second bucket it is.
-        let free1 = zero_lanes(self.tags[b1]);
-        let (b, free) = if free1.count_ones() >= 3 {
-            (b1, free1)
-        } else {
-            let free2 = zero_lanes(self.tags[b2]);
-            if free1.count_ones() >= free2.count_ones() {
-                (b1, free1)
-            } else {
-                (b2, free2)
-            }
-        };
+        let (b, free) = self.insert_bucket(b1, b2);
         if free != 0 {
             let i = b * SLOTS_PER_BUCKET + first_lane(free);
             self.slots[i].0 = Some(entry);
@@ -635,6 +620,25 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
             return Inserted::New;
         }
         self.insert_full(b1, b2, tag, entry, now_ms)
+    }
+
+    /// The bucket a new flow with buckets `b1`, `b2` goes to, and its free lanes (0: both
+    /// full). The first bucket while it has three free slots or more (DPDK's rte_hash also
+    /// fills the primary bucket first), else the less loaded of the two (the first on a tie):
+    /// most flows then live in their first bucket, where a lookup looks first, while a nearly
+    /// full first bucket keeps room for the flows whose second bucket it is.
+    #[inline(always)]
+    fn insert_bucket(&self, b1: usize, b2: usize) -> (usize, u128) {
+        let free1 = zero_lanes(self.tags[b1]);
+        if free1.count_ones() >= 3 {
+            return (b1, free1);
+        }
+        let free2 = zero_lanes(self.tags[b2]);
+        if free1.count_ones() >= free2.count_ones() {
+            (b1, free1)
+        } else {
+            (b2, free2)
+        }
     }
 
     /// [`Conntrack::insert`] when both buckets are full: reuse an expired slot of the first,
@@ -827,13 +831,7 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     #[inline]
     pub fn prefetch_insert_with(&self, hash: u64, mut prefetch: impl FnMut(&Option<Entry<K, V>>)) {
         let (b1, b2) = self.buckets(hash);
-        let free1 = zero_lanes(self.tags[b1]);
-        let free2 = zero_lanes(self.tags[b2]);
-        let (b, free) = if free1.count_ones() >= 3 || free1.count_ones() >= free2.count_ones() {
-            (b1, free1)
-        } else {
-            (b2, free2)
-        };
+        let (b, free) = self.insert_bucket(b1, b2);
         if free != 0 {
             prefetch(&self.slots[b * SLOTS_PER_BUCKET + first_lane(free)].0);
         } else {

@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::conntrack::{
-    Conntrack, ConntrackConfig, Entry, FlowState, Inserted, Timeouts, V4Key, V6Key,
+    Conntrack, ConntrackConfig, Entry, FlowKey, FlowState, Inserted, Timeouts, V4Key, V6Key,
 };
 use crate::hash;
 use crate::snapshot::{AddrKind, Backend, BackendState, Frontend, Method, Snapshot};
@@ -304,6 +304,16 @@ fn k6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, proto: u8) -> V6Key 
     }
 }
 
+/// The second-pass prefetch of one remembered flow: the entry its lookup compares and, for a
+/// new flow, the slot its insert fills or the victims it scans.
+#[inline(always)]
+fn second_pass<K: FlowKey, V: Copy>(t: &Conntrack<K, V>, h: u64, new: bool) {
+    t.prefetch_entry_with(h, dpdk_sys::prefetch);
+    if new {
+        t.prefetch_insert_with(h, dpdk_sys::prefetch);
+    }
+}
+
 /// A forward flow's entry was freed: one flow fewer to its backend.
 #[inline(always)]
 fn closed(stats: &WorkerStats, v: &Fwd) {
@@ -541,7 +551,7 @@ impl Pipeline {
         count: usize,
         out: &mut Vec<FlowEntry>,
     ) -> Option<usize> {
-        fn collect<K: crate::conntrack::FlowKey>(
+        fn collect<K: FlowKey>(
             t: &Conntrack<K, Fwd>,
             src: IpAddr,
             start: usize,
@@ -594,8 +604,7 @@ impl Pipeline {
         if port < lo || port > hi || workers <= 1 {
             return 0;
         }
-        let per = ((u32::from(hi) - u32::from(lo) + 1) / u32::from(workers)).max(1);
-        ((u32::from(port - lo) / per) as u16).min(workers - 1)
+        ((u32::from(port - lo) / nat_slice_len(snap, workers)) as u16).min(workers - 1)
     }
 
     /// First pass of burst prefetching: parses `pkt`, computes its flow hash, finds its
@@ -715,34 +724,13 @@ impl Pipeline {
         let end = upto.min(self.pf_len);
         while self.pf_next < end {
             let (table, h) = self.pf[self.pf_next];
-            use dpdk_sys::prefetch as pf;
             // Bit 2: a new flow: also the slot its insert fills (or the victims it scans).
             let new = table & 4 != 0;
             match table & 3 {
-                0 => {
-                    self.fwd4.prefetch_entry_with(h, pf);
-                    if new {
-                        self.fwd4.prefetch_insert_with(h, pf);
-                    }
-                }
-                1 => {
-                    self.fwd6.prefetch_entry_with(h, pf);
-                    if new {
-                        self.fwd6.prefetch_insert_with(h, pf);
-                    }
-                }
-                2 => {
-                    self.rev4.prefetch_entry_with(h, pf);
-                    if new {
-                        self.rev4.prefetch_insert_with(h, pf);
-                    }
-                }
-                _ => {
-                    self.rev6.prefetch_entry_with(h, pf);
-                    if new {
-                        self.rev6.prefetch_insert_with(h, pf);
-                    }
-                }
+                0 => second_pass(&self.fwd4, h, new),
+                1 => second_pass(&self.fwd6, h, new),
+                2 => second_pass(&self.rev4, h, new),
+                _ => second_pass(&self.rev6, h, new),
             }
             self.pf_next += 1;
         }
@@ -1169,11 +1157,8 @@ impl Pipeline {
         src_mac: [u8; 6],
         frontend: u16,
     ) -> Result<(u16, u8), DropReason> {
-        let l = &snap.local;
-        let (lo, hi) = (u32::from(l.nat_port_min), u32::from(l.nat_port_max));
-        let per = ((hi - lo + 1) / u32::from(self.workers)).max(1);
         let st = flow_state(p.proto == proto::TCP, p.tcp_flags);
-        for _ in 0..NAT_PORT_TRIES.min(per) {
+        for _ in 0..NAT_PORT_TRIES.min(nat_slice_len(snap, self.workers)) {
             let cursor = self.nat_cursor;
             self.nat_cursor = self.nat_cursor.wrapping_add(1);
             let Some((rk, rh)) = nat_rev_key(snap, self.worker, self.workers, p, v6, b, h, cursor)
@@ -1215,6 +1200,13 @@ impl Pipeline {
     }
 }
 
+/// Ports in each worker's slice of the NAT port range (at least 1).
+#[inline(always)]
+fn nat_slice_len(snap: &Snapshot, workers: u16) -> u32 {
+    let (lo, hi) = (snap.local.nat_port_min, snap.local.nat_port_max);
+    ((u32::from(hi) - u32::from(lo) + 1) / u32::from(workers.max(1))).max(1)
+}
+
 /// A NAT reverse key (the backend's reply: backend -> NAT address and port) and the index of
 /// the NAT address.
 enum RevKey {
@@ -1239,9 +1231,8 @@ fn nat_rev_key(
     cursor: u32,
 ) -> Option<(RevKey, u64)> {
     let l = &snap.local;
-    let (lo, hi) = (u32::from(l.nat_port_min), u32::from(l.nat_port_max));
-    let per = ((hi - lo + 1) / u32::from(workers)).max(1);
-    let port = (lo + per * u32::from(worker) + cursor % per) as u16;
+    let per = nat_slice_len(snap, workers);
+    let port = (u32::from(l.nat_port_min) + per * u32::from(worker) + cursor % per) as u16;
     match (b.addr, v6) {
         (IpAddr::V4(ba), false) if !l.nat_ipv4.is_empty() => {
             let ai = (h >> 32) as usize % l.nat_ipv4.len();
