@@ -411,6 +411,15 @@ mod tests {
         f64::from(max) * shares.len() as f64 / f64::from(t.size())
     }
 
+    /// The balance bound: max/mean <= 1.01, except where no table of `size` entries over
+    /// `n` backends can meet it, because some backend must hold `ceil(size / n)` entries (e.g.
+    /// N = 992 at M = 65537: 67 / 66.07 = 1.014); there the bound is that least possible
+    /// max/mean.
+    fn balance_bound(size: u32, n: usize) -> f64 {
+        let mean = f64::from(size) / n as f64;
+        1.01f64.max(mean.ceil() / mean) + 1e-12
+    }
+
     /// Large N are slow in unoptimised builds; keep the debug test suite quick.
     const BIG_N: usize = if cfg!(debug_assertions) { 300 } else { 1000 };
 
@@ -432,12 +441,12 @@ mod tests {
 
     #[test]
     fn balanced_for_fixed_n() {
-        for n in [1, 2, 3, 10, 100, BIG_N] {
+        for n in [1, 2, 3, 10, 100, 946, 992, BIG_N] {
             let ids = names(n);
             let t = MaglevTable::build(&backends(&ids, 1), DEFAULT_TABLE_SIZE, 1).unwrap();
             assert_eq!(t.entries().len(), DEFAULT_TABLE_SIZE as usize);
             assert!(
-                imbalance(&t) <= 1.01,
+                imbalance(&t) <= balance_bound(DEFAULT_TABLE_SIZE, n),
                 "n = {n}: imbalance {}",
                 imbalance(&t)
             );
@@ -671,7 +680,10 @@ mod tests {
         fn balanced_for_random_n(n in 1..=BIG_N, seed in any::<u64>()) {
             let ids = names(n);
             let t = MaglevTable::build(&backends(&ids, 1), DEFAULT_TABLE_SIZE, seed).unwrap();
-            prop_assert!(imbalance(&t) <= 1.01);
+            prop_assert!(imbalance(&t) <= balance_bound(DEFAULT_TABLE_SIZE, n));
+            let shares = t.shares();
+            let (min, max) = (shares.iter().min().unwrap(), shares.iter().max().unwrap());
+            prop_assert!(max - min <= 1, "shares {}..={}", min, max);
         }
 
         #[test]

@@ -25,8 +25,8 @@ use crate::conntrack::{
 use crate::hash;
 use crate::snapshot::{AddrKind, Backend, BackendState, Frontend, Method, Snapshot};
 use crate::stats::{bump, DropReason, WorkerStats};
-use crate::wire::checksum::{self, update16, update_bytes};
-use crate::wire::parse::{parse, Fragment, Parsed, L3};
+use crate::wire::checksum::{self, update16};
+use crate::wire::parse::{parse, parse_into, Fragment, Parsed, L3};
 use crate::wire::{arp, be16, ethernet, icmp, ipv4, ipv6, proto, put16, tcp::flags};
 
 /// A packet buffer the pipeline can rewrite and grow at the front (for encapsulation).
@@ -71,9 +71,11 @@ impl VecBuf {
 }
 
 impl PacketBuf for VecBuf {
+    #[inline]
     fn data(&self) -> &[u8] {
         &self.buf[self.start..]
     }
+    #[inline]
     fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buf[self.start..]
     }
@@ -347,6 +349,14 @@ fn flow_hash(snap: &Snapshot, p: &Parsed, v6: bool) -> u64 {
             p.proto,
         )
     }
+}
+
+/// The MAC address at `at` of a frame (zero if the frame is shorter; parsed frames are not).
+#[inline(always)]
+fn mac_at(d: &[u8], at: usize) -> [u8; 6] {
+    d.get(at..at + 6)
+        .and_then(|m| m.try_into().ok())
+        .unwrap_or_default()
 }
 
 #[inline(always)]
@@ -631,15 +641,9 @@ impl Pipeline {
         let data = pkt.data();
         slot.len = data.len();
         slot.hint = Hint::default();
-        match parse(data) {
-            Ok(p) => {
-                slot.ok = true;
-                slot.p = p;
-            }
-            Err(_) => {
-                slot.ok = false;
-                return;
-            }
+        slot.ok = parse_into(data, &mut slot.p).is_ok();
+        if !slot.ok {
+            return;
         }
         let p = &slot.p;
         if p.proto != proto::TCP && p.proto != proto::UDP || p.fragment != Fragment::No {
@@ -796,7 +800,7 @@ impl Pipeline {
         now_ms: u32,
     ) -> Verdict {
         let d = pkt.data();
-        let dst_mac = [d[0], d[1], d[2], d[3], d[4], d[5]];
+        let dst_mac = mac_at(d, 0);
         if dst_mac != snap.local.mac && dst_mac[0] & 1 == 0 {
             return Verdict::Drop(DropReason::NotForUs);
         }
@@ -804,8 +808,7 @@ impl Pipeline {
             L3::Arp => self.arp(snap, pkt, p),
             L3::Ipv4 => {
                 let l3 = usize::from(p.l3_off);
-                let hl = usize::from(d[l3] & 0x0f) * 4;
-                if checksum::checksum(&d[l3..l3 + hl]) != 0 {
+                if !checksum::ipv4_header_ok(&d[l3..]) {
                     return Verdict::Drop(DropReason::BadIpChecksum);
                 }
                 self.ip(snap, pkt, p, false, hint, now_ms)
@@ -968,7 +971,7 @@ impl Pipeline {
             return Verdict::Drop(DropReason::SourceDenied);
         }
         let d = pkt.data();
-        let src_mac = [d[6], d[7], d[8], d[9], d[10], d[11]];
+        let src_mac = mac_at(d, 6);
         let choice = match self.schedule(snap, f, p, v6, h, now_ms, src_mac) {
             Ok(c) => c,
             Err(r) => return Verdict::Drop(r),
@@ -1279,14 +1282,25 @@ fn rewrite_flow(
     let l3 = usize::from(p.l3_off);
     let l4 = usize::from(p.l4_off);
     let (a_off, alen) = if v6 { (l3 + 8, 16) } else { (l3 + 12, 4) };
-    let mut old = [0u8; 32];
-    old[..2 * alen].copy_from_slice(&d[a_off..a_off + 2 * alen]);
-    d[a_off..a_off + alen].copy_from_slice(new_src);
-    d[a_off + alen..a_off + 2 * alen].copy_from_slice(new_dst);
+    // The addresses' change, summed once (RFC 1624: ~old + new per word), serves both the IPv4
+    // header checksum and the TCP/UDP one (whose pseudo-header holds the same addresses).
+    let addrs = &mut d[a_off..a_off + 2 * alen];
+    let delta = match (
+        <[u8; 8]>::try_from(&*addrs),
+        <[u8; 4]>::try_from(new_src),
+        <[u8; 4]>::try_from(new_dst),
+    ) {
+        (Ok(o), Ok(s), Ok(t)) => {
+            checksum::delta4([o[0], o[1], o[2], o[3]], s)
+                + checksum::delta4([o[4], o[5], o[6], o[7]], t)
+        }
+        _ => checksum::delta(&addrs[..alen], new_src) + checksum::delta(&addrs[alen..], new_dst),
+    };
+    addrs[..alen].copy_from_slice(new_src);
+    addrs[alen..].copy_from_slice(new_dst);
     if !v6 {
         let c = be16(d, l3 + 10);
-        let c = update_bytes(c, &old[..8], &d[a_off..a_off + 8]);
-        put16(d, l3 + 10, c);
+        put16(d, l3 + 10, checksum::apply(c, delta));
     }
     let coff = if p.proto == proto::TCP {
         l4 + 16
@@ -1300,9 +1314,8 @@ fn rewrite_flow(
     if p.proto == proto::UDP && c == 0 && !v6 {
         return; // IPv4 UDP without checksum stays without
     }
-    let mut c = update_bytes(c, &old[..2 * alen], &d[a_off..a_off + 2 * alen]);
-    c = update16(c, osp, new_sport);
-    c = update16(c, odp, new_dport);
+    let ports = u64::from(!osp) + u64::from(new_sport) + u64::from(!odp) + u64::from(new_dport);
+    let mut c = checksum::apply(c, delta + ports);
     if p.proto == proto::UDP && c == 0 {
         c = 0xffff;
     }
@@ -1686,7 +1699,7 @@ impl Pipeline {
         let mac = snap.local.mac;
         let frame_len = d.len();
         let d = pkt.data_mut();
-        let src_mac = [d[6], d[7], d[8], d[9], d[10], d[11]];
+        let src_mac = mac_at(d, 6);
         d[0..6].copy_from_slice(&src_mac);
         d[6..12].copy_from_slice(&mac);
         ipv6::emit(&mut d[l3..], target, asker, proto::ICMPV6, 32, 255);

@@ -87,8 +87,15 @@ pub fn update32(csum: u16, old: u32, new: u32) -> u16 {
 /// its 16-bit halves), 16-bit words for a remainder.
 #[inline]
 pub fn update_bytes(csum: u16, old: &[u8], new: &[u8]) -> u16 {
+    apply(csum, delta(old, new))
+}
+
+/// The RFC 1624 change of a checksummed byte string of even length from `old` to `new`: the
+/// sum of `~old + new` over its words, unfolded, for [`apply`]. Deltas of several fields add.
+#[inline(always)]
+pub fn delta(old: &[u8], new: &[u8]) -> u64 {
     debug_assert_eq!(old.len(), new.len());
-    let mut a = u64::from(!csum);
+    let mut a = 0u64;
     let (mut o4, mut n4) = (old.chunks_exact(4), new.chunks_exact(4));
     for (o, n) in (&mut o4).zip(&mut n4) {
         a += u64::from(!u32::from_be_bytes([o[0], o[1], o[2], o[3]]));
@@ -102,7 +109,34 @@ pub fn update_bytes(csum: u16, old: &[u8], new: &[u8]) -> u16 {
         a += u64::from(!u16::from_be_bytes([o[0], o[1]]));
         a += u64::from(u16::from_be_bytes([n[0], n[1]]));
     }
-    !fold(fold64(a))
+    a
+}
+
+/// [`delta`] of a 4-byte field (an IPv4 address).
+#[inline(always)]
+pub fn delta4(old: [u8; 4], new: [u8; 4]) -> u64 {
+    u64::from(!u32::from_be_bytes(old)) + u64::from(u32::from_be_bytes(new))
+}
+
+/// The checksum `csum` after the changes summed in `delta` (from [`delta`], plus
+/// `!old + new` of any 16-bit fields): RFC 1624 eqn. 3, `~(~HC + delta)`.
+#[inline(always)]
+pub fn apply(csum: u16, delta: u64) -> u16 {
+    !fold(fold64(u64::from(!csum) + delta))
+}
+
+/// Whether the IPv4 header at the start of `ip` (a header that parsed: its IHL fits `ip`) has
+/// a correct checksum. The usual 20-byte header is summed as five 32-bit words, inline.
+#[inline(always)]
+pub fn ipv4_header_ok(ip: &[u8]) -> bool {
+    let hl = usize::from(ip.first().map_or(0, |b| b & 0x0f)) * 4;
+    if hl == 20 {
+        if let Some(h) = ip.get(..20) {
+            let w = |i: usize| u64::from(u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
+            return fold(fold64(w(0) + w(4) + w(8) + w(12) + w(16))) == 0xffff;
+        }
+    }
+    ip.get(..hl).is_some_and(|h| checksum(h) == 0)
 }
 
 #[cfg(test)]
