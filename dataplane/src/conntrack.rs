@@ -414,6 +414,18 @@ fn zero_lanes(x: u128) -> u128 {
     !(((x & LANE_LOW_15) + LANE_LOW_15) | x | LANE_LOW_15)
 }
 
+/// The number of lanes set in a `zero_lanes` mask. (Not `count_ones`: baseline x86-64 has no
+/// `popcnt`, and the bit-twiddling fallback costs a dozen instructions per half.) Each half
+/// holds four lane bits; one multiply sums them into its top lane.
+#[inline(always)]
+fn count_lanes(mask: u128) -> u32 {
+    const ONES: u64 = 0x0001_0001_0001_0001;
+    let x = (mask >> 15) & LANE_LOW_BIT;
+    let lo = (x as u64).wrapping_mul(ONES) >> 48;
+    let hi = ((x >> 64) as u64).wrapping_mul(ONES) >> 48;
+    (lo + hi) as u32
+}
+
 /// The lane (slot within its bucket) of the lowest bit set in a `zero_lanes` mask.
 #[inline(always)]
 fn first_lane(mask: u128) -> usize {
@@ -610,6 +622,47 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
                 return Inserted::Replaced { old: old.value };
             }
         }
+        self.insert_absent(b1, b2, tag, entry, now_ms)
+    }
+
+    /// [`Conntrack::insert`] of a key the caller knows is not in the table, because a
+    /// [`Conntrack::lookup`] or [`Conntrack::contains`] of it just missed with nothing inserted
+    /// since: skips the search for an entry to replace (two tag words and any tag matches).
+    /// Never returns [`Inserted::Replaced`]. Inserting a key that is present would store it
+    /// twice (checked in debug builds).
+    #[inline]
+    pub fn insert_new(
+        &mut self,
+        key: K,
+        hash: u64,
+        value: V,
+        state: FlowState,
+        now_ms: u32,
+    ) -> Inserted<K, V> {
+        debug_assert!(
+            self.find(&key, hash).is_none(),
+            "insert_new of a present key"
+        );
+        let (b1, b2) = self.buckets(hash);
+        let entry = Entry {
+            key,
+            state,
+            last_seen_ms: now_ms,
+            value,
+        };
+        self.insert_absent(b1, b2, tag_of(hash), entry, now_ms)
+    }
+
+    /// Stores `entry`, absent from the table, in its buckets `b1`/`b2`.
+    #[inline(always)]
+    fn insert_absent(
+        &mut self,
+        b1: usize,
+        b2: usize,
+        tag: u16,
+        entry: Entry<K, V>,
+        now_ms: u32,
+    ) -> Inserted<K, V> {
         let (b, free) = self.insert_bucket(b1, b2);
         if free != 0 {
             let i = b * SLOTS_PER_BUCKET + first_lane(free);
@@ -630,11 +683,12 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     #[inline(always)]
     fn insert_bucket(&self, b1: usize, b2: usize) -> (usize, u128) {
         let free1 = zero_lanes(self.tags[b1]);
-        if free1.count_ones() >= 3 {
+        let n1 = count_lanes(free1);
+        if n1 >= 3 {
             return (b1, free1);
         }
         let free2 = zero_lanes(self.tags[b2]);
-        if free1.count_ones() >= free2.count_ones() {
+        if n1 >= count_lanes(free2) {
             (b1, free1)
         } else {
             (b2, free2)
@@ -1042,6 +1096,33 @@ mod tests {
         assert_eq!(lanes, [1, 4, 7]);
         assert_eq!(z & !(LANE_LOW_BIT << 15), 0);
         assert_eq!(zero_lanes(0).count_ones(), 8);
+        for tags in [
+            0u128,
+            1,
+            0xffff,
+            0x1_0000,
+            u128::MAX,
+            0x0001_0000_0000_0000_0000_0000_0000_0000,
+        ] {
+            let m = zero_lanes(tags);
+            assert_eq!(count_lanes(m), m.count_ones(), "{tags:#x}");
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15_u128;
+        for _ in 0..1000 {
+            x = x
+                .wrapping_mul(0x2545_f491_4f6c_dd1d_1234_5678_9abc_def1)
+                .rotate_left(17);
+            // Clear random lanes so that every count from 0 to 8 occurs.
+            let keep = (x >> 7) as u8;
+            let mut t = x;
+            for lane in 0..8 {
+                if keep & (1 << lane) != 0 {
+                    t &= !(0xffff_u128 << (lane * 16));
+                }
+            }
+            let m = zero_lanes(t);
+            assert_eq!(count_lanes(m), m.count_ones(), "{t:#x}");
+        }
         assert_eq!(zero_lanes(u128::MAX), 0);
     }
 

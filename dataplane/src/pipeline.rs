@@ -282,6 +282,11 @@ struct Hint {
     /// The frontend of (dst, proto, dport), if the packet is a first-fragment-free TCP/UDP
     /// packet to a served VIP port.
     frontend: Option<u32>,
+    /// For a TCP SYN to a NAT frontend without affinity: the backend Maglev picked.
+    pick: Option<u32>,
+    /// For the same SYN: the NAT port cursor the prefetch pass guessed, the backend, and the
+    /// hash of the reverse key they give (reused if the guess holds).
+    rev: Option<(u32, u32, u64)>,
 }
 
 #[inline(always)]
@@ -659,6 +664,8 @@ impl Pipeline {
         slot.hint = Hint {
             hash: Some(h),
             frontend: fe,
+            pick: None,
+            rev: None,
         };
         let nat_reply = fe.is_none()
             && p.dport >= snap.local.nat_port_min
@@ -694,12 +701,14 @@ impl Pipeline {
         let Some(b) = pick(snap, f, h) else {
             return;
         };
+        slot.hint.pick = Some(b.id);
         let cursor = self.nat_cursor.wrapping_add(self.pf_syn);
         self.pf_syn += 1;
         let Some((_, rh)) = nat_rev_key(snap, self.worker, self.workers, p, v6, b, h, cursor)
         else {
             return;
         };
+        slot.hint.rev = Some((cursor, b.id, rh));
         let table = if v6 { 3 | 4 } else { 2 | 4 };
         match table & 3 {
             2 => self.rev4.prefetch_with(rh, pf),
@@ -872,7 +881,7 @@ impl Pipeline {
             };
             if let Some(f) = f {
                 let h = hint.hash.unwrap_or_else(|| flow_hash(snap, p, v6));
-                return self.vip_flow(snap, pkt, p, v6, f, h, now_ms);
+                return self.vip_flow(snap, pkt, p, v6, f, h, hint, now_ms);
             }
         }
         if v6
@@ -930,7 +939,7 @@ impl Pipeline {
         };
         if p.fragment == Fragment::No {
             let h = flow_hash(snap, p, v6);
-            return self.vip_flow(snap, pkt, p, v6, f, h, now_ms);
+            return self.vip_flow(snap, pkt, p, v6, f, h, Hint::default(), now_ms);
         }
         if !f.source_ranges.is_empty()
             && !f.source_ranges.iter().any(|c| c.contains_raw(&p.src, v6))
@@ -952,7 +961,8 @@ impl Pipeline {
         self.send_dsr(snap, pkt, p, v6, f.method, b)
     }
 
-    /// A TCP/UDP packet (not a fragment) to frontend `f`; `h` is its 5-tuple hash.
+    /// A TCP/UDP packet (not a fragment) to frontend `f`; `h` is its 5-tuple hash, `hint`
+    /// what the prefetch pass already worked out for it.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn vip_flow<P: PacketBuf>(
@@ -963,6 +973,7 @@ impl Pipeline {
         v6: bool,
         f: &Frontend,
         h: u64,
+        hint: Hint,
         now_ms: u32,
     ) -> Verdict {
         if !f.source_ranges.is_empty()
@@ -972,7 +983,7 @@ impl Pipeline {
         }
         let d = pkt.data();
         let src_mac = mac_at(d, 6);
-        let choice = match self.schedule(snap, f, p, v6, h, now_ms, src_mac) {
+        let choice = match self.schedule(snap, f, p, v6, h, hint, now_ms, src_mac) {
             Ok(c) => c,
             Err(r) => return Verdict::Drop(r),
         };
@@ -1000,6 +1011,7 @@ impl Pipeline {
         p: &Parsed,
         v6: bool,
         h: u64,
+        hint: Hint,
         now_ms: u32,
         src_mac: [u8; 6],
     ) -> Result<Choice, DropReason> {
@@ -1025,6 +1037,8 @@ impl Pipeline {
                 *e.value()
             })
         };
+        // A miss leaves the key absent (an expired entry was freed): insert without a search.
+        let absent = hit.is_none();
         if let Some(v) = hit {
             if let Some(b) = snap.backend(v.backend) {
                 if b.mac.is_some() && (f.method != Method::Nat || v.nat_port != 0) {
@@ -1096,7 +1110,10 @@ impl Pipeline {
                 }
             }
         } else {
-            chosen = pick(snap, f, h);
+            chosen = match hint.pick.and_then(|id| snap.backend(id)) {
+                Some(b) => Some(b),
+                None => pick(snap, f, h),
+            };
         }
         let Some(b) = chosen else {
             return Err(DropReason::NoBackend);
@@ -1106,7 +1123,7 @@ impl Pipeline {
         }
         let (nat_port, nat_addr) = if f.method == Method::Nat {
             // A snapshot holds only frontend ids below MAX_FRONTENDS (2^16).
-            self.alloc_nat(snap, p, v6, b, h, now_ms, src_mac, f.id as u16)?
+            self.alloc_nat(snap, p, v6, b, h, hint.rev, now_ms, src_mac, f.id as u16)?
         } else {
             (0, 0)
         };
@@ -1118,22 +1135,20 @@ impl Pipeline {
         };
         let st = flow_state(tcp, fl);
         if v6 {
-            let displaced = self.fwd6.insert(
-                k6(p.src, p.dst, p.sport, p.dport, p.proto),
-                h,
-                val,
-                st,
-                now_ms,
-            );
+            let k = k6(p.src, p.dst, p.sport, p.dport, p.proto);
+            let displaced = if absent {
+                self.fwd6.insert_new(k, h, val, st, now_ms)
+            } else {
+                self.fwd6.insert(k, h, val, st, now_ms)
+            };
             displaced_flow(&self.stats, &displaced);
         } else {
-            let displaced = self.fwd4.insert(
-                k4(a4(&p.src), a4(&p.dst), p.sport, p.dport, p.proto),
-                h,
-                val,
-                st,
-                now_ms,
-            );
+            let k = k4(a4(&p.src), a4(&p.dst), p.sport, p.dport, p.proto);
+            let displaced = if absent {
+                self.fwd4.insert_new(k, h, val, st, now_ms)
+            } else {
+                self.fwd4.insert(k, h, val, st, now_ms)
+            };
             displaced_flow(&self.stats, &displaced);
         }
         bump(&self.stats.new_flows, 1);
@@ -1156,6 +1171,7 @@ impl Pipeline {
         v6: bool,
         b: &Backend,
         h: u64,
+        guess: Option<(u32, u32, u64)>,
         now_ms: u32,
         src_mac: [u8; 6],
         frontend: u16,
@@ -1164,7 +1180,13 @@ impl Pipeline {
         for _ in 0..NAT_PORT_TRIES.min(nat_slice_len(snap, self.workers)) {
             let cursor = self.nat_cursor;
             self.nat_cursor = self.nat_cursor.wrapping_add(1);
-            let Some((rk, rh)) = nat_rev_key(snap, self.worker, self.workers, p, v6, b, h, cursor)
+            // The prefetch pass's guess of this cursor (and so of this backend) holds: its
+            // reverse-key hash is this one.
+            let known = guess
+                .filter(|&(c, id, _)| c == cursor && id == b.id)
+                .map(|(.., rh)| rh);
+            let Some((rk, rh)) =
+                nat_rev_key_with(snap, self.worker, self.workers, p, v6, b, h, cursor, known)
             else {
                 return Err(DropReason::NoNatAddress);
             };
@@ -1183,7 +1205,7 @@ impl Pipeline {
                         client_mac: src_mac,
                         frontend,
                     };
-                    let _ = self.rev4.insert(k, rh, val, st, now_ms);
+                    let _ = self.rev4.insert_new(k, rh, val, st, now_ms);
                     (k.dport, ai)
                 }
                 RevKey::V6(k, ai) => {
@@ -1193,7 +1215,7 @@ impl Pipeline {
                         client_mac: src_mac,
                         frontend,
                     };
-                    let _ = self.rev6.insert(k, rh, val, st, now_ms);
+                    let _ = self.rev6.insert_new(k, rh, val, st, now_ms);
                     (k.dport, ai)
                 }
             };
@@ -1233,6 +1255,24 @@ fn nat_rev_key(
     h: u64,
     cursor: u32,
 ) -> Option<(RevKey, u64)> {
+    nat_rev_key_with(snap, worker, workers, p, v6, b, h, cursor, None)
+}
+
+/// [`nat_rev_key`], with the reverse key's hash given when already known (the prefetch pass
+/// computed it for the same arguments).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn nat_rev_key_with(
+    snap: &Snapshot,
+    worker: u16,
+    workers: u16,
+    p: &Parsed,
+    v6: bool,
+    b: &Backend,
+    h: u64,
+    cursor: u32,
+    known: Option<u64>,
+) -> Option<(RevKey, u64)> {
     let l = &snap.local;
     let per = nat_slice_len(snap, workers);
     let port = (u32::from(l.nat_port_min) + per * u32::from(worker) + cursor % per) as u16;
@@ -1241,14 +1281,18 @@ fn nat_rev_key(
             let ai = (h >> 32) as usize % l.nat_ipv4.len();
             let la = l.nat_ipv4[ai];
             let rk = k4(ba.octets(), la, b.port, port, p.proto);
-            let rh = hash::hash_v4_5tuple(snap.hash_seed, ba.octets(), la, b.port, port, p.proto);
+            let rh = known.unwrap_or_else(|| {
+                hash::hash_v4_5tuple(snap.hash_seed, ba.octets(), la, b.port, port, p.proto)
+            });
             Some((RevKey::V4(rk, ai as u8), rh))
         }
         (IpAddr::V6(ba), true) if !l.nat_ipv6.is_empty() => {
             let ai = (h >> 32) as usize % l.nat_ipv6.len();
             let la = l.nat_ipv6[ai];
             let rk = k6(ba.octets(), la, b.port, port, p.proto);
-            let rh = hash::hash_v6_5tuple(snap.hash_seed, ba.octets(), la, b.port, port, p.proto);
+            let rh = known.unwrap_or_else(|| {
+                hash::hash_v6_5tuple(snap.hash_seed, ba.octets(), la, b.port, port, p.proto)
+            });
             Some((RevKey::V6(rk, ai as u8), rh))
         }
         _ => None,
