@@ -96,10 +96,16 @@ enum Prefetch {
     PerFlow,
     /// [`Conntrack::prefetch_burst`] (tag words, then candidate entries).
     Burst,
-    /// Two passes of `prefetcht0` (`dpdk_sys::prefetch`): tag words, then candidate entries,
-    /// as the worker does.
+    /// Two passes of `prefetcht0` (`dpdk_sys::prefetch`): tag words, then candidate entries.
     Prefetcht0,
+    /// `prefetcht0` of the tag words of the burst, then each flow's candidate entry
+    /// [`AHEAD`] flows before its lookup, as the worker does.
+    Staged,
 }
+
+/// How many flows ahead of its lookup the staged variant prefetches a flow's entry (the
+/// pipeline's `PF_AHEAD`).
+const AHEAD: usize = 16;
 
 /// Looks a burst up after prefetching it as asked; returns a checksum of the values found.
 fn lookup_burst(
@@ -119,6 +125,7 @@ fn lookup_burst(
             let hashes: [u64; BURST] = std::array::from_fn(|i| burst[i].1);
             t.prefetch_burst(&hashes);
         }
+        Prefetch::Staged => {}
         Prefetch::Prefetcht0 => {
             for (_, h) in burst {
                 t.prefetch_with(*h, dpdk_sys::prefetch);
@@ -129,6 +136,23 @@ fn lookup_burst(
         }
     }
     let mut found = 0u64;
+    if let Prefetch::Staged = prefetch {
+        for (_, h) in burst {
+            t.prefetch_with(*h, dpdk_sys::prefetch);
+        }
+        for (_, h) in &burst[..AHEAD.min(burst.len())] {
+            t.prefetch_entry_with(*h, dpdk_sys::prefetch);
+        }
+        for (i, (k, h)) in burst.iter().enumerate() {
+            if let Some((_, ah)) = burst.get(i + AHEAD) {
+                t.prefetch_entry_with(*ah, dpdk_sys::prefetch);
+            }
+            if let Some(e) = t.lookup(k, *h, now) {
+                found += u64::from(e.value()[0]);
+            }
+        }
+        return found;
+    }
     for (k, h) in burst {
         if let Some(e) = t.lookup(k, *h, now) {
             found += u64::from(e.value()[0]);
@@ -167,6 +191,7 @@ fn bench(c: &mut Criterion) {
             ("_prefetch", Prefetch::PerFlow),
             ("_prefetch_burst", Prefetch::Burst),
             ("_prefetcht0", Prefetch::Prefetcht0),
+            ("_prefetcht0_staged", Prefetch::Staged),
         ] {
             g.bench_function(format!("hit{name}_{tag}"), |b| {
                 b.iter_custom(|iters| {

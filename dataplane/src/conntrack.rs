@@ -77,6 +77,9 @@ use dpdk_sys::HugeSlice;
 
 use crate::hash::{hash_v4_5tuple, hash_v6_5tuple};
 
+/// "No slot": what [`Conntrack::prefetch_entry_slot`] returns on a miss.
+pub const NO_SLOT: u32 = u32::MAX;
+
 /// Slots per bucket: eight, so that the bucket's tags are one `u128`.
 pub const SLOTS_PER_BUCKET: usize = 8;
 
@@ -552,7 +555,44 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         now_ms: u32,
         on_expired: impl FnOnce(&Entry<K, V>),
     ) -> Option<&mut Entry<K, V>> {
-        let Some(i) = self.find(key, hash) else {
+        let found = self.find(key, hash);
+        self.lookup_found(found, now_ms, on_expired)
+    }
+
+    /// [`Conntrack::lookup_with`] where the entry of `key` is probably in slot `hint` (what
+    /// [`Conntrack::prefetch_entry_slot`] returned for it earlier in the burst): if that slot
+    /// holds `key` the search is skipped, otherwise (the entry moved, or `hint` is
+    /// [`NO_SLOT`]) it is done as usual. The same result either way.
+    #[inline]
+    pub fn lookup_hinted_with(
+        &mut self,
+        key: &K,
+        hash: u64,
+        hint: u32,
+        now_ms: u32,
+        on_expired: impl FnOnce(&Entry<K, V>),
+    ) -> Option<&mut Entry<K, V>> {
+        let at_hint = match self.slots.get(hint as usize) {
+            Some(Slot(Some(e))) => e.key == *key,
+            _ => false,
+        };
+        let found = if at_hint {
+            Some(hint as usize)
+        } else {
+            self.find(key, hash)
+        };
+        self.lookup_found(found, now_ms, on_expired)
+    }
+
+    /// The rest of a lookup once the key's slot is known (`None`: absent).
+    #[inline(always)]
+    fn lookup_found(
+        &mut self,
+        found: Option<usize>,
+        now_ms: u32,
+        on_expired: impl FnOnce(&Entry<K, V>),
+    ) -> Option<&mut Entry<K, V>> {
+        let Some(i) = found else {
             self.stats.misses += 1;
             return None;
         };
@@ -914,6 +954,23 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         }
     }
 
+    /// [`Conntrack::prefetch_entry_with`], returning the slot it handed to `entry` (the first
+    /// tag match), or [`NO_SLOT`] on a miss: a hint for [`Conntrack::lookup_hinted_with`].
+    #[inline]
+    pub fn prefetch_entry_slot(
+        &self,
+        hash: u64,
+        mut entry: impl FnMut(&Option<Entry<K, V>>),
+    ) -> u32 {
+        match self.first_match(hash) {
+            Some(i) => {
+                entry(&self.slots[i].0);
+                i as u32
+            }
+            None => NO_SLOT,
+        }
+    }
+
     /// The first slot whose tag matches `hash`, in its first bucket, else in its second.
     #[inline(always)]
     fn first_match(&self, hash: u64) -> Option<usize> {
@@ -1213,6 +1270,50 @@ mod tests {
         let mut free = None;
         t.prefetch_insert_with(other.flow_hash(2), |e| free = Some(e.is_none()));
         assert_eq!(free, Some(true), "the free slot an insert would fill");
+    }
+
+    #[test]
+    fn slot_hints_and_insert_new() {
+        let mut t = table(1024);
+        let keys: Vec<(V4Key, u64)> = (0..300).map(|i| (v4(i), v4(i).flow_hash(2))).collect();
+        for (i, (k, h)) in keys.iter().enumerate() {
+            assert!(t.lookup(k, *h, 0).is_none());
+            assert_eq!(
+                t.insert_new(*k, *h, [i as u32, 0], FlowState::Udp, 0),
+                Inserted::New
+            );
+        }
+        consistent(&t);
+        for (i, (k, h)) in keys.iter().enumerate() {
+            // The hint a second-pass prefetch gives is the entry's slot.
+            let mut seen = None;
+            let slot = t.prefetch_entry_slot(*h, |e| seen = e.map(|e| *e.key()));
+            assert_eq!(seen, Some(*k));
+            let got = t
+                .lookup_hinted_with(k, *h, slot, 1, |_| {})
+                .map(|e| e.value()[0]);
+            assert_eq!(got, Some(i as u32));
+            // A wrong or stale hint (another flow's slot, no slot, out of range) gives the same
+            // answer by the search.
+            let other = t.prefetch_entry_slot(keys[(i + 1) % keys.len()].1, |_| {});
+            for hint in [other, NO_SLOT, u32::MAX - 1] {
+                let got = t
+                    .lookup_hinted_with(k, *h, hint, 1, |_| {})
+                    .map(|e| e.value()[0]);
+                assert_eq!(got, Some(i as u32), "hint {hint}");
+            }
+        }
+        // An expired entry at the hinted slot is freed and reported, as by a plain lookup.
+        let (k, h) = keys[0];
+        let slot = t.prefetch_entry_slot(h, |_| {});
+        let mut gone = None;
+        let late = Timeouts::default().udp_ms + 10;
+        assert!(t
+            .lookup_hinted_with(&k, h, slot, late, |e| gone = Some(e.value()[0]))
+            .is_none());
+        assert_eq!(gone, Some(0));
+        assert_eq!(t.prefetch_entry_slot(h, |_| {}), NO_SLOT);
+        consistent(&t);
     }
 
     #[test]

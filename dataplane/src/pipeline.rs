@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use crate::conntrack::{
     Conntrack, ConntrackConfig, Entry, FlowKey, FlowState, Inserted, Timeouts, V4Key, V6Key,
+    NO_SLOT,
 };
 use crate::hash;
 use crate::snapshot::{AddrKind, Backend, BackendState, Frontend, Method, Snapshot};
@@ -247,6 +248,9 @@ pub struct Pipeline {
     /// Burst prefetch: (table, flow hash) per flow lookup of the current burst; table bits 0-1
     /// pick fwd4/fwd6/rev4/rev6, bit 2 marks a new flow (a SYN's insert).
     pf: [(u8, u64); 64],
+    /// The slot each entry of `pf` found by its second-pass prefetch ([`NO_SLOT`]: none), a
+    /// hint that spares the lookup its search.
+    pf_slot: [u32; 64],
     pf_len: usize,
     /// NAT port allocations predicted so far in this burst's prefetch pass.
     pf_syn: u32,
@@ -282,6 +286,9 @@ struct Hint {
     /// The frontend of (dst, proto, dport), if the packet is a first-fragment-free TCP/UDP
     /// packet to a served VIP port.
     frontend: Option<u32>,
+    /// The index in `Pipeline::pf` of the packet's own flow lookup (forward, or NAT reverse
+    /// for a reply), if it has one.
+    pf: Option<u8>,
     /// For a TCP SYN to a NAT frontend without affinity: the backend Maglev picked.
     pick: Option<u32>,
     /// For the same SYN: the NAT port cursor the prefetch pass guessed, the backend, and the
@@ -314,11 +321,12 @@ fn k6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, proto: u8) -> V6Key 
 /// The second-pass prefetch of one remembered flow: the entry its lookup compares and, for a
 /// new flow, the slot its insert fills or the victims it scans.
 #[inline(always)]
-fn second_pass<K: FlowKey, V: Copy>(t: &Conntrack<K, V>, h: u64, new: bool) {
-    t.prefetch_entry_with(h, dpdk_sys::prefetch);
+fn second_pass<K: FlowKey, V: Copy>(t: &Conntrack<K, V>, h: u64, new: bool) -> u32 {
+    let slot = t.prefetch_entry_slot(h, dpdk_sys::prefetch);
     if new {
         t.prefetch_insert_with(h, dpdk_sys::prefetch);
     }
+    slot
 }
 
 /// A forward flow's entry was freed: one flow fewer to its backend.
@@ -444,6 +452,7 @@ impl Pipeline {
             nat_cursor: cfg.nat_port_start,
             stats,
             pf: [(0, 0); 64],
+            pf_slot: [NO_SLOT; 64],
             pf_len: 0,
             pf_syn: 0,
             pf_next: 0,
@@ -664,6 +673,7 @@ impl Pipeline {
         slot.hint = Hint {
             hash: Some(h),
             frontend: fe,
+            pf: None,
             pick: None,
             rev: None,
         };
@@ -686,6 +696,7 @@ impl Pipeline {
         }
         if let Some(e) = self.pf.get_mut(self.pf_len) {
             *e = (table, h);
+            slot.hint.pf = Some(self.pf_len as u8);
             self.pf_len += 1;
         }
         // A TCP SYN to a NAT frontend will take a NAT port: predict which (the cursor advances
@@ -739,13 +750,22 @@ impl Pipeline {
             let (table, h) = self.pf[self.pf_next];
             // Bit 2: a new flow: also the slot its insert fills (or the victims it scans).
             let new = table & 4 != 0;
-            match table & 3 {
+            self.pf_slot[self.pf_next] = match table & 3 {
                 0 => second_pass(&self.fwd4, h, new),
                 1 => second_pass(&self.fwd6, h, new),
                 2 => second_pass(&self.rev4, h, new),
                 _ => second_pass(&self.rev6, h, new),
-            }
+            };
             self.pf_next += 1;
+        }
+    }
+
+    /// The slot the second-pass prefetch found for the packet's flow lookup, once issued.
+    #[inline(always)]
+    fn slot_hint(&self, hint: Hint) -> u32 {
+        match hint.pf {
+            Some(i) if usize::from(i) < self.pf_next => self.pf_slot[usize::from(i)],
+            _ => NO_SLOT,
         }
     }
 
@@ -897,7 +917,7 @@ impl Pipeline {
             None => Verdict::Drop(DropReason::NoVip),
             Some(AddrKind::Own) => match p.proto {
                 proto::TCP | proto::UDP if p.fragment == Fragment::No => {
-                    self.nat_reply(snap, pkt, p, v6, hint.hash, now_ms)
+                    self.nat_reply(snap, pkt, p, v6, hint, now_ms)
                 }
                 proto::TCP | proto::UDP => Verdict::Drop(DropReason::NatFragment),
                 proto::ICMP | proto::ICMPV6 => self.icmp(snap, pkt, p, v6, now_ms),
@@ -1017,25 +1037,30 @@ impl Pipeline {
     ) -> Result<Choice, DropReason> {
         let tcp = p.proto == proto::TCP;
         let fl = p.tcp_flags;
+        let at = self.slot_hint(hint);
         // Established flow?
         let hit = if v6 {
             let k = k6(p.src, p.dst, p.sport, p.dport, p.proto);
             let stats = &self.stats;
             let gone = |e: &Entry<V6Key, Fwd>| closed(stats, e.value());
-            self.fwd6.lookup_with(&k, h, now_ms, gone).map(|e| {
-                let s = next_state(e.state(), tcp, fl);
-                e.set_state(s);
-                *e.value()
-            })
+            self.fwd6
+                .lookup_hinted_with(&k, h, at, now_ms, gone)
+                .map(|e| {
+                    let s = next_state(e.state(), tcp, fl);
+                    e.set_state(s);
+                    *e.value()
+                })
         } else {
             let k = k4(a4(&p.src), a4(&p.dst), p.sport, p.dport, p.proto);
             let stats = &self.stats;
             let gone = |e: &Entry<V4Key, Fwd>| closed(stats, e.value());
-            self.fwd4.lookup_with(&k, h, now_ms, gone).map(|e| {
-                let s = next_state(e.state(), tcp, fl);
-                e.set_state(s);
-                *e.value()
-            })
+            self.fwd4
+                .lookup_hinted_with(&k, h, at, now_ms, gone)
+                .map(|e| {
+                    let s = next_state(e.state(), tcp, fl);
+                    e.set_state(s);
+                    *e.value()
+                })
         };
         // A miss leaves the key absent (an expired entry was freed): insert without a search.
         let absent = hit.is_none();
@@ -1473,9 +1498,11 @@ impl Pipeline {
         pkt: &mut P,
         p: &Parsed,
         v6: bool,
-        h: Option<u64>,
+        hint: Hint,
         now_ms: u32,
     ) -> Verdict {
+        let h = hint.hash;
+        let at = self.slot_hint(hint);
         let l = &snap.local;
         if p.dport < l.nat_port_min || p.dport > l.nat_port_max {
             return Verdict::Drop(DropReason::NatNoFlow);
@@ -1489,7 +1516,7 @@ impl Pipeline {
         let (client, cport, cmac, fid) = if v6 {
             let k = k6(p.src, p.dst, p.sport, p.dport, p.proto);
             let h = h.unwrap_or_else(|| flow_hash(snap, p, true));
-            match self.rev6.lookup(&k, h, now_ms) {
+            match self.rev6.lookup_hinted_with(&k, h, at, now_ms, |_| {}) {
                 Some(e) => {
                     let s = next_state(e.state(), tcp, p.tcp_flags);
                     e.set_state(s);
@@ -1501,7 +1528,7 @@ impl Pipeline {
         } else {
             let k = k4(a4(&p.src), a4(&p.dst), p.sport, p.dport, p.proto);
             let h = h.unwrap_or_else(|| flow_hash(snap, p, false));
-            match self.rev4.lookup(&k, h, now_ms) {
+            match self.rev4.lookup_hinted_with(&k, h, at, now_ms, |_| {}) {
                 Some(e) => {
                     let s = next_state(e.state(), tcp, p.tcp_flags);
                     e.set_state(s);
