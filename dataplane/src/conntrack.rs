@@ -521,9 +521,19 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     /// Sets the tag of slot `i`.
     #[inline(always)]
     fn set_tag(&mut self, i: usize, tag: u16) {
-        let shift = (i % SLOTS_PER_BUCKET) * 16;
+        // On the 64-bit half that holds the lane: a variable shift of a u128 is a dozen
+        // instructions, of a u64 one.
+        let lane = i % SLOTS_PER_BUCKET;
+        let shift = (lane % 4) * 16;
         let t = &mut self.tags[i / SLOTS_PER_BUCKET];
-        *t = (*t & !(0xffff << shift)) | (u128::from(tag) << shift);
+        let (lo, hi) = (*t as u64, (*t >> 64) as u64);
+        let put = |w: u64| (w & !(0xffff << shift)) | (u64::from(tag) << shift);
+        let (lo, hi) = if lane < 4 {
+            (put(lo), hi)
+        } else {
+            (lo, put(hi))
+        };
+        *t = u128::from(lo) | (u128::from(hi) << 64);
     }
 
     /// Frees slot `i`, returning what it held.
@@ -691,6 +701,32 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
             value,
         };
         self.insert_absent(b1, b2, tag_of(hash), entry, now_ms)
+    }
+
+    /// [`Conntrack::insert_new`] if `key` is absent (`Some`, what the insert did); `None`,
+    /// changing nothing, if it is present, live or expired: [`Conntrack::contains`] and the
+    /// insert in one search.
+    #[inline]
+    pub fn insert_if_absent(
+        &mut self,
+        key: K,
+        hash: u64,
+        value: V,
+        state: FlowState,
+        now_ms: u32,
+    ) -> Option<Inserted<K, V>> {
+        let tag = tag_of(hash);
+        let (b1, b2) = self.buckets(hash);
+        if self.find_in(b1, tag, &key).is_some() || self.find_in(b2, tag, &key).is_some() {
+            return None;
+        }
+        let entry = Entry {
+            key,
+            state,
+            last_seen_ms: now_ms,
+            value,
+        };
+        Some(self.insert_absent(b1, b2, tag, entry, now_ms))
     }
 
     /// Stores `entry`, absent from the table, in its buckets `b1`/`b2`.
@@ -1313,6 +1349,19 @@ mod tests {
             .is_none());
         assert_eq!(gone, Some(0));
         assert_eq!(t.prefetch_entry_slot(h, |_| {}), NO_SLOT);
+        consistent(&t);
+        // insert_if_absent: once, and not over a present key (whose value stays).
+        assert_eq!(
+            t.insert_if_absent(k, h, [7, 7], FlowState::Udp, late),
+            Some(Inserted::New)
+        );
+        assert_eq!(t.insert_if_absent(k, h, [8, 8], FlowState::Udp, late), None);
+        assert_eq!(t.get(&k, h).map(|e| *e.value()), Some([7, 7]));
+        let (k1, h1) = keys[1];
+        assert_eq!(
+            t.insert_if_absent(k1, h1, [9, 9], FlowState::Udp, late),
+            None
+        );
         consistent(&t);
     }
 

@@ -246,7 +246,8 @@ pub struct Pipeline {
     nat_cursor: u32,
     stats: Arc<WorkerStats>,
     /// Burst prefetch: (table, flow hash) per flow lookup of the current burst; table bits 0-1
-    /// pick fwd4/fwd6/rev4/rev6, bit 2 marks a new flow (a SYN's insert).
+    /// pick fwd4/fwd6/rev4/rev6, bit 2 marks a new flow (a SYN's insert), bit 3 an insert
+    /// whose key is expected absent (a SYN's NAT reverse entry: no entry to prefetch).
     pf: [(u8, u64); 64],
     /// The slot each entry of `pf` found by its second-pass prefetch ([`NO_SLOT`]: none), a
     /// hint that spares the lookup its search.
@@ -318,11 +319,16 @@ fn k6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, proto: u8) -> V6Key 
     }
 }
 
-/// The second-pass prefetch of one remembered flow: the entry its lookup compares and, for a
-/// new flow, the slot its insert fills or the victims it scans.
+/// The second-pass prefetch of one remembered flow: the entry its lookup compares (if `find`;
+/// the slot is returned as the lookup's hint) and, for a new flow, the slot its insert fills
+/// or the victims it scans.
 #[inline(always)]
-fn second_pass<K: FlowKey, V: Copy>(t: &Conntrack<K, V>, h: u64, new: bool) -> u32 {
-    let slot = t.prefetch_entry_slot(h, dpdk_sys::prefetch);
+fn second_pass<K: FlowKey, V: Copy>(t: &Conntrack<K, V>, h: u64, find: bool, new: bool) -> u32 {
+    let slot = if find {
+        t.prefetch_entry_slot(h, dpdk_sys::prefetch)
+    } else {
+        NO_SLOT
+    };
     if new {
         t.prefetch_insert_with(h, dpdk_sys::prefetch);
     }
@@ -720,7 +726,8 @@ impl Pipeline {
             return;
         };
         slot.hint.rev = Some((cursor, b.id, rh));
-        let table = if v6 { 3 | 4 } else { 2 | 4 };
+        // Bit 3: only the insert's slot matters (the port is expected free), no entry.
+        let table = if v6 { 3 | 4 | 8 } else { 2 | 4 | 8 };
         match table & 3 {
             2 => self.rev4.prefetch_with(rh, pf),
             _ => self.rev6.prefetch_with(rh, pf),
@@ -750,11 +757,12 @@ impl Pipeline {
             let (table, h) = self.pf[self.pf_next];
             // Bit 2: a new flow: also the slot its insert fills (or the victims it scans).
             let new = table & 4 != 0;
+            let find = table & 8 == 0;
             self.pf_slot[self.pf_next] = match table & 3 {
-                0 => second_pass(&self.fwd4, h, new),
-                1 => second_pass(&self.fwd6, h, new),
-                2 => second_pass(&self.rev4, h, new),
-                _ => second_pass(&self.rev6, h, new),
+                0 => second_pass(&self.fwd4, h, find, new),
+                1 => second_pass(&self.fwd6, h, find, new),
+                2 => second_pass(&self.rev4, h, find, new),
+                _ => second_pass(&self.rev6, h, find, new),
             };
             self.pf_next += 1;
         }
@@ -1215,14 +1223,8 @@ impl Pipeline {
             else {
                 return Err(DropReason::NoNatAddress);
             };
-            let taken = match &rk {
-                RevKey::V4(k, ..) => self.rev4.contains(k, rh),
-                RevKey::V6(k, ..) => self.rev6.contains(k, rh),
-            };
-            if taken {
-                continue;
-            }
-            let (port, ai) = match rk {
+            // Take the port unless the reverse key is in use (live or not yet expired).
+            let taken = match rk {
                 RevKey::V4(k, ai) => {
                     let val = Rev4 {
                         client: a4(&p.src),
@@ -1230,8 +1232,9 @@ impl Pipeline {
                         client_mac: src_mac,
                         frontend,
                     };
-                    let _ = self.rev4.insert_new(k, rh, val, st, now_ms);
-                    (k.dport, ai)
+                    self.rev4
+                        .insert_if_absent(k, rh, val, st, now_ms)
+                        .map(|_| (k.dport, ai))
                 }
                 RevKey::V6(k, ai) => {
                     let val = Rev6 {
@@ -1240,11 +1243,14 @@ impl Pipeline {
                         client_mac: src_mac,
                         frontend,
                     };
-                    let _ = self.rev6.insert_new(k, rh, val, st, now_ms);
-                    (k.dport, ai)
+                    self.rev6
+                        .insert_if_absent(k, rh, val, st, now_ms)
+                        .map(|_| (k.dport, ai))
                 }
             };
-            return Ok((port, ai));
+            if let Some(got) = taken {
+                return Ok(got);
+            }
         }
         Err(DropReason::NatPortsExhausted)
     }
