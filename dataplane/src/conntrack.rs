@@ -573,7 +573,7 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     /// [`Conntrack::prefetch_entry_slot`] returned for it earlier in the burst): if that slot
     /// holds `key` the search is skipped, otherwise (the entry moved, or `hint` is
     /// [`NO_SLOT`]) it is done as usual. The same result either way.
-    #[inline]
+    #[inline(always)]
     pub fn lookup_hinted_with(
         &mut self,
         key: &K,
@@ -992,7 +992,7 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
 
     /// [`Conntrack::prefetch_entry_with`], returning the slot it handed to `entry` (the first
     /// tag match), or [`NO_SLOT`] on a miss: a hint for [`Conntrack::lookup_hinted_with`].
-    #[inline]
+    #[inline(always)]
     pub fn prefetch_entry_slot(
         &self,
         hash: u64,

@@ -426,8 +426,9 @@ fn next_state(cur: FlowState, tcp: bool, fl: u8) -> FlowState {
 }
 
 /// The scheduling decision for one packet to a VIP.
-struct Choice {
-    backend: u32,
+struct Choice<'s> {
+    /// The backend, in the snapshot.
+    backend: &'s Backend,
     nat_port: u16,
     nat_addr: u8,
 }
@@ -1015,9 +1016,7 @@ impl Pipeline {
             Ok(c) => c,
             Err(r) => return Verdict::Drop(r),
         };
-        let Some(b) = snap.backend(choice.backend) else {
-            return Verdict::Drop(DropReason::NoBackend);
-        };
+        let b = choice.backend;
         let t = &self.stats.targets;
         if let Some(c) = t.get(b.id as usize) {
             bump(&c.packets, 1);
@@ -1032,9 +1031,9 @@ impl Pipeline {
     /// Conntrack, then affinity, then Maglev. Inserts new flows.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn schedule(
+    fn schedule<'s>(
         &mut self,
-        snap: &Snapshot,
+        snap: &'s Snapshot,
         f: &Frontend,
         p: &Parsed,
         v6: bool,
@@ -1042,7 +1041,7 @@ impl Pipeline {
         hint: Hint,
         now_ms: u32,
         src_mac: [u8; 6],
-    ) -> Result<Choice, DropReason> {
+    ) -> Result<Choice<'s>, DropReason> {
         let tcp = p.proto == proto::TCP;
         let fl = p.tcp_flags;
         let at = self.slot_hint(hint);
@@ -1076,7 +1075,7 @@ impl Pipeline {
             if let Some(b) = snap.backend(v.backend) {
                 if b.mac.is_some() && (f.method != Method::Nat || v.nat_port != 0) {
                     return Ok(Choice {
-                        backend: v.backend,
+                        backend: b,
                         nat_port: v.nat_port,
                         nat_addr: v.nat_addr,
                     });
@@ -1189,7 +1188,7 @@ impl Pipeline {
             bump(&c.new_flows, 1);
         }
         Ok(Choice {
-            backend: b.id,
+            backend: b,
             nat_port,
             nat_addr,
         })
@@ -1406,7 +1405,7 @@ impl Pipeline {
         p: &Parsed,
         v6: bool,
         b: &Backend,
-        c: &Choice,
+        c: &Choice<'_>,
     ) -> Verdict {
         let l = &snap.local;
         let Some(mac) = b.mac else {
