@@ -282,6 +282,17 @@ pub struct Entry<K, V> {
 }
 
 impl<K, V> Entry<K, V> {
+    /// A new entry, seen at `now_ms`.
+    #[inline(always)]
+    fn new(key: K, value: V, state: FlowState, now_ms: u32) -> Self {
+        Entry {
+            key,
+            state,
+            last_seen_ms: now_ms,
+            value,
+        }
+    }
+
     /// The flow key.
     #[inline]
     pub fn key(&self) -> &K {
@@ -655,12 +666,7 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         state: FlowState,
         now_ms: u32,
     ) -> Inserted<K, V> {
-        let entry = Entry {
-            key,
-            state,
-            last_seen_ms: now_ms,
-            value,
-        };
+        let entry = Entry::new(key, value, state, now_ms);
         let tag = tag_of(hash);
         let (b1, b2) = self.buckets(hash);
         if let Some(i) = self
@@ -694,12 +700,7 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
             "insert_new of a present key"
         );
         let (b1, b2) = self.buckets(hash);
-        let entry = Entry {
-            key,
-            state,
-            last_seen_ms: now_ms,
-            value,
-        };
+        let entry = Entry::new(key, value, state, now_ms);
         self.insert_absent(b1, b2, tag_of(hash), entry, now_ms)
     }
 
@@ -715,18 +716,10 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         state: FlowState,
         now_ms: u32,
     ) -> Option<Inserted<K, V>> {
-        let tag = tag_of(hash);
-        let (b1, b2) = self.buckets(hash);
-        if self.find_in(b1, tag, &key).is_some() || self.find_in(b2, tag, &key).is_some() {
+        if self.contains(&key, hash) {
             return None;
         }
-        let entry = Entry {
-            key,
-            state,
-            last_seen_ms: now_ms,
-            value,
-        };
-        Some(self.insert_absent(b1, b2, tag, entry, now_ms))
+        Some(self.insert_new(key, hash, value, state, now_ms))
     }
 
     /// Stores `entry`, absent from the table, in its buckets `b1`/`b2`.
@@ -976,18 +969,8 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     /// `hash` will compare (the first tag match, in the first bucket, else in the second);
     /// nothing on a miss: `ct.prefetch_entry_with(h, dpdk_sys::prefetch)`.
     #[inline]
-    pub fn prefetch_entry_with(&self, hash: u64, mut entry: impl FnMut(&Option<Entry<K, V>>)) {
-        let tag = u128::from(tag_of(hash)) * LANE_LOW_BIT;
-        let (b1, b2) = self.buckets(hash);
-        let m1 = zero_lanes(self.tags[b1] ^ tag);
-        if m1 != 0 {
-            entry(&self.slots[b1 * SLOTS_PER_BUCKET + first_lane(m1)].0);
-        } else {
-            let m2 = zero_lanes(self.tags[b2] ^ tag);
-            if m2 != 0 {
-                entry(&self.slots[b2 * SLOTS_PER_BUCKET + first_lane(m2)].0);
-            }
-        }
+    pub fn prefetch_entry_with(&self, hash: u64, entry: impl FnMut(&Option<Entry<K, V>>)) {
+        let _ = self.prefetch_entry_slot(hash, entry);
     }
 
     /// [`Conntrack::prefetch_entry_with`], returning the slot it handed to `entry` (the first

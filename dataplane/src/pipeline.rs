@@ -722,7 +722,7 @@ impl Pipeline {
         slot.hint.pick = Some(b.id);
         let cursor = self.nat_cursor.wrapping_add(self.pf_syn);
         self.pf_syn += 1;
-        let Some((_, rh)) = nat_rev_key(snap, self.worker, self.workers, p, v6, b, h, cursor)
+        let Some((_, rh)) = nat_rev_key(snap, self.worker, self.workers, p, v6, b, h, cursor, None)
         else {
             return;
         };
@@ -1218,7 +1218,7 @@ impl Pipeline {
                 .filter(|&(c, id, _)| c == cursor && id == b.id)
                 .map(|(.., rh)| rh);
             let Some((rk, rh)) =
-                nat_rev_key_with(snap, self.worker, self.workers, p, v6, b, h, cursor, known)
+                nat_rev_key(snap, self.worker, self.workers, p, v6, b, h, cursor, known)
             else {
                 return Err(DropReason::NoNatAddress);
             };
@@ -1272,27 +1272,11 @@ enum RevKey {
 /// The reverse key and its hash for a new flow `p` (flow hash `h`) to backend `b` through the
 /// NAT port that port cursor `cursor` names in worker `worker`'s slice; `None` if the family
 /// has no NAT address or the backend is of the other family. [`Pipeline::alloc_nat`] and the
-/// prefetch pass's guess both use it, so they agree.
+/// prefetch pass's guess both use it, so they agree. `known`: the hash, when the prefetch pass
+/// already computed it for the same arguments.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn nat_rev_key(
-    snap: &Snapshot,
-    worker: u16,
-    workers: u16,
-    p: &Parsed,
-    v6: bool,
-    b: &Backend,
-    h: u64,
-    cursor: u32,
-) -> Option<(RevKey, u64)> {
-    nat_rev_key_with(snap, worker, workers, p, v6, b, h, cursor, None)
-}
-
-/// [`nat_rev_key`], with the reverse key's hash given when already known (the prefetch pass
-/// computed it for the same arguments).
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn nat_rev_key_with(
     snap: &Snapshot,
     worker: u16,
     workers: u16,
@@ -1359,17 +1343,7 @@ fn rewrite_flow(
     // The addresses' change, summed once (RFC 1624: ~old + new per word), serves both the IPv4
     // header checksum and the TCP/UDP one (whose pseudo-header holds the same addresses).
     let addrs = &mut d[a_off..a_off + 2 * alen];
-    let delta = match (
-        <[u8; 8]>::try_from(&*addrs),
-        <[u8; 4]>::try_from(new_src),
-        <[u8; 4]>::try_from(new_dst),
-    ) {
-        (Ok(o), Ok(s), Ok(t)) => {
-            checksum::delta4([o[0], o[1], o[2], o[3]], s)
-                + checksum::delta4([o[4], o[5], o[6], o[7]], t)
-        }
-        _ => checksum::delta(&addrs[..alen], new_src) + checksum::delta(&addrs[alen..], new_dst),
-    };
+    let delta = checksum::delta(&addrs[..alen], new_src) + checksum::delta(&addrs[alen..], new_dst);
     addrs[..alen].copy_from_slice(new_src);
     addrs[alen..].copy_from_slice(new_dst);
     if !v6 {
