@@ -15,7 +15,7 @@
 //!
 //! - `tags`: one `u128` per bucket holding eight 16-bit tags (the top 16 bits of the flow hash,
 //!   0 meaning "free"). Four buckets share a cache line. A lookup compares all eight tags of a
-//!   bucket at once with SWAR arithmetic on the `u128` and reads a full key only on a tag match,
+//!   bucket at once (one SSE2 compare on x86-64, `dpdk_sys::lanes_eq`) and reads a full key only on a tag match,
 //!   so a miss touches no entry at all (a false tag match, which costs one entry read, happens
 //!   in about one miss in 4096: 16 slots, 16-bit tags).
 //! - `slots`: `Option<Entry<K, V>>` per slot, each slot aligned to 32 bytes; `Entry` stores
@@ -94,11 +94,6 @@ const MIN_BUCKETS: usize = 2;
 
 /// The default capacity: 2^20 slots, 32 MiB of IPv4 entries.
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
-
-/// The low bit of each of the eight 16-bit lanes of a tag word.
-const LANE_LOW_BIT: u128 = 0x0001_0001_0001_0001_0001_0001_0001_0001;
-/// The low 15 bits of each lane.
-const LANE_LOW_15: u128 = 0x7fff_7fff_7fff_7fff_7fff_7fff_7fff_7fff;
 
 /// A key the table can hold: a small `Copy` value compared with `==`.
 ///
@@ -422,28 +417,23 @@ pub struct Conntrack<K, V> {
 #[repr(align(32))]
 struct Slot<K, V>(Option<Entry<K, V>>);
 
-/// Sets bit 15 of every 16-bit lane of `x` that is zero, and no other bit.
+/// The lanes (bit `i`: slot `i` of the bucket) of tag word `w` holding `tag`; with tag 0, the
+/// free slots. One SSE2 compare on x86-64 ([`dpdk_sys::lanes_eq`]).
 #[inline(always)]
-fn zero_lanes(x: u128) -> u128 {
-    !(((x & LANE_LOW_15) + LANE_LOW_15) | x | LANE_LOW_15)
+fn lanes(w: &u128, tag: u16) -> u32 {
+    dpdk_sys::lanes_eq(w, tag)
 }
 
-/// The number of lanes set in a `zero_lanes` mask. (Not `count_ones`: baseline x86-64 has no
-/// `popcnt`, and the bit-twiddling fallback costs a dozen instructions per half.) Each half
-/// holds four lane bits; one multiply sums them into its top lane.
+/// The number of lanes set in a lane mask.
 #[inline(always)]
-fn count_lanes(mask: u128) -> u32 {
-    const ONES: u64 = 0x0001_0001_0001_0001;
-    let x = (mask >> 15) & LANE_LOW_BIT;
-    let lo = (x as u64).wrapping_mul(ONES) >> 48;
-    let hi = ((x >> 64) as u64).wrapping_mul(ONES) >> 48;
-    (lo + hi) as u32
+fn count_lanes(mask: u32) -> u32 {
+    dpdk_sys::lane_count(mask)
 }
 
-/// The lane (slot within its bucket) of the lowest bit set in a `zero_lanes` mask.
+/// The lowest lane (slot within its bucket) set in a non-zero lane mask.
 #[inline(always)]
-fn first_lane(mask: u128) -> usize {
-    (mask.trailing_zeros() / 16) as usize
+fn first_lane(mask: u32) -> usize {
+    mask.trailing_zeros() as usize
 }
 
 /// The tag of a flow hash: its top 16 bits, with 0 (the "free" mark) moved to 1.
@@ -507,7 +497,7 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     /// The slot of `key` in bucket `b`, if there.
     #[inline(always)]
     fn find_in(&self, b: usize, tag: u16, key: &K) -> Option<usize> {
-        let mut m = zero_lanes(self.tags[b] ^ (u128::from(tag) * LANE_LOW_BIT));
+        let mut m = lanes(&self.tags[b], tag);
         while m != 0 {
             let i = b * SLOTS_PER_BUCKET + first_lane(m);
             if let Some(e) = &self.slots[i].0 {
@@ -750,13 +740,13 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     /// most flows then live in their first bucket, where a lookup looks first, while a nearly
     /// full first bucket keeps room for the flows whose second bucket it is.
     #[inline(always)]
-    fn insert_bucket(&self, b1: usize, b2: usize) -> (usize, u128) {
-        let free1 = zero_lanes(self.tags[b1]);
+    fn insert_bucket(&self, b1: usize, b2: usize) -> (usize, u32) {
+        let free1 = lanes(&self.tags[b1], 0);
         let n1 = count_lanes(free1);
         if n1 >= 3 {
             return (b1, free1);
         }
-        let free2 = zero_lanes(self.tags[b2]);
+        let free2 = lanes(&self.tags[b2], 0);
         if n1 >= count_lanes(free2) {
             (b1, free1)
         } else {
@@ -811,7 +801,7 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
             for lane in 0..SLOTS_PER_BUCKET {
                 let t = (tags >> (lane * 16)) as u16;
                 let alt = self.alt(b, t);
-                let free = zero_lanes(self.tags[alt]);
+                let free = lanes(&self.tags[alt], 0);
                 if free != 0 {
                     let from = b * SLOTS_PER_BUCKET + lane;
                     let to = alt * SLOTS_PER_BUCKET + first_lane(free);
@@ -878,7 +868,7 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         for _ in 0..max_buckets.min(self.mask + 1) {
             let b = self.cursor;
             self.cursor = (b + 1) & self.mask;
-            let mut used = !zero_lanes(self.tags[b]) & (LANE_LOW_BIT << 15);
+            let mut used = !lanes(&self.tags[b], 0) & 0xff;
             while used != 0 {
                 let i = b * SLOTS_PER_BUCKET + first_lane(used);
                 used &= used - 1;
@@ -993,13 +983,13 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     /// The first slot whose tag matches `hash`, in its first bucket, else in its second.
     #[inline(always)]
     fn first_match(&self, hash: u64) -> Option<usize> {
-        let tag = u128::from(tag_of(hash)) * LANE_LOW_BIT;
+        let tag = tag_of(hash);
         let (b1, b2) = self.buckets(hash);
-        let m1 = zero_lanes(self.tags[b1] ^ tag);
+        let m1 = lanes(&self.tags[b1], tag);
         let (b, m) = if m1 != 0 {
             (b1, m1)
         } else {
-            (b2, zero_lanes(self.tags[b2] ^ tag))
+            (b2, lanes(&self.tags[b2], tag))
         };
         (m != 0).then(|| b * SLOTS_PER_BUCKET + first_lane(m))
     }
@@ -1112,11 +1102,7 @@ mod tests {
             "{s:?}"
         );
         assert_eq!(t.iter().count(), t.len());
-        let tagged: u32 = t
-            .tags
-            .iter()
-            .map(|&w| (!zero_lanes(w) & (LANE_LOW_BIT << 15)).count_ones())
-            .sum();
+        let tagged: u32 = t.tags.iter().map(|w| 8 - lanes(w, 0).count_ones()).sum();
         assert_eq!(tagged as usize, t.len());
         for (i, s) in t.slots.iter().enumerate() {
             let tag = (t.tags[i / SLOTS_PER_BUCKET] >> ((i % SLOTS_PER_BUCKET) * 16)) as u16;
@@ -1165,41 +1151,22 @@ mod tests {
     }
 
     #[test]
-    fn zero_lanes_is_exact() {
-        let w: u128 = 0x0000_0001_8000_0000_ffff_0100_0000_7fff;
-        let z = zero_lanes(w);
-        let lanes: Vec<usize> = (0..8).filter(|l| (z >> (l * 16 + 15)) & 1 == 1).collect();
-        assert_eq!(lanes, [1, 4, 7]);
-        assert_eq!(z & !(LANE_LOW_BIT << 15), 0);
-        assert_eq!(zero_lanes(0).count_ones(), 8);
-        for tags in [
-            0u128,
-            1,
-            0xffff,
-            0x1_0000,
-            u128::MAX,
-            0x0001_0000_0000_0000_0000_0000_0000_0000,
-        ] {
-            let m = zero_lanes(tags);
-            assert_eq!(count_lanes(m), m.count_ones(), "{tags:#x}");
+    fn lane_masks_name_slots() {
+        // Lane i of a tag word is slot i of its bucket: what set_tag writes, lanes finds.
+        let mut t = table(64);
+        for (i, tag) in [(3usize, 0x8001u16), (8 + 7, 0xffff), (16, 1)] {
+            t.set_tag(i, tag);
+            let b = i / SLOTS_PER_BUCKET;
+            assert_eq!(
+                lanes(&t.tags[b], tag),
+                1 << (i % SLOTS_PER_BUCKET),
+                "slot {i}"
+            );
+            assert_eq!(first_lane(lanes(&t.tags[b], tag)), i % SLOTS_PER_BUCKET);
+            assert_eq!(count_lanes(lanes(&t.tags[b], 0)), 7);
+            t.set_tag(i, 0);
+            assert_eq!(lanes(&t.tags[b], 0), 0xff);
         }
-        let mut x = 0x9e37_79b9_7f4a_7c15_u128;
-        for _ in 0..1000 {
-            x = x
-                .wrapping_mul(0x2545_f491_4f6c_dd1d_1234_5678_9abc_def1)
-                .rotate_left(17);
-            // Clear random lanes so that every count from 0 to 8 occurs.
-            let keep = (x >> 7) as u8;
-            let mut t = x;
-            for lane in 0..8 {
-                if keep & (1 << lane) != 0 {
-                    t &= !(0xffff_u128 << (lane * 16));
-                }
-            }
-            let m = zero_lanes(t);
-            assert_eq!(count_lanes(m), m.count_ones(), "{t:#x}");
-        }
-        assert_eq!(zero_lanes(u128::MAX), 0);
     }
 
     #[test]
@@ -1592,7 +1559,7 @@ mod tests {
                     Op::Insert(k, s) => {
                         let h = test_hash(k);
                         let (b1, b2) = t.buckets(h);
-                        let full = zero_lanes(t.tags[b1]) == 0 && zero_lanes(t.tags[b2]) == 0;
+                        let full = lanes(&t.tags[b1], 0) == 0 && lanes(&t.tags[b2], 0) == 0;
                         // An insert into two full buckets picks its victim in the first.
                         let in_buckets: Vec<u32> = t.slots[b1 * SLOTS_PER_BUCKET..(b1 + 1) * SLOTS_PER_BUCKET]
                             .iter()
