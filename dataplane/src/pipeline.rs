@@ -236,14 +236,17 @@ const NAT_PORT_TRIES: u32 = 64;
 #[derive(Debug)]
 pub struct Pipeline {
     worker: u16,
-    workers: u16,
     fwd4: Conntrack<V4Key, Fwd>,
     fwd6: Conntrack<V6Key, Fwd>,
     rev4: Conntrack<V4Key, Rev4>,
     rev6: Conntrack<V6Key, Rev6>,
     aff4: Conntrack<V4Key, Aff>,
     aff6: Conntrack<V6Key, Aff>,
+    /// The next NAT port to try, as an offset into this worker's slice (reduced into the
+    /// slice when used: a new snapshot may shrink it).
     nat_cursor: u32,
+    /// This worker's slice of the snapshot's NAT port range, worked out once per range.
+    nat: NatSlice,
     stats: Arc<WorkerStats>,
     /// Burst prefetch: (table, flow hash) per flow lookup of the current burst; table bits 0-1
     /// pick fwd4/fwd6/rev4/rev6, bit 2 marks a new flow (a SYN's insert), bit 3 an insert
@@ -449,7 +452,6 @@ impl Pipeline {
         };
         let p = Pipeline {
             worker: cfg.worker,
-            workers: cfg.workers.max(1),
             fwd4: Conntrack::new(&cfg.conntrack),
             fwd6: Conntrack::new(&v6cfg),
             rev4: Conntrack::new(&cfg.conntrack),
@@ -457,6 +459,7 @@ impl Pipeline {
             aff4: Conntrack::new(&aff),
             aff6: Conntrack::new(&aff),
             nat_cursor: cfg.nat_port_start,
+            nat: NatSlice::new(1, 0, cfg.worker, cfg.workers),
             stats,
             pf: [(0, 0); 64],
             pf_slot: [NO_SLOT; 64],
@@ -632,10 +635,10 @@ impl Pipeline {
     #[inline(always)]
     pub fn nat_owner(snap: &Snapshot, workers: u16, port: u16) -> u16 {
         let (lo, hi) = (snap.local.nat_port_min, snap.local.nat_port_max);
-        if port < lo || port > hi || workers <= 1 {
+        if port < lo || port > hi {
             return 0;
         }
-        ((u32::from(port - lo) / nat_slice_len(snap, workers)) as u16).min(workers - 1)
+        NatSlice::new(lo, hi, 0, workers).owner(port)
     }
 
     /// First pass of burst prefetching: parses `pkt`, computes its flow hash, finds its
@@ -720,10 +723,10 @@ impl Pipeline {
             return;
         };
         slot.hint.pick = Some(b.id);
-        let cursor = self.nat_cursor.wrapping_add(self.pf_syn);
+        let nat = self.nat.of(snap);
+        let cursor = nat.wrap(nat.wrap(self.nat_cursor) + self.pf_syn);
         self.pf_syn += 1;
-        let Some((_, rh)) = nat_rev_key(snap, self.worker, self.workers, p, v6, b, h, cursor, None)
-        else {
+        let Some((_, rh)) = nat_rev_key(snap, p, v6, b, h, nat.port(cursor), None) else {
             return;
         };
         slot.hint.rev = Some((cursor, b.id, rh));
@@ -1209,17 +1212,16 @@ impl Pipeline {
         frontend: u16,
     ) -> Result<(u16, u8), DropReason> {
         let st = flow_state(p.proto == proto::TCP, p.tcp_flags);
-        for _ in 0..NAT_PORT_TRIES.min(nat_slice_len(snap, self.workers)) {
-            let cursor = self.nat_cursor;
-            self.nat_cursor = self.nat_cursor.wrapping_add(1);
+        let nat = self.nat.of(snap);
+        for _ in 0..NAT_PORT_TRIES.min(nat.per) {
+            let cursor = nat.wrap(self.nat_cursor);
+            self.nat_cursor = nat.wrap(cursor + 1);
             // The prefetch pass's guess of this cursor (and so of this backend) holds: its
             // reverse-key hash is this one.
             let known = guess
                 .filter(|&(c, id, _)| c == cursor && id == b.id)
                 .map(|(.., rh)| rh);
-            let Some((rk, rh)) =
-                nat_rev_key(snap, self.worker, self.workers, p, v6, b, h, cursor, known)
-            else {
+            let Some((rk, rh)) = nat_rev_key(snap, p, v6, b, h, nat.port(cursor), known) else {
                 return Err(DropReason::NoNatAddress);
             };
             // Take the port unless the reverse key is in use (live or not yet expired).
@@ -1255,11 +1257,94 @@ impl Pipeline {
     }
 }
 
-/// Ports in each worker's slice of the NAT port range (at least 1).
+/// One worker's slice of a NAT port range, with what the per-packet path needs precomputed:
+/// an integer division costs tens of cycles, and a SYN needed four (two port cursors, two NAT
+/// address choices) and a NAT reply two (its owning worker).
+#[derive(Debug, Clone, Copy)]
+struct NatSlice {
+    /// The range it was computed for (`nat_port_min`, `nat_port_max`).
+    range: (u16, u16),
+    /// Ports per worker (at least 1).
+    per: u32,
+    /// The first port of this worker's slice.
+    first: u32,
+    /// `ceil(2^32 / per)`: `(n * recip) >> 32 == n / per` for every `n < 2^16`.
+    recip: u64,
+    /// The worker whose slice it is.
+    worker: u16,
+    /// Workers (at least 1).
+    workers: u16,
+}
+
+impl NatSlice {
+    /// Worker `worker`'s slice of `min..=max` split among `workers`.
+    fn new(min: u16, max: u16, worker: u16, workers: u16) -> Self {
+        let workers = workers.max(1);
+        let per = ((u32::from(max) + 1).saturating_sub(u32::from(min)) / u32::from(workers)).max(1);
+        NatSlice {
+            range: (min, max),
+            per,
+            first: u32::from(min) + per * u32::from(worker),
+            recip: (1u64 << 32).div_ceil(u64::from(per)),
+            worker,
+            workers,
+        }
+    }
+
+    /// The same worker's slice of `snap`'s NAT port range, recomputed only when the range
+    /// changed.
+    #[inline(always)]
+    fn of(&mut self, snap: &Snapshot) -> NatSlice {
+        let l = &snap.local;
+        if self.range != (l.nat_port_min, l.nat_port_max) {
+            *self = self.recompute(snap);
+        }
+        *self
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn recompute(&self, snap: &Snapshot) -> NatSlice {
+        let l = &snap.local;
+        NatSlice::new(l.nat_port_min, l.nat_port_max, self.worker, self.workers)
+    }
+
+    /// `cursor` reduced into the slice: `cursor % per`, without a division when `cursor` is
+    /// below `2 per` (always, but right after a snapshot shrank the slice).
+    #[inline(always)]
+    fn wrap(&self, cursor: u32) -> u32 {
+        if cursor < self.per {
+            cursor
+        } else if cursor - self.per < self.per {
+            cursor - self.per
+        } else {
+            cursor % self.per
+        }
+    }
+
+    /// The port of a reduced cursor.
+    #[inline(always)]
+    fn port(&self, cursor: u32) -> u16 {
+        (self.first + cursor) as u16
+    }
+
+    /// The worker owning NAT port `port` (in the range): [`Pipeline::nat_owner`] without a
+    /// division.
+    #[inline(always)]
+    fn owner(&self, port: u16) -> u16 {
+        if self.workers <= 1 {
+            return 0;
+        }
+        let n = u64::from(port.wrapping_sub(self.range.0));
+        (((n * self.recip) >> 32) as u16).min(self.workers - 1)
+    }
+}
+
+/// Index of the NAT address for flow hash `h` among `n` (> 0): the high half of the hash
+/// scaled to `0..n` by a multiply, not a division.
 #[inline(always)]
-fn nat_slice_len(snap: &Snapshot, workers: u16) -> u32 {
-    let (lo, hi) = (snap.local.nat_port_min, snap.local.nat_port_max);
-    ((u32::from(hi) - u32::from(lo) + 1) / u32::from(workers.max(1))).max(1)
+fn nat_addr_index(h: u64, n: usize) -> usize {
+    (((h >> 32) * n as u64) >> 32) as usize
 }
 
 /// A NAT reverse key (the backend's reply: backend -> NAT address and port) and the index of
@@ -1269,30 +1354,25 @@ enum RevKey {
     V6(V6Key, u8),
 }
 
-/// The reverse key and its hash for a new flow `p` (flow hash `h`) to backend `b` through the
-/// NAT port that port cursor `cursor` names in worker `worker`'s slice; `None` if the family
-/// has no NAT address or the backend is of the other family. [`Pipeline::alloc_nat`] and the
+/// The reverse key and its hash for a new flow `p` (flow hash `h`) to backend `b` through NAT
+/// port `port`; `None` if the family has no NAT address or the backend is of the other family. [`Pipeline::alloc_nat`] and the
 /// prefetch pass's guess both use it, so they agree. `known`: the hash, when the prefetch pass
 /// already computed it for the same arguments.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn nat_rev_key(
     snap: &Snapshot,
-    worker: u16,
-    workers: u16,
     p: &Parsed,
     v6: bool,
     b: &Backend,
     h: u64,
-    cursor: u32,
+    port: u16,
     known: Option<u64>,
 ) -> Option<(RevKey, u64)> {
     let l = &snap.local;
-    let per = nat_slice_len(snap, workers);
-    let port = (u32::from(l.nat_port_min) + per * u32::from(worker) + cursor % per) as u16;
     match (b.addr, v6) {
         (IpAddr::V4(ba), false) if !l.nat_ipv4.is_empty() => {
-            let ai = (h >> 32) as usize % l.nat_ipv4.len();
+            let ai = nat_addr_index(h, l.nat_ipv4.len());
             let la = l.nat_ipv4[ai];
             let rk = k4(ba.octets(), la, b.port, port, p.proto);
             let rh = known.unwrap_or_else(|| {
@@ -1301,7 +1381,7 @@ fn nat_rev_key(
             Some((RevKey::V4(rk, ai as u8), rh))
         }
         (IpAddr::V6(ba), true) if !l.nat_ipv6.is_empty() => {
-            let ai = (h >> 32) as usize % l.nat_ipv6.len();
+            let ai = nat_addr_index(h, l.nat_ipv6.len());
             let la = l.nat_ipv6[ai];
             let rk = k6(ba.octets(), la, b.port, port, p.proto);
             let rh = known.unwrap_or_else(|| {
@@ -1486,7 +1566,7 @@ impl Pipeline {
         if p.dport < l.nat_port_min || p.dport > l.nat_port_max {
             return Verdict::Drop(DropReason::NatNoFlow);
         }
-        let owner = Self::nat_owner(snap, self.workers, p.dport);
+        let owner = self.nat.of(snap).owner(p.dport);
         if owner != self.worker {
             bump(&self.stats.to_other_worker, 1);
             return Verdict::ToWorker(owner);
@@ -1785,5 +1865,68 @@ mod tests {
         assert_eq!(Conntrack::<V6Key, Fwd>::bytes_per_slot(), 66);
         assert_eq!(Conntrack::<V6Key, Rev6>::bytes_per_slot(), 98);
         assert_eq!(Conntrack::<V4Key, Aff>::bytes_per_slot(), 34);
+    }
+
+    /// The precomputed NAT slice agrees with the divisions it replaces, for every port of
+    /// ranges from one port to all of them and worker counts from 1 to 64.
+    #[test]
+    fn nat_slice_matches_division() {
+        let ranges = [
+            (1024u16, 1024u16),
+            (1024, 1087),
+            (1024, 65535),
+            (1, 65535),
+            (0, 65535),
+        ];
+        for (min, max) in ranges {
+            for workers in [1u16, 2, 3, 7, 16, 63, 64] {
+                let span = u32::from(max) - u32::from(min) + 1;
+                let per = (span / u32::from(workers)).max(1);
+                for worker in [0, workers / 2, workers - 1] {
+                    let s = NatSlice::new(min, max, worker, workers);
+                    assert_eq!(s.per, per);
+                    for cursor in [
+                        0,
+                        1,
+                        per - 1,
+                        per,
+                        per + 1,
+                        2 * per - 1,
+                        2 * per,
+                        5 * per + 3,
+                    ] {
+                        assert_eq!(
+                            s.wrap(cursor),
+                            cursor % per,
+                            "{min}-{max}/{workers} {cursor}"
+                        );
+                    }
+                    assert_eq!(
+                        u32::from(s.port(s.wrap(per + 1))),
+                        u32::from(min) + per * u32::from(worker) + 1 % per
+                    );
+                }
+                let s = NatSlice::new(min, max, 0, workers);
+                for port in min..=max {
+                    let want = ((u32::from(port - min) / per) as u16).min(workers - 1);
+                    assert_eq!(s.owner(port), want, "{min}-{max}/{workers} port {port}");
+                }
+            }
+        }
+        for n in 1..=8 {
+            for h in [
+                0u64,
+                1 << 32,
+                u64::MAX,
+                0x8000_0000_0000_0000,
+                0x1234_5678_9abc_def0,
+            ] {
+                assert!(nat_addr_index(h, n) < n);
+            }
+            // Every address gets used.
+            let used: std::collections::HashSet<usize> =
+                (0..64u64).map(|i| nat_addr_index(i << 58, n)).collect();
+            assert_eq!(used.len(), n);
+        }
     }
 }
