@@ -230,7 +230,7 @@ pub enum SnapshotError {
 pub const MAX_FRONTENDS: usize = 1 << 16;
 
 /// Key of the VIP table: family, address, protocol (0 = address entry), port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 struct VipKey {
     addr: [u8; 16],
     v6: bool,
@@ -240,47 +240,18 @@ struct VipKey {
 
 const EMPTY: u32 = u32::MAX;
 
-/// An open-addressing table from (VIP, protocol, port) to frontend id, built once.
-#[derive(Debug, Clone)]
-struct VipTable {
-    keys: Box<[VipKey]>,
-    vals: Box<[u32]>,
-    mask: usize,
+/// A key of a [`VipTable`]: compared with `==`, spread over the table by `slot`.
+trait VipSlot: Copy + Eq + Default {
+    /// The key's home slot (before masking).
+    fn slot(&self) -> usize;
 }
 
-impl VipTable {
-    fn build(entries: &[(VipKey, u32)]) -> Self {
-        let cap = (entries.len() * 2).next_power_of_two().max(16);
-        let mut t = VipTable {
-            keys: vec![
-                VipKey {
-                    addr: [0; 16],
-                    v6: false,
-                    proto: 0,
-                    port: 0
-                };
-                cap
-            ]
-            .into_boxed_slice(),
-            vals: vec![EMPTY; cap].into_boxed_slice(),
-            mask: cap - 1,
-        };
-        for (k, v) in entries {
-            let mut i = Self::slot(k) & t.mask;
-            while t.vals[i] != EMPTY && t.keys[i] != *k {
-                i = (i + 1) & t.mask;
-            }
-            t.keys[i] = *k;
-            t.vals[i] = *v;
-        }
-        t
-    }
-
+impl VipSlot for VipKey {
     #[inline(always)]
-    fn slot(k: &VipKey) -> usize {
-        let a = u64::from_le_bytes(k.addr[..8].try_into().unwrap_or_default());
-        let b = u64::from_le_bytes(k.addr[8..].try_into().unwrap_or_default());
-        let c = (u64::from(k.proto) << 32) | (u64::from(k.port) << 8) | u64::from(k.v6);
+    fn slot(&self) -> usize {
+        let a = u64::from_le_bytes(self.addr[..8].try_into().unwrap_or_default());
+        let b = u64::from_le_bytes(self.addr[8..].try_into().unwrap_or_default());
+        let c = (u64::from(self.proto) << 32) | (u64::from(self.port) << 8) | u64::from(self.v6);
         // One 64x64->128 multiply: the table is small and built by us, so a fast mix is enough
         // (this runs for every packet).
         hash::fold_mul(
@@ -288,10 +259,54 @@ impl VipTable {
             b ^ c ^ 0xc2b2_ae3d_27d4_eb4f,
         ) as usize
     }
+}
+
+/// An IPv4 key packed in one word ([`v4_key`]): one multiply to spread, one compare to match.
+impl VipSlot for u64 {
+    #[inline(always)]
+    fn slot(&self) -> usize {
+        hash::fold_mul(*self ^ 0x9e37_79b9_7f4a_7c15, 0xc2b2_ae3d_27d4_eb4f) as usize
+    }
+}
+
+/// The IPv4 table's key of (the IPv4 address in the first 4 bytes of `addr`, protocol, port).
+#[inline(always)]
+fn v4_key(addr: &[u8; 16], proto: u8, port: u16) -> u64 {
+    let a = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
+    (u64::from(a) << 32) | (u64::from(proto) << 16) | u64::from(port)
+}
+
+/// An open-addressing table from (VIP, protocol, port) to frontend id, built once: one for
+/// IPv4 keys packed in a word, one for IPv6.
+#[derive(Debug, Clone)]
+struct VipTable<K> {
+    keys: Box<[K]>,
+    vals: Box<[u32]>,
+    mask: usize,
+}
+
+impl<K: VipSlot> VipTable<K> {
+    fn build(entries: impl Iterator<Item = (K, u32)> + Clone) -> Self {
+        let cap = (entries.clone().count() * 2).next_power_of_two().max(16);
+        let mut t = VipTable {
+            keys: vec![K::default(); cap].into_boxed_slice(),
+            vals: vec![EMPTY; cap].into_boxed_slice(),
+            mask: cap - 1,
+        };
+        for (k, v) in entries {
+            let mut i = k.slot() & t.mask;
+            while t.vals[i] != EMPTY && t.keys[i] != k {
+                i = (i + 1) & t.mask;
+            }
+            t.keys[i] = k;
+            t.vals[i] = v;
+        }
+        t
+    }
 
     #[inline(always)]
-    fn get(&self, k: &VipKey) -> Option<u32> {
-        let mut i = Self::slot(k) & self.mask;
+    fn get(&self, k: &K) -> Option<u32> {
+        let mut i = k.slot() & self.mask;
         loop {
             let v = self.vals[i];
             if v == EMPTY {
@@ -301,6 +316,41 @@ impl VipTable {
                 return Some(v);
             }
             i = (i + 1) & self.mask;
+        }
+    }
+}
+
+/// The VIP tables of both families.
+#[derive(Debug, Clone)]
+struct Vips {
+    v4: VipTable<u64>,
+    v6: VipTable<VipKey>,
+}
+
+impl Vips {
+    fn build(entries: &[(VipKey, u32)]) -> Self {
+        Vips {
+            v4: VipTable::build(
+                entries
+                    .iter()
+                    .filter(|(k, _)| !k.v6)
+                    .map(|(k, v)| (v4_key(&k.addr, k.proto, k.port), *v)),
+            ),
+            v6: VipTable::build(entries.iter().filter(|(k, _)| k.v6).copied()),
+        }
+    }
+
+    #[inline(always)]
+    fn get(&self, addr: &[u8; 16], v6: bool, proto: u8, port: u16) -> Option<u32> {
+        if v6 {
+            self.v6.get(&VipKey {
+                addr: *addr,
+                v6,
+                proto,
+                port,
+            })
+        } else {
+            self.v4.get(&v4_key(addr, proto, port))
         }
     }
 }
@@ -327,7 +377,7 @@ pub struct Snapshot {
     backends: Vec<Option<Backend>>,
     /// Our identity.
     pub local: Local,
-    vips: VipTable,
+    vips: Vips,
 }
 
 /// Address-entry marker in the VIP table.
@@ -457,7 +507,7 @@ impl Snapshot {
             frontends: ft,
             backends: bt,
             local,
-            vips: VipTable::build(&entries),
+            vips: Vips::build(&entries),
         })
     }
 
@@ -469,7 +519,7 @@ impl Snapshot {
             frontends: Vec::new(),
             backends: Vec::new(),
             local: Local::default(),
-            vips: VipTable::build(&[]),
+            vips: Vips::build(&[]),
         })
     }
 
@@ -488,28 +538,16 @@ impl Snapshot {
     /// The id of the frontend serving (`dst`, `proto`, `port`), as [`Snapshot::frontend_for`].
     #[inline(always)]
     pub fn frontend_id_for(&self, dst: &[u8; 16], v6: bool, proto: u8, port: u16) -> Option<u32> {
-        self.vips.get(&VipKey {
-            addr: *dst,
-            v6,
-            proto,
-            port,
-        })
+        self.vips.get(dst, v6, proto, port)
     }
 
     /// What `dst` is to us: a VIP, our own address, or nothing.
     #[inline(always)]
     pub fn addr_kind(&self, dst: &[u8; 16], v6: bool) -> Option<AddrKind> {
-        let mut k = VipKey {
-            addr: *dst,
-            v6,
-            proto: ADDR_VIP,
-            port: 0,
-        };
-        if self.vips.get(&k).is_some() {
+        if self.vips.get(dst, v6, ADDR_VIP, 0).is_some() {
             return Some(AddrKind::Vip);
         }
-        k.proto = ADDR_OWN;
-        self.vips.get(&k).map(|_| AddrKind::Own)
+        self.vips.get(dst, v6, ADDR_OWN, 0).map(|_| AddrKind::Own)
     }
 
     /// Some frontend on VIP `dst` with protocol `proto` (any port) using a DSR method: used for
@@ -639,6 +677,57 @@ mod tests {
         assert!(matches!(unknown, Err(SnapshotError::UnknownBackend(_, 9))));
         let big = Snapshot::new(2, 7, vec![], vec![be(70)], local, 64);
         assert!(matches!(big, Err(SnapshotError::IdTooLarge(70, 64))));
+    }
+
+    /// The per-family VIP tables: every frontend found, nothing else, and an IPv6 VIP whose
+    /// first four bytes spell an IPv4 VIP never answers for it (nor the other way round).
+    #[test]
+    fn vip_tables_per_family() {
+        let local = Local {
+            ipv4: vec![[10, 0, 0, 2]],
+            ipv6: vec![[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]],
+            nat_port_min: 1024,
+            nat_port_max: 65535,
+            ..Local::default()
+        };
+        let mut fes = Vec::new();
+        for i in 0..200u32 {
+            let vip = if i % 2 == 0 {
+                format!("192.0.{}.{}", i / 100, i % 100 + 1)
+            } else {
+                // c000:201:: begins with the bytes of 192.0.2.1.
+                format!("c000:{:x}::{:x}", 0x200 + i / 100, i % 100 + 1)
+            };
+            fes.push(fe(i, &vip, 80 + (i % 3) as u16, vec![1]));
+        }
+        let s = Snapshot::new(1, 7, fes.clone(), vec![be(1)], local, 256).unwrap();
+        for f in &fes {
+            let (addr, v6) = raw(f.vip);
+            assert_eq!(
+                s.frontend_id_for(&addr, v6, 6, f.port),
+                Some(f.id),
+                "{}",
+                f.vip
+            );
+            assert_eq!(s.frontend_id_for(&addr, !v6, 6, f.port), None, "{}", f.vip);
+            assert_eq!(s.frontend_id_for(&addr, v6, 17, f.port), None, "{}", f.vip);
+            assert_eq!(
+                s.frontend_id_for(&addr, v6, 6, f.port + 3),
+                None,
+                "{}",
+                f.vip
+            );
+            assert_eq!(s.addr_kind(&addr, v6), Some(AddrKind::Vip), "{}", f.vip);
+        }
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&[192, 0, 9, 9]);
+        assert_eq!(s.addr_kind(&a, false), None);
+        a[..4].copy_from_slice(&[10, 0, 0, 2]);
+        assert_eq!(s.addr_kind(&a, false), Some(AddrKind::Own));
+        assert_eq!(s.addr_kind(&a, true), None);
+        let own6 = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        assert_eq!(s.addr_kind(&own6, true), Some(AddrKind::Own));
+        assert_eq!(s.addr_kind(&own6, false), None);
     }
 
     #[test]
