@@ -522,19 +522,11 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     /// Sets the tag of slot `i`.
     #[inline(always)]
     fn set_tag(&mut self, i: usize, tag: u16) {
-        // On the 64-bit half that holds the lane: a variable shift of a u128 is a dozen
-        // instructions, of a u64 one.
-        let lane = i % SLOTS_PER_BUCKET;
-        let shift = (lane % 4) * 16;
-        let t = &mut self.tags[i / SLOTS_PER_BUCKET];
-        let (lo, hi) = (*t as u64, (*t >> 64) as u64);
-        let put = |w: u64| (w & !(0xffff << shift)) | (u64::from(tag) << shift);
-        let (lo, hi) = if lane < 4 {
-            (put(lo), hi)
-        } else {
-            (lo, put(hi))
-        };
-        *t = u128::from(lo) | (u128::from(hi) << 64);
+        dpdk_sys::set_lane(
+            &mut self.tags[i / SLOTS_PER_BUCKET],
+            i % SLOTS_PER_BUCKET,
+            tag,
+        );
     }
 
     /// Frees slot `i`, returning what it held.

@@ -32,6 +32,29 @@ pub fn lanes_eq(word: &u128, value: u16) -> u32 {
     }
 }
 
+/// Sets 16-bit lane `lane` (0..8, bits `16 lane .. 16 lane + 15`) of `word` to `value`: one
+/// 2-byte store on a little-endian machine, where a shift and mask of a `u128` at a variable
+/// position is a dozen instructions.
+///
+/// # Panics
+/// If `lane` is 8 or more.
+#[inline(always)]
+pub fn set_lane(word: &mut u128, lane: usize, value: u16) {
+    assert!(lane < 8, "lane {lane} of a 128-bit word");
+    #[cfg(target_endian = "little")]
+    // SAFETY: `word` is a valid, exclusive reference to 16 bytes aligned to at least 2, and
+    // `lane < 8` (asserted), so the u16 at byte offset `2 * lane` lies inside it and is aligned;
+    // on a little-endian machine that u16 is exactly bits `16 lane ..` of the u128.
+    unsafe {
+        (word as *mut u128).cast::<u16>().add(lane).write(value);
+    }
+    #[cfg(not(target_endian = "little"))]
+    {
+        let shift = lane * 16;
+        *word = (*word & !(0xffff_u128 << shift)) | (u128::from(value) << shift);
+    }
+}
+
 /// [`lanes_eq`] in portable code, one lane at a time: the reference the SIMD version is tested
 /// against, and the fallback on other architectures.
 #[inline]
@@ -101,6 +124,26 @@ mod tests {
         assert_eq!(lanes_eq(&0, 0), 0xff);
         assert_eq!(lanes_eq(&u128::MAX, 0xffff), 0xff);
         assert_eq!(lanes_eq(&u128::MAX, 0), 0);
+    }
+
+    #[test]
+    fn set_lane_writes_one_lane() {
+        let mut w = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210_u128;
+        for lane in 0..8 {
+            let before = w;
+            set_lane(&mut w, lane, 0xa5a5);
+            let mask = 0xffff_u128 << (lane * 16);
+            assert_eq!(w & !mask, before & !mask, "lane {lane}");
+            assert_eq!((w >> (lane * 16)) as u16, 0xa5a5, "lane {lane}");
+            assert_eq!(lanes_eq(&w, 0xa5a5) >> lane & 1, 1);
+        }
+        assert_eq!(w, u128::MAX / 0xffff * 0xa5a5);
+    }
+
+    #[test]
+    #[should_panic(expected = "lane 8")]
+    fn set_lane_refuses_lane_8() {
+        set_lane(&mut 0, 8, 1);
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub use alloc_count::CountingAlloc;
 pub use eal::{lcore_id, register_thread, Eal, ThreadRegistration};
 pub use error::{DpdkError, Result};
 pub use huge::{anon_huge_bytes, HugeSlice};
-pub use lanes::{lane_count, lanes_eq, lanes_eq_portable};
+pub use lanes::{lane_count, lanes_eq, lanes_eq_portable, set_lane};
 pub use mbuf::{Drain, Mbuf, MbufBatch, BURST};
 pub use mempool::Mempool;
 pub use port::{LinkStatus, Port, PortConfig, PortId, PortStats, QueueId, RxQueue, TxQueue};
