@@ -728,9 +728,10 @@ impl Pipeline {
         let nat = self.nat.of(snap);
         let cursor = nat.wrap(nat.wrap(self.nat_cursor) + self.pf_syn);
         self.pf_syn += 1;
-        let Some((_, rh)) = nat_rev_key(snap, p, v6, b, h, nat.port(cursor), None) else {
+        let Some(rk) = nat_rev_key(snap, p, v6, b, h, nat.port(cursor)) else {
             return;
         };
+        let rh = rk.hash(snap.hash_seed);
         slot.hint.rev = Some((cursor, b.id, rh));
         // Bit 3: only the insert's slot matters (the port is expected free), no entry.
         let table = if v6 { 3 | 4 | 8 } else { 2 | 4 | 8 };
@@ -1223,9 +1224,10 @@ impl Pipeline {
             let known = guess
                 .filter(|&(c, id, _)| c == cursor && id == b.id)
                 .map(|(.., rh)| rh);
-            let Some((rk, rh)) = nat_rev_key(snap, p, v6, b, h, nat.port(cursor), known) else {
+            let Some(rk) = nat_rev_key(snap, p, v6, b, h, nat.port(cursor)) else {
                 return Err(DropReason::NoNatAddress);
             };
+            let rh = known.unwrap_or_else(|| rev_hash_cold(&rk, snap.hash_seed));
             // Take the port unless the reverse key is in use (live or not yet expired).
             let taken = match rk {
                 RevKey::V4(k, ai) => {
@@ -1356,11 +1358,28 @@ enum RevKey {
     V6(V6Key, u8),
 }
 
-/// The reverse key and its hash for a new flow `p` (flow hash `h`) to backend `b` through NAT
-/// port `port`; `None` if the family has no NAT address or the backend is of the other family. [`Pipeline::alloc_nat`] and the
-/// prefetch pass's guess both use it, so they agree. `known`: the hash, when the prefetch pass
-/// already computed it for the same arguments.
-#[allow(clippy::too_many_arguments)]
+impl RevKey {
+    /// The key's flow hash under `seed`.
+    #[inline(always)]
+    fn hash(&self, seed: u64) -> u64 {
+        match self {
+            RevKey::V4(k, _) => k.flow_hash(seed),
+            RevKey::V6(k, _) => k.flow_hash(seed),
+        }
+    }
+}
+
+/// [`RevKey::hash`] out of line, for when the prefetch pass's guess did not hold: kept cold so
+/// that the compiler does not hoist half of the hash into every allocation.
+#[cold]
+#[inline(never)]
+fn rev_hash_cold(k: &RevKey, seed: u64) -> u64 {
+    k.hash(seed)
+}
+
+/// The reverse key for a new flow `p` (flow hash `h`) to backend `b` through NAT port `port`;
+/// `None` if the family has no NAT address or the backend is of the other family.
+/// [`Pipeline::alloc_nat`] and the prefetch pass's guess both use it, so they agree.
 #[inline(always)]
 fn nat_rev_key(
     snap: &Snapshot,
@@ -1369,27 +1388,18 @@ fn nat_rev_key(
     b: &Backend,
     h: u64,
     port: u16,
-    known: Option<u64>,
-) -> Option<(RevKey, u64)> {
+) -> Option<RevKey> {
     let l = &snap.local;
     match (b.addr, v6) {
         (IpAddr::V4(ba), false) if !l.nat_ipv4.is_empty() => {
             let ai = nat_addr_index(h, l.nat_ipv4.len());
-            let la = l.nat_ipv4[ai];
-            let rk = k4(ba.octets(), la, b.port, port, p.proto);
-            let rh = known.unwrap_or_else(|| {
-                hash::hash_v4_5tuple(snap.hash_seed, ba.octets(), la, b.port, port, p.proto)
-            });
-            Some((RevKey::V4(rk, ai as u8), rh))
+            let rk = k4(ba.octets(), l.nat_ipv4[ai], b.port, port, p.proto);
+            Some(RevKey::V4(rk, ai as u8))
         }
         (IpAddr::V6(ba), true) if !l.nat_ipv6.is_empty() => {
             let ai = nat_addr_index(h, l.nat_ipv6.len());
-            let la = l.nat_ipv6[ai];
-            let rk = k6(ba.octets(), la, b.port, port, p.proto);
-            let rh = known.unwrap_or_else(|| {
-                hash::hash_v6_5tuple(snap.hash_seed, ba.octets(), la, b.port, port, p.proto)
-            });
-            Some((RevKey::V6(rk, ai as u8), rh))
+            let rk = k6(ba.octets(), l.nat_ipv6[ai], b.port, port, p.proto);
+            Some(RevKey::V6(rk, ai as u8))
         }
         _ => None,
     }
