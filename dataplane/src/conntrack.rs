@@ -515,8 +515,11 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     fn find(&self, key: &K, hash: u64) -> Option<usize> {
         let tag = tag_of(hash);
         let (b1, b2) = self.buckets(hash);
-        self.find_in(b1, tag, key)
-            .or_else(|| self.find_in(b2, tag, key))
+        // A plain match: `Option::or_else` was left as a call on the miss path.
+        match self.find_in(b1, tag, key) {
+            Some(i) => Some(i),
+            None => self.find_in(b2, tag, key),
+        }
     }
 
     /// Sets the tag of slot `i`.
@@ -651,10 +654,11 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         let entry = Entry::new(key, value, state, now_ms);
         let tag = tag_of(hash);
         let (b1, b2) = self.buckets(hash);
-        if let Some(i) = self
-            .find_in(b1, tag, &key)
-            .or_else(|| self.find_in(b2, tag, &key))
-        {
+        let found = match self.find_in(b1, tag, &key) {
+            Some(i) => Some(i),
+            None => self.find_in(b2, tag, &key),
+        };
+        if let Some(i) = found {
             if let Some(old) = self.slots[i].0.replace(entry) {
                 self.stats.replacements += 1;
                 return Inserted::Replaced { old: old.value };
