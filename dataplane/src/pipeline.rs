@@ -1408,13 +1408,18 @@ fn nat_rev_key(
 /// Maglev with down/draining backends skipped, no rebuild.
 #[inline(always)]
 fn pick<'s>(snap: &'s Snapshot, f: &Frontend, h: u64) -> Option<&'s Backend> {
-    let idx = f.maglev.lookup_live(h, |i| {
-        f.backends
+    // The liveness test already finds the backend: keep it rather than look it up again.
+    let live = std::cell::Cell::new(None);
+    f.maglev.lookup_live(h, |i| {
+        let b = f
+            .backends
             .get(i as usize)
             .and_then(|id| snap.backend(*id))
-            .is_some_and(|b| b.state == BackendState::Active)
+            .filter(|b| b.state == BackendState::Active);
+        live.set(b);
+        b.is_some()
     })?;
-    snap.backend(*f.backends.get(idx as usize)?)
+    live.get()
 }
 
 /// Rewrites addresses and ports of an IP packet with incremental checksum updates (IPv4
