@@ -1,0 +1,162 @@
+//! NAT ports come from the worker's own slice of the snapshot's port range, also when a new
+//! snapshot brings another range (the worker keeps its slice precomputed, so a stale slice
+//! would hand out another worker's ports); replies go to the worker owning their port; a full
+//! slice drops new flows with `nat_ports_exhausted`.
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use sluice_dataplane::pipeline::{PacketBuf, Pipeline, PipelineConfig, VecBuf, Verdict};
+use sluice_dataplane::snapshot::{Local, Method, Protocol, Snapshot};
+use sluice_dataplane::stats::{DropReason, WorkerStats};
+
+const VIP: [u8; 4] = [192, 0, 2, 1];
+const BACKEND: [u8; 4] = [10, 0, 1, 1];
+
+/// One NAT frontend (192.0.2.1:80, backend 10.0.1.1:8080) with NAT ports `min..=max`.
+fn snap(generation: u64, min: u16, max: u16) -> Snapshot {
+    let local = Local {
+        nat_port_min: min,
+        nat_port_max: max,
+        ..local()
+    };
+    Snapshot::new(
+        generation,
+        42,
+        vec![frontend(
+            0,
+            "192.0.2.1",
+            80,
+            Protocol::Tcp,
+            Method::Nat,
+            vec![1],
+        )],
+        vec![backend(1, "10.0.1.1", 8080)],
+        local,
+        64,
+    )
+    .unwrap()
+}
+
+/// Sends SYNs from client ports `first..first + n`, as one burst each of up to 32 (the
+/// worker's path), and returns each verdict with the NAT port of a forwarded SYN.
+fn syns(pipe: &mut Pipeline, s: &Snapshot, first: u16, n: u16) -> Vec<(Verdict, Option<u16>)> {
+    let mut out = Vec::new();
+    let frames: Vec<Vec<u8>> = (first..first + n)
+        .map(|p| tcp4(CLIENT4, VIP, p, 80, true, false, &[]))
+        .collect();
+    for chunk in frames.chunks(32) {
+        let mut bufs: Vec<VecBuf> = chunk.iter().map(|f| VecBuf::new(f)).collect();
+        for b in &bufs {
+            pipe.prefetch(s, b);
+        }
+        pipe.prefetch_entries();
+        for (i, b) in bufs.iter_mut().enumerate() {
+            let v = pipe.process_prefetched(s, i, b, 10);
+            let d = b.data();
+            let port = (v == Verdict::Tx).then(|| {
+                assert_eq!(&d[30..34], &BACKEND, "forwarded to the backend");
+                u16::from_be_bytes([d[34], d[35]])
+            });
+            out.push((v, port));
+        }
+    }
+    out
+}
+
+/// The backend's reply to NAT port `port`, processed on its own.
+fn reply(pipe: &mut Pipeline, s: &Snapshot, port: u16) -> Verdict {
+    let mut b = VecBuf::new(&tcp4(BACKEND, NAT4, 8080, port, true, true, &[]));
+    pipe.process(s, &mut b, 11)
+}
+
+#[test]
+fn ports_follow_the_snapshot_range() {
+    // Worker 1 of 3.
+    let stats = Arc::new(WorkerStats::new(64));
+    let cfg = PipelineConfig {
+        worker: 1,
+        workers: 3,
+        ..PipelineConfig::default()
+    };
+    let mut pipe = Pipeline::new(&cfg, stats.clone());
+
+    // Range A: 20000..=29999, 3333 ports per worker; worker 1 owns 23333..=26665.
+    let a = snap(1, 20000, 29999);
+    let got = syns(&mut pipe, &a, 40000, 50);
+    let ports: Vec<u16> = got
+        .iter()
+        .map(|(v, p)| p.unwrap_or_else(|| panic!("{v:?}")))
+        .collect();
+    assert_eq!(ports, (23333..23383).collect::<Vec<u16>>());
+    assert_eq!(reply(&mut pipe, &a, 23333), Verdict::Tx);
+    assert_eq!(reply(&mut pipe, &a, 20000), Verdict::ToWorker(0));
+    assert_eq!(reply(&mut pipe, &a, 26666), Verdict::ToWorker(2));
+    // The ports beyond 3 x 3333 belong to the last worker.
+    assert_eq!(reply(&mut pipe, &a, 29999), Verdict::ToWorker(2));
+
+    // Range B: 40000..=40300, 100 ports per worker; worker 1 owns 40100..=40199. The cursor
+    // (at offset 50 of the old slice) is reduced into the new one.
+    let b = snap(2, 40000, 40300);
+    let got = syns(&mut pipe, &b, 41000, 120);
+    let ports: Vec<u16> = got.iter().filter_map(|(_, p)| *p).collect();
+    assert_eq!(ports.len(), 100, "the slice holds 100 ports");
+    let mut sorted = ports.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        (40100..40200).collect::<Vec<u16>>(),
+        "each port once"
+    );
+    assert_eq!(
+        ports[0], 40150,
+        "from the cursor, reduced into the new slice"
+    );
+    // Then the slice is full: every port is taken by a live flow to the one backend.
+    for (v, _) in &got[100..] {
+        assert_eq!(*v, Verdict::Drop(DropReason::NatPortsExhausted));
+    }
+    assert_eq!(stats.drops_of(DropReason::NatPortsExhausted), 20);
+    assert_eq!(reply(&mut pipe, &b, 40150), Verdict::Tx);
+    assert_eq!(reply(&mut pipe, &b, 40099), Verdict::ToWorker(0));
+    assert_eq!(reply(&mut pipe, &b, 40200), Verdict::ToWorker(2));
+    assert_eq!(reply(&mut pipe, &b, 40300), Verdict::ToWorker(2));
+
+    // Back to range A: its slice again, continuing from the cursor.
+    let got = syns(&mut pipe, &snap(3, 20000, 29999), 42000, 5);
+    for (v, p) in &got {
+        let p = p.unwrap_or_else(|| panic!("{v:?}"));
+        assert!(
+            (23333..=26665).contains(&p),
+            "port {p} outside worker 1's slice of A"
+        );
+    }
+}
+
+/// `Pipeline::nat_owner`, the public form the worker and tools use, agrees with the worker's
+/// own routing of replies.
+#[test]
+fn nat_owner_agrees_with_reply_routing() {
+    let s = snap(1, 1024, 65535);
+    for workers in [1u16, 2, 3, 7] {
+        for worker in 0..workers {
+            let cfg = PipelineConfig {
+                worker,
+                workers,
+                ..PipelineConfig::default()
+            };
+            let mut pipe = Pipeline::new(&cfg, Arc::new(WorkerStats::new(64)));
+            for port in (1024..=65535u16).step_by(997).chain([1024, 65535]) {
+                let owner = Pipeline::nat_owner(&s, workers, port);
+                let v = reply(&mut pipe, &s, port);
+                if owner == worker {
+                    // Ours: no flow there, so dropped as such, not passed on.
+                    assert_eq!(v, Verdict::Drop(DropReason::NatNoFlow), "port {port}");
+                } else {
+                    assert_eq!(v, Verdict::ToWorker(owner), "port {port}");
+                }
+            }
+        }
+    }
+}
