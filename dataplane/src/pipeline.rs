@@ -252,7 +252,8 @@ pub struct Pipeline {
     stats: Arc<WorkerStats>,
     /// Burst prefetch: (table, flow hash) per flow lookup of the current burst; table bits 0-1
     /// pick fwd4/fwd6/rev4/rev6, bit 2 marks a new flow (a SYN's insert), bit 3 an insert
-    /// whose key is expected absent (a SYN's NAT reverse entry: no entry to prefetch).
+    /// whose key is expected absent (a SYN's forward and NAT reverse entries: no entry to
+    /// prefetch).
     pf: [(u8, u64); 64],
     /// The slot each entry of `pf` found by its second-pass prefetch ([`NO_SLOT`]: none), a
     /// hint that spares the lookup its search.
@@ -696,9 +697,13 @@ impl Pipeline {
         if fe.is_none() && !nat_reply {
             return;
         }
-        // A TCP SYN opens a flow: its insert may need a victim from a full bucket.
+        // A TCP SYN opens a flow: its insert may need a victim from a full bucket. Its lookup
+        // is expected to miss (bit 3: no entry to prefetch; a retransmitted SYN then reads its
+        // entry unprefetched), which spares the second pass a tag search per SYN.
         let syn = p.proto == proto::TCP && p.tcp_flags & (flags::SYN | flags::ACK) == flags::SYN;
-        let table = u8::from(v6) | (u8::from(nat_reply) << 1) | (u8::from(syn && !nat_reply) << 2);
+        let new = syn && !nat_reply;
+        let table =
+            u8::from(v6) | (u8::from(nat_reply) << 1) | (u8::from(new) << 2) | (u8::from(new) << 3);
         let pf = dpdk_sys::prefetch::<u128>;
         match table & 3 {
             0 => self.fwd4.prefetch_with(h, pf),
