@@ -120,19 +120,25 @@ fn fresh_syns(bufs: &mut [VecBuf], tmpl: &[u8], next: &mut u32) {
     }
 }
 
-fn bench(c: &mut Criterion) {
-    let flows = tracked_flows();
-    let snap = snapshot();
+/// A pipeline whose IPv4 forward and reverse tables have `capacity` slots each (the IPv6 and
+/// affinity tables, unused here, small).
+fn pipeline(capacity: usize) -> Pipeline {
     let cfg = PipelineConfig {
         conntrack: ConntrackConfig {
-            capacity: 1 << 21,
+            capacity,
             ..Default::default()
         },
         conntrack_v6_capacity: 1 << 10,
         affinity_capacity: 1 << 10,
         ..PipelineConfig::default()
     };
-    let mut pipe = Pipeline::new(&cfg, Arc::new(WorkerStats::new(1024)));
+    Pipeline::new(&cfg, Arc::new(WorkerStats::new(1024)))
+}
+
+fn bench(c: &mut Criterion) {
+    let flows = tracked_flows();
+    let snap = snapshot();
+    let mut pipe = pipeline(1 << 21);
     // Track 1M flows.
     // SYN then ACK: the flows are established (300 s timeout), as in steady state.
     let mut buf = VecBuf::new(&frame(0, true));
@@ -217,18 +223,7 @@ fn bench(c: &mut Criterion) {
     let mut flood_bursts = 0u32;
     g.throughput(Throughput::Elements(32));
     g.bench_function("nat_syn_flood_full_tables_burst32", |b| {
-        let mut flood = Pipeline::new(
-            &PipelineConfig {
-                conntrack: ConntrackConfig {
-                    capacity: 1 << 20,
-                    ..Default::default()
-                },
-                conntrack_v6_capacity: 1 << 10,
-                affinity_capacity: 1 << 10,
-                ..PipelineConfig::default()
-            },
-            Arc::new(WorkerStats::new(1024)),
-        );
+        let mut flood = pipeline(1 << 20);
         let mut buf = VecBuf::new(&syn_tmpl);
         for i in 0..1_100_000u32 {
             buf.reset(&frame(i, true));

@@ -15,9 +15,9 @@
 //!
 //! - `tags`: one `u128` per bucket holding eight 16-bit tags (the top 16 bits of the flow hash,
 //!   0 meaning "free"). Four buckets share a cache line. A lookup compares all eight tags of a
-//!   bucket at once (one SSE2 compare on x86-64, `dpdk_sys::lanes_eq`) and reads a full key only on a tag match,
-//!   so a miss touches no entry at all (a false tag match, which costs one entry read, happens
-//!   in about one miss in 4096: 16 slots, 16-bit tags).
+//!   bucket at once (one SSE2 compare on x86-64, `dpdk_sys::lanes_eq`) and reads a full key
+//!   only on a tag match, so a miss touches no entry at all (a false tag match, which costs
+//!   one entry read, happens in about one miss in 4096: 16 slots, 16-bit tags).
 //! - `slots`: `Option<Entry<K, V>>` per slot, each slot aligned to 32 bytes; `Entry` stores
 //!   the key, the value, the [`FlowState`] and the last-seen time, and `Option` costs nothing
 //!   (it uses the unused values of the `FlowState` byte). An IPv4 entry with an 8-byte value is
@@ -652,19 +652,14 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         now_ms: u32,
     ) -> Inserted<K, V> {
         let entry = Entry::new(key, value, state, now_ms);
-        let tag = tag_of(hash);
-        let (b1, b2) = self.buckets(hash);
-        let found = match self.find_in(b1, tag, &key) {
-            Some(i) => Some(i),
-            None => self.find_in(b2, tag, &key),
-        };
-        if let Some(i) = found {
+        if let Some(i) = self.find(&key, hash) {
             if let Some(old) = self.slots[i].0.replace(entry) {
                 self.stats.replacements += 1;
                 return Inserted::Replaced { old: old.value };
             }
         }
-        self.insert_absent(b1, b2, tag, entry, now_ms)
+        let (b1, b2) = self.buckets(hash);
+        self.insert_absent(b1, b2, tag_of(hash), entry, now_ms)
     }
 
     /// [`Conntrack::insert`] of a key the caller knows is not in the table, because a

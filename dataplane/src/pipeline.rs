@@ -1341,9 +1341,6 @@ impl NatSlice {
     /// division.
     #[inline(always)]
     fn owner(&self, port: u16) -> u16 {
-        if self.workers <= 1 {
-            return 0;
-        }
         let n = u64::from(port.wrapping_sub(self.range.0));
         (((n * self.recip) >> 32) as u16).min(self.workers - 1)
     }
