@@ -245,8 +245,11 @@ pub struct Pipeline {
     aff4: Conntrack<V4Key, Aff>,
     aff6: Conntrack<V6Key, Aff>,
     /// The next NAT port to try, as an offset into this worker's slice (reduced into the
-    /// slice when used: a new snapshot may shrink it).
+    /// slice when used: a new snapshot may shrink it). Moves by one per allocation.
     nat_cursor: u32,
+    /// The second cursor (same form): where an allocation whose first port was in use goes
+    /// on looking.
+    nat_spill: u32,
     /// This worker's slice of the snapshot's NAT port range, worked out once per range.
     nat: NatSlice,
     stats: Arc<WorkerStats>,
@@ -298,8 +301,8 @@ struct Hint {
     pf: Option<u8>,
     /// For a TCP SYN to a NAT frontend without affinity: the backend Maglev picked.
     pick: Option<u32>,
-    /// For the same SYN: the NAT port cursor the prefetch pass guessed, the backend, and the
-    /// hash of the reverse key they give (reused if the guess holds).
+    /// For the same SYN: the NAT port cursor the prefetch pass predicted, the backend, and the
+    /// hash of the reverse key they give (reused if the prediction holds).
     rev: Option<(u32, u32, u64)>,
 }
 
@@ -462,6 +465,7 @@ impl Pipeline {
             aff4: Conntrack::new(&aff),
             aff6: Conntrack::new(&aff),
             nat_cursor: cfg.nat_port_start,
+            nat_spill: cfg.nat_port_start,
             nat: NatSlice::new(1, 0, cfg.worker, cfg.workers),
             stats,
             pf: [(0, 0); 64],
@@ -716,10 +720,11 @@ impl Pipeline {
             slot.hint.pf = Some(self.pf_len as u8);
             self.pf_len += 1;
         }
-        // A TCP SYN to a NAT frontend will take a NAT port: predict which (the cursor advances
-        // by one per allocation) and prefetch the reverse-table bucket that the port check and
-        // the reverse insert read. A wrong guess (a retransmitted SYN, a port in use) costs one
-        // useless prefetch.
+        // A TCP SYN to a NAT frontend will take a NAT port: predict which (the cursor moves by
+        // exactly one per allocation, see `alloc_nat`) and prefetch the reverse-table buckets
+        // that the port check and the reverse insert read. A retransmitted SYN, which takes
+        // no port, puts the burst's later predictions off (each then costs one useless
+        // prefetch); a port in use does not.
         let Some(f) = fe.and_then(|id| snap.frontend(id)) else {
             return;
         };
@@ -1206,6 +1211,16 @@ impl Pipeline {
     }
 
     /// Finds a free local port in this worker's slice and records the reverse flow.
+    ///
+    /// Every allocation first tries the cursor's port and moves the cursor on by exactly one,
+    /// so that the prefetch pass, which predicts the cursor of each SYN of a burst (`guess`:
+    /// cursor, backend, reverse-key hash), predicts right for all of them: its prefetched
+    /// reverse buckets are then the ones read. If that port is in use (its reverse key is
+    /// live or not yet expired), the further tries take the ports of a second cursor, which
+    /// moves past every port it tried; moving the first cursor instead would put every later
+    /// prediction of the burst one port off, and each of those SYNs would wait on memory
+    /// (measured in sluiced under a SYN flood: the reverse tag loads were a third of a
+    /// worker's time).
     #[allow(clippy::too_many_arguments)]
     fn alloc_nat(
         &mut self,
@@ -1221,48 +1236,103 @@ impl Pipeline {
     ) -> Result<(u16, u8), DropReason> {
         let st = flow_state(p.proto == proto::TCP, p.tcp_flags);
         let nat = self.nat.of(snap);
+        let first = nat.wrap(self.nat_cursor);
+        self.nat_cursor = nat.wrap(first + 1);
+        // The prefetch pass's prediction of this cursor (and so of this backend) holds: its
+        // reverse-key hash is this one.
+        let known = guess
+            .filter(|&(c, id, _)| c == first && id == b.id)
+            .map(|(.., rh)| rh);
+        let port = nat.port(first);
+        if let Some(got) = self.take_nat_port(
+            snap, p, v6, b, h, port, known, st, now_ms, src_mac, frontend,
+        )? {
+            return Ok(got);
+        }
+        self.nat_port_retry(snap, p, v6, b, h, st, now_ms, src_mac, frontend)
+    }
+
+    /// [`Pipeline::alloc_nat`] once the cursor's port was in use: up to [`NAT_PORT_TRIES`]
+    /// more ports (every port of a slice that small) from the second cursor.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn nat_port_retry(
+        &mut self,
+        snap: &Snapshot,
+        p: &Parsed,
+        v6: bool,
+        b: &Backend,
+        h: u64,
+        st: FlowState,
+        now_ms: u32,
+        src_mac: [u8; 6],
+        frontend: u16,
+    ) -> Result<(u16, u8), DropReason> {
+        bump(&self.stats.nat_port_retries, 1);
+        let nat = self.nat.of(snap);
         for _ in 0..NAT_PORT_TRIES.min(nat.per) {
-            let cursor = nat.wrap(self.nat_cursor);
-            self.nat_cursor = nat.wrap(cursor + 1);
-            // The prefetch pass's guess of this cursor (and so of this backend) holds: its
-            // reverse-key hash is this one.
-            let known = guess
-                .filter(|&(c, id, _)| c == cursor && id == b.id)
-                .map(|(.., rh)| rh);
-            let Some(rk) = nat_rev_key(snap, p, v6, b, h, nat.port(cursor)) else {
-                return Err(DropReason::NoNatAddress);
-            };
-            let rh = known.unwrap_or_else(|| rev_hash_cold(&rk, snap.hash_seed));
-            // Take the port unless the reverse key is in use (live or not yet expired).
-            let taken = match rk {
-                RevKey::V4(k, ai) => {
-                    let val = Rev4 {
-                        client: a4(&p.src),
-                        client_port: p.sport,
-                        client_mac: src_mac,
-                        frontend,
-                    };
-                    self.rev4
-                        .insert_if_absent(k, rh, val, st, now_ms)
-                        .map(|_| (k.dport, ai))
-                }
-                RevKey::V6(k, ai) => {
-                    let val = Rev6 {
-                        client: p.src,
-                        client_port: p.sport,
-                        client_mac: src_mac,
-                        frontend,
-                    };
-                    self.rev6
-                        .insert_if_absent(k, rh, val, st, now_ms)
-                        .map(|_| (k.dport, ai))
-                }
-            };
-            if let Some(got) = taken {
+            let cursor = nat.wrap(self.nat_spill);
+            self.nat_spill = nat.wrap(cursor + 1);
+            let port = nat.port(cursor);
+            if let Some(got) =
+                self.take_nat_port(snap, p, v6, b, h, port, None, st, now_ms, src_mac, frontend)?
+            {
                 return Ok(got);
             }
         }
         Err(DropReason::NatPortsExhausted)
+    }
+
+    /// Takes NAT port `port` for new flow `p` to backend `b` unless its reverse key is in use
+    /// (live or not yet expired): `Some((port, NAT address index))` once the reverse entry is
+    /// recorded, `None` if the port is taken. `rh` is the reverse key's hash if known.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn take_nat_port(
+        &mut self,
+        snap: &Snapshot,
+        p: &Parsed,
+        v6: bool,
+        b: &Backend,
+        h: u64,
+        port: u16,
+        rh: Option<u64>,
+        st: FlowState,
+        now_ms: u32,
+        src_mac: [u8; 6],
+        frontend: u16,
+    ) -> Result<Option<(u16, u8)>, DropReason> {
+        let Some(rk) = nat_rev_key(snap, p, v6, b, h, port) else {
+            return Err(DropReason::NoNatAddress);
+        };
+        let rh = match rh {
+            Some(rh) => rh,
+            None => rev_hash_cold(&rk, snap.hash_seed),
+        };
+        Ok(match rk {
+            RevKey::V4(k, ai) => {
+                let val = Rev4 {
+                    client: a4(&p.src),
+                    client_port: p.sport,
+                    client_mac: src_mac,
+                    frontend,
+                };
+                self.rev4
+                    .insert_if_absent(k, rh, val, st, now_ms)
+                    .map(|_| (k.dport, ai))
+            }
+            RevKey::V6(k, ai) => {
+                let val = Rev6 {
+                    client: p.src,
+                    client_port: p.sport,
+                    client_mac: src_mac,
+                    frontend,
+                };
+                self.rev6
+                    .insert_if_absent(k, rh, val, st, now_ms)
+                    .map(|_| (k.dport, ai))
+            }
+        })
     }
 }
 

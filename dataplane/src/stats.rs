@@ -183,6 +183,9 @@ pub struct WorkerStats {
     pub new_flows: AtomicU64,
     /// NAT replies translated back to clients.
     pub nat_replies: AtomicU64,
+    /// NAT allocations whose first port was in use and that looked further (port pressure:
+    /// the reverse keys of the slice are filling up).
+    pub nat_port_retries: AtomicU64,
     /// Packets handed to another worker (NAT replies landing on the wrong queue).
     pub to_other_worker: AtomicU64,
     /// Packets received from other workers.
@@ -234,6 +237,7 @@ impl WorkerStats {
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
             new_flows: AtomicU64::new(0),
             nat_replies: AtomicU64::new(0),
+            nat_port_retries: AtomicU64::new(0),
             to_other_worker: AtomicU64::new(0),
             from_other_worker: AtomicU64::new(0),
             neighbor_replies: AtomicU64::new(0),

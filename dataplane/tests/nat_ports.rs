@@ -10,6 +10,7 @@ use common::*;
 use sluice_dataplane::pipeline::{PacketBuf, Pipeline, PipelineConfig, VecBuf, Verdict};
 use sluice_dataplane::snapshot::{Local, Method, Protocol, Snapshot};
 use sluice_dataplane::stats::{DropReason, WorkerStats};
+use std::sync::atomic::Ordering::Relaxed;
 
 const VIP: [u8; 4] = [192, 0, 2, 1];
 const BACKEND: [u8; 4] = [10, 0, 1, 1];
@@ -42,6 +43,17 @@ fn snap(generation: u64, min: u16, max: u16) -> Snapshot {
 /// Sends SYNs from client ports `first..first + n`, as one burst each of up to 32 (the
 /// worker's path), and returns each verdict with the NAT port of a forwarded SYN.
 fn syns(pipe: &mut Pipeline, s: &Snapshot, first: u16, n: u16) -> Vec<(Verdict, Option<u16>)> {
+    syns_at(pipe, s, first, n, 10)
+}
+
+/// [`syns`] at time `now_ms`.
+fn syns_at(
+    pipe: &mut Pipeline,
+    s: &Snapshot,
+    first: u16,
+    n: u16,
+    now_ms: u32,
+) -> Vec<(Verdict, Option<u16>)> {
     let mut out = Vec::new();
     let frames: Vec<Vec<u8>> = (first..first + n)
         .map(|p| tcp4(CLIENT4, VIP, p, 80, true, false, &[]))
@@ -53,7 +65,7 @@ fn syns(pipe: &mut Pipeline, s: &Snapshot, first: u16, n: u16) -> Vec<(Verdict, 
         }
         pipe.prefetch_entries();
         for (i, b) in bufs.iter_mut().enumerate() {
-            let v = pipe.process_prefetched(s, i, b, 10);
+            let v = pipe.process_prefetched(s, i, b, now_ms);
             let d = b.data();
             let port = (v == Verdict::Tx).then(|| {
                 assert_eq!(&d[30..34], &BACKEND, "forwarded to the backend");
@@ -132,6 +144,47 @@ fn ports_follow_the_snapshot_range() {
             "port {p} outside worker 1's slice of A"
         );
     }
+}
+
+/// An allocation tries the cursor's port first and moves the cursor by one; if that port is in
+/// use it searches on from a second cursor, which covers a small slice whole, and counts a
+/// retry (`nat_port_retries`, the port-pressure counter operators see).
+#[test]
+fn a_port_in_use_is_searched_past_and_counted() {
+    let stats = Arc::new(WorkerStats::new(64));
+    let mut pipe = Pipeline::new(&PipelineConfig::default(), stats.clone());
+    // Eight ports, 30000..=30007, one backend: eight flows fill the slice.
+    let s = snap(1, 30000, 30007);
+    let port = |got: &[(Verdict, Option<u16>)]| -> Vec<u16> {
+        got.iter()
+            .map(|(v, p)| p.unwrap_or_else(|| panic!("{v:?}")))
+            .collect()
+    };
+    assert_eq!(
+        port(&syns_at(&mut pipe, &s, 40000, 4, 10)),
+        [30000, 30001, 30002, 30003]
+    );
+    assert_eq!(
+        port(&syns_at(&mut pipe, &s, 41000, 4, 2000)),
+        [30004, 30005, 30006, 30007]
+    );
+    assert_eq!(
+        stats.nat_port_retries.load(Relaxed),
+        0,
+        "every first try was free"
+    );
+    // The cursor is back at 30000: each of four more SYNs finds its port in use, searches the
+    // whole slice and is dropped.
+    for (v, _) in syns_at(&mut pipe, &s, 42000, 4, 2000) {
+        assert_eq!(v, Verdict::Drop(DropReason::NatPortsExhausted));
+    }
+    assert_eq!(stats.nat_port_retries.load(Relaxed), 4);
+    // The first four flows' SYN timeout (5 s) passes and the expiry frees them; the cursor is
+    // at 30004, still in use, so the next SYN searches on and takes the first free port.
+    pipe.expire(6000, 1 << 20);
+    assert_eq!(port(&syns_at(&mut pipe, &s, 43000, 1, 6000)), [30000]);
+    assert_eq!(stats.nat_port_retries.load(Relaxed), 5);
+    assert_eq!(reply(&mut pipe, &s, 30000), Verdict::Tx);
 }
 
 /// `Pipeline::nat_owner`, the public form the worker and tools use, agrees with the worker's

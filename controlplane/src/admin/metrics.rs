@@ -185,6 +185,12 @@ impl Collector for SluiceCollector {
         )?;
         family(
             &mut enc,
+            "sluice_worker_nat_port_retries",
+            "NAT allocations whose first port was in use and that looked further (port pressure)",
+            per_worker(&|w| w.nat_port_retries),
+        )?;
+        family(
+            &mut enc,
             "sluice_worker_polls",
             "Poll-loop iterations",
             per_worker(&|w| w.polls),

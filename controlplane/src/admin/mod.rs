@@ -287,6 +287,7 @@ pub(crate) struct WorkerCounters {
     busy_cycles: u64,
     total_cycles: u64,
     evictions: u64,
+    nat_port_retries: u64,
     drops: [u64; DropReason::COUNT],
 }
 
@@ -303,6 +304,7 @@ impl Default for WorkerCounters {
             busy_cycles: 0,
             total_cycles: 0,
             evictions: 0,
+            nat_port_retries: 0,
             drops: [0; DropReason::COUNT],
         }
     }
@@ -322,6 +324,7 @@ impl WorkerCounters {
             busy_cycles: s.busy_cycles.load(Relaxed),
             total_cycles: s.total_cycles.load(Relaxed),
             evictions: s.ct_evictions.load(Relaxed),
+            nat_port_retries: s.nat_port_retries.load(Relaxed),
             drops: std::array::from_fn(|i| s.drops[i].load(Relaxed)),
         }
     }
@@ -338,6 +341,7 @@ impl WorkerCounters {
             busy_cycles: self.busy_cycles.saturating_sub(b.busy_cycles),
             total_cycles: self.total_cycles.saturating_sub(b.total_cycles),
             evictions: self.evictions.saturating_sub(b.evictions),
+            nat_port_retries: self.nat_port_retries.saturating_sub(b.nat_port_retries),
             drops: std::array::from_fn(|i| self.drops[i].saturating_sub(b.drops[i])),
         }
     }

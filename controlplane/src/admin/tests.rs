@@ -623,6 +623,7 @@ fn metrics_scrape_parses_with_expected_series() {
     bump(&f.stats[1].targets[id as usize].new_flows, 4);
     bump(&f.stats[1].targets[id as usize].closed_flows, 1);
     f.stats[0].drop_packet(DropReason::SourceDenied);
+    bump(&f.stats[1].nat_port_retries, 7);
     f.st.observe_compile(std::time::Duration::from_millis(2));
     f.st.sample(vec![dpdk_sys::PortStats {
         rx_packets: 9,
@@ -682,6 +683,10 @@ fn metrics_scrape_parses_with_expected_series() {
         0.0
     );
     assert_eq!(find("sluice_port_rx_missed_total", &[("port", "lb0")]), 1.0);
+    assert_eq!(
+        find("sluice_worker_nat_port_retries_total", &[("worker", "1")]),
+        7.0
+    );
     assert_eq!(find("sluice_conntrack_capacity", &[("worker", "1")]), 0.0);
     assert_eq!(find("sluice_services", &[]), 1.0);
     assert_eq!(find("sluice_snapshot_generation", &[]), 1.0);
