@@ -97,7 +97,7 @@ fn burst(pipe: &mut Pipeline, snap: &Snapshot, bufs: &mut [VecBuf], now_ms: u32)
     for buf in bufs.iter() {
         pipe.prefetch(snap, buf);
     }
-    pipe.prefetch_entries();
+    pipe.prefetch_entries(snap);
     for (i, buf) in bufs.iter_mut().enumerate() {
         black_box(pipe.process_prefetched(snap, i, buf, now_ms));
     }

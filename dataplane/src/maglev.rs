@@ -278,6 +278,14 @@ impl MaglevTable {
         self.entries.get(self.slot(flow_hash)).copied()
     }
 
+    /// The entry [`MaglevTable::lookup`] and [`MaglevTable::lookup_live`] read first for
+    /// `flow_hash` (`None` if the table is empty): for a prefetch ahead of the lookup.
+    #[inline(always)]
+    #[must_use]
+    pub fn entry_for(&self, flow_hash: u64) -> Option<&u32> {
+        self.entries.get(self.slot(flow_hash))
+    }
+
     /// The backend for a flow, skipping backends for which `is_live` is false (down or draining)
     /// without a rebuild.
     ///

@@ -233,6 +233,9 @@ const MAX_AFFINITY_MS: u32 = 86_400_000;
 const PF_AHEAD: usize = 16;
 /// Tries to find a free NAT port before giving up.
 const NAT_PORT_TRIES: u32 = 64;
+/// Table bit 3 of a `Pipeline::pf` entry without bit 2: nothing to prefetch in the second pass
+/// (the place kept for a SYN's NAT reverse entry until `prefetch_entries` fills it in).
+const PF_NOTHING: u8 = 8;
 
 /// One worker's pipeline: its flow tables, counters and NAT port cursor.
 #[derive(Debug)]
@@ -264,6 +267,9 @@ pub struct Pipeline {
     pf_len: usize,
     /// NAT port allocations predicted so far in this burst's prefetch pass.
     pf_syn: u32,
+    /// TCP SYNs to NAT frontends in this burst's first pass (whose reverse entries
+    /// `prefetch_entries` works out).
+    pf_nat_syns: u32,
     /// The next entry of `pf` whose second-pass prefetch is still to be issued.
     pf_next: usize,
     /// Burst parse cache: what [`Pipeline::prefetch`] learned about each packet of the burst,
@@ -299,7 +305,10 @@ struct Hint {
     /// The index in `Pipeline::pf` of the packet's own flow lookup (forward, or NAT reverse
     /// for a reply), if it has one.
     pf: Option<u8>,
-    /// For a TCP SYN to a NAT frontend without affinity: the backend Maglev picked.
+    /// For a TCP SYN to a NAT frontend without affinity: the index in `Pipeline::pf` kept
+    /// for its NAT reverse entry, filled in by [`Pipeline::prefetch_entries`].
+    rev_pf: Option<u8>,
+    /// For the same SYN: the backend Maglev picked.
     pick: Option<u32>,
     /// For the same SYN: the NAT port cursor the prefetch pass predicted, the backend, and the
     /// hash of the reverse key they give (reused if the prediction holds).
@@ -472,6 +481,7 @@ impl Pipeline {
             pf_slot: [NO_SLOT; 64],
             pf_len: 0,
             pf_syn: 0,
+            pf_nat_syns: 0,
             pf_next: 0,
             pre: [Pre::default(); 32],
             pre_fill: 0,
@@ -663,6 +673,7 @@ impl Pipeline {
             self.pf_len = 0;
             self.pf_next = 0;
             self.pf_syn = 0;
+            self.pf_nat_syns = 0;
             self.pre_ready = 0;
         }
         let Some(slot) = self.pre.get_mut(self.pre_fill) else {
@@ -691,6 +702,7 @@ impl Pipeline {
             hash: Some(h),
             frontend: fe,
             pf: None,
+            rev_pf: None,
             pick: None,
             rev: None,
         };
@@ -720,47 +732,78 @@ impl Pipeline {
             slot.hint.pf = Some(self.pf_len as u8);
             self.pf_len += 1;
         }
-        // A TCP SYN to a NAT frontend will take a NAT port: predict which (the cursor moves by
-        // exactly one per allocation, see `alloc_nat`) and prefetch the reverse-table buckets
-        // that the port check and the reverse insert read. A retransmitted SYN, which takes
-        // no port, puts the burst's later predictions off (each then costs one useless
-        // prefetch); a port in use does not.
+        // A TCP SYN to a NAT frontend will take a NAT port. Its backend (Maglev), its port and
+        // so its reverse key are worked out by `prefetch_entries`, once the Maglev entry
+        // fetched here has arrived (a table of 65537 entries falls out of the caches under
+        // flow-table traffic: read here, it stalled every SYN); the reverse entry's place in
+        // `pf`, right after the forward one, is kept now, as a no-op until then.
         let Some(f) = fe.and_then(|id| snap.frontend(id)) else {
             return;
         };
         if f.method != Method::Nat || f.affinity_ms.is_some() || !syn {
             return;
         }
-        let Some(b) = pick(snap, f, h) else {
-            return;
-        };
-        slot.hint.pick = Some(b.id);
-        let nat = self.nat.of(snap);
-        let cursor = nat.wrap(nat.wrap(self.nat_cursor) + self.pf_syn);
-        self.pf_syn += 1;
-        let Some(rk) = nat_rev_key(snap, p, v6, b, h, nat.port(cursor)) else {
-            return;
-        };
-        let rh = rk.hash(snap.hash_seed);
-        slot.hint.rev = Some((cursor, b.id, rh));
-        // Bit 3: only the insert's slot matters (the port is expected free), no entry.
-        let table = if v6 { 3 | 4 | 8 } else { 2 | 4 | 8 };
-        match table & 3 {
-            2 => self.rev4.prefetch_with(rh, pf),
-            _ => self.rev6.prefetch_with(rh, pf),
+        if let Some(e) = f.maglev.entry_for(h) {
+            dpdk_sys::prefetch(e);
         }
         if let Some(e) = self.pf.get_mut(self.pf_len) {
-            *e = (table, rh);
+            *e = (u8::from(v6) | PF_NOTHING, h);
+            slot.hint.rev_pf = Some(self.pf_len as u8);
             self.pf_len += 1;
+            self.pf_nat_syns += 1;
         }
     }
 
-    /// Second pass: prefetches the entries the first few remembered flows' lookups will compare
-    /// (their tags are in cache by now), and readies the burst for
-    /// [`Pipeline::process_prefetched`], which prefetches the rest a few packets ahead so that
-    /// the misses overlap with processing rather than stall a pass of their own.
+    /// Second pass: for each TCP SYN to a NAT frontend, picks the backend (its Maglev entry is
+    /// in cache by now), predicts its NAT port and prefetches the reverse-table buckets its
+    /// port check and reverse insert read; then prefetches the entries the first few
+    /// remembered flows' lookups will compare (their tags are in cache by now), and readies
+    /// the burst for [`Pipeline::process_prefetched`], which prefetches the rest a few packets
+    /// ahead so that the misses overlap with processing rather than stall a pass of their own.
+    /// `snap` is the snapshot the burst was prefetched with.
     #[inline]
-    pub fn prefetch_entries(&mut self) {
+    pub fn prefetch_entries(&mut self, snap: &Snapshot) {
+        // Established traffic has no SYN: skip the loop.
+        let todo = if self.pf_nat_syns != 0 {
+            self.pre_fill
+        } else {
+            0
+        };
+        for pre in &mut self.pre[..todo] {
+            let Some(j) = pre.hint.rev_pf else {
+                continue;
+            };
+            let (Some(h), Some(f)) = (
+                pre.hint.hash,
+                pre.hint.frontend.and_then(|id| snap.frontend(id)),
+            ) else {
+                continue;
+            };
+            let Some(b) = pick(snap, f, h) else {
+                continue;
+            };
+            pre.hint.pick = Some(b.id);
+            // The cursor moves by exactly one per allocation (see `alloc_nat`): this SYN's
+            // port is the cursor's `pf_syn`-th next. A retransmitted SYN, which takes no port,
+            // puts the burst's later predictions off (each then costs one useless prefetch).
+            let nat = self.nat.of(snap);
+            let cursor = nat.wrap(nat.wrap(self.nat_cursor) + self.pf_syn);
+            self.pf_syn += 1;
+            let v6 = pre.p.l3 == L3::Ipv6;
+            let Some(rk) = nat_rev_key(snap, &pre.p, v6, b, h, nat.port(cursor)) else {
+                continue;
+            };
+            let rh = rk.hash(snap.hash_seed);
+            pre.hint.rev = Some((cursor, b.id, rh));
+            // Bit 3: only the insert's slot matters (the port is expected free), no entry.
+            let table = if v6 { 3 | 4 | 8 } else { 2 | 4 | 8 };
+            let pf = dpdk_sys::prefetch::<u128>;
+            match table & 3 {
+                2 => self.rev4.prefetch_with(rh, pf),
+                _ => self.rev6.prefetch_with(rh, pf),
+            }
+            self.pf[usize::from(j)] = (table, rh);
+        }
         self.pf_issue(PF_AHEAD);
         self.pre_ready = self.pre_fill;
         self.pre_fill = 0;

@@ -478,7 +478,7 @@ fn process_burst(
     for m in rx.iter_mut() {
         l.pipeline.prefetch(snap, m);
     }
-    l.pipeline.prefetch_entries();
+    l.pipeline.prefetch_entries(snap);
     for (i, mut m) in rx.drain().enumerate() {
         if m.segments() > 1 {
             stats.drop_packet(DropReason::Multisegment);

@@ -257,7 +257,7 @@ fn run(
             for b in chunk.iter() {
                 pipe.prefetch(snap, b);
             }
-            pipe.prefetch_entries();
+            pipe.prefetch_entries(snap);
         }
         for (j, b) in chunk.iter_mut().enumerate() {
             let i = chunk_no * 32 + j;
@@ -556,7 +556,7 @@ fn burst_cache_is_not_reused_across_bursts() {
     for b in &bufs {
         pipe.prefetch(&snap, b);
     }
-    pipe.prefetch_entries();
+    pipe.prefetch_entries(&snap);
     for (i, b) in bufs.iter_mut().enumerate() {
         assert_eq!(pipe.process_prefetched(&snap, i, b, 10), Verdict::Tx);
     }

@@ -63,7 +63,7 @@ fn syns_at(
         for b in &bufs {
             pipe.prefetch(s, b);
         }
-        pipe.prefetch_entries();
+        pipe.prefetch_entries(s);
         for (i, b) in bufs.iter_mut().enumerate() {
             let v = pipe.process_prefetched(s, i, b, now_ms);
             let d = b.data();

@@ -59,7 +59,7 @@ fn a_burst_allocates_nothing() {
     for b in bufs.iter() {
         pipe.prefetch(&snap, b);
     }
-    pipe.prefetch_entries();
+    pipe.prefetch_entries(&snap);
     for (i, b) in bufs.iter_mut().enumerate() {
         verdicts[i] = pipe.process_prefetched(&snap, i, b, 5000);
     }

@@ -80,7 +80,7 @@ fuzz_target!(|data: &[u8]| {
         for f in &frames {
             p.prefetch(snapshot(), f);
         }
-        p.prefetch_entries();
+        p.prefetch_entries(snapshot());
         for (i, f) in frames.iter_mut().enumerate() {
             let _ = p.process_prefetched(snapshot(), i, f, 2);
         }
