@@ -1261,9 +1261,8 @@ impl Pipeline {
     /// reverse buckets are then the ones read. If that port is in use (its reverse key is
     /// live or not yet expired), the further tries take the ports of a second cursor, which
     /// moves past every port it tried; moving the first cursor instead would put every later
-    /// prediction of the burst one port off, and each of those SYNs would wait on memory
-    /// (measured in sluiced under a SYN flood: the reverse tag loads were a third of a
-    /// worker's time).
+    /// prediction of the burst one port off, and each of those SYNs would read reverse
+    /// buckets nobody prefetched.
     #[allow(clippy::too_many_arguments)]
     fn alloc_nat(
         &mut self,
