@@ -769,6 +769,7 @@ impl Pipeline {
         } else {
             0
         };
+        let nat = self.nat.of(snap);
         for pre in &mut self.pre[..todo] {
             let Some(j) = pre.hint.rev_pf else {
                 continue;
@@ -786,7 +787,6 @@ impl Pipeline {
             // The cursor moves by exactly one per allocation (see `alloc_nat`): this SYN's
             // port is the cursor's `pf_syn`-th next. A retransmitted SYN, which takes no port,
             // puts the burst's later predictions off (each then costs one useless prefetch).
-            let nat = self.nat.of(snap);
             let cursor = nat.wrap(nat.wrap(self.nat_cursor) + self.pf_syn);
             self.pf_syn += 1;
             let v6 = pre.p.l3 == L3::Ipv6;
@@ -1276,7 +1276,16 @@ impl Pipeline {
         src_mac: [u8; 6],
         frontend: u16,
     ) -> Result<(u16, u8), DropReason> {
-        let st = flow_state(p.proto == proto::TCP, p.tcp_flags);
+        let nf = NatFlow {
+            p,
+            v6,
+            b,
+            h,
+            st: flow_state(p.proto == proto::TCP, p.tcp_flags),
+            now_ms,
+            src_mac,
+            frontend,
+        };
         let nat = self.nat.of(snap);
         let first = nat.wrap(self.nat_cursor);
         self.nat_cursor = nat.wrap(first + 1);
@@ -1285,65 +1294,53 @@ impl Pipeline {
         let known = guess
             .filter(|&(c, id, _)| c == first && id == b.id)
             .map(|(.., rh)| rh);
-        let port = nat.port(first);
-        if let Some(got) = self.take_nat_port(
-            snap, p, v6, b, h, port, known, st, now_ms, src_mac, frontend,
-        )? {
+        if let Some(got) = self.take_nat_port(snap, &nf, nat.port(first), known)? {
             return Ok(got);
         }
-        self.nat_port_retry(snap, p, v6, b, h, st, now_ms, src_mac, frontend)
+        self.nat_port_retry(snap, nat, &nf)
     }
 
     /// [`Pipeline::alloc_nat`] once the cursor's port was in use: up to [`NAT_PORT_TRIES`]
     /// more ports (every port of a slice that small) from the second cursor.
-    #[allow(clippy::too_many_arguments)]
     #[inline(never)]
     fn nat_port_retry(
         &mut self,
         snap: &Snapshot,
-        p: &Parsed,
-        v6: bool,
-        b: &Backend,
-        h: u64,
-        st: FlowState,
-        now_ms: u32,
-        src_mac: [u8; 6],
-        frontend: u16,
+        nat: NatSlice,
+        nf: &NatFlow<'_>,
     ) -> Result<(u16, u8), DropReason> {
         bump(&self.stats.nat_port_retries, 1);
-        let nat = self.nat.of(snap);
         for _ in 0..NAT_PORT_TRIES.min(nat.per) {
             let cursor = nat.wrap(self.nat_spill);
             self.nat_spill = nat.wrap(cursor + 1);
-            let port = nat.port(cursor);
-            if let Some(got) =
-                self.take_nat_port(snap, p, v6, b, h, port, None, st, now_ms, src_mac, frontend)?
-            {
+            if let Some(got) = self.take_nat_port(snap, nf, nat.port(cursor), None)? {
                 return Ok(got);
             }
         }
         Err(DropReason::NatPortsExhausted)
     }
 
-    /// Takes NAT port `port` for new flow `p` to backend `b` unless its reverse key is in use
-    /// (live or not yet expired): `Some((port, NAT address index))` once the reverse entry is
-    /// recorded, `None` if the port is taken. `rh` is the reverse key's hash if known.
-    #[allow(clippy::too_many_arguments)]
+    /// Takes NAT port `port` for new flow `nf` unless its reverse key is in use (live or not
+    /// yet expired): `Some((port, NAT address index))` once the reverse entry is recorded,
+    /// `None` if the port is taken. `rh` is the reverse key's hash if known.
     #[inline(always)]
     fn take_nat_port(
         &mut self,
         snap: &Snapshot,
-        p: &Parsed,
-        v6: bool,
-        b: &Backend,
-        h: u64,
+        nf: &NatFlow<'_>,
         port: u16,
         rh: Option<u64>,
-        st: FlowState,
-        now_ms: u32,
-        src_mac: [u8; 6],
-        frontend: u16,
     ) -> Result<Option<(u16, u8)>, DropReason> {
+        let &NatFlow {
+            p,
+            v6,
+            b,
+            h,
+            st,
+            now_ms,
+            src_mac,
+            frontend,
+        } = nf;
         let Some(rk) = nat_rev_key(snap, p, v6, b, h, port) else {
             return Err(DropReason::NoNatAddress);
         };
@@ -1376,6 +1373,27 @@ impl Pipeline {
             }
         })
     }
+}
+
+/// A new flow looking for a NAT port: what each port tried needs to build and record its
+/// reverse entry.
+struct NatFlow<'a> {
+    /// The client's packet.
+    p: &'a Parsed,
+    /// Whether it is IPv6.
+    v6: bool,
+    /// The backend chosen.
+    b: &'a Backend,
+    /// The packet's flow hash (it picks the NAT address).
+    h: u64,
+    /// The reverse entry's initial state.
+    st: FlowState,
+    /// Now, on the worker's millisecond clock.
+    now_ms: u32,
+    /// The MAC the client's packet came from (replies go there).
+    src_mac: [u8; 6],
+    /// The frontend id (gives the VIP and port replies come from).
+    frontend: u16,
 }
 
 /// One worker's slice of a NAT port range, with what the per-packet path needs precomputed:
