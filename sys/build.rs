@@ -6,6 +6,10 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/shim.h");
     println!("cargo:rerun-if-changed=csrc/shim.c");
     println!("cargo:rerun-if-changed=build.rs");
+    // Without the `dpdk` feature the crate is only the CPU helpers: nothing to find or link.
+    if env::var_os("CARGO_FEATURE_DPDK").is_none() {
+        return;
+    }
 
     let dpdk = pkg_config::Config::new()
         .atleast_version("21.11")

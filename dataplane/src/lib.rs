@@ -3,8 +3,9 @@
 //! The per-packet pipeline of Sluice and the pinned poll-mode worker that runs it.
 //!
 //! ## Design
-//! - Everything but [`worker`] works on byte slices and never sees DPDK types, so the pipeline
-//!   is unit-tested, fuzzed and benchmarked without hugepages.
+//! - Everything but `worker` works on byte slices and never sees DPDK types, so the pipeline
+//!   is unit-tested, fuzzed and benchmarked without hugepages. The worker is behind the `dpdk`
+//!   feature (default); without it the crate builds and tests without libdpdk.
 //! - Tables are built before a worker's loop starts (conntrack) or by the control plane
 //!   (snapshots, Maglev tables). Nothing on the per-packet path allocates, locks, logs or formats.
 //! - Verdicts, not errors: a packet is forwarded, answered, handed to another worker or dropped
@@ -19,4 +20,5 @@ pub mod pipeline;
 pub mod snapshot;
 pub mod stats;
 pub mod wire;
+#[cfg(feature = "dpdk")]
 pub mod worker;

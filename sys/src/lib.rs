@@ -11,27 +11,48 @@
 //! - Ownership is explicit: an [`Mbuf`] frees itself on drop; [`MbufBatch`] is a fixed array of
 //!   owned mbufs for bursts, never allocating after construction.
 //! - EAL initialises once per process; [`Eal::init`] refuses a second call.
+//! - The `dpdk` feature (default) links DPDK. Without it only the CPU helpers of the pure
+//!   dataplane remain ([`prefetch()`], the lane compares, [`HugeSlice`], [`CountingAlloc`]), so
+//!   the pipeline, its tests and the fuzzer build on a machine without libdpdk. The raw
+//!   bindings (`ffi`) are private either way.
 
-pub mod ffi;
+#[cfg(feature = "dpdk")]
+mod ffi;
 
 mod alloc_count;
+#[cfg(feature = "dpdk")]
 mod eal;
+#[cfg(feature = "dpdk")]
 mod error;
 mod huge;
 mod lanes;
+#[cfg(feature = "dpdk")]
 mod mbuf;
+#[cfg(feature = "dpdk")]
 mod mempool;
+#[cfg(feature = "dpdk")]
 mod port;
+mod prefetch;
+#[cfg(feature = "dpdk")]
 mod ring;
+#[cfg(feature = "dpdk")]
 mod time;
 
 pub use alloc_count::CountingAlloc;
+#[cfg(feature = "dpdk")]
 pub use eal::{lcore_id, register_thread, Eal, ThreadRegistration};
+#[cfg(feature = "dpdk")]
 pub use error::{DpdkError, Result};
 pub use huge::{anon_huge_bytes, HugeSlice};
 pub use lanes::{lane_count, lanes_eq, lanes_eq_portable, set_lane};
+#[cfg(feature = "dpdk")]
 pub use mbuf::{Drain, Mbuf, MbufBatch, BURST};
+#[cfg(feature = "dpdk")]
 pub use mempool::Mempool;
+#[cfg(feature = "dpdk")]
 pub use port::{LinkStatus, Port, PortConfig, PortId, PortStats, QueueId, RxQueue, TxQueue};
+pub use prefetch::prefetch;
+#[cfg(feature = "dpdk")]
 pub use ring::{MbufRing, RingConsumer, RingPort, RingProducer};
-pub use time::{pause, prefetch, tsc, tsc_hz};
+#[cfg(feature = "dpdk")]
+pub use time::{pause, tsc, tsc_hz};
