@@ -16,6 +16,9 @@
 //!   must drop the host's next hop at once, not keep it as stale for minutes.
 //! - The announced next hop is `next_hop_v4` / `next_hop_v6` when set: BGP usually runs over a
 //!   kernel interface while traffic must reach the DPDK port's address (and MAC).
+//! - `error wait time 5, 300`: the first retry after an error comes after 5 s instead of 60.
+//!   An FRR router re-creates its BFD session with the right local address once the TCP
+//!   session is up; BIRD sees that as a BFD flap and drops the fresh session once.
 //! - Protocol names are derived from the peer's name or address, never from its position, so
 //!   reordering `[[bgp.peers]]` does not reset sessions on `configure`.
 use std::fmt::Write as _;
@@ -95,6 +98,9 @@ fn render_peer(s: &mut String, cfg: &BgpConfig, p: &PeerConfig) {
     let _ = writeln!(s, "  neighbor {} port {} as {};", p.address, p.port, p.asn);
     let _ = writeln!(s, "  hold time {};", p.hold_time);
     s.push_str("  graceful restart off;\n  long lived graceful restart off;\n");
+    // After an error, retry after 5 s (BIRD's default is 60): FRR re-creates its BFD session
+    // once the TCP session is up, which BIRD sees as one BFD flap right at the start.
+    s.push_str("  error wait time 5, 300;\n");
     if let Some(pw) = &p.password {
         let _ = writeln!(s, "  password \"{pw}\";");
     }

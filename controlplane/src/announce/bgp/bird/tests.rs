@@ -78,6 +78,7 @@ protocol bgp sluice_tor1 {
   hold time 9;
   graceful restart off;
   long lived graceful restart off;
+  error wait time 5, 300;
   password "lab-secret";
   bfd { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; };
   ipv4 {
@@ -94,6 +95,7 @@ protocol bgp sluice_fd00_98__1 {
   hold time 90;
   graceful restart off;
   long lived graceful restart off;
+  error wait time 5, 300;
   multihop 2;
   ipv4 {
     table sluice4;
