@@ -10,9 +10,11 @@
 //! - [`daemon`]: the `sluiced` runtime (EAL, ports, workers, the compile/publish loop).
 //! - [`ctl`]: `sluicectl`'s tables.
 //! - [`admin`]: the admin API (Unix socket, HTTP/JSON), its client, and Prometheus metrics.
+//! - [`announce`]: announcing VIPs and NAT addresses to routers (BGP through BIRD 2).
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod announce;
 pub mod compile;
 pub mod config;
 pub mod ctl;
