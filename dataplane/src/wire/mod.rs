@@ -10,6 +10,13 @@
 //! accessor of that view panics. `new_unchecked` exists for buffers the caller built itself.
 //! Parsing untrusted bytes never panics (fuzzed: see `fuzz/`).
 //!
+//! ## Field offsets
+//! Every protocol file names its header layout in a `field` module (smoltcp's habit): one
+//! constant per field, a `usize` offset for the integers read with `be16`/`be32` (and single
+//! bytes), a [`Field`] byte range for addresses, or a [`Rest`] for what follows the header.
+//! Views, emitters, [`parse`] and the pipeline's by-offset rewrites use the names, so the layout
+//! is written down once per protocol and header lengths follow from it.
+//!
 //! [`parse`] runs every view once over a frame and returns a small `Copy` summary
 //! ([`parse::Parsed`]) that the pipeline classifies and rewrites by offset.
 
@@ -22,6 +29,11 @@ pub mod ipv6;
 pub mod parse;
 pub mod tcp;
 pub mod udp;
+
+/// A multi-byte field (an address, a MAC): its byte range within its header.
+pub(crate) type Field = core::ops::Range<usize>;
+/// Everything from an offset to the end of the buffer (a header's payload).
+pub(crate) type Rest = core::ops::RangeFrom<usize>;
 
 /// Why a buffer is not a valid header of the expected kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

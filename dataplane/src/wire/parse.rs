@@ -1,5 +1,5 @@
 //! One pass over a frame: every header validated once, summarised in a `Copy` struct.
-use super::ethernet::{self, ethertype};
+use super::ethernet::{self, ethertype, vlan_field};
 use super::{be16, icmp, ipv4, ipv6, proto, tcp, udp, WireError};
 
 /// What the layer-3 protocol of a frame is.
@@ -121,9 +121,9 @@ fn parse_general(frame: &[u8], p: &mut Parsed) -> Result<(), WireError> {
             return Err(WireError::Truncated);
         }
         if p.vlan.is_none() {
-            p.vlan = Some(be16(frame, off) & 0x0fff);
+            p.vlan = Some(be16(frame, off + vlan_field::TCI) & 0x0fff);
         }
-        et = be16(frame, off + 2);
+        et = be16(frame, off + vlan_field::ETHERTYPE);
         off += ethernet::VLAN_TAG_LEN;
         tags += 1;
     }
@@ -190,19 +190,25 @@ fn parse_general(frame: &[u8], p: &mut Parsed) -> Result<(), WireError> {
 /// (which also produces every error) takes the frame.
 #[inline(always)]
 fn fast_v4(frame: &[u8], p: &mut Parsed) -> bool {
+    use ethernet::field as eth;
+    use ipv4::field as ip;
+    use tcp::field as t;
+    use udp::field as u;
     const L3: usize = ethernet::HEADER_LEN;
     const L4: usize = L3 + ipv4::MIN_HEADER_LEN;
-    let Some(h) = frame.get(..L4 + 14) else {
+    // Everything read below: the IPv4 header and a TCP header up to its flags (the UDP header
+    // is shorter).
+    let Some(h) = frame.get(..L4 + t::FLAGS + 1) else {
         return false;
     };
-    let total = usize::from(u16::from_be_bytes([h[L3 + 2], h[L3 + 3]]));
-    let l4p = h[L3 + 9];
+    let total = usize::from(be16(h, L3 + ip::LENGTH));
+    let l4p = h[L3 + ip::PROTOCOL];
     // EtherType IPv4, version 4 with IHL 5, no MF flag and offset 0, TCP or UDP.
-    if h[12] != 0x08
-        || h[13] != 0x00
-        || h[L3] != 0x45
-        || h[L3 + 6] & 0x3f != 0
-        || h[L3 + 7] != 0
+    if h[eth::ETHERTYPE] != 0x08
+        || h[eth::ETHERTYPE + 1] != 0x00
+        || h[L3 + ip::VER_IHL] != 0x45
+        || h[L3 + ip::FLG_OFF] & 0x3f != 0
+        || h[L3 + ip::FLG_OFF + 1] != 0
         || total < ipv4::MIN_HEADER_LEN
         || L3 + total > frame.len()
     {
@@ -211,10 +217,14 @@ fn fast_v4(frame: &[u8], p: &mut Parsed) -> bool {
     let seg = L3 + total - L4;
     let ok = match l4p {
         // Data offset 5..=15 and the whole header inside the packet.
-        proto::TCP => seg >= 20 && h[L4 + 12] >> 4 >= 5 && usize::from(h[L4 + 12] >> 4) * 4 <= seg,
+        proto::TCP => {
+            seg >= tcp::MIN_HEADER_LEN
+                && h[L4 + t::DATA_OFF] >> 4 >= 5
+                && usize::from(h[L4 + t::DATA_OFF] >> 4) * 4 <= seg
+        }
         proto::UDP => {
-            let ulen = usize::from(u16::from_be_bytes([h[L4 + 4], h[L4 + 5]]));
-            seg >= 8 && ulen >= 8 && ulen <= seg
+            let ulen = usize::from(be16(h, L4 + u::LENGTH));
+            seg >= udp::HEADER_LEN && ulen >= udp::HEADER_LEN && ulen <= seg
         }
         _ => false,
     };
@@ -227,13 +237,16 @@ fn fast_v4(frame: &[u8], p: &mut Parsed) -> bool {
     p.l4_off = L4 as u16;
     p.l3_end = (L3 + total) as u16;
     p.proto = l4p;
-    p.ttl = h[L3 + 8];
-    p.src[..4].copy_from_slice(&h[L3 + 12..L3 + 16]);
-    p.dst[..4].copy_from_slice(&h[L3 + 16..L3 + 20]);
-    p.sport = u16::from_be_bytes([h[L4], h[L4 + 1]]);
-    p.dport = u16::from_be_bytes([h[L4 + 2], h[L4 + 3]]);
+    p.ttl = h[L3 + ip::TTL];
+    let (src, dst) = (ip::SRC_ADDR, ip::DST_ADDR);
+    p.src[..4].copy_from_slice(&h[L3 + src.start..L3 + src.end]);
+    p.dst[..4].copy_from_slice(&h[L3 + dst.start..L3 + dst.end]);
+    // TCP and UDP keep their ports at the same offsets.
+    const _: () = assert!(t::SRC_PORT == u::SRC_PORT && t::DST_PORT == u::DST_PORT);
+    p.sport = be16(h, L4 + t::SRC_PORT);
+    p.dport = be16(h, L4 + t::DST_PORT);
     if l4p == proto::TCP {
-        p.tcp_flags = h[L4 + 13];
+        p.tcp_flags = h[L4 + t::FLAGS];
     }
     true
 }

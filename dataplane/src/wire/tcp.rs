@@ -2,8 +2,31 @@
 use super::checksum;
 use super::{be16, be32, put16, WireError};
 
+/// Where each field of the TCP header is.
+pub(crate) mod field {
+    /// Source port, 16 bits.
+    pub const SRC_PORT: usize = 0;
+    /// Destination port, 16 bits.
+    pub const DST_PORT: usize = 2;
+    /// Sequence number, 32 bits.
+    pub const SEQ_NUM: usize = 4;
+    /// Acknowledgement number, 32 bits.
+    pub const ACK_NUM: usize = 8;
+    /// Data offset (high nibble, in 32-bit words) and reserved bits.
+    pub const DATA_OFF: usize = 12;
+    /// Flags (CWR..FIN).
+    pub const FLAGS: usize = 13;
+    /// Window size, 16 bits.
+    #[allow(dead_code)] // Named for the layout; nothing reads the window.
+    pub const WIN_SIZE: usize = 14;
+    /// Checksum, 16 bits.
+    pub const CHECKSUM: usize = 16;
+    /// Urgent pointer, 16 bits (the last field before options).
+    pub const URGENT: usize = 18;
+}
+
 /// Length of a TCP header without options.
-pub const MIN_HEADER_LEN: usize = 20;
+pub const MIN_HEADER_LEN: usize = field::URGENT + 2;
 
 /// TCP flag bits.
 pub mod flags {
@@ -32,7 +55,7 @@ impl<T: AsRef<[u8]>> Segment<T> {
         if b.len() < MIN_HEADER_LEN {
             return Err(WireError::Truncated);
         }
-        let doff = usize::from(b[12] >> 4) * 4;
+        let doff = usize::from(b[field::DATA_OFF] >> 4) * 4;
         if doff < MIN_HEADER_LEN {
             return Err(WireError::Malformed);
         }
@@ -47,46 +70,46 @@ impl<T: AsRef<[u8]>> Segment<T> {
     }
     /// Source port.
     pub fn src_port(&self) -> u16 {
-        be16(self.buf.as_ref(), 0)
+        be16(self.buf.as_ref(), field::SRC_PORT)
     }
     /// Destination port.
     pub fn dst_port(&self) -> u16 {
-        be16(self.buf.as_ref(), 2)
+        be16(self.buf.as_ref(), field::DST_PORT)
     }
     /// Sequence number.
     pub fn seq(&self) -> u32 {
-        be32(self.buf.as_ref(), 4)
+        be32(self.buf.as_ref(), field::SEQ_NUM)
     }
     /// Acknowledgement number.
     pub fn ack(&self) -> u32 {
-        be32(self.buf.as_ref(), 8)
+        be32(self.buf.as_ref(), field::ACK_NUM)
     }
     /// Header length in bytes.
     pub fn header_len(&self) -> usize {
-        usize::from(self.buf.as_ref()[12] >> 4) * 4
+        usize::from(self.buf.as_ref()[field::DATA_OFF] >> 4) * 4
     }
     /// Flags byte (FIN..CWR).
     pub fn flags(&self) -> u8 {
-        self.buf.as_ref()[13]
+        self.buf.as_ref()[field::FLAGS]
     }
     /// Checksum field.
     pub fn checksum(&self) -> u16 {
-        be16(self.buf.as_ref(), 16)
+        be16(self.buf.as_ref(), field::CHECKSUM)
     }
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Segment<T> {
     /// Sets the source port (checksum not touched; see [`super::checksum`]).
     pub fn set_src_port(&mut self, p: u16) {
-        put16(self.buf.as_mut(), 0, p);
+        put16(self.buf.as_mut(), field::SRC_PORT, p);
     }
     /// Sets the destination port.
     pub fn set_dst_port(&mut self, p: u16) {
-        put16(self.buf.as_mut(), 2, p);
+        put16(self.buf.as_mut(), field::DST_PORT, p);
     }
     /// Sets the checksum field.
     pub fn set_checksum(&mut self, c: u16) {
-        put16(self.buf.as_mut(), 16, c);
+        put16(self.buf.as_mut(), field::CHECKSUM, c);
     }
 }
 
@@ -102,28 +125,54 @@ pub fn l4_checksum(pseudo: u32, segment: &[u8], csum_offset: usize) -> u16 {
 mod tests {
     use super::*;
 
+    /// 1234 -> 80, seq 7, ack 9, data offset 6 (one option word), SYN|ACK, window 0x1000,
+    /// checksum 0xbeef, urgent 0, then MSS 1460.
+    const SEGMENT: [u8; 24] = [
+        0x04, 0xd2, 0x00, 0x50, 0x00, 0x00, 0x00, 0x07, 0x00, 0x00, 0x00, 0x09, 0x60, 0x12, 0x10,
+        0x00, 0xbe, 0xef, 0x00, 0x00, 0x02, 0x04, 0x05, 0xb4,
+    ];
+
     #[test]
-    fn fields() {
-        let mut b = [0u8; 24];
-        put16(&mut b, 0, 1234);
-        put16(&mut b, 2, 80);
-        b[4..8].copy_from_slice(&7u32.to_be_bytes());
-        b[12] = 6 << 4;
-        b[13] = flags::SYN;
-        let s = Segment::new_checked(&b[..]).unwrap();
+    fn parse_bytes() {
+        let s = Segment::new_checked(&SEGMENT[..]).unwrap();
         assert_eq!(
-            (s.src_port(), s.dst_port(), s.seq(), s.header_len()),
-            (1234, 80, 7, 24)
+            (s.src_port(), s.dst_port(), s.seq(), s.ack(), s.header_len()),
+            (1234, 80, 7, 9, 24)
         );
-        assert_eq!(s.flags(), flags::SYN);
+        assert_eq!(s.flags(), flags::SYN | flags::ACK);
+        assert_eq!(s.checksum(), 0xbeef);
         assert_eq!(
-            Segment::new_checked(&b[..22]).unwrap_err(),
+            Segment::new_checked(&SEGMENT[..22]).unwrap_err(),
             WireError::Truncated
         );
+        let mut b = SEGMENT;
         b[12] = 4 << 4;
         assert_eq!(
             Segment::new_checked(&b[..]).unwrap_err(),
             WireError::Malformed
         );
+    }
+
+    /// There is no TCP emitter: the setters write their fields and nothing else.
+    #[test]
+    fn emit_bytes() {
+        let mut b = [0xa5u8; 24];
+        let mut s = Segment::new_unchecked(&mut b[..]);
+        s.set_src_port(1234);
+        s.set_dst_port(80);
+        s.set_checksum(0xbeef);
+        let mut want = [0xa5u8; 24];
+        want[0..4].copy_from_slice(&SEGMENT[0..4]);
+        want[16..18].copy_from_slice(&SEGMENT[16..18]);
+        assert_eq!(b, want);
+    }
+
+    #[test]
+    fn l4_checksum_skips_the_checksum_field() {
+        let mut b = SEGMENT;
+        let pseudo = checksum::pseudo_v4([10, 0, 0, 1], [10, 0, 0, 2], 6, 24);
+        let c = l4_checksum(pseudo, &b, 16);
+        b[16..18].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(checksum::fold(checksum::sum(pseudo, &b)), 0xffff);
     }
 }
