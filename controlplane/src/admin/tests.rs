@@ -17,7 +17,7 @@ use super::*;
 use crate::compile::{CompileInput, CompileReport, Compiler};
 use crate::config::Config;
 use crate::health::{HealthChecker, ProbeSettings};
-use crate::manifest;
+use crate::sources::manifest;
 use crate::model::Model;
 
 fn ip(s: &str) -> IpAddr {

@@ -15,7 +15,7 @@ use crossbeam_channel::{Receiver, Sender};
 use sluice_controlplane::compile::{CompileInput, CompileReport, Compiler};
 use sluice_controlplane::config::Config;
 use sluice_controlplane::health::{Health, ProbeTarget};
-use sluice_controlplane::k8s::{KubeSettings, Kubernetes};
+use sluice_controlplane::sources::kubernetes::{KubeSettings, Kubernetes};
 use sluice_controlplane::model::Model;
 use sluice_dataplane::snapshot::Snapshot;
 use tokio::sync::{mpsc, watch};
@@ -159,7 +159,7 @@ struct Loop {
     cfg: Config,
     model: Model,
     compiler: Compiler,
-    reporter: sluice_controlplane::k8s::StatusReporter,
+    reporter: sluice_controlplane::sources::kubernetes::StatusReporter,
     workers: Vec<Sender<Arc<Snapshot>>>,
     last: Option<Arc<CompileReport>>,
     out: watch::Sender<Option<Published>>,

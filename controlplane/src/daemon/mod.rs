@@ -27,7 +27,7 @@ use crate::admin::{self, AdminState, ControlRequest};
 use crate::compile::{CompileInput, CompileReport, Compiler};
 use crate::config::Config;
 use crate::health::{HealthChecker, ProbeSettings};
-use crate::manifest::{ManifestEvent, ManifestWatcher};
+use crate::sources::manifest::{ManifestEvent, ManifestWatcher};
 use crate::model::Model;
 
 /// Why the daemon could not start or stopped with an error.
@@ -38,7 +38,7 @@ pub enum DaemonError {
     Config(#[from] crate::config::ConfigError),
     /// The manifest directory is invalid at start-up.
     #[error(transparent)]
-    Manifest(#[from] crate::manifest::ManifestError),
+    Manifest(#[from] crate::sources::manifest::ManifestError),
     /// A DPDK call failed.
     #[error("DPDK: {0}")]
     Dpdk(String),
@@ -50,7 +50,7 @@ pub enum DaemonError {
     Io(#[from] std::io::Error),
     /// The Kubernetes source could not start.
     #[error(transparent)]
-    Kube(#[from] crate::k8s::KubeError),
+    Kube(#[from] crate::sources::kubernetes::KubeError),
 }
 
 fn dpdk<T>(what: &str, r: dpdk_sys::Result<T>) -> Result<T, DaemonError> {
@@ -122,9 +122,9 @@ struct State {
     /// The manifest directory (for `POST /v1/reload`).
     manifest_dir: PathBuf,
     /// The Kubernetes source (`source.kind = "kubernetes"`).
-    kube: Option<crate::k8s::Kubernetes>,
+    kube: Option<crate::sources::kubernetes::Kubernetes>,
     /// Hands compile reports to the Kubernetes status writer.
-    status: Option<crate::k8s::StatusReporter>,
+    status: Option<crate::sources::kubernetes::StatusReporter>,
 }
 
 impl State {
@@ -266,7 +266,7 @@ impl State {
                         "source.kind is not manifests: there is no manifest directory to reload",
                     ))
                 } else {
-                    match crate::manifest::load_dir(&self.manifest_dir) {
+                    match crate::sources::manifest::load_dir(&self.manifest_dir) {
                         Ok(m) => {
                             info!(dir = %self.manifest_dir.display(), services = m.model.services.len(), "manifests reloaded by the operator");
                             let services = m.model.services.len();
@@ -333,7 +333,7 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
     let manifest_dir = resolve_dir(path, &cfg.source.manifest_dir);
     let kubernetes = cfg.source.kind == crate::config::SourceKind::Kubernetes;
     let (first, watcher) = if kubernetes {
-        (crate::manifest::Manifests::default(), None)
+        (crate::sources::manifest::Manifests::default(), None)
     } else {
         let (first, watcher) = ManifestWatcher::load(&manifest_dir)?;
         for w in &first.warnings {
@@ -438,10 +438,10 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
     let mut first_model = first.model;
     if kubernetes {
         let mut k = rt.block_on(async {
-            let client = crate::k8s::client(&cfg).await?;
-            Ok::<_, DaemonError>(crate::k8s::Kubernetes::start(
+            let client = crate::sources::kubernetes::client(&cfg).await?;
+            Ok::<_, DaemonError>(crate::sources::kubernetes::Kubernetes::start(
                 client,
-                crate::k8s::KubeSettings::from_config(&cfg),
+                crate::sources::kubernetes::KubeSettings::from_config(&cfg),
             ))
         })?;
         info!(class = %cfg.source.load_balancer_class, "listing Services, EndpointSlices and Nodes");
@@ -648,7 +648,7 @@ pub fn fmt_mac(m: [u8; 6]) -> String {
 }
 
 /// The next batch of the Kubernetes source; never resolves without one.
-async fn next_batch(kube: &mut Option<crate::k8s::Kubernetes>) -> Option<crate::k8s::Batch> {
+async fn next_batch(kube: &mut Option<crate::sources::kubernetes::Kubernetes>) -> Option<crate::sources::kubernetes::Batch> {
     match kube {
         Some(k) => k.next_batch().await,
         None => std::future::pending().await,

@@ -8,7 +8,7 @@
 //! ## Rules
 //! - **Which Services.** `type: LoadBalancer` whose `spec.loadBalancerClass` equals
 //!   `source.load_balancer_class`, or has none when `source.serve_unclassed` is set.
-//! - **VIPs (IPAM).** One per family of [`Service::families`], by [`crate::ipam`]: held
+//! - **VIPs (IPAM).** One per family of [`Service::families`], by [`crate::compile::ipam`]: held
 //!   addresses first (the last compile's, else `status.loadBalancer.ingress`), then explicit
 //!   requests, then the first free address of an eligible pool; sharing keys, pool selection
 //!   by annotation, and a follower mode that only serves what status says. Every finding is
@@ -55,6 +55,8 @@
 //!   re-examined ones.
 //! - The compiler holds only that memory (ids, IPAM, draining backends, Maglev cache, the
 //!   per-Service results).
+pub mod ipam;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
@@ -69,7 +71,7 @@ use sluice_dataplane::snapshot::{
 
 use crate::config::{check_maglev_size, Config, Target};
 use crate::health::{Health, ProbeTarget};
-use crate::ipam::{Ipam, Issue};
+use ipam::{Ipam, Issue};
 use crate::model::{
     AddressType, EndpointSlice, IpFamily, L4Protocol, Model, ObjectKey, Service, ServicePort,
     TargetPort, TrafficPolicy,
@@ -82,7 +84,7 @@ pub const ANNOTATION_MAGLEV_SIZE: &str = "sluice.dev/maglev-size";
 /// Annotation: backends of a Service (`pod` or `node`).
 pub const ANNOTATION_TARGET: &str = "sluice.dev/target";
 /// Annotation: requested VIPs, comma-separated, at most one per family.
-pub const ANNOTATION_IPS: &str = crate::ipam::ANNOTATION_IPS;
+pub const ANNOTATION_IPS: &str = crate::compile::ipam::ANNOTATION_IPS;
 /// Path probed on a node's `healthCheckNodePort` (as kube-proxy serves it).
 pub const NODE_HEALTH_PATH: &str = "/healthz";
 
@@ -1274,7 +1276,7 @@ fn desired_backends(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest;
+    use crate::sources::manifest;
 
     const CFG: &str = r#"
 [[ports]]

@@ -551,7 +551,7 @@ fn want<'a>(svc: &'a Service, pools: &[PoolConfig], issues: &mut Vec<Issue>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest;
+    use crate::sources::manifest;
 
     fn pools(toml: &str) -> Vec<PoolConfig> {
         let base = "[[ports]]\nname = \"p\"\ndevice = \"net_null0\"\nipv4 = [\"10.0.0.2/24\"]\n";
