@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::de::DeserializeOwned;
-use sluice_controlplane::admin::{api, client};
 use sluice_controlplane::admin::client::tables::{self, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNREACHABLE};
+use sluice_controlplane::admin::{api, client};
 
 const EXIT_CODES: &str = "\
 Exit codes:

@@ -15,8 +15,8 @@ use crossbeam_channel::{Receiver, Sender};
 use sluice_controlplane::compile::{CompileInput, CompileReport, Compiler};
 use sluice_controlplane::config::Config;
 use sluice_controlplane::health::{Health, ProbeTarget};
-use sluice_controlplane::sources::kubernetes::{KubeSettings, Kubernetes};
 use sluice_controlplane::model::Model;
+use sluice_controlplane::sources::kubernetes::{KubeSettings, Kubernetes};
 use sluice_dataplane::snapshot::Snapshot;
 use tokio::sync::{mpsc, watch};
 

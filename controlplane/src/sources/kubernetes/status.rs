@@ -43,9 +43,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::source::{ConditionEntry, IngressEntry, Invalid, Kind, MetaMap};
+use crate::compile::ipam::{Issue, IssueReason};
 use crate::compile::{CompileReport, ServiceReport};
 use crate::config::PoolConfig;
-use crate::compile::ipam::{Issue, IssueReason};
 use crate::model::{L4Protocol, ObjectKey};
 
 /// Condition: whether the Service has its VIPs (`False` with the IPAM reason when not).
