@@ -7,12 +7,15 @@
 //! - [`compile`]: model + config + health + neighbours → dataplane `Snapshot`, with IPAM
 //!   ([`compile::ipam`]: VIPs for Services from the configured pools).
 //! - [`health`]: active TCP/HTTP health checks.
-//! - [`daemon`]: the `sluiced` runtime (EAL, ports, workers, the compile/publish loop).
+//! - [`daemon`]: the `sluiced` runtime: boot (EAL, ports, workers), the control state and the
+//!   compile/publish loop.
+//! - [`announce`]: telling the network about VIPs (gratuitous ARP/NA) and resolving next hops.
 //! - [`admin`]: the admin API (Unix socket, HTTP/JSON), its client with `sluicectl`'s tables,
 //!   and Prometheus metrics.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod announce;
 pub mod compile;
 pub mod config;
 pub mod daemon;
