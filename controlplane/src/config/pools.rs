@@ -102,34 +102,6 @@ impl PoolConfig {
             .is_none_or(|ns| ns.iter().any(|n| n == namespace))
     }
 
-    /// The first address of the family (`v6`) that `is_used` rejects nowhere, in the order the
-    /// pool lists its CIDRs, then its ranges; `None` when the family is exhausted. Takes at most
-    /// one step per used address, so huge IPv6 pools cost nothing.
-    pub fn first_free(&self, v6: bool, is_used: impl Fn(IpAddr) -> bool) -> Option<IpAddr> {
-        for (lo, hi, fam) in self.blocks() {
-            if fam != v6 {
-                continue;
-            }
-            let mut a = lo;
-            loop {
-                let ip = u128_to_ip(a, v6);
-                if !is_used(ip) {
-                    return Some(ip);
-                }
-                if a == hi {
-                    break;
-                }
-                a += 1;
-            }
-        }
-        None
-    }
-
-    /// Whether the pool has addresses of the family (`v6`).
-    pub fn has_family(&self, v6: bool) -> bool {
-        self.blocks().iter().any(|b| b.2 == v6)
-    }
-
     /// The pool's usable addresses as inclusive `(first, last, is_v6)` integer blocks.
     pub(crate) fn blocks(&self) -> Vec<(u128, u128, bool)> {
         let mut out = Vec::with_capacity(self.cidrs.len() + self.ranges.len());
