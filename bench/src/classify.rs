@@ -6,8 +6,7 @@
 //! returning packet is matched on what all of them keep: IP version, protocol, frame length
 //! (of the inner packet), and a tag — the SYN flag for TCP, the tag byte after the stamp for
 //! UDP. The stamp is read from the start of the payload.
-use crate::spec::{Family, Proto, StreamDef};
-use crate::template::STAMP_LEN;
+use crate::spec::{Family, Proto, StreamDef, STAMP_LEN};
 
 /// What identifies a stream's packets on the way back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

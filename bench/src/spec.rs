@@ -311,6 +311,10 @@ impl StreamDef {
     }
 }
 
+/// Bytes of the TSC stamp at the start of every payload (the templates write it, the
+/// classifier reads it back; the smallest frame must hold it).
+pub const STAMP_LEN: usize = 6;
+
 /// Smallest frame (including FCS) that holds the headers plus the 6-byte stamp (and for UDP
 /// the 2-byte tag), never below Ethernet's 64.
 pub fn min_frame(family: Family, proto: Proto) -> usize {
@@ -319,8 +323,8 @@ pub fn min_frame(family: Family, proto: Proto) -> usize {
         Family::V6 => 40,
     };
     let (l4, payload) = match proto {
-        Proto::Tcp => (20, crate::template::STAMP_LEN),
-        Proto::Udp => (8, crate::template::STAMP_LEN + 2),
+        Proto::Tcp => (20, STAMP_LEN),
+        Proto::Udp => (8, STAMP_LEN + 2),
     };
     (14 + l3 + l4 + payload + FCS_LEN).max(64)
 }

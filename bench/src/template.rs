@@ -14,10 +14,7 @@ use std::net::IpAddr;
 
 use sluice_dataplane::wire::checksum;
 
-use crate::spec::{Family, Proto, StreamDef};
-
-/// Bytes of the TSC stamp at the start of the payload.
-pub const STAMP_LEN: usize = 6;
+use crate::spec::{Family, Proto, StreamDef, STAMP_LEN};
 /// Mask of the stamp's 48 bits.
 pub const STAMP_MASK: u64 = (1 << 48) - 1;
 

@@ -41,7 +41,7 @@ use k8s_openapi::api::discovery::v1 as discoveryv1;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sluice_controlplane::config::Config;
-use sluice_controlplane::k8s::KubeSettings;
+use sluice_controlplane::sources::kubernetes::KubeSettings;
 use sluice_dataplane::snapshot::Snapshot;
 
 const CHILD_ENV: &str = "SLUICE_BENCH_FAKEAPI";

@@ -2,7 +2,7 @@
 //!
 //! What Sluice knows about the cluster: Services, EndpointSlices and Nodes, reduced to the
 //! fields load balancing needs and checked once, so [`crate::compile`] never parses a string.
-//! Both sources produce it: [`crate::manifest`] from YAML files, and [`crate::k8s`] from a
+//! Both sources produce it: [`crate::sources::manifest`] from YAML files, and [`crate::sources::kubernetes`] from a
 //! Kubernetes watch. Both deserialize into `k8s-openapi` types first and convert with
 //! [`Service::from_k8s`], [`EndpointSlice::from_k8s`] and [`Node::from_k8s`], so the two
 //! sources accept and reject exactly the same objects.

@@ -21,9 +21,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sluice_controlplane::config::Config;
 use sluice_controlplane::health::{Health, ProbeTarget};
-use sluice_controlplane::k8s::lease::LeaseSettings;
-use sluice_controlplane::k8s::KubeSettings;
 use sluice_controlplane::model::ObjectKey;
+use sluice_controlplane::sources::kubernetes::lease::LeaseSettings;
+use sluice_controlplane::sources::kubernetes::KubeSettings;
 
 const CFG: &str = r#"
 [[ports]]

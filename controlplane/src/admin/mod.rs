@@ -5,7 +5,7 @@
 //! read one [`AdminState`]; [`handle`] routes a request to its handler.
 //!
 //! ## Design
-//! - **Who owns what.** The control loop (daemon.rs) owns the model, the compiler, the
+//! - **Who owns what.** The control loop (`daemon::control`, over the daemon's `ControlState`) owns the model, the compiler, the
 //!   operator's drains and weights. After each publish it hands the admin side a copy of what
 //!   it published ([`AdminState::publish_snapshot`]); readers take a short read lock on that
 //!   copy, never on anything the control loop or the workers use.
@@ -271,7 +271,7 @@ pub(crate) struct Live {
     /// Backend state and since when, per owner.
     since: HashMap<Owner, (BackendState, SystemTime)>,
     /// Current owner of each backend id and the raw counters when it took the id.
-    owners: HashMap<u32, (Owner, api::Traffic)>,
+    pub(crate) owners: HashMap<u32, (Owner, api::Traffic)>,
 }
 
 /// Raw counters of one worker.
@@ -434,9 +434,12 @@ pub fn unix(t: SystemTime) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// A MAC as `aa:bb:cc:dd:ee:ff`.
+/// A MAC as `aa:bb:cc:dd:ee:ff` (the admin API's documents and the daemon's logs).
 pub fn mac_str(m: [u8; 6]) -> String {
-    crate::daemon::fmt_mac(m)
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -489,7 +492,7 @@ impl AdminState {
         self.live.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn live_mut(&self) -> std::sync::RwLockWriteGuard<'_, Live> {
+    pub(crate) fn live_mut(&self) -> std::sync::RwLockWriteGuard<'_, Live> {
         self.live.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -774,6 +777,3 @@ pub fn drop_description(r: DropReason) -> &'static str {
         DropReason::NdpNotOurs => "neighbour discovery we do not answer (DAD, other targets)",
     }
 }
-
-#[cfg(test)]
-mod tests;

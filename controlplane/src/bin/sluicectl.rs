@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::de::DeserializeOwned;
+use sluice_controlplane::admin::client::tables::{self, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNREACHABLE};
 use sluice_controlplane::admin::{api, client};
-use sluice_controlplane::ctl::{self, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNREACHABLE};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -187,7 +187,7 @@ impl Ctl {
             .map(|e| e.error)
             .unwrap_or_else(|_| format!("HTTP {}: {}", a.status, a.body.trim()));
         Err(Failure {
-            code: ctl::exit_code(a.status),
+            code: tables::exit_code(a.status),
             message,
             body: Some(a.body),
         })
@@ -201,7 +201,7 @@ impl Ctl {
 
 fn parse<T: DeserializeOwned>(body: &str) -> Result<T, Failure> {
     serde_json::from_str(body).map_err(|e| Failure {
-        code: ctl::EXIT_FAILED,
+        code: tables::EXIT_FAILED,
         message: format!(
             "cannot read sluiced's answer ({e}); is sluicectl the same version as sluiced?"
         ),
@@ -218,7 +218,7 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sluicectl: cannot start the async runtime: {e}");
-            std::process::exit(ctl::EXIT_FAILED);
+            std::process::exit(tables::EXIT_FAILED);
         }
     };
     let ctl = Ctl {
@@ -260,9 +260,9 @@ fn show<T: DeserializeOwned>(
 
 fn run(ctl: &Ctl, cmd: &Cmd, json: bool) -> Result<i32, Failure> {
     match cmd {
-        Cmd::Status => show(ctl, "/v1/status", json, ctl::status),
+        Cmd::Status => show(ctl, "/v1/status", json, tables::status),
         Cmd::Services => show(ctl, "/v1/services", json, |v: &Vec<api::ServiceSummary>| {
-            ctl::services(v)
+            tables::services(v)
         }),
         Cmd::Service { name } => {
             let (ns, n) = name.split_once('/').unwrap_or(("default", name.as_str()));
@@ -270,7 +270,7 @@ fn run(ctl: &Ctl, cmd: &Cmd, json: bool) -> Result<i32, Failure> {
                 ctl,
                 &format!("/v1/services/{}/{}", q(ns), q(n)),
                 json,
-                ctl::service,
+                tables::service,
             )
         }
         Cmd::Backends { service } => {
@@ -279,7 +279,7 @@ fn run(ctl: &Ctl, cmd: &Cmd, json: bool) -> Result<i32, Failure> {
                 None => "/v1/backends".to_owned(),
             };
             show(ctl, &target, json, |v: &Vec<api::BackendRow>| {
-                ctl::backends(v)
+                tables::backends(v)
             })
         }
         Cmd::Drain { addr } => write(ctl, json, "drained", *addr, "drain", None),
@@ -289,7 +289,7 @@ fn run(ctl: &Ctl, cmd: &Cmd, json: bool) -> Result<i32, Failure> {
                 None
             } else {
                 Some(weight.parse().map_err(|_| Failure {
-                    code: ctl::EXIT_USAGE,
+                    code: tables::EXIT_USAGE,
                     message: format!("weight {weight:?}: use a number 0..=10000 or `default`"),
                     body: None,
                 })?)
@@ -307,7 +307,7 @@ fn run(ctl: &Ctl, cmd: &Cmd, json: bool) -> Result<i32, Failure> {
                 },
         } => {
             let usage = |message: String| Failure {
-                code: ctl::EXIT_USAGE,
+                code: tables::EXIT_USAGE,
                 message,
                 body: None,
             };
@@ -330,7 +330,7 @@ fn run(ctl: &Ctl, cmd: &Cmd, json: bool) -> Result<i32, Failure> {
             if json {
                 println!("{}", body.trim_end());
             } else {
-                print!("{}", ctl::conntrack(&v));
+                print!("{}", tables::conntrack(&v));
             }
             Ok(if v.flows.is_empty() {
                 EXIT_NOT_FOUND
@@ -338,17 +338,17 @@ fn run(ctl: &Ctl, cmd: &Cmd, json: bool) -> Result<i32, Failure> {
                 EXIT_OK
             })
         }
-        Cmd::Drops { all } => show(ctl, "/v1/drops", json, |d| ctl::drops(d, *all)),
+        Cmd::Drops { all } => show(ctl, "/v1/drops", json, |d| tables::drops(d, *all)),
         Cmd::Workers => show(ctl, "/v1/workers", json, |v: &Vec<api::WorkerRow>| {
-            ctl::workers(v)
+            tables::workers(v)
         }),
         Cmd::Ports => show(ctl, "/v1/ports", json, |v: &Vec<api::PortRow>| {
-            ctl::ports(v)
+            tables::ports(v)
         }),
         Cmd::Health => show(ctl, "/v1/health", json, |v: &Vec<api::HealthRow>| {
-            ctl::health(v)
+            tables::health(v)
         }),
-        Cmd::Neighbours => show(ctl, "/v1/neighbours", json, ctl::neighbours),
+        Cmd::Neighbours => show(ctl, "/v1/neighbours", json, tables::neighbours),
         Cmd::Config => {
             // The configuration is JSON either way.
             let body = ctl.call("GET", "/v1/config", None)?;
@@ -406,7 +406,7 @@ fn write(
     if json {
         println!("{}", body.trim_end());
     } else {
-        print!("{}", ctl::change(verb, &c));
+        print!("{}", tables::change(verb, &c));
     }
     Ok(EXIT_OK)
 }
@@ -473,22 +473,22 @@ fn watch(ctl: &Ctl, json: bool, interval: f64, count: Option<u64>) -> Result<i32
                 interval.as_secs_f64()
             );
             println!();
-            print!("{}", ctl::workers(&workers));
+            print!("{}", tables::workers(&workers));
             println!();
             let rows: Vec<Vec<String>> = rates
                 .iter()
                 .map(|(s, p, b, f)| {
                     vec![
                         s.clone(),
-                        ctl::si(*p),
-                        format!("{}b/s", ctl::si(*b)),
-                        ctl::si(*f),
+                        tables::si(*p),
+                        format!("{}b/s", tables::si(*b)),
+                        tables::si(*f),
                     ]
                 })
                 .collect();
             print!(
                 "{}",
-                ctl::table(&["SERVICE", "PACKETS/S", "BITS/S", "NEW-FLOWS/S"], &rows)
+                tables::table(&["SERVICE", "PACKETS/S", "BITS/S", "NEW-FLOWS/S"], &rows)
             );
             if !tty {
                 println!();

@@ -29,7 +29,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.check {
         let cfg = sluice_controlplane::config::Config::load(&args.config)?;
-        let m = sluice_controlplane::manifest::load_dir(&cfg.source.manifest_dir)?;
+        let m = sluice_controlplane::sources::manifest::load_dir(&cfg.source.manifest_dir)?;
         println!(
             "{}: ok; {}: {} services, {} endpoint slices, {} nodes",
             args.config.display(),

@@ -3,7 +3,7 @@
 //! Runs what `sluiced` runs after the Kubernetes source, minus ports and workers: the source's
 //! batches go into a [`Model`], [`Compiler::compile`] turns it into a snapshot that is
 //! published to N crossbeam receivers (the workers' channels in the daemon), and the report
-//! goes to the status writer. It mirrors the `kubernetes` branches of `daemon::control_loop`
+//! goes to the status writer. It mirrors the `kubernetes` branches of the control loop (`daemon/control.rs`)
 //! call for call, so tests and the benchmark exercise the daemon's code path.
 #![allow(dead_code)]
 
@@ -15,8 +15,8 @@ use crossbeam_channel::{Receiver, Sender};
 use sluice_controlplane::compile::{CompileInput, CompileReport, Compiler};
 use sluice_controlplane::config::Config;
 use sluice_controlplane::health::{Health, ProbeTarget};
-use sluice_controlplane::k8s::{KubeSettings, Kubernetes};
 use sluice_controlplane::model::Model;
+use sluice_controlplane::sources::kubernetes::{KubeSettings, Kubernetes};
 use sluice_dataplane::snapshot::Snapshot;
 use tokio::sync::{mpsc, watch};
 
@@ -159,7 +159,7 @@ struct Loop {
     cfg: Config,
     model: Model,
     compiler: Compiler,
-    reporter: sluice_controlplane::k8s::StatusReporter,
+    reporter: sluice_controlplane::sources::kubernetes::StatusReporter,
     workers: Vec<Sender<Arc<Snapshot>>>,
     last: Option<Arc<CompileReport>>,
     out: watch::Sender<Option<Published>>,
@@ -169,7 +169,7 @@ struct Loop {
 }
 
 impl Loop {
-    /// As `daemon::State::compile_and_publish`: compile, skip if nothing changed, publish to
+    /// As `daemon::ControlState::compile_and_publish`: compile, skip if nothing changed, publish to
     /// every worker, hand the report to the status writer.
     fn compile_and_publish(&mut self) {
         let health = self.health.lock().unwrap().clone();

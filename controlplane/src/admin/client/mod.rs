@@ -1,4 +1,7 @@
 //! A client of the admin socket (what `sluicectl` uses): one HTTP/1.1 request per connection.
+//! [`tables`] renders the documents it fetches as `sluicectl`'s human output.
+pub mod tables;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -1,10 +1,12 @@
-//! Unit tests of the admin API handlers and metrics, on the lab's example configuration and
-//! manifests, with fake workers (counters and command channels) and a fake control loop.
+//! The admin API over the daemon's real control state: the handlers and metrics on the lab's
+//! example configuration and manifests, with fake workers (counters and command channels);
+//! writes go through [`ControlState::admin_request`] exactly as the control loop carries them
+//! out.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 use sluice_dataplane::conntrack::FlowState;
@@ -12,74 +14,37 @@ use sluice_dataplane::pipeline::{FlowEntry, Fwd};
 use sluice_dataplane::stats::{bump, DropReason, WorkerStats};
 use sluice_dataplane::worker::{Command, FlowAnswer};
 
-use super::api;
-use super::*;
-use crate::compile::{CompileInput, CompileReport, Compiler};
+use super::ControlState;
+use crate::admin::{
+    api, handle, metrics, AdminState, BackendOp, ControlRequest, PortLink, Reply, Setup, WorkerLink,
+};
 use crate::config::Config;
-use crate::health::{HealthChecker, ProbeSettings};
-use crate::manifest;
-use crate::model::Model;
+use crate::sources::manifest;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-/// The control loop's side: what the fake loop compiles from.
-struct Brain {
-    cfg: Config,
-    model: Model,
-    compiler: Compiler,
-    neighbours: HashMap<IpAddr, [u8; 6]>,
-    drained: BTreeSet<IpAddr>,
-    weights: BTreeMap<IpAddr, u32>,
-    report: CompileReport,
-}
-
-impl Brain {
-    fn compile(&mut self, st: &AdminState) {
-        let health = HashMap::new();
-        let out = self
-            .compiler
-            .compile(&CompileInput {
-                config: &self.cfg,
-                model: &self.model,
-                local_mac: [2, 0x99, 0, 0, 0, 2],
-                neighbours: &self.neighbours,
-                health: &health,
-                drained: &self.drained,
-                weights: &self.weights,
-                now: Instant::now(),
-            })
-            .unwrap();
-        st.publish_snapshot(
-            &out.report,
-            &out.snapshot,
-            &self.model,
-            &self.drained,
-            &self.weights,
-        );
-        self.report = out.report;
-    }
 }
 
 struct Fixture {
     st: Arc<AdminState>,
     stats: Vec<Arc<WorkerStats>>,
     commands: Vec<Receiver<Command>>,
-    brain: Arc<Mutex<Brain>>,
-    _health: HealthChecker,
+    /// The daemon's control state, published to `st`.
+    state: Arc<Mutex<ControlState>>,
 }
 
 const WORKERS: usize = 2;
 
+/// The example configuration (health checks off: nothing here answers probes) and manifests,
+/// compiled and published once, with every backend's MAC known.
 fn fixture() -> (Fixture, tokio::sync::mpsc::Receiver<ControlRequest>) {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let cfg_path = PathBuf::from(format!("{root}/docs/examples/sluice.toml"));
-    let cfg = Config::load(&cfg_path).unwrap();
-    let model = manifest::load_dir(format!("{root}/docs/examples/manifests"))
-        .unwrap()
-        .model;
-    let health = HealthChecker::new(ProbeSettings::from(&cfg.health));
+    let mut cfg = Config::load(&cfg_path).unwrap();
+    cfg.health.enabled = false;
+    let manifest_dir = PathBuf::from(format!("{root}/docs/examples/manifests"));
+    let model = manifest::load_dir(&manifest_dir).unwrap().model;
+    let mut state = ControlState::new(cfg.clone(), model, [2, 0x99, 0, 0, 0, 2], manifest_dir);
     let mut stats = Vec::new();
     let mut commands = Vec::new();
     let mut links = Vec::new();
@@ -98,73 +63,49 @@ fn fixture() -> (Fixture, tokio::sync::mpsc::Receiver<ControlRequest>) {
     }
     let (st, rx) = AdminState::new(Setup {
         config_path: cfg_path,
-        config: cfg.clone(),
+        config: cfg,
         workers: links,
         ports: vec![PortLink {
             name: "lb0".into(),
             device: "net_af_packet0,iface=sl-lb0".into(),
             mac: [2, 0x99, 0, 0, 0, 2],
         }],
-        health: health.view(),
+        health: state.health.view(),
         timeouts: Default::default(),
     });
-    let mut neighbours = HashMap::new();
     for i in 1..=3u8 {
-        neighbours.insert(ip(&format!("10.99.0.2{i}")), [2, 0x99, 0, 0, 0, 0x20 + i]);
-        neighbours.insert(ip(&format!("fd00:99::2{i}")), [2, 0x99, 0, 0, 0, 0x20 + i]);
+        let mac = [2, 0x99, 0, 0, 0, 0x20 + i];
+        state.neighbours.insert(ip(&format!("10.99.0.2{i}")), mac);
+        state.neighbours.insert(ip(&format!("fd00:99::2{i}")), mac);
     }
-    let mut brain = Brain {
-        cfg,
-        model,
-        compiler: Compiler::new(),
-        neighbours,
-        drained: BTreeSet::new(),
-        weights: BTreeMap::new(),
-        report: CompileReport::default(),
-    };
-    brain.compile(&st);
-    st.set_neighbours(&brain.neighbours);
+    state.attach_admin(st.clone());
+    state.compile_and_publish("test");
+    st.set_neighbours(&state.neighbours);
     (
         Fixture {
             st,
             stats,
             commands,
-            brain: Arc::new(Mutex::new(brain)),
-            _health: health,
+            state: Arc::new(Mutex::new(state)),
         },
         rx,
     )
 }
 
-/// Answers control requests the way the daemon's loop does.
-fn fake_loop(f: &Fixture, mut rx: tokio::sync::mpsc::Receiver<ControlRequest>) {
-    let st = f.st.clone();
-    let brain = f.brain.clone();
+/// Runs the control loop's admin branch: every request goes to the real state.
+fn control_loop(f: &Fixture, mut rx: tokio::sync::mpsc::Receiver<ControlRequest>) {
+    let state = f.state.clone();
     tokio::spawn(async move {
         while let Some(req) = rx.recv().await {
-            let mut b = brain.lock().unwrap();
-            match req {
-                ControlRequest::Backend { addr, op, reply } => {
-                    let b = &mut *b;
-                    let r = op.apply(addr, Some(&b.report), &mut b.drained, &mut b.weights);
-                    let r = r.map(|n| {
-                        b.compile(&st);
-                        api::BackendChange {
-                            addr,
-                            drained: b.drained.contains(&addr),
-                            weight: b.weights.get(&addr).copied(),
-                            backends: n,
-                            generation: b.report.generation,
-                        }
-                    });
-                    let _ = reply.send(r);
-                }
-                ControlRequest::Reload { reply } => {
-                    let _ = reply.send(Err(ApiError::conflict("no reload in tests")));
-                }
-            }
+            state.lock().unwrap().admin_request(req);
         }
     });
+}
+
+/// The generation of the last published snapshot.
+fn generation(f: &Fixture) -> u64 {
+    let st = f.state.lock().unwrap();
+    st.last_report().map_or(0, |r| r.generation)
 }
 
 async fn get(st: &Arc<AdminState>, target: &str) -> Reply {
@@ -185,8 +126,9 @@ fn err(r: Reply, status: u16) -> String {
 
 /// The id of backend `addr:port` on the frontend `vip:vport`.
 fn backend_id(f: &Fixture, vip: &str, vport: u16, addr: &str, port: u16) -> u32 {
-    let b = f.brain.lock().unwrap();
-    b.report
+    let st = f.state.lock().unwrap();
+    st.last_report()
+        .unwrap()
         .services
         .iter()
         .flat_map(|s| &s.frontends)
@@ -394,8 +336,8 @@ async fn status_workers_drops_and_reset() {
 #[tokio::test]
 async fn drain_weight_and_undrain_go_through_the_control_loop() {
     let (f, rx) = fixture();
-    fake_loop(&f, rx);
-    let gen0 = f.brain.lock().unwrap().report.generation;
+    control_loop(&f, rx);
+    let gen0 = generation(&f);
     let r = handle(&f.st, "POST", "/v1/backends/10.99.0.22/drain", b"").await;
     let c: api::BackendChange = ok(r);
     assert!(c.drained);
@@ -465,8 +407,14 @@ async fn drain_weight_and_undrain_go_through_the_control_loop() {
     assert!(!c.drained);
     let d: api::ServiceDetail = ok(get(&f.st, "/v1/services/default/web").await);
     assert_eq!(d.summary.backends.draining, 0);
-    let e = err(handle(&f.st, "POST", "/v1/reload", b"").await, 409);
-    assert!(e.contains("no reload"), "{e}");
+
+    // Reload reads the manifest directory again and publishes a new generation.
+    let before = generation(&f);
+    let r: api::Reloaded = ok(handle(&f.st, "POST", "/v1/reload", b"").await);
+    assert_eq!(r.services, 1);
+    assert!(r.dir.ends_with("docs/examples/manifests"), "{}", r.dir);
+    assert_eq!(r.generation, generation(&f));
+    assert!(r.generation >= before);
 }
 
 #[tokio::test]
@@ -539,13 +487,13 @@ async fn conntrack_lookup_asks_every_worker() {
     assert_eq!(fl.protocol, "tcp");
 }
 
-#[test]
-fn backend_op_rules() {
+#[tokio::test]
+async fn backend_op_rules() {
     let (f, _rx) = fixture();
-    let b = f.brain.lock().unwrap();
+    let st = f.state.lock().unwrap();
     let mut drained = BTreeSet::new();
     let mut weights = BTreeMap::new();
-    let r = Some(&b.report);
+    let r = st.last_report();
     assert_eq!(
         BackendOp::Drain.apply(ip("fd00:99::21"), r, &mut drained, &mut weights),
         Ok(3)
@@ -575,8 +523,8 @@ fn backend_op_rules() {
     assert!(drained.is_empty());
 }
 
-#[test]
-fn reused_backend_ids_count_from_their_new_owner() {
+#[tokio::test]
+async fn reused_backend_ids_count_from_their_new_owner() {
     let (f, _rx) = fixture();
     let id = backend_id(&f, "10.99.0.100", 80, "10.99.0.21", 8080);
     bump(&f.stats[0].targets[id as usize].packets, 5);
@@ -589,34 +537,19 @@ fn reused_backend_ids_count_from_their_new_owner() {
         live.owners
             .insert(id, ((999, ip("10.0.0.1"), 1), api::Traffic::default()));
     }
-    let b = f.brain.lock().unwrap();
-    let model = b.model.clone();
-    let report = b.report.clone();
-    drop(b);
-    let snap = {
-        let mut b = f.brain.lock().unwrap();
-        let b = &mut *b;
-        b.compiler
-            .compile(&CompileInput {
-                config: &b.cfg,
-                model: &model,
-                local_mac: [0; 6],
-                neighbours: &b.neighbours,
-                health: &HashMap::new(),
-                drained: &b.drained,
-                weights: &b.weights,
-                now: Instant::now(),
-            })
-            .unwrap()
-            .snapshot
+    let (model, report, snap) = {
+        let mut st = f.state.lock().unwrap();
+        let report = st.last_report().unwrap().clone();
+        let snap = st.compile(&HashMap::new()).unwrap().snapshot;
+        (st.model.clone(), report, snap)
     };
     f.st.publish_snapshot(&report, &snap, &model, &BTreeSet::new(), &BTreeMap::new());
     assert_eq!(f.st.live().owners[&id].1.packets, 5);
 }
 
 /// Parses the metrics text with a Prometheus text-format parser and checks the series.
-#[test]
-fn metrics_scrape_parses_with_expected_series() {
+#[tokio::test]
+async fn metrics_scrape_parses_with_expected_series() {
     let (f, _rx) = fixture();
     let id = backend_id(&f, "10.99.0.100", 80, "10.99.0.21", 8080);
     bump(&f.stats[1].targets[id as usize].packets, 42);

@@ -43,7 +43,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::config::PoolConfig;
+use crate::config::{u128_to_ip, PoolConfig};
 use crate::model::{IpFamily, L4Protocol, ObjectKey, Service};
 
 /// Annotation: requested VIPs, comma-separated, at most one per family.
@@ -365,7 +365,7 @@ impl Ipam {
                             // without a lookup.
                             let skip = scan_from.get(&(p.name.as_str(), v6)).copied().unwrap_or(0);
                             let calls = std::cell::Cell::new(0usize);
-                            let ip = p.first_free(v6, |a| {
+                            let ip = first_free(p, v6, |a| {
                                 let n = calls.get();
                                 calls.set(n + 1);
                                 n < skip || used.contains_key(&a)
@@ -548,16 +548,67 @@ fn want<'a>(svc: &'a Service, pools: &[PoolConfig], issues: &mut Vec<Issue>) -> 
     }
 }
 
+/// The first address of the family (`v6`) that `is_used` rejects nowhere, in the order the
+/// pool lists its CIDRs, then its ranges; `None` when the family is exhausted. Takes at most
+/// one step per used address, so huge IPv6 pools cost nothing.
+fn first_free(pool: &PoolConfig, v6: bool, is_used: impl Fn(IpAddr) -> bool) -> Option<IpAddr> {
+    for (lo, hi, fam) in pool.blocks() {
+        if fam != v6 {
+            continue;
+        }
+        let mut a = lo;
+        loop {
+            let ip = u128_to_ip(a, v6);
+            if !is_used(ip) {
+                return Some(ip);
+            }
+            if a == hi {
+                break;
+            }
+            a += 1;
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest;
+    use crate::sources::manifest;
 
     fn pools(toml: &str) -> Vec<PoolConfig> {
         let base = "[[ports]]\nname = \"p\"\ndevice = \"net_null0\"\nipv4 = [\"10.0.0.2/24\"]\n";
         crate::config::Config::parse(&format!("{base}{toml}"), "t.toml")
             .unwrap()
             .pools
+    }
+
+    #[test]
+    fn first_free_walks_cidrs_then_ranges_skipping_used() {
+        let p = &pools(
+            "[[pools]]\nname = \"lab\"\nranges = [\"10.99.0.100-10.99.0.120\", \"fd00:99::100-fd00:99::120\"]\n",
+        )[0];
+        assert_eq!(first_free(p, false, |_| false), Some(ip("10.99.0.100")));
+        assert_eq!(first_free(p, true, |_| false), Some(ip("fd00:99::100")));
+        let used = ip("10.99.0.100");
+        assert_eq!(first_free(p, false, |a| a == used), Some(ip("10.99.0.101")));
+        assert_eq!(first_free(p, false, |_| true), None);
+
+        // /30: neither the network nor the broadcast address; /126: not the all-zero one.
+        let p = &PoolConfig {
+            name: "p".into(),
+            cidrs: vec![
+                "10.0.0.0/30".parse().unwrap(),
+                "fd00::/126".parse().unwrap(),
+            ],
+            ranges: vec![],
+            namespaces: None,
+            auto_assign: true,
+        };
+        assert_eq!(first_free(p, false, |_| false), Some(ip("10.0.0.1")));
+        let (one, two) = (ip("10.0.0.1"), ip("10.0.0.2"));
+        assert_eq!(first_free(p, false, |a| a == one || a == two), None);
+        assert_eq!(first_free(p, true, |_| false), Some(ip("fd00::1")));
     }
 
     const POOLS: &str = r#"

@@ -16,7 +16,7 @@
 //!   the whole set is compared again with what the watch shows.
 //! - **Events** (`events.k8s.io/v1`, through kube-rs's `Recorder`, which folds repeats into a
 //!   series) answer the lecture's troubleshooting list: `IPAllocated` when status gets new
-//!   addresses; the IPAM reasons of [`crate::ipam::IssueReason`] (`PoolExhausted`,
+//!   addresses; the IPAM reasons of [`crate::compile::ipam::IssueReason`] (`PoolExhausted`,
 //!   `RequestedIPUnavailable`, `RequestedIPOutsidePools`, ...) when an address cannot be given;
 //!   `NoReadyBackends` / `BackendsReady` when a Service's last backend goes and comes back;
 //!   `BackendDown` when a health check takes a backend down; `InvalidService` and
@@ -43,9 +43,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::source::{ConditionEntry, IngressEntry, Invalid, Kind, MetaMap};
+use crate::compile::ipam::{Issue, IssueReason};
 use crate::compile::{CompileReport, ServiceReport};
 use crate::config::PoolConfig;
-use crate::ipam::{Issue, IssueReason};
 use crate::model::{L4Protocol, ObjectKey};
 
 /// Condition: whether the Service has its VIPs (`False` with the IPAM reason when not).

@@ -1,0 +1,282 @@
+//! One Service: which Services are served, their settings after annotations, and compiling
+//! a Service into its frontends, backends and report.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_dataplane::snapshot::{Backend, Cidr, Frontend, Method, Protocol, MAX_FRONTENDS};
+
+use super::ids::{BackendKey, FrontendKey};
+use super::ipam::Issue;
+use super::report::{CompileReport, FrontendReport, ServiceReport};
+use super::targets::desired_backends;
+use super::{
+    CompileInput, Compiler, ServiceCache, ANNOTATION_MAGLEV_SIZE, ANNOTATION_METHOD,
+    ANNOTATION_TARGET,
+};
+use crate::config::{check_maglev_size, Config, Target};
+use crate::health::{Health, ProbeTarget};
+use crate::model::{EndpointSlice, IpFamily, L4Protocol, Service};
+
+/// A Service's effective settings after annotations.
+pub(super) struct Settings {
+    method: Method,
+    target: Target,
+    maglev_size: u32,
+}
+
+impl Compiler {
+    /// Compiles one Service: its frontends, backends and report. `claimed` holds the
+    /// (VIP, protocol, port) pairs earlier Services took; this Service's are added.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn compile_service(
+        &mut self,
+        input: &CompileInput<'_>,
+        svc: &Service,
+        svc_vips: Vec<IpAddr>,
+        issues: &[Issue],
+        slices: &[&EndpointSlice],
+        claimed: &mut HashSet<(IpAddr, Protocol, u16)>,
+        maglev_rebuilt: &mut Vec<u32>,
+    ) -> ServiceCache {
+        let cfg = input.config;
+        let now = input.now;
+        let grace = Duration::from_secs(cfg.forwarding.removed_backend_grace_seconds);
+        let max_ids = cfg.tables.max_backends;
+        let mut frontends: Vec<Frontend> = Vec::new();
+        let mut backends: Vec<Backend> = Vec::new();
+        let mut scratch = CompileReport::default();
+        let mut live = Vec::new();
+        let mut probs: Vec<String> = issues.iter().map(|i| i.message.clone()).collect();
+        let settings = service_settings(cfg, svc, &mut probs);
+        let mut fe_reports = Vec::new();
+        for &vip in &svc_vips {
+            let family = IpFamily::of(vip);
+            for sp in &svc.ports {
+                let port_label = sp.name.clone().unwrap_or_else(|| sp.port.to_string());
+                let protocol = match sp.protocol {
+                    L4Protocol::Tcp => Protocol::Tcp,
+                    L4Protocol::Udp => Protocol::Udp,
+                    L4Protocol::Sctp => {
+                        if family == svc.families()[0] {
+                            probs.push(format!(
+                                "port {port_label}: SCTP is not supported; the port is not served"
+                            ));
+                        }
+                        continue;
+                    }
+                };
+                if !claimed.insert((vip, protocol, sp.port)) {
+                    probs.push(format!(
+                        "{vip} {} {} is already served; port skipped",
+                        sp.protocol.name(),
+                        sp.port
+                    ));
+                    continue;
+                }
+                let fkey = FrontendKey {
+                    service: svc.key.clone(),
+                    vip,
+                    protocol,
+                    port: sp.port,
+                };
+                let fmax = max_ids.min(MAX_FRONTENDS);
+                let Some(fid) = self.frontend_ids.get_or_alloc(&fkey, now, grace, fmax) else {
+                    probs.push(if fmax < max_ids {
+                        format!(
+                            "port {port_label} ({vip}): this host already serves {MAX_FRONTENDS} frontends (VIP, protocol, port), the most it can; spread the Services over more Sluice hosts or pools"
+                        )
+                    } else {
+                        format!(
+                            "port {port_label} ({vip}): no free frontend id below tables.max_backends = {max_ids}; raise it"
+                        )
+                    });
+                    continue;
+                };
+                live.push(fid);
+                let label = format!("port {port_label} ({})", family.name());
+                let desired = desired_backends(
+                    input,
+                    svc,
+                    slices,
+                    sp,
+                    family,
+                    settings.target,
+                    &label,
+                    &mut probs,
+                );
+                let mut fe = FrontendReport {
+                    id: fid,
+                    name: format!("{}:{port_label}", svc.key),
+                    vip,
+                    port: sp.port,
+                    protocol: sp.protocol,
+                    method: settings.method,
+                    target: settings.target,
+                    affinity_ms: svc.session_affinity_seconds.map(|s| s.saturating_mul(1000)),
+                    maglev_size: settings.maglev_size,
+                    backends: Vec::new(),
+                };
+                let fe_backends = self.frontend_backends(
+                    input,
+                    fid,
+                    &desired,
+                    grace,
+                    &mut fe,
+                    &mut probs,
+                    &mut scratch,
+                );
+                if settings.method == Method::DsrL2 {
+                    for b in &fe.backends {
+                        if b.next_hop.is_some() && b.next_hop != Some(b.addr) {
+                            probs.push(format!(
+                                "{label}: backend {} is not on-link, but dsr-l2 only reaches backends on the port's own subnets",
+                                b.addr
+                            ));
+                        }
+                    }
+                }
+                let maglev = match self.maglev_table(
+                    fid,
+                    &fe.backends,
+                    settings.maglev_size,
+                    cfg.forwarding.hash_seed,
+                ) {
+                    Ok((t, rebuilt)) => {
+                        if rebuilt {
+                            scratch.maglev_rebuilt.push(fid);
+                        }
+                        t
+                    }
+                    Err(e) => {
+                        probs.push(format!("{label}: {e}; the port is not served"));
+                        continue;
+                    }
+                };
+                frontends.push(Frontend {
+                    id: fid,
+                    service: Arc::from(fe.name.as_str()),
+                    vip,
+                    port: sp.port,
+                    protocol,
+                    method: settings.method,
+                    affinity_ms: fe.affinity_ms,
+                    source_ranges: svc
+                        .source_ranges
+                        .iter()
+                        .map(|n| Cidr {
+                            addr: n.network(),
+                            prefix: n.prefix_len(),
+                        })
+                        .collect(),
+                    backends: fe.backends.iter().map(|b| b.id).collect(),
+                    maglev,
+                });
+                backends.extend(fe_backends);
+                fe_reports.push(fe);
+            }
+        }
+        probs.dedup();
+        maglev_rebuilt.append(&mut scratch.maglev_rebuilt);
+        let volatile = fe_reports.iter().any(|f| {
+            f.backends.iter().any(|b| {
+                self.removed_since.contains_key(&BackendKey {
+                    frontend: f.id,
+                    addr: b.addr,
+                    port: b.port,
+                })
+            })
+        });
+        let health_targets: Vec<ProbeTarget> = scratch.health_targets.into_iter().collect();
+        let next_hops: Vec<IpAddr> = scratch.next_hops.into_iter().collect();
+        ServiceCache {
+            svc: svc.clone(),
+            slices: slices.iter().map(|s| (*s).clone()).collect(),
+            vips: svc_vips.clone(),
+            issues: issues.to_vec(),
+            down: health_targets
+                .iter()
+                .map(|t| input.health.get(t) == Some(&Health::Down))
+                .collect(),
+            macs: next_hops
+                .iter()
+                .map(|n| input.neighbours.get(n).copied())
+                .collect(),
+            volatile,
+            live,
+            frontends,
+            backends,
+            report: Arc::new(ServiceReport {
+                service: svc.key.clone(),
+                vips: svc_vips,
+                frontends: fe_reports,
+                problems: probs,
+                issues: issues.to_vec(),
+            }),
+            health_targets,
+            next_hops,
+        }
+    }
+}
+
+/// The Service's target after the `sluice.dev/target` annotation.
+pub(super) fn effective_target(cfg: &Config, svc: &Service) -> Target {
+    svc.annotations
+        .get(ANNOTATION_TARGET)
+        .and_then(|v| Target::parse(v.trim()))
+        .unwrap_or(cfg.forwarding.target)
+}
+
+/// Whether Sluice serves the Service.
+pub fn serves(cfg: &Config, svc: &Service) -> bool {
+    svc.is_load_balancer()
+        && match &svc.load_balancer_class {
+            Some(c) => *c == cfg.source.load_balancer_class,
+            None => cfg.source.serve_unclassed,
+        }
+}
+
+pub(super) fn service_settings(cfg: &Config, svc: &Service, probs: &mut Vec<String>) -> Settings {
+    let mut s = Settings {
+        method: cfg.forwarding.default_method,
+        target: cfg.forwarding.target,
+        maglev_size: cfg.tables.maglev_size,
+    };
+    if let Some(v) = svc.annotations.get(ANNOTATION_METHOD) {
+        match Method::parse(v.trim()) {
+            Some(m) => s.method = m,
+            None => probs.push(format!(
+                "annotation {ANNOTATION_METHOD}: unknown method {v:?}; use nat, dsr-l2 or dsr-ipip (using {})",
+                s.method.name()
+            )),
+        }
+    }
+    if let Some(v) = svc.annotations.get(ANNOTATION_TARGET) {
+        match Target::parse(v.trim()) {
+            Some(t) => s.target = t,
+            None => probs.push(format!(
+                "annotation {ANNOTATION_TARGET}: unknown target {v:?}; use pod or node (using {})",
+                s.target.name()
+            )),
+        }
+    }
+    if let Some(v) = svc.annotations.get(ANNOTATION_MAGLEV_SIZE) {
+        match v
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| format!("{v:?} is not a number"))
+            .and_then(|n| {
+                check_maglev_size(n)?;
+                Ok(n)
+            }) {
+            Ok(n) => s.maglev_size = n,
+            Err(e) => probs.push(format!(
+                "annotation {ANNOTATION_MAGLEV_SIZE}: {e} (using {})",
+                s.maglev_size
+            )),
+        }
+    }
+    s
+}

@@ -1,0 +1,28 @@
+//! `[admin]`: the admin socket and the metrics listener.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// `[admin]`: the admin socket and metrics listener (parsed; served by later work).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Unix socket of the admin API (mode 0600). Default: `/run/sluice/admin.sock`.
+    pub socket: PathBuf,
+    /// Whether the Prometheus listener runs. Default: true.
+    pub metrics_enabled: bool,
+    /// Address of the Prometheus listener. Default: `127.0.0.1:9470`.
+    pub metrics_listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            socket: PathBuf::from("/run/sluice/admin.sock"),
+            metrics_enabled: true,
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9470)),
+        }
+    }
+}

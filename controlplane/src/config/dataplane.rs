@@ -1,0 +1,150 @@
+//! `[eal]`, `[[ports]]`, `[workers]`, `[tables]`, `[nat]`: the dataplane's resources.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::Deserialize;
+
+use super::de::{de_v4_ifaces, de_v6_ifaces};
+
+/// `[eal]`: options for DPDK's Environment Abstraction Layer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct EalConfig {
+    /// Extra EAL arguments, passed as given (e.g. `["--in-memory"]`). Default: none.
+    pub args: Vec<String>,
+    /// `--file-prefix` for the hugepage files; needed when two DPDK processes run side by side.
+    /// Default: none (DPDK's own default, `rte`).
+    pub file_prefix: Option<String>,
+}
+
+/// `[[ports]]`: one DPDK port.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    /// A name for logs and metrics (unique).
+    pub name: String,
+    /// The DPDK device: a virtual device string (`net_af_packet0,iface=sl-lb0`) or a PCI
+    /// address (`0000:3b:00.0`).
+    pub device: String,
+    /// Our IPv4 addresses with their prefix length (`10.99.0.2/24`); the prefix gives the
+    /// on-link subnet.
+    #[serde(default, deserialize_with = "de_v4_ifaces")]
+    pub ipv4: Vec<Ipv4Net>,
+    /// Our IPv6 addresses with their prefix length (`fd00:99::2/64`).
+    #[serde(default, deserialize_with = "de_v6_ifaces")]
+    pub ipv6: Vec<Ipv6Net>,
+    /// IPv4 gateway for backends outside every on-link subnet. Default: none.
+    #[serde(default)]
+    pub gateway_v4: Option<Ipv4Addr>,
+    /// IPv6 gateway for backends outside every on-link subnet. Default: none.
+    #[serde(default)]
+    pub gateway_v6: Option<Ipv6Addr>,
+    /// MTU of the port in bytes of IP packet. Default: 1500.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+}
+
+impl PortConfig {
+    /// Whether `device` names a DPDK virtual device (`net_...`) rather than a PCI address.
+    pub fn is_vdev(&self) -> bool {
+        self.device.starts_with("net_") || self.device.starts_with("eth_")
+    }
+
+    /// Whether `addr` is inside one of this port's on-link subnets.
+    pub fn on_link(&self, addr: IpAddr) -> bool {
+        match addr {
+            IpAddr::V4(a) => self.ipv4.iter().any(|n| n.contains(&a)),
+            IpAddr::V6(a) => self.ipv6.iter().any(|n| n.contains(&a)),
+        }
+    }
+
+    /// The gateway of `addr`'s family, if configured.
+    pub fn gateway_for(&self, addr: IpAddr) -> Option<IpAddr> {
+        match addr {
+            IpAddr::V4(_) => self.gateway_v4.map(IpAddr::V4),
+            IpAddr::V6(_) => self.gateway_v6.map(IpAddr::V6),
+        }
+    }
+}
+
+fn default_mtu() -> u16 {
+    1500
+}
+
+/// `[workers]`: which cores run the poll-mode workers.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersConfig {
+    /// One worker (and one RX/TX queue per port) per core. Default: `[1]`.
+    pub cores: Vec<usize>,
+    /// Cores for the control plane's threads; default: every core not in `cores`.
+    pub control_cores: Option<Vec<usize>>,
+    /// A partial TX burst waits at most this many microseconds. Default: 100.
+    pub tx_flush_us: u64,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig {
+            cores: vec![1],
+            control_cores: None,
+            tx_flush_us: 100,
+        }
+    }
+}
+
+/// `[tables]`: preallocated table sizes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TablesConfig {
+    /// IPv4 connection-tracking entries per worker. Default: 1048576.
+    pub conntrack_capacity: usize,
+    /// IPv6 connection-tracking entries per worker. Default: 262144.
+    pub conntrack_v6_capacity: usize,
+    /// ClientIP session-affinity entries per worker and family. Default: 65536.
+    pub affinity_capacity: usize,
+    /// Default Maglev table size per frontend (a prime). Default: 65537.
+    pub maglev_size: u32,
+    /// Upper bound of frontend and backend ids (per-backend counters are preallocated to it).
+    /// Default: 65536.
+    pub max_backends: usize,
+}
+
+/// The largest connection-tracking capacity the dataplane accepts.
+pub const MAX_CONNTRACK_CAPACITY: usize = sluice_dataplane::conntrack::MAX_CAPACITY;
+
+impl Default for TablesConfig {
+    fn default() -> Self {
+        TablesConfig {
+            conntrack_capacity: 1 << 20,
+            conntrack_v6_capacity: 1 << 18,
+            affinity_capacity: 1 << 16,
+            maglev_size: sluice_dataplane::maglev::DEFAULT_TABLE_SIZE,
+            max_backends: 65536,
+        }
+    }
+}
+
+/// `[nat]`: full-NAT source addresses and ports.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatConfig {
+    /// Local (source) addresses for `nat` flows, IPv4 and IPv6 mixed. Default: none, in which
+    /// case the ports' own addresses are used.
+    pub addresses: Vec<IpAddr>,
+    /// First local port (inclusive). Default: 20000.
+    pub port_min: u16,
+    /// Last local port (inclusive). Default: 65535.
+    pub port_max: u16,
+}
+
+impl Default for NatConfig {
+    fn default() -> Self {
+        NatConfig {
+            addresses: Vec::new(),
+            port_min: 20000,
+            port_max: 65535,
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! `[forwarding]`: how Services are forwarded by default, and the Maglev size check the
+//! `[tables]` key and the annotation share.
+
+use serde::Deserialize;
+use sluice_dataplane::maglev::{is_prime, next_prime, MAX_TABLE_SIZE};
+use sluice_dataplane::snapshot::Method;
+
+use super::de::de_method;
+
+/// What a frontend's backends are.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// Pod addresses from EndpointSlices, on the Service port's targetPort.
+    Pod,
+    /// Node InternalIPs, on the Service port's nodePort.
+    Node,
+}
+
+impl Target {
+    /// Name as used in config and annotations.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Pod => "pod",
+            Target::Node => "node",
+        }
+    }
+
+    /// Parses a config/annotation value.
+    pub fn parse(s: &str) -> Option<Target> {
+        match s {
+            "pod" => Some(Target::Pod),
+            "node" => Some(Target::Node),
+            _ => None,
+        }
+    }
+}
+
+/// The default Maglev/flow hash seed: `"sluice\0\x01"`; equal on every host of an ECMP group.
+pub const DEFAULT_HASH_SEED: u64 = 0x736c_7569_6365_0001;
+
+/// `[forwarding]`: defaults for how Services are forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardingConfig {
+    /// `nat`, `dsr-l2` or `dsr-ipip`; a Service's `sluice.dev/forwarding-method` annotation
+    /// overrides it. Default: `nat`.
+    #[serde(deserialize_with = "de_method")]
+    pub default_method: Method,
+    /// `pod` or `node`; the `sluice.dev/target` annotation overrides it. Default: `pod`.
+    pub target: Target,
+    /// Seed of the flow and Maglev hashes (0 to 2^63-1); must be equal on every Sluice host
+    /// of an ECMP group. Default: [`DEFAULT_HASH_SEED`].
+    pub hash_seed: u64,
+    /// Seconds a backend that left its EndpointSlice stays in the snapshot as draining.
+    /// Default: 300.
+    pub removed_backend_grace_seconds: u64,
+}
+
+impl Default for ForwardingConfig {
+    fn default() -> Self {
+        ForwardingConfig {
+            default_method: Method::Nat,
+            target: Target::Pod,
+            hash_seed: DEFAULT_HASH_SEED,
+            removed_backend_grace_seconds: 300,
+        }
+    }
+}
+
+/// Checks a Maglev table size (config key or annotation).
+///
+/// # Errors
+/// A message saying which prime to use instead.
+pub fn check_maglev_size(size: u32) -> Result<(), String> {
+    if size > MAX_TABLE_SIZE {
+        return Err(format!(
+            "{size} is above the maximum {MAX_TABLE_SIZE}; use a smaller prime such as 65537"
+        ));
+    }
+    if size < 2 || !is_prime(size) {
+        return Err(format!(
+            "{size} is not prime; Maglev needs a prime table size, e.g. {} (the next prime) or 65537",
+            next_prime(size.max(2))
+        ));
+    }
+    Ok(())
+}

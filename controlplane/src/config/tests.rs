@@ -1,0 +1,277 @@
+//! Tests of loading the configuration: defaults, strict keys, errors that name the key, and
+//! every key documented in docs/configuration.md.
+use std::net::Ipv4Addr;
+
+use sluice_dataplane::snapshot::Method;
+
+use super::de::parse_net;
+use super::*;
+
+const LAB: &str = r#"
+[eal]
+args = ["--in-memory"]
+
+[[ports]]
+name = "lb0"
+device = "net_af_packet0,iface=sl-lb0"
+ipv4 = ["10.99.0.2/24"]
+ipv6 = ["fd00:99::2/64"]
+
+[workers]
+cores = [1]
+
+[nat]
+addresses = ["10.99.0.3", "fd00:99::3"]
+
+[[pools]]
+name = "lab"
+ranges = ["10.99.0.100-10.99.0.120", "fd00:99::100-fd00:99::120"]
+"#;
+
+fn parse(s: &str) -> Result<Config, ConfigError> {
+    Config::parse(s, "sluice.toml")
+}
+
+#[test]
+fn lab_config_and_defaults() {
+    let c = parse(LAB).unwrap();
+    assert_eq!(c.eal.args, vec!["--in-memory"]);
+    assert_eq!(c.ports[0].mtu, 1500);
+    assert_eq!(c.ports[0].ipv4[0].addr(), Ipv4Addr::new(10, 99, 0, 2));
+    assert_eq!(c.ports[0].ipv4[0].prefix_len(), 24);
+    assert!(c.ports[0].on_link("10.99.0.21".parse().unwrap()));
+    assert!(!c.ports[0].on_link("10.98.0.21".parse().unwrap()));
+    assert!(c.ports[0].is_vdev());
+    assert_eq!(c.tables.maglev_size, 65537);
+    assert_eq!(c.tables.conntrack_capacity, 1 << 20);
+    assert_eq!(c.nat.port_min, 20000);
+    assert_eq!(c.nat.port_max, 65535);
+    assert_eq!(c.forwarding.default_method, Method::Nat);
+    assert_eq!(c.forwarding.target, Target::Pod);
+    assert_eq!(c.forwarding.removed_backend_grace_seconds, 300);
+    assert_eq!(c.health, HealthConfig::default());
+    assert_eq!(c.source.load_balancer_class, "sluice.dev/dpdk");
+    assert_eq!(c.workers.tx_flush_us, 100);
+    let p = &c.pools[0];
+    assert!(p.contains("10.99.0.100".parse().unwrap()));
+    assert!(p.contains("10.99.0.120".parse().unwrap()));
+    assert!(!p.contains("10.99.0.121".parse().unwrap()));
+    assert!(p.contains("fd00:99::11f".parse().unwrap()));
+}
+
+#[test]
+fn example_file_parses() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples/sluice.toml");
+    let c = Config::load(path).unwrap();
+    assert_eq!(
+        c.source.manifest_dir,
+        PathBuf::from("docs/examples/manifests")
+    );
+    assert_eq!(c.nat.addresses.len(), 2);
+}
+
+#[test]
+fn unknown_key_top_level() {
+    let e = parse(&format!("{LAB}\n[workres]\ncores = [2]\n")).unwrap_err();
+    let s = e.to_string();
+    assert!(s.starts_with("sluice.toml:"), "{s}");
+    assert!(
+        s.contains("unknown key \"workres\" at top level; expected one of"),
+        "{s}"
+    );
+    assert!(s.contains("workers"), "{s}");
+    match e {
+        ConfigError::Parse { line, ref key, .. } => {
+            assert_eq!(line, 21, "{s}");
+            assert_eq!(key, "workres");
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn unknown_key_nested() {
+    let e = parse(&LAB.replace("cores = [1]", "cores = [1]\ntx_flush = 3")).unwrap_err();
+    let s = e.to_string();
+    assert!(s.contains("unknown key \"tx_flush\" in workers"), "{s}");
+    assert!(s.contains("tx_flush_us"), "{s}");
+}
+
+#[test]
+fn type_errors_name_the_key() {
+    let e = parse(&LAB.replace("cores = [1]", "cores = [\"one\"]")).unwrap_err();
+    assert_eq!(e.key(), "workers.cores[0]", "{e}");
+    assert!(
+        e.to_string().contains("workers.cores[0]: invalid type"),
+        "{e}"
+    );
+
+    let e = parse(&LAB.replace("10.99.0.2/24", "10.99.0.2")).unwrap_err();
+    assert_eq!(e.key(), "ports[0].ipv4", "{e}");
+    assert!(e.to_string().contains("10.99.0.2/24"), "{e}");
+
+    let e = parse(&LAB.replace("10.99.0.100-10.99.0.120", "10.99.0.120-10.99.0.100")).unwrap_err();
+    assert!(e.to_string().contains("ends before it starts"), "{e}");
+
+    let e = parse(&format!("{LAB}\n[forwarding]\ndefault_method = \"dsr\"\n")).unwrap_err();
+    assert_eq!(e.key(), "forwarding.default_method", "{e}");
+    assert!(e.to_string().contains("\"dsr-l2\""), "{e}");
+
+    let e = parse(&format!("{LAB}\n[forwarding]\ntarget = \"nodes\"\n")).unwrap_err();
+    assert_eq!(e.key(), "forwarding.target", "{e}");
+
+    let e = parse("[[ports]]\nname = \"x\"\n").unwrap_err();
+    assert!(e.to_string().contains("device"), "{e}");
+}
+
+#[test]
+fn semantic_errors_name_the_key() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "[nat]\naddresses",
+            "[nat]\nport_min = 30000\nport_max = 20000\naddresses",
+            "nat.port_min",
+        ),
+        (
+            "[workers]\ncores = [1]",
+            "[workers]\ncores = [1]\n[tables]\nmaglev_size = 65536",
+            "tables.maglev_size",
+        ),
+        (
+            "[workers]\ncores = [1]",
+            "[workers]\ncores = [1, 1]",
+            "workers.cores",
+        ),
+        (
+            "[workers]\ncores = [1]",
+            "[workers]\ncores = [1]\ncontrol_cores = [1]",
+            "workers.control_cores",
+        ),
+        (
+            "\"10.99.0.100-10.99.0.120\"",
+            "\"10.99.0.100-10.99.0.120\", \"10.99.0.110-10.99.0.130\"",
+            "pools[0].cidrs",
+        ),
+        (
+            "\"10.99.0.100-10.99.0.120\"",
+            "\"10.99.0.1-10.99.0.120\"",
+            "pools[0].cidrs",
+        ),
+        (
+            "ipv6 = [\"fd00:99::2/64\"]",
+            "ipv6 = [\"fd00:99::2/64\"]\ngateway_v4 = \"10.1.0.1\"",
+            "ports[0].gateway_v4",
+        ),
+        ("[eal]", "[health]\nrise = 0\n[eal]", "health.rise"),
+        (
+            "[eal]",
+            "[health]\nhttp_path = \"healthz\"\n[eal]",
+            "health.http_path",
+        ),
+    ];
+    for (from, to, key) in cases {
+        let text = LAB.replace(from, to);
+        assert_ne!(text, LAB, "{from}");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key(), *key, "{e}");
+        assert!(matches!(e, ConfigError::Invalid { .. }), "{e}");
+        assert!(e.to_string().starts_with("sluice.toml: "), "{e}");
+    }
+    let e = parse(&LAB.replace(
+        "[workers]\ncores = [1]",
+        "[workers]\ncores = [1]\n[tables]\nmaglev_size = 65536",
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("65537"), "{e}");
+    let e = parse("").unwrap_err();
+    assert_eq!(e.key(), "ports");
+}
+
+#[test]
+fn pools_cidr_rules() {
+    let p = PoolConfig {
+        name: "p".into(),
+        cidrs: vec![
+            "10.0.0.0/30".parse().unwrap(),
+            "fd00::/126".parse().unwrap(),
+        ],
+        ranges: vec![],
+        namespaces: Some(vec!["a".into()]),
+        auto_assign: true,
+    };
+    // /30: the network and broadcast addresses are not the pool's; /126: the all-zero one.
+    assert!(!p.contains("10.0.0.0".parse().unwrap()));
+    assert!(p.contains("10.0.0.1".parse().unwrap()));
+    assert!(p.contains("10.0.0.2".parse().unwrap()));
+    assert!(!p.contains("10.0.0.3".parse().unwrap()));
+    assert!(!p.contains("fd00::".parse().unwrap()));
+    assert!(p.contains("fd00::1".parse().unwrap()));
+    assert!(p.allows_namespace("a") && !p.allows_namespace("b"));
+    assert!(parse_net("10.0.0.5/24")
+        .unwrap_err()
+        .contains("10.0.0.0/24"));
+    assert_eq!(parse_net("10.0.0.5").unwrap().prefix_len(), 32);
+}
+
+#[test]
+fn line_and_column() {
+    assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    assert_eq!(line_col("ab", 0), (1, 1));
+}
+
+/// Every key of every table is documented in docs/configuration.md (the key lists come from
+/// the parser's own "expected one of" messages, so a new key without docs fails here).
+#[test]
+fn every_key_is_documented() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/configuration.md"
+    ))
+    .unwrap();
+    let base = "[[ports]]\nname = \"p\"\ndevice = \"net_null0\"\nipv4 = [\"10.0.0.2/24\"]\n";
+    let probes = [
+        ("", format!("bogus_key = 1\n{base}")),
+        ("eal", format!("[eal]\nbogus_key = 1\n{base}")),
+        ("ports", format!("{base}bogus_key = 1\n")),
+        ("workers", format!("{base}[workers]\nbogus_key = 1\n")),
+        ("tables", format!("{base}[tables]\nbogus_key = 1\n")),
+        ("nat", format!("{base}[nat]\nbogus_key = 1\n")),
+        ("forwarding", format!("{base}[forwarding]\nbogus_key = 1\n")),
+        (
+            "pools",
+            format!("{base}[[pools]]\nname = \"x\"\nbogus_key = 1\n"),
+        ),
+        ("health", format!("{base}[health]\nbogus_key = 1\n")),
+        ("source", format!("{base}[source]\nbogus_key = 1\n")),
+        ("admin", format!("{base}[admin]\nbogus_key = 1\n")),
+    ];
+    let mut n = 0;
+    for (table, text) in probes {
+        let msg = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        let list = msg
+            .split("expected one of: ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{table}: {msg}"));
+        let list = list.split(" (see").next().unwrap();
+        for key in list.split(',').map(str::trim) {
+            if table.is_empty() {
+                let heading = if matches!(key, "ports" | "pools") {
+                    format!("## `[[{key}]]`")
+                } else {
+                    format!("## `[{key}]`")
+                };
+                assert!(
+                    doc.contains(&heading),
+                    "docs/configuration.md has no section {heading}"
+                );
+            } else {
+                assert!(
+                    doc.contains(&format!("| `{key}` |")),
+                    "docs/configuration.md does not document {table}.{key}"
+                );
+            }
+            n += 1;
+        }
+    }
+    assert!(n > 40, "only {n} keys found");
+}

@@ -1,0 +1,347 @@
+//! Semantic checks that involve several keys, run after parsing; each names the key it
+//! rejects and says what to do.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv6Addr};
+
+use super::{check_maglev_size, u128_to_ip, Config, SourceKind, MAX_CONNTRACK_CAPACITY};
+
+impl Config {
+    /// Semantic checks; returns the offending key and a message that says what to do.
+    ///
+    /// # Errors
+    /// `(key, message)` of the first problem found.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, m: String| Err((k.to_owned(), m));
+
+        // [[ports]]
+        if self.ports.is_empty() {
+            return err(
+                "ports",
+                "no port configured; add a [[ports]] table with name, device and ipv4/ipv6 \
+                 (see docs/configuration.md)"
+                    .to_owned(),
+            );
+        }
+        let mut names = BTreeSet::new();
+        for (i, p) in self.ports.iter().enumerate() {
+            let k = |f: &str| format!("ports[{i}].{f}");
+            if p.name.trim().is_empty() {
+                return err(
+                    &k("name"),
+                    "is empty; give the port a name such as \"lb0\"".to_owned(),
+                );
+            }
+            if !names.insert(p.name.as_str()) {
+                return err(
+                    &k("name"),
+                    format!("port name {:?} is used twice; names must be unique", p.name),
+                );
+            }
+            if p.device.trim().is_empty() {
+                return err(
+                    &k("device"),
+                    "is empty; use a PCI address (\"0000:3b:00.0\") or a virtual device \
+                     (\"net_af_packet0,iface=sl-lb0\")"
+                        .to_owned(),
+                );
+            }
+            if p.ipv4.is_empty() && p.ipv6.is_empty() {
+                return err(
+                    &k("ipv4"),
+                    "the port has no address; list at least one in ipv4 (\"10.99.0.2/24\") or ipv6"
+                        .to_owned(),
+                );
+            }
+            for (j, a) in p.ipv4.iter().enumerate() {
+                if a.addr().is_unspecified() || a.addr().is_multicast() || a.addr().is_broadcast() {
+                    return err(
+                        &format!("ports[{i}].ipv4[{j}]"),
+                        format!("{a} is not a unicast address"),
+                    );
+                }
+            }
+            for (j, a) in p.ipv6.iter().enumerate() {
+                if a.addr().is_unspecified() || a.addr().is_multicast() {
+                    return err(
+                        &format!("ports[{i}].ipv6[{j}]"),
+                        format!("{a} is not a unicast address"),
+                    );
+                }
+            }
+            if let Some(g) = p.gateway_v4 {
+                if !p.on_link(IpAddr::V4(g)) {
+                    return err(
+                        &k("gateway_v4"),
+                        format!("{g} is not inside any of the port's ipv4 subnets; a gateway must be on-link"),
+                    );
+                }
+            }
+            if let Some(g) = p.gateway_v6 {
+                if !p.on_link(IpAddr::V6(g)) && !is_link_local_v6(g) {
+                    return err(
+                        &k("gateway_v6"),
+                        format!("{g} is not inside any of the port's ipv6 subnets nor link-local; a gateway must be on-link"),
+                    );
+                }
+            }
+            if !(576..=9702).contains(&p.mtu) {
+                return err(
+                    &k("mtu"),
+                    format!(
+                        "{} is out of range; use 576..=9702 (usually 1500 or 9000)",
+                        p.mtu
+                    ),
+                );
+            }
+        }
+
+        // [workers]
+        let w = &self.workers;
+        if w.cores.is_empty() {
+            return err(
+                "workers.cores",
+                "is empty; list at least one core, e.g. [1]".to_owned(),
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for c in &w.cores {
+            if !seen.insert(*c) {
+                return err("workers.cores", format!("core {c} is listed twice"));
+            }
+        }
+        if w.cores.len() > usize::from(u16::MAX) {
+            return err("workers.cores", "too many cores".to_owned());
+        }
+        if let Some(cc) = &w.control_cores {
+            if let Some(c) = cc.iter().find(|c| seen.contains(c)) {
+                return err(
+                    "workers.control_cores",
+                    format!("core {c} is also a worker core; a worker core busy-polls and must not run the control plane"),
+                );
+            }
+        }
+        if w.tx_flush_us == 0 || w.tx_flush_us > 1_000_000 {
+            return err(
+                "workers.tx_flush_us",
+                format!(
+                    "{} is out of range; use 1..=1000000 (default 100)",
+                    w.tx_flush_us
+                ),
+            );
+        }
+
+        // [tables]
+        let t = &self.tables;
+        for (k, v) in [
+            ("tables.conntrack_capacity", t.conntrack_capacity),
+            ("tables.conntrack_v6_capacity", t.conntrack_v6_capacity),
+            ("tables.affinity_capacity", t.affinity_capacity),
+        ] {
+            if v == 0 || v > MAX_CONNTRACK_CAPACITY {
+                return err(
+                    k,
+                    format!("{v} is out of range; use 1..={MAX_CONNTRACK_CAPACITY}"),
+                );
+            }
+        }
+        check_maglev_size(t.maglev_size).map_err(|m| ("tables.maglev_size".to_owned(), m))?;
+        if t.max_backends == 0 || t.max_backends > 1 << 24 {
+            return err(
+                "tables.max_backends",
+                format!("{} is out of range; use 1..=16777216", t.max_backends),
+            );
+        }
+
+        // [nat]
+        let n = &self.nat;
+        if n.port_min == 0 {
+            return err(
+                "nat.port_min",
+                "0 is not a port; use 1024 or above (default 20000)".to_owned(),
+            );
+        }
+        if n.port_min > n.port_max {
+            return err(
+                "nat.port_min",
+                format!(
+                    "{} is above nat.port_max {}; swap them or lower port_min",
+                    n.port_min, n.port_max
+                ),
+            );
+        }
+        let per_worker = (u32::from(n.port_max) - u32::from(n.port_min) + 1) / w.cores.len() as u32;
+        if per_worker == 0 {
+            return err(
+                "nat.port_min",
+                format!(
+                    "the range {}..={} has fewer ports than the {} workers; widen it",
+                    n.port_min,
+                    n.port_max,
+                    w.cores.len()
+                ),
+            );
+        }
+        for (i, a) in n.addresses.iter().enumerate() {
+            if a.is_unspecified() || a.is_multicast() {
+                return err(
+                    &format!("nat.addresses[{i}]"),
+                    format!("{a} is not a unicast address"),
+                );
+            }
+        }
+
+        // [forwarding]
+        if self.forwarding.hash_seed > i64::MAX as u64 {
+            return err("forwarding.hash_seed", "must be at most 2^63-1".to_owned());
+        }
+
+        // [[pools]]
+        let mut pool_names = BTreeSet::new();
+        let mut blocks: Vec<(u128, u128, bool, String)> = Vec::new();
+        let own: Vec<(IpAddr, String)> = self
+            .ports
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| {
+                p.ipv4
+                    .iter()
+                    .map(move |a| (IpAddr::V4(a.addr()), format!("ports[{i}].ipv4")))
+                    .chain(
+                        p.ipv6
+                            .iter()
+                            .map(move |a| (IpAddr::V6(a.addr()), format!("ports[{i}].ipv6"))),
+                    )
+            })
+            .chain(n.addresses.iter().map(|a| (*a, "nat.addresses".to_owned())))
+            .collect();
+        for (i, p) in self.pools.iter().enumerate() {
+            let k = |f: &str| format!("pools[{i}].{f}");
+            if p.name.trim().is_empty() {
+                return err(&k("name"), "is empty; give the pool a name".to_owned());
+            }
+            if !pool_names.insert(p.name.as_str()) {
+                return err(
+                    &k("name"),
+                    format!("pool name {:?} is used twice; names must be unique", p.name),
+                );
+            }
+            if p.cidrs.is_empty() && p.ranges.is_empty() {
+                return err(
+                    &k("cidrs"),
+                    "the pool has no addresses; list cidrs (\"10.99.0.96/27\") or ranges \
+                     (\"10.99.0.100-10.99.0.120\")"
+                        .to_owned(),
+                );
+            }
+            if let Some(ns) = &p.namespaces {
+                if ns.is_empty() {
+                    return err(
+                        &k("namespaces"),
+                        "is empty, so no Service could use the pool; remove the key to allow every namespace"
+                            .to_owned(),
+                    );
+                }
+            }
+            for (lo, hi, v6) in p.blocks() {
+                if let Some((_, _, _, other)) = blocks
+                    .iter()
+                    .find(|(l, h, f, _)| *f == v6 && lo <= *h && *l <= hi)
+                {
+                    return err(
+                        &k("cidrs"),
+                        format!(
+                            "{}-{} overlaps pool {other:?}; pools must not share addresses",
+                            u128_to_ip(lo, v6),
+                            u128_to_ip(hi, v6)
+                        ),
+                    );
+                }
+                blocks.push((lo, hi, v6, p.name.clone()));
+            }
+            if let Some((a, key)) = own.iter().find(|(a, _)| p.contains(*a)) {
+                return err(
+                    &k("cidrs"),
+                    format!("the pool contains {a}, Sluice's own address in {key}; take it out of the pool"),
+                );
+            }
+        }
+
+        // [health]
+        let h = &self.health;
+        if h.interval_ms == 0 {
+            return err(
+                "health.interval_ms",
+                "must be at least 1 (default 1000)".to_owned(),
+            );
+        }
+        if h.timeout_ms == 0 {
+            return err(
+                "health.timeout_ms",
+                "must be at least 1 (default 500)".to_owned(),
+            );
+        }
+        if h.rise == 0 {
+            return err("health.rise", "must be at least 1 (default 2)".to_owned());
+        }
+        if h.fall == 0 {
+            return err("health.fall", "must be at least 1 (default 3)".to_owned());
+        }
+        if !h.http_path.starts_with('/')
+            || h.http_path
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return err(
+                "health.http_path",
+                format!(
+                    "{:?} is not a request path; it must start with '/' and have no spaces",
+                    h.http_path
+                ),
+            );
+        }
+
+        // [source]
+        let s = &self.source;
+        if s.poll_interval_ms == 0 {
+            return err(
+                "source.poll_interval_ms",
+                "must be at least 1 (default 500)".to_owned(),
+            );
+        }
+        if s.load_balancer_class.trim().is_empty() {
+            return err(
+                "source.load_balancer_class",
+                "is empty; use \"sluice.dev/dpdk\" (and serve_unclassed = true to also serve Services without a class)"
+                    .to_owned(),
+            );
+        }
+        if !(1..=10_000).contains(&s.debounce_ms) {
+            return err(
+                "source.debounce_ms",
+                format!(
+                    "{} is out of range; use 1 to 10000 (default 50)",
+                    s.debounce_ms
+                ),
+            );
+        }
+        if s.leader_election && s.lease_name.trim().is_empty() {
+            return err(
+                "source.lease_name",
+                "is empty; name the Lease (default \"sluice\") or set leader_election = false"
+                    .to_owned(),
+            );
+        }
+        if s.kind == SourceKind::Manifests && s.manifest_dir.as_os_str().is_empty() {
+            return err(
+                "source.manifest_dir",
+                "is empty; name the directory of Service/EndpointSlice/Node YAML files".to_owned(),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn is_link_local_v6(a: Ipv6Addr) -> bool {
+    a.segments()[0] & 0xffc0 == 0xfe80
+}

@@ -1,0 +1,197 @@
+//! # The `sluiced` runtime
+//!
+//! [`run`] is the daemon from start to stop, and reads as its table of contents:
+//! - load the configuration and the first model from the source (`sources`);
+//! - [`boot`]: EAL, the ports with one RX/TX queue pair per worker, the worker rings;
+//! - [`ControlState`] ([`state`]): compile the first snapshot (next hops unresolved yet:
+//!   backends wait for ARP/NDP), then [`boot`] spawns the pinned workers with it;
+//! - start the admin socket and the metrics listener;
+//! - [`control`]: the control loop on tokio (on the cores the workers do not use), which
+//!   recompiles on any change and publishes to every worker, announcing VIPs and resolving
+//!   next hops through [`crate::announce`];
+//! - on SIGINT/SIGTERM: stop the workers, then the ports, then EAL.
+pub mod boot;
+mod control;
+pub mod state;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use sluice_dataplane::snapshot::Snapshot;
+use sluice_dataplane::stats::WorkerStats;
+use tracing::{info, warn};
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::sources::kubernetes::{self as k8s, KubeSettings, Kubernetes};
+use crate::sources::manifest::{self, ManifestWatcher};
+pub use boot::{eal_args, port_name};
+pub use state::ControlState;
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The configuration file is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The manifest directory is invalid at start-up.
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
+    /// A DPDK call failed.
+    #[error("DPDK: {0}")]
+    Dpdk(String),
+    /// Compiling the first snapshot failed.
+    #[error(transparent)]
+    Compile(#[from] crate::compile::CompileError),
+    /// An I/O error (threads, signals, runtime).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The Kubernetes source could not start.
+    #[error(transparent)]
+    Kube(#[from] k8s::KubeError),
+}
+
+/// Runs `sluiced` with the configuration at `path` until SIGINT/SIGTERM.
+pub fn run(path: &Path) -> Result<(), DaemonError> {
+    let cfg = Config::load(path)?;
+    let manifest_dir = resolve_dir(path, &cfg.source.manifest_dir);
+    let kubernetes = cfg.source.kind == crate::config::SourceKind::Kubernetes;
+    let (first, watcher) = if kubernetes {
+        (manifest::Manifests::default(), None)
+    } else {
+        let (first, watcher) = ManifestWatcher::load(&manifest_dir)?;
+        for w in &first.warnings {
+            warn!(warning = %w, "manifest");
+        }
+        info!(dir = %manifest_dir.display(), files = first.files.len(), services = first.model.services.len(), "manifests loaded");
+        (first, Some(watcher))
+    };
+
+    let ports = boot::start_ports(&cfg)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (nb_tx, nb_rx) = crossbeam_channel::bounded(4096);
+    let (ret_tx, ret_rx) = crossbeam_channel::bounded::<Arc<Snapshot>>(64);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let _guard = rt.enter();
+    // The Kubernetes source runs on the control-plane runtime: list the cluster before the
+    // first compile.
+    let mut kube = None;
+    let mut first_model = first.model;
+    if kubernetes {
+        let mut k = rt.block_on(async {
+            let client = k8s::client(&cfg).await?;
+            Ok::<_, DaemonError>(Kubernetes::start(client, KubeSettings::from_config(&cfg)))
+        })?;
+        info!(class = %cfg.source.load_balancer_class, "listing Services, EndpointSlices and Nodes");
+        first_model = rt.block_on(k.initial_model());
+        kube = Some(k);
+    }
+    let mut state = ControlState::new(cfg.clone(), first_model, ports.mac, manifest_dir);
+    if let Some(k) = kube {
+        state.attach_kubernetes(k);
+    }
+    // First snapshot (next hops unresolved yet: backends wait for ARP/NDP).
+    let first_snap = Arc::new(state.compile(&HashMap::new())?.snapshot);
+    let port_links = ports.links.clone();
+    let shared = boot::Shared {
+        neighbors: nb_tx,
+        retired: ret_tx,
+        stop: stop.clone(),
+    };
+    let workers = boot::spawn_workers(&cfg, ports, &shared, first_snap)?;
+    let stats: Vec<Arc<WorkerStats>> = workers
+        .dataplane
+        .workers
+        .iter()
+        .map(|w| w.stats.clone())
+        .collect();
+    let (admin_state, admin_rx) = AdminState::new(admin::Setup {
+        config_path: path.to_path_buf(),
+        config: cfg.clone(),
+        workers: stats
+            .iter()
+            .zip(&workers.commands)
+            .enumerate()
+            .map(|(w, (s, c))| admin::WorkerLink {
+                index: w as u16,
+                core: cfg.workers.cores.get(w).copied(),
+                queues: cfg
+                    .ports
+                    .iter()
+                    .map(|p| format!("{}/q{w}", p.name))
+                    .collect(),
+                stats: s.clone(),
+                commands: c.clone(),
+            })
+            .collect(),
+        ports: port_links,
+        health: state.health.view(),
+        timeouts: Default::default(),
+    });
+    state.attach_workers(workers.snapshots, workers.commands.first().cloned());
+    state.attach_admin(admin_state.clone());
+    let dp = workers.dataplane;
+    // Bound before the first publish, so a bad socket or metrics address fails the start-up.
+    let servers = match start_admin(&cfg, &admin_state) {
+        Ok(s) => s,
+        Err(e) => {
+            stop.store(true, Ordering::Relaxed);
+            drop(state);
+            dp.stop();
+            return Err(e);
+        }
+    };
+    boot::pin_control_threads(&cfg);
+    state.compile_and_publish("start");
+
+    let result = rt.block_on(control::control_loop(
+        &mut state, watcher, nb_rx, ret_rx, &stats, admin_rx, &dp.ports,
+    ));
+    if let Some(k) = state.kube.take() {
+        rt.block_on(k.shutdown());
+    }
+    info!("stopping: workers, then ports, then EAL");
+    drop(servers);
+    stop.store(true, Ordering::Relaxed);
+    drop(state);
+    dp.stop();
+    info!("stopped cleanly");
+    result
+}
+
+/// The admin socket and (if enabled) the metrics listener.
+type AdminServers = (
+    admin::server::AdminServer,
+    Option<admin::metrics::MetricsServer>,
+);
+
+fn start_admin(cfg: &Config, state: &Arc<AdminState>) -> Result<AdminServers, DaemonError> {
+    let sock = admin::server::AdminServer::start(state.clone(), &cfg.admin.socket)?;
+    let metrics = if cfg.admin.metrics_enabled {
+        Some(admin::metrics::MetricsServer::start(
+            state.clone(),
+            cfg.admin.metrics_listen,
+        )?)
+    } else {
+        None
+    };
+    Ok((sock, metrics))
+}
+
+fn resolve_dir(config: &Path, dir: &Path) -> PathBuf {
+    if dir.is_absolute() || dir.exists() {
+        dir.to_path_buf()
+    } else {
+        config
+            .parent()
+            .map(|p| p.join(dir))
+            .unwrap_or_else(|| dir.to_path_buf())
+    }
+}

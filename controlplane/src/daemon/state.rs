@@ -1,0 +1,267 @@
+//! # The daemon's control state
+//!
+//! [`ControlState`] is everything the control loop reads and writes: the configuration, the
+//! model the source produced, the compiler's memory, the neighbours the dataplane learned, the
+//! operator's drains and weights, the health checker, and where results go (the workers'
+//! snapshot channels, the announcer, the admin API's view, the Kubernetes status writer).
+//! Its two entry points are [`ControlState::compile_and_publish`] (after any input changed)
+//! and [`ControlState::admin_request`] (a write from the admin API). It needs no DPDK: with
+//! no workers attached it compiles and publishes to the admin view alone, which is how the
+//! admin API's tests drive it.
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+use sluice_dataplane::snapshot::Snapshot;
+use sluice_dataplane::worker::Command;
+use tracing::{error, info, warn};
+
+use crate::admin::{self, AdminState, ControlRequest};
+use crate::announce::Announcer;
+use crate::compile::{CompileError, CompileInput, CompileReport, Compiled, Compiler};
+use crate::config::Config;
+use crate::health::{Health, HealthChecker, ProbeSettings, ProbeTarget};
+use crate::model::Model;
+use crate::sources::kubernetes::{Kubernetes, StatusReporter};
+use crate::sources::manifest;
+
+/// Everything the control loop reads and writes.
+pub struct ControlState {
+    pub(super) cfg: Config,
+    pub(super) model: Model,
+    pub(super) compiler: Compiler,
+    pub(super) neighbours: HashMap<IpAddr, [u8; 6]>,
+    pub(super) drained: BTreeSet<IpAddr>,
+    /// Maglev weights set by the operator (admin API).
+    pub(super) weights: BTreeMap<IpAddr, u32>,
+    pub(super) health: HealthChecker,
+    pub(super) mac: [u8; 6],
+    snap_tx: Vec<Sender<Arc<Snapshot>>>,
+    /// VIP announcements and next-hop resolution (through worker 0).
+    pub(super) announce: Announcer,
+    pub(super) last: Option<CompileReport>,
+    pub(super) last_publish: Instant,
+    /// The admin API's view (set once the workers run).
+    pub(super) admin: Option<Arc<AdminState>>,
+    /// The manifest directory (for `POST /v1/reload`).
+    manifest_dir: PathBuf,
+    /// The Kubernetes source (`source.kind = "kubernetes"`).
+    pub(super) kube: Option<Kubernetes>,
+    /// Hands compile reports to the Kubernetes status writer.
+    status: Option<StatusReporter>,
+}
+
+impl ControlState {
+    /// A state that has compiled nothing yet, serving `model`; `mac` is the first port's.
+    pub fn new(cfg: Config, model: Model, mac: [u8; 6], manifest_dir: PathBuf) -> Self {
+        ControlState {
+            model,
+            compiler: Compiler::new(),
+            neighbours: HashMap::new(),
+            drained: BTreeSet::new(),
+            weights: BTreeMap::new(),
+            health: HealthChecker::new(ProbeSettings::from(&cfg.health)),
+            mac,
+            snap_tx: Vec::new(),
+            announce: Announcer::new(&cfg, None),
+            last: None,
+            last_publish: Instant::now(),
+            admin: None,
+            manifest_dir,
+            kube: None,
+            status: None,
+            cfg,
+        }
+    }
+
+    /// Serves from the Kubernetes source: follows the leader's VIPs unless this instance
+    /// leads, and hands reports to the status writer.
+    pub fn attach_kubernetes(&mut self, mut k: Kubernetes) {
+        self.compiler.set_follow_status(!k.is_leader());
+        self.status = k.take_reporter();
+        self.kube = Some(k);
+    }
+
+    /// Publishes to the workers: `snapshots` (one per worker) and worker 0's `commands` for
+    /// announcing VIPs and resolving next hops.
+    pub fn attach_workers(
+        &mut self,
+        snapshots: Vec<Sender<Arc<Snapshot>>>,
+        commands: Option<Sender<Command>>,
+    ) {
+        self.snap_tx = snapshots;
+        self.announce = Announcer::new(&self.cfg, commands);
+    }
+
+    /// Publishes to the admin API's view too.
+    pub fn attach_admin(&mut self, admin: Arc<AdminState>) {
+        self.admin = Some(admin);
+    }
+
+    /// The report of the last published snapshot.
+    pub fn last_report(&self) -> Option<&CompileReport> {
+        self.last.as_ref()
+    }
+
+    /// Compiles the current inputs with the given health states.
+    ///
+    /// # Errors
+    /// [`CompileError`]: the configuration has no port, or (a bug) the snapshot is invalid.
+    pub fn compile(
+        &mut self,
+        health: &HashMap<ProbeTarget, Health>,
+    ) -> Result<Compiled, CompileError> {
+        self.compiler.compile(&CompileInput {
+            config: &self.cfg,
+            model: &self.model,
+            local_mac: self.mac,
+            neighbours: &self.neighbours,
+            health,
+            drained: &self.drained,
+            weights: &self.weights,
+            now: Instant::now(),
+        })
+    }
+
+    /// Recompiles and, when the dataplane would see a change, publishes the snapshot to every
+    /// worker, the admin view and the status writer; then probes the new health targets,
+    /// announces new VIPs and asks for unresolved next hops. `why` goes to the log.
+    pub fn compile_and_publish(&mut self, why: &str) {
+        let health = self.health.states();
+        let t_compile = Instant::now();
+        let compiled = self.compile(&health);
+        if let Some(a) = &self.admin {
+            a.observe_compile(t_compile.elapsed());
+        }
+        let compiled = match compiled {
+            Ok(c) => c,
+            Err(e) => {
+                error!(error = %e, "compile failed; the workers keep the last good snapshot");
+                return;
+            }
+        };
+        let report = compiled.report;
+        if self.last.as_ref().is_some_and(|l| same_config(l, &report)) {
+            return; // nothing the dataplane would see changed
+        }
+        let snap = Arc::new(compiled.snapshot);
+        let t = Instant::now();
+        for tx in &self.snap_tx {
+            // A worker keeps only the newest; if its channel is full it will catch up.
+            let _ = tx.try_send(snap.clone());
+        }
+        if let Some(s) = &mut self.status {
+            s.report(&report);
+        }
+        if let Some(a) = &self.admin {
+            a.snapshot_sent(report.generation, t);
+            a.publish_snapshot(&report, &snap, &self.model, &self.drained, &self.weights);
+        }
+        let backends: usize = report
+            .services
+            .iter()
+            .flat_map(|s| &s.frontends)
+            .map(|f| f.backends.len())
+            .sum();
+        info!(
+            generation = report.generation,
+            services = report.services.len(),
+            frontends = report
+                .services
+                .iter()
+                .map(|s| s.frontends.len())
+                .sum::<usize>(),
+            backends,
+            unresolved = report.unresolved.len(),
+            maglev_rebuilt = report.maglev_rebuilt.len(),
+            publish_us = t.elapsed().as_micros() as u64,
+            why,
+            "published snapshot"
+        );
+        for s in &report.services {
+            for p in &s.problems {
+                warn!(service = %s.service, problem = %p, "service problem");
+            }
+        }
+        for p in &report.problems {
+            warn!(problem = %p, "problem");
+        }
+        self.health
+            .set_targets(report.health_targets.iter().cloned());
+        self.announce.vips(
+            report
+                .services
+                .iter()
+                .flat_map(|s| s.vips.iter().copied())
+                .collect(),
+        );
+        self.announce.resolve(&report.unresolved);
+        self.last = Some(report);
+        self.last_publish = Instant::now();
+    }
+
+    /// Carries out a write from the admin API and answers it.
+    pub fn admin_request(&mut self, req: ControlRequest) {
+        match req {
+            ControlRequest::Backend { addr, op, reply } => {
+                let r = op.apply(
+                    addr,
+                    self.last.as_ref(),
+                    &mut self.drained,
+                    &mut self.weights,
+                );
+                let r = r.map(|backends| {
+                    self.compile_and_publish(&op.describe(addr));
+                    if let Some(a) = &self.admin {
+                        a.set_overrides(&self.drained, &self.weights);
+                    }
+                    admin::api::BackendChange {
+                        addr,
+                        drained: self.drained.contains(&addr),
+                        weight: self.weights.get(&addr).copied(),
+                        backends,
+                        generation: self.last.as_ref().map_or(0, |l| l.generation),
+                    }
+                });
+                let _ = reply.send(r);
+            }
+            ControlRequest::Reload { reply } => {
+                let r = if self.cfg.source.kind != crate::config::SourceKind::Manifests {
+                    Err(admin::ApiError::conflict(
+                        "source.kind is not manifests: there is no manifest directory to reload",
+                    ))
+                } else {
+                    match manifest::load_dir(&self.manifest_dir) {
+                        Ok(m) => {
+                            info!(dir = %self.manifest_dir.display(), services = m.model.services.len(), "manifests reloaded by the operator");
+                            let services = m.model.services.len();
+                            self.model = m.model;
+                            self.compile_and_publish("operator reload");
+                            if let Some(a) = &self.admin {
+                                a.set_source_error(None);
+                            }
+                            Ok(admin::api::Reloaded {
+                                dir: self.manifest_dir.display().to_string(),
+                                services,
+                                warnings: m.warnings.iter().map(|w| w.to_string()).collect(),
+                                generation: self.last.as_ref().map_or(0, |l| l.generation),
+                            })
+                        }
+                        Err(e) => Err(admin::ApiError::conflict(format!(
+                            "{e}; still serving the last good state"
+                        ))),
+                    }
+                };
+                let _ = reply.send(r);
+            }
+        }
+    }
+}
+
+/// Two reports that would give the dataplane the same snapshot.
+fn same_config(a: &CompileReport, b: &CompileReport) -> bool {
+    a.services == b.services && a.problems == b.problems && a.unresolved == b.unresolved
+}
