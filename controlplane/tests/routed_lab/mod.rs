@@ -98,7 +98,6 @@ pub fn spread(n: usize, url: &str) -> Spread {
 }
 
 /// Polls `f` every 50 ms until it is true or `limit` passes; returns the time it took.
-#[allow(dead_code)] // used by the BGP tests only
 pub fn wait(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
     let t = Instant::now();
     loop {
@@ -207,7 +206,6 @@ impl Lab {
     }
 
     /// Rewrites both Services' EndpointSlices to hold only `addrs` of web (all for web-dsr).
-    #[allow(dead_code)] // used by the BGP tests only
     pub fn set_web_endpoints(&self, addrs: &[&str]) {
         let path = self.manifests.join("web-endpoints.yaml");
         let text = std::fs::read_to_string(
@@ -390,5 +388,42 @@ impl Drop for Host {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// The BGP state of each of the router's neighbours (FRR's `show bgp neighbors json`).
+pub fn router_sessions() -> BTreeMap<String, String> {
+    let out = Command::new(repo().join("scripts/lab"))
+        .args(["routed", "vtysh", "-c", "show bgp neighbors json"])
+        .output()
+        .expect("vtysh");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, n)| (k.clone(), n["bgpState"].as_str().unwrap_or("").to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Host {
+    /// The state of each of this host's BGP sessions as `sluicectl -o json bgp` reports it.
+    /// Assumed shape (phase 2a): `{"peers": [PeerStatus, ...]}` or a bare list of
+    /// `announce::bgp::PeerStatus` (`name`, `address`, `state` in lowercase, `bfd`, ...).
+    pub fn bgp_states(&self) -> BTreeMap<String, String> {
+        let v = self.ctl(&["bgp"]);
+        let peers = v.get("peers").unwrap_or(&v);
+        peers
+            .as_array()
+            .unwrap_or_else(|| panic!("sluicectl bgp: no list of peers in {v}"))
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap_or("?").to_owned(),
+                    p["state"].as_str().unwrap_or("?").to_lowercase(),
+                )
+            })
+            .collect()
     }
 }
