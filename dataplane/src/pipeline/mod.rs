@@ -20,8 +20,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::conntrack::{
-    Conntrack, ConntrackConfig, Entry, FlowKey, FlowState, Inserted, Timeouts, V4Key, V6Key,
-    NO_SLOT,
+    Conntrack, ConntrackConfig, Entry, FlowKey, FlowState, Insert, Inserted, Timeouts, V4Key,
+    V6Key, NO_SLOT,
 };
 use crate::hash;
 use crate::snapshot::{AddrKind, Backend, BackendState, Frontend, Method, Snapshot};
@@ -342,13 +342,9 @@ fn k6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, proto: u8) -> V6Key 
 /// or the victims it scans.
 #[inline(always)]
 fn second_pass<K: FlowKey, V: Copy>(t: &Conntrack<K, V>, h: u64, find: bool, new: bool) -> u32 {
-    let slot = if find {
-        t.prefetch_entry_slot(h, dpdk_sys::prefetch)
-    } else {
-        NO_SLOT
-    };
+    let slot = if find { t.prefetch_entry(h) } else { NO_SLOT };
     if new {
-        t.prefetch_insert_with(h, dpdk_sys::prefetch);
+        t.prefetch_insert(h);
     }
     slot
 }
@@ -365,7 +361,7 @@ fn closed(stats: &WorkerStats, v: &Fwd) {
 #[inline(always)]
 fn displaced_flow<K>(stats: &WorkerStats, r: &Inserted<K, Fwd>) {
     match r {
-        Inserted::New => {}
+        Inserted::New | Inserted::Kept => {}
         Inserted::Replaced { old } => closed(stats, old),
         Inserted::Expired { value, .. } | Inserted::Evicted { value, .. } => closed(stats, value),
     }
@@ -519,14 +515,14 @@ impl Pipeline {
         let stats = &self.stats;
         let n = self
             .fwd4
-            .expire_with(now_ms, buckets, |e| closed(stats, e.value()))
+            .expire(now_ms, buckets, |e| closed(stats, e.value()))
             + self
                 .fwd6
-                .expire_with(now_ms, buckets, |e| closed(stats, e.value()))
-            + self.rev4.expire(now_ms, buckets)
-            + self.rev6.expire(now_ms, buckets)
-            + self.aff4.expire(now_ms, buckets)
-            + self.aff6.expire(now_ms, buckets);
+                .expire(now_ms, buckets, |e| closed(stats, e.value()))
+            + self.rev4.expire(now_ms, buckets, |_| {})
+            + self.rev6.expire(now_ms, buckets, |_| {})
+            + self.aff4.expire(now_ms, buckets, |_| {})
+            + self.aff6.expire(now_ms, buckets, |_| {});
         self.publish_table_stats();
         n
     }
@@ -720,12 +716,11 @@ impl Pipeline {
         let new = syn && !nat_reply;
         let table =
             u8::from(v6) | (u8::from(nat_reply) << 1) | (u8::from(new) << 2) | (u8::from(new) << 3);
-        let pf = dpdk_sys::prefetch::<u128>;
         match table & 3 {
-            0 => self.fwd4.prefetch_with(h, pf),
-            1 => self.fwd6.prefetch_with(h, pf),
-            2 => self.rev4.prefetch_with(h, pf),
-            _ => self.rev6.prefetch_with(h, pf),
+            0 => self.fwd4.prefetch(h),
+            1 => self.fwd6.prefetch(h),
+            2 => self.rev4.prefetch(h),
+            _ => self.rev6.prefetch(h),
         }
         if let Some(e) = self.pf.get_mut(self.pf_len) {
             *e = (table, h);
@@ -797,10 +792,9 @@ impl Pipeline {
             pre.hint.rev = Some((cursor, b.id, rh));
             // Bit 3: only the insert's slot matters (the port is expected free), no entry.
             let table = if v6 { 3 | 4 | 8 } else { 2 | 4 | 8 };
-            let pf = dpdk_sys::prefetch::<u128>;
             match table & 3 {
-                2 => self.rev4.prefetch_with(rh, pf),
-                _ => self.rev6.prefetch_with(rh, pf),
+                2 => self.rev4.prefetch(rh),
+                _ => self.rev6.prefetch(rh),
             }
             self.pf[usize::from(j)] = (table, rh);
         }
@@ -1109,24 +1103,20 @@ impl Pipeline {
             let k = k6(p.src, p.dst, p.sport, p.dport, p.proto);
             let stats = &self.stats;
             let gone = |e: &Entry<V6Key, Fwd>| closed(stats, e.value());
-            self.fwd6
-                .lookup_hinted_with(&k, h, at, now_ms, gone)
-                .map(|e| {
-                    let s = next_state(e.state(), tcp, fl);
-                    e.set_state(s);
-                    *e.value()
-                })
+            self.fwd6.lookup(&k, h, at, now_ms, gone).map(|e| {
+                let s = next_state(e.state(), tcp, fl);
+                e.set_state(s);
+                *e.value()
+            })
         } else {
             let k = k4(a4(&p.src), a4(&p.dst), p.sport, p.dport, p.proto);
             let stats = &self.stats;
             let gone = |e: &Entry<V4Key, Fwd>| closed(stats, e.value());
-            self.fwd4
-                .lookup_hinted_with(&k, h, at, now_ms, gone)
-                .map(|e| {
-                    let s = next_state(e.state(), tcp, fl);
-                    e.set_state(s);
-                    *e.value()
-                })
+            self.fwd4.lookup(&k, h, at, now_ms, gone).map(|e| {
+                let s = next_state(e.state(), tcp, fl);
+                e.set_state(s);
+                *e.value()
+            })
         };
         // A miss leaves the key absent (an expired entry was freed): insert without a search.
         let absent = hit.is_none();
@@ -1155,10 +1145,14 @@ impl Pipeline {
             };
             let got = if v6 {
                 let k = k6(p.src, p.dst, 0, p.dport, p.proto);
-                self.aff6.lookup(&k, ak_h, now_ms).map(|e| *e.value())
+                self.aff6
+                    .lookup(&k, ak_h, NO_SLOT, now_ms, |_| {})
+                    .map(|e| *e.value())
             } else {
                 let k = k4(a4(&p.src), a4(&p.dst), 0, p.dport, p.proto);
-                self.aff4.lookup(&k, ak_h, now_ms).map(|e| *e.value())
+                self.aff4
+                    .lookup(&k, ak_h, NO_SLOT, now_ms, |_| {})
+                    .map(|e| *e.value())
             };
             if let Some(a) = got {
                 if (a.expires_ms.wrapping_sub(now_ms) as i32) > 0 {
@@ -1189,6 +1183,7 @@ impl Pipeline {
                         val,
                         FlowState::Other,
                         now_ms,
+                        Insert::Replace,
                     );
                 } else {
                     let _ = self.aff4.insert(
@@ -1197,6 +1192,7 @@ impl Pipeline {
                         val,
                         FlowState::Other,
                         now_ms,
+                        Insert::Replace,
                     );
                 }
             }
@@ -1228,17 +1224,17 @@ impl Pipeline {
         if v6 {
             let k = k6(p.src, p.dst, p.sport, p.dport, p.proto);
             let displaced = if absent {
-                self.fwd6.insert_new(k, h, val, st, now_ms)
+                self.fwd6.insert(k, h, val, st, now_ms, Insert::New)
             } else {
-                self.fwd6.insert(k, h, val, st, now_ms)
+                self.fwd6.insert(k, h, val, st, now_ms, Insert::Replace)
             };
             displaced_flow(&self.stats, &displaced);
         } else {
             let k = k4(a4(&p.src), a4(&p.dst), p.sport, p.dport, p.proto);
             let displaced = if absent {
-                self.fwd4.insert_new(k, h, val, st, now_ms)
+                self.fwd4.insert(k, h, val, st, now_ms, Insert::New)
             } else {
-                self.fwd4.insert(k, h, val, st, now_ms)
+                self.fwd4.insert(k, h, val, st, now_ms, Insert::Replace)
             };
             displaced_flow(&self.stats, &displaced);
         }
@@ -1356,9 +1352,10 @@ impl Pipeline {
                     client_mac: src_mac,
                     frontend,
                 };
-                self.rev4
-                    .insert_if_absent(k, rh, val, st, now_ms)
-                    .map(|_| (k.dport, ai))
+                match self.rev4.insert(k, rh, val, st, now_ms, Insert::IfAbsent) {
+                    Inserted::Kept => None,
+                    _ => Some((k.dport, ai)),
+                }
             }
             RevKey::V6(k, ai) => {
                 let val = Rev6 {
@@ -1367,9 +1364,10 @@ impl Pipeline {
                     client_mac: src_mac,
                     frontend,
                 };
-                self.rev6
-                    .insert_if_absent(k, rh, val, st, now_ms)
-                    .map(|_| (k.dport, ai))
+                match self.rev6.insert(k, rh, val, st, now_ms, Insert::IfAbsent) {
+                    Inserted::Kept => None,
+                    _ => Some((k.dport, ai)),
+                }
             }
         })
     }
@@ -1724,7 +1722,7 @@ impl Pipeline {
         let (client, cport, cmac, fid) = if v6 {
             let k = k6(p.src, p.dst, p.sport, p.dport, p.proto);
             let h = h.unwrap_or_else(|| flow_hash(snap, p, true));
-            match self.rev6.lookup_hinted_with(&k, h, at, now_ms, |_| {}) {
+            match self.rev6.lookup(&k, h, at, now_ms, |_| {}) {
                 Some(e) => {
                     let s = next_state(e.state(), tcp, p.tcp_flags);
                     e.set_state(s);
@@ -1736,7 +1734,7 @@ impl Pipeline {
         } else {
             let k = k4(a4(&p.src), a4(&p.dst), p.sport, p.dport, p.proto);
             let h = h.unwrap_or_else(|| flow_hash(snap, p, false));
-            match self.rev4.lookup_hinted_with(&k, h, at, now_ms, |_| {}) {
+            match self.rev4.lookup(&k, h, at, now_ms, |_| {}) {
                 Some(e) => {
                     let s = next_state(e.state(), tcp, p.tcp_flags);
                     e.set_state(s);
@@ -1872,13 +1870,25 @@ impl Pipeline {
         let fv = if v6 {
             let h = hash::hash_v6_5tuple(snap.hash_seed, idst, isrc, idport, isport, iproto);
             self.fwd6
-                .lookup(&k6(idst, isrc, idport, isport, iproto), h, now_ms)
+                .lookup(
+                    &k6(idst, isrc, idport, isport, iproto),
+                    h,
+                    NO_SLOT,
+                    now_ms,
+                    |_| {},
+                )
                 .map(|e| *e.value())
         } else {
             let h =
                 hash::hash_v4_5tuple(snap.hash_seed, a4(&idst), a4(&isrc), idport, isport, iproto);
             self.fwd4
-                .lookup(&k4(a4(&idst), a4(&isrc), idport, isport, iproto), h, now_ms)
+                .lookup(
+                    &k4(a4(&idst), a4(&isrc), idport, isport, iproto),
+                    h,
+                    NO_SLOT,
+                    now_ms,
+                    |_| {},
+                )
                 .map(|e| *e.value())
         };
         let Some(fv) = fv else {
