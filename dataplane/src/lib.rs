@@ -12,7 +12,6 @@
 #![forbid(unsafe_code)]
 
 pub mod conntrack;
-pub mod edge;
 pub mod hash;
 pub mod maglev;
 pub mod pipeline;

@@ -18,7 +18,9 @@ pub trait FlowKey: Copy + Eq {
 
 /// An address family's address as flow keys hold it: `[u8; 4]` (IPv4) or `[u8; 16]` (IPv6),
 /// the bytes as on the wire. What differs between the families of [`Key`] lives here.
-pub trait Addr: Copy + Eq + Default + Hash + Debug + Send + Sync + 'static {
+pub trait Addr:
+    Copy + Eq + Default + Hash + Debug + Send + Sync + 'static + AsRef<[u8]> + Into<IpAddr>
+{
     /// Bytes of an address (4 or 16).
     const LEN: usize;
     /// Whether this is IPv6.
@@ -29,9 +31,14 @@ pub trait Addr: Copy + Eq + Default + Hash + Debug + Send + Sync + 'static {
     /// The address in 16 bytes, zero-padded as the parser stores it.
     fn to_raw(self) -> [u8; 16];
     /// The address bytes.
-    fn bytes(&self) -> &[u8];
+    #[inline(always)]
+    fn bytes(&self) -> &[u8] {
+        self.as_ref()
+    }
     /// The address as a standard library value.
-    fn ip(self) -> IpAddr;
+    fn ip(self) -> IpAddr {
+        self.into()
+    }
     /// The address of `ip`, if `ip` is of this family.
     fn of_ip(ip: IpAddr) -> Option<Self>;
     /// The stable 5-tuple hash of this family ([`crate::hash`]).
@@ -50,13 +57,6 @@ impl Addr for [u8; 4] {
         let mut r = [0u8; 16];
         r[..4].copy_from_slice(&self);
         r
-    }
-    #[inline(always)]
-    fn bytes(&self) -> &[u8] {
-        self
-    }
-    fn ip(self) -> IpAddr {
-        IpAddr::from(self)
     }
     fn of_ip(ip: IpAddr) -> Option<Self> {
         match ip {
@@ -80,13 +80,6 @@ impl Addr for [u8; 16] {
     #[inline(always)]
     fn to_raw(self) -> [u8; 16] {
         self
-    }
-    #[inline(always)]
-    fn bytes(&self) -> &[u8] {
-        self
-    }
-    fn ip(self) -> IpAddr {
-        IpAddr::from(self)
     }
     fn of_ip(ip: IpAddr) -> Option<Self> {
         match ip {
