@@ -4,9 +4,10 @@
 //! queues, its [`Pipeline`] (flow tables), its stats and its current snapshot.
 //!
 //! ## Design (after DPDK's l3fwd)
-//! Per iteration: take the newest snapshot from the channel (the old one goes back on a second
+//! The per-core state is one struct (`Lcore`; `Out` is where processed packets go). Per
+//! iteration: take the newest snapshot from the channel (the old one goes back on a second
 //! channel so big tables are never freed on a worker core); run control commands; drain the
-//! rings from other workers; `rx_burst` 32 per queue; run every packet through the pipeline;
+//! rings from other workers; `rx_burst` 32 per queue; run each burst through the pipeline (`Pipeline::process_burst`);
 //! buffer TX per queue and flush when a burst is full or after a short TSC deadline; amortise
 //! conntrack expiry (a few buckets per iteration, every millisecond). Nothing here can fail
 //! once the loop runs; all failures happen at start-up.

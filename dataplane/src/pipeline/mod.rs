@@ -51,6 +51,7 @@ mod nat;
 mod schedule;
 
 pub use buf::{PacketBuf, VecBuf};
+pub use burst::BURST;
 pub use family::{Aff, Fwd, Rev};
 pub use flows::FlowEntry;
 
