@@ -18,7 +18,7 @@ use dpdk_sys::{
 };
 use hdrhistogram::Histogram;
 use ipnet::IpNet;
-use sluice_dataplane::edge;
+use sluice_dataplane::pipeline::edge;
 use sluice_dataplane::wire::{arp, checksum, ethernet, icmp, ipv6};
 
 use crate::classify::{Classifier, Rx, RxKey};

@@ -4,9 +4,9 @@
 //! `cargo bench -p sluice-dataplane --bench conntrack -- --warm-up-time 1 --measurement-time 3`
 //!
 //! Work is done as a worker does it: bursts of 32 flows, the flow hashes already computed by
-//! the parser, the burst prefetched before its lookups (not at all, per flow with
-//! `Conntrack::prefetch`, or with `Conntrack::prefetch_burst`). Times are reported per flow
-//! (burst time / 32). Flows are visited in a random order over the whole table, so nearly every
+//! the parser, the burst prefetched before its lookups with the pipeline's calls (not at all;
+//! tag words then entries in two passes; or, as the worker does, entries a few flows ahead of
+//! their lookups). Times are reported per flow (burst time / 32). Flows are visited in a random order over the whole table, so nearly every
 //! entry access is a cache miss.
 
 use std::hint::black_box;
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_main, Criterion};
 use sluice_dataplane::conntrack::{
-    Conntrack, ConntrackConfig, FlowKey, FlowState, Timeouts, V4Key,
+    Conntrack, ConntrackConfig, FlowKey, FlowState, Insert, Timeouts, V4Key, NO_SLOT,
 };
 use sluice_dataplane::hash::mix64;
 
@@ -61,7 +61,14 @@ fn filled(capacity: usize) -> Conntrack<V4Key, Value> {
     });
     for i in 0..FLOWS {
         let k = key(10, i);
-        let _ = t.insert(k, k.flow_hash(SEED), [i, 0], FlowState::TcpEstablished, 0);
+        let _ = t.insert(
+            k,
+            k.flow_hash(SEED),
+            [i, 0],
+            FlowState::TcpEstablished,
+            0,
+            Insert::New,
+        );
     }
     t
 }
@@ -92,14 +99,11 @@ fn per_flow(
 enum Prefetch {
     /// Not at all.
     None,
-    /// [`Conntrack::prefetch`] per flow (tag words only).
-    PerFlow,
-    /// [`Conntrack::prefetch_burst`] (tag words, then candidate entries).
-    Burst,
-    /// Two passes of `prefetcht0` (`dpdk_sys::prefetch`): tag words, then candidate entries.
-    Prefetcht0,
-    /// `prefetcht0` of the tag words of the burst, then each flow's candidate entry
-    /// [`AHEAD`] flows before its lookup, as the worker does.
+    /// Two passes of `prefetcht0`: [`Conntrack::prefetch`] (tag words) for the whole burst,
+    /// then [`Conntrack::prefetch_entry`] (candidate entries), the lookups taking its slots.
+    TwoPasses,
+    /// Tag words of the whole burst, then each flow's candidate entry [`AHEAD`] flows before
+    /// its lookup, as the worker does.
     Staged,
 }
 
@@ -114,47 +118,26 @@ fn lookup_burst(
     prefetch: Prefetch,
     now: u32,
 ) -> u64 {
-    match prefetch {
-        Prefetch::None => {}
-        Prefetch::PerFlow => {
-            for (_, h) in burst {
-                t.prefetch(*h);
-            }
+    let mut slots = [NO_SLOT; BURST];
+    if !matches!(prefetch, Prefetch::None) {
+        for (_, h) in burst {
+            t.prefetch(*h);
         }
-        Prefetch::Burst => {
-            let hashes: [u64; BURST] = std::array::from_fn(|i| burst[i].1);
-            t.prefetch_burst(&hashes);
-        }
-        Prefetch::Staged => {}
-        Prefetch::Prefetcht0 => {
-            for (_, h) in burst {
-                t.prefetch_with(*h, dpdk_sys::prefetch);
-            }
-            for (_, h) in burst {
-                t.prefetch_entry_with(*h, dpdk_sys::prefetch);
-            }
-        }
+    }
+    let ahead = match prefetch {
+        Prefetch::None => 0,
+        Prefetch::TwoPasses => burst.len(),
+        Prefetch::Staged => AHEAD.min(burst.len()),
+    };
+    for (s, (_, h)) in slots.iter_mut().zip(&burst[..ahead]) {
+        *s = t.prefetch_entry(*h);
     }
     let mut found = 0u64;
-    if let Prefetch::Staged = prefetch {
-        for (_, h) in burst {
-            t.prefetch_with(*h, dpdk_sys::prefetch);
+    for (i, (k, h)) in burst.iter().enumerate() {
+        if let (Prefetch::Staged, Some((_, ah))) = (prefetch, burst.get(i + AHEAD)) {
+            slots[i + AHEAD] = t.prefetch_entry(*ah);
         }
-        for (_, h) in &burst[..AHEAD.min(burst.len())] {
-            t.prefetch_entry_with(*h, dpdk_sys::prefetch);
-        }
-        for (i, (k, h)) in burst.iter().enumerate() {
-            if let Some((_, ah)) = burst.get(i + AHEAD) {
-                t.prefetch_entry_with(*ah, dpdk_sys::prefetch);
-            }
-            if let Some(e) = t.lookup(k, *h, now) {
-                found += u64::from(e.value()[0]);
-            }
-        }
-        return found;
-    }
-    for (k, h) in burst {
-        if let Some(e) = t.lookup(k, *h, now) {
+        if let Some(e) = t.lookup(k, *h, slots[i], now, |_| {}) {
             found += u64::from(e.value()[0]);
         }
     }
@@ -188,9 +171,7 @@ fn bench(c: &mut Criterion) {
         let tag = format!("{}_in_{}Mi", FLOWS / 1_000_000, capacity >> 20);
         for (name, prefetch) in [
             ("", Prefetch::None),
-            ("_prefetch", Prefetch::PerFlow),
-            ("_prefetch_burst", Prefetch::Burst),
-            ("_prefetcht0", Prefetch::Prefetcht0),
+            ("_prefetcht0", Prefetch::TwoPasses),
             ("_prefetcht0_staged", Prefetch::Staged),
         ] {
             g.bench_function(format!("hit{name}_{tag}"), |b| {
@@ -206,13 +187,17 @@ fn bench(c: &mut Criterion) {
         }
         // New flows: insert a burst, then remove it so the table stays at 1M flows. Reported
         // per insert+remove pair.
-        g.bench_function(format!("insert_remove_prefetch_burst_{tag}"), |b| {
+        g.bench_function(format!("insert_remove_prefetcht0_{tag}"), |b| {
             b.iter_custom(|iters| {
                 per_flow(iters, &absent, |f| {
-                    let hashes: [u64; BURST] = std::array::from_fn(|i| f[i].1);
-                    t.prefetch_burst(&hashes);
+                    for (_, h) in f {
+                        t.prefetch(*h);
+                    }
+                    for (_, h) in f {
+                        t.prefetch_insert(*h);
+                    }
                     for (k, h) in f {
-                        let _ = t.insert(*k, *h, [1, 2], FlowState::TcpSynSent, 1);
+                        let _ = t.insert(*k, *h, [1, 2], FlowState::TcpSynSent, 1, Insert::New);
                     }
                     f.iter().map(|(k, h)| u64::from(t.remove(k, *h))).sum()
                 })

@@ -89,18 +89,13 @@ fn frame(i: u32, syn: bool) -> Vec<u8> {
     v
 }
 
-/// Processes `bufs` as one burst, the worker's way: the prefetch pass, the second-pass
-/// prefetches, then every packet with what the prefetch pass learned. Never inlined, so that
-/// `scripts/instructions` can count the instructions inside it.
+/// Processes `bufs` (32 frames) as one burst, the worker's way. Never inlined, so that
+/// `scripts/instructions` can count the instructions inside it (32 packets per call).
 #[inline(never)]
 fn burst(pipe: &mut Pipeline, snap: &Snapshot, bufs: &mut [VecBuf], now_ms: u32) {
-    for buf in bufs.iter() {
-        pipe.prefetch(snap, buf);
-    }
-    pipe.prefetch_entries(snap);
-    for (i, buf) in bufs.iter_mut().enumerate() {
-        black_box(pipe.process_prefetched(snap, i, buf, now_ms));
-    }
+    let mut verdicts = [Verdict::Tx; 32];
+    pipe.process_burst(snap, bufs, now_ms, &mut verdicts[..bufs.len()]);
+    black_box(&verdicts);
 }
 
 /// Turns every buffer into the SYN `tmpl` from a never-used source address (`*next`,

@@ -13,7 +13,6 @@
 #![forbid(unsafe_code)]
 
 pub mod conntrack;
-pub mod edge;
 pub mod hash;
 pub mod maglev;
 pub mod pipeline;

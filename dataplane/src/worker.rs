@@ -4,12 +4,14 @@
 //! queues, its [`Pipeline`] (flow tables), its stats and its current snapshot.
 //!
 //! ## Design (after DPDK's l3fwd)
-//! Per iteration: take the newest snapshot from the channel (the old one goes back on a second
+//! The per-core state is one struct (`Lcore`; `Out` is where processed packets go). Per
+//! iteration: take the newest snapshot from the channel (the old one goes back on a second
 //! channel so big tables are never freed on a worker core); run control commands; drain the
-//! rings from other workers; `rx_burst` 32 per queue; run every packet through the pipeline;
+//! rings from other workers; `rx_burst` 32 per queue; run each burst through the pipeline (`Pipeline::process_burst`);
 //! buffer TX per queue and flush when a burst is full or after a short TSC deadline; amortise
 //! conntrack expiry (a few buckets per iteration, every millisecond). Nothing here can fail
 //! once the loop runs; all failures happen at start-up.
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,10 +20,10 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender};
 use dpdk_sys::{
     register_thread, tsc, tsc_hz, Eal, Mbuf, MbufBatch, Mempool, RingConsumer, RingProducer,
-    RxQueue, TxQueue,
+    RxQueue, TxQueue, BURST,
 };
 
-use crate::edge;
+use crate::pipeline::edge;
 use crate::pipeline::{FlowEntry, NeighborEvent, PacketBuf, Pipeline, PipelineConfig, Verdict};
 use crate::snapshot::Snapshot;
 use crate::stats::{bump, set, DropReason, WorkerStats};
@@ -42,6 +44,10 @@ impl PacketBuf for Mbuf {
     #[inline(always)]
     fn trim(&mut self, n: usize) -> bool {
         Mbuf::trim(self, n)
+    }
+    #[inline(always)]
+    fn whole(&self) -> bool {
+        self.segments() == 1
     }
 }
 
@@ -291,19 +297,52 @@ pub fn spawn(
     })
 }
 
-struct Loop {
+/// One worker's per-core state (DPDK l3fwd's per-lcore conf): everything its loop touches,
+/// owned by its thread.
+struct Lcore {
+    /// Worker index.
+    index: u16,
     pipeline: Pipeline,
+    /// The snapshot in use (one per iteration).
     snap: Arc<Snapshot>,
+    /// RX queue per port.
+    rxq: Vec<RxQueue>,
+    /// Rings from other workers.
+    from_workers: Vec<RingConsumer>,
+    /// The burst being processed, and a verdict per packet.
+    rx: MbufBatch,
+    verdicts: [Verdict; BURST],
+    /// Where processed packets go.
+    out: Out,
+    /// Client flow queries in progress (admin), one table piece per tick.
+    scans: VecDeque<Scan>,
+    /// Conntrack buckets scanned per table per tick.
+    expire_buckets: usize,
+    stats: Arc<WorkerStats>,
+}
+
+/// Where a worker's processed packets go: buffered TX per port, hand-offs to other workers,
+/// learned neighbours.
+struct Out {
+    /// TX queue per port, its buffered burst and when that must leave (TSC).
+    txq: Vec<TxQueue>,
     tx: Vec<MbufBatch>,
-    ring_out: Vec<MbufBatch>,
     tx_deadline: Vec<u64>,
+    /// How long a partial TX burst may wait (TSC ticks).
+    flush_ticks: u64,
+    /// Packets for other workers (NAT replies for their port slices), per worker, and the
+    /// rings to them.
+    ring_out: Vec<MbufBatch>,
+    to_workers: Vec<Option<RingProducer>>,
+    neighbors: Sender<NeighborEvent>,
+    stats: Arc<WorkerStats>,
 }
 
 fn run(
     eal: &Eal,
     cfg: WorkerConfig,
-    mut queues: WorkerQueues,
-    mut links: WorkerLinks,
+    queues: WorkerQueues,
+    links: WorkerLinks,
     pool: &Mempool,
     first: Arc<Snapshot>,
     stats: Arc<WorkerStats>,
@@ -314,133 +353,64 @@ fn run(
         }
     }
     let _reg = register_thread(eal).map_err(|e| format!("worker {}: {e}", cfg.index))?;
-    let pipeline = Pipeline::new(&cfg.pipeline, stats.clone());
-    let nports = queues.pairs.len();
-    let nworkers = links.to_workers.len();
-    let mut l = Loop {
-        pipeline,
+    let WorkerLinks {
+        snapshots,
+        retired,
+        neighbors,
+        commands,
+        to_workers,
+        from_workers,
+        stop,
+    } = links;
+    let (rxq, txq): (Vec<RxQueue>, Vec<TxQueue>) = queues.pairs.into_iter().unzip();
+    let nports = txq.len();
+    let hz = tsc_hz().max(1);
+    let mut l = Lcore {
+        index: cfg.index,
+        pipeline: Pipeline::new(&cfg.pipeline, stats.clone()),
         snap: first,
-        tx: (0..nports).map(|_| MbufBatch::new()).collect(),
-        ring_out: (0..nworkers).map(|_| MbufBatch::new()).collect(),
-        tx_deadline: vec![0; nports],
+        rxq,
+        from_workers,
+        rx: MbufBatch::new(),
+        verdicts: [Verdict::Tx; BURST],
+        out: Out {
+            txq,
+            tx: (0..nports).map(|_| MbufBatch::new()).collect(),
+            tx_deadline: vec![0; nports],
+            flush_ticks: hz / 1_000_000 * cfg.tx_flush_us.max(1),
+            ring_out: (0..to_workers.len()).map(|_| MbufBatch::new()).collect(),
+            to_workers,
+            neighbors,
+            stats: stats.clone(),
+        },
+        scans: VecDeque::new(),
+        expire_buckets: cfg.expire_buckets,
+        stats: stats.clone(),
     };
     set(&stats.snapshot_generation, l.snap.generation);
-    let hz = tsc_hz().max(1);
-    let flush_ticks = hz / 1_000_000 * cfg.tx_flush_us.max(1);
     let ms_ticks = (hz / 1000).max(1);
     let start = tsc();
     let mut next_tick = start + ms_ticks;
-    // Client flow queries in progress (admin), one table piece per tick.
-    let mut scans: std::collections::VecDeque<Scan> = std::collections::VecDeque::new();
-    let mut rx = MbufBatch::new();
     let mut last = start;
-    while !links.stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) {
         let now = tsc();
         let now_ms = ((now - start) / ms_ticks) as u32;
         // Newest snapshot wins; old ones go back to be freed off this core.
-        while let Ok(s) = links.snapshots.try_recv() {
+        while let Ok(s) = snapshots.try_recv() {
             let old = std::mem::replace(&mut l.snap, s);
             set(&stats.snapshot_generation, l.snap.generation);
-            if let Err(e) = links.retired.try_send(old) {
+            if let Err(e) = retired.try_send(old) {
                 // The control plane went away; dropping here is the only option left.
                 drop(e.into_inner());
             }
         }
-        let mut work = 0usize;
-        // Packets other workers passed to us (NAT replies for our port slice).
-        for ri in 0..links.from_workers.len() {
-            let n = links.from_workers[ri].dequeue(&mut rx);
-            if n > 0 {
-                bump(&stats.from_other_worker, n as u64);
-                work += n;
-                // They arrived on port 0's queues of another worker; send out port 0.
-                process_burst(
-                    &mut l,
-                    &mut rx,
-                    0,
-                    now,
-                    now_ms,
-                    flush_ticks,
-                    &mut queues,
-                    &mut links.to_workers,
-                    &links.neighbors,
-                    &stats,
-                );
-            }
-        }
-        for port in 0..nports {
-            let n = queues.pairs[port].0.rx_burst(&mut rx);
-            if n == 0 {
-                continue;
-            }
-            work += n;
-            bump(&stats.rx_packets, n as u64);
-            let bytes: usize = rx.iter_mut().map(|m| m.len()).sum();
-            bump(&stats.rx_bytes, bytes as u64);
-            process_burst(
-                &mut l,
-                &mut rx,
-                port,
-                now,
-                now_ms,
-                flush_ticks,
-                &mut queues,
-                &mut links.to_workers,
-                &links.neighbors,
-                &stats,
-            );
-        }
-        // Hand-offs to other workers.
-        for (w, b) in l.ring_out.iter_mut().enumerate() {
-            if b.is_empty() {
-                continue;
-            }
-            if let Some(Some(r)) = links.to_workers.get_mut(w) {
-                r.enqueue(b);
-            }
-            let left = b.len();
-            if left > 0 {
-                for _ in 0..left {
-                    stats.drop_packet(DropReason::RingFull);
-                }
-                b.free_all();
-            }
-        }
-        // TX flush: at once when this iteration did not fill a burst (we are not saturated, so
-        // waiting only adds latency), else when the deadline passes.
-        let idle = work < dpdk_sys::BURST;
-        for port in 0..nports {
-            if !l.tx[port].is_empty() && (idle || now >= l.tx_deadline[port]) {
-                flush(&mut l.tx[port], &mut queues.pairs[port].1, &stats);
-            }
-        }
+        let work = l.poll(now, now_ms);
         if now >= next_tick {
             next_tick = now + ms_ticks;
-            while let Ok(c) = links.commands.try_recv() {
-                match c {
-                    Command::FindFlows { query, reply } => {
-                        match find_flow(&l.pipeline, l.snap.hash_seed, &query, cfg.index, now_ms) {
-                            Some(a) => {
-                                let _ = reply.try_send(a);
-                            }
-                            None => scans.push_back(Scan {
-                                query,
-                                reply,
-                                next: 0,
-                                flows: Vec::new(),
-                            }),
-                        }
-                    }
-                    c => command(&l.snap, c, pool, &mut l.tx[0], &stats),
-                }
+            while let Ok(c) = commands.try_recv() {
+                l.command(c, pool, now_ms);
             }
-            if let Some(sc) = scans.front_mut() {
-                if let Some(a) = sc.step(&l.pipeline, cfg.index, now_ms) {
-                    let _ = sc.reply.try_send(a);
-                    scans.pop_front();
-                }
-            }
-            l.pipeline.expire(now_ms, cfg.expire_buckets);
+            l.tick(now_ms);
         }
         let end = tsc();
         bump(&stats.polls, 1);
@@ -452,75 +422,168 @@ fn run(
         last = end;
     }
     for port in 0..nports {
-        flush(&mut l.tx[port], &mut queues.pairs[port].1, &stats);
-        l.tx[port].free_all();
+        l.out.flush(port);
+        l.out.tx[port].free_all();
     }
     l.pipeline.publish_table_stats();
-    let _ = links.retired.try_send(l.snap);
+    let _ = retired.try_send(l.snap);
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn process_burst(
-    l: &mut Loop,
-    rx: &mut MbufBatch,
-    port: usize,
-    now: u64,
-    now_ms: u32,
-    flush_ticks: u64,
-    queues: &mut WorkerQueues,
-    to_workers: &mut [Option<RingProducer>],
-    neighbors: &Sender<NeighborEvent>,
-    stats: &WorkerStats,
-) {
-    let snap: &Snapshot = &l.snap;
-    for m in rx.iter_mut() {
-        l.pipeline.prefetch(snap, m);
-    }
-    l.pipeline.prefetch_entries(snap);
-    for (i, mut m) in rx.drain().enumerate() {
-        if m.segments() > 1 {
-            stats.drop_packet(DropReason::Multisegment);
-            continue;
+impl Lcore {
+    /// One poll: the rings from other workers, then every port's RX queue, each burst
+    /// processed and its packets sent on their way; hand-offs; TX flush. Returns the packets
+    /// received.
+    #[inline(always)]
+    fn poll(&mut self, now: u64, now_ms: u32) -> usize {
+        let mut work = 0usize;
+        // Packets other workers passed to us (NAT replies for our port slice).
+        for ri in 0..self.from_workers.len() {
+            let n = self.from_workers[ri].dequeue(&mut self.rx);
+            if n > 0 {
+                bump(&self.stats.from_other_worker, n as u64);
+                work += n;
+                // They arrived on port 0's queues of another worker; send out port 0.
+                self.burst(0, now, now_ms);
+            }
         }
-        match l.pipeline.process_prefetched(snap, i, &mut m, now_ms) {
+        for port in 0..self.rxq.len() {
+            let n = self.rxq[port].rx_burst(&mut self.rx);
+            if n == 0 {
+                continue;
+            }
+            work += n;
+            bump(&self.stats.rx_packets, n as u64);
+            let bytes: usize = self.rx.iter_mut().map(|m| m.len()).sum();
+            bump(&self.stats.rx_bytes, bytes as u64);
+            self.burst(port, now, now_ms);
+        }
+        self.out.hand_off();
+        // TX flush: at once when this iteration did not fill a burst (we are not saturated, so
+        // waiting only adds latency), else when the deadline passes.
+        let idle = work < BURST;
+        for port in 0..self.out.tx.len() {
+            if !self.out.tx[port].is_empty() && (idle || now >= self.out.tx_deadline[port]) {
+                self.out.flush(port);
+            }
+        }
+        work
+    }
+
+    /// Runs the burst in `self.rx` (received on `port`) through the pipeline and sends each
+    /// packet where its verdict says.
+    #[inline(always)]
+    fn burst(&mut self, port: usize, now: u64, now_ms: u32) {
+        let n = self.rx.len();
+        let verdicts = &mut self.verdicts[..n];
+        self.pipeline
+            .process_burst(&self.snap, self.rx.as_mut_slice(), now_ms, verdicts);
+        for (m, &v) in self.rx.drain().zip(verdicts.iter()) {
+            self.out.deliver(m, v, port, now);
+        }
+    }
+
+    /// A control-plane command, at the millisecond tick.
+    fn command(&mut self, c: Command, pool: &Mempool, now_ms: u32) {
+        match c {
+            Command::FindFlows { query, reply } => {
+                let seed = self.snap.hash_seed;
+                match find_flow(&self.pipeline, seed, &query, self.index, now_ms) {
+                    Some(a) => {
+                        let _ = reply.try_send(a);
+                    }
+                    None => self.scans.push_back(Scan {
+                        query,
+                        reply,
+                        next: 0,
+                        flows: Vec::new(),
+                    }),
+                }
+            }
+            c => command(&self.snap, c, pool, &mut self.out.tx[0], &self.stats),
+        }
+    }
+
+    /// The millisecond tick: a piece of the oldest flow scan, amortised expiry.
+    fn tick(&mut self, now_ms: u32) {
+        if let Some(sc) = self.scans.front_mut() {
+            if let Some(a) = sc.step(&self.pipeline, self.index, now_ms) {
+                let _ = sc.reply.try_send(a);
+                self.scans.pop_front();
+            }
+        }
+        self.pipeline.expire(now_ms, self.expire_buckets);
+    }
+}
+
+impl Out {
+    /// Sends packet `m`, received on `port`, where verdict `v` says.
+    #[inline(always)]
+    fn deliver(&mut self, m: Mbuf, v: Verdict, port: usize, now: u64) {
+        match v {
             Verdict::Tx => {
-                let b = &mut l.tx[port];
+                let b = &mut self.tx[port];
                 if b.is_empty() {
-                    l.tx_deadline[port] = now + flush_ticks;
+                    self.tx_deadline[port] = now + self.flush_ticks;
                 }
                 if let Err(m) = b.push(m) {
-                    flush(b, &mut queues.pairs[port].1, stats);
-                    let _ = b.push(m);
+                    self.flush(port);
+                    let _ = self.tx[port].push(m);
                 }
-                if b.is_full() {
-                    flush(b, &mut queues.pairs[port].1, stats);
+                if self.tx[port].is_full() {
+                    self.flush(port);
                 }
             }
             Verdict::ToWorker(w) => {
                 let w = usize::from(w);
-                match l.ring_out.get_mut(w) {
+                match self.ring_out.get_mut(w) {
                     Some(b) => {
                         if let Err(m) = b.push(m) {
-                            if let Some(Some(r)) = to_workers.get_mut(w) {
+                            if let Some(Some(r)) = self.to_workers.get_mut(w) {
                                 r.enqueue(b);
                             }
                             if b.push(m).is_err() {
-                                stats.drop_packet(DropReason::RingFull);
+                                self.stats.drop_packet(DropReason::RingFull);
                             }
                         }
                     }
-                    None => stats.drop_packet(DropReason::RingFull),
+                    None => self.stats.drop_packet(DropReason::RingFull),
                 }
             }
             Verdict::Neighbor(ev) => {
-                if neighbors.try_send(ev).is_err() {
-                    stats.drop_packet(DropReason::ControlFull);
+                if self.neighbors.try_send(ev).is_err() {
+                    self.stats.drop_packet(DropReason::ControlFull);
                 }
             }
             Verdict::Drop(_) => {}
         }
+    }
+
+    /// Hands the packets collected for other workers to their rings (what does not fit is
+    /// dropped and counted).
+    #[inline(always)]
+    fn hand_off(&mut self) {
+        for (w, b) in self.ring_out.iter_mut().enumerate() {
+            if b.is_empty() {
+                continue;
+            }
+            if let Some(Some(r)) = self.to_workers.get_mut(w) {
+                r.enqueue(b);
+            }
+            let left = b.len();
+            if left > 0 {
+                for _ in 0..left {
+                    self.stats.drop_packet(DropReason::RingFull);
+                }
+                b.free_all();
+            }
+        }
+    }
+
+    /// Sends port `port`'s buffered burst.
+    #[inline(always)]
+    fn flush(&mut self, port: usize) {
+        flush(&mut self.tx[port], &mut self.txq[port], &self.stats);
     }
 }
 

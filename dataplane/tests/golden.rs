@@ -243,7 +243,7 @@ fn fragment4(dst: [u8; 4], later: bool) -> Vec<u8> {
 }
 
 /// Runs the table one packet at a time (`burst == false`, `Pipeline::process`) or as the
-/// worker does, in bursts of 32 (`prefetch` each, `prefetch_entries`, `process_prefetched`).
+/// worker does, in bursts of 32 (`Pipeline::process_burst`).
 fn run(
     pipe: &mut Pipeline,
     snap: &sluice_dataplane::snapshot::Snapshot,
@@ -254,18 +254,15 @@ fn run(
     let mut verdicts = Vec::new();
     for (chunk_no, chunk) in bufs.chunks_mut(32).enumerate() {
         if burst {
-            for b in chunk.iter() {
-                pipe.prefetch(snap, b);
-            }
-            pipe.prefetch_entries(snap);
+            let mut v = [Verdict::Tx; 32];
+            let v = &mut v[..chunk.len()];
+            pipe.process_burst(snap, chunk, 1000 + chunk_no as u32 * 32, v);
+            verdicts.extend_from_slice(v);
+            continue;
         }
         for (j, b) in chunk.iter_mut().enumerate() {
             let i = chunk_no * 32 + j;
-            verdicts.push(if burst {
-                pipe.process_prefetched(snap, j, b, 1000 + i as u32)
-            } else {
-                pipe.process(snap, b, 1000 + i as u32)
-            });
+            verdicts.push(pipe.process(snap, b, 1000 + i as u32));
         }
     }
     for (i, (c, b)) in cases.into_iter().zip(bufs).enumerate() {
@@ -541,33 +538,28 @@ fn golden(burst: bool) {
     assert_eq!(stats.icmp_errors_forwarded.load(Relaxed), 1);
 }
 
-/// The burst cache never applies one packet's parse to another: a packet at an index the
-/// current burst did not prefetch (here the caller skipped `prefetch_entries`) is processed from
-/// scratch, even when a packet of the same length sat at that index in the last burst.
+/// The burst cache never applies one packet's parse to another: a burst whose packet at an
+/// index has the same length as the last burst's packet there is processed from its own parse
+/// (a stale `nat` parse would rewrite a `dsr-l2` packet's addresses).
 #[test]
 fn burst_cache_is_not_reused_across_bursts() {
     let snap = snapshot(1);
     let mut pipe = Pipeline::new(&PipelineConfig::default(), Arc::new(WorkerStats::new(1024)));
-    // Burst A: two nat SYNs, processed the worker's way.
+    // Burst A: two nat SYNs.
     let a: Vec<Vec<u8>> = (0..2)
         .map(|i| tcp4(CLIENT4, [192, 0, 2, 1], 41000 + i, 80, true, false, &[]))
         .collect();
     let mut bufs: Vec<VecBuf> = a.iter().map(|f| VecBuf::new(f)).collect();
-    for b in &bufs {
-        pipe.prefetch(&snap, b);
-    }
-    pipe.prefetch_entries(&snap);
-    for (i, b) in bufs.iter_mut().enumerate() {
-        assert_eq!(pipe.process_prefetched(&snap, i, b, 10), Verdict::Tx);
-    }
-    // Burst B: one packet prefetched, prefetch_entries forgotten, and at index 1 a dsr-l2 SYN of
-    // the same length as A's second packet.
+    let mut v = [Verdict::Drop(DropReason::Malformed); 2];
+    pipe.process_burst(&snap, &mut bufs, 10, &mut v);
+    assert_eq!(v, [Verdict::Tx; 2]);
+    // Burst B: at index 1 a dsr-l2 SYN of the same length as A's second packet.
     let x = tcp4(CLIENT4, [192, 0, 2, 1], 41005, 80, true, false, &[]);
     let y = tcp4(CLIENT4, [192, 0, 2, 2], 41006, 80, true, false, &[]);
     assert_eq!(y.len(), a[1].len());
-    pipe.prefetch(&snap, &VecBuf::new(&x));
-    let mut yb = VecBuf::new(&y);
-    assert_eq!(pipe.process_prefetched(&snap, 1, &mut yb, 11), Verdict::Tx);
-    // dsr-l2: only the destination MAC changed; a stale nat parse would have rewritten the IPs.
-    assert_eq!(yb.data(), &with_mac(&y, bmac(1))[..]);
+    let mut bufs = [VecBuf::new(&x), VecBuf::new(&y)];
+    pipe.process_burst(&snap, &mut bufs, 11, &mut v);
+    assert_eq!(v, [Verdict::Tx; 2]);
+    // dsr-l2: only the destination MAC changed.
+    assert_eq!(bufs[1].data(), &with_mac(&y, bmac(1))[..]);
 }

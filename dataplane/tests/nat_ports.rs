@@ -60,12 +60,9 @@ fn syns_at(
         .collect();
     for chunk in frames.chunks(32) {
         let mut bufs: Vec<VecBuf> = chunk.iter().map(|f| VecBuf::new(f)).collect();
-        for b in &bufs {
-            pipe.prefetch(s, b);
-        }
-        pipe.prefetch_entries(s);
-        for (i, b) in bufs.iter_mut().enumerate() {
-            let v = pipe.process_prefetched(s, i, b, now_ms);
+        let mut verdicts = vec![Verdict::Tx; bufs.len()];
+        pipe.process_burst(s, &mut bufs, now_ms, &mut verdicts);
+        for (b, &v) in bufs.iter().zip(&verdicts) {
             let d = b.data();
             let port = (v == Verdict::Tx).then(|| {
                 assert_eq!(&d[30..34], &BACKEND, "forwarded to the backend");

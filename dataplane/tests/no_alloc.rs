@@ -55,14 +55,8 @@ fn a_burst_allocates_nothing() {
     let mut bufs: Vec<VecBuf> = frames.iter().map(|f| VecBuf::new(f)).collect();
     let mut verdicts = [Verdict::Tx; 32];
     let before = A.count();
-    // As the worker does: the prefetch pass, then the burst.
-    for b in bufs.iter() {
-        pipe.prefetch(&snap, b);
-    }
-    pipe.prefetch_entries(&snap);
-    for (i, b) in bufs.iter_mut().enumerate() {
-        verdicts[i] = pipe.process_prefetched(&snap, i, b, 5000);
-    }
+    // As the worker does: one burst.
+    pipe.process_burst(&snap, &mut bufs, 5000, &mut verdicts);
     pipe.expire(6000, 64);
     let after = A.count();
     assert_eq!(

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use sluice_dataplane::maglev::{MaglevBackend, MaglevTable};
-use sluice_dataplane::pipeline::{Pipeline, PipelineConfig, VecBuf};
+use sluice_dataplane::pipeline::{Pipeline, PipelineConfig, VecBuf, Verdict};
 use sluice_dataplane::snapshot::{Backend, BackendState, Frontend, Local, Method, Protocol, Snapshot};
 use sluice_dataplane::stats::WorkerStats;
 
@@ -77,12 +77,7 @@ fuzz_target!(|data: &[u8]| {
     }
     for frames in [[VecBuf::new(data), VecBuf::new(data)], burst] {
         let mut frames = frames;
-        for f in &frames {
-            p.prefetch(snapshot(), f);
-        }
-        p.prefetch_entries(snapshot());
-        for (i, f) in frames.iter_mut().enumerate() {
-            let _ = p.process_prefetched(snapshot(), i, f, 2);
-        }
+        let mut verdicts = [Verdict::Tx; 2];
+        p.process_burst(snapshot(), &mut frames, 2, &mut verdicts);
     }
 });

@@ -269,6 +269,16 @@ impl MbufBatch {
         self.slots[..self.len].iter_mut().flatten()
     }
 
+    /// The mbufs held, in order, as a slice (what the pipeline's burst takes).
+    #[inline(always)]
+    pub fn as_mut_slice(&mut self) -> &mut [Mbuf] {
+        let n = self.len;
+        // SAFETY: Option<Mbuf> has the layout of Mbuf (repr(transparent) over NonNull, None
+        // being null) and slots[..len] are all Some, so they are n valid Mbufs; the slice
+        // borrows the batch mutably, so nothing can take or free them meanwhile.
+        unsafe { std::slice::from_raw_parts_mut(self.slots.as_mut_ptr().cast::<Mbuf>(), n) }
+    }
+
     /// Takes every mbuf out, in order, leaving the batch empty (even if the iterator is
     /// dropped early: the rest are freed).
     #[inline(always)]

@@ -1,0 +1,401 @@
+//! # The burst: the worker's one entry point, with two prefetch passes
+//!
+//! [`Pipeline::process_burst`] processes up to [`BURST`] frames at a time in three passes,
+//! so that the burst's cache misses on the (much larger than cache) flow tables overlap
+//! instead of stalling one packet at a time, and no packet is parsed or hashed twice:
+//!
+//! 1. **First pass**, per packet: parse, flow hash, frontend; prefetch (`prefetcht0`) the tag
+//!    words of the two buckets its flow may live in; for a TCP SYN to a `nat` frontend, also
+//!    its Maglev entry. What it learned goes into the burst cache ([`Burst`]).
+//! 2. **Second pass**: for each such SYN, pick the backend (its Maglev entry is in cache by
+//!    now), predict its NAT port and prefetch the reverse-table buckets its port check and
+//!    reverse insert read; then the entries the first [`PF_AHEAD`] flow lookups will compare
+//!    (their tags are in cache by now).
+//! 3. **Processing**, per packet, with what the passes learned; the remaining entry
+//!    prefetches are issued a few packets ahead, so that their misses overlap with work.
+use super::family::{Fam, Tables};
+use super::{flow_hash, nat, pick, Family, Hint, PacketBuf, Pipeline, Verdict};
+use crate::conntrack::NO_SLOT;
+use crate::snapshot::{AddrKind, Method, Snapshot};
+use crate::stats::DropReason;
+use crate::wire::parse::{parse_into, Fragment, Parsed, L3};
+use crate::wire::{proto, tcp::flags};
+
+/// Frames processed together (the worker's rx burst); a longer slice is taken in bursts of
+/// this many.
+pub const BURST: usize = 32;
+
+/// Flow lookups whose second-pass prefetch is issued before a burst's first packet is
+/// processed; the rest follow as packets are processed, this far ahead.
+const PF_AHEAD: usize = 16;
+
+/// Flow lookups a burst remembers: two per packet (a new `nat` flow has a forward and a
+/// reverse entry).
+const PF_MAX: usize = 2 * BURST;
+
+/// Which table of a family a remembered lookup is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Table {
+    /// The forward table.
+    Fwd,
+    /// The NAT reverse table.
+    Rev,
+}
+
+/// What the second pass prefetches for one remembered flow lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Job {
+    /// Nothing (yet): the place kept for a SYN's NAT reverse entry until the second pass
+    /// predicts its port.
+    Nothing,
+    /// The entry a lookup will compare; its slot becomes the lookup's hint.
+    Find(Table),
+    /// The slot a new flow's insert fills, or the victims it scans. Its lookup is expected to
+    /// miss (a retransmitted SYN then reads its entry unprefetched), which spares the second
+    /// pass a tag search per SYN.
+    Insert(Table),
+}
+
+/// One remembered flow lookup: the family's table, what to prefetch, the flow hash.
+#[derive(Debug, Clone, Copy)]
+struct Lookup {
+    fam: Fam,
+    job: Job,
+    hash: u64,
+}
+
+impl Lookup {
+    const NONE: Lookup = Lookup {
+        fam: Fam::V4,
+        job: Job::Nothing,
+        hash: 0,
+    };
+}
+
+/// What the first pass learned about one packet of the burst.
+#[derive(Debug, Clone, Copy)]
+struct Pre {
+    /// Why the packet is dropped before classification (not whole, or malformed), if it is;
+    /// `p` is meaningful only when not.
+    drop: Option<DropReason>,
+    /// The parse.
+    p: Parsed,
+    /// Its hint for processing (the slot is filled in then).
+    hint: Hint,
+    /// The index in [`Burst::lookups`] of the packet's own flow lookup (forward, or NAT
+    /// reverse for a reply), if it has one.
+    lookup: Option<u8>,
+    /// For a TCP SYN to a NAT frontend without affinity: the index in [`Burst::lookups`]
+    /// kept for its NAT reverse entry, filled in by the second pass.
+    rev_lookup: Option<u8>,
+}
+
+impl Default for Pre {
+    fn default() -> Self {
+        Pre {
+            drop: None,
+            p: Parsed::default(),
+            hint: Hint::NONE,
+            lookup: None,
+            rev_lookup: None,
+        }
+    }
+}
+
+/// The burst cache: what the prefetch passes learned, private to this stage.
+#[derive(Debug)]
+pub(super) struct Burst {
+    /// Per packet of the current burst.
+    pre: [Pre; BURST],
+    /// The burst's flow lookups, in packet order.
+    lookups: [Lookup; PF_MAX],
+    /// The slot each lookup's second-pass prefetch found ([`NO_SLOT`]: none), a hint that
+    /// spares the lookup its search.
+    slots: [u32; PF_MAX],
+    /// Entries of `lookups` in use.
+    len: usize,
+    /// The next entry of `lookups` whose second-pass prefetch is still to be issued.
+    next: usize,
+    /// TCP SYNs to NAT frontends in this burst (whose reverse entries the second pass works
+    /// out).
+    nat_syns: u32,
+}
+
+impl Default for Burst {
+    fn default() -> Self {
+        Burst {
+            pre: [Pre::default(); BURST],
+            lookups: [Lookup::NONE; PF_MAX],
+            slots: [NO_SLOT; PF_MAX],
+            len: 0,
+            next: 0,
+            nat_syns: 0,
+        }
+    }
+}
+
+impl Burst {
+    /// Remembers a flow lookup; its index, if there was room (always: two per packet).
+    #[inline(always)]
+    fn push(&mut self, l: Lookup) -> Option<u8> {
+        let e = self.lookups.get_mut(self.len)?;
+        *e = l;
+        self.len += 1;
+        Some((self.len - 1) as u8)
+    }
+
+    /// The slot the second-pass prefetch found for lookup `i`, once issued.
+    #[inline(always)]
+    fn slot(&self, i: Option<u8>) -> u32 {
+        match i {
+            Some(i) if usize::from(i) < self.next => self.slots[usize::from(i)],
+            _ => NO_SLOT,
+        }
+    }
+}
+
+impl Pipeline {
+    /// Processes a burst of frames, the worker's way: `verdicts[i]` is what to do with
+    /// `pkts[i]` (rewritten in place). `now_ms` is a wrapping millisecond clock. Frames are
+    /// taken [`BURST`] at a time; `verdicts` must be as long as `pkts` (frames beyond it are
+    /// left unprocessed). One call per burst, never inlined: the unit `scripts/instructions`
+    /// counts.
+    #[inline(never)]
+    pub fn process_burst<P: PacketBuf>(
+        &mut self,
+        snap: &Snapshot,
+        pkts: &mut [P],
+        now_ms: u32,
+        verdicts: &mut [Verdict],
+    ) {
+        debug_assert!(verdicts.len() >= pkts.len(), "a verdict per frame");
+        for (pkts, verdicts) in pkts.chunks_mut(BURST).zip(verdicts.chunks_mut(BURST)) {
+            self.first_pass(snap, pkts);
+            self.second_pass(snap, pkts.len());
+            for (i, (pkt, v)) in pkts.iter_mut().zip(verdicts).enumerate() {
+                *v = self.process_prefetched(snap, i, pkt, now_ms);
+            }
+        }
+    }
+
+    /// The first pass over a burst (at most [`BURST`] frames).
+    #[inline(always)]
+    fn first_pass<P: PacketBuf>(&mut self, snap: &Snapshot, pkts: &[P]) {
+        let b = &mut self.burst;
+        b.len = 0;
+        b.next = 0;
+        b.nat_syns = 0;
+        for (pkt, i) in pkts.iter().zip(0..BURST) {
+            let pre = &mut b.pre[i];
+            pre.hint = Hint::NONE;
+            pre.lookup = None;
+            pre.rev_lookup = None;
+            pre.drop = if !pkt.whole() {
+                Some(DropReason::Multisegment)
+            } else if parse_into(pkt.data(), &mut pre.p).is_err() {
+                Some(DropReason::Malformed)
+            } else {
+                None
+            };
+            if pre.drop.is_some() {
+                continue;
+            }
+            if pre.p.proto != proto::TCP && pre.p.proto != proto::UDP
+                || pre.p.fragment != Fragment::No
+            {
+                continue;
+            }
+            let l3 = pre.p.l3;
+            match l3 {
+                L3::Ipv4 => first::<[u8; 4]>(snap, &self.flows.v4, b, i),
+                L3::Ipv6 => first::<[u8; 16]>(snap, &self.flows.v6, b, i),
+                _ => {}
+            }
+        }
+    }
+
+    /// The second pass: NAT SYNs' backends, ports and reverse entries; the first
+    /// [`PF_AHEAD`] entry prefetches. `n` packets were first-passed.
+    #[inline(always)]
+    fn second_pass(&mut self, snap: &Snapshot, n: usize) {
+        // Established traffic has no SYN: skip the loop.
+        let todo = if self.burst.nat_syns != 0 { n } else { 0 };
+        let nat = self.ports.slice.of(snap);
+        let mut syns = 0;
+        for i in 0..todo {
+            let Pre { rev_lookup, p, .. } = &self.burst.pre[i];
+            if rev_lookup.is_none() {
+                continue;
+            }
+            let l3 = p.l3;
+            // The cursor moves by exactly one per allocation (see `alloc_nat`): this SYN's
+            // port is the cursor's `syns`-th next. A retransmitted SYN, which takes no port,
+            // puts the burst's later predictions off (each then costs one useless prefetch).
+            let cursor = nat.wrap(nat.wrap(self.ports.cursor) + syns);
+            let port = nat.port(cursor);
+            let predicted = match l3 {
+                L3::Ipv4 => predict::<[u8; 4]>(snap, &self.flows.v4, &mut self.burst, i, port),
+                _ => predict::<[u8; 16]>(snap, &self.flows.v6, &mut self.burst, i, port),
+            };
+            if let Some((b, rh)) = predicted {
+                self.burst.pre[i].hint.rev = Some((cursor, b, rh));
+            }
+            if self.burst.pre[i].hint.pick.is_some() {
+                syns += 1;
+            }
+        }
+        self.issue(PF_AHEAD);
+    }
+
+    /// Issues the second-pass prefetches of the remembered lookups up to (not including)
+    /// `upto`.
+    #[inline(always)]
+    fn issue(&mut self, upto: usize) {
+        let b = &mut self.burst;
+        let end = upto.min(b.len);
+        while b.next < end {
+            let l = b.lookups[b.next];
+            b.slots[b.next] = match l.fam {
+                Fam::V4 => second(&self.flows.v4, l.job, l.hash),
+                Fam::V6 => second(&self.flows.v6, l.job, l.hash),
+            };
+            b.next += 1;
+        }
+    }
+
+    /// Processes packet `i` of the burst with what the passes learned.
+    #[inline(always)]
+    fn process_prefetched<P: PacketBuf>(
+        &mut self,
+        snap: &Snapshot,
+        i: usize,
+        pkt: &mut P,
+        now_ms: u32,
+    ) -> Verdict {
+        // Keep the second-pass prefetches PF_AHEAD lookups ahead (two per packet: a new TCP
+        // flow has two, its forward and its NAT reverse entry).
+        self.issue(self.burst.next + 2);
+        let pre = self.burst.pre[i];
+        let v = match pre.drop {
+            Some(r) => Verdict::Drop(r),
+            None => {
+                let hint = Hint {
+                    slot: self.burst.slot(pre.lookup),
+                    ..pre.hint
+                };
+                self.classify(snap, pkt, &pre.p, hint, now_ms)
+            }
+        };
+        self.count(v)
+    }
+}
+
+/// The first pass's work on TCP/UDP packet `i` of family `F` (not a fragment): hash,
+/// frontend, the tag prefetch of its flow lookup, and for a SYN to a NAT frontend its
+/// Maglev entry and a place for its reverse entry.
+#[inline(always)]
+fn first<F: Family>(snap: &Snapshot, t: &Tables<F>, b: &mut Burst, i: usize) {
+    let p = &b.pre[i].p;
+    let h = flow_hash::<F>(snap, p);
+    let fe = snap.frontend_id_for(&p.dst, F::V6, p.proto, p.dport);
+    let nat_reply = fe.is_none()
+        && p.dport >= snap.local.nat_port_min
+        && p.dport <= snap.local.nat_port_max
+        && matches!(snap.addr_kind(&p.dst, F::V6), Some(AddrKind::Own));
+    // A TCP SYN opens a flow: its insert may need a victim from a full bucket.
+    let syn = p.proto == proto::TCP && p.tcp_flags & (flags::SYN | flags::ACK) == flags::SYN;
+    b.pre[i].hint.hash = Some(h);
+    b.pre[i].hint.frontend = fe;
+    if fe.is_none() && !nat_reply {
+        return;
+    }
+    let job = if nat_reply {
+        Job::Find(Table::Rev)
+    } else if syn {
+        Job::Insert(Table::Fwd)
+    } else {
+        Job::Find(Table::Fwd)
+    };
+    if nat_reply {
+        t.rev.prefetch(h);
+    } else {
+        t.fwd.prefetch(h);
+    }
+    b.pre[i].lookup = b.push(Lookup {
+        fam: F::FAM,
+        job,
+        hash: h,
+    });
+    // A TCP SYN to a NAT frontend will take a NAT port. Its backend (Maglev), its port and
+    // so its reverse key are worked out by the second pass, once the Maglev entry fetched
+    // here has arrived (a table of 65537 entries falls out of the caches under flow-table
+    // traffic: read here, it stalled every SYN); the reverse entry's place, right after the
+    // forward one, is kept now, as a no-op until then.
+    let Some(f) = fe.and_then(|id| snap.frontend(id)) else {
+        return;
+    };
+    if f.method != Method::Nat || f.affinity_ms.is_some() || !syn {
+        return;
+    }
+    if let Some(e) = f.maglev.entry_for(h) {
+        dpdk_sys::prefetch(e);
+    }
+    let rev = b.push(Lookup {
+        fam: F::FAM,
+        job: Job::Nothing,
+        hash: h,
+    });
+    if rev.is_some() {
+        b.pre[i].rev_lookup = rev;
+        b.nat_syns += 1;
+    }
+}
+
+/// The second pass's work on the SYN at `i` of family `F` to a NAT frontend: picks its
+/// backend, and, its NAT port predicted to be `port`, prefetches its reverse entry's buckets
+/// and remembers the insert. The backend and the reverse key's hash, if there is one.
+#[inline(always)]
+fn predict<F: Family>(
+    snap: &Snapshot,
+    t: &Tables<F>,
+    b: &mut Burst,
+    i: usize,
+    port: u16,
+) -> Option<(u32, u64)> {
+    let pre = &mut b.pre[i];
+    let (Some(j), Some(h)) = (pre.rev_lookup, pre.hint.hash) else {
+        return None;
+    };
+    let f = pre.hint.frontend.and_then(|id| snap.frontend(id))?;
+    let be = pick(snap, f, h)?;
+    pre.hint.pick = Some(be.id);
+    let (rk, _) = nat::rev_key::<F>(snap, &pre.p, be, h, port)?;
+    let rh = crate::conntrack::FlowKey::flow_hash(&rk, snap.hash_seed);
+    // Only the insert's slot matters (the port is expected free), no entry.
+    t.rev.prefetch(rh);
+    b.lookups[usize::from(j)] = Lookup {
+        fam: F::FAM,
+        job: Job::Insert(Table::Rev),
+        hash: rh,
+    };
+    Some((be.id, rh))
+}
+
+/// The second-pass prefetch of one remembered lookup in table set `t`: the slot found (the
+/// lookup's hint), or [`NO_SLOT`].
+#[inline(always)]
+fn second<F: Family>(t: &Tables<F>, job: Job, h: u64) -> u32 {
+    match job {
+        Job::Nothing => NO_SLOT,
+        Job::Find(Table::Fwd) => t.fwd.prefetch_entry(h),
+        Job::Find(Table::Rev) => t.rev.prefetch_entry(h),
+        Job::Insert(Table::Fwd) => {
+            t.fwd.prefetch_insert(h);
+            NO_SLOT
+        }
+        Job::Insert(Table::Rev) => {
+            t.rev.prefetch_insert(h);
+            NO_SLOT
+        }
+    }
+}

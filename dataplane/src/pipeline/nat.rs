@@ -1,0 +1,453 @@
+//! # `nat`: full NAT
+//!
+//! A new flow's destination becomes its backend and its source one of our NAT addresses and
+//! a port of this worker's slice of the NAT port range ([`NatSlice`]); a reverse entry maps
+//! the backend's reply (backend -> NAT address:port) back to the client and the VIP. A reply
+//! whose port belongs to another worker's slice goes to that worker ([`Verdict::ToWorker`]).
+use super::{
+    flow_hash, next_state, raw_ip, Choice, Family, Hint, PacketBuf, Pipeline, PipelineConfig, Rev,
+    Verdict,
+};
+use crate::conntrack::{FlowKey, FlowState, Insert, Inserted, Key};
+use crate::snapshot::{Backend, Snapshot};
+use crate::stats::{bump, DropReason};
+use crate::wire::parse::Parsed;
+use crate::wire::{be16, checksum, proto, put16};
+
+/// Tries to find a free NAT port before giving up.
+const NAT_PORT_TRIES: u32 = 64;
+
+/// This worker's NAT ports: its slice of the snapshot's range and the cursors that hand its
+/// ports out.
+#[derive(Debug)]
+pub(super) struct NatPorts {
+    /// The next NAT port to try, as an offset into this worker's slice (reduced into the
+    /// slice when used: a new snapshot may shrink it). Moves by one per allocation.
+    pub(super) cursor: u32,
+    /// The second cursor (same form): where an allocation whose first port was in use goes
+    /// on looking.
+    spill: u32,
+    /// This worker's slice of the snapshot's NAT port range, worked out once per range.
+    pub(super) slice: NatSlice,
+}
+
+impl NatPorts {
+    /// The ports of worker `cfg.worker`, its cursors at `cfg.nat_port_start`.
+    pub(super) fn new(cfg: &PipelineConfig) -> Self {
+        NatPorts {
+            cursor: cfg.nat_port_start,
+            spill: cfg.nat_port_start,
+            slice: NatSlice::new(1, 0, cfg.worker, cfg.workers),
+        }
+    }
+}
+
+/// A new flow looking for a NAT port: what each port tried needs to build and record its
+/// reverse entry.
+pub(super) struct NatFlow<'a> {
+    /// The client's packet.
+    pub(super) p: &'a Parsed,
+    /// The backend chosen.
+    pub(super) b: &'a Backend,
+    /// The packet's flow hash (it picks the NAT address).
+    pub(super) h: u64,
+    /// The reverse entry's initial state.
+    pub(super) st: FlowState,
+    /// Now, on the worker's millisecond clock.
+    pub(super) now_ms: u32,
+    /// The MAC the client's packet came from (replies go there).
+    pub(super) src_mac: [u8; 6],
+    /// The frontend id (gives the VIP and port replies come from).
+    pub(super) frontend: u16,
+}
+
+impl Pipeline {
+    /// Finds a free local port in this worker's slice and records the reverse flow.
+    ///
+    /// Every allocation first tries the cursor's port and moves the cursor on by exactly one,
+    /// so that the prefetch pass, which predicts the cursor of each SYN of a burst (`guess`:
+    /// cursor, backend, reverse-key hash), predicts right for all of them: its prefetched
+    /// reverse buckets are then the ones read. If that port is in use (its reverse key is
+    /// live or not yet expired), the further tries take the ports of a second cursor, which
+    /// moves past every port it tried; moving the first cursor instead would put every later
+    /// prediction of the burst one port off, and each of those SYNs would read reverse
+    /// buckets nobody prefetched.
+    #[inline(always)]
+    pub(super) fn alloc_nat<F: Family>(
+        &mut self,
+        snap: &Snapshot,
+        nf: &NatFlow<'_>,
+        guess: Option<(u32, u32, u64)>,
+    ) -> Result<(u16, u8), DropReason> {
+        let nat = self.ports.slice.of(snap);
+        let first = nat.wrap(self.ports.cursor);
+        self.ports.cursor = nat.wrap(first + 1);
+        // The prefetch pass's prediction of this cursor (and so of this backend) holds: its
+        // reverse-key hash is this one.
+        let known = guess
+            .filter(|&(c, id, _)| c == first && id == nf.b.id)
+            .map(|(.., rh)| rh);
+        if let Some(got) = self.take_nat_port::<F>(snap, nf, nat.port(first), known)? {
+            return Ok(got);
+        }
+        self.nat_port_retry::<F>(snap, nat, nf)
+    }
+
+    /// [`Pipeline::alloc_nat`] once the cursor's port was in use: up to [`NAT_PORT_TRIES`]
+    /// more ports (every port of a slice that small) from the second cursor.
+    #[inline(never)]
+    fn nat_port_retry<F: Family>(
+        &mut self,
+        snap: &Snapshot,
+        nat: NatSlice,
+        nf: &NatFlow<'_>,
+    ) -> Result<(u16, u8), DropReason> {
+        bump(&self.stats.nat_port_retries, 1);
+        for _ in 0..NAT_PORT_TRIES.min(nat.per) {
+            let cursor = nat.wrap(self.ports.spill);
+            self.ports.spill = nat.wrap(cursor + 1);
+            if let Some(got) = self.take_nat_port::<F>(snap, nf, nat.port(cursor), None)? {
+                return Ok(got);
+            }
+        }
+        Err(DropReason::NatPortsExhausted)
+    }
+
+    /// Takes NAT port `port` for new flow `nf` unless its reverse key is in use (live or not
+    /// yet expired): `Some((port, NAT address index))` once the reverse entry is recorded,
+    /// `None` if the port is taken. `rh` is the reverse key's hash if known.
+    #[inline(always)]
+    fn take_nat_port<F: Family>(
+        &mut self,
+        snap: &Snapshot,
+        nf: &NatFlow<'_>,
+        port: u16,
+        rh: Option<u64>,
+    ) -> Result<Option<(u16, u8)>, DropReason> {
+        let Some((rk, ai)) = rev_key::<F>(snap, nf.p, nf.b, nf.h, port) else {
+            return Err(DropReason::NoNatAddress);
+        };
+        let rh = match rh {
+            Some(rh) => rh,
+            None => rev_hash_cold(&rk, snap.hash_seed),
+        };
+        let val = Rev {
+            client: F::from_raw(&nf.p.src),
+            client_port: nf.p.sport,
+            client_mac: nf.src_mac,
+            frontend: nf.frontend,
+        };
+        let rev = &mut F::tables_mut(&mut self.flows).rev;
+        Ok(
+            match rev.insert(rk, rh, val, nf.st, nf.now_ms, Insert::IfAbsent) {
+                Inserted::Kept => None,
+                _ => Some((port, ai)),
+            },
+        )
+    }
+
+    /// A packet to one of our addresses and a NAT port: the backend's reply to a NAT flow,
+    /// translated back (source: the VIP and port; destination: the client) if it is ours,
+    /// handed to the worker owning the port if not.
+    pub(super) fn nat_reply<F: Family, P: PacketBuf>(
+        &mut self,
+        snap: &Snapshot,
+        pkt: &mut P,
+        p: &Parsed,
+        hint: Hint,
+        now_ms: u32,
+    ) -> Verdict {
+        let l = &snap.local;
+        if p.dport < l.nat_port_min || p.dport > l.nat_port_max {
+            return Verdict::Drop(DropReason::NatNoFlow);
+        }
+        let owner = self.ports.slice.of(snap).owner(p.dport);
+        if owner != self.worker {
+            bump(&self.stats.to_other_worker, 1);
+            return Verdict::ToWorker(owner);
+        }
+        let tcp = p.proto == proto::TCP;
+        let (src, dst) = (F::from_raw(&p.src), F::from_raw(&p.dst));
+        let k = Key::new(src, dst, p.sport, p.dport, p.proto);
+        let h = hint.hash.unwrap_or_else(|| flow_hash::<F>(snap, p));
+        let rev = &mut F::tables_mut(&mut self.flows).rev;
+        let v = match rev.lookup(&k, h, hint.slot, now_ms, |_| {}) {
+            Some(e) => {
+                let s = next_state(e.state(), tcp, p.tcp_flags);
+                e.set_state(s);
+                *e.value()
+            }
+            None => return Verdict::Drop(DropReason::NatNoFlow),
+        };
+        let Some(f) = snap.frontend(u32::from(v.frontend)) else {
+            return Verdict::Drop(DropReason::NatNoFlow);
+        };
+        let vip = F::from_raw(&raw_ip(f.vip));
+        let d = pkt.data_mut();
+        rewrite_flow::<F>(d, p, vip, v.client, f.port, v.client_port);
+        d[0..6].copy_from_slice(&v.client_mac);
+        d[6..12].copy_from_slice(&l.mac);
+        bump(&self.stats.nat_replies, 1);
+        Verdict::Tx
+    }
+}
+
+/// Sends a client's packet of a NAT flow to its backend: from NAT address and port `c` to
+/// the backend's address and port.
+#[inline(always)]
+pub(super) fn send<F: Family, P: PacketBuf>(
+    snap: &Snapshot,
+    pkt: &mut P,
+    p: &Parsed,
+    c: &Choice<'_>,
+) -> Verdict {
+    let l = &snap.local;
+    let b = c.backend;
+    let Some(mac) = b.mac else {
+        return Verdict::Drop(DropReason::NextHopUnresolved);
+    };
+    let (Some(ba), Some(&la)) = (F::of_ip(b.addr), F::nat(l).get(usize::from(c.nat_addr))) else {
+        return Verdict::Drop(DropReason::NoNatAddress);
+    };
+    let d = pkt.data_mut();
+    rewrite_flow::<F>(d, p, la, ba, c.nat_port, b.port);
+    d[0..6].copy_from_slice(&mac);
+    d[6..12].copy_from_slice(&l.mac);
+    Verdict::Tx
+}
+
+/// The worker that owns NAT local port `port` ([`Pipeline::nat_owner`]).
+#[inline(always)]
+pub(super) fn owner(snap: &Snapshot, workers: u16, port: u16) -> u16 {
+    let (lo, hi) = (snap.local.nat_port_min, snap.local.nat_port_max);
+    if port < lo || port > hi {
+        return 0;
+    }
+    NatSlice::new(lo, hi, 0, workers).owner(port)
+}
+
+/// One worker's slice of a NAT port range, with what the per-packet path needs precomputed:
+/// an integer division costs tens of cycles, and a SYN needed four (two port cursors, two NAT
+/// address choices) and a NAT reply two (its owning worker).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct NatSlice {
+    /// The range it was computed for (`nat_port_min`, `nat_port_max`).
+    range: (u16, u16),
+    /// Ports per worker (at least 1).
+    per: u32,
+    /// The first port of this worker's slice.
+    first: u32,
+    /// `ceil(2^32 / per)`: `(n * recip) >> 32 == n / per` for every `n < 2^16`.
+    recip: u64,
+    /// The worker whose slice it is.
+    worker: u16,
+    /// Workers (at least 1).
+    workers: u16,
+}
+
+impl NatSlice {
+    /// Worker `worker`'s slice of `min..=max` split among `workers`.
+    fn new(min: u16, max: u16, worker: u16, workers: u16) -> Self {
+        let workers = workers.max(1);
+        let per = ((u32::from(max) + 1).saturating_sub(u32::from(min)) / u32::from(workers)).max(1);
+        NatSlice {
+            range: (min, max),
+            per,
+            first: u32::from(min) + per * u32::from(worker),
+            recip: (1u64 << 32).div_ceil(u64::from(per)),
+            worker,
+            workers,
+        }
+    }
+
+    /// The same worker's slice of `snap`'s NAT port range, recomputed only when the range
+    /// changed.
+    #[inline(always)]
+    pub(super) fn of(&mut self, snap: &Snapshot) -> NatSlice {
+        let l = &snap.local;
+        if self.range != (l.nat_port_min, l.nat_port_max) {
+            *self = self.recompute(snap);
+        }
+        *self
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn recompute(&self, snap: &Snapshot) -> NatSlice {
+        let l = &snap.local;
+        NatSlice::new(l.nat_port_min, l.nat_port_max, self.worker, self.workers)
+    }
+
+    /// `cursor` reduced into the slice: `cursor % per`, without a division when `cursor` is
+    /// below `2 per` (always, but right after a snapshot shrank the slice).
+    #[inline(always)]
+    pub(super) fn wrap(&self, cursor: u32) -> u32 {
+        if cursor < self.per {
+            cursor
+        } else if cursor - self.per < self.per {
+            cursor - self.per
+        } else {
+            cursor % self.per
+        }
+    }
+
+    /// The port of a reduced cursor.
+    #[inline(always)]
+    pub(super) fn port(&self, cursor: u32) -> u16 {
+        (self.first + cursor) as u16
+    }
+
+    /// The worker owning NAT port `port` (in the range): [`Pipeline::nat_owner`] without a
+    /// division.
+    #[inline(always)]
+    fn owner(&self, port: u16) -> u16 {
+        let n = u64::from(port.wrapping_sub(self.range.0));
+        (((n * self.recip) >> 32) as u16).min(self.workers - 1)
+    }
+}
+
+/// Index of the NAT address for flow hash `h` among `n` (> 0): the high half of the hash
+/// scaled to `0..n` by a multiply, not a division.
+#[inline(always)]
+fn nat_addr_index(h: u64, n: usize) -> usize {
+    (((h >> 32) * n as u64) >> 32) as usize
+}
+
+/// The reverse key's hash out of line, for when the prefetch pass's guess did not hold: kept
+/// cold so that the compiler does not hoist half of the hash into every allocation.
+#[cold]
+#[inline(never)]
+fn rev_hash_cold<F: Family>(k: &Key<F>, seed: u64) -> u64 {
+    k.flow_hash(seed)
+}
+
+/// The NAT reverse key (the backend's reply: backend -> NAT address and port) for a new flow
+/// `p` (flow hash `h`) to backend `b` through NAT port `port`, and the index of the NAT
+/// address; `None` if the family has no NAT address or the backend is of the other family.
+/// [`Pipeline::alloc_nat`] and the prefetch pass's guess both use it, so they agree.
+#[inline(always)]
+pub(super) fn rev_key<F: Family>(
+    snap: &Snapshot,
+    p: &Parsed,
+    b: &Backend,
+    h: u64,
+    port: u16,
+) -> Option<(Key<F>, u8)> {
+    let nat = F::nat(&snap.local);
+    let ba = F::of_ip(b.addr)?;
+    if nat.is_empty() {
+        return None;
+    }
+    let ai = nat_addr_index(h, nat.len());
+    Some((Key::new(ba, nat[ai], b.port, port, p.proto), ai as u8))
+}
+
+/// Rewrites addresses and ports of an IP packet with incremental checksum updates (IPv4
+/// header, TCP/UDP checksum including the pseudo-header).
+#[inline(always)]
+fn rewrite_flow<F: Family>(
+    d: &mut [u8],
+    p: &Parsed,
+    new_src: F,
+    new_dst: F,
+    new_sport: u16,
+    new_dport: u16,
+) {
+    let l3 = usize::from(p.l3_off);
+    let l4 = usize::from(p.l4_off);
+    let (a_off, alen) = (l3 + F::ADDRS_OFF, F::LEN);
+    // The addresses' change, summed once (RFC 1624: ~old + new per word), serves both the IPv4
+    // header checksum and the TCP/UDP one (whose pseudo-header holds the same addresses).
+    let addrs = &mut d[a_off..a_off + 2 * alen];
+    let delta = checksum::delta(&addrs[..alen], new_src.bytes())
+        + checksum::delta(&addrs[alen..], new_dst.bytes());
+    addrs[..alen].copy_from_slice(new_src.bytes());
+    addrs[alen..].copy_from_slice(new_dst.bytes());
+    F::update_header_checksum(&mut d[l3..], delta);
+    let coff = if p.proto == proto::TCP {
+        l4 + 16
+    } else {
+        l4 + 6
+    };
+    let c = be16(d, coff);
+    let (osp, odp) = (be16(d, l4), be16(d, l4 + 2));
+    put16(d, l4, new_sport);
+    put16(d, l4 + 2, new_dport);
+    if p.proto == proto::UDP && c == 0 && F::UDP_CHECKSUM_OPTIONAL {
+        return; // IPv4 UDP without checksum stays without
+    }
+    let ports = u64::from(!osp) + u64::from(new_sport) + u64::from(!odp) + u64::from(new_dport);
+    let mut c = checksum::apply(c, delta + ports);
+    if p.proto == proto::UDP && c == 0 {
+        c = 0xffff;
+    }
+    put16(d, coff, c);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The precomputed NAT slice agrees with the divisions it replaces, for every port of
+    /// ranges from one port to all of them and worker counts from 1 to 64.
+    #[test]
+    fn nat_slice_matches_division() {
+        let ranges = [
+            (1024u16, 1024u16),
+            (1024, 1087),
+            (1024, 65535),
+            (1, 65535),
+            (0, 65535),
+        ];
+        for (min, max) in ranges {
+            for workers in [1u16, 2, 3, 7, 16, 63, 64] {
+                let span = u32::from(max) - u32::from(min) + 1;
+                let per = (span / u32::from(workers)).max(1);
+                for worker in [0, workers / 2, workers - 1] {
+                    let s = NatSlice::new(min, max, worker, workers);
+                    assert_eq!(s.per, per);
+                    for cursor in [
+                        0,
+                        1,
+                        per - 1,
+                        per,
+                        per + 1,
+                        2 * per - 1,
+                        2 * per,
+                        5 * per + 3,
+                    ] {
+                        assert_eq!(
+                            s.wrap(cursor),
+                            cursor % per,
+                            "{min}-{max}/{workers} {cursor}"
+                        );
+                    }
+                    assert_eq!(
+                        u32::from(s.port(s.wrap(per + 1))),
+                        u32::from(min) + per * u32::from(worker) + 1 % per
+                    );
+                }
+                let s = NatSlice::new(min, max, 0, workers);
+                for port in min..=max {
+                    let want = ((u32::from(port - min) / per) as u16).min(workers - 1);
+                    assert_eq!(s.owner(port), want, "{min}-{max}/{workers} port {port}");
+                }
+            }
+        }
+        for n in 1..=8 {
+            for h in [
+                0u64,
+                1 << 32,
+                u64::MAX,
+                0x8000_0000_0000_0000,
+                0x1234_5678_9abc_def0,
+            ] {
+                assert!(nat_addr_index(h, n) < n);
+            }
+            // Every address gets used.
+            let used: std::collections::HashSet<usize> =
+                (0..64u64).map(|i| nat_addr_index(i << 58, n)).collect();
+            assert_eq!(used.len(), n);
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! # Scheduling: conntrack -> affinity -> Maglev
+//!
+//! Which backend a packet to a VIP goes to: its tracked flow's, else (a new flow) its
+//! client's ClientIP affinity, else Maglev's pick over the live backends; a new flow is
+//! recorded in the forward table (and, for `nat`, given a port: [`super::nat`]). Fragments of
+//! `dsr-*` Services are balanced by 3-tuple without tracking.
+use super::{
+    allowed, dsr, flow_hash, flow_state, next_state, pick, raw_ip, Aff, Choice, Family, Fwd, Hint,
+    PacketBuf, Pipeline, VipFlow, MAX_AFFINITY_MS,
+};
+use super::{closed, displaced_flow, nat::NatFlow};
+use crate::conntrack::{Entry, FlowState, Insert, Key};
+use crate::snapshot::{Backend, BackendState, Method, Snapshot};
+use crate::stats::{bump, DropReason};
+use crate::wire::parse::{Fragment, Parsed};
+use crate::wire::{proto, tcp::flags};
+
+use super::Verdict;
+
+impl Pipeline {
+    /// A TCP/UDP packet to a VIP that the fast path did not match to a frontend: a port not
+    /// served, or a fragment.
+    #[inline(always)]
+    pub(super) fn vip_packet<F: Family, P: PacketBuf>(
+        &mut self,
+        snap: &Snapshot,
+        pkt: &mut P,
+        p: &Parsed,
+        now_ms: u32,
+    ) -> Verdict {
+        let f = if p.fragment == Fragment::Later {
+            match snap.dsr_frontend_any_port(&p.dst, F::V6, p.proto) {
+                Some(f) => f,
+                None => {
+                    return Verdict::Drop(if snap.frontends().any(|f| raw_ip(f.vip) == p.dst) {
+                        DropReason::NatFragment
+                    } else {
+                        DropReason::PortNotServed
+                    })
+                }
+            }
+        } else {
+            match snap.frontend_for(&p.dst, F::V6, p.proto, p.dport) {
+                Some(f) => f,
+                None => return Verdict::Drop(DropReason::PortNotServed),
+            }
+        };
+        if p.fragment == Fragment::No {
+            let flow = VipFlow {
+                p,
+                f,
+                h: flow_hash::<F>(snap, p),
+                hint: Hint::NONE,
+                now_ms,
+            };
+            return self.vip_flow::<F, P>(snap, pkt, &flow);
+        }
+        if !allowed::<F>(f, p) {
+            return Verdict::Drop(DropReason::SourceDenied);
+        }
+        if f.method == Method::Nat {
+            return Verdict::Drop(DropReason::NatFragment);
+        }
+        // 3-tuple: every fragment of a datagram goes to the same backend, untracked.
+        let (src, dst) = (F::from_raw(&p.src), F::from_raw(&p.dst));
+        let h = F::hash_5tuple(snap.hash_seed, src, dst, 0, 0, p.proto);
+        let Some(b) = pick(snap, f, h) else {
+            return Verdict::Drop(DropReason::NoBackend);
+        };
+        dsr::send::<F, P>(snap, pkt, p, f.method, b)
+    }
+
+    /// Conntrack, then affinity, then Maglev. Inserts new flows; `src_mac` is the MAC the
+    /// packet came from (a NAT flow's replies go back there).
+    #[inline(always)]
+    pub(super) fn schedule<'s, F: Family>(
+        &mut self,
+        snap: &'s Snapshot,
+        flow: &VipFlow<'_>,
+        src_mac: [u8; 6],
+    ) -> Result<Choice<'s>, DropReason> {
+        let &VipFlow {
+            p,
+            f,
+            h,
+            hint,
+            now_ms,
+        } = flow;
+        let tcp = p.proto == proto::TCP;
+        let fl = p.tcp_flags;
+        let (src, dst) = (F::from_raw(&p.src), F::from_raw(&p.dst));
+        let key = Key::new(src, dst, p.sport, p.dport, p.proto);
+        // Established flow?
+        let stats = &self.stats;
+        let gone = |e: &Entry<Key<F>, Fwd>| closed(stats, e.value());
+        let hit = F::tables_mut(&mut self.flows)
+            .fwd
+            .lookup(&key, h, hint.slot, now_ms, gone)
+            .map(|e| {
+                let s = next_state(e.state(), tcp, fl);
+                e.set_state(s);
+                *e.value()
+            });
+        // A miss leaves the key absent (an expired entry was freed): insert without a search.
+        let absent = hit.is_none();
+        if let Some(v) = hit {
+            if let Some(b) = snap.backend(v.backend) {
+                if b.mac.is_some() && (f.method != Method::Nat || v.nat_port != 0) {
+                    return Ok(Choice {
+                        backend: b,
+                        nat_port: v.nat_port,
+                        nat_addr: v.nat_addr,
+                    });
+                }
+            }
+            // The backend left the snapshot (or the method changed): schedule anew below.
+        }
+        if tcp && f.method == Method::Nat && !(fl & flags::SYN != 0 && fl & flags::ACK == 0) {
+            return Err(DropReason::TcpNoFlow);
+        }
+        let chosen = match f.affinity_ms {
+            Some(aff_ms) => self.affinity::<F>(snap, flow, aff_ms),
+            None => match hint.pick.and_then(|id| snap.backend(id)) {
+                Some(b) => Some(b),
+                None => pick(snap, f, h),
+            },
+        };
+        let Some(b) = chosen else {
+            return Err(DropReason::NoBackend);
+        };
+        if b.mac.is_none() {
+            return Err(DropReason::NextHopUnresolved);
+        }
+        let st = flow_state(tcp, fl);
+        let (nat_port, nat_addr) = if f.method == Method::Nat {
+            let nf = NatFlow {
+                p,
+                b,
+                h,
+                st,
+                now_ms,
+                src_mac,
+                // A snapshot holds only frontend ids below MAX_FRONTENDS (2^16).
+                frontend: f.id as u16,
+            };
+            self.alloc_nat::<F>(snap, &nf, hint.rev)?
+        } else {
+            (0, 0)
+        };
+        let val = Fwd {
+            backend: b.id,
+            nat_port,
+            nat_addr,
+            flags: 0,
+        };
+        let mode = if absent { Insert::New } else { Insert::Replace };
+        let displaced = F::tables_mut(&mut self.flows)
+            .fwd
+            .insert(key, h, val, st, now_ms, mode);
+        displaced_flow(&self.stats, &displaced);
+        bump(&self.stats.new_flows, 1);
+        if let Some(c) = self.stats.targets.get(b.id as usize) {
+            bump(&c.new_flows, 1);
+        }
+        Ok(Choice {
+            backend: b,
+            nat_port,
+            nat_addr,
+        })
+    }
+
+    /// ClientIP affinity for a new flow: the client's backend while its affinity lasts and
+    /// the backend is active and still the frontend's, else Maglev on the client address
+    /// alone; (re)records the affinity for `aff_ms`.
+    #[inline(always)]
+    fn affinity<'s, F: Family>(
+        &mut self,
+        snap: &'s Snapshot,
+        flow: &VipFlow<'_>,
+        aff_ms: u32,
+    ) -> Option<&'s Backend> {
+        let &VipFlow { p, f, now_ms, .. } = flow;
+        let (src, dst) = (F::from_raw(&p.src), F::from_raw(&p.dst));
+        let key = Key::new(src, dst, 0, p.dport, p.proto);
+        let ak_h = F::hash_5tuple(snap.hash_seed, src, dst, 0, p.dport, p.proto);
+        let t = F::tables_mut(&mut self.flows);
+        let mut chosen = None;
+        if let Some(a) = t
+            .aff
+            .lookup(&key, ak_h, crate::conntrack::NO_SLOT, now_ms, |_| {})
+        {
+            let a = *a.value();
+            if (a.expires_ms.wrapping_sub(now_ms) as i32) > 0 {
+                chosen = snap
+                    .backend(a.backend)
+                    .filter(|b| b.state == BackendState::Active && f.backends.contains(&b.id));
+            }
+        }
+        if chosen.is_none() {
+            // Maglev on the client address alone: the same client lands on the same backend
+            // on every worker and every Sluice host.
+            let ch = F::hash_5tuple(snap.hash_seed, src, F::default(), 0, 0, 0);
+            chosen = pick(snap, f, ch);
+        }
+        if let Some(b) = chosen {
+            let val = Aff {
+                backend: b.id,
+                expires_ms: now_ms.wrapping_add(aff_ms.min(MAX_AFFINITY_MS)),
+            };
+            let _ = t
+                .aff
+                .insert(key, ak_h, val, FlowState::Other, now_ms, Insert::Replace);
+        }
+        chosen
+    }
+}
