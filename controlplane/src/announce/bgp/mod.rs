@@ -5,12 +5,14 @@
 //! - [`bird`]: renders BIRD 2 configuration from both.
 //! - [`control`]: a client of BIRD's control socket (`configure`, protocol and BFD state).
 //! - [`supervisor`]: starts and restarts BIRD, and the [`Announcer`] the daemon calls.
+//! - [`wanted`]: which addresses to announce, from a compile report.
 //!
 //! docs/bgp.md says why BIRD, what is announced when, and what the daemon does not do yet.
 pub mod bird;
 pub mod control;
 pub mod prefixes;
 pub mod supervisor;
+pub mod wanted;
 
 pub use crate::config::BgpConfig;
 pub use prefixes::{Announcement, PrefixSet};
