@@ -241,7 +241,7 @@ async fn drive(
                     tokio::task::spawn_blocking(move || (a.status(), a.process())).await
                 {
                     update_status(&mut view, status, &mut status_error);
-                    view.doc.bird = supervised.then(|| api::BirdProcess {
+                    view.doc.bird = supervised.then_some(api::BirdProcess {
                         pid: process.pid,
                         starts: process.starts,
                         last_exit: process.last_exit,
