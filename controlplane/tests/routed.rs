@@ -227,7 +227,6 @@ fn wait_vips(hosts: &[u8], limit: Duration, what: &str) -> Duration {
 /// ECMP, SIGKILL (BFD), SIGTERM (withdraw, linger, stop) with a client connecting throughout,
 /// a Service whose backends all go, and dsr-l2 flow survival. One lab, one pair of hosts.
 #[test]
-#[ignore = "needs the [bgp] wiring in sluiced (issue 14 phase 2a)"]
 fn bgp_announces_withdraws_and_fails_over() {
     let lab_ = Lab::up("bgp");
     lab(&["routed", "dsr-vip", DSR4]);

@@ -100,6 +100,22 @@ pub struct Status {
     pub problems: Vec<String>,
     /// When counters were last reset (`None`: never).
     pub counters_reset_unix: Option<f64>,
+    /// Routed mode at a glance (`None`: no `[bgp]` section).
+    #[serde(default)]
+    pub bgp: Option<BgpSummary>,
+}
+
+/// Routed mode in `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BgpSummary {
+    /// Whether the host is drained (nothing announced, still forwarding).
+    pub drained: bool,
+    /// Prefixes BIRD announces.
+    pub announced: usize,
+    /// Peers whose session is Established.
+    pub peers_up: usize,
+    /// Configured peers.
+    pub peers: usize,
 }
 
 /// A VIP and the pool it came from.
@@ -505,4 +521,58 @@ pub struct Reloaded {
 pub struct CountersReset {
     /// When.
     pub reset_unix: f64,
+}
+
+/// `GET /v1/bgp` (also the answer of `POST /v1/host/drain` and `/v1/host/undrain`): routed
+/// mode as sluiced last read it from BIRD (about once a second).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bgp {
+    /// Whether `[bgp]` is configured.
+    pub enabled: bool,
+    /// Whether the operator drained the host (`sluicectl host drain`): nothing is announced,
+    /// the workers keep forwarding.
+    pub drained: bool,
+    /// The prefixes BIRD was last configured to announce (`10.98.0.100/32`).
+    pub announced: Vec<String>,
+    /// The supervised BIRD (`None` without `[bgp]`; pid `None` in attach mode).
+    pub bird: Option<BirdProcess>,
+    /// Every configured peer, in config order.
+    pub peers: Vec<BgpPeer>,
+}
+
+/// The supervised BIRD process in [`Bgp`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BirdProcess {
+    /// Its pid while it runs.
+    pub pid: Option<u32>,
+    /// How many times sluiced started it (restarts are `starts - 1`).
+    pub starts: u64,
+    /// How its last run ended (`signal: 9 (SIGKILL)`, `exit status: 1`).
+    pub last_exit: Option<String>,
+}
+
+/// One BGP peer in [`Bgp`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BgpPeer {
+    /// `bgp.peers[].name`, or derived from the address.
+    pub name: String,
+    /// The neighbour's address.
+    pub address: IpAddr,
+    /// The neighbour's AS.
+    pub asn: u32,
+    /// BGP state: `Idle`, `Connect`, `Active`, `OpenSent`, `OpenConfirm`, `Established`, or
+    /// `Down` (BIRD does not answer, or the protocol is not running).
+    pub state: String,
+    /// When the session entered its state (Unix seconds).
+    pub since_unix: Option<u64>,
+    /// Prefixes exported to the peer.
+    pub exported: u64,
+    /// Prefixes accepted from the peer (sluiced imports none).
+    pub imported: u64,
+    /// BFD session state (`Up`, `Down`, `Init`); `None` when BFD is off for the peer.
+    pub bfd: Option<String>,
+    /// BIRD's last error for the session, or why sluiced could not read it.
+    pub last_error: Option<String>,
+    /// What to check when the session is not up.
+    pub hint: Option<String>,
 }

@@ -73,6 +73,7 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/v1/ports"),
     ("GET", "/v1/neighbours"),
     ("GET", "/v1/health"),
+    ("GET", "/v1/bgp"),
     (
         "GET",
         "/v1/conntrack?client=IP[&client_port=N][&vip=IP][&vip_port=N][&protocol=tcp|udp][&max=N]",
@@ -81,6 +82,8 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("POST", "/v1/backends/ADDR/undrain"),
     ("POST", "/v1/backends/ADDR/weight  {\"weight\": N|null}"),
     ("POST", "/v1/reload"),
+    ("POST", "/v1/host/drain"),
+    ("POST", "/v1/host/undrain"),
     ("POST", "/v1/counters/reset"),
 ];
 
@@ -160,12 +163,17 @@ pub async fn handle(st: &Arc<AdminState>, method: &str, target: &str, body: &[u8
         ("GET", ["v1", "ports"]) => Reply::json(&ports(st)),
         ("GET", ["v1", "neighbours"]) => Reply::json(&neighbours(st)),
         ("GET", ["v1", "health"]) => Reply::json(&health(st)),
+        ("GET", ["v1", "bgp"]) => Reply::json(&st.bgp().doc),
         ("GET", ["v1", "conntrack"]) => Reply::from(conntrack(st, &query).await),
         ("POST", ["v1", "backends", addr, op @ ("drain" | "undrain" | "weight")]) => {
             Reply::from(backend_write(st, addr, op, body).await)
         }
         ("POST", ["v1", "reload"]) => {
             Reply::from(control(st, |reply| ControlRequest::Reload { reply }).await)
+        }
+        ("POST", ["v1", "host", op @ ("drain" | "undrain")]) => {
+            let drain = *op == "drain";
+            Reply::from(control(st, |reply| ControlRequest::Host { drain, reply }).await)
         }
         ("POST", ["v1", "counters", "reset"]) => Reply::json(&api::CountersReset {
             reset_unix: unix(st.reset_counters()),
@@ -472,6 +480,7 @@ fn status(st: &AdminState) -> api::Status {
         weights: live.weights.clone(),
         problems,
         counters_reset_unix: reset_at.map(unix),
+        bgp: bgp_summary(&st.bgp().doc),
     }
 }
 
@@ -845,6 +854,16 @@ async fn conntrack(
     out.flows
         .sort_by_key(|f| (f.client_port, f.vip, f.vip_port));
     Ok(out)
+}
+
+/// Routed mode's line in `GET /v1/status`.
+fn bgp_summary(b: &api::Bgp) -> Option<api::BgpSummary> {
+    b.enabled.then(|| api::BgpSummary {
+        drained: b.drained,
+        announced: b.announced.len(),
+        peers_up: b.peers.iter().filter(|p| p.state == "Established").count(),
+        peers: b.peers.len(),
+    })
 }
 
 /// Sends a request to the control loop and waits for its answer.

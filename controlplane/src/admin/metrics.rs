@@ -577,8 +577,103 @@ impl Collector for SluiceCollector {
             "Share of the frontend's Maglev table the backend holds",
             bs().map(|b| (b.0.clone(), g(b.4))),
         )?;
-        Ok(())
+        bgp(&mut enc, &st.bgp())
     }
+}
+
+/// BGP session states `sluice_bgp_session_state` exports (BIRD's names, and `Down`).
+const BGP_STATES: [&str; 7] = [
+    "Idle",
+    "Connect",
+    "Active",
+    "OpenSent",
+    "OpenConfirm",
+    "Established",
+    "Down",
+];
+
+/// Routed mode's series (none without `[bgp]`).
+fn bgp(enc: &mut DescriptorEncoder<'_>, v: &super::BgpView) -> std::fmt::Result {
+    let b = &v.doc;
+    if !b.enabled {
+        return Ok(());
+    }
+    let peer = |p: &super::api::BgpPeer| -> Labels { vec![("peer", p.name.clone())] };
+    family(
+        enc,
+        "sluice_bgp_session_up",
+        "1 while the BGP session with the peer is Established",
+        b.peers.iter().map(|p| {
+            let up = p.state == "Established";
+            (peer(p), Value::Gauge(if up { 1.0 } else { 0.0 }))
+        }),
+    )?;
+    family(
+        enc,
+        "sluice_bgp_session_state",
+        "1 for the BGP session's current state, 0 for the others",
+        b.peers.iter().flat_map(|p| {
+            BGP_STATES.iter().map(move |s| {
+                let mut l = peer(p);
+                l.push(("state", (*s).to_owned()));
+                (l, Value::Gauge(if p.state == *s { 1.0 } else { 0.0 }))
+            })
+        }),
+    )?;
+    family(
+        enc,
+        "sluice_bgp_bfd_up",
+        "1 while the BFD session with the peer is Up (peers with BFD on)",
+        b.peers.iter().filter_map(|p| {
+            let up = p.bfd.as_deref()? == "Up";
+            Some((peer(p), Value::Gauge(if up { 1.0 } else { 0.0 })))
+        }),
+    )?;
+    let v6 = b.announced.iter().filter(|p| p.contains(':')).count();
+    let v4 = b.announced.len() - v6;
+    family(
+        enc,
+        "sluice_bgp_announced_prefixes",
+        "Prefixes BIRD was last configured to announce",
+        [("ipv4", v4), ("ipv6", v6)]
+            .map(|(f, n)| (vec![("family", f.to_owned())], Value::Gauge(n as f64))),
+    )?;
+    family(
+        enc,
+        "sluice_bgp_drained",
+        "1 while the operator has drained the host (nothing announced)",
+        [(vec![], Value::Gauge(if b.drained { 1.0 } else { 0.0 }))],
+    )?;
+    family(
+        enc,
+        "sluice_bgp_configure_failures",
+        "Announcement changes BIRD did not take (retried every second)",
+        [(vec![], Value::Counter(v.configure_failures))],
+    )?;
+    family(
+        enc,
+        "sluice_bgp_status_failures",
+        "Reads of BIRD's session state that failed (its control socket did not answer)",
+        [(vec![], Value::Counter(v.status_failures))],
+    )?;
+    let Some(bird) = &b.bird else {
+        return Ok(()); // attach mode: the operator's BIRD
+    };
+    family(
+        enc,
+        "sluice_bgp_bird_up",
+        "1 while the supervised BIRD process runs",
+        [(
+            vec![],
+            Value::Gauge(if bird.pid.is_some() { 1.0 } else { 0.0 }),
+        )],
+    )?;
+    family(
+        enc,
+        "sluice_bgp_bird_restarts",
+        "Times sluiced restarted the supervised BIRD after it exited",
+        [(vec![], Value::Counter(bird.starts.saturating_sub(1)))],
+    )
 }
 
 const STATES: [BackendState; 3] = [

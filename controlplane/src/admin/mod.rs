@@ -196,6 +196,25 @@ pub enum ControlRequest {
         /// The answer.
         reply: ReplyTo<api::Reloaded>,
     },
+    /// Drain the host (withdraw every BGP announcement, keep forwarding) or undrain it.
+    Host {
+        /// `true`: drain; `false`: undrain.
+        drain: bool,
+        /// The answer, once BIRD was told (or failed to be).
+        reply: ReplyTo<api::Bgp>,
+    },
+}
+
+/// What the daemon's BGP driver last read from BIRD (routed mode), for `GET /v1/bgp`,
+/// `GET /v1/status` and the metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BgpView {
+    /// The `GET /v1/bgp` document.
+    pub doc: api::Bgp,
+    /// Failed `configure` calls (announcement changes BIRD did not take).
+    pub configure_failures: u64,
+    /// Failed status reads (BIRD's socket did not answer).
+    pub status_failures: u64,
 }
 
 /// What the daemon tells the admin side once, at start-up.
@@ -425,6 +444,7 @@ pub struct AdminState {
     control: mpsc::Sender<ControlRequest>,
     lookups: tokio::sync::Mutex<()>,
     telemetry: Telemetry,
+    bgp: Mutex<BgpView>,
 }
 
 /// Seconds since the Unix epoch.
@@ -484,6 +504,7 @@ impl AdminState {
             control: tx,
             lookups: tokio::sync::Mutex::new(()),
             telemetry: Telemetry::default(),
+            bgp: Mutex::new(BgpView::default()),
         };
         (Arc::new(state), rx)
     }
@@ -590,6 +611,16 @@ impl AdminState {
     }
 
     /// The channel for writes (drain, weight, reload).
+    /// Routed mode as the BGP driver last saw it.
+    pub fn set_bgp(&self, v: BgpView) {
+        *lock(&self.bgp) = v;
+    }
+
+    /// Routed mode as last set ([`BgpView::default`], `enabled: false`, without `[bgp]`).
+    pub fn bgp(&self) -> BgpView {
+        lock(&self.bgp).clone()
+    }
+
     pub(crate) fn control(&self) -> &mpsc::Sender<ControlRequest> {
         &self.control
     }

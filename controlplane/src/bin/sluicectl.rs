@@ -103,6 +103,14 @@ enum Cmd {
     Version,
     /// Re-read the manifest directory now.
     Reload,
+    /// Routed mode: BGP peers, their state, BIRD, and the announced prefixes.
+    Bgp,
+    /// The whole host: `drain` withdraws every BGP announcement (traffic moves to the other
+    /// hosts; this one keeps forwarding), `undrain` announces again.
+    Host {
+        #[command(subcommand)]
+        cmd: HostCmd,
+    },
     /// Reset the counters the API reports (Prometheus metrics are not reset).
     ResetCounters,
     /// Refreshing view of rates: workers and Services.
@@ -114,6 +122,14 @@ enum Cmd {
         #[arg(long)]
         count: Option<u64>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum HostCmd {
+    /// Withdraw every BGP announcement; keep forwarding (maintenance).
+    Drain,
+    /// Announce again.
+    Undrain,
 }
 
 #[derive(Debug, Subcommand)]
@@ -376,6 +392,21 @@ fn run(ctl: &Ctl, cmd: &Cmd, json: bool) -> Result<i32, Failure> {
                 for w in &r.warnings {
                     println!("  warning: {w}");
                 }
+            }
+            Ok(EXIT_OK)
+        }
+        Cmd::Bgp => show(ctl, "/v1/bgp", json, tables::bgp),
+        Cmd::Host { cmd } => {
+            let op = match cmd {
+                HostCmd::Drain => "drain",
+                HostCmd::Undrain => "undrain",
+            };
+            let body = ctl.call("POST", &format!("/v1/host/{op}"), None)?;
+            let b: api::Bgp = parse(&body)?;
+            if json {
+                println!("{}", body.trim_end());
+            } else {
+                println!("host {op}ed: {} prefix(es) announced", b.announced.len());
             }
             Ok(EXIT_OK)
         }

@@ -14,6 +14,7 @@
 //!   a prime Maglev size) run afterwards in [`Config::validate`] and name the key they reject.
 //! - Addresses are parsed into typed values here, so nothing downstream parses strings again.
 mod admin;
+pub mod bgp;
 mod dataplane;
 mod de;
 mod forwarding;
@@ -30,6 +31,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use admin::AdminConfig;
+pub use bgp::BgpConfig;
 pub use dataplane::{
     EalConfig, NatConfig, PortConfig, TablesConfig, WorkersConfig, MAX_CONNTRACK_CAPACITY,
 };
@@ -120,6 +122,9 @@ pub struct Config {
     /// Admin socket and metrics (parsed, not used yet).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Routed mode: announce VIPs and NAT addresses over BGP through BIRD 2. Default: off.
+    #[serde(default)]
+    pub bgp: Option<BgpConfig>,
 }
 
 // --------------------------------------------------------------------------------- load
@@ -192,7 +197,7 @@ impl Config {
     pub fn parse(text: &str, file: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let file = file.as_ref();
         let de = toml::Deserializer::new(text);
-        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let key = if key == "." { String::new() } else { key };
             let inner = e.into_inner();
@@ -205,6 +210,7 @@ impl Config {
                 key,
             }
         })?;
+        cfg.fill_defaults();
         cfg.validate()
             .map_err(|(key, message)| ConfigError::Invalid {
                 file: file.to_owned(),
@@ -212,6 +218,20 @@ impl Config {
                 message,
             })?;
         Ok(cfg)
+    }
+
+    /// Defaults that depend on other sections: `bgp.next_hop_v4` / `next_hop_v6` are the first
+    /// port's first address of that family when unset.
+    fn fill_defaults(&mut self) {
+        let first = self.ports.first();
+        if let Some(b) = &mut self.bgp {
+            if b.next_hop_v4.is_none() {
+                b.next_hop_v4 = first.and_then(|p| p.ipv4.first()).map(|a| a.addr());
+            }
+            if b.next_hop_v6.is_none() {
+                b.next_hop_v6 = first.and_then(|p| p.ipv6.first()).map(|a| a.addr());
+            }
+        }
     }
 
     /// The ports' own addresses, IPv4 then IPv6, in config order.

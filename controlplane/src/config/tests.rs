@@ -244,6 +244,15 @@ fn every_key_is_documented() {
         ("health", format!("{base}[health]\nbogus_key = 1\n")),
         ("source", format!("{base}[source]\nbogus_key = 1\n")),
         ("admin", format!("{base}[admin]\nbogus_key = 1\n")),
+        ("bgp", format!("{base}[bgp]\nasn = 64512\nbogus_key = 1\n")),
+        (
+            "bgp.peers",
+            format!("{base}[[bgp.peers]]\naddress = \"10.0.0.1\"\nasn = 1\nbogus_key = 1\n"),
+        ),
+        (
+            "bgp.advertisements",
+            format!("{base}[[bgp.advertisements]]\npools = []\nbogus_key = 1\n"),
+        ),
     ];
     let mut n = 0;
     for (table, text) in probes {
@@ -274,4 +283,88 @@ fn every_key_is_documented() {
         }
     }
     assert!(n > 40, "only {n} keys found");
+}
+
+const BGP: &str = r#"
+[bgp]
+asn = 64512
+router_id = "10.99.0.2"
+
+[[bgp.peers]]
+name = "tor"
+address = "10.99.0.1"
+asn = 65000
+
+[[bgp.advertisements]]
+pools = ["lab"]
+communities = ["65000:100"]
+"#;
+
+#[test]
+fn bgp_is_optional_and_next_hops_default_to_the_first_port() {
+    assert_eq!(parse(LAB).unwrap().bgp, None);
+    let c = parse(&format!("{LAB}{BGP}")).unwrap();
+    let b = c.bgp.unwrap();
+    assert_eq!(b.next_hop_v4, Some(Ipv4Addr::new(10, 99, 0, 2)));
+    assert_eq!(b.next_hop_v6, Some("fd00:99::2".parse().unwrap()));
+    assert_eq!(b.peers[0].display_name(), "tor");
+    // Set explicitly, they are kept.
+    let c = parse(&format!(
+        "{LAB}{}",
+        BGP.replace("asn = 64512", "asn = 64512\nnext_hop_v4 = \"10.99.0.2\"")
+    ))
+    .unwrap();
+    assert_eq!(
+        c.bgp.unwrap().next_hop_v4,
+        Some(Ipv4Addr::new(10, 99, 0, 2))
+    );
+}
+
+#[test]
+fn bgp_errors_name_the_key_and_the_fix() {
+    let cases = [
+        (
+            BGP.replace("pools = [\"lab\"]", "pools = [\"web\"]"),
+            "bgp.advertisements[0].pools[0]",
+            "not a configured pool",
+        ),
+        (
+            BGP.replace("asn = 64512", "asn = 0"),
+            "bgp.asn",
+            "use 1..=4294967295",
+        ),
+        (
+            BGP.replace("asn = 65000", "asn = 23456"),
+            "bgp.peers[0].asn",
+            "AS_TRANS",
+        ),
+        (
+            BGP.replace("asn = 64512", "asn = 64512\nnext_hop_v4 = \"10.99.0.77\""),
+            "bgp.next_hop_v4",
+            "not an address of any [[ports]]",
+        ),
+        (
+            BGP.replace("asn = 64512", "asn = 64512\nlinger_seconds = 99999"),
+            "bgp.linger_seconds",
+            "use 0..=3600",
+        ),
+    ];
+    for (bgp, key, fix) in cases {
+        let e = parse(&format!("{LAB}{bgp}")).unwrap_err();
+        assert_eq!(e.key(), key, "{e}");
+        assert!(e.to_string().contains(fix), "{e}");
+    }
+    // A port without IPv6: an IPv4 peer that carries ipv6 has no next hop to default to.
+    let v4_only = LAB.replace("ipv6 = [\"fd00:99::2/64\"]\n", "");
+    let v4_only = v4_only.replace(", \"fd00:99::100-fd00:99::120\"", "");
+    let v4_only = v4_only.replace(", \"fd00:99::3\"", "");
+    let e = parse(&format!(
+        "{v4_only}{}",
+        BGP.replace(
+            "asn = 65000",
+            "asn = 65000\nfamilies = [\"ipv4\", \"ipv6\"]"
+        )
+    ))
+    .unwrap_err();
+    assert_eq!(e.key(), "bgp.next_hop_v6", "{e}");
 }

@@ -338,6 +338,29 @@ impl Config {
                 "is empty; name the directory of Service/EndpointSlice/Node YAML files".to_owned(),
             );
         }
+
+        // [bgp]
+        if let Some(b) = &self.bgp {
+            let pools: Vec<&str> = self.pools.iter().map(|p| p.name.as_str()).collect();
+            b.validate(&pools)?;
+            let own = self.own_addresses();
+            let hops = [
+                ("bgp.next_hop_v4", b.next_hop_v4.map(IpAddr::V4)),
+                ("bgp.next_hop_v6", b.next_hop_v6.map(IpAddr::V6)),
+            ];
+            for (key, hop) in hops {
+                if let Some(h) = hop.filter(|h| !own.contains(h)) {
+                    return err(
+                        key,
+                        format!(
+                            "{h} is not an address of any [[ports]]; the routers send the \
+                             announced traffic to it, so it must be the DPDK port's address \
+                             (leave it out for the first port's)"
+                        ),
+                    );
+                }
+            }
+        }
         Ok(())
     }
 }

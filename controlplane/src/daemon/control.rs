@@ -5,7 +5,9 @@
 //! from the admin API, and a 50 ms tick that drains the neighbours the workers learned, drops
 //! retired snapshots, samples the port counters, retries and refreshes next hops, ages out
 //! removed backends and logs the worker counters. Each change ends in
-//! [`ControlState::compile_and_publish`]. SIGINT and SIGTERM end the loop.
+//! [`ControlState::compile_and_publish`]. SIGINT and SIGTERM end the loop; in routed mode the
+//! first one withdraws every BGP announcement and the loop keeps running (the workers keep
+//! forwarding, with updates) for `bgp.linger_seconds`, and a second one ends it at once.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,10 +75,27 @@ pub(super) async fn control_loop(
         }
     };
     sample(state);
+    // Set by the first SIGTERM/SIGINT in routed mode: forward until then, announcing nothing.
+    let mut linger_until: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
-            _ = term.recv() => { info!("SIGTERM"); return Ok(()); }
-            _ = int.recv() => { info!("SIGINT"); return Ok(()); }
+            sig = async { tokio::select! { _ = term.recv() => "SIGTERM", _ = int.recv() => "SIGINT" } } => {
+                if linger_until.is_some() {
+                    info!(signal = sig, "second signal: stopping now");
+                    return Ok(());
+                }
+                match state.begin_stop() {
+                    None => { info!(signal = sig, "stopping"); return Ok(()); }
+                    Some(linger) => {
+                        info!(signal = sig, linger_s = linger.as_secs_f64(), "withdrew every BGP announcement; forwarding while the routers move traffic away, then stopping");
+                        linger_until = Some(tokio::time::Instant::now() + linger);
+                    }
+                }
+            }
+            _ = async { tokio::time::sleep_until(linger_until.unwrap_or_else(tokio::time::Instant::now)).await }, if linger_until.is_some() => {
+                info!("linger over");
+                return Ok(());
+            }
             ev = manifests.recv() => match ev {
                 Some(ManifestEvent::Updated(m)) => {
                     for w in &m.warnings { warn!(warning = %w, "manifest"); }
@@ -129,6 +148,9 @@ pub(super) async fn control_loop(
                 }
                 if let Some(r) = &state.last {
                     state.announce.tick(&r.unresolved, &r.next_hops);
+                }
+                if let Some(b) = &mut state.bgp {
+                    b.flush();
                 }
                 if state.last_publish.elapsed() >= Duration::from_secs(1) {
                     // Ages out removed backends after their grace period.

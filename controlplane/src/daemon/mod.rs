@@ -6,10 +6,15 @@
 //! - [`ControlState`] ([`state`]): compile the first snapshot (next hops unresolved yet:
 //!   backends wait for ARP/NDP), then [`boot`] spawns the pinned workers with it;
 //! - start the admin socket and the metrics listener;
+//! - with `[bgp]`, start BIRD with nothing announced ([`bgp`]); VIPs and NAT addresses are
+//!   announced once the workers run the snapshot that serves them;
 //! - [`control`]: the control loop on tokio (on the cores the workers do not use), which
 //!   recompiles on any change and publishes to every worker, announcing VIPs and resolving
 //!   next hops through [`crate::announce`];
-//! - on SIGINT/SIGTERM: stop the workers, then the ports, then EAL.
+//! - on SIGINT/SIGTERM: with `[bgp]`, withdraw everything and keep forwarding for
+//!   `bgp.linger_seconds` while the routers move traffic away; then stop the workers, the
+//!   ports, EAL, and last BIRD.
+mod bgp;
 pub mod boot;
 mod control;
 pub mod state;
@@ -53,6 +58,9 @@ pub enum DaemonError {
     /// The Kubernetes source could not start.
     #[error(transparent)]
     Kube(#[from] k8s::KubeError),
+    /// Routed mode could not start (BIRD missing, not starting or not answering).
+    #[error("bgp: {0}")]
+    Bgp(#[from] crate::announce::bgp::BgpError),
 }
 
 /// Runs `sluiced` with the configuration at `path` until SIGINT/SIGTERM.
@@ -148,6 +156,18 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
             return Err(e);
         }
     };
+    if let Some(b) = &cfg.bgp {
+        match bgp::Routed::start(b, Some(admin_state.clone()), stats.clone()) {
+            Ok(r) => state.attach_bgp(r),
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                drop(servers);
+                drop(state);
+                dp.stop();
+                return Err(e.into());
+            }
+        }
+    }
     boot::pin_control_threads(&cfg);
     state.compile_and_publish("start");
 
@@ -158,10 +178,14 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
         rt.block_on(k.shutdown());
     }
     info!("stopping: workers, then ports, then EAL");
+    let routed = state.bgp.take();
     drop(servers);
     stop.store(true, Ordering::Relaxed);
     drop(state);
     dp.stop();
+    if let Some(r) = routed {
+        r.stop();
+    }
     info!("stopped cleanly");
     result
 }

@@ -19,6 +19,7 @@ use sluice_dataplane::snapshot::Snapshot;
 use sluice_dataplane::worker::Command;
 use tracing::{error, info, warn};
 
+use super::bgp::Routed;
 use crate::admin::{self, AdminState, ControlRequest};
 use crate::announce::Announcer;
 use crate::compile::{CompileError, CompileInput, CompileReport, Compiled, Compiler};
@@ -52,6 +53,8 @@ pub struct ControlState {
     pub(super) kube: Option<Kubernetes>,
     /// Hands compile reports to the Kubernetes status writer.
     status: Option<StatusReporter>,
+    /// Routed mode (`[bgp]`): what BIRD announces.
+    pub(super) bgp: Option<Routed>,
 }
 
 impl ControlState {
@@ -73,6 +76,7 @@ impl ControlState {
             manifest_dir,
             kube: None,
             status: None,
+            bgp: None,
             cfg,
         }
     }
@@ -94,6 +98,20 @@ impl ControlState {
     ) {
         self.snap_tx = snapshots;
         self.announce = Announcer::new(&self.cfg, commands);
+    }
+
+    /// Announces over BGP too (routed mode), once the workers run what is announced.
+    pub(super) fn attach_bgp(&mut self, bgp: Routed) {
+        self.bgp = Some(bgp);
+        if let (Some(b), Some(r)) = (&mut self.bgp, &self.last) {
+            b.report(&self.cfg, r);
+        }
+    }
+
+    /// SIGTERM/SIGINT: withdraws every BGP announcement and returns how long to keep
+    /// forwarding before stopping (`None` without `[bgp]`: stop now).
+    pub(super) fn begin_stop(&mut self) -> Option<std::time::Duration> {
+        self.bgp.as_mut().map(Routed::begin_stop)
     }
 
     /// Publishes to the admin API's view too.
@@ -199,6 +217,9 @@ impl ControlState {
                 .collect(),
         );
         self.announce.resolve(&report.unresolved);
+        if let Some(b) = &mut self.bgp {
+            b.report(&self.cfg, &report);
+        }
         self.last = Some(report);
         self.last_publish = Instant::now();
     }
@@ -256,6 +277,22 @@ impl ControlState {
                     }
                 };
                 let _ = reply.send(r);
+            }
+            ControlRequest::Host { drain, reply } => {
+                let Some(b) = &mut self.bgp else {
+                    let _ = reply.send(Err(admin::ApiError::conflict(
+                        "routed mode is off (no [bgp] section in the configuration): this host \
+                         announces nothing over BGP, so there is nothing to drain",
+                    )));
+                    return;
+                };
+                let applied = b.set_drained(drain, &self.cfg, self.last.as_ref());
+                let view = self.admin.clone();
+                tokio::spawn(async move {
+                    applied.await;
+                    let doc = view.map(|a| a.bgp().doc).unwrap_or_default();
+                    let _ = reply.send(Ok(doc));
+                });
             }
         }
     }

@@ -635,3 +635,140 @@ async fn metrics_scrape_parses_with_expected_series() {
         .count();
     assert_eq!(drops, WORKERS * DropReason::COUNT);
 }
+
+async fn bgp_doc(f: &Fixture) -> api::Bgp {
+    ok(get(&f.st, "/v1/bgp").await)
+}
+
+/// Routed mode over the real control state and a real (supervised) BIRD whose only peer does
+/// not exist: nothing is announced before the workers run the snapshot, then the VIPs with a
+/// ready backend and the NAT addresses; drain withdraws everything and undrain announces again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bgp_announces_after_the_workers_forward_and_drain_withdraws() {
+    let (f, rx) = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let mut bgp: crate::config::BgpConfig = toml::from_str(
+        r#"
+asn = 64512
+router_id = "192.0.2.11"
+next_hop_v4 = "10.99.0.2"
+linger_seconds = 0
+[[peers]]
+name = "nowhere"
+address = "192.0.2.1"
+asn = 65000
+"#,
+    )
+    .unwrap();
+    bgp.runtime_dir = dir.path().to_owned();
+    let gen = generation(&f);
+    {
+        let mut st = f.state.lock().unwrap();
+        let cfg = st.cfg.clone();
+        let routed = super::bgp::Routed::start(&bgp, Some(f.st.clone()), f.stats.clone()).unwrap();
+        st.attach_bgp(routed);
+        let nat = cfg.nat.addresses.clone();
+        assert!(!nat.is_empty(), "the example config has NAT addresses");
+    }
+    control_loop(&f, rx);
+    // The fake workers have not taken the snapshot: nothing is announced.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(bgp_doc(&f).await.announced.is_empty());
+    for s in &f.stats {
+        s.snapshot_generation.store(gen, Relaxed);
+    }
+    f.state.lock().unwrap().bgp.as_mut().unwrap().flush();
+    let mut b = bgp_doc(&f).await;
+    for _ in 0..100 {
+        if !b.announced.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        b = bgp_doc(&f).await;
+    }
+    assert!(b.enabled && !b.drained);
+    let expected: BTreeSet<String> = {
+        let st = f.state.lock().unwrap();
+        let r = st.last_report().unwrap();
+        let mut v: BTreeSet<String> = r
+            .services
+            .iter()
+            .flat_map(|s| &s.frontends)
+            .filter(|fe| fe.backends.iter().any(|b| b.mac.is_some()))
+            .map(|fe| ipnet::IpNet::from(fe.vip).to_string())
+            .collect();
+        v.extend(
+            st.cfg
+                .nat
+                .addresses
+                .iter()
+                .map(|a| ipnet::IpNet::from(*a).to_string()),
+        );
+        v
+    };
+    assert_eq!(
+        b.announced.iter().cloned().collect::<BTreeSet<_>>(),
+        expected
+    );
+    // The prefixes file BIRD reads holds them too.
+    let prefixes = std::fs::read_to_string(dir.path().join("prefixes.conf")).unwrap();
+    for p in &expected {
+        assert!(prefixes.contains(p.as_str()), "{p} not in {prefixes}");
+    }
+
+    // Drain: nothing announced, reported in the answer, the status and the metrics.
+    let d: api::Bgp = ok(handle(&f.st, "POST", "/v1/host/drain", b"").await);
+    assert!(d.drained, "{d:?}");
+    assert!(d.announced.is_empty(), "{d:?}");
+    let s: api::Status = ok(get(&f.st, "/v1/status").await);
+    let sum = s.bgp.unwrap();
+    assert!(sum.drained && sum.announced == 0 && sum.peers == 1);
+    // BIRD was read at least once: the peer is there, and not up.
+    let mut b = bgp_doc(&f).await;
+    for _ in 0..60 {
+        if !b.peers.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        b = bgp_doc(&f).await;
+    }
+    assert_eq!(b.peers.len(), 1);
+    assert_eq!(b.peers[0].name, "nowhere");
+    assert_ne!(b.peers[0].state, "Established");
+    assert!(b.bird.as_ref().unwrap().pid.is_some());
+    let text = metrics::encode(&metrics::registry(f.st.clone()));
+    assert!(text.contains("sluice_bgp_drained 1"), "{text}");
+    assert!(
+        text.contains("sluice_bgp_session_up{peer=\"nowhere\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sluice_bgp_announced_prefixes{family=\"ipv4\"} 0"),
+        "{text}"
+    );
+    assert!(text.contains("sluice_bgp_bird_restarts_total 0"), "{text}");
+
+    // Undrain: announced again.
+    let u: api::Bgp = ok(handle(&f.st, "POST", "/v1/host/undrain", b"").await);
+    assert!(!u.drained);
+    assert_eq!(
+        u.announced.iter().cloned().collect::<BTreeSet<_>>(),
+        expected
+    );
+
+    let routed = f.state.lock().unwrap().bgp.take().unwrap();
+    tokio::task::spawn_blocking(move || routed.stop())
+        .await
+        .unwrap();
+}
+
+/// Without `[bgp]`, drain is refused with the reason.
+#[tokio::test]
+async fn host_drain_without_bgp_is_a_conflict() {
+    let (f, rx) = fixture();
+    control_loop(&f, rx);
+    let e = err(handle(&f.st, "POST", "/v1/host/drain", b"").await, 409);
+    assert!(e.contains("no [bgp] section"), "{e}");
+    let b: api::Bgp = ok(get(&f.st, "/v1/bgp").await);
+    assert!(!b.enabled);
+}

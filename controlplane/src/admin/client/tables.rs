@@ -190,6 +190,20 @@ pub fn status(s: &api::Status) -> String {
             .collect();
         let _ = writeln!(o, "unresolved  {}", u.join(", "));
     }
+    if let Some(b) = &s.bgp {
+        let _ = writeln!(
+            o,
+            "bgp         {}/{} peers established  {} prefixes announced{}",
+            b.peers_up,
+            b.peers,
+            b.announced,
+            if b.drained {
+                "  DRAINED (sluicectl host undrain)"
+            } else {
+                ""
+            }
+        );
+    }
     if s.problems.is_empty() {
         let _ = writeln!(o, "problems    none");
     } else {
@@ -488,6 +502,71 @@ pub fn health(v: &[api::HealthRow]) -> String {
         ],
         &rows,
     )
+}
+
+/// `sluicectl bgp`: one row per peer, then BIRD and what is announced.
+pub fn bgp(b: &api::Bgp) -> String {
+    if !b.enabled {
+        return "routed mode is off (no [bgp] section in sluiced's configuration)\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = b
+        .peers
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.address.to_string(),
+                p.asn.to_string(),
+                p.state.clone(),
+                p.since_unix.map_or("-".to_owned(), |t| ago(t as f64)),
+                format!("{}/{}", p.exported, p.imported),
+                p.bfd.clone().unwrap_or_else(|| "off".to_owned()),
+                p.last_error.clone().unwrap_or_default(),
+                p.hint.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let mut o = table(
+        &[
+            "PEER",
+            "ADDRESS",
+            "ASN",
+            "STATE",
+            "SINCE",
+            "EXP/IMP",
+            "BFD",
+            "LAST-ERROR",
+            "HINT",
+        ],
+        &rows,
+    );
+    if let Some(p) = &b.bird {
+        let _ = writeln!(
+            o,
+            "bird        {}  starts {}{}",
+            p.pid
+                .map_or("not running".to_owned(), |p| format!("pid {p}")),
+            p.starts,
+            p.last_exit
+                .as_ref()
+                .map_or(String::new(), |e| format!("  last exit: {e}"))
+        );
+    }
+    let _ = writeln!(
+        o,
+        "announced   {}{}",
+        if b.announced.is_empty() {
+            "nothing".to_owned()
+        } else {
+            b.announced.join(", ")
+        },
+        if b.drained {
+            "  (host drained: sluicectl host undrain)"
+        } else {
+            ""
+        }
+    );
+    o
 }
 
 /// `sluicectl neighbours`.

@@ -24,8 +24,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::config::{BgpConfig, Family, PeerConfig};
 use super::prefixes::PrefixSet;
+use crate::config::bgp::{BgpConfig, Family, PeerConfig};
 
 /// BIRD protocol name of the IPv4 static protocol holding the announced prefixes.
 pub const STATIC_V4: &str = "sluice_v4";

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::config::{AdvertisementConfig, BgpConfig, Community, LargeCommunity};
+use crate::config::bgp::{AdvertisementConfig, BgpConfig, Community, LargeCommunity};
 
 /// One address the daemon wants announced.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

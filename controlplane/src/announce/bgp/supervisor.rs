@@ -33,9 +33,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::bird::{protocol_name, render_body, render_main, render_prefixes};
-use super::config::{BgpConfig, BirdMode};
 use super::control::{BgpState, Control, ControlError};
 use super::prefixes::{Announcement, PrefixSet};
+use crate::config::bgp::{BgpConfig, BirdMode};
 
 /// Errors of the [`Announcer`].
 #[derive(Debug, thiserror::Error)]

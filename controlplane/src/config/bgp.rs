@@ -8,7 +8,8 @@
 //!
 //! Parsing checks types and unknown keys (`deny_unknown_fields`, communities parsed into typed
 //! values); [`BgpConfig::validate`] checks the rest and names the key and the fix, the same way
-//! the top-level `Config::validate` does.
+//! the top-level `Config::validate` does, which calls it with the configured pools and also
+//! checks that the next hops are the ports' addresses.
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -47,10 +48,11 @@ pub struct BgpConfig {
     #[serde(default)]
     pub include_file: Option<PathBuf>,
     /// IPv4 next hop announced for every IPv4 prefix: the address of the DPDK port that
-    /// receives the traffic. Default: the BGP session's local address.
+    /// receives the traffic. In sluiced's config: default the first port's first IPv4 address
+    /// (`Config` fills it in); parsed alone, unset means the BGP session's local address.
     #[serde(default)]
     pub next_hop_v4: Option<Ipv4Addr>,
-    /// IPv6 next hop announced for every IPv6 prefix. Default: the session's local address.
+    /// IPv6 next hop announced for every IPv6 prefix. Default as `next_hop_v4`, of IPv6.
     #[serde(default)]
     pub next_hop_v6: Option<Ipv6Addr>,
     /// Seconds between withdrawing everything (drain, SIGTERM) and stopping the workers, so
