@@ -97,15 +97,21 @@ impl Pipeline {
             .fwd
             .lookup(&key, h, hint.slot, now_ms, gone)
             .map(|e| {
-                let s = next_state(e.state(), tcp, fl);
-                e.set_state(s);
-                *e.value()
+                let old = e.state();
+                e.set_state(next_state(old, tcp, fl));
+                (*e.value(), old)
             });
         // A miss leaves the key absent (an expired entry was freed): insert without a search.
         let absent = hit.is_none();
-        if let Some(v) = hit {
+        if let Some((v, old)) = hit {
             if let Some(b) = snap.backend(v.backend) {
-                if b.mac.is_some() && (f.method != Method::Nat || v.nat_port != 0) {
+                // A SYN on a closing flow is a new connection on a reused port: it keeps the
+                // old backend only while that backend takes new connections.
+                let reused = old == FlowState::TcpClosing && syn_only(tcp, fl);
+                if b.mac.is_some()
+                    && (f.method != Method::Nat || v.nat_port != 0)
+                    && !(reused && b.state != BackendState::Active)
+                {
                     return Ok(Choice {
                         backend: b,
                         nat_port: v.nat_port,
@@ -115,7 +121,7 @@ impl Pipeline {
             }
             // The backend left the snapshot (or the method changed): schedule anew below.
         }
-        if tcp && f.method == Method::Nat && !(fl & flags::SYN != 0 && fl & flags::ACK == 0) {
+        if tcp && f.method == Method::Nat && !syn_only(tcp, fl) {
             return Err(DropReason::TcpNoFlow);
         }
         let chosen = match f.affinity_ms {
@@ -213,4 +219,10 @@ impl Pipeline {
         }
         chosen
     }
+}
+
+/// Whether a packet opens a TCP connection: SYN without ACK.
+#[inline(always)]
+fn syn_only(tcp: bool, fl: u8) -> bool {
+    tcp && fl & (flags::SYN | flags::ACK) == flags::SYN
 }
