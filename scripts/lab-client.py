@@ -11,6 +11,9 @@
   failover PID HOST PORT SPORT      SIGKILL PID, then try a new HTTP connection from source port
                                     SPORT every 5 ms (50 ms connect timeout) until one answers;
                                     prints JSON {"ms": kill to answer, "attempts": n, "peer": ...}
+  cut NS HOST PORT SPORT            the same, but instead of a kill, both of namespace NS's lab
+                                    links (ctl0, dp0) go down in one `ip -batch`: a host lost
+                                    without closing anything (the clock starts before the cut)
   hold N HOST PORT                  N long-lived TCP connections to the echo service; prints
                                     {"connected": n}, then for every line "check" on stdin sends a
                                     line on each and prints {"ok": n, "failed": n, "backends": {...}}
@@ -24,6 +27,7 @@ import os
 import resource
 import signal
 import socket
+import subprocess
 import sys
 import time
 import urllib.request
@@ -92,9 +96,10 @@ def loop(host, port, seconds):
     print(json.dumps({"ok": ok, "errors": errors, "first_error": first, "peers": peers}))
 
 
-def failover(pid, host, port, sport, limit=30.0):
-    os.kill(pid, signal.SIGKILL)
+def failover(lose, host, port, sport, limit=30.0):
+    """Calls lose(), then retries a new connection every 5 ms until one is answered."""
     t0 = time.monotonic()
+    lose()
     attempts = 0
     while True:
         attempts += 1
@@ -205,7 +210,11 @@ def main():
     elif a[0] == "loop":
         loop(a[1], int(a[2]), float(a[3]))
     elif a[0] == "failover":
-        failover(int(a[1]), a[2], int(a[3]), int(a[4]))
+        failover(lambda: os.kill(int(a[1]), signal.SIGKILL), a[2], int(a[3]), int(a[4]))
+    elif a[0] == "cut":
+        cut = ["ip", "-n", a[1], "-batch", "-"]
+        links = "link set ctl0 down\nlink set dp0 down\n"
+        failover(lambda: subprocess.run(cut, input=links, text=True, check=True), a[2], int(a[3]), int(a[4]))
     elif a[0] == "hold":
         hold(int(a[1]), a[2], int(a[3]))
     elif a[0] == "udp":
