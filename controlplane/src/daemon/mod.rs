@@ -22,6 +22,8 @@ mod control;
 pub mod state;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_events;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
