@@ -10,7 +10,9 @@
 //!   on a blocking thread (BIRD's socket calls are bounded by their timeouts). A failed
 //!   `configure` is retried every second.
 //! - **Seen.** The task publishes a [`BgpView`] to the admin API (`GET /v1/bgp`, status,
-//!   metrics) and logs a session state change, or a new BIRD error, once.
+//!   metrics) and logs a session state change, or a new BIRD error, once. After each prefix
+//!   set BIRD accepted, the [`Notifier`] reports the Services whose VIPs were announced or
+//!   withdrawn (log, and Kubernetes Events).
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +21,7 @@ use sluice_dataplane::stats::WorkerStats;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use super::bgp_events::{owners, Cause, Notifier, Owners};
 use crate::admin::{api, AdminState, BgpView};
 use crate::announce::bgp::control::BgpState;
 use crate::announce::bgp::supervisor::PeerStatus;
@@ -34,6 +37,10 @@ struct Desired {
     seq: u64,
     wanted: Vec<Announcement>,
     drained: bool,
+    /// Why what is not wanted is not (for the Events).
+    cause: Cause,
+    /// Each Service's VIPs in the report `wanted` came from.
+    owners: Owners,
 }
 
 /// The daemon's side of routed mode; see the module documentation.
@@ -48,15 +55,18 @@ pub(super) struct Routed {
     drained: bool,
     /// Withdrawn for SIGTERM/SIGINT.
     stopping: bool,
-    /// The wanted set of the last report, until every worker runs its generation.
-    pending: Option<(u64, Vec<Announcement>)>,
+    /// The wanted set of the last report (and its Services' VIPs), until every worker runs
+    /// its generation.
+    pending: Option<(u64, Vec<Announcement>, Owners)>,
+    /// The Services' VIPs of the last report.
+    owners: Owners,
     /// Counters of the workers, whose snapshot generation says what they forward.
     workers: Vec<Arc<WorkerStats>>,
 }
 
 impl Routed {
-    /// Starts BIRD (or attaches to it) with nothing announced, and the task that drives it.
-    /// Blocks until BIRD answers (bounded by [`StartOptions::start_timeout`]). Needs a tokio
+    /// Starts BIRD (or attaches to it) with nothing announced, and the task that drives it,
+    /// which reports announcement changes to `notifier`. Blocks until BIRD answers (bounded by [`StartOptions::start_timeout`]). Needs a tokio
     /// runtime.
     ///
     /// # Errors
@@ -65,6 +75,7 @@ impl Routed {
         cfg: &BgpConfig,
         admin: Option<Arc<AdminState>>,
         workers: Vec<Arc<WorkerStats>>,
+        notifier: Notifier,
     ) -> Result<Routed, BgpError> {
         let announcer = Arc::new(Announcer::start(cfg.clone(), StartOptions::default())?);
         info!(
@@ -76,7 +87,14 @@ impl Routed {
         let (tx, rx) = watch::channel(Desired::default());
         let (done_tx, done) = watch::channel(0);
         let supervised = cfg.mode == crate::config::bgp::BirdMode::Supervised;
-        let task = tokio::spawn(drive(announcer.clone(), rx, done_tx, admin, supervised));
+        let task = tokio::spawn(drive(
+            announcer.clone(),
+            rx,
+            done_tx,
+            admin,
+            supervised,
+            notifier,
+        ));
         Ok(Routed {
             linger: announcer.linger(),
             announcer,
@@ -86,6 +104,7 @@ impl Routed {
             drained: false,
             stopping: false,
             pending: None,
+            owners: Owners::default(),
             workers,
         })
     }
@@ -95,18 +114,20 @@ impl Routed {
     pub(super) fn report(&mut self, cfg: &Config, report: &CompileReport) {
         let withdrawn = self.drained || self.stopping;
         let w = wanted(cfg, report, withdrawn);
+        let o = owners(report);
         if withdrawn {
             self.pending = None;
+            self.owners = o;
             self.send(w);
         } else {
-            self.pending = Some((report.generation, w));
+            self.pending = Some((report.generation, w, o));
             self.flush();
         }
     }
 
     /// Sends the pending wanted set once every worker runs its snapshot (call on the tick).
     pub(super) fn flush(&mut self) {
-        let Some((generation, _)) = &self.pending else {
+        let Some((generation, _, _)) = &self.pending else {
             return;
         };
         let generation = *generation;
@@ -115,7 +136,8 @@ impl Routed {
             .iter()
             .all(|w| w.snapshot_generation.load(Relaxed) >= generation)
         {
-            if let Some((_, w)) = self.pending.take() {
+            if let Some((_, w, o)) = self.pending.take() {
+                self.owners = o;
                 self.send(w);
             }
         }
@@ -123,6 +145,14 @@ impl Routed {
 
     fn send(&self, wanted: Vec<Announcement>) -> u64 {
         let drained = self.drained;
+        let cause = if self.stopping {
+            Cause::Stopping
+        } else if drained {
+            Cause::Drained
+        } else {
+            Cause::NoReadyBackend
+        };
+        let owners = self.owners.clone();
         let mut seq = 0;
         self.tx.send_if_modified(|d| {
             seq = d.seq;
@@ -134,6 +164,8 @@ impl Routed {
                 seq,
                 wanted,
                 drained,
+                cause,
+                owners,
             };
             true
         });
@@ -214,6 +246,7 @@ async fn drive(
     done: watch::Sender<u64>,
     admin: Option<Arc<AdminState>>,
     supervised: bool,
+    mut notifier: Notifier,
 ) {
     let mut view = BgpView {
         doc: api::Bgp {
@@ -265,6 +298,9 @@ async fn drive(
                         info!("BGP: BIRD took the announcements again");
                     }
                     retry = false;
+                    if let Some(accepted) = announcer.announced() {
+                        notifier.update(&d.owners, &d.wanted, &accepted, d.cause, &view.doc.peers);
+                    }
                 }
                 Err(msg) => {
                     view.configure_failures += 1;

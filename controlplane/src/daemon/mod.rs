@@ -7,7 +7,8 @@
 //!   backends wait for ARP/NDP), then [`boot`] spawns the pinned workers with it;
 //! - start the admin socket and the metrics listener;
 //! - with `[bgp]`, start BIRD with nothing announced ([`bgp`]); VIPs and NAT addresses are
-//!   announced once the workers run the snapshot that serves them;
+//!   announced once the workers run the snapshot that serves them, and each change is logged
+//!   and, from the Kubernetes source, recorded as an Event on the Service ([`bgp_events`]);
 //! - [`control`]: the control loop on tokio (on the cores the workers do not use), which
 //!   recompiles on any change and publishes to every worker, announcing VIPs and resolving
 //!   next hops through [`crate::announce`];
@@ -15,11 +16,14 @@
 //!   `bgp.linger_seconds` while the routers move traffic away; then stop the workers, the
 //!   ports, EAL, and last BIRD.
 mod bgp;
+mod bgp_events;
 pub mod boot;
 mod control;
 pub mod state;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_events;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -157,7 +161,13 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
         }
     };
     if let Some(b) = &cfg.bgp {
-        match bgp::Routed::start(b, Some(admin_state.clone()), stats.clone()) {
+        let host = if cfg.source.identity.is_empty() {
+            k8s::default_identity()
+        } else {
+            cfg.source.identity.clone()
+        };
+        let notifier = bgp_events::Notifier::new(host, state.bgp_events(), b);
+        match bgp::Routed::start(b, Some(admin_state.clone()), stats.clone(), notifier) {
             Ok(r) => state.attach_bgp(r),
             Err(e) => {
                 stop.store(true, Ordering::Relaxed);

@@ -100,6 +100,11 @@ impl ControlState {
         self.announce = Announcer::new(&self.cfg, commands);
     }
 
+    /// Where routed mode's announcement changes go as Events (Kubernetes source only).
+    pub(super) fn bgp_events(&self) -> Option<crate::sources::kubernetes::BgpEvents> {
+        self.status.as_ref().map(StatusReporter::bgp_events)
+    }
+
     /// Announces over BGP too (routed mode), once the workers run what is announced.
     pub(super) fn attach_bgp(&mut self, bgp: Routed) {
         self.bgp = Some(bgp);

@@ -665,7 +665,9 @@ asn = 65000
     {
         let mut st = f.state.lock().unwrap();
         let cfg = st.cfg.clone();
-        let routed = super::bgp::Routed::start(&bgp, Some(f.st.clone()), f.stats.clone()).unwrap();
+        let notifier = super::bgp_events::Notifier::new("h1".into(), None, &bgp);
+        let routed =
+            super::bgp::Routed::start(&bgp, Some(f.st.clone()), f.stats.clone(), notifier).unwrap();
         st.attach_bgp(routed);
         let nat = cfg.nat.addresses.clone();
         assert!(!nat.is_empty(), "the example config has NAT addresses");

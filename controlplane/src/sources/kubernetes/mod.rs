@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::info;
 
 pub use source::{Batch, Change, Kind, Selection};
-pub use status::StatusReporter;
+pub use status::{BgpEvent, BgpEvents, StatusReporter};
 
 use crate::config::Config;
 use crate::model::Model;

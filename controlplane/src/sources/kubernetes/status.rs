@@ -23,7 +23,11 @@
 //!   `InvalidEndpointSlice` when an object cannot be used. Events are emitted on transitions
 //!   only, at most 50 per second (more are dropped and counted in the log).
 //!
-//! A follower keeps the latest decisions but writes nothing; when it becomes the leader it
+//! - **BGP Events** (`BGPAnnounced` / `BGPWithdrawn`) come from the daemon's routed mode
+//!   through [`BgpEvents`]. Unlike the rest they are facts about one host, so every instance
+//!   records its own, leader or not (see docs/kubernetes.md, "Several Sluice hosts").
+//!
+//! A follower keeps the latest decisions but writes nothing else; when it becomes the leader it
 //! compares everything with the cluster at once and records the problems currently in effect.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -264,6 +268,35 @@ pub(crate) enum WriterMsg {
     },
     /// An object that could not be converted.
     Invalid(Invalid),
+    /// A BGP announcement change on this host (recorded whether or not it leads).
+    Bgp(BgpEvent),
+}
+
+/// A change of what this host announces over BGP for one Service, as an Event to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpEvent {
+    /// The Service.
+    pub service: ObjectKey,
+    /// `BGPAnnounced` or `BGPWithdrawn`.
+    pub reason: &'static str,
+    /// The Event's action: `Announce`, or `Withdraw` with the cause (`WithdrawNoReadyBackend`,
+    /// `WithdrawDrained`, `WithdrawStopping`), so that causes fold into separate series.
+    pub action: &'static str,
+    /// The message: VIPs, host and peers.
+    pub note: String,
+}
+
+/// Hands [`BgpEvent`]s to the status writer; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct BgpEvents {
+    tx: mpsc::UnboundedSender<WriterMsg>,
+}
+
+impl BgpEvents {
+    /// Queues `ev` for the writer (dropped if the writer stopped).
+    pub fn send(&self, ev: BgpEvent) {
+        let _ = self.tx.send(WriterMsg::Bgp(ev));
+    }
 }
 
 /// The daemon side of the writer: turns compile reports into [`WriterMsg`]s.
@@ -279,6 +312,13 @@ impl StatusReporter {
         StatusReporter {
             tx,
             last: Vec::new(),
+        }
+    }
+
+    /// A handle for the routed mode's [`BgpEvent`]s, to the same writer.
+    pub fn bgp_events(&self) -> BgpEvents {
+        BgpEvents {
+            tx: self.tx.clone(),
         }
     }
 
@@ -477,6 +517,16 @@ impl Writer {
                     i.error
                 );
                 self.event(&svc, EventType::Warning, reason, "Watch", note);
+            }
+            // Every host records its own: what it announces is not the leader's to say.
+            WriterMsg::Bgp(ev) => {
+                self.event(
+                    &ev.service,
+                    EventType::Normal,
+                    ev.reason,
+                    ev.action,
+                    ev.note,
+                );
             }
         }
     }
