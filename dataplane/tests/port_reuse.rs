@@ -72,6 +72,15 @@ fn backend_of(pipe: &mut Pipeline, snap: &Snapshot, frame: &[u8], now_ms: u32) -
         .unwrap_or_else(|| panic!("sent to an unknown MAC {mac:02x?}"))
 }
 
+/// New flows counted for backend `id`, and its active flows.
+fn counts(pipe: &Pipeline, id: u32) -> (u64, u64) {
+    let c = &pipe.stats().targets[id as usize];
+    (
+        c.new_flows.load(std::sync::atomic::Ordering::Relaxed),
+        c.active_flows(),
+    )
+}
+
 fn pipeline() -> Pipeline {
     let cfg = PipelineConfig {
         conntrack: ConntrackConfig {
@@ -136,8 +145,15 @@ fn a_reused_port_whose_old_backend_is_active_keeps_it() {
     let sport = 40002;
     let first = backend_of(&mut pipe, &live, &seg(sport, true, false, false), 1000);
     backend_of(&mut pipe, &live, &seg(sport, false, true, true), 1001);
+    assert_eq!(counts(&pipe, first), (1, 1));
     assert_eq!(
         backend_of(&mut pipe, &live, &seg(sport, true, false, false), 1002),
         first
     );
+    // A second connection, counted as one; still one flow held.
+    assert_eq!(counts(&pipe, first), (2, 1));
+    assert_eq!(pipe.flows(), 1);
+    // A retransmission of its SYN is not another connection.
+    backend_of(&mut pipe, &live, &seg(sport, true, false, false), 1003);
+    assert_eq!(counts(&pipe, first), (2, 1));
 }

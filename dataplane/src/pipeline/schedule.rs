@@ -112,6 +112,10 @@ impl Pipeline {
                     && (f.method != Method::Nat || v.nat_port != 0)
                     && !(reused && b.state != BackendState::Active)
                 {
+                    if reused {
+                        // The old connection ended and a new one began on the same entry.
+                        self.reopened(&v);
+                    }
                     return Ok(Choice {
                         backend: b,
                         nat_port: v.nat_port,
@@ -173,6 +177,19 @@ impl Pipeline {
             nat_port,
             nat_addr,
         })
+    }
+
+    /// Counts a connection reopened on a closing flow's entry (a reused client port that
+    /// keeps its backend): one flow closed and one new, so that new flows count connections
+    /// and active flows still equal the entries held.
+    #[cold]
+    #[inline(never)]
+    fn reopened(&self, v: &Fwd) {
+        closed(&self.stats, v);
+        bump(&self.stats.new_flows, 1);
+        if let Some(c) = self.stats.targets.get(v.backend as usize) {
+            bump(&c.new_flows, 1);
+        }
     }
 
     /// ClientIP affinity for a new flow: the client's backend while its affinity lasts and
