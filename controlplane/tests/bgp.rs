@@ -4,35 +4,19 @@
 //! frozen and a killed BIRD, and how a wrong ASN and a wrong password show in `status()`.
 //! Needs root and scripts/setup (bird2, frr); every wait is bounded.
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+#[path = "support/lab.rs"]
+mod lab_support;
+use lab_support::{lab, repo};
 
 use sluice_controlplane::announce::bgp::control::BgpState;
 use sluice_controlplane::announce::bgp::{Announcement, Announcer, BgpConfig, StartOptions};
 
 const VIP4: &str = "10.98.100.1";
 const VIP6: &str = "fd00:98:100::1";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn lab(args: &[&str]) {
-    let out = Command::new(repo().join("scripts/lab"))
-        .args(args)
-        .output()
-        .expect("scripts/lab");
-    assert!(
-        out.status.success(),
-        "scripts/lab {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Takes the routed lab down when the test ends, passed or not.
 struct RoutedLab;

@@ -11,15 +11,12 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+#[path = "support/lab.rs"]
+mod lab_support;
+use lab_support::{lab, lab_client as client, ns, repo};
+
 const VIP4: &str = "10.99.0.100";
 const VIP6: &str = "fd00:99::100";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn lock() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
@@ -27,41 +24,6 @@ fn lock() -> MutexGuard<'static, ()> {
     static LAB: OnceLock<()> = OnceLock::new();
     LAB.get_or_init(|| lab(&["up"]));
     g
-}
-
-fn lab(args: &[&str]) {
-    let out = Command::new(repo().join("scripts/lab"))
-        .args(args)
-        .output()
-        .expect("scripts/lab");
-    assert!(
-        out.status.success(),
-        "scripts/lab {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Runs a command in a namespace and returns its stdout (panics on failure if `must`).
-fn ns(ns: &str, cmd: &[&str]) -> (bool, String) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(cmd)
-        .output()
-        .expect("ip netns exec");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-fn client(nsname: &str, args: &[&str]) -> serde_json::Value {
-    let py = repo().join("scripts/lab-client.py");
-    let mut cmd = vec!["/usr/bin/python3", py.to_str().unwrap()];
-    cmd.extend_from_slice(args);
-    let (ok, out) = ns(nsname, &cmd);
-    assert!(ok, "lab-client {args:?} failed: {out}");
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("lab-client output {out:?}: {e}"))
 }
 
 fn http(nsname: &str, n: usize, url: &str) -> (std::collections::BTreeMap<String, u64>, u64) {

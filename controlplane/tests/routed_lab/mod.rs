@@ -7,10 +7,14 @@
 //! Every wait is bounded; the daemons are killed and the lab taken down on drop.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+#[path = "../support/lab.rs"]
+mod lab_support;
+pub use lab_support::{lab, lab_client, repo};
 
 /// The full-NAT Service's VIPs (default/web, ports 80 and 9000).
 pub const VIP4: &str = "10.98.100.1";
@@ -23,49 +27,9 @@ pub const DSR6: &str = "fd00:98:100::2";
 /// The client namespace.
 pub const CLIENT: &str = "sl-rc1";
 
-/// The repository root.
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// Runs `scripts/lab ARGS`, panicking with its output on failure.
-pub fn lab(args: &[&str]) {
-    let out = Command::new(repo().join("scripts/lab"))
-        .args(args)
-        .output()
-        .expect("scripts/lab");
-    assert!(
-        out.status.success(),
-        "scripts/lab {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Runs a command in a namespace; returns (success, stdout).
-pub fn ns(nsname: &str, cmd: &[&str]) -> (bool, String) {
-    let out = Command::new("ip")
-        .args(["netns", "exec", nsname])
-        .args(cmd)
-        .output()
-        .expect("ip netns exec");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
 /// Runs `scripts/lab-client.py ARGS` in the client namespace and parses its JSON.
 pub fn client(args: &[&str]) -> serde_json::Value {
-    let py = repo().join("scripts/lab-client.py");
-    let mut cmd = vec!["/usr/bin/python3", py.to_str().unwrap()];
-    cmd.extend_from_slice(args);
-    let (ok, out) = ns(CLIENT, &cmd);
-    assert!(ok, "lab-client {args:?} failed: {out}");
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("lab-client output {out:?}: {e}"))
+    lab_client(CLIENT, args)
 }
 
 /// `n` HTTP GETs, each on a new connection (so from a new source port): the counts per backend
