@@ -636,17 +636,9 @@ async fn metrics_scrape_parses_with_expected_series() {
     assert_eq!(drops, WORKERS * DropReason::COUNT);
 }
 
-async fn bgp_doc(f: &Fixture) -> api::Bgp {
-    ok(get(&f.st, "/v1/bgp").await)
-}
-
-/// Routed mode over the real control state and a real (supervised) BIRD whose only peer does
-/// not exist: nothing is announced before the workers run the snapshot, then the VIPs with a
-/// ready backend and the NAT addresses; drain withdraws everything and undrain announces again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bgp_announces_after_the_workers_forward_and_drain_withdraws() {
-    let (f, rx) = fixture();
-    let dir = tempfile::tempdir().unwrap();
+/// A `[bgp]` section whose one peer does not exist, for a supervised BIRD in `runtime_dir`: the
+/// real announce path with no router behind it.
+pub(super) fn unreachable_peer_bgp(runtime_dir: &std::path::Path) -> crate::config::BgpConfig {
     let mut bgp: crate::config::BgpConfig = toml::from_str(
         r#"
 asn = 64512
@@ -660,7 +652,22 @@ asn = 65000
 "#,
     )
     .unwrap();
-    bgp.runtime_dir = dir.path().to_owned();
+    bgp.runtime_dir = runtime_dir.to_owned();
+    bgp
+}
+
+async fn bgp_doc(f: &Fixture) -> api::Bgp {
+    ok(get(&f.st, "/v1/bgp").await)
+}
+
+/// Routed mode over the real control state and a real (supervised) BIRD whose only peer does
+/// not exist: nothing is announced before the workers run the snapshot, then the VIPs with a
+/// ready backend and the NAT addresses; drain withdraws everything and undrain announces again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bgp_announces_after_the_workers_forward_and_drain_withdraws() {
+    let (f, rx) = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let bgp = unreachable_peer_bgp(dir.path());
     let gen = generation(&f);
     {
         let mut st = f.state.lock().unwrap();

@@ -47,17 +47,6 @@ name = "lab"
 ranges = ["10.99.0.100-10.99.0.102"]
 "#;
 
-const BGP: &str = r#"
-asn = 64512
-router_id = "192.0.2.11"
-next_hop_v4 = "10.99.0.2"
-linger_seconds = 0
-[[peers]]
-name = "nowhere"
-address = "192.0.2.1"
-asn = 65000
-"#;
-
 fn meta(name: &str) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.into()),
@@ -187,8 +176,7 @@ async fn announce_and_withdraw_are_each_one_event_naming_host_and_peers() {
     state.compile_and_publish("start");
 
     let dir = tempfile::tempdir().unwrap();
-    let mut bgp: crate::config::BgpConfig = toml::from_str(BGP).unwrap();
-    bgp.runtime_dir = dir.path().to_owned();
+    let bgp = super::tests::unreachable_peer_bgp(dir.path());
     let notifier = Notifier::new("h1".into(), state.bgp_events(), &bgp);
     let routed = Routed::start(&bgp, None, stats.clone(), notifier).unwrap();
     state.attach_bgp(routed);
