@@ -6,11 +6,11 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[path = "support/lab.rs"]
 mod lab_support;
-use lab_support::{lab, repo};
+use lab_support::{lab, next_hops, repo, wait};
 
 use sluice_controlplane::announce::bgp::control::BgpState;
 use sluice_controlplane::announce::bgp::{Announcement, Announcer, BgpConfig, StartOptions};
@@ -86,36 +86,6 @@ fn wanted(n: u8, vip: bool) -> Vec<Announcement> {
         w.push(Announcement::vip(VIP6.parse().unwrap(), "default"));
     }
     w
-}
-
-/// Polls `f` every 50 ms until it is true or `limit` passes; returns the time it took.
-fn wait(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
-    let t = Instant::now();
-    loop {
-        if f() {
-            return t.elapsed();
-        }
-        assert!(
-            t.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The next hops of `prefix` in the router's kernel FIB.
-fn next_hops(prefix: &str) -> BTreeSet<String> {
-    let fam = if prefix.contains(':') { "-6" } else { "-4" };
-    let out = Command::new("ip")
-        .args(["-n", "sl-r", fam, "route", "show", prefix])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let toks: Vec<&str> = text.split_whitespace().collect();
-    toks.windows(2)
-        .filter(|w| w[0] == "via")
-        .map(|w| w[1].to_owned())
-        .collect()
 }
 
 fn set(v: &[&str]) -> BTreeSet<String> {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 #[path = "../support/lab.rs"]
 mod lab_support;
-pub use lab_support::{lab, lab_client, repo};
+pub use lab_support::{lab, lab_client, next_hops, repo, wait};
 
 /// The full-NAT Service's VIPs (default/web, ports 80 and 9000).
 pub const VIP4: &str = "10.98.100.1";
@@ -59,36 +59,6 @@ pub fn spread(n: usize, url: &str) -> Spread {
         peers: map("peers"),
         errors: v["errors"].as_u64().unwrap(),
     }
-}
-
-/// Polls `f` every 50 ms until it is true or `limit` passes; returns the time it took.
-pub fn wait(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
-    let t = Instant::now();
-    loop {
-        if f() {
-            return t.elapsed();
-        }
-        assert!(
-            t.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The next hops of `prefix` in the router's kernel FIB.
-pub fn next_hops(prefix: &str) -> BTreeSet<String> {
-    let fam = if prefix.contains(':') { "-6" } else { "-4" };
-    let out = Command::new("ip")
-        .args(["-n", "sl-r", fam, "route", "show", prefix])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let toks: Vec<&str> = text.split_whitespace().collect();
-    toks.windows(2)
-        .filter(|w| w[0] == "via")
-        .map(|w| w[1].to_owned())
-        .collect()
 }
 
 /// Host `n`'s DPDK port address of the family of `like`.

@@ -1,10 +1,12 @@
 //! The namespace labs' shared helpers for the tests that run real daemons in them (`e2e.rs`,
-//! `bgp.rs`, `routed.rs`): where the repository is, `scripts/lab`, commands inside a namespace
-//! and `scripts/lab-client.py`.
+//! `bgp.rs`, `routed.rs`): where the repository is, `scripts/lab`, commands inside a namespace,
+//! `scripts/lab-client.py`, bounded waits and the routed lab's router FIB.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
@@ -49,4 +51,34 @@ pub fn lab_client(nsname: &str, args: &[&str]) -> serde_json::Value {
     let (ok, out) = ns(nsname, &cmd);
     assert!(ok, "lab-client {args:?} failed: {out}");
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("lab-client output {out:?}: {e}"))
+}
+
+/// Polls `f` every 50 ms until it is true or `limit` passes; returns the time it took.
+pub fn wait(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    loop {
+        if f() {
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The next hops of `prefix` in the router's kernel FIB.
+pub fn next_hops(prefix: &str) -> BTreeSet<String> {
+    let fam = if prefix.contains(':') { "-6" } else { "-4" };
+    let out = Command::new("ip")
+        .args(["-n", "sl-r", fam, "route", "show", prefix])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let toks: Vec<&str> = text.split_whitespace().collect();
+    toks.windows(2)
+        .filter(|w| w[0] == "via")
+        .map(|w| w[1].to_owned())
+        .collect()
 }
