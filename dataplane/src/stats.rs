@@ -218,6 +218,8 @@ pub struct WorkerStats {
     pub busy_polls: AtomicU64,
     /// TSC cycles spent in iterations that did work.
     pub busy_cycles: AtomicU64,
+    /// Sleeps of a worker in idle mode (one per empty poll after a quiet spell).
+    pub idle_sleeps: AtomicU64,
     /// TSC cycles in total.
     pub total_cycles: AtomicU64,
     /// Generation of the snapshot in use.
@@ -254,6 +256,7 @@ impl WorkerStats {
             polls: AtomicU64::new(0),
             busy_polls: AtomicU64::new(0),
             busy_cycles: AtomicU64::new(0),
+            idle_sleeps: AtomicU64::new(0),
             total_cycles: AtomicU64::new(0),
             snapshot_generation: AtomicU64::new(0),
             targets: (0..max_backends)

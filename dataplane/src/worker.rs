@@ -203,7 +203,13 @@ pub struct WorkerConfig {
     pub tx_flush_us: u64,
     /// Conntrack buckets scanned per table per expiry tick (one tick per millisecond).
     pub expire_buckets: usize,
+    /// Idle mode: after [`IDLE_AFTER_POLLS`] empty polls in a row the worker sleeps this many
+    /// microseconds per poll until a packet arrives. `None`: busy-poll (the default).
+    pub idle_sleep_us: Option<u64>,
 }
+
+/// Empty polls in a row after which a worker in idle mode starts to sleep between polls.
+pub const IDLE_AFTER_POLLS: u32 = 128;
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -213,6 +219,7 @@ impl Default for WorkerConfig {
             pipeline: PipelineConfig::default(),
             tx_flush_us: 100,
             expire_buckets: 64,
+            idle_sleep_us: None,
         }
     }
 }
@@ -392,6 +399,8 @@ fn run(
     let start = tsc();
     let mut next_tick = start + ms_ticks;
     let mut last = start;
+    let idle_sleep = cfg.idle_sleep_us.map(std::time::Duration::from_micros);
+    let mut empty_polls = 0u32;
     while !stop.load(Ordering::Relaxed) {
         let now = tsc();
         let now_ms = ((now - start) / ms_ticks) as u32;
@@ -418,6 +427,15 @@ fn run(
         if work > 0 {
             bump(&stats.busy_polls, 1);
             bump(&stats.busy_cycles, end - now);
+            empty_polls = 0;
+        } else if let Some(d) = idle_sleep {
+            // Idle mode, for hosts whose cores are shared: give the core away while no
+            // packet comes. The first packet after a quiet spell waits up to `d` longer.
+            empty_polls = empty_polls.saturating_add(1);
+            if empty_polls >= IDLE_AFTER_POLLS {
+                bump(&stats.idle_sleeps, 1);
+                std::thread::sleep(d);
+            }
         }
         last = end;
     }

@@ -95,8 +95,11 @@ fn worker_forwards_swaps_snapshots_and_keeps_flows() {
     let queues = WorkerQueues {
         pairs: vec![(rxq.remove(0), txq.remove(0))],
     };
+    // Idle mode: the worker sleeps between polls while the test prepares the next burst,
+    // and must still forward every packet.
     let cfg = WorkerConfig {
         tx_flush_us: 50,
+        idle_sleep_us: Some(50),
         ..WorkerConfig::default()
     };
     let h = worker::spawn(
@@ -263,6 +266,7 @@ fn worker_forwards_swaps_snapshots_and_keeps_flows() {
     assert_eq!(stats.tx_packets.load(Relaxed), 1401);
     assert_eq!(stats.rx_packets.load(Relaxed), 1401);
     assert!(stats.polls.load(Relaxed) > 0);
+    assert!(stats.idle_sleeps.load(Relaxed) > 0, "idle mode never slept");
     drop(wire);
     assert_eq!(pool.in_use(), 0, "no mbuf leaked");
 }

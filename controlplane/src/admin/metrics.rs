@@ -209,6 +209,12 @@ impl Collector for SluiceCollector {
         )?;
         family(
             &mut enc,
+            "sluice_worker_idle_sleeps",
+            "Sleeps of a worker in idle mode ([workers] poll = \"idle\")",
+            per_worker(&|w| w.idle_sleeps),
+        )?;
+        family(
+            &mut enc,
             "sluice_worker_cycles",
             "TSC cycles of the poll loop in total",
             per_worker(&|w| w.total_cycles),

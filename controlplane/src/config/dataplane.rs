@@ -82,6 +82,22 @@ pub struct WorkersConfig {
     pub control_cores: Option<Vec<usize>>,
     /// A partial TX burst waits at most this many microseconds. Default: 100.
     pub tx_flush_us: u64,
+    /// How workers wait for packets. Default: busy.
+    pub poll: PollMode,
+    /// In idle mode, how long a worker sleeps per empty poll after a quiet spell, in
+    /// microseconds. Default: 100.
+    pub idle_sleep_us: u64,
+}
+
+/// `[workers] poll`: how a worker waits for packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PollMode {
+    /// Spin on the RX queues: lowest latency, one full core per worker.
+    #[default]
+    Busy,
+    /// Sleep between polls after a quiet spell: for hosts whose cores are shared.
+    Idle,
 }
 
 impl Default for WorkersConfig {
@@ -90,6 +106,8 @@ impl Default for WorkersConfig {
             cores: vec![1],
             control_cores: None,
             tx_flush_us: 100,
+            poll: PollMode::Busy,
+            idle_sleep_us: 100,
         }
     }
 }

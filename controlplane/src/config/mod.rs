@@ -33,7 +33,7 @@ use serde::Deserialize;
 pub use admin::AdminConfig;
 pub use bgp::BgpConfig;
 pub use dataplane::{
-    EalConfig, NatConfig, PortConfig, TablesConfig, WorkersConfig, MAX_CONNTRACK_CAPACITY,
+    EalConfig, NatConfig, PollMode, PortConfig, TablesConfig, WorkersConfig, MAX_CONNTRACK_CAPACITY,
 };
 pub use forwarding::{check_maglev_size, ForwardingConfig, Target, DEFAULT_HASH_SEED};
 pub use health::{HealthConfig, HealthKind};

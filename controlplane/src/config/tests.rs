@@ -368,3 +368,22 @@ fn bgp_errors_name_the_key_and_the_fix() {
     .unwrap_err();
     assert_eq!(e.key(), "bgp.next_hop_v6", "{e}");
 }
+
+#[test]
+fn poll_mode_and_idle_sleep() {
+    let c = parse(LAB).unwrap();
+    assert_eq!(c.workers.poll, PollMode::Busy);
+    let c = parse(&LAB.replace(
+        "cores = [1]",
+        "cores = [1]\npoll = \"idle\"\nidle_sleep_us = 200",
+    ))
+    .unwrap();
+    assert_eq!(c.workers.poll, PollMode::Idle);
+    assert_eq!(c.workers.idle_sleep_us, 200);
+
+    let e = parse(&LAB.replace("cores = [1]", "cores = [1]\npoll = \"lazy\"")).unwrap_err();
+    assert_eq!(e.key(), "workers.poll", "{e}");
+    let e = parse(&LAB.replace("cores = [1]", "cores = [1]\nidle_sleep_us = 0")).unwrap_err();
+    assert_eq!(e.key(), "workers.idle_sleep_us", "{e}");
+    assert!(e.to_string().contains("1..=10000"), "{e}");
+}

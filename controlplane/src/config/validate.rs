@@ -130,6 +130,15 @@ impl Config {
                 ),
             );
         }
+        if w.idle_sleep_us == 0 || w.idle_sleep_us > 10_000 {
+            return err(
+                "workers.idle_sleep_us",
+                format!(
+                    "{} is out of range; use 1..=10000 (default 100)",
+                    w.idle_sleep_us
+                ),
+            );
+        }
 
         // [tables]
         let t = &self.tables;

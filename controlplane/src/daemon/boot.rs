@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 
 use super::DaemonError;
 use crate::admin::{self, mac_str};
-use crate::config::Config;
+use crate::config::{Config, PollMode};
 
 fn dpdk<T>(what: &str, r: dpdk_sys::Result<T>) -> Result<T, DaemonError> {
     r.map_err(|e| DaemonError::Dpdk(format!("{what}: {e}")))
@@ -260,6 +260,8 @@ pub(super) fn spawn_workers(
             },
             tx_flush_us: cfg.workers.tx_flush_us,
             expire_buckets: 64,
+            idle_sleep_us: (cfg.workers.poll == PollMode::Idle)
+                .then_some(cfg.workers.idle_sleep_us),
         };
         let h = worker::spawn(
             ports.eal.clone(),
