@@ -360,6 +360,131 @@ fn bgp_announces_withdraws_and_fails_over() {
     assert!(ok >= 990, "{ok} of 1000 survived (< 99%)");
 }
 
+/// `text` with the first `from` after peer `peer`'s name replaced by `to` (one peer's key).
+fn peer_key(text: String, peer: &str, from: &str, to: &str) -> String {
+    let at = text
+        .find(&format!("name = \"{peer}\""))
+        .unwrap_or_else(|| panic!("no peer {peer}"));
+    let (head, tail) = text.split_at(at);
+    assert!(tail.contains(from), "peer {peer} has no {from:?}");
+    format!("{head}{}", tail.replacen(from, to, 1))
+}
+
+/// The value of the sample `name{peer="PEER"}` in a scrape.
+fn peer_sample(scrape: &str, name: &str, peer: &str) -> Option<f64> {
+    let prefix = format!("{name}{{peer=\"{peer}\"}} ");
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.trim().parse().ok()))
+}
+
+/// Misconfigured peers through the whole daemon: host 1's IPv6 peer has the wrong ASN, host 2's
+/// the wrong password. `sluicectl bgp`, the log and the metrics say which session is down and
+/// why, while the IPv4 sessions stay up and both hosts keep forwarding the IPv4 VIP.
+#[test]
+fn bgp_misconfigured_peers_are_reported_and_forwarding_goes_on() {
+    let lab_ = Lab::up("badpeer");
+    let h1 = lab_.host_with(1, true, |c| {
+        peer_key(c, "tor_v6", "asn = 65000", "asn = 65099")
+    });
+    let h2 = lab_.host_with(2, true, |c| {
+        peer_key(
+            c,
+            "tor_v6",
+            "password = \"sluice-lab\"",
+            "password = \"not-the-key\"",
+        )
+    });
+    let peer = |h: &Host, name: &str| -> serde_json::Value {
+        let v = h.ctl(&["bgp"]);
+        v["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no peer {name} in {v}"))
+    };
+    let t = wait(
+        Duration::from_secs(30),
+        "host 1 reports the wrong ASN",
+        || {
+            let p = peer(&h1, "tor_v6");
+            p["state"] != "Established"
+                && p["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("Bad peer AS"))
+        },
+    );
+    eprintln!("wrong ASN reported after {t:?}: {}", peer(&h1, "tor_v6"));
+    let p = peer(&h1, "tor_v6");
+    assert!(
+        p["hint"].as_str().unwrap_or("").contains("AS is not 65099"),
+        "{p}"
+    );
+    let p = peer(&h2, "tor_v6");
+    eprintln!("wrong password: {p}");
+    assert!(
+        matches!(p["state"].as_str(), Some("Connect" | "Active")),
+        "{p}"
+    );
+    assert!(p["hint"].as_str().unwrap_or("").contains("TCP-MD5"), "{p}");
+    for h in [&h1, &h2] {
+        wait(
+            Duration::from_secs(30),
+            "the IPv4 session Established",
+            || peer(h, "tor_v4")["state"] == "Established",
+        );
+    }
+
+    // The router learns the IPv4 VIP from both hosts, the IPv6 one from neither; both hosts
+    // forward.
+    wait(Duration::from_secs(10), "VIP4 over both hosts", || {
+        next_hops(VIP4) == hops(VIP4, &[1, 2])
+    });
+    assert!(next_hops(VIP6).is_empty(), "{:?}", next_hops(VIP6));
+    let s = spread(200, &format!("http://{VIP4}/"));
+    assert_eq!(s.errors, 0, "requests through the VIP failed");
+    assert_spread(
+        &s,
+        200,
+        [
+            s.peers.get("10.98.200.1").copied().unwrap_or(0),
+            s.peers.get("10.98.200.2").copied().unwrap_or(0),
+        ],
+        "ECMP with one bad session per host",
+    );
+
+    // Metrics and the log name the session and the reason.
+    for h in [&h1, &h2] {
+        let m = h.metrics();
+        assert_eq!(
+            peer_sample(&m, "sluice_bgp_session_up", "tor_v6"),
+            Some(0.0),
+            "sl-h{}",
+            h.n
+        );
+        assert_eq!(
+            peer_sample(&m, "sluice_bgp_session_up", "tor_v4"),
+            Some(1.0),
+            "sl-h{}",
+            h.n
+        );
+    }
+    let log = h1.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("peer=tor_v6") && l.contains("Bad peer AS")),
+        "no log line names tor_v6 and its error:\n{log}"
+    );
+    let log = h2.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("peer=tor_v6") && l.contains("TCP-MD5")),
+        "no log line names tor_v6 and the password hint:\n{log}"
+    );
+}
+
 /// The routed lab's `[bgp]` section (docs/examples/routed/bgp.toml) is valid for the module
 /// sluiced will call, for both hosts: the BGP test above fails for the wiring, not the config.
 #[test]

@@ -116,6 +116,11 @@ impl Lab {
     /// Starts host `n`'s sluiced (with `[bgp]` when `bgp`) and waits until it has compiled
     /// every Service with all next hops resolved.
     pub fn host(&self, n: u8, bgp: bool) -> Host {
+        self.host_with(n, bgp, |c| c)
+    }
+
+    /// [`Lab::host`] with the config text passed through `edit` first.
+    pub fn host_with(&self, n: u8, bgp: bool, edit: impl Fn(String) -> String) -> Host {
         let dir = self.dir.join(format!("h{n}"));
         std::fs::create_dir_all(&dir).unwrap();
         let ex = repo().join("docs/examples/routed");
@@ -127,7 +132,7 @@ impl Lab {
             .replace("@N@", &n.to_string())
             .replace("@DIR@", dir.to_str().unwrap())
             .replace("@MANIFESTS@", self.manifests.to_str().unwrap());
-        std::fs::write(dir.join("sluice.toml"), cfg).unwrap();
+        std::fs::write(dir.join("sluice.toml"), edit(cfg)).unwrap();
         let log = dir.join("sluiced.log");
         let mut h = Host {
             n,
@@ -253,6 +258,25 @@ impl Host {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// This host's Prometheus scrape (`[admin] metrics_listen`, inside its namespace).
+    pub fn metrics(&self) -> String {
+        let log = self.log_text();
+        let addr = log
+            .lines()
+            .find(|l| l.contains("metrics listening"))
+            .and_then(|l| l.split("listen=").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .expect("metrics address in the log")
+            .to_owned();
+        let out = Command::new("ip")
+            .args(["netns", "exec", &format!("sl-h{}", self.n)])
+            .args(["curl", "-s", "-m", "5", &format!("http://{addr}/metrics")])
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "scrape of sl-h{}", self.n);
+        String::from_utf8(out.stdout).unwrap()
     }
 
     /// `sluicectl -o json ARGS` against this host's admin socket.
