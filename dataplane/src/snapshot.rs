@@ -378,6 +378,8 @@ pub struct Snapshot {
     /// Our identity.
     pub local: Local,
     vips: Vips,
+    /// VIPs whose ARP/NDP another Sluice host answers (L2 mode), sorted.
+    l2_silent: Vec<([u8; 16], bool)>,
 }
 
 /// Address-entry marker in the VIP table.
@@ -508,6 +510,7 @@ impl Snapshot {
             backends: bt,
             local,
             vips: Vips::build(&entries),
+            l2_silent: Vec::new(),
         })
     }
 
@@ -520,6 +523,7 @@ impl Snapshot {
             backends: Vec::new(),
             local: Local::default(),
             vips: Vips::build(&[]),
+            l2_silent: Vec::new(),
         })
     }
 
@@ -548,6 +552,21 @@ impl Snapshot {
             return Some(AddrKind::Vip);
         }
         self.vips.get(dst, v6, ADDR_OWN, 0).map(|_| AddrKind::Own)
+    }
+
+    /// L2 mode: this host does not answer ARP/NDP for `vips` (another host owns them). The
+    /// workers still forward their traffic, e.g. from clients whose caches are not updated yet.
+    pub fn set_l2_silent(&mut self, vips: impl IntoIterator<Item = IpAddr>) {
+        let mut v: Vec<([u8; 16], bool)> = vips.into_iter().map(raw).collect();
+        v.sort_unstable();
+        v.dedup();
+        self.l2_silent = v;
+    }
+
+    /// Whether this host answers ARP/NDP for `addr`, a VIP or one of our addresses (false for
+    /// a VIP another host owns in L2 mode). Not on the data path: neighbour requests only.
+    pub fn answers_neighbors_for(&self, addr: &[u8; 16], v6: bool) -> bool {
+        self.l2_silent.binary_search(&(*addr, v6)).is_err()
     }
 
     /// Some frontend on VIP `dst` with protocol `proto` (any port) using a DSR method: used for

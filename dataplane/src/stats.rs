@@ -61,11 +61,13 @@ pub enum DropReason {
     ControlFull,
     /// IPv6 neighbour discovery we do not answer (e.g. DAD probes, other targets).
     NdpNotOurs,
+    /// ARP or a neighbour solicitation for a VIP that another Sluice host owns (L2 mode).
+    VipNotOwned,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 25;
+    pub const COUNT: usize = 26;
 
     /// Every reason, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -94,6 +96,7 @@ impl DropReason {
         DropReason::RingFull,
         DropReason::ControlFull,
         DropReason::NdpNotOurs,
+        DropReason::VipNotOwned,
     ];
 
     /// Stable snake_case name (metrics label, admin API).
@@ -124,6 +127,7 @@ impl DropReason {
             DropReason::RingFull => "ring_full",
             DropReason::ControlFull => "control_full",
             DropReason::NdpNotOurs => "ndp_not_ours",
+            DropReason::VipNotOwned => "vip_not_owned",
         }
     }
 }

@@ -563,3 +563,86 @@ fn burst_cache_is_not_reused_across_bursts() {
     // dsr-l2: only the destination MAC changed.
     assert_eq!(bufs[1].data(), &with_mac(&y, bmac(1))[..]);
 }
+
+/// L2 mode: for a VIP another host owns, ARP and neighbour solicitations go unanswered
+/// (counted), while our own address is still answered and the VIP's traffic still forwarded.
+#[test]
+fn l2_silent_vips_are_not_answered_but_forwarded() {
+    let mut snap = snapshot(1);
+    let vip1 = [192, 0, 2, 1];
+    let v6vip = v6("2001:db8::1");
+    snap.set_l2_silent(["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()]);
+    let stats = Arc::new(WorkerStats::new(1024));
+    let mut pipe = Pipeline::new(&PipelineConfig::default(), stats.clone());
+    let syn = tcp4(CLIENT4, vip1, 40000, 80, true, false, &[]);
+    let cases = vec![
+        drop(
+            "ARP request for a VIP another host owns",
+            arp_frame(
+                arp::OP_REQUEST,
+                CLIENT_MAC,
+                CLIENT4,
+                [0; 6],
+                vip1,
+                ethernet::BROADCAST,
+            ),
+            DropReason::VipNotOwned,
+        ),
+        drop(
+            "neighbour solicitation for a v6 VIP another host owns",
+            ns_frame(v6vip),
+            DropReason::VipNotOwned,
+        ),
+        case(
+            "ARP request for our own address is still answered",
+            arp_frame(
+                arp::OP_REQUEST,
+                CLIENT_MAC,
+                CLIENT4,
+                [0; 6],
+                LB4,
+                ethernet::BROADCAST,
+            ),
+            Verdict::Tx,
+            Some(arp_frame(
+                arp::OP_REPLY,
+                LB_MAC,
+                LB4,
+                CLIENT_MAC,
+                CLIENT4,
+                CLIENT_MAC,
+            )),
+        ),
+        case(
+            "ARP request for a VIP we own (192.0.2.2) is answered",
+            arp_frame(
+                arp::OP_REQUEST,
+                CLIENT_MAC,
+                CLIENT4,
+                [0; 6],
+                [192, 0, 2, 2],
+                ethernet::BROADCAST,
+            ),
+            Verdict::Tx,
+            Some(arp_frame(
+                arp::OP_REPLY,
+                LB_MAC,
+                [192, 0, 2, 2],
+                CLIENT_MAC,
+                CLIENT4,
+                CLIENT_MAC,
+            )),
+        ),
+        case(
+            "a SYN to the silent VIP is still forwarded",
+            syn,
+            Verdict::Tx,
+            None,
+        ),
+    ];
+    run(&mut pipe, &snap, cases, false);
+    assert_eq!(
+        stats.drops[DropReason::VipNotOwned as usize].load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+}

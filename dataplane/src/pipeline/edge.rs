@@ -36,6 +36,9 @@ impl Pipeline {
         t[..4].copy_from_slice(&tpa);
         let ours = snap.addr_kind(&t, false).is_some();
         if op == arp::OP_REQUEST && ours && spa != tpa {
+            if !snap.answers_neighbors_for(&t, false) {
+                return Verdict::Drop(DropReason::VipNotOwned);
+            }
             // Rewrite only the MACs: the EtherType (or VLAN tag) stays as received.
             let mac = snap.local.mac;
             d[0..6].copy_from_slice(&sha);
@@ -197,6 +200,9 @@ impl Pipeline {
             });
         }
         // Neighbour solicitation: answer for VIPs and own addresses, not DAD probes.
+        if snap.addr_kind(&target, true).is_some() && !snap.answers_neighbors_for(&target, true) {
+            return Verdict::Drop(DropReason::VipNotOwned);
+        }
         if snap.addr_kind(&target, true).is_none()
             || p.src == [0u8; 16]
             || l4 != l3 + ipv6::HEADER_LEN
