@@ -21,5 +21,6 @@ pub mod compile;
 pub mod config;
 pub mod daemon;
 pub mod health;
+pub mod l2;
 pub mod model;
 pub mod sources;

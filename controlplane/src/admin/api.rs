@@ -576,3 +576,56 @@ pub struct BgpPeer {
     /// What to check when the session is not up.
     pub hint: Option<String>,
 }
+
+/// `GET /v1/l2`: L2 mode (`[l2]`): the live hosts, each VIP's owner, heartbeat counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L2Status {
+    /// This host's name (`l2.host`); empty when L2 mode is off.
+    pub host: String,
+    /// The heartbeat interface.
+    pub interface: String,
+    /// Whether this host may own VIPs (it has listened for one dead interval and its workers
+    /// run).
+    pub ready: bool,
+    /// This process's boot id in its heartbeats.
+    pub boot: u64,
+    /// The live hosts, this one included.
+    pub live: Vec<String>,
+    /// The other hosts.
+    pub peers: Vec<L2PeerRow>,
+    /// Each VIP's owner.
+    pub vips: Vec<L2Vip>,
+    /// VIPs this host owns.
+    pub owned: u64,
+    /// Owner changes seen since start.
+    pub ownership_changes: u64,
+    /// Valid heartbeats received.
+    pub heartbeats_received: u64,
+    /// Heartbeats dropped, by reason (malformed, bad_key, unknown_host, wrong_address,
+    /// replay, own_name).
+    pub dropped: BTreeMap<String, u64>,
+}
+
+/// One other host in [`L2Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L2PeerRow {
+    /// Its name.
+    pub name: String,
+    /// Its listed address.
+    pub address: IpAddr,
+    /// Live now.
+    pub alive: bool,
+    /// Milliseconds since its last valid heartbeat (`None`: never heard).
+    pub last_heartbeat_ms_ago: Option<u64>,
+    /// Times it came up or went down.
+    pub transitions: u64,
+}
+
+/// One VIP's owner in [`L2Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L2Vip {
+    /// The VIP.
+    pub vip: IpAddr,
+    /// Its owner (`None`: no live host can serve it).
+    pub owner: Option<String>,
+}

@@ -583,8 +583,53 @@ impl Collector for SluiceCollector {
             "Share of the frontend's Maglev table the backend holds",
             bs().map(|b| (b.0.clone(), g(b.4))),
         )?;
-        bgp(&mut enc, &st.bgp())
+        bgp(&mut enc, &st.bgp())?;
+        l2(&mut enc, &st.l2())
     }
+}
+
+/// L2 mode's series (none without `[l2]`).
+fn l2(enc: &mut DescriptorEncoder<'_>, v: &super::api::L2Status) -> std::fmt::Result {
+    if v.host.is_empty() {
+        return Ok(());
+    }
+    family(
+        enc,
+        "sluice_l2_peer_up",
+        "1 while the other host's heartbeats arrive",
+        v.peers.iter().map(|p| {
+            (
+                vec![("peer", p.name.clone())],
+                Value::Gauge(if p.alive { 1.0 } else { 0.0 }),
+            )
+        }),
+    )?;
+    family(
+        enc,
+        "sluice_l2_owned_vips",
+        "VIPs this host owns (answers ARP/NDP for)",
+        [(Vec::new(), Value::Gauge(v.owned as f64))],
+    )?;
+    family(
+        enc,
+        "sluice_l2_ownership_changes",
+        "VIP owner changes this host has seen",
+        [(Vec::new(), Value::Counter(v.ownership_changes))],
+    )?;
+    family(
+        enc,
+        "sluice_l2_heartbeats_received",
+        "Valid heartbeats received",
+        [(Vec::new(), Value::Counter(v.heartbeats_received))],
+    )?;
+    family(
+        enc,
+        "sluice_l2_heartbeats_dropped",
+        "Heartbeats dropped, by reason",
+        v.dropped
+            .iter()
+            .map(|(r, n)| (vec![("reason", r.clone())], Value::Counter(*n))),
+    )
 }
 
 /// BGP session states `sluice_bgp_session_state` exports (BIRD's names, and `Down`).

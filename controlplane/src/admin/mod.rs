@@ -449,6 +449,7 @@ pub struct AdminState {
     lookups: tokio::sync::Mutex<()>,
     telemetry: Telemetry,
     bgp: Mutex<BgpView>,
+    l2: Mutex<api::L2Status>,
 }
 
 /// Seconds since the Unix epoch.
@@ -509,6 +510,7 @@ impl AdminState {
             lookups: tokio::sync::Mutex::new(()),
             telemetry: Telemetry::default(),
             bgp: Mutex::new(BgpView::default()),
+            l2: Mutex::new(api::L2Status::default()),
         };
         (Arc::new(state), rx)
     }
@@ -623,6 +625,16 @@ impl AdminState {
     /// Routed mode as last set ([`BgpView::default`], `enabled: false`, without `[bgp]`).
     pub fn bgp(&self) -> BgpView {
         lock(&self.bgp).clone()
+    }
+
+    /// L2 mode as the control loop last saw it.
+    pub fn set_l2(&self, v: api::L2Status) {
+        *lock(&self.l2) = v;
+    }
+
+    /// L2 mode as last set (an empty `host` without `[l2]`).
+    pub fn l2(&self) -> api::L2Status {
+        lock(&self.l2).clone()
     }
 
     pub(crate) fn control(&self) -> &mpsc::Sender<ControlRequest> {
@@ -810,5 +822,6 @@ pub fn drop_description(r: DropReason) -> &'static str {
         DropReason::RingFull => "the ring to the owning worker was full",
         DropReason::ControlFull => "a control-plane channel was full",
         DropReason::NdpNotOurs => "neighbour discovery we do not answer (DAD, other targets)",
+        DropReason::VipNotOwned => "ARP/NDP for a VIP another Sluice host owns (L2 mode)",
     }
 }

@@ -105,6 +105,8 @@ enum Cmd {
     Reload,
     /// Routed mode: BGP peers, their state, BIRD, and the announced prefixes.
     Bgp,
+    /// L2 mode: the other hosts and their last heartbeat, each VIP's owner.
+    L2,
     /// The whole host: `drain` withdraws every BGP announcement (traffic moves to the other
     /// hosts; this one keeps forwarding), `undrain` announces again.
     Host {
@@ -396,6 +398,7 @@ fn run(ctl: &Ctl, cmd: &Cmd, json: bool) -> Result<i32, Failure> {
             Ok(EXIT_OK)
         }
         Cmd::Bgp => show(ctl, "/v1/bgp", json, tables::bgp),
+        Cmd::L2 => show(ctl, "/v1/l2", json, tables::l2),
         Cmd::Host { cmd } => {
             let op = match cmd {
                 HostCmd::Drain => "drain",

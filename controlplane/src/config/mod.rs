@@ -19,6 +19,7 @@ mod dataplane;
 mod de;
 mod forwarding;
 mod health;
+pub mod l2;
 mod pools;
 mod source;
 #[cfg(test)]
@@ -37,6 +38,7 @@ pub use dataplane::{
 };
 pub use forwarding::{check_maglev_size, ForwardingConfig, Target, DEFAULT_HASH_SEED};
 pub use health::{HealthConfig, HealthKind};
+pub use l2::{L2Config, L2Peer};
 pub(crate) use pools::{ip_to_u128, u128_to_ip};
 pub use pools::{IpRange, PoolConfig};
 pub use source::{SourceConfig, SourceKind};
@@ -125,6 +127,10 @@ pub struct Config {
     /// Routed mode: announce VIPs and NAT addresses over BGP through BIRD 2. Default: off.
     #[serde(default)]
     pub bgp: Option<BgpConfig>,
+    /// `[l2]`: L2 mode among several hosts (docs/l2.md). Default: none (this host answers
+    /// ARP/NDP for every VIP).
+    #[serde(default)]
+    pub l2: Option<L2Config>,
 }
 
 // --------------------------------------------------------------------------------- load

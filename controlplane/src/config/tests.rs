@@ -387,3 +387,86 @@ fn poll_mode_and_idle_sleep() {
     assert_eq!(e.key(), "workers.idle_sleep_us", "{e}");
     assert!(e.to_string().contains("1..=10000"), "{e}");
 }
+
+const L2: &str = r#"
+[l2]
+host = "h1"
+interface = "eth0"
+key = "0123456789abcdef"
+
+[[l2.peers]]
+name = "h1"
+address = "10.99.0.2"
+
+[[l2.peers]]
+name = "h2"
+address = "10.99.0.3"
+"#;
+
+#[test]
+fn l2_section_parses_with_defaults() {
+    let c = parse(&format!("{LAB}{L2}")).unwrap();
+    let l = c.l2.unwrap();
+    assert_eq!((l.port, l.interval_ms, l.dead_after), (7946, 100, 3));
+    assert_eq!((l.garp_count, l.garp_interval_ms), (3, 500));
+    assert_eq!(
+        l.me().unwrap().address,
+        "10.99.0.2".parse::<std::net::IpAddr>().unwrap()
+    );
+}
+
+#[test]
+fn l2_errors_name_the_key() {
+    let bad = |edit: &dyn Fn(&str) -> String, key: &str, says: &str| {
+        let e = parse(&format!("{LAB}{}", edit(L2))).unwrap_err();
+        assert_eq!(e.key(), key, "{e}");
+        assert!(e.to_string().contains(says), "{e}");
+    };
+    bad(
+        &|s| s.replace("name = \"h2\"", "name = \"h1\""),
+        "l2.peers[1].name",
+        "names this host (l2.host) twice",
+    );
+    bad(
+        &|s| s.replace("host = \"h1\"", "host = \"h7\""),
+        "l2.peers",
+        "does not list this host",
+    );
+    bad(
+        &|s| s.replace("0123456789abcdef", "short"),
+        "l2.key",
+        "at least 16",
+    );
+    bad(
+        &|s| s.replace("10.99.0.3", "10.99.0.2"),
+        "l2.peers[1].address",
+        "listed twice",
+    );
+    bad(
+        &|s| {
+            s.replace(
+                "interface = \"eth0\"",
+                "interface = \"eth0\"\ndead_after = 1",
+            )
+        },
+        "l2.dead_after",
+        "2..=100",
+    );
+    bad(
+        &|s| s.replace("key = \"0123456789abcdef\"", ""),
+        "l2.key",
+        "is missing",
+    );
+}
+
+#[test]
+fn l2_interface_must_exist() {
+    let c = parse(&format!("{LAB}{L2}")).unwrap();
+    let l = c.l2.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (k, m) = l.check_interface(dir.path()).unwrap_err();
+    assert_eq!(k, "l2.interface");
+    assert!(m.contains("no interface \"eth0\""), "{m}");
+    std::fs::create_dir(dir.path().join("eth0")).unwrap();
+    l.check_interface(dir.path()).unwrap();
+}

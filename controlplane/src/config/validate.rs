@@ -348,6 +348,19 @@ impl Config {
             );
         }
 
+        // [l2]
+        if let Some(l) = &self.l2 {
+            l.validate()?;
+            if self.bgp.is_some() {
+                return err(
+                    "l2",
+                    "and [bgp] are both set; a fleet runs in one mode: announce the VIPs over \
+                     BGP or own them on one segment"
+                        .to_owned(),
+                );
+            }
+        }
+
         // [bgp]
         if let Some(b) = &self.bgp {
             let pools: Vec<&str> = self.pools.iter().map(|p| p.name.as_str()).collect();

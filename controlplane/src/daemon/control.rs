@@ -41,6 +41,14 @@ async fn leader_changed(rx: &mut Option<tokio::sync::watch::Receiver<bool>>) -> 
     std::future::pending().await
 }
 
+/// Resolves when L2 membership changes; never without `[l2]`.
+async fn l2_changed(l2: &mut Option<crate::l2::L2>) {
+    match l2 {
+        Some(l) => l.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs until SIGINT or SIGTERM.
 pub(super) async fn control_loop(
     state: &mut ControlState,
@@ -123,6 +131,9 @@ pub(super) async fn control_loop(
                 state.compiler.set_follow_status(!leads);
                 state.compile_and_publish(if leads { "became the leader" } else { "following the leader" });
             }
+            _ = l2_changed(&mut state.l2) => {
+                state.compile_and_publish("L2 membership changed");
+            }
             _ = health.changed() => {
                 state.compile_and_publish("health changed");
             }
@@ -144,6 +155,7 @@ pub(super) async fn control_loop(
                 }
                 if last_sample.elapsed() >= Duration::from_secs(1) {
                     sample(state);
+                    state.refresh_l2_view();
                     last_sample = Instant::now();
                 }
                 if let Some(r) = &state.last {

@@ -65,6 +65,9 @@ pub enum DaemonError {
     /// Routed mode could not start (BIRD missing, not starting or not answering).
     #[error("bgp: {0}")]
     Bgp(#[from] crate::announce::bgp::BgpError),
+    /// L2 mode could not start (key file, interface, heartbeat socket).
+    #[error(transparent)]
+    L2(#[from] crate::l2::L2Error),
 }
 
 /// Runs `sluiced` with the configuration at `path` until SIGINT/SIGTERM.
@@ -169,6 +172,19 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
         let notifier = bgp_events::Notifier::new(host, state.bgp_events(), b);
         match bgp::Routed::start(b, Some(admin_state.clone()), stats.clone(), notifier) {
             Ok(r) => state.attach_bgp(r),
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                drop(servers);
+                drop(state);
+                dp.stop();
+                return Err(e.into());
+            }
+        }
+    }
+    if let Some(l) = &cfg.l2 {
+        let _rt = rt.enter();
+        match crate::l2::L2::start(l, stats.clone()) {
+            Ok(x) => state.attach_l2(x),
             Err(e) => {
                 stop.store(true, Ordering::Relaxed);
                 drop(servers);

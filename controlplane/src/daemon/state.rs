@@ -25,6 +25,7 @@ use crate::announce::Announcer;
 use crate::compile::{CompileError, CompileInput, CompileReport, Compiled, Compiler};
 use crate::config::Config;
 use crate::health::{Health, HealthChecker, ProbeSettings, ProbeTarget};
+use crate::l2::L2;
 use crate::model::Model;
 use crate::sources::kubernetes::{Kubernetes, StatusReporter};
 use crate::sources::manifest;
@@ -55,6 +56,10 @@ pub struct ControlState {
     status: Option<StatusReporter>,
     /// Routed mode (`[bgp]`): what BIRD announces.
     pub(super) bgp: Option<Routed>,
+    /// L2 mode (`[l2]`): which VIPs this host answers ARP/NDP for.
+    pub(super) l2: Option<L2>,
+    /// The VIPs this host answers ARP/NDP for (all of them without `[l2]`).
+    owned: BTreeSet<IpAddr>,
 }
 
 impl ControlState {
@@ -77,6 +82,8 @@ impl ControlState {
             kube: None,
             status: None,
             bgp: None,
+            l2: None,
+            owned: BTreeSet::new(),
             cfg,
         }
     }
@@ -110,6 +117,22 @@ impl ControlState {
         self.bgp = Some(bgp);
         if let (Some(b), Some(r)) = (&mut self.bgp, &self.last) {
             b.report(&self.cfg, r);
+        }
+    }
+
+    /// L2 mode: owns only the VIPs that rendezvous hashing gives this host among the live
+    /// ones, once the workers run.
+    pub(super) fn attach_l2(&mut self, mut l2: L2) {
+        if !self.snap_tx.is_empty() {
+            l2.set_workers_run();
+        }
+        self.l2 = Some(l2);
+    }
+
+    /// Refreshes the admin API's view of L2 mode (peers' heartbeat ages).
+    pub(super) fn refresh_l2_view(&self) {
+        if let (Some(a), Some(l)) = (&self.admin, &self.l2) {
+            a.set_l2(l.view());
         }
     }
 
@@ -167,10 +190,27 @@ impl ControlState {
             }
         };
         let report = compiled.report;
-        if self.last.as_ref().is_some_and(|l| same_config(l, &report)) {
+        let vips: BTreeSet<IpAddr> = report
+            .services
+            .iter()
+            .flat_map(|s| s.vips.iter().copied())
+            .collect();
+        let owned = match &mut self.l2 {
+            Some(l2) => {
+                let can_serve = crate::l2::eligibility(&self.model, &report);
+                l2.assign(&vips, |v, h| {
+                    can_serve.get(&v).is_none_or(|s| s.contains(h))
+                })
+            }
+            None => vips.clone(),
+        };
+        let owned_changed = owned != self.owned;
+        if !owned_changed && self.last.as_ref().is_some_and(|l| same_config(l, &report)) {
             return; // nothing the dataplane would see changed
         }
-        let snap = Arc::new(compiled.snapshot);
+        let mut snapshot = compiled.snapshot;
+        snapshot.set_l2_silent(vips.difference(&owned).copied());
+        let snap = Arc::new(snapshot);
         let t = Instant::now();
         for tx in &self.snap_tx {
             // A worker keeps only the newest; if its channel is full it will catch up.
@@ -214,13 +254,9 @@ impl ControlState {
         }
         self.health
             .set_targets(report.health_targets.iter().cloned());
-        self.announce.vips(
-            report
-                .services
-                .iter()
-                .flat_map(|s| s.vips.iter().copied())
-                .collect(),
-        );
+        self.announce.vips(owned.clone());
+        self.owned = owned;
+        self.refresh_l2_view();
         self.announce.resolve(&report.unresolved);
         if let Some(b) = &mut self.bgp {
             b.report(&self.cfg, &report);

@@ -504,6 +504,76 @@ pub fn health(v: &[api::HealthRow]) -> String {
     )
 }
 
+/// `sluicectl l2`: the other hosts, then each VIP's owner.
+pub fn l2(v: &api::L2Status) -> String {
+    if v.host.is_empty() {
+        return "L2 mode is off (no [l2] section in sluiced's configuration)\n".to_owned();
+    }
+    let mut o = format!(
+        "host {} on {}  {}  live: {}\n",
+        v.host,
+        v.interface,
+        if v.ready {
+            "ready"
+        } else {
+            "listening (owns nothing yet)"
+        },
+        v.live.join(", ")
+    );
+    let rows: Vec<Vec<String>> = v
+        .peers
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.address.to_string(),
+                if p.alive { "up" } else { "down" }.to_owned(),
+                p.last_heartbeat_ms_ago
+                    .map_or("never".to_owned(), |ms| format!("{ms} ms ago")),
+                p.transitions.to_string(),
+            ]
+        })
+        .collect();
+    o.push_str(&table(
+        &["PEER", "ADDRESS", "STATE", "LAST-HEARTBEAT", "CHANGES"],
+        &rows,
+    ));
+    let rows: Vec<Vec<String>> = v
+        .vips
+        .iter()
+        .map(|x| {
+            let owner = x.owner.clone().unwrap_or_else(|| "(none)".to_owned());
+            let here = if x.owner.as_deref() == Some(v.host.as_str()) {
+                "yes"
+            } else {
+                ""
+            };
+            vec![x.vip.to_string(), owner, here.to_owned()]
+        })
+        .collect();
+    o.push('\n');
+    o.push_str(&table(&["VIP", "OWNER", "HERE"], &rows));
+    let dropped: Vec<String> = v
+        .dropped
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    let _ = writeln!(
+        o,
+        "\nowned {}  owner changes {}  heartbeats received {}  dropped: {}",
+        v.owned,
+        v.ownership_changes,
+        v.heartbeats_received,
+        if dropped.is_empty() {
+            "none".to_owned()
+        } else {
+            dropped.join(", ")
+        }
+    );
+    o
+}
+
 /// `sluicectl bgp`: one row per peer, then BIRD and what is announced.
 pub fn bgp(b: &api::Bgp) -> String {
     if !b.enabled {
