@@ -366,7 +366,9 @@ async fn send(
     tx: Arc<tokio::sync::watch::Sender<u64>>,
     workers: Vec<Arc<WorkerStats>>,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_millis(cfg.interval_ms));
+    let period = Duration::from_millis(cfg.interval_ms);
+    // The first tick one period from now, so the workers have had a period to poll.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
     let mut polls: Vec<u64> = workers.iter().map(|w| w.polls.load(Relaxed)).collect();
