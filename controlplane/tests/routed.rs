@@ -7,8 +7,7 @@
 mod routed_lab;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use routed_lab::*;
@@ -37,62 +36,6 @@ fn flows(h: [&Host; 2], svc: &str, vip: &str, port: u64, before: [u64; 2]) -> [u
         h[0].new_flows(svc, vip, port) - before[0],
         h[1].new_flows(svc, vip, port) - before[1],
     ]
-}
-
-/// `n` long-lived echo connections held by one client process (lab-client.py hold).
-struct Held {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Held {
-    fn open(n: usize, vip: &str, port: u16) -> (Held, u64) {
-        let py = repo().join("scripts/lab-client.py");
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", CLIENT, "/usr/bin/python3", "-u"])
-            .arg(py)
-            .args(["hold", &n.to_string(), vip, &port.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut h = Held {
-            child,
-            stdin,
-            stdout,
-        };
-        let v = h.line();
-        (h, v["connected"].as_u64().unwrap())
-    }
-
-    fn line(&mut self) -> serde_json::Value {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("hold said {line:?}: {e}"))
-    }
-
-    /// Sends a line on every connection: (answered, failed, answers per backend).
-    fn check(&mut self) -> (u64, u64, BTreeMap<String, u64>) {
-        writeln!(self.stdin, "check").unwrap();
-        let v = self.line();
-        let b = v["backends"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
-            .collect();
-        (v["ok"].as_u64().unwrap(), v["failed"].as_u64().unwrap(), b)
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Without BGP: static ECMP routes on the router spread new connections over both hosts, each
@@ -169,7 +112,7 @@ fn static_ecmp_spreads_over_both_hosts() {
 
     // dsr-l2 flow survival: 300 long-lived connections, host 1 killed, the router told (by
     // hand here, by BFD with BGP) to send everything to host 2.
-    let (mut held, connected) = Held::open(300, DSR4, 9000);
+    let (mut held, connected) = Held::open(CLIENT, 300, DSR4, 9000);
     assert_eq!(connected, 300);
     let (ok, failed, _) = held.check();
     assert_eq!((ok, failed), (300, 0));
@@ -346,7 +289,7 @@ fn bgp_announces_withdraws_and_fails_over() {
 
     // dsr-l2: 1,000 long-lived connections; kill a host carrying a share of them; >= 99% keep
     // working through the other, which picks the same backends.
-    let (mut held, connected) = Held::open(1000, DSR4, 9000);
+    let (mut held, connected) = Held::open(CLIENT, 1000, DSR4, 9000);
     assert_eq!(connected, 1000);
     assert_eq!(held.check().1, 0);
     let on_h1 = h1.new_flows("default/web-dsr", DSR4, 9000);

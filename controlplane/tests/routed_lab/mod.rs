@@ -6,9 +6,13 @@
 //!
 //! Every wait is bounded; the daemons are killed and the lab taken down on drop.
 
+// Shared by routed.rs and l2.rs; each uses a part.
+#![allow(dead_code, unused_imports)]
+
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -383,5 +387,63 @@ impl Host {
                 )
             })
             .collect()
+    }
+}
+
+/// `n` long-lived echo connections held by one client process (lab-client.py hold).
+pub struct Held {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Held {
+    /// Opens `n` connections from namespace `client` to `vip`:`port`; returns how many
+    /// connected.
+    pub fn open(client: &str, n: usize, vip: &str, port: u16) -> (Held, u64) {
+        let py = repo().join("scripts/lab-client.py");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", client, "/usr/bin/python3", "-u"])
+            .arg(py)
+            .args(["hold", &n.to_string(), vip, &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut h = Held {
+            child,
+            stdin,
+            stdout,
+        };
+        let v = h.line();
+        (h, v["connected"].as_u64().unwrap())
+    }
+
+    fn line(&mut self) -> serde_json::Value {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("hold said {line:?}: {e}"))
+    }
+
+    /// Sends a line on every connection: (answered, failed, answers per backend).
+    pub fn check(&mut self) -> (u64, u64, BTreeMap<String, u64>) {
+        writeln!(self.stdin, "check").unwrap();
+        let v = self.line();
+        let b = v["backends"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+            .collect();
+        (v["ok"].as_u64().unwrap(), v["failed"].as_u64().unwrap(), b)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
