@@ -188,6 +188,17 @@ fn semantic_errors_name_the_key() {
 }
 
 #[test]
+fn more_than_one_port_is_refused() {
+    let second = "[[ports]]\nname = \"lb1\"\ndevice = \"net_null0\"\nipv4 = [\"10.98.0.2/24\"]\n";
+    let e = parse(&format!("{LAB}\n{second}")).unwrap_err();
+    assert_eq!(e.key(), "ports", "{e}");
+    assert!(matches!(e, ConfigError::Invalid { .. }), "{e}");
+    let s = e.to_string();
+    assert!(s.contains("2 [[ports]] are configured"), "{s}");
+    assert!(s.contains("keep one [[ports]] table"), "{s}");
+}
+
+#[test]
 fn pools_cidr_rules() {
     let p = PoolConfig {
         name: "p".into(),

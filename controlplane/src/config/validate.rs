@@ -23,6 +23,17 @@ impl Config {
                     .to_owned(),
             );
         }
+        if self.ports.len() > 1 {
+            return err(
+                "ports",
+                format!(
+                    "{} [[ports]] are configured but Sluice serves one port (VIPs, next hops \
+                     and announcements use the first); keep one [[ports]] table and give it \
+                     every address",
+                    self.ports.len()
+                ),
+            );
+        }
         let mut names = BTreeSet::new();
         for (i, p) in self.ports.iter().enumerate() {
             let k = |f: &str| format!("ports[{i}].{f}");
