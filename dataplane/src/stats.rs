@@ -61,11 +61,14 @@ pub enum DropReason {
     ControlFull,
     /// IPv6 neighbour discovery we do not answer (e.g. DAD probes, other targets).
     NdpNotOurs,
+    /// An 802.1Q/802.1ad-tagged frame: no VLAN is configured, and forwarding it with its tag
+    /// would carry it into the backend's VLAN (VLAN hopping).
+    VlanTagged,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 25;
+    pub const COUNT: usize = 26;
 
     /// Every reason, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -94,6 +97,7 @@ impl DropReason {
         DropReason::RingFull,
         DropReason::ControlFull,
         DropReason::NdpNotOurs,
+        DropReason::VlanTagged,
     ];
 
     /// Stable snake_case name (metrics label, admin API).
@@ -124,6 +128,7 @@ impl DropReason {
             DropReason::RingFull => "ring_full",
             DropReason::ControlFull => "control_full",
             DropReason::NdpNotOurs => "ndp_not_ours",
+            DropReason::VlanTagged => "vlan_tagged",
         }
     }
 }

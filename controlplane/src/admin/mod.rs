@@ -806,5 +806,6 @@ pub fn drop_description(r: DropReason) -> &'static str {
         DropReason::RingFull => "the ring to the owning worker was full",
         DropReason::ControlFull => "a control-plane channel was full",
         DropReason::NdpNotOurs => "neighbour discovery we do not answer (DAD, other targets)",
+        DropReason::VlanTagged => "an 802.1Q-tagged frame (no VLAN is configured)",
     }
 }

@@ -36,7 +36,8 @@ impl Pipeline {
         t[..4].copy_from_slice(&tpa);
         let ours = snap.addr_kind(&t, false).is_some();
         if op == arp::OP_REQUEST && ours && spa != tpa {
-            // Rewrite only the MACs: the EtherType (or VLAN tag) stays as received.
+            // Rewrite only the MACs: the EtherType stays as received (tagged frames never get
+            // here: classification drops them).
             let mac = snap.local.mac;
             d[0..6].copy_from_slice(&sha);
             d[6..12].copy_from_slice(&mac);

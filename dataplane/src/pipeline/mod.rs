@@ -28,6 +28,8 @@
 //!   removed from the snapshot ends them. New flows see only `Active` backends.
 //! - `nat` gives each worker a disjoint slice of the local port range, so the owner of a reply
 //!   is known from its destination port alone ([`Verdict::ToWorker`]).
+//! - No VLAN is configured: 802.1Q/802.1ad-tagged frames are dropped
+//!   ([`DropReason::VlanTagged`]) rather than forwarded with their tag into another VLAN.
 //! - Fragments: `dsr-*` Services balance them by 3-tuple (source, destination, protocol) without
 //!   tracking, so every fragment of a datagram reaches the same backend; `nat` drops them
 //!   ([`DropReason::NatFragment`]), since rewriting ports needs the whole datagram.
@@ -304,6 +306,11 @@ impl Pipeline {
         let dst_mac = mac_at(d, 0);
         if dst_mac != snap.local.mac && dst_mac[0] & 1 == 0 {
             return Verdict::Drop(DropReason::NotForUs);
+        }
+        // No VLAN is configured: a tagged frame forwarded (or answered) with its tag would
+        // cross into the backend's VLAN.
+        if p.vlan.is_some() {
+            return Verdict::Drop(DropReason::VlanTagged);
         }
         match p.l3 {
             L3::Arp => self.arp(snap, pkt, p),
