@@ -541,7 +541,11 @@ fn golden(burst: bool) {
     ] {
         assert_eq!(stats.drops_of(r), 1, "{}", r.name());
     }
-    assert_eq!(stats.drops_of(DropReason::VlanTagged), 3, "three tagged frames");
+    assert_eq!(
+        stats.drops_of(DropReason::VlanTagged),
+        3,
+        "three tagged frames"
+    );
     use std::sync::atomic::Ordering::Relaxed;
     assert_eq!(stats.nat_replies.load(Relaxed), 1);
     assert_eq!(stats.echo_replies.load(Relaxed), 2);
