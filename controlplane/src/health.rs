@@ -347,12 +347,22 @@ async fn run(target: ProbeTarget, s: ProbeSettings, shared: Arc<Shared>) {
             };
             let changed = st.record(result, &s);
             if changed {
-                tracing::info!(
-                    target = %target,
-                    health = ?st.health,
-                    error = st.last_error.as_deref().unwrap_or(""),
-                    "health changed"
-                );
+                // The error belongs to the failures that took the target down; on the way
+                // back up it is stale (it stays in the status as `last_error`).
+                match st.health {
+                    Health::Down => tracing::info!(
+                        target = %target,
+                        health = ?st.health,
+                        error = st.last_error.as_deref().unwrap_or(""),
+                        "health changed"
+                    ),
+                    Health::Up => tracing::info!(
+                        target = %target,
+                        health = ?st.health,
+                        successes = st.successes,
+                        "health changed"
+                    ),
+                }
             }
             changed
         };
@@ -540,6 +550,60 @@ mod tests {
         let st = wait_for(&c, &t, Health::Up).await;
         assert!(st.successes >= 2, "{st:?}");
         server.abort();
+    }
+
+    /// A writer into a shared buffer, for the log lines of one test.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The "health changed" line of a target coming back up does not repeat the error of the
+    /// failures before it.
+    #[tokio::test]
+    async fn up_log_line_has_no_stale_error() {
+        let logs = Captured::default();
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish();
+        // The test runtime is current-thread: the probe tasks log on this thread.
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let ok = Arc::new(AtomicBool::new(false));
+        let server = tokio::spawn(http_server(l, ok.clone(), Arc::default()));
+        let t = ProbeTarget::http(addr, "/");
+        let mut c = HealthChecker::new(fast());
+        c.set_targets([t.clone()]);
+        wait_for(&c, &t, Health::Down).await;
+        ok.store(true, Ordering::SeqCst);
+        wait_for(&c, &t, Health::Up).await;
+        server.abort();
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("health changed"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].contains("Down") && lines[0].contains("HTTP 503"),
+            "{text}"
+        );
+        assert!(lines[1].contains("Up"), "{text}");
+        assert!(
+            !lines[1].contains("503"),
+            "stale error on the Up line: {text}"
+        );
     }
 
     #[tokio::test]
