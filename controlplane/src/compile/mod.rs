@@ -58,6 +58,7 @@
 mod ids;
 pub mod ipam;
 mod maglev;
+mod probes;
 mod report;
 mod services;
 mod targets;
@@ -93,6 +94,11 @@ pub const ANNOTATION_MAGLEV_SIZE: &str = "sluice.dev/maglev-size";
 pub const ANNOTATION_TARGET: &str = "sluice.dev/target";
 /// Annotation: requested VIPs, comma-separated, at most one per family.
 pub const ANNOTATION_IPS: &str = crate::compile::ipam::ANNOTATION_IPS;
+pub use probes::{
+    ANNOTATION_HEALTH_FALL, ANNOTATION_HEALTH_INTERVAL, ANNOTATION_HEALTH_KIND,
+    ANNOTATION_HEALTH_PATH, ANNOTATION_HEALTH_PORT, ANNOTATION_HEALTH_RISE,
+    ANNOTATION_HEALTH_TIMEOUT,
+};
 /// Path probed on a node's `healthCheckNodePort` (as kube-proxy serves it).
 pub const NODE_HEALTH_PATH: &str = "/healthz";
 

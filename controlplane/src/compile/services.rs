@@ -10,6 +10,7 @@ use sluice_dataplane::snapshot::{Backend, Cidr, Frontend, Method, Protocol, MAX_
 
 use super::ids::{BackendKey, FrontendKey};
 use super::ipam::Issue;
+use super::probes::ProbeSpec;
 use super::report::{CompileReport, FrontendReport, ServiceReport};
 use super::targets::desired_backends;
 use super::{
@@ -25,6 +26,8 @@ pub(super) struct Settings {
     method: Method,
     target: Target,
     maglev_size: u32,
+    /// How its backends are probed.
+    probes: ProbeSpec,
 }
 
 impl Compiler {
@@ -104,6 +107,7 @@ impl Compiler {
                     sp,
                     family,
                     settings.target,
+                    &settings.probes,
                     &label,
                     &mut probs,
                 );
@@ -243,6 +247,7 @@ pub(super) fn service_settings(cfg: &Config, svc: &Service, probs: &mut Vec<Stri
         method: cfg.forwarding.default_method,
         target: cfg.forwarding.target,
         maglev_size: cfg.tables.maglev_size,
+        probes: ProbeSpec::parse(&cfg.health, svc, probs),
     };
     if let Some(v) = svc.annotations.get(ANNOTATION_METHOD) {
         match Method::parse(v.trim()) {

@@ -8,13 +8,13 @@ use std::time::Duration;
 use sluice_dataplane::snapshot::{Backend, BackendState};
 
 use super::ids::BackendKey;
+use super::probes::ProbeSpec;
 use super::report::{BackendReport, CompileReport, FrontendReport};
 use super::{CompileInput, Compiler, NODE_HEALTH_PATH};
 use crate::config::{Config, Target};
 use crate::health::{Health, ProbeTarget};
 use crate::model::{
-    AddressType, EndpointSlice, IpFamily, L4Protocol, Model, Service, ServicePort, TargetPort,
-    TrafficPolicy,
+    AddressType, EndpointSlice, IpFamily, Model, Service, ServicePort, TargetPort, TrafficPolicy,
 };
 
 /// A backend the model asks for.
@@ -254,15 +254,12 @@ pub(super) fn desired_backends(
     sp: &ServicePort,
     family: IpFamily,
     target: Target,
+    probes: &ProbeSpec,
     label: &str,
     probs: &mut Vec<String>,
 ) -> Vec<Desired> {
-    let cfg = input.config;
     let model = input.model;
-    let probe_for = |addr: SocketAddr| -> Option<ProbeTarget> {
-        (cfg.health.enabled && sp.protocol == L4Protocol::Tcp)
-            .then(|| ProbeTarget::from_config(addr, &cfg.health, sp.is_http()))
-    };
+    let probe_for = |addr: SocketAddr| probes.target(addr.ip(), addr.port(), sp);
     let mut out = Vec::new();
     match target {
         Target::Pod => {
@@ -349,11 +346,13 @@ pub(super) fn desired_backends(
                     .iter()
                     .filter(|a| IpFamily::of(**a) == family)
                 {
-                    let probe = if !cfg.health.enabled {
+                    let probe = if !probes.enabled() {
                         None
                     } else if local {
-                        svc.health_check_node_port
-                            .map(|p| ProbeTarget::http(SocketAddr::new(addr, p), NODE_HEALTH_PATH))
+                        svc.health_check_node_port.map(|p| {
+                            ProbeTarget::http(SocketAddr::new(addr, p), NODE_HEALTH_PATH)
+                                .with_timing(probes.timing())
+                        })
                     } else {
                         probe_for(SocketAddr::new(addr, node_port))
                     };

@@ -647,6 +647,47 @@ fn health_and_drain_states() {
     );
 }
 
+/// A UDP Service is probed only through `sluice.dev/health-check-port`, and its probe
+/// decides its backends' state like a TCP one's.
+#[test]
+fn udp_backends_probed_through_the_annotated_port() {
+    let mut cfg = cfg();
+    cfg.health.enabled = true;
+    let udp = |annotations: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: dns\n  annotations: {{{annotations}}}\nspec:\n  type: LoadBalancer\n  loadBalancerClass: sluice.dev/dpdk\n  ports:\n    - name: dns\n      protocol: UDP\n      port: 53\n      targetPort: 5353\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: dns-v4\n  labels: {{kubernetes.io/service-name: dns}}\naddressType: IPv4\nports: [{{name: dns, port: 5353, protocol: UDP}}]\nendpoints:\n  - addresses: [\"10.99.0.21\"]\n    conditions: {{ready: true}}\n"
+        )
+    };
+    let mut env = Env::new();
+    let out = env.run(&mut Compiler::new(), &cfg, &model(&udp("")));
+    assert!(out.report.health_targets.is_empty(), "UDP is not probed");
+    assert_eq!(
+        out.report.services[0].frontends[0].backends[0].health_target,
+        None
+    );
+    let m = model(&udp(
+        "sluice.dev/health-check-port: \"8080\", sluice.dev/health-check-fall: \"1\"",
+    ));
+    let mut c = Compiler::new();
+    let out = env.run(&mut c, &cfg, &m);
+    let t = out.report.services[0].frontends[0].backends[0]
+        .health_target
+        .clone()
+        .expect("probed");
+    assert_eq!(t.addr, "10.99.0.21:8080".parse().unwrap());
+    assert_eq!(t.timing.map(|t| t.fall), Some(1));
+    assert!(out.report.health_targets.contains(&t));
+    env.health.insert(t, Health::Down);
+    let out = env.run(&mut c, &cfg, &m);
+    let b = &out.report.services[0].frontends[0].backends[0];
+    assert_eq!(b.state, BackendState::Down);
+    assert!(
+        out.report.services[0].problems.is_empty(),
+        "{:?}",
+        out.report.services[0].problems
+    );
+}
+
 #[test]
 fn operator_weights_rebuild_only_that_table() {
     let cfg = cfg();
