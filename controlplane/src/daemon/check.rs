@@ -37,6 +37,9 @@ pub enum Checked {
         objects: (usize, usize, usize),
         /// Manifest warnings (objects skipped, fields ignored).
         warnings: Vec<String>,
+        /// The operator's drains and weights kept in `admin.state_dir`: how many addresses,
+        /// or why the file is ignored.
+        overrides: Result<usize, String>,
         /// The compile report of the first snapshot (VIPs from IPAM, frontends, problems).
         report: Box<CompileReport>,
     },
@@ -66,6 +69,7 @@ pub fn check(path: &Path) -> Result<CheckReport, DaemonError> {
     let files = first.files.len();
     let warnings = first.warnings.clone();
     let mut state = ControlState::new(cfg, first.model, NO_PORT_MAC, manifest_dir.clone());
+    let overrides = state.restore_overrides().map_err(|e| e.to_string());
     let report = state.compile(&HashMap::new())?.report;
     Ok(CheckReport {
         config: path.to_path_buf(),
@@ -74,6 +78,7 @@ pub fn check(path: &Path) -> Result<CheckReport, DaemonError> {
             files,
             objects,
             warnings,
+            overrides,
             report: Box::new(report),
         },
     })
@@ -93,6 +98,7 @@ impl fmt::Display for CheckReport {
                 files,
                 objects: (svc, eps, nodes),
                 warnings,
+                overrides,
                 report,
             } => {
                 writeln!(
@@ -102,6 +108,11 @@ impl fmt::Display for CheckReport {
                 )?;
                 for w in warnings {
                     writeln!(f, "  warning: {w}")?;
+                }
+                match overrides {
+                    Ok(0) => {}
+                    Ok(n) => writeln!(f, "operator drains and weights: {n} address(es)")?,
+                    Err(e) => writeln!(f, "warning: {e}")?,
                 }
                 let frontends: usize = report.services.iter().map(|s| s.frontends.len()).sum();
                 writeln!(

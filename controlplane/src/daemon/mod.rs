@@ -20,6 +20,7 @@ mod bgp_events;
 pub mod boot;
 mod check;
 mod control;
+pub mod overrides;
 pub mod state;
 #[cfg(test)]
 mod tests;
@@ -141,6 +142,13 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
         kube = Some(k);
     }
     let mut state = ControlState::new(cfg.clone(), first_model, ports.mac, manifest_dir);
+    match state.restore_overrides() {
+        Ok(0) => {}
+        Ok(n) => {
+            info!(addresses = n, dir = %cfg.admin.state_dir.display(), "operator drains and weights restored")
+        }
+        Err(e) => warn!(error = %e, "operator drains and weights"),
+    }
     if let Some(k) = kube {
         state.attach_kubernetes(k);
     }
