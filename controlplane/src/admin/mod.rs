@@ -105,8 +105,7 @@ pub enum BackendOp {
     Weight(Option<u32>),
 }
 
-/// The largest weight an operator may set.
-pub const MAX_WEIGHT: u32 = 10_000;
+pub use crate::compile::MAX_WEIGHT;
 
 impl BackendOp {
     /// Applies the operation to the control loop's overrides. Returns how many backends (of

@@ -24,6 +24,8 @@ pub(super) struct Desired {
     port: u16,
     node: Option<String>,
     probe: Option<ProbeTarget>,
+    /// The weight the Service's `sluice.dev/backend-weights` gives the address.
+    weight: Option<u32>,
     /// Set when the backend is only used as a fallback (terminating but serving).
     note: Option<&'static str>,
 }
@@ -141,7 +143,13 @@ impl Compiler {
                     d.and_then(|d| d.note).map(str::to_owned),
                 )
             };
-            let weight = input.weights.get(&addr).copied().unwrap_or(1);
+            // The operator's weight, else the Service's, else 1.
+            let weight = input
+                .weights
+                .get(&addr)
+                .copied()
+                .or(d.and_then(|d| d.weight))
+                .unwrap_or(1);
             let next_hop = next_hop(cfg, addr);
             let mac = next_hop.and_then(|n| input.neighbours.get(&n).copied());
             match next_hop {
@@ -255,6 +263,7 @@ pub(super) fn desired_backends(
     family: IpFamily,
     target: Target,
     probes: &ProbeSpec,
+    weights: &BTreeMap<IpAddr, u32>,
     label: &str,
     probs: &mut Vec<String>,
 ) -> Vec<Desired> {
@@ -289,6 +298,7 @@ pub(super) fn desired_backends(
                             port,
                             node: e.node_name.clone(),
                             probe: probe_for(SocketAddr::new(addr, port)),
+                            weight: weights.get(&addr).copied(),
                             note: None,
                         };
                         if e.ready {
@@ -361,6 +371,7 @@ pub(super) fn desired_backends(
                         port: node_port,
                         node: Some(n.name.clone()),
                         probe,
+                        weight: weights.get(&addr).copied(),
                         note: None,
                     });
                 }

@@ -716,6 +716,58 @@ fn operator_weights_rebuild_only_that_table() {
     assert_eq!(shares[1], cfg.tables.maglev_size);
 }
 
+/// `sluice.dev/backend-weights` weights a Service's backends; the operator's weight wins;
+/// a bad value is reported and every backend keeps weight 1.
+#[test]
+fn backend_weights_annotation() {
+    let cfg = cfg();
+    let two = &[("10.99.0.21", true, "n1"), ("10.99.0.22", true, "n2")];
+    let weights_with = |env: &Env, annotation: &str| {
+        let m = model(&svc_yaml(
+            "web",
+            "",
+            &format!("sluice.dev/backend-weights: \"{annotation}\""),
+            two,
+        ));
+        let out = env.run(&mut Compiler::new(), &cfg, &m);
+        let s = &out.report.services[0];
+        let fe = &s.frontends[0];
+        let w: Vec<u32> = fe.backends.iter().map(|b| b.weight).collect();
+        (w, s.problems.clone(), out)
+    };
+    let mut env = Env::new();
+    let weights = |annotation: &str| weights_with(&Env::new(), annotation);
+    let (w, probs, out) = weights("10.99.0.21=4, 10.99.0.99=2");
+    assert_eq!(w, vec![4, 1]);
+    assert!(probs.is_empty(), "{probs:?}");
+    let fe = &out.report.services[0].frontends[0];
+    let shares = out.snapshot.frontend(fe.id).unwrap().maglev.shares();
+    assert!(shares[0] > 3 * shares[1], "{shares:?}");
+    for bad in [
+        "10.99.0.21=x",
+        "10.99.0.21",
+        "10.99.0.21=20000",
+        "a=1",
+        "10.99.0.21=1,10.99.0.21=2",
+    ] {
+        let (w, probs, _) = weights(bad);
+        assert_eq!(w, vec![1, 1], "{bad}");
+        assert!(
+            probs
+                .iter()
+                .any(|p| p.contains("sluice.dev/backend-weights")),
+            "{bad}: {probs:?}"
+        );
+    }
+    env.weights.insert(ip("10.99.0.21"), 2);
+    let (w, _, _) = weights_with(&env, "10.99.0.21=4,10.99.0.22=0");
+    assert_eq!(
+        w,
+        vec![2, 0],
+        "the operator's weight wins over the annotation"
+    );
+}
+
 #[test]
 fn next_hops() {
     let mut cfg = cfg();
