@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{HealthConfig, HealthKind};
+use crate::config::HealthConfig;
 
 /// How a target is probed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -44,13 +44,52 @@ pub enum ProbeKind {
     },
 }
 
-/// One thing to probe: an address and how.
+/// Timing and thresholds of one target's probes, when a Service's annotations set them (the
+/// others run with `[health]`'s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct ProbeTiming {
+    /// Milliseconds between the starts of two probes.
+    pub interval_ms: u64,
+    /// Milliseconds a probe may take.
+    pub timeout_ms: u64,
+    /// Consecutive successes that bring a down target up.
+    pub rise: u32,
+    /// Consecutive failures that take an up target down.
+    pub fall: u32,
+}
+
+impl From<&HealthConfig> for ProbeTiming {
+    fn from(c: &HealthConfig) -> Self {
+        ProbeTiming {
+            interval_ms: c.interval_ms,
+            timeout_ms: c.timeout_ms,
+            rise: c.rise,
+            fall: c.fall,
+        }
+    }
+}
+
+impl From<ProbeTiming> for ProbeSettings {
+    fn from(t: ProbeTiming) -> Self {
+        ProbeSettings {
+            interval: Duration::from_millis(t.interval_ms.max(1)),
+            timeout: Duration::from_millis(t.timeout_ms.max(1)),
+            rise: t.rise.max(1),
+            fall: t.fall.max(1),
+        }
+    }
+}
+
+/// One thing to probe: an address, how, and (if a Service says) how often.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct ProbeTarget {
     /// Address and port.
     pub addr: SocketAddr,
     /// TCP connect or HTTP GET.
     pub kind: ProbeKind,
+    /// The Service's own timing (`None`: the checker's, from `[health]`). Part of the
+    /// target's identity: two Services probing one address differently probe it twice.
+    pub timing: Option<ProbeTiming>,
 }
 
 impl ProbeTarget {
@@ -59,6 +98,7 @@ impl ProbeTarget {
         ProbeTarget {
             addr,
             kind: ProbeKind::Tcp,
+            timing: None,
         }
     }
 
@@ -67,26 +107,30 @@ impl ProbeTarget {
         ProbeTarget {
             addr,
             kind: ProbeKind::Http { path: path.into() },
+            timing: None,
         }
     }
 
-    /// The target for a backend at `addr` under the configured probe kind: with `kind =
-    /// "http"` only ports that speak HTTP (`http_port`) get an HTTP GET, the others a TCP
-    /// connect (an HTTP request to, say, an echo server would fail).
-    pub fn from_config(addr: SocketAddr, cfg: &HealthConfig, http_port: bool) -> Self {
-        match cfg.kind {
-            HealthKind::Http if http_port => Self::http(addr, cfg.http_path.clone()),
-            _ => Self::tcp(addr),
-        }
+    /// The same target probed with `timing` (`None`: the checker's).
+    pub fn with_timing(self, timing: Option<ProbeTiming>) -> Self {
+        ProbeTarget { timing, ..self }
     }
 }
 
 impl fmt::Display for ProbeTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            ProbeKind::Tcp => write!(f, "tcp://{}", self.addr),
-            ProbeKind::Http { path } => write!(f, "http://{}{path}", self.addr),
+            ProbeKind::Tcp => write!(f, "tcp://{}", self.addr)?,
+            ProbeKind::Http { path } => write!(f, "http://{}{path}", self.addr)?,
         }
+        if let Some(t) = &self.timing {
+            write!(
+                f,
+                " (every {} ms, timeout {} ms, rise {}, fall {})",
+                t.interval_ms, t.timeout_ms, t.rise, t.fall
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -114,12 +158,7 @@ pub struct ProbeSettings {
 
 impl From<&HealthConfig> for ProbeSettings {
     fn from(c: &HealthConfig) -> Self {
-        ProbeSettings {
-            interval: Duration::from_millis(c.interval_ms.max(1)),
-            timeout: Duration::from_millis(c.timeout_ms.max(1)),
-            rise: c.rise.max(1),
-            fall: c.fall.max(1),
-        }
+        ProbeTiming::from(c).into()
     }
 }
 
@@ -252,7 +291,7 @@ impl HealthChecker {
                 continue;
             }
             let shared = self.shared.clone();
-            let settings = self.settings;
+            let settings = t.timing.map_or(self.settings, ProbeSettings::from);
             let target = t.clone();
             let handle = tokio::spawn(async move { run(target, settings, shared).await });
             self.tasks.insert(t, handle);
@@ -347,12 +386,22 @@ async fn run(target: ProbeTarget, s: ProbeSettings, shared: Arc<Shared>) {
             };
             let changed = st.record(result, &s);
             if changed {
-                tracing::info!(
-                    target = %target,
-                    health = ?st.health,
-                    error = st.last_error.as_deref().unwrap_or(""),
-                    "health changed"
-                );
+                // The error belongs to the failures that took the target down; on the way
+                // back up it is stale (it stays in the status as `last_error`).
+                match st.health {
+                    Health::Down => tracing::info!(
+                        target = %target,
+                        health = ?st.health,
+                        error = st.last_error.as_deref().unwrap_or(""),
+                        "health changed"
+                    ),
+                    Health::Up => tracing::info!(
+                        target = %target,
+                        health = ?st.health,
+                        successes = st.successes,
+                        "health changed"
+                    ),
+                }
             }
             changed
         };
@@ -540,6 +589,94 @@ mod tests {
         let st = wait_for(&c, &t, Health::Up).await;
         assert!(st.successes >= 2, "{st:?}");
         server.abort();
+    }
+
+    /// A writer into a shared buffer, for the log lines of one test.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The "health changed" line of a target coming back up does not repeat the error of the
+    /// failures before it.
+    #[tokio::test]
+    async fn up_log_line_has_no_stale_error() {
+        let logs = Captured::default();
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish();
+        // The test runtime is current-thread: the probe tasks log on this thread.
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let ok = Arc::new(AtomicBool::new(false));
+        let server = tokio::spawn(http_server(l, ok.clone(), Arc::default()));
+        let t = ProbeTarget::http(addr, "/");
+        let mut c = HealthChecker::new(fast());
+        c.set_targets([t.clone()]);
+        wait_for(&c, &t, Health::Down).await;
+        ok.store(true, Ordering::SeqCst);
+        wait_for(&c, &t, Health::Up).await;
+        server.abort();
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("health changed"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].contains("Down") && lines[0].contains("HTTP 503"),
+            "{text}"
+        );
+        assert!(lines[1].contains("Up"), "{text}");
+        assert!(
+            !lines[1].contains("503"),
+            "stale error on the Up line: {text}"
+        );
+    }
+
+    /// A target with a Service's own timing runs with it, not the checker's: fall 1 takes it
+    /// down at the first failure where the checker's fall is 50.
+    #[tokio::test]
+    async fn a_target_runs_with_its_own_timing() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l); // nothing listens: every probe fails
+        let slow = ProbeSettings { fall: 50, ..fast() };
+        let own = ProbeTiming {
+            interval_ms: 25,
+            timeout_ms: 300,
+            rise: 1,
+            fall: 1,
+        };
+        let t = ProbeTarget::tcp(addr).with_timing(Some(own));
+        let plain = ProbeTarget::tcp(addr);
+        assert_ne!(t, plain, "timing is part of the target");
+        assert!(
+            t.to_string()
+                .ends_with("(every 25 ms, timeout 300 ms, rise 1, fall 1)"),
+            "{t}"
+        );
+        let mut c = HealthChecker::new(slow);
+        c.set_targets([t.clone(), plain.clone()]);
+        wait_for(&c, &t, Health::Down).await;
+        let st = wait_probes(&c, &plain, 3).await;
+        assert!(st.failures >= 3, "{st:?}");
+        assert_eq!(
+            st.health,
+            Health::Up,
+            "the checker's fall 50 keeps it up: {st:?}"
+        );
     }
 
     #[tokio::test]

@@ -63,10 +63,12 @@ impl Setup {
         if !health {
             cfg = cfg.replace("enabled = true", "enabled = false");
         }
-        // A private admin socket, and metrics on a port the kernel picks (read from the log).
+        // A private admin socket and state directory, and metrics on a port the kernel picks
+        // (read from the log).
         cfg.push_str(&format!(
-            "\n[admin]\nsocket = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\n",
-            dir.join("admin.sock").display()
+            "\n[admin]\nsocket = \"{}\"\nmetrics_listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n",
+            dir.join("admin.sock").display(),
+            dir.display()
         ));
         std::fs::write(dir.join("sluice.toml"), cfg).unwrap();
         Setup { dir }

@@ -6,7 +6,6 @@
 
 mod routed_lab;
 
-use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 

@@ -63,11 +63,14 @@ pub enum DropReason {
     NdpNotOurs,
     /// ARP or a neighbour solicitation for a VIP that another Sluice host owns (L2 mode).
     VipNotOwned,
+    /// An 802.1Q/802.1ad-tagged frame: no VLAN is configured, and forwarding it with its tag
+    /// would carry it into the backend's VLAN (VLAN hopping).
+    VlanTagged,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 26;
+    pub const COUNT: usize = 27;
 
     /// Every reason, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -97,6 +100,7 @@ impl DropReason {
         DropReason::ControlFull,
         DropReason::NdpNotOurs,
         DropReason::VipNotOwned,
+        DropReason::VlanTagged,
     ];
 
     /// Stable snake_case name (metrics label, admin API).
@@ -128,6 +132,7 @@ impl DropReason {
             DropReason::ControlFull => "control_full",
             DropReason::NdpNotOurs => "ndp_not_ours",
             DropReason::VipNotOwned => "vip_not_owned",
+            DropReason::VlanTagged => "vlan_tagged",
         }
     }
 }

@@ -315,9 +315,17 @@ fn golden(burst: bool) {
     let v6syn = tcp6(CLIENT6, v6vip, 40003, 80, true, &[]);
     let v6ipip = tcp6(CLIENT6, v6("2001:db8::2"), 40004, 80, true, b"six");
     let vlan = vlan_tcp4(100, [192, 0, 2, 2]);
-    let mut vlan_out = vlan.clone();
-    vlan_out[0..6].copy_from_slice(&bmac(1));
-    vlan_out[6..12].copy_from_slice(&LB_MAC);
+    let vlan_nat = vlan_tcp4(42, vip1);
+    // An ARP request for a VIP, tagged VLAN 42 (802.1ad outer TPID: QinQ is refused alike).
+    let mut vlan_arp = arp_frame(
+        arp::OP_REQUEST,
+        CLIENT_MAC,
+        CLIENT4,
+        [0; 6],
+        vip1,
+        ethernet::BROADCAST,
+    );
+    vlan_arp.splice(12..12, [0x88, 0xa8, 0x00, 42]);
     let mut truncated = syn.clone();
     truncated.truncate(40);
     let mut not_for_us = syn.clone();
@@ -396,7 +404,9 @@ fn golden(burst: bool) {
             Some(rewritten(&udp, LB_MAC, bmac(2), ip("10.0.0.3"), ip("10.0.1.2"), NAT_PORT_MIN + 1, 8080)),
         ),
         case("dsr-l2: only MACs change", dsr_syn.clone(), Verdict::Tx, Some(with_mac(&dsr_syn, bmac(1)))),
-        case("dsr-l2 with an 802.1Q tag: tag kept", vlan, Verdict::Tx, Some(vlan_out)),
+        drop("802.1Q-tagged SYN to a dsr-l2 VIP (no VLAN configured)", vlan, DropReason::VlanTagged),
+        drop("802.1Q-tagged SYN to a nat VIP (no VLAN configured)", vlan_nat, DropReason::VlanTagged),
+        drop("802.1ad-tagged ARP request for a VIP (no VLAN configured)", vlan_arp, DropReason::VlanTagged),
         case(
             "dsr-ipip v4: IPv4-in-IPv4 from our address to the backend",
             ipip_syn.clone(),
@@ -531,6 +541,11 @@ fn golden(burst: bool) {
     ] {
         assert_eq!(stats.drops_of(r), 1, "{}", r.name());
     }
+    assert_eq!(
+        stats.drops_of(DropReason::VlanTagged),
+        3,
+        "three tagged frames"
+    );
     use std::sync::atomic::Ordering::Relaxed;
     assert_eq!(stats.nat_replies.load(Relaxed), 1);
     assert_eq!(stats.echo_replies.load(Relaxed), 2);

@@ -41,6 +41,11 @@ impl Mempool {
     /// Default buffer size: 2048 bytes of data plus headroom.
     pub const DEFAULT_DATA_ROOM: u16 = ffi::RTE_MBUF_DEFAULT_BUF_SIZE as u16;
 
+    /// The largest frame (Ethernet header included, FCS not) one mbuf of
+    /// [`Self::DEFAULT_DATA_ROOM`] receives whole: the data room less the headroom.
+    pub const DEFAULT_MAX_FRAME: u16 =
+        (ffi::RTE_MBUF_DEFAULT_BUF_SIZE - ffi::RTE_PKTMBUF_HEADROOM) as u16;
+
     /// Takes one mbuf, or `None` when the pool is empty.
     #[inline]
     pub fn alloc(&self) -> Option<Mbuf> {

@@ -251,6 +251,18 @@ impl Port {
         Ok((rx, tx))
     }
 
+    /// Sets the device's MTU (bytes of IP packet). `Ok(false)` when the driver cannot change
+    /// its MTU (`ENOTSUP`, e.g. `net_ring`): it keeps its own. Call after [`Self::configure`]
+    /// and before [`Self::start`].
+    pub fn set_mtu(&mut self, mtu: u16) -> Result<bool> {
+        // SAFETY: valid port id; DPDK checks the value against the device's limits.
+        match unsafe { ffi::rte_eth_dev_set_mtu(self.id.0, mtu) }.check("rte_eth_dev_set_mtu") {
+            Ok(_) => Ok(true),
+            Err(DpdkError::Call { errno, .. }) if errno == libc::ENOTSUP => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Starts the port.
     pub fn start(&mut self) -> Result<()> {
         // SAFETY: valid, configured port id.

@@ -177,6 +177,10 @@ fn ring_port_bursts_exact_counts_and_bytes_and_stats() {
     let mut port = Port::by_name(&env.eal, "net_ring0").unwrap();
     assert_eq!(port.driver_name().unwrap(), "net_ring");
     let (mut rx, mut tx) = port.configure(&PortConfig::default(), &pool).unwrap();
+    assert!(
+        !port.set_mtu(1500).unwrap(),
+        "net_ring has no MTU to set: not an error, reported as not set"
+    );
     port.start().unwrap();
     port.reset_stats().unwrap();
     assert!(port.link().unwrap().up);
@@ -237,6 +241,10 @@ fn null_port_counts_tx_and_generates_rx() {
     let pool = Mempool::new("t_null_pool", 2047, 0, Mempool::DEFAULT_DATA_ROOM, -1).unwrap();
     let mut port = Port::by_name(&env.eal, "net_null0").unwrap();
     let (mut rx, mut tx) = port.configure(&PortConfig::default(), &pool).unwrap();
+    match port.set_mtu(Mempool::DEFAULT_MAX_FRAME - 18) {
+        Ok(_) => {}
+        Err(e) => panic!("an MTU whose frame fits the buffer is accepted or unsupported: {e}"),
+    }
     port.start().unwrap();
     port.reset_stats().unwrap();
     let mut total = 0;

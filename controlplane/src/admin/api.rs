@@ -197,7 +197,7 @@ pub struct ServiceSummary {
 pub struct HealthBrief {
     /// `tcp://addr:port` or `http://addr:port/path`.
     pub target: String,
-    /// `up` or `down`.
+    /// `up`, `down`, or `pending` (not probed yet).
     pub health: String,
     /// When it last changed.
     pub since_unix: f64,
@@ -224,7 +224,8 @@ pub struct BackendDetail {
     pub reason: Option<String>,
     /// When the state last changed, as seen by this daemon.
     pub since_unix: f64,
-    /// Health check, if probed.
+    /// Health check; `None`: the backend is not probed (health checks off, or a UDP port
+    /// without a probe port), so it is never taken down.
     pub health: Option<HealthBrief>,
     /// Maglev table entries held.
     pub maglev_entries: u32,

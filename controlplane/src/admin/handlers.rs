@@ -285,13 +285,21 @@ impl<'a> View<'a> {
         traffic: Traffic,
         fe_flows: u64,
     ) -> api::BackendDetail {
-        let health = b.health_target.as_ref().and_then(|t| {
-            self.health.get(t).map(|s| api::HealthBrief {
+        // A target the checker has not taken up yet (the next publish starts it) is shown
+        // as such, not as "not probed" (which `health: null` means).
+        let health = b.health_target.as_ref().map(|t| match self.health.get(t) {
+            Some(s) => api::HealthBrief {
                 target: t.to_string(),
                 health: health_name(s.health).to_owned(),
                 since_unix: unix(s.since),
                 last_error: s.last_error.clone(),
-            })
+            },
+            None => api::HealthBrief {
+                target: t.to_string(),
+                health: "pending".to_owned(),
+                since_unix: unix(self.live.published),
+                last_error: None,
+            },
         });
         let tracked = self
             .live

@@ -105,8 +105,7 @@ pub enum BackendOp {
     Weight(Option<u32>),
 }
 
-/// The largest weight an operator may set.
-pub const MAX_WEIGHT: u32 = 10_000;
+pub use crate::compile::MAX_WEIGHT;
 
 impl BackendOp {
     /// Applies the operation to the control loop's overrides. Returns how many backends (of
@@ -823,5 +822,6 @@ pub fn drop_description(r: DropReason) -> &'static str {
         DropReason::ControlFull => "a control-plane channel was full",
         DropReason::NdpNotOurs => "neighbour discovery we do not answer (DAD, other targets)",
         DropReason::VipNotOwned => "ARP/NDP for a VIP another Sluice host owns (L2 mode)",
+        DropReason::VlanTagged => "an 802.1Q-tagged frame (no VLAN is configured)",
     }
 }

@@ -1,7 +1,7 @@
 //! `sluicectl`: the operator's CLI, a thin client of `sluiced`'s admin socket.
 #![forbid(unsafe_code)]
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,6 +10,31 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::de::DeserializeOwned;
 use sluice_controlplane::admin::client::tables::{self, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNREACHABLE};
 use sluice_controlplane::admin::{api, client};
+
+/// Writes to stdout; see [`emit`].
+macro_rules! out {
+    ($($t:tt)*) => { emit(format_args!($($t)*)) };
+}
+
+/// Writes a line to stdout; see [`emit`].
+macro_rules! outln {
+    () => { emit(format_args!("\n")) };
+    ($($t:tt)*) => { emit(format_args!("{}\n", format_args!($($t)*))) };
+}
+
+/// Writes to stdout. A reader that went away (`sluicectl config | head -1`) ends the program
+/// quietly with exit code 0, as the reader asked for no more; any other write error is
+/// reported and exits 1. `print!` would panic on either.
+fn emit(args: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(EXIT_OK);
+        }
+        eprintln!("sluicectl: cannot write to standard output: {e}");
+        std::process::exit(tables::EXIT_FAILED);
+    }
+}
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -248,10 +273,16 @@ fn main() {
         Ok(code) => code,
         Err(f) => {
             if json {
-                match f.body {
-                    Some(b) => println!("{}", b.trim_end()),
-                    None => println!("{}", serde_json::json!({ "status": 0, "error": f.message })),
-                }
+                // A closed stdout must not hide the failure's exit code.
+                let mut stdout = std::io::stdout().lock();
+                let _ = match f.body {
+                    Some(b) => writeln!(stdout, "{}", b.trim_end()),
+                    None => writeln!(
+                        stdout,
+                        "{}",
+                        serde_json::json!({ "status": 0, "error": f.message })
+                    ),
+                };
             }
             eprintln!("sluicectl: {}", f.message);
             f.code
@@ -269,9 +300,9 @@ fn show<T: DeserializeOwned>(
 ) -> Result<i32, Failure> {
     let (v, body) = ctl.get::<T>(target)?;
     if json {
-        println!("{}", body.trim_end());
+        outln!("{}", body.trim_end());
     } else {
-        print!("{}", render(&v));
+        out!("{}", render(&v));
     }
     Ok(EXIT_OK)
 }
@@ -346,9 +377,9 @@ fn run(ctl: &Ctl, cmd: &Cmd, json: bool) -> Result<i32, Failure> {
             }
             let (v, body) = ctl.get::<api::Conntrack>(&target)?;
             if json {
-                println!("{}", body.trim_end());
+                outln!("{}", body.trim_end());
             } else {
-                print!("{}", tables::conntrack(&v));
+                out!("{}", tables::conntrack(&v));
             }
             Ok(if v.flows.is_empty() {
                 EXIT_NOT_FOUND
@@ -370,7 +401,7 @@ fn run(ctl: &Ctl, cmd: &Cmd, json: bool) -> Result<i32, Failure> {
         Cmd::Config => {
             // The configuration is JSON either way.
             let body = ctl.call("GET", "/v1/config", None)?;
-            println!("{}", body.trim_end());
+            outln!("{}", body.trim_end());
             Ok(EXIT_OK)
         }
         Cmd::Version => show(ctl, "/v1/version", json, |v: &api::Version| {
@@ -385,14 +416,16 @@ fn run(ctl: &Ctl, cmd: &Cmd, json: bool) -> Result<i32, Failure> {
             let body = ctl.call("POST", "/v1/reload", None)?;
             let r: api::Reloaded = parse(&body)?;
             if json {
-                println!("{}", body.trim_end());
+                outln!("{}", body.trim_end());
             } else {
-                println!(
+                outln!(
                     "reloaded {}: {} service(s), snapshot generation {}",
-                    r.dir, r.services, r.generation
+                    r.dir,
+                    r.services,
+                    r.generation
                 );
                 for w in &r.warnings {
-                    println!("  warning: {w}");
+                    outln!("  warning: {w}");
                 }
             }
             Ok(EXIT_OK)
@@ -407,18 +440,18 @@ fn run(ctl: &Ctl, cmd: &Cmd, json: bool) -> Result<i32, Failure> {
             let body = ctl.call("POST", &format!("/v1/host/{op}"), None)?;
             let b: api::Bgp = parse(&body)?;
             if json {
-                println!("{}", body.trim_end());
+                outln!("{}", body.trim_end());
             } else {
-                println!("host {op}ed: {} prefix(es) announced", b.announced.len());
+                outln!("host {op}ed: {} prefix(es) announced", b.announced.len());
             }
             Ok(EXIT_OK)
         }
         Cmd::ResetCounters => {
             let body = ctl.call("POST", "/v1/counters/reset", None)?;
             if json {
-                println!("{}", body.trim_end());
+                outln!("{}", body.trim_end());
             } else {
-                println!("counters reset (the API counts from now; /metrics is not reset)");
+                outln!("counters reset (the API counts from now; /metrics is not reset)");
             }
             Ok(EXIT_OK)
         }
@@ -438,9 +471,9 @@ fn write(
     let body = ctl.call("POST", &target, body)?;
     let c: api::BackendChange = parse(&body)?;
     if json {
-        println!("{}", body.trim_end());
+        outln!("{}", body.trim_end());
     } else {
-        print!("{}", tables::change(verb, &c));
+        out!("{}", tables::change(verb, &c));
     }
     Ok(EXIT_OK)
 }
@@ -490,12 +523,12 @@ fn watch(ctl: &Ctl, json: bool, interval: f64, count: Option<u64>) -> Result<i32
                     "service": s, "pps": p, "bps": b, "new_flows_per_s": f,
                 })).collect::<Vec<_>>(),
             });
-            println!("{line}");
+            outln!("{line}");
         } else {
             if tty {
-                print!("\x1b[H\x1b[2J");
+                out!("\x1b[H\x1b[2J");
             }
-            println!(
+            outln!(
                 "sluiced {}  generation {}  services {}  backends a/d/down {}/{}/{}  drops {}  (every {:.1}s)",
                 status.version,
                 status.generation,
@@ -506,9 +539,9 @@ fn watch(ctl: &Ctl, json: bool, interval: f64, count: Option<u64>) -> Result<i32
                 status.drops,
                 interval.as_secs_f64()
             );
-            println!();
-            print!("{}", tables::workers(&workers));
-            println!();
+            outln!();
+            out!("{}", tables::workers(&workers));
+            outln!();
             let rows: Vec<Vec<String>> = rates
                 .iter()
                 .map(|(s, p, b, f)| {
@@ -520,12 +553,12 @@ fn watch(ctl: &Ctl, json: bool, interval: f64, count: Option<u64>) -> Result<i32
                     ]
                 })
                 .collect();
-            print!(
+            out!(
                 "{}",
                 tables::table(&["SERVICE", "PACKETS/S", "BITS/S", "NEW-FLOWS/S"], &rows)
             );
             if !tty {
-                println!();
+                outln!();
             }
         }
         prev = Some((now, services));

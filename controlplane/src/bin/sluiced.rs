@@ -12,7 +12,8 @@ struct Args {
     /// The configuration file (TOML; see docs/configuration.md).
     #[arg(short, long, default_value = "/etc/sluice/sluice.toml")]
     config: PathBuf,
-    /// Only check the configuration and the manifests, then exit.
+    /// Load the configuration and the manifests and compile them as the daemon would start,
+    /// without DPDK, then exit (with the Kubernetes source: the configuration only).
     #[arg(long)]
     check: bool,
 }
@@ -28,17 +29,17 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     if args.check {
-        let cfg = sluice_controlplane::config::Config::load(&args.config)?;
-        let m = sluice_controlplane::sources::manifest::load_dir(&cfg.source.manifest_dir)?;
-        println!(
-            "{}: ok; {}: {} services, {} endpoint slices, {} nodes",
-            args.config.display(),
-            cfg.source.manifest_dir.display(),
-            m.model.services.len(),
-            m.model.endpoint_slices.len(),
-            m.model.nodes.len()
-        );
-        return Ok(());
+        // The daemon's own load and compile steps, without DPDK.
+        match sluice_controlplane::daemon::check(&args.config) {
+            Ok(report) => {
+                print!("{report}");
+                return Ok(());
+            }
+            Err(e) => {
+                eprintln!("sluiced: {e}");
+                std::process::exit(1);
+            }
+        }
     }
     if let Err(e) = sluice_controlplane::daemon::run(&args.config) {
         eprintln!("sluiced: {e}");

@@ -58,6 +58,7 @@
 mod ids;
 pub mod ipam;
 mod maglev;
+mod probes;
 mod report;
 mod services;
 mod targets;
@@ -89,10 +90,20 @@ use targets::slice_index;
 pub const ANNOTATION_METHOD: &str = "sluice.dev/forwarding-method";
 /// Annotation: Maglev table size of a Service's frontends (a prime).
 pub const ANNOTATION_MAGLEV_SIZE: &str = "sluice.dev/maglev-size";
+/// The largest Maglev weight of a backend (set by the operator or an annotation).
+pub const MAX_WEIGHT: u32 = 10_000;
+/// Annotation: Maglev weights of a Service's backends, `ADDRESS=WEIGHT` pairs separated by
+/// commas (a weight set with `sluicectl weight` takes precedence).
+pub const ANNOTATION_BACKEND_WEIGHTS: &str = "sluice.dev/backend-weights";
 /// Annotation: backends of a Service (`pod` or `node`).
 pub const ANNOTATION_TARGET: &str = "sluice.dev/target";
 /// Annotation: requested VIPs, comma-separated, at most one per family.
 pub const ANNOTATION_IPS: &str = crate::compile::ipam::ANNOTATION_IPS;
+pub use probes::{
+    ANNOTATION_HEALTH_FALL, ANNOTATION_HEALTH_INTERVAL, ANNOTATION_HEALTH_KIND,
+    ANNOTATION_HEALTH_PATH, ANNOTATION_HEALTH_PORT, ANNOTATION_HEALTH_RISE,
+    ANNOTATION_HEALTH_TIMEOUT,
+};
 /// Path probed on a node's `healthCheckNodePort` (as kube-proxy serves it).
 pub const NODE_HEALTH_PATH: &str = "/healthz";
 

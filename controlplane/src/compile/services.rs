@@ -1,7 +1,7 @@
 //! One Service: which Services are served, their settings after annotations, and compiling
 //! a Service into its frontends, backends and report.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,11 +10,12 @@ use sluice_dataplane::snapshot::{Backend, Cidr, Frontend, Method, Protocol, MAX_
 
 use super::ids::{BackendKey, FrontendKey};
 use super::ipam::Issue;
+use super::probes::ProbeSpec;
 use super::report::{CompileReport, FrontendReport, ServiceReport};
 use super::targets::desired_backends;
 use super::{
-    CompileInput, Compiler, ServiceCache, ANNOTATION_MAGLEV_SIZE, ANNOTATION_METHOD,
-    ANNOTATION_TARGET,
+    CompileInput, Compiler, ServiceCache, ANNOTATION_BACKEND_WEIGHTS, ANNOTATION_MAGLEV_SIZE,
+    ANNOTATION_METHOD, ANNOTATION_TARGET, MAX_WEIGHT,
 };
 use crate::config::{check_maglev_size, Config, Target};
 use crate::health::{Health, ProbeTarget};
@@ -25,6 +26,10 @@ pub(super) struct Settings {
     method: Method,
     target: Target,
     maglev_size: u32,
+    /// How its backends are probed.
+    probes: ProbeSpec,
+    /// Maglev weights by backend address (`sluice.dev/backend-weights`).
+    weights: BTreeMap<IpAddr, u32>,
 }
 
 impl Compiler {
@@ -104,6 +109,8 @@ impl Compiler {
                     sp,
                     family,
                     settings.target,
+                    &settings.probes,
+                    &settings.weights,
                     &label,
                     &mut probs,
                 );
@@ -243,7 +250,18 @@ pub(super) fn service_settings(cfg: &Config, svc: &Service, probs: &mut Vec<Stri
         method: cfg.forwarding.default_method,
         target: cfg.forwarding.target,
         maglev_size: cfg.tables.maglev_size,
+        probes: ProbeSpec::parse(&cfg.health, svc, probs),
+        weights: BTreeMap::new(),
     };
+    if let Some(v) = svc.annotations.get(ANNOTATION_BACKEND_WEIGHTS) {
+        match parse_weights(v) {
+            Ok(w) => s.weights = w,
+            Err(e) => probs.push(format!(
+                "annotation {ANNOTATION_BACKEND_WEIGHTS}: {e}; use ADDRESS=WEIGHT pairs \
+                 separated by commas, weights 0..={MAX_WEIGHT} (using weight 1 for every backend)"
+            )),
+        }
+    }
     if let Some(v) = svc.annotations.get(ANNOTATION_METHOD) {
         match Method::parse(v.trim()) {
             Some(m) => s.method = m,
@@ -279,4 +297,28 @@ pub(super) fn service_settings(cfg: &Config, svc: &Service, probs: &mut Vec<Stri
         }
     }
     s
+}
+
+/// Parses `sluice.dev/backend-weights`: `ADDRESS=WEIGHT` pairs separated by commas.
+fn parse_weights(v: &str) -> Result<BTreeMap<IpAddr, u32>, String> {
+    let mut out = BTreeMap::new();
+    for pair in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (a, w) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not ADDRESS=WEIGHT"))?;
+        let a: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{:?} is not an address", a.trim()))?;
+        let w: u32 = w
+            .trim()
+            .parse()
+            .ok()
+            .filter(|w| *w <= MAX_WEIGHT)
+            .ok_or_else(|| format!("weight {:?} of {a} is not 0..={MAX_WEIGHT}", w.trim()))?;
+        if out.insert(a, w).is_some() {
+            return Err(format!("{a} is listed twice"));
+        }
+    }
+    Ok(out)
 }

@@ -8,13 +8,13 @@ use std::time::Duration;
 use sluice_dataplane::snapshot::{Backend, BackendState};
 
 use super::ids::BackendKey;
+use super::probes::ProbeSpec;
 use super::report::{BackendReport, CompileReport, FrontendReport};
 use super::{CompileInput, Compiler, NODE_HEALTH_PATH};
 use crate::config::{Config, Target};
 use crate::health::{Health, ProbeTarget};
 use crate::model::{
-    AddressType, EndpointSlice, IpFamily, L4Protocol, Model, Service, ServicePort, TargetPort,
-    TrafficPolicy,
+    AddressType, EndpointSlice, IpFamily, Model, Service, ServicePort, TargetPort, TrafficPolicy,
 };
 
 /// A backend the model asks for.
@@ -24,6 +24,8 @@ pub(super) struct Desired {
     port: u16,
     node: Option<String>,
     probe: Option<ProbeTarget>,
+    /// The weight the Service's `sluice.dev/backend-weights` gives the address.
+    weight: Option<u32>,
     /// Set when the backend is only used as a fallback (terminating but serving).
     note: Option<&'static str>,
 }
@@ -141,7 +143,13 @@ impl Compiler {
                     d.and_then(|d| d.note).map(str::to_owned),
                 )
             };
-            let weight = input.weights.get(&addr).copied().unwrap_or(1);
+            // The operator's weight, else the Service's, else 1.
+            let weight = input
+                .weights
+                .get(&addr)
+                .copied()
+                .or(d.and_then(|d| d.weight))
+                .unwrap_or(1);
             let next_hop = next_hop(cfg, addr);
             let mac = next_hop.and_then(|n| input.neighbours.get(&n).copied());
             match next_hop {
@@ -254,15 +262,13 @@ pub(super) fn desired_backends(
     sp: &ServicePort,
     family: IpFamily,
     target: Target,
+    probes: &ProbeSpec,
+    weights: &BTreeMap<IpAddr, u32>,
     label: &str,
     probs: &mut Vec<String>,
 ) -> Vec<Desired> {
-    let cfg = input.config;
     let model = input.model;
-    let probe_for = |addr: SocketAddr| -> Option<ProbeTarget> {
-        (cfg.health.enabled && sp.protocol == L4Protocol::Tcp)
-            .then(|| ProbeTarget::from_config(addr, &cfg.health, sp.is_http()))
-    };
+    let probe_for = |addr: SocketAddr| probes.target(addr.ip(), addr.port(), sp);
     let mut out = Vec::new();
     match target {
         Target::Pod => {
@@ -292,6 +298,7 @@ pub(super) fn desired_backends(
                             port,
                             node: e.node_name.clone(),
                             probe: probe_for(SocketAddr::new(addr, port)),
+                            weight: weights.get(&addr).copied(),
                             note: None,
                         };
                         if e.ready {
@@ -349,11 +356,13 @@ pub(super) fn desired_backends(
                     .iter()
                     .filter(|a| IpFamily::of(**a) == family)
                 {
-                    let probe = if !cfg.health.enabled {
+                    let probe = if !probes.enabled() {
                         None
                     } else if local {
-                        svc.health_check_node_port
-                            .map(|p| ProbeTarget::http(SocketAddr::new(addr, p), NODE_HEALTH_PATH))
+                        svc.health_check_node_port.map(|p| {
+                            ProbeTarget::http(SocketAddr::new(addr, p), NODE_HEALTH_PATH)
+                                .with_timing(probes.timing())
+                        })
                     } else {
                         probe_for(SocketAddr::new(addr, node_port))
                     };
@@ -362,6 +371,7 @@ pub(super) fn desired_backends(
                         port: node_port,
                         node: Some(n.name.clone()),
                         probe,
+                        weight: weights.get(&addr).copied(),
                         note: None,
                     });
                 }

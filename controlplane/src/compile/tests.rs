@@ -647,6 +647,47 @@ fn health_and_drain_states() {
     );
 }
 
+/// A UDP Service is probed only through `sluice.dev/health-check-port`, and its probe
+/// decides its backends' state like a TCP one's.
+#[test]
+fn udp_backends_probed_through_the_annotated_port() {
+    let mut cfg = cfg();
+    cfg.health.enabled = true;
+    let udp = |annotations: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: dns\n  annotations: {{{annotations}}}\nspec:\n  type: LoadBalancer\n  loadBalancerClass: sluice.dev/dpdk\n  ports:\n    - name: dns\n      protocol: UDP\n      port: 53\n      targetPort: 5353\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: dns-v4\n  labels: {{kubernetes.io/service-name: dns}}\naddressType: IPv4\nports: [{{name: dns, port: 5353, protocol: UDP}}]\nendpoints:\n  - addresses: [\"10.99.0.21\"]\n    conditions: {{ready: true}}\n"
+        )
+    };
+    let mut env = Env::new();
+    let out = env.run(&mut Compiler::new(), &cfg, &model(&udp("")));
+    assert!(out.report.health_targets.is_empty(), "UDP is not probed");
+    assert_eq!(
+        out.report.services[0].frontends[0].backends[0].health_target,
+        None
+    );
+    let m = model(&udp(
+        "sluice.dev/health-check-port: \"8080\", sluice.dev/health-check-fall: \"1\"",
+    ));
+    let mut c = Compiler::new();
+    let out = env.run(&mut c, &cfg, &m);
+    let t = out.report.services[0].frontends[0].backends[0]
+        .health_target
+        .clone()
+        .expect("probed");
+    assert_eq!(t.addr, "10.99.0.21:8080".parse().unwrap());
+    assert_eq!(t.timing.map(|t| t.fall), Some(1));
+    assert!(out.report.health_targets.contains(&t));
+    env.health.insert(t, Health::Down);
+    let out = env.run(&mut c, &cfg, &m);
+    let b = &out.report.services[0].frontends[0].backends[0];
+    assert_eq!(b.state, BackendState::Down);
+    assert!(
+        out.report.services[0].problems.is_empty(),
+        "{:?}",
+        out.report.services[0].problems
+    );
+}
+
 #[test]
 fn operator_weights_rebuild_only_that_table() {
     let cfg = cfg();
@@ -673,6 +714,58 @@ fn operator_weights_rebuild_only_that_table() {
     let shares = out.snapshot.frontend(fe.id).unwrap().maglev.shares();
     assert_eq!(shares[0], 0);
     assert_eq!(shares[1], cfg.tables.maglev_size);
+}
+
+/// `sluice.dev/backend-weights` weights a Service's backends; the operator's weight wins;
+/// a bad value is reported and every backend keeps weight 1.
+#[test]
+fn backend_weights_annotation() {
+    let cfg = cfg();
+    let two = &[("10.99.0.21", true, "n1"), ("10.99.0.22", true, "n2")];
+    let weights_with = |env: &Env, annotation: &str| {
+        let m = model(&svc_yaml(
+            "web",
+            "",
+            &format!("sluice.dev/backend-weights: \"{annotation}\""),
+            two,
+        ));
+        let out = env.run(&mut Compiler::new(), &cfg, &m);
+        let s = &out.report.services[0];
+        let fe = &s.frontends[0];
+        let w: Vec<u32> = fe.backends.iter().map(|b| b.weight).collect();
+        (w, s.problems.clone(), out)
+    };
+    let mut env = Env::new();
+    let weights = |annotation: &str| weights_with(&Env::new(), annotation);
+    let (w, probs, out) = weights("10.99.0.21=4, 10.99.0.99=2");
+    assert_eq!(w, vec![4, 1]);
+    assert!(probs.is_empty(), "{probs:?}");
+    let fe = &out.report.services[0].frontends[0];
+    let shares = out.snapshot.frontend(fe.id).unwrap().maglev.shares();
+    assert!(shares[0] > 3 * shares[1], "{shares:?}");
+    for bad in [
+        "10.99.0.21=x",
+        "10.99.0.21",
+        "10.99.0.21=20000",
+        "a=1",
+        "10.99.0.21=1,10.99.0.21=2",
+    ] {
+        let (w, probs, _) = weights(bad);
+        assert_eq!(w, vec![1, 1], "{bad}");
+        assert!(
+            probs
+                .iter()
+                .any(|p| p.contains("sluice.dev/backend-weights")),
+            "{bad}: {probs:?}"
+        );
+    }
+    env.weights.insert(ip("10.99.0.21"), 2);
+    let (w, _, _) = weights_with(&env, "10.99.0.21=4,10.99.0.22=0");
+    assert_eq!(
+        w,
+        vec![2, 0],
+        "the operator's weight wins over the annotation"
+    );
 }
 
 #[test]

@@ -15,6 +15,9 @@ pub struct AdminConfig {
     pub metrics_enabled: bool,
     /// Address of the Prometheus listener. Default: `127.0.0.1:9470`.
     pub metrics_listen: SocketAddr,
+    /// Directory of the state kept across restarts (the operator's drains and weights, in
+    /// `overrides.json`). Default: `/var/lib/sluice`.
+    pub state_dir: PathBuf,
 }
 
 impl Default for AdminConfig {
@@ -23,6 +26,7 @@ impl Default for AdminConfig {
             socket: PathBuf::from("/run/sluice/admin.sock"),
             metrics_enabled: true,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9470)),
+            state_dir: PathBuf::from("/var/lib/sluice"),
         }
     }
 }

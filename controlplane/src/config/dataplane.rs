@@ -40,7 +40,8 @@ pub struct PortConfig {
     /// IPv6 gateway for backends outside every on-link subnet. Default: none.
     #[serde(default)]
     pub gateway_v6: Option<Ipv6Addr>,
-    /// MTU of the port in bytes of IP packet. Default: 1500.
+    /// MTU of the port in bytes of IP packet, [`MIN_MTU`]..=[`MAX_MTU`]; set on the device at
+    /// start. Default: 1500.
     #[serde(default = "default_mtu")]
     pub mtu: u16,
 }
@@ -67,6 +68,13 @@ impl PortConfig {
         }
     }
 }
+
+/// The smallest `mtu` accepted (the IPv4 minimum datagram every host must take).
+pub const MIN_MTU: u16 = 576;
+
+/// The largest `mtu` accepted: a frame of that MTU, with an Ethernet header and one VLAN tag,
+/// fits one packet buffer (multi-segment frames are dropped).
+pub const MAX_MTU: u16 = dpdk_sys::Mempool::DEFAULT_MAX_FRAME - 18;
 
 fn default_mtu() -> u16 {
     1500

@@ -34,7 +34,8 @@ use serde::Deserialize;
 pub use admin::AdminConfig;
 pub use bgp::BgpConfig;
 pub use dataplane::{
-    EalConfig, NatConfig, PollMode, PortConfig, TablesConfig, WorkersConfig, MAX_CONNTRACK_CAPACITY,
+    EalConfig, NatConfig, PollMode, PortConfig, TablesConfig, WorkersConfig,
+    MAX_CONNTRACK_CAPACITY, MAX_MTU, MIN_MTU,
 };
 pub use forwarding::{check_maglev_size, ForwardingConfig, Target, DEFAULT_HASH_SEED};
 pub use health::{HealthConfig, HealthKind};

@@ -188,6 +188,36 @@ fn semantic_errors_name_the_key() {
 }
 
 #[test]
+fn more_than_one_port_is_refused() {
+    let second = "[[ports]]\nname = \"lb1\"\ndevice = \"net_null0\"\nipv4 = [\"10.98.0.2/24\"]\n";
+    let e = parse(&format!("{LAB}\n{second}")).unwrap_err();
+    assert_eq!(e.key(), "ports", "{e}");
+    assert!(matches!(e, ConfigError::Invalid { .. }), "{e}");
+    let s = e.to_string();
+    assert!(s.contains("2 [[ports]] are configured"), "{s}");
+    assert!(s.contains("keep one [[ports]] table"), "{s}");
+}
+
+#[test]
+fn mtu_must_fit_a_packet_buffer() {
+    let with_mtu = |m: u32| parse(&LAB.replace("[workers]", &format!("mtu = {m}\n[workers]")));
+    assert_eq!(
+        MAX_MTU, 2030,
+        "2048-byte frames less Ethernet and one VLAN tag"
+    );
+    assert_eq!(with_mtu(1500).unwrap().ports[0].mtu, 1500);
+    assert_eq!(with_mtu(u32::from(MAX_MTU)).unwrap().ports[0].mtu, MAX_MTU);
+    assert_eq!(with_mtu(576).unwrap().ports[0].mtu, 576);
+    for bad in [575, u32::from(MAX_MTU) + 1, 9000] {
+        let e = with_mtu(bad).unwrap_err();
+        assert_eq!(e.key(), "ports[0].mtu", "{e}");
+        let s = e.to_string();
+        assert!(s.contains("use 576..=2030"), "{s}");
+        assert!(s.contains("jumbo frames are not supported"), "{s}");
+    }
+}
+
+#[test]
 fn pools_cidr_rules() {
     let p = PoolConfig {
         name: "p".into(),

@@ -4,7 +4,9 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv6Addr};
 
-use super::{check_maglev_size, u128_to_ip, Config, SourceKind, MAX_CONNTRACK_CAPACITY};
+use super::{
+    check_maglev_size, u128_to_ip, Config, SourceKind, MAX_CONNTRACK_CAPACITY, MAX_MTU, MIN_MTU,
+};
 
 impl Config {
     /// Semantic checks; returns the offending key and a message that says what to do.
@@ -21,6 +23,17 @@ impl Config {
                 "no port configured; add a [[ports]] table with name, device and ipv4/ipv6 \
                  (see docs/configuration.md)"
                     .to_owned(),
+            );
+        }
+        if self.ports.len() > 1 {
+            return err(
+                "ports",
+                format!(
+                    "{} [[ports]] are configured but Sluice serves one port (VIPs, next hops \
+                     and announcements use the first); keep one [[ports]] table and give it \
+                     every address",
+                    self.ports.len()
+                ),
             );
         }
         let mut names = BTreeSet::new();
@@ -85,12 +98,14 @@ impl Config {
                     );
                 }
             }
-            if !(576..=9702).contains(&p.mtu) {
+            if !(MIN_MTU..=MAX_MTU).contains(&p.mtu) {
                 return err(
                     &k("mtu"),
                     format!(
-                        "{} is out of range; use 576..=9702 (usually 1500 or 9000)",
-                        p.mtu
+                        "{} is out of range; use {MIN_MTU}..={MAX_MTU} (usually 1500): a packet \
+                         buffer holds a {}-byte frame and jumbo frames are not supported",
+                        p.mtu,
+                        dpdk_sys::Mempool::DEFAULT_MAX_FRAME
                     ),
                 );
             }

@@ -144,6 +144,9 @@ pub(super) fn start_ports(cfg: &Config) -> Result<Ports, DaemonError> {
                 &pool,
             ),
         )?;
+        if !dpdk("port MTU", port.set_mtu(pc.mtu))? {
+            warn!(port = %pc.name, mtu = pc.mtu, "the device cannot set its MTU; it keeps its own");
+        }
         dpdk("port start", port.start())?;
         let m = dpdk("port MAC", port.mac())?;
         if i == 0 {

@@ -18,7 +18,9 @@
 mod bgp;
 mod bgp_events;
 pub mod boot;
+mod check;
 mod control;
+pub mod overrides;
 pub mod state;
 #[cfg(test)]
 mod tests;
@@ -39,6 +41,7 @@ use crate::config::Config;
 use crate::sources::kubernetes::{self as k8s, KubeSettings, Kubernetes};
 use crate::sources::manifest::{self, ManifestWatcher};
 pub use boot::{eal_args, port_name};
+pub use check::{check, CheckReport};
 pub use state::ControlState;
 
 /// Why the daemon could not start or stopped with an error.
@@ -70,8 +73,21 @@ pub enum DaemonError {
     L2(#[from] crate::l2::L2Error),
 }
 
-/// Runs `sluiced` with the configuration at `path` until SIGINT/SIGTERM.
-pub fn run(path: &Path) -> Result<(), DaemonError> {
+/// What start-up reads before it touches DPDK: the configuration and, from the manifest
+/// source, the first model. `sluiced --check` stops here and compiles.
+struct Loaded {
+    cfg: Config,
+    /// `source.manifest_dir`, relative paths resolved as the daemon resolves them.
+    manifest_dir: PathBuf,
+    /// Whether the model comes from the Kubernetes API (listed later, on the runtime).
+    kubernetes: bool,
+    /// The first manifests (empty with the Kubernetes source).
+    first: manifest::Manifests,
+    watcher: Option<ManifestWatcher>,
+}
+
+/// Loads the configuration at `path` and, with the manifest source, its directory.
+fn load(path: &Path) -> Result<Loaded, DaemonError> {
     let cfg = Config::load(path)?;
     let manifest_dir = resolve_dir(path, &cfg.source.manifest_dir);
     let kubernetes = cfg.source.kind == crate::config::SourceKind::Kubernetes;
@@ -79,12 +95,32 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
         (manifest::Manifests::default(), None)
     } else {
         let (first, watcher) = ManifestWatcher::load(&manifest_dir)?;
+        (first, Some(watcher))
+    };
+    Ok(Loaded {
+        cfg,
+        manifest_dir,
+        kubernetes,
+        first,
+        watcher,
+    })
+}
+
+/// Runs `sluiced` with the configuration at `path` until SIGINT/SIGTERM.
+pub fn run(path: &Path) -> Result<(), DaemonError> {
+    let Loaded {
+        cfg,
+        manifest_dir,
+        kubernetes,
+        first,
+        watcher,
+    } = load(path)?;
+    if !kubernetes {
         for w in &first.warnings {
             warn!(warning = %w, "manifest");
         }
         info!(dir = %manifest_dir.display(), files = first.files.len(), services = first.model.services.len(), "manifests loaded");
-        (first, Some(watcher))
-    };
+    }
 
     let ports = boot::start_ports(&cfg)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -109,6 +145,13 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
         kube = Some(k);
     }
     let mut state = ControlState::new(cfg.clone(), first_model, ports.mac, manifest_dir);
+    match state.restore_overrides() {
+        Ok(0) => {}
+        Ok(n) => {
+            info!(addresses = n, dir = %cfg.admin.state_dir.display(), "operator drains and weights restored")
+        }
+        Err(e) => warn!(error = %e, "operator drains and weights"),
+    }
     if let Some(k) = kube {
         state.attach_kubernetes(k);
     }

@@ -20,6 +20,7 @@ use sluice_dataplane::worker::Command;
 use tracing::{error, info, warn};
 
 use super::bgp::Routed;
+use super::overrides::{self, Overrides, OverridesError};
 use crate::admin::{self, AdminState, ControlRequest};
 use crate::announce::Announcer;
 use crate::compile::{CompileError, CompileInput, CompileReport, Compiled, Compiler};
@@ -60,6 +61,9 @@ pub struct ControlState {
     pub(super) l2: Option<L2>,
     /// The VIPs this host answers ARP/NDP for (all of them without `[l2]`).
     owned: BTreeSet<IpAddr>,
+    /// Where the operator's drains and weights are kept across restarts (set by
+    /// [`ControlState::restore_overrides`]; `None`: not kept).
+    overrides_file: Option<PathBuf>,
 }
 
 impl ControlState {
@@ -84,7 +88,41 @@ impl ControlState {
             bgp: None,
             l2: None,
             owned: BTreeSet::new(),
+            overrides_file: None,
             cfg,
+        }
+    }
+
+    /// Reads the operator's drains and weights kept in `admin.state_dir` and keeps them
+    /// there from now on. Returns how many addresses they name.
+    ///
+    /// # Errors
+    /// The file cannot be read or is invalid: the state starts without overrides (and the
+    /// next change replaces the file).
+    pub fn restore_overrides(&mut self) -> Result<usize, OverridesError> {
+        let path = overrides::path_in(&self.cfg.admin.state_dir);
+        self.overrides_file = Some(path.clone());
+        let o = overrides::load(&path)?;
+        let n = o.drained.len() + o.weights.len();
+        self.drained = o.drained;
+        self.weights = o.weights;
+        if let Some(a) = &self.admin {
+            a.set_overrides(&self.drained, &self.weights);
+        }
+        Ok(n)
+    }
+
+    /// Writes the operator's drains and weights, if they are kept.
+    fn save_overrides(&self) {
+        let Some(path) = &self.overrides_file else {
+            return;
+        };
+        let o = Overrides {
+            drained: self.drained.clone(),
+            weights: self.weights.clone(),
+        };
+        if let Err(e) = overrides::save(path, &o) {
+            error!(error = %e, "operator overrides not saved");
         }
     }
 
@@ -144,6 +182,7 @@ impl ControlState {
 
     /// Publishes to the admin API's view too.
     pub fn attach_admin(&mut self, admin: Arc<AdminState>) {
+        admin.set_overrides(&self.drained, &self.weights);
         self.admin = Some(admin);
     }
 
@@ -276,6 +315,7 @@ impl ControlState {
                     &mut self.weights,
                 );
                 let r = r.map(|backends| {
+                    self.save_overrides();
                     self.compile_and_publish(&op.describe(addr));
                     if let Some(a) = &self.admin {
                         a.set_overrides(&self.drained, &self.weights);

@@ -333,6 +333,67 @@ async fn status_workers_drops_and_reset() {
     assert!(h.is_empty(), "no targets are probed in this test");
 }
 
+/// Drains and weights set over the admin API are written to `admin.state_dir` and restored
+/// by the next daemon; an invalid file is reported and ignored.
+#[tokio::test]
+async fn drains_and_weights_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f, rx) = fixture();
+    let cfg = {
+        let mut st = f.state.lock().unwrap();
+        st.cfg.admin.state_dir = dir.path().join("state");
+        assert_eq!(st.restore_overrides().unwrap(), 0, "nothing kept yet");
+        st.cfg.clone()
+    };
+    control_loop(&f, rx);
+    let _: api::BackendChange =
+        ok(handle(&f.st, "POST", "/v1/backends/10.99.0.22/drain", b"").await);
+    let _: api::BackendChange = ok(handle(
+        &f.st,
+        "POST",
+        "/v1/backends/10.99.0.21/weight",
+        b"{\"weight\": 3}",
+    )
+    .await);
+    let file = dir.path().join("state/overrides.json");
+    assert!(file.exists());
+
+    // The next daemon: same configuration, fresh state.
+    let restart = || {
+        let model = f.state.lock().unwrap().model.clone();
+        ControlState::new(cfg.clone(), model, [2, 0x99, 0, 0, 0, 2], PathBuf::new())
+    };
+    let mut next = restart();
+    assert_eq!(next.restore_overrides().unwrap(), 2);
+    let report = next.compile(&HashMap::new()).unwrap().report;
+    let backends: Vec<_> = report
+        .services
+        .iter()
+        .flat_map(|s| &s.frontends)
+        .flat_map(|fe| &fe.backends)
+        .collect();
+    let b22 = backends
+        .iter()
+        .find(|b| b.addr == ip("10.99.0.22"))
+        .unwrap();
+    assert_eq!(b22.reason.as_deref(), Some("drained by the operator"));
+    let b21 = backends
+        .iter()
+        .find(|b| b.addr == ip("10.99.0.21"))
+        .unwrap();
+    assert_eq!(b21.weight, 3);
+
+    // An invalid file: reported, not fatal, no overrides.
+    std::fs::write(&file, "{\"drained\": [\"10.99.0.300\"]}").unwrap();
+    let mut next = restart();
+    let e = next.restore_overrides().unwrap_err().to_string();
+    assert!(
+        e.contains("overrides.json") && e.contains("fix or delete it"),
+        "{e}"
+    );
+    assert!(next.drained.is_empty() && next.weights.is_empty());
+}
+
 #[tokio::test]
 async fn drain_weight_and_undrain_go_through_the_control_loop() {
     let (f, rx) = fixture();

@@ -3,7 +3,7 @@
 //! Answers: ARP replies and NDP neighbour advertisements for VIPs and own addresses,
 //! neighbours learned from ARP replies and advertisements ([`Verdict::Neighbor`]), ICMP and
 //! ICMPv6 echo replies on VIPs, and ICMP errors that quote a tracked flow, forwarded to its
-//! backend. Frames the control plane asks for (ARP requests, gratuitous ARP, neighbour
+//! backend (by the worker that holds the flow: the others hand the error on). Frames the control plane asks for (ARP requests, gratuitous ARP, neighbour
 //! solicitations, unsolicited advertisements): pure functions over byte buffers, which the
 //! worker puts in mbufs.
 use std::net::IpAddr;
@@ -39,7 +39,8 @@ impl Pipeline {
             if !snap.answers_neighbors_for(&t, false) {
                 return Verdict::Drop(DropReason::VipNotOwned);
             }
-            // Rewrite only the MACs: the EtherType (or VLAN tag) stays as received.
+            // Rewrite only the MACs: the EtherType stays as received (tagged frames never get
+            // here: classification drops them).
             let mac = snap.local.mac;
             d[0..6].copy_from_slice(&sha);
             d[6..12].copy_from_slice(&mac);
@@ -130,7 +131,7 @@ impl Pipeline {
             .lookup(&k, h, NO_SLOT, now_ms, |_| {})
             .map(|e| *e.value())
         else {
-            return Verdict::Drop(DropReason::IcmpErrorNoFlow);
+            return self.icmp_error_elsewhere(pkt);
         };
         let Some(b) = snap.backend(fv.backend) else {
             return Verdict::Drop(DropReason::IcmpErrorNoFlow);
@@ -167,6 +168,31 @@ impl Pipeline {
         d[0..6].copy_from_slice(&mac);
         d[6..12].copy_from_slice(&l.mac);
         Verdict::Tx
+    }
+
+    /// An ICMP error quoting a flow of a served frontend that this worker does not hold. RSS
+    /// spreads the flow's packets by the client's addresses and ports but the error's by the
+    /// router's address, so the flow may live on another worker: the error goes to the next
+    /// worker, which looks in turn, until every worker has looked. The count of workers that
+    /// looked travels in the frame's source MAC, which no forwarded frame keeps: the first
+    /// five bytes of [`HANDED_MAC`] (a group address, which no sender uses) and the count.
+    /// A forged count only ends the frame's own search early.
+    #[inline(never)]
+    fn icmp_error_elsewhere<P: PacketBuf>(&self, pkt: &mut P) -> Verdict {
+        let d = pkt.data_mut();
+        let looked = if d[6..11] == HANDED_MAC[..5] {
+            d[11]
+        } else {
+            0
+        };
+        let looked = looked.saturating_add(1);
+        if u16::from(looked) >= self.workers {
+            return Verdict::Drop(DropReason::IcmpErrorNoFlow);
+        }
+        d[6..11].copy_from_slice(&HANDED_MAC[..5]);
+        d[11] = looked;
+        bump(&self.stats.to_other_worker, 1);
+        Verdict::ToWorker((self.worker + 1) % self.workers)
     }
 
     /// A neighbour solicitation for one of our addresses is answered in place; an
@@ -235,6 +261,11 @@ impl Pipeline {
         Verdict::Tx
     }
 }
+
+/// The source MAC an ICMP error carries between workers while they look for its flow
+/// (multicast and locally administered: never a sender's); the last byte counts the workers
+/// that looked ([`Pipeline::icmp_error_elsewhere`]).
+pub const HANDED_MAC: [u8; 6] = [0x03, b's', b'l', b'i', b'c', 0];
 
 /// Length of an ARP frame (without Ethernet padding).
 pub const ARP_FRAME_LEN: usize = ethernet::HEADER_LEN + arp::LEN;

@@ -27,7 +27,11 @@
 //! - Established flows keep their backend whatever its state (draining, down); only a backend
 //!   removed from the snapshot ends them. New flows see only `Active` backends.
 //! - `nat` gives each worker a disjoint slice of the local port range, so the owner of a reply
-//!   is known from its destination port alone ([`Verdict::ToWorker`]).
+//!   is known from its destination port alone ([`Verdict::ToWorker`]). An ICMP error quoting
+//!   a flow names no worker: it goes from worker to worker until the one holding the flow
+//!   forwards it (`edge.rs`).
+//! - No VLAN is configured: 802.1Q/802.1ad-tagged frames are dropped
+//!   ([`DropReason::VlanTagged`]) rather than forwarded with their tag into another VLAN.
 //! - Fragments: `dsr-*` Services balance them by 3-tuple (source, destination, protocol) without
 //!   tracking, so every fragment of a datagram reaches the same backend; `nat` drops them
 //!   ([`DropReason::NatFragment`]), since rewriting ports needs the whole datagram.
@@ -123,6 +127,8 @@ const MAX_AFFINITY_MS: u32 = 86_400_000;
 #[derive(Debug)]
 pub struct Pipeline {
     worker: u16,
+    /// Number of workers (at least 1).
+    workers: u16,
     /// The flow tables of both families.
     flows: Flows,
     /// This worker's NAT port slice and cursors.
@@ -202,6 +208,7 @@ impl Pipeline {
         };
         let p = Pipeline {
             worker: cfg.worker,
+            workers: cfg.workers.max(1),
             flows: Flows::new(&cfg.conntrack, &v6, &aff),
             ports: NatPorts::new(cfg),
             stats,
@@ -304,6 +311,11 @@ impl Pipeline {
         let dst_mac = mac_at(d, 0);
         if dst_mac != snap.local.mac && dst_mac[0] & 1 == 0 {
             return Verdict::Drop(DropReason::NotForUs);
+        }
+        // No VLAN is configured: a tagged frame forwarded (or answered) with its tag would
+        // cross into the backend's VLAN.
+        if p.vlan.is_some() {
+            return Verdict::Drop(DropReason::VlanTagged);
         }
         match p.l3 {
             L3::Arp => self.arp(snap, pkt, p),

@@ -261,10 +261,12 @@ pub fn services(v: &[api::ServiceSummary]) -> String {
     )
 }
 
+/// The HEALTH cell: the probe's result, or plainly `not probed` (health checks off, a UDP
+/// port without `sluice.dev/health-check-port`): such a backend is never taken down.
 fn health_cell(b: &api::BackendDetail) -> String {
     match &b.health {
         Some(h) => h.health.clone(),
-        None => "-".to_owned(),
+        None => "not probed".to_owned(),
     }
 }
 
@@ -723,6 +725,35 @@ pub fn change(verb: &str, c: &api::BackendChange) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unprobed_backend_says_so() {
+        let mut b = api::BackendDetail {
+            id: 1,
+            addr: "10.0.0.1".parse().unwrap(),
+            port: 9001,
+            node: None,
+            weight: 1,
+            state: "active".to_owned(),
+            reason: None,
+            since_unix: 0.0,
+            health: None,
+            maglev_entries: 1,
+            maglev_share: 1.0,
+            traffic: api::Traffic::default(),
+            flow_share: 0.0,
+            next_hop: None,
+            mac: None,
+        };
+        assert_eq!(backend_row(&b)[4], "not probed");
+        b.health = Some(api::HealthBrief {
+            target: "tcp://10.0.0.1:8080".to_owned(),
+            health: "down".to_owned(),
+            since_unix: 0.0,
+            last_error: Some("refused".to_owned()),
+        });
+        assert_eq!(backend_row(&b)[4], "down");
+    }
 
     #[test]
     fn table_aligns_and_trims() {

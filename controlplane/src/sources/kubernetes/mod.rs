@@ -23,6 +23,7 @@
 //!   addresses. The daemon switches the mode when [`Kubernetes::leader`] changes.
 //! - **Credentials** are resolved as kube-rs does (`KUBECONFIG`, `~/.kube/config`, then the
 //!   in-cluster service account), or read from `source.kubeconfig`.
+pub mod access;
 pub mod lease;
 pub mod source;
 pub mod status;
