@@ -310,15 +310,8 @@ fn rbac_grants_exactly_what_the_source_uses() {
             "{g}/{res} {verb} is limited to the Lease Sluice uses"
         );
     }
-    let lease = |verb: &str| {
-        names.contains_key(&(
-            Scope::OwnNamespace,
-            "coordination.k8s.io".to_owned(),
-            "leases".to_owned(),
-            verb.to_owned(),
-        ))
-    };
-    assert!(lease("get") && lease("update"), "{names:?}");
+    // Leases are not limited by resourceNames: with l2.membership = "leases" every host
+    // renews its own (sluice-l2-<host>) and lists the others'.
 }
 
 /// (API group, resource) of a k8s-openapi kind named in the source.

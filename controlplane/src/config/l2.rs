@@ -47,8 +47,23 @@ pub struct L2Config {
     /// Milliseconds between them (10..=5000). Default: 500.
     #[serde(default = "default_garp_interval")]
     pub garp_interval_ms: u64,
-    /// Every host of the segment, this one included.
+    /// Where the other hosts come from: `static` (`peers`) or `leases` (each host's Lease in
+    /// the cluster; `peers` lists only this host). Default: static.
+    #[serde(default)]
+    pub membership: L2Membership,
+    /// Every host of the segment, this one included (with `leases`: only this one).
     pub peers: Vec<L2Peer>,
+}
+
+/// `l2.membership`: where the list of hosts comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum L2Membership {
+    /// `[[l2.peers]]` in the configuration.
+    #[default]
+    Static,
+    /// A Lease per host in the cluster (needs `source.kind = "kubernetes"`).
+    Leases,
 }
 
 /// `[[l2.peers]]`: one host of the segment.
@@ -183,6 +198,14 @@ impl L2Config {
                     format!("{} is listed twice; each host has its own", p.address),
                 ));
             }
+        }
+        if self.membership == L2Membership::Leases && self.peers.len() > 1 {
+            return err(
+                "l2.peers",
+                "lists other hosts, but l2.membership = \"leases\" takes them from their \
+                 Leases; list only this host (for its address)"
+                    .into(),
+            );
         }
         if !names.contains(self.host.as_str()) {
             return err(

@@ -39,7 +39,7 @@ pub use dataplane::{
 };
 pub use forwarding::{check_maglev_size, ForwardingConfig, Target, DEFAULT_HASH_SEED};
 pub use health::{HealthConfig, HealthKind};
-pub use l2::{L2Config, L2Peer};
+pub use l2::{L2Config, L2Membership, L2Peer};
 pub(crate) use pools::{ip_to_u128, u128_to_ip};
 pub use pools::{IpRange, PoolConfig};
 pub use source::{SourceConfig, SourceKind};

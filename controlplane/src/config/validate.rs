@@ -366,6 +366,14 @@ impl Config {
         // [l2]
         if let Some(l) = &self.l2 {
             l.validate()?;
+            if l.membership == super::L2Membership::Leases && s.kind != SourceKind::Kubernetes {
+                return err(
+                    "l2.membership",
+                    "\"leases\" needs source.kind = \"kubernetes\"; use \"static\" and list \
+                     the hosts in [[l2.peers]]"
+                        .to_owned(),
+                );
+            }
             if self.bgp.is_some() {
                 return err(
                     "l2",

@@ -226,7 +226,30 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
     }
     if let Some(l) = &cfg.l2 {
         let _rt = rt.enter();
-        match crate::l2::L2::start(l, stats.clone()) {
+        let roster = match l.membership {
+            crate::config::L2Membership::Static => None,
+            crate::config::L2Membership::Leases => {
+                let client = rt.block_on(k8s::client(&cfg))?;
+                let address = l.me().map(|p| p.address).ok_or_else(|| {
+                    crate::l2::L2Error::Config("l2.peers".into(), "does not list this host".into())
+                })?;
+                Some(k8s::members::spawn(
+                    client,
+                    k8s::members::MemberSettings {
+                        namespace: if cfg.source.lease_namespace.is_empty() {
+                            k8s::own_namespace()
+                        } else {
+                            cfg.source.lease_namespace.clone()
+                        },
+                        host: l.host.clone(),
+                        address,
+                        duration: std::time::Duration::from_secs(5),
+                        every: std::time::Duration::from_secs(1),
+                    },
+                ))
+            }
+        };
+        match crate::l2::L2::start(l, stats.clone(), roster) {
             Ok(x) => state.attach_l2(x),
             Err(e) => {
                 stop.store(true, Ordering::Relaxed);

@@ -244,6 +244,12 @@ impl ControlState {
             None => vips.clone(),
         };
         let owned_changed = owned != self.owned;
+        if let (Some(l2), Some(events)) = (&self.l2, self.bgp_events()) {
+            let gained: BTreeSet<IpAddr> = owned.difference(&self.owned).copied().collect();
+            for ev in l2.announced_events(&gained, &report) {
+                events.send(ev);
+            }
+        }
         if !owned_changed && self.last.as_ref().is_some_and(|l| same_config(l, &report)) {
             return; // nothing the dataplane would see changed
         }

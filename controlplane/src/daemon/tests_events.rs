@@ -227,3 +227,62 @@ async fn announce_and_withdraw_are_each_one_event_naming_host_and_peers() {
         .await
         .unwrap();
 }
+
+/// L2 mode: the host that comes to own a Service's VIP records one `L2Announced` Event naming
+/// the VIP, the host and the interface; nothing more while nothing changes. The only peer
+/// listed never answers, so this host owns every VIP once it has listened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l2_owner_records_one_event_naming_the_host() {
+    let api = fakeapi::FakeApi::start().await;
+    api.upsert(&service());
+    api.upsert(&slice(true));
+    let port = 20_000 + (std::process::id() % 20_000) as u16;
+    let text = format!(
+        "{CFG}\n[l2]\nhost = \"h1\"\ninterface = \"lo\"\nkey = \"0123456789abcdef\"\nport = {port}\n\
+         [[l2.peers]]\nname = \"h1\"\naddress = \"127.0.0.1\"\n\
+         [[l2.peers]]\nname = \"h2\"\naddress = \"127.0.0.2\"\n"
+    );
+    let cfg = Config::parse(&text, "test.toml").unwrap();
+    let mut settings = KubeSettings::from_config(&cfg);
+    settings.identity = "h1".into();
+    settings.lease = None;
+    let mut k = Kubernetes::start(api.client(), settings);
+    let model = k.initial_model().await;
+    let l2cfg = cfg.l2.clone().unwrap();
+    let mut state = ControlState::new(cfg, model, [2, 0x99, 0, 0, 0, 2], "/nonexistent".into());
+    state.attach_kubernetes(k);
+    state
+        .neighbours
+        .insert("10.99.0.21".parse().unwrap(), [2, 0x99, 0, 0, 0, 0x21]);
+    let mut l2 = crate::l2::L2::start(&l2cfg, Vec::new(), None).unwrap();
+    l2.set_workers_run();
+    state.attach_l2(l2);
+
+    let l2_events = |api: &fakeapi::FakeApi| -> Vec<Value> {
+        api.events()
+            .into_iter()
+            .filter(|e| e["reason"] == "L2Announced")
+            .collect()
+    };
+    let mut ev = Vec::new();
+    for _ in 0..100 {
+        state.compile_and_publish("periodic");
+        ev = l2_events(&api);
+        if !ev.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ev.len(), 1, "{ev:#?}");
+    assert_eq!(ev[0]["regarding"]["name"], "web");
+    assert_eq!(ev[0]["reportingInstance"], "h1");
+    assert_eq!(
+        ev[0]["note"],
+        "VIP 10.99.0.100 announced by host h1 on lo (L2 mode: this host answers ARP/NDP for it)"
+    );
+    for _ in 0..20 {
+        state.compile_and_publish("periodic");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(l2_events(&api).len(), 1);
+}

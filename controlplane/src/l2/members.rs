@@ -114,6 +114,33 @@ impl Members {
         }
     }
 
+    /// L2 membership from Leases: the hosts of `roster` (this one left out) become the peers;
+    /// a new one starts not alive, one that left is forgotten. Returns whether a live peer left.
+    pub fn set_roster(&mut self, roster: &[(String, IpAddr)]) -> bool {
+        let mut changed = false;
+        let keep: BTreeMap<&str, IpAddr> = roster
+            .iter()
+            .filter(|(n, _)| *n != self.me)
+            .map(|(n, a)| (n.as_str(), *a))
+            .collect();
+        self.peers.retain(|n, p| {
+            let stay = keep.get(n.as_str()) == Some(&p.address);
+            changed |= !stay && p.alive;
+            stay
+        });
+        for (n, a) in keep {
+            self.peers.entry(n.to_owned()).or_insert(Peer {
+                address: a,
+                last: None,
+                boot: 0,
+                seq: 0,
+                alive: false,
+                transitions: 0,
+            });
+        }
+        changed
+    }
+
     /// Counts a drop.
     pub fn count_drop(&mut self, why: Dropped) {
         *self.drops.entry(why).or_default() += 1;
@@ -213,6 +240,7 @@ mod tests {
             dead_after: 3,
             garp_count: 3,
             garp_interval_ms: 500,
+            membership: crate::config::L2Membership::Static,
             peers: vec![
                 L2Peer {
                     name: "h1".into(),
@@ -255,6 +283,26 @@ mod tests {
         // A restart: a new boot starts again at seq 1 and is accepted.
         assert!(m.receive(&hb("h2", 8, 1, 2000), h2, t0 + Duration::from_secs(1), 2000));
         assert_eq!(m.peers()["h2"].transitions, 3);
+    }
+
+    #[test]
+    fn roster_adds_and_removes_peers() {
+        let mut c = cfg();
+        c.peers.truncate(1);
+        let mut m = Members::new(&c);
+        assert!(m.peers().is_empty());
+        let h3: IpAddr = "10.0.0.3".parse().unwrap();
+        let me: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(!m.set_roster(&[("h1".into(), me), ("h3".into(), h3)]));
+        assert_eq!(m.peers().keys().collect::<Vec<_>>(), ["h3"]);
+        let t0 = Instant::now();
+        assert!(m.receive(&hb("h3", 1, 1, 1000), h3, t0, 1000));
+        assert_eq!(m.live(), ["h1", "h3"]);
+        // h3's Lease expires: it leaves, alive or not.
+        assert!(m.set_roster(&[("h1".into(), me)]));
+        assert_eq!(m.live(), ["h1"]);
+        assert!(!m.receive(&hb("h3", 1, 2, 1000), h3, t0, 1000));
+        assert_eq!(m.drops()[&Dropped::UnknownHost], 1);
     }
 
     #[test]

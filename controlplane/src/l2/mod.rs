@@ -138,7 +138,11 @@ impl L2 {
     ///
     /// # Errors
     /// [`L2Error`]: the key file, the interface or the socket.
-    pub fn start(cfg: &L2Config, workers: Vec<Arc<WorkerStats>>) -> Result<L2, L2Error> {
+    pub fn start(
+        cfg: &L2Config,
+        workers: Vec<Arc<WorkerStats>>,
+        roster: Option<tokio::sync::watch::Receiver<crate::sources::kubernetes::members::Roster>>,
+    ) -> Result<L2, L2Error> {
         cfg.check_interface(std::path::Path::new("/sys/class/net"))
             .map_err(|(k, m)| L2Error::Config(k, m))?;
         let key: Arc<[u8]> = cfg
@@ -155,19 +159,30 @@ impl L2 {
             (t.as_nanos() as u64) ^ (u64::from(std::process::id()) << 32)
         };
         let mut sockets = Vec::new();
+        let me = cfg.me().map(|p| p.address);
         for v6 in [false, true] {
-            let targets: Vec<SocketAddr> = cfg
-                .peers
-                .iter()
-                .filter(|p| p.name != cfg.host && p.address.is_ipv6() == v6)
-                .map(|p| SocketAddr::new(p.address, cfg.port))
-                .collect();
-            if targets.is_empty() {
+            let used = cfg.peers.iter().any(|p| p.address.is_ipv6() == v6)
+                || me.is_some_and(|a| a.is_ipv6() == v6);
+            if !used {
                 continue;
             }
             let s = Arc::new(socket(cfg, v6)?);
-            sockets.push((s.clone(), targets));
+            sockets.push(s.clone());
             tokio::spawn(receive(s, key.clone(), members.clone(), tx.clone()));
+        }
+        if let Some(mut r) = roster {
+            let (members, tx) = (members.clone(), tx.clone());
+            tokio::spawn(async move {
+                loop {
+                    let roster = r.borrow_and_update().clone();
+                    if lock(&members).set_roster(&roster) {
+                        tx.send_modify(|g| *g += 1);
+                    }
+                    if r.changed().await.is_err() {
+                        return;
+                    }
+                }
+            });
         }
         tokio::spawn(send(
             cfg.clone(),
@@ -220,6 +235,38 @@ impl L2 {
     /// This host's name.
     pub fn host(&self) -> &str {
         &self.cfg.host
+    }
+
+    /// The Events for VIPs this host has just come to own: one per Service, naming the VIPs,
+    /// this host and its interface (the cluster learns which host announces a Service).
+    pub fn announced_events(
+        &self,
+        gained: &BTreeSet<IpAddr>,
+        report: &crate::compile::CompileReport,
+    ) -> Vec<crate::sources::kubernetes::BgpEvent> {
+        report
+            .services
+            .iter()
+            .filter_map(|s| {
+                let v: Vec<String> = s
+                    .vips
+                    .iter()
+                    .filter(|v| gained.contains(v))
+                    .map(ToString::to_string)
+                    .collect();
+                (!v.is_empty()).then(|| crate::sources::kubernetes::BgpEvent {
+                    service: s.service.clone(),
+                    reason: "L2Announced",
+                    action: "Announce",
+                    note: format!(
+                        "VIP {} announced by host {} on {} (L2 mode: this host answers ARP/NDP for it)",
+                        v.join(", "),
+                        self.cfg.host,
+                        self.cfg.interface
+                    ),
+                })
+            })
+            .collect()
     }
 
     /// The gratuitous ARP burst: (count, interval).
@@ -359,7 +406,7 @@ async fn receive(
 /// peers.
 async fn send(
     cfg: L2Config,
-    sockets: Vec<(Arc<UdpSocket>, Vec<SocketAddr>)>,
+    sockets: Vec<Arc<UdpSocket>>,
     key: Arc<[u8]>,
     boot: u64,
     members: Arc<Mutex<Members>>,
@@ -400,10 +447,14 @@ async fn send(
                 &key,
                 &mut buf,
             );
-            for (s, targets) in &sockets {
-                for t in targets {
+            let targets: Vec<IpAddr> = lock(&members).peers().values().map(|p| p.address).collect();
+            for t in targets {
+                let family = sockets
+                    .iter()
+                    .find(|s| s.local_addr().is_ok_and(|l| l.is_ipv6() == t.is_ipv6()));
+                if let Some(s) = family {
                     // A peer that is down answers with ICMP errors; they change nothing.
-                    let _ = s.send_to(&buf[..n], t).await;
+                    let _ = s.send_to(&buf[..n], SocketAddr::new(t, cfg.port)).await;
                 }
             }
         }
@@ -425,3 +476,6 @@ async fn send(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -63,10 +63,11 @@ pub const API_ACCESS: &[Access] = &[
         scope: Scope::Cluster,
     },
     // lease.rs: get the Lease, create it if missing, renew or take it over by replacing it.
+    // members.rs (L2 mode): the same for this host's own Lease, and list the members' Leases.
     Access {
         group: "coordination.k8s.io",
         resource: "leases",
-        verbs: &["create", "get", "update"],
+        verbs: &["create", "get", "list", "update"],
         scope: Scope::OwnNamespace,
     },
 ];

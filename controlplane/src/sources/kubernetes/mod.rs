@@ -25,6 +25,7 @@
 //!   in-cluster service account), or read from `source.kubeconfig`.
 pub mod access;
 pub mod lease;
+pub mod members;
 pub mod source;
 pub mod status;
 

@@ -272,12 +272,13 @@ pub(crate) enum WriterMsg {
     Bgp(BgpEvent),
 }
 
-/// A change of what this host announces over BGP for one Service, as an Event to record.
+/// A change of what this host announces for one Service (over BGP in routed mode, or as the
+/// owner of a VIP in L2 mode), as an Event to record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BgpEvent {
     /// The Service.
     pub service: ObjectKey,
-    /// `BGPAnnounced` or `BGPWithdrawn`.
+    /// `BGPAnnounced`, `BGPWithdrawn` or `L2Announced`.
     pub reason: &'static str,
     /// The Event's action: `Announce`, or `Withdraw` with the cause (`WithdrawNoReadyBackend`,
     /// `WithdrawDrained`, `WithdrawStopping`), so that causes fold into separate series.

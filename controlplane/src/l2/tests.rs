@@ -1,0 +1,130 @@
+//! L2 membership from Leases against the in-process fake API server: this host writes its own
+//! Lease with its address; another host's Lease puts it on the roster (not alive until its
+//! heartbeat arrives); when that Lease stops being renewed the host leaves.
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+
+use super::message::{encode, Heartbeat, MAX_LEN};
+use super::L2;
+use crate::config::{L2Config, L2Membership, L2Peer};
+use crate::sources::kubernetes::members::{self, MemberSettings, ADDRESS_ANNOTATION, MEMBER_LABEL};
+
+#[path = "../../tests/support/fakeapi.rs"]
+mod fakeapi;
+
+const KEY: &str = "0123456789abcdef";
+
+fn other_lease(renew: Timestamp) -> Lease {
+    Lease {
+        metadata: ObjectMeta {
+            name: Some("sluice-l2-h2".into()),
+            namespace: Some("sluice".into()),
+            labels: Some([(MEMBER_LABEL.to_owned(), "true".to_owned())].into()),
+            annotations: Some([(ADDRESS_ANNOTATION.to_owned(), "127.0.0.2".to_owned())].into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some("h2".into()),
+            lease_duration_seconds: Some(1),
+            renew_time: Some(MicroTime(renew)),
+            ..LeaseSpec::default()
+        }),
+    }
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_from_leases() {
+    let api = fakeapi::FakeApi::start().await;
+    let port = 20_000 + (std::process::id() % 20_000) as u16 + 1;
+    let me: IpAddr = "127.0.0.1".parse().unwrap();
+    let cfg = L2Config {
+        host: "h1".into(),
+        interface: "lo".into(),
+        key: Some(KEY.into()),
+        key_file: None,
+        port,
+        interval_ms: 50,
+        dead_after: 3,
+        garp_count: 1,
+        garp_interval_ms: 100,
+        membership: L2Membership::Leases,
+        peers: vec![L2Peer {
+            name: "h1".into(),
+            address: me,
+        }],
+    };
+    cfg.validate().unwrap();
+    let roster = members::spawn(
+        api.client(),
+        MemberSettings {
+            namespace: "sluice".into(),
+            host: "h1".into(),
+            address: me,
+            duration: Duration::from_secs(1),
+            every: Duration::from_millis(100),
+        },
+    );
+    let l2 = L2::start(&cfg, Vec::new(), Some(roster)).unwrap();
+
+    // This host's own Lease, labelled and with its address.
+    until("this host's Lease", || {
+        api.get::<Lease>("sluice", "sluice-l2-h1").is_some_and(|l| {
+            l.metadata
+                .annotations
+                .unwrap_or_default()
+                .get(ADDRESS_ANNOTATION)
+                == Some(&"127.0.0.1".to_owned())
+                && l.spec.unwrap_or_default().holder_identity.as_deref() == Some("h1")
+        })
+    })
+    .await;
+
+    // Another host's Lease puts it on the roster, not alive yet.
+    api.upsert(&other_lease(Timestamp::now()));
+    until("h2 on the roster", || {
+        l2.view().peers.iter().any(|p| p.name == "h2")
+    })
+    .await;
+    assert_eq!(l2.view().live, ["h1"]);
+
+    // Its heartbeat, from its address, makes it live.
+    let sock = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+    let mut b = [0u8; MAX_LEN];
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let n = encode(
+        &Heartbeat {
+            host: "h2".into(),
+            boot: 7,
+            seq: 1,
+            unix_ms,
+        },
+        KEY.as_bytes(),
+        &mut b,
+    );
+    sock.send_to(&b[..n], SocketAddr::new(me, port)).unwrap();
+    until("h2 live", || l2.view().live == ["h1", "h2"]).await;
+
+    // Its Lease is no longer renewed: after its duration it leaves the roster and the live set.
+    until("h2 gone with its Lease", || {
+        !l2.view().peers.iter().any(|p| p.name == "h2")
+    })
+    .await;
+    assert_eq!(l2.view().live, ["h1"]);
+}
