@@ -20,7 +20,8 @@
                                     line on each and prints {"ok": n, "failed": n, "backends": {...}}
   udp HOST PORT N                   N datagrams to HOST:PORT; prints JSON {"replies": [...], "lost": n}
   session HOST PORT                 one long-lived TCP connection to the echo service: every line
-                                    read on stdin is sent, the reply printed (flushed) on stdout
+                                    read on stdin is sent, the reply printed (flushed) on stdout;
+                                    a reset prints "<reset after MS ms>" (MS from the send)
   remove-endpoint FILE ADDR         rewrite an EndpointSlice manifest without endpoint ADDR
   neigh IFACE ADDR... [--timeout S] one ARP request (IPv4) / neighbour solicitation (IPv6, to the
                                     solicited-node group) per ADDR from IFACE; prints JSON
@@ -188,9 +189,10 @@ def session(host, port):
     f = s.makefile("rwb", buffering=0)
     print("connected", flush=True)
     for line in sys.stdin:
-        s.sendall(line.encode())
+        t0 = time.monotonic()
         reply = b""
         try:
+            s.sendall(line.encode())
             while not reply.endswith(b"\n"):
                 chunk = s.recv(4096)
                 if not chunk:
@@ -198,6 +200,9 @@ def session(host, port):
                 reply += chunk
         except socket.timeout:
             pass
+        except ConnectionResetError:
+            print(f"<reset after {(time.monotonic() - t0) * 1000:.1f} ms>", flush=True)
+            continue
         print(reply.decode().strip() or "<no reply>", flush=True)
     del f, fam
 

@@ -449,6 +449,30 @@ fn client_ip_affinity_pins_a_client() {
     assert_eq!(b2.len(), 1, "sl-c2 pinned to one backend: {b2:?}");
 }
 
+/// A NAT connection whose flow is truly lost (sluiced restarted: the flow table and the NAT
+/// port went with the old process) gets a RST at its next segment, so the client fails at
+/// once instead of retransmitting until its own timeout.
+#[test]
+fn lost_nat_flow_is_reset_at_its_next_segment() {
+    let _g = lock();
+    let s = Setup::new("reset", |s| s, false);
+    let d = Sluiced::start(&s);
+    let mut sess = Session::open("sl-c1", VIP4, 9000);
+    assert!(sess.say("hello").ends_with(": hello"));
+    d.stop();
+    let d = Sluiced::start(&s);
+    let r = sess.say("after the restart");
+    let ms: f64 = r
+        .strip_prefix("<reset after ")
+        .and_then(|x| x.strip_suffix(" ms>"))
+        .unwrap_or_else(|| panic!("not reset: {r:?}"))
+        .parse()
+        .unwrap();
+    eprintln!("lost NAT flow reset {ms} ms after its next segment");
+    assert!(ms < 100.0, "reset after {ms} ms");
+    d.stop();
+}
+
 #[test]
 fn established_connection_survives_endpointslice_change_and_invalid_manifest() {
     let _g = lock();

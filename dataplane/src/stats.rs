@@ -205,6 +205,8 @@ pub struct WorkerStats {
     pub echo_replies: AtomicU64,
     /// ICMP errors forwarded to a flow's backend.
     pub icmp_errors_forwarded: AtomicU64,
+    /// TCP resets sent for segments of unknown `nat` flows (instead of a `tcp_no_flow` drop).
+    pub tcp_resets: AtomicU64,
     /// Neighbour requests (ARP/NS) emitted for the control plane.
     pub neighbor_requests: AtomicU64,
     /// Conntrack hits.
@@ -254,6 +256,7 @@ impl WorkerStats {
             neighbor_replies: AtomicU64::new(0),
             echo_replies: AtomicU64::new(0),
             icmp_errors_forwarded: AtomicU64::new(0),
+            tcp_resets: AtomicU64::new(0),
             neighbor_requests: AtomicU64::new(0),
             ct_hits: AtomicU64::new(0),
             ct_misses: AtomicU64::new(0),

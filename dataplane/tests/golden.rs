@@ -242,6 +242,145 @@ fn fragment4(dst: [u8; 4], later: bool) -> Vec<u8> {
     v
 }
 
+/// The RST Sluice answers a segment of an unknown NAT flow with: IPv4, no options, TTL 64,
+/// ident 0, DF clear; RST alone, or RST|ACK with `ack`.
+fn rst4(
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    with_ack: bool,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    Ethernet2Header {
+        source: LB_MAC,
+        destination: CLIENT_MAC,
+        ether_type: etherparse::EtherType::IPV4,
+    }
+    .write(&mut out)
+    .unwrap();
+    let mut t = etherparse::TcpHeader::new(sport, dport, seq, 0);
+    t.rst = true;
+    t.ack = with_ack;
+    t.acknowledgment_number = ack;
+    let mut h = Ipv4Header::new(
+        t.header_len() as u16,
+        64,
+        etherparse::IpNumber::TCP,
+        src,
+        dst,
+    )
+    .unwrap();
+    h.dont_fragment = false;
+    h.header_checksum = h.calc_header_checksum();
+    t.checksum = t.calc_checksum_ipv4(&h, &[]).unwrap();
+    h.write(&mut out).unwrap();
+    t.write(&mut out).unwrap();
+    out
+}
+
+/// The same over IPv6 (hop limit 64).
+fn rst6(
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    with_ack: bool,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    Ethernet2Header {
+        source: LB_MAC,
+        destination: CLIENT_MAC,
+        ether_type: etherparse::EtherType::IPV6,
+    }
+    .write(&mut out)
+    .unwrap();
+    let mut t = etherparse::TcpHeader::new(sport, dport, seq, 0);
+    t.rst = true;
+    t.ack = with_ack;
+    t.acknowledgment_number = ack;
+    let h = Ipv6Header {
+        traffic_class: 0,
+        flow_label: Default::default(),
+        payload_length: t.header_len() as u16,
+        next_header: etherparse::IpNumber::TCP,
+        hop_limit: 64,
+        source: src,
+        destination: dst,
+    };
+    t.checksum = t.calc_checksum_ipv6(&h, &[]).unwrap();
+    h.write(&mut out).unwrap();
+    t.write(&mut out).unwrap();
+    out
+}
+
+/// A segment of an unknown NAT flow: answered with RFC 793's RST by default (a segment with
+/// ACK gets `seq = SEG.ACK`; one without gets RST|ACK with `ack = SEG.SEQ + SEG.LEN`, FIN
+/// counted), never for a RST; dropped and counted with `reset_unknown_flows` off.
+#[test]
+fn unknown_nat_flow_is_reset() {
+    let snap = snapshot(1);
+    let stats = Arc::new(WorkerStats::new(1024));
+    let mut pipe = Pipeline::new(&PipelineConfig::default(), stats.clone());
+    let vip1 = [192, 0, 2, 1];
+    let v6vip = v6("2001:db8::1");
+    let mut fin6 = tcp6(CLIENT6, v6vip, 40500, 80, false, b"abc");
+    fin6[54 + 13] |= 0x01; // FIN: SEG.LEN = 3 + 1
+    let mut fixed = fin6.clone();
+    fix_tcp6_checksum(&mut fixed);
+    let mut rst_in = tcp4(CLIENT4, vip1, 40998, 80, false, true, &[]);
+    rst_in[14 + 20 + 13] |= 0x04;
+    let cases = vec![
+        case(
+            "nat v4 ACK + data without a flow",
+            tcp4(CLIENT4, vip1, 40997, 80, false, true, b"data"),
+            Verdict::Tx,
+            Some(rst4(vip1, CLIENT4, 80, 40997, 1, 0, false)),
+        ),
+        case(
+            "nat v6 FIN without ACK, without a flow",
+            fixed,
+            Verdict::Tx,
+            Some(rst6(v6vip, CLIENT6, 80, 40500, 0, 1004, true)),
+        ),
+        drop(
+            "a RST of an unknown flow is not answered",
+            rst_in,
+            DropReason::TcpNoFlow,
+        ),
+    ];
+    run(&mut pipe, &snap, cases, false);
+    assert_eq!(
+        stats.tcp_resets.load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+
+    let off = PipelineConfig {
+        reset_unknown_flows: false,
+        ..PipelineConfig::default()
+    };
+    let mut pipe = Pipeline::new(&off, Arc::new(WorkerStats::new(1024)));
+    let cases = vec![drop(
+        "reset_unknown_flows off: dropped",
+        tcp4(CLIENT4, vip1, 40996, 80, false, true, &[]),
+        DropReason::TcpNoFlow,
+    )];
+    run(&mut pipe, &snap, cases, false);
+}
+
+/// Recomputes the TCP checksum of an Ethernet + IPv6 (no extension headers) + TCP frame.
+fn fix_tcp6_checksum(f: &mut [u8]) {
+    let ip = Ipv6Header::from_slice(&f[14..]).unwrap().0;
+    let (t, payload) = etherparse::TcpHeader::from_slice(&f[54..]).unwrap();
+    let payload = payload.to_vec();
+    let c = t.calc_checksum_ipv6(&ip, &payload).unwrap();
+    f[54 + 16..54 + 18].copy_from_slice(&c.to_be_bytes());
+}
+
 /// Runs the table one packet at a time (`burst == false`, `Pipeline::process`) or as the
 /// worker does, in bursts of 32 (`Pipeline::process_burst`).
 fn run(
@@ -396,7 +535,12 @@ fn golden(burst: bool) {
                 8080,
             )),
         ),
-        drop("nat v4 ACK without a tracked flow", tcp4(CLIENT4, vip1, 40999, 80, false, true, &[]), DropReason::TcpNoFlow),
+        case(
+            "nat v4 ACK without a tracked flow: RST with seq = its ACK",
+            tcp4(CLIENT4, vip1, 40999, 80, false, true, b"lost"),
+            Verdict::Tx,
+            Some(rst4(vip1, CLIENT4, 80, 40999, 1, 0, false)),
+        ),
         case(
             "nat v4 UDP: next NAT port",
             udp.clone(),
@@ -520,7 +664,6 @@ fn golden(burst: bool) {
     assert!(n >= 35);
     // Every drop above was counted under its own reason.
     for r in [
-        DropReason::TcpNoFlow,
         DropReason::ArpNotOurs,
         DropReason::NdpNotOurs,
         DropReason::IcmpErrorNoFlow,
@@ -551,6 +694,9 @@ fn golden(burst: bool) {
     assert_eq!(stats.echo_replies.load(Relaxed), 2);
     assert_eq!(stats.neighbor_replies.load(Relaxed), 3);
     assert_eq!(stats.icmp_errors_forwarded.load(Relaxed), 1);
+    // The ACK of an unknown NAT flow was answered with a RST, not dropped.
+    assert_eq!(stats.drops_of(DropReason::TcpNoFlow), 0);
+    assert_eq!(stats.tcp_resets.load(Relaxed), 1);
 }
 
 /// The burst cache never applies one packet's parse to another: a burst whose packet at an

@@ -323,6 +323,7 @@ fn nat_reply_on_the_wrong_worker_reaches_its_owner() {
                 conntrack_v6_capacity: 1 << 10,
                 affinity_capacity: 1 << 10,
                 nat_port_start: 0,
+                reset_unknown_flows: true,
             },
             ..WorkerConfig::default()
         };

@@ -215,6 +215,12 @@ impl Collector for SluiceCollector {
         )?;
         family(
             &mut enc,
+            "sluice_worker_tcp_resets",
+            "TCP resets sent for segments of unknown nat flows ([forwarding] reset_unknown_flows)",
+            per_worker(&|w| w.tcp_resets),
+        )?;
+        family(
+            &mut enc,
             "sluice_worker_cycles",
             "TSC cycles of the poll loop in total",
             per_worker(&|w| w.total_cycles),

@@ -57,6 +57,9 @@ pub struct ForwardingConfig {
     /// Seconds a backend that left its EndpointSlice stays in the snapshot as draining.
     /// Default: 300.
     pub removed_backend_grace_seconds: u64,
+    /// Answer a non-SYN TCP segment of a `nat` flow this host does not know with a RST, so the
+    /// client fails at once. Default: true.
+    pub reset_unknown_flows: bool,
 }
 
 impl Default for ForwardingConfig {
@@ -66,6 +69,7 @@ impl Default for ForwardingConfig {
             target: Target::Pod,
             hash_seed: DEFAULT_HASH_SEED,
             removed_backend_grace_seconds: 300,
+            reset_unknown_flows: true,
         }
     }
 }

@@ -260,6 +260,7 @@ pub(super) fn spawn_workers(
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32).wrapping_mul(2_654_435_761))
                     .unwrap_or(0),
+                reset_unknown_flows: cfg.forwarding.reset_unknown_flows,
             },
             tx_flush_us: cfg.workers.tx_flush_us,
             expire_buckets: 64,

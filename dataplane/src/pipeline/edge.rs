@@ -290,6 +290,70 @@ pub fn arp_request(buf: &mut [u8], src_mac: [u8; 6], src_ip: [u8; 4], target: [u
     MIN_FRAME_LEN
 }
 
+/// Turns `pkt`, a TCP segment (not a RST) of a flow this host does not know, into the RST that
+/// RFC 793 prescribes for a segment of no connection, in place: addresses, ports and MACs
+/// swapped, no options or payload; with the segment's ACK set, `seq = SEG.ACK`; without it,
+/// `seq = 0` and `ack = SEG.SEQ + SEG.LEN` (SYN and FIN counted). Returns false (leave it
+/// dropped) for a RST or a truncated segment.
+pub(super) fn tcp_reset<F: Family, P: PacketBuf>(pkt: &mut P, p: &Parsed) -> bool {
+    use crate::wire::{put32, tcp};
+    let (l3, l4, end) = (
+        usize::from(p.l3_off),
+        usize::from(p.l4_off),
+        usize::from(p.l3_end),
+    );
+    let d = pkt.data();
+    if end < l4 + tcp::MIN_HEADER_LEN || end > d.len() {
+        return false;
+    }
+    let seg = tcp::Segment::new_unchecked(&d[l4..end]);
+    let (sport, dport, seq, ack, flags) = (
+        seg.src_port(),
+        seg.dst_port(),
+        seg.seq(),
+        seg.ack(),
+        seg.flags(),
+    );
+    let hl = seg.header_len();
+    if flags & tcp::flags::RST != 0 || hl < tcp::MIN_HEADER_LEN || l4 + hl > end {
+        return false;
+    }
+    let len = (end - l4 - hl) as u32
+        + u32::from(flags & tcp::flags::SYN != 0)
+        + u32::from(flags & tcp::flags::FIN != 0);
+    let (rseq, rack, rflags) = if flags & tcp::flags::ACK != 0 {
+        (ack, 0, tcp::flags::RST)
+    } else {
+        (0, seq.wrapping_add(len), tcp::flags::RST | tcp::flags::ACK)
+    };
+    let (src, dst) = (F::from_raw(&p.src), F::from_raw(&p.dst));
+    let t = l3 + F::HEADER_LEN;
+    let total = t + tcp::MIN_HEADER_LEN;
+    let d = pkt.data_mut();
+    ethernet::Frame::new_unchecked(&mut d[..]).swap_macs();
+    F::emit_ip(
+        &mut d[l3..],
+        dst,
+        src,
+        proto::TCP,
+        tcp::MIN_HEADER_LEN as u16,
+    );
+    put16(d, t, dport);
+    put16(d, t + 2, sport);
+    put32(d, t + 4, rseq);
+    put32(d, t + 8, rack);
+    d[t + 12] = (tcp::MIN_HEADER_LEN as u8 / 4) << 4;
+    d[t + 13] = rflags;
+    put16(d, t + 14, 0);
+    put16(d, t + 16, 0);
+    put16(d, t + 18, 0);
+    let ps = F::pseudo(dst, src, proto::TCP, tcp::MIN_HEADER_LEN as u16);
+    let c = tcp::l4_checksum(ps, &d[t..total], 16);
+    put16(d, t + 16, c);
+    let extra = pkt.data().len() - total;
+    pkt.trim(extra)
+}
+
 /// Writes a gratuitous ARP (a broadcast request with sender = target = `ip`), which updates the
 /// neighbours' caches after a VIP moved to us. Returns the frame length.
 pub fn gratuitous_arp(buf: &mut [u8], mac: [u8; 6], ip: [u8; 4]) -> usize {

@@ -153,6 +153,11 @@ pub(super) trait Family: Addr {
     /// Writes a tunnel header (`dsr-ipip`) from `src` to `dst` before `inner_len` bytes of an
     /// inner packet of the same family.
     fn emit_tunnel(ip: &mut [u8], src: Self, dst: Self, inner_len: u16);
+    /// Writes a fixed header (no options) from `src` to `dst` carrying `payload_len` bytes of
+    /// `proto`, hop limit 64.
+    fn emit_ip(ip: &mut [u8], src: Self, dst: Self, proto: u8, payload_len: u16);
+    /// The pseudo-header sum of a transport checksum.
+    fn pseudo(src: Self, dst: Self, proto: u8, len: u16) -> u32;
     /// The header an ICMP error at `q` quotes (up to `end`): source, destination, protocol and
     /// header length; `None` if it is too short to hold the header and the ports.
     fn quoted(d: &[u8], q: usize, end: usize) -> Option<(Self, Self, u8, usize)>;
@@ -206,6 +211,12 @@ impl Family for [u8; 4] {
     }
     fn emit_tunnel(ip: &mut [u8], src: Self, dst: Self, inner_len: u16) {
         ipv4::emit(ip, src, dst, proto::IPIP, inner_len, 64, 0);
+    }
+    fn emit_ip(ip: &mut [u8], src: Self, dst: Self, proto: u8, payload_len: u16) {
+        ipv4::emit(ip, src, dst, proto, payload_len, 64, 0);
+    }
+    fn pseudo(src: Self, dst: Self, proto: u8, len: u16) -> u32 {
+        checksum::pseudo_v4(src, dst, proto, len)
     }
     fn quoted(d: &[u8], q: usize, end: usize) -> Option<(Self, Self, u8, usize)> {
         if end < q + ipv4::MIN_HEADER_LEN + 4 {
@@ -269,6 +280,12 @@ impl Family for [u8; 16] {
     }
     fn emit_tunnel(ip: &mut [u8], src: Self, dst: Self, inner_len: u16) {
         ipv6::emit(ip, src, dst, proto::IPV6, inner_len, 64);
+    }
+    fn emit_ip(ip: &mut [u8], src: Self, dst: Self, proto: u8, payload_len: u16) {
+        ipv6::emit(ip, src, dst, proto, payload_len, 64);
+    }
+    fn pseudo(src: Self, dst: Self, proto: u8, len: u16) -> u32 {
+        checksum::pseudo_v6(src, dst, proto, u32::from(len))
     }
     fn quoted(d: &[u8], q: usize, end: usize) -> Option<(Self, Self, u8, usize)> {
         if end < q + ipv6::HEADER_LEN + 4 {

@@ -102,6 +102,10 @@ pub struct PipelineConfig {
     /// between runs, so a restarted Sluice does not reuse the ports whose old connections
     /// backends may still hold (TIME_WAIT); tests leave it 0 for reproducible ports.
     pub nat_port_start: u32,
+    /// Answer a non-SYN TCP segment of an unknown `nat` flow with a RST, so that the client
+    /// fails at once instead of retransmitting until its timeout (the flow is lost: its NAT
+    /// port lived on another host or process).
+    pub reset_unknown_flows: bool,
 }
 
 impl Default for PipelineConfig {
@@ -116,6 +120,7 @@ impl Default for PipelineConfig {
             conntrack_v6_capacity: 1 << 18,
             affinity_capacity: 1 << 16,
             nat_port_start: 0,
+            reset_unknown_flows: true,
         }
     }
 }
@@ -136,6 +141,8 @@ pub struct Pipeline {
     stats: Arc<WorkerStats>,
     /// What the current burst's prefetch passes learned.
     burst: burst::Burst,
+    /// See [`PipelineConfig::reset_unknown_flows`].
+    reset_unknown_flows: bool,
 }
 
 /// Work already done for a packet (by the burst's prefetch passes, or nothing: [`Hint::NONE`]).
@@ -213,6 +220,7 @@ impl Pipeline {
             ports: NatPorts::new(cfg),
             stats,
             burst: burst::Burst::default(),
+            reset_unknown_flows: cfg.reset_unknown_flows,
         };
         crate::stats::set(
             &p.stats.ct_capacity,
@@ -397,6 +405,12 @@ impl Pipeline {
         let src_mac = mac_at(pkt.data(), 6);
         let choice = match self.schedule::<F>(snap, flow, src_mac) {
             Ok(c) => c,
+            Err(DropReason::TcpNoFlow)
+                if self.reset_unknown_flows && edge::tcp_reset::<F, P>(pkt, p) =>
+            {
+                bump(&self.stats.tcp_resets, 1);
+                return Verdict::Tx;
+            }
             Err(r) => return Verdict::Drop(r),
         };
         let b = choice.backend;
