@@ -24,3 +24,8 @@ pub mod health;
 pub mod l2;
 pub mod model;
 pub mod sources;
+
+/// The in-process fake API server, shared by the unit tests that talk to it.
+#[cfg(test)]
+#[path = "../tests/support/fakeapi.rs"]
+pub(crate) mod fakeapi;

@@ -20,8 +20,7 @@ use super::ControlState;
 use crate::config::Config;
 use crate::sources::kubernetes::{KubeSettings, Kubernetes};
 
-#[path = "../../tests/support/fakeapi.rs"]
-mod fakeapi;
+use crate::fakeapi;
 
 const CFG: &str = r#"
 [[ports]]

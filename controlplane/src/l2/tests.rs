@@ -13,8 +13,7 @@ use super::L2;
 use crate::config::{L2Config, L2Membership, L2Peer};
 use crate::sources::kubernetes::members::{self, MemberSettings, ADDRESS_ANNOTATION, MEMBER_LABEL};
 
-#[path = "../../tests/support/fakeapi.rs"]
-mod fakeapi;
+use crate::fakeapi;
 
 const KEY: &str = "0123456789abcdef";
 
