@@ -816,3 +816,45 @@ async fn reqwest_like_get(api: &FakeApi, path: &str) -> String {
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await;
     out
 }
+
+/// Lease requests that renewed it (PUTs), as the fake server saw them.
+fn lease_renewals(api: &FakeApi) -> usize {
+    api.requests()
+        .iter()
+        .filter(|r| r.method == "PUT" && r.path.contains("/leases/"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_renewals_do_not_wake_the_leadership_watch() {
+    let api = FakeApi::start().await;
+    api.upsert(&service("web", &[80]));
+    let cfg = config("");
+    let inst = Instance::start(
+        api.client(),
+        cfg.clone(),
+        settings(&cfg, "a", Some(short_lease("a"))),
+        vec![],
+    )
+    .await;
+    eventually("leads", 10, || inst.is_leader()).await;
+    let mut rx = inst.leader.clone();
+    rx.borrow_and_update();
+    let wakes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let w = wakes.clone();
+    let counter = tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            w.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let from = lease_renewals(&api);
+    eventually("five renewals", 10, || lease_renewals(&api) >= from + 5).await;
+    assert!(inst.is_leader());
+    assert_eq!(
+        wakes.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a renewal is not a leadership change"
+    );
+    counter.abort();
+    inst.stop().await;
+}

@@ -122,19 +122,19 @@ async fn run(
                 if !leading {
                     info!(lease = %format!("{}/{}", s.namespace, s.name), identity = %s.identity, "became the leader: writing Service status and Events");
                 }
-                tx.send_replace(true);
+                set(&tx, true);
             }
             Ok(false) => {
                 if leading {
                     info!(identity = %s.identity, "lost the Lease; following");
                 }
-                tx.send_replace(false);
+                set(&tx, false);
             }
             Err(e) => {
                 warn!(error = %e, lease = %s.name, "Lease request failed; retrying");
                 if leading && last_renew.is_none_or(|t| t.elapsed() >= s.renew_deadline) {
                     warn!(identity = %s.identity, "could not renew the Lease within the renew deadline; stepping down");
-                    tx.send_replace(false);
+                    set(&tx, false);
                 }
             }
         }
@@ -144,11 +144,17 @@ async fn run(
                 if *tx.borrow() {
                     release(&api, &s).await;
                 }
-                tx.send_replace(false);
+                set(&tx, false);
                 return;
             }
         }
     }
+}
+
+/// Publishes `leading` only when it differs, so that receivers wake on transitions and not
+/// on every renewal.
+fn set(tx: &watch::Sender<bool>, leading: bool) {
+    tx.send_if_modified(|l| std::mem::replace(l, leading) != leading);
 }
 
 fn now() -> MicroTime {
