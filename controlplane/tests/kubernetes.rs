@@ -58,6 +58,12 @@ fn config(extra: &str) -> Config {
     Config::parse(&format!("{CFG}{extra}"), "test.toml").unwrap()
 }
 
+/// The test configuration with `keys` added to `[source]`.
+fn source_config(keys: &str) -> Config {
+    let text = CFG.replace("debounce_ms = 20\n", &format!("debounce_ms = 20\n{keys}"));
+    Config::parse(&text, "test.toml").unwrap()
+}
+
 /// Settings for one instance: no leader election unless `lease` is given.
 fn settings(cfg: &Config, identity: &str, lease: Option<LeaseSettings>) -> KubeSettings {
     let mut s = KubeSettings::from_config(cfg);
@@ -857,4 +863,43 @@ async fn lease_renewals_do_not_wake_the_leadership_watch() {
     );
     counter.abort();
     inst.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_timings_come_from_the_configuration() {
+    let api = FakeApi::start().await;
+    api.upsert(&service("web", &[80]));
+    let cfg = source_config(
+        "lease_namespace = \"sluice-system\"\nlease_duration_seconds = 2\n\
+         lease_renew_deadline_ms = 1500\nlease_retry_ms = 200\n",
+    );
+    let start = |id: &str| {
+        let mut s = KubeSettings::from_config(&cfg);
+        s.identity = id.to_owned();
+        if let Some(l) = s.lease.as_mut() {
+            l.identity = id.to_owned();
+        }
+        Instance::start(api.client(), cfg.clone(), s, vec![])
+    };
+    let a = start("a").await;
+    eventually("a leads", 10, || a.is_leader()).await;
+    let b = start("b").await;
+    let lease = || {
+        api.get::<k8s_openapi::api::coordination::v1::Lease>("sluice-system", "sluice")
+            .and_then(|l| l.spec)
+            .unwrap()
+    };
+    assert_eq!(lease().lease_duration_seconds, Some(2));
+    // The holder stops renewing: the standby takes over within the duration plus two rounds
+    // (one to see the last renewal, one to see it expire), with a second of slack.
+    a.kill();
+    let t = std::time::Instant::now();
+    eventually("b takes over", 4, || b.is_leader()).await;
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(lease().holder_identity.as_deref(), Some("b"));
+    b.stop().await;
 }

@@ -95,9 +95,12 @@ impl KubeSettings {
                 serve_unclassed: s.serve_unclassed,
             },
             debounce: Duration::from_millis(s.debounce_ms),
-            lease: s
-                .leader_election
-                .then(|| LeaseSettings::new(&namespace, &s.lease_name, &identity)),
+            lease: s.leader_election.then(|| LeaseSettings {
+                duration: Duration::from_secs(u64::from(s.lease_duration_seconds)),
+                renew_deadline: Duration::from_millis(s.lease_renew_deadline_ms),
+                retry: Duration::from_millis(s.lease_retry_ms),
+                ..LeaseSettings::new(&namespace, &s.lease_name, &identity)
+            }),
             pools: cfg.pools.clone(),
             watch_timeout: None,
             identity,
