@@ -903,3 +903,54 @@ async fn lease_timings_come_from_the_configuration() {
     assert_eq!(lease().holder_identity.as_deref(), Some("b"));
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_ip_request_leaves_the_service_pending() {
+    let api = FakeApi::start().await;
+    api.upsert(&with_annotations(
+        service("typo", &[80]),
+        &[("sluice.dev/load-balancer-ips", "10.99.0.300")],
+    ));
+    api.upsert(&with_annotations(
+        service("wrongfamily", &[80]),
+        &[("sluice.dev/load-balancer-ips", "fd00:99::100")],
+    ));
+    api.upsert(&service("fine", &[80]));
+    let cfg = config("");
+    let inst = Instance::start(api.client(), cfg.clone(), settings(&cfg, "a", None), vec![]).await;
+    eventually("fine is written", 10, || {
+        status_ips(&api, "fine").len() == 1
+    })
+    .await;
+    for n in ["typo", "wrongfamily"] {
+        eventually("InvalidIPRequest condition", 10, || {
+            condition(&api, n, "sluice.dev/IPAllocated")
+                .is_some_and(|c| c.status == "False" && c.reason == "InvalidIPRequest")
+        })
+        .await;
+        assert!(
+            status_ips(&api, n).is_empty(),
+            "{n}: {:?}",
+            status_ips(&api, n)
+        );
+        assert!(
+            vips(&inst, n).is_empty(),
+            "{n} is served on {:?}",
+            vips(&inst, n)
+        );
+        eventually("InvalidIPRequest Event", 10, || {
+            has_event(&api, n, "InvalidIPRequest")
+        })
+        .await;
+    }
+    // Fixing the request gives the Service its address.
+    api.upsert(&with_annotations(
+        service("typo", &[80]),
+        &[("sluice.dev/load-balancer-ips", "10.99.0.102")],
+    ));
+    eventually("typo gets what it asked for", 10, || {
+        status_ips(&api, "typo") == vec!["10.99.0.102"]
+    })
+    .await;
+    inst.stop().await;
+}
