@@ -954,3 +954,79 @@ async fn an_invalid_ip_request_leaves_the_service_pending() {
     .await;
     inst.stop().await;
 }
+
+/// A Lease held by an instance that no longer renews it (expires `secs` after it is seen).
+fn ghost_lease(api: &FakeApi, secs: i32) {
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    api.upsert(&Lease {
+        metadata: meta("sluice-system", "sluice", &[]),
+        spec: Some(LeaseSpec {
+            holder_identity: Some("ghost".into()),
+            lease_duration_seconds: Some(secs),
+            renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+            ..Default::default()
+        }),
+    });
+}
+
+/// `IPAllocated` reasons in every status patch Sluice sent for `name`.
+fn patched_reasons(api: &FakeApi, name: &str) -> Vec<String> {
+    api.status_patches()
+        .iter()
+        .filter(|p| p.name == name)
+        .flat_map(|p| {
+            p.body["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter(|c| c["type"] == "sluice.dev/IPAllocated")
+        .map(|c| c["reason"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gaining_leadership_does_not_overwrite_the_reason_a_service_is_pending() {
+    let api = FakeApi::start().await;
+    // A previous leader recorded why `outside` is pending; many others keep the compile busy.
+    api.upsert(&with_lb_ip(service("outside", &[80]), "192.0.2.7"));
+    for i in 0..300 {
+        let n = format!("s{i:03}");
+        api.upsert(&with_lb_ip(service(&n, &[80]), "192.0.2.8"));
+        api.upsert(&slice(&n, "a", "p80", &[("10.99.0.21", true)]));
+    }
+    ghost_lease(&api, 1);
+    let cfg = config("");
+    let inst = Instance::start(
+        api.client(),
+        cfg.clone(),
+        settings(&cfg, "a", Some(short_lease("a"))),
+        vec![],
+    )
+    .await;
+    assert!(!inst.is_leader(), "the ghost holds the Lease at first");
+    eventually("takes over", 10, || inst.is_leader()).await;
+    eventually("the real reason is in status", 10, || {
+        condition(&api, "outside", "sluice.dev/IPAllocated")
+            .is_some_and(|c| c.reason == "RequestedIPOutsidePools")
+    })
+    .await;
+    eventually("every Service has its reason", 10, || {
+        api.list_json(Res::Services).iter().all(|s| {
+            s["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["reason"] == "RequestedIPOutsidePools"))
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in ["outside", "s000", "s150", "s299"] {
+        let reasons = patched_reasons(&api, n);
+        assert!(
+            !reasons.iter().any(|r| r == "Pending"),
+            "{n}: a follower's view was written: {reasons:?}"
+        );
+    }
+    inst.stop().await;
+}

@@ -29,6 +29,11 @@
 //!
 //! A follower keeps the latest decisions but writes nothing else; when it becomes the leader it
 //! compares everything with the cluster at once and records the problems currently in effect.
+//! A Service the follower's compile left waiting for the leader (no VIP in status yet) is not
+//! written until the leader's own compile has decided about it, so the reason status shows
+//! (say `RequestedIPOutsidePools`) is never replaced by a placeholder in between. A decision
+//! that the watch seems to show already is still written when a different one went out less
+//! than 5 s before, because the watch may not show that write yet.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -120,6 +125,14 @@ impl View {
             no_ready,
             down,
         }
+    }
+
+    /// Whether this view was compiled by a follower for a Service status gives no VIP yet:
+    /// it says nothing about what the leader decides, so it is never written.
+    fn awaits_leader(&self) -> bool {
+        self.issues
+            .iter()
+            .any(|i| i.reason == IssueReason::AwaitingLeader)
     }
 
     /// The `status.loadBalancer.ingress` this view asks for, given the Service's ports.
@@ -651,18 +664,31 @@ impl Writer {
                 let (Some(v), Some(m)) = (self.views.get(&k), meta.get(&k)) else {
                     continue;
                 };
+                if v.awaits_leader() {
+                    // Compiled while following: not a decision. The leader's compile follows.
+                    continue;
+                }
                 let want = Desired {
                     ingress: v.ingress(&m.ports),
                     conditions: v.conditions(&self.s.pools),
                 };
-                if m.ingress == want.ingress && same_conditions(&m.conditions, &want.conditions) {
-                    self.applied.insert(k, (want, Instant::now()));
-                    continue;
-                }
-                if let Some((sent, at)) = self.applied.get(&k) {
-                    if *sent == want && at.elapsed() < Duration::from_secs(5) {
-                        continue; // written; the watch has not shown it yet
+                let recent = self
+                    .applied
+                    .get(&k)
+                    .filter(|(_, at)| at.elapsed() < Duration::from_secs(5));
+                let shown =
+                    m.ingress == want.ingress && same_conditions(&m.conditions, &want.conditions);
+                match recent {
+                    // Written; the watch has not shown it yet.
+                    Some((sent, _)) if *sent == want => continue,
+                    // Something else was written a moment ago and the watch may not show it
+                    // yet: what it shows proves nothing, so write.
+                    Some(_) => {}
+                    None if shown => {
+                        self.applied.insert(k, (want, Instant::now()));
+                        continue;
                     }
+                    None => {}
                 }
                 // A condition keeps its lastTransitionTime while its status stays.
                 let mut write = want.clone();
