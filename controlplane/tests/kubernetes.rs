@@ -1030,3 +1030,42 @@ async fn gaining_leadership_does_not_overwrite_the_reason_a_service_is_pending()
     }
     inst.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_deleted_while_its_status_is_written_gets_no_warning() {
+    let api = FakeApi::start().await;
+    api.upsert(&service("web", &[80]));
+    api.upsert(&slice("web", "a", "p80", &[("10.99.0.21", true)]));
+    let cfg = config("");
+    let inst = Instance::start(api.client(), cfg.clone(), settings(&cfg, "a", None), vec![]).await;
+    eventually("status written", 10, || {
+        condition(&api, "web", "sluice.dev/BackendsReady").is_some_and(|c| c.status == "True")
+    })
+    .await;
+    // The slice goes, then the Service, while Sluice writes what the first change means.
+    api.delay_status_patches(Duration::from_millis(500));
+    let patches = || {
+        api.requests()
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.path.ends_with("/services/web/status"))
+            .count()
+    };
+    let before = patches();
+    api.delete::<discoveryv1::EndpointSlice>("default", "web-a");
+    eventually("the status write is under way", 10, || patches() > before).await;
+    api.delete::<corev1::Service>("default", "web");
+    eventually("web is gone", 10, || inst.now().report.services.is_empty()).await;
+    // The write has failed with 404 by now; the Event would have gone out with it.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !has_event(&api, "web", "NoReadyBackends"),
+        "{:?}",
+        api.events_for("default", "web")
+    );
+    assert_eq!(
+        patches(),
+        before + 1,
+        "a deleted Service's status is not retried"
+    );
+    inst.stop().await;
+}

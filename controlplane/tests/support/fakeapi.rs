@@ -167,6 +167,8 @@ struct Inner {
     bookmark_every: Option<Duration>,
     /// Fail the next N status PATCHes with 500 (tests of retries).
     fail_status_patches: u32,
+    /// How long a status PATCH takes before the server looks at the object (tests of races).
+    status_patch_delay: Duration,
     /// Condition types each (object, field manager) applied to `status.conditions`.
     owned_conditions: BTreeMap<(String, String, String), Vec<String>>,
 }
@@ -215,6 +217,7 @@ impl FakeApi {
                 status_patches: Vec::new(),
                 bookmark_every: Some(Duration::from_millis(500)),
                 fail_status_patches: 0,
+                status_patch_delay: Duration::ZERO,
                 owned_conditions: BTreeMap::new(),
             }),
             changes,
@@ -377,6 +380,12 @@ impl FakeApi {
     /// Fails the next `n` status PATCHes with `500 InternalError`.
     pub fn fail_status_patches(&self, n: u32) {
         lock(&self.shared).fail_status_patches = n;
+    }
+
+    /// Makes every status PATCH take `d` before the server looks at the object, as a slow
+    /// API server would (an object deleted meanwhile gets `404`).
+    pub fn delay_status_patches(&self, d: Duration) {
+        lock(&self.shared).status_patch_delay = d;
     }
 
     /// Every request so far.
@@ -681,6 +690,10 @@ async fn handle(s: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             }
         }
         (&Method::PATCH, Some(name)) => {
+            let delay = lock(s).status_patch_delay;
+            if t.status && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             let ct = content_type.unwrap_or_default();
             let patch = match parse_body() {
                 Ok(v) => v,

@@ -13,7 +13,8 @@
 //!   and `force`, so Sluice owns exactly those fields and nothing else. A pending Service gets
 //!   an empty ingress list. Nothing is written when the cluster already shows the decision.
 //!   Writes go out with bounded concurrency; failures are retried every second, and every 10 s
-//!   the whole set is compared again with what the watch shows.
+//!   the whole set is compared again with what the watch shows. A write that finds the Service
+//!   deleted (`404`) is not an error and is not retried.
 //! - **Events** (`events.k8s.io/v1`, through kube-rs's `Recorder`, which folds repeats into a
 //!   series) answer the lecture's troubleshooting list: `IPAllocated` when status gets new
 //!   addresses; the IPAM reasons of [`crate::compile::ipam::IssueReason`] (`PoolExhausted`,
@@ -21,7 +22,10 @@
 //!   `NoReadyBackends` / `BackendsReady` when a Service's last backend goes and comes back;
 //!   `BackendDown` when a health check takes a backend down; `InvalidService` and
 //!   `InvalidEndpointSlice` when an object cannot be used. Events are emitted on transitions
-//!   only, at most 50 per second (more are dropped and counted in the log).
+//!   only, at most 50 per second (more are dropped and counted in the log). The Events of a
+//!   change go out after that change's status write, and not at all when the write finds the
+//!   Service deleted: a Service deleted right after its EndpointSlices gets no
+//!   `NoReadyBackends`.
 //!
 //! - **BGP Events** (`BGPAnnounced` / `BGPWithdrawn`) come from the daemon's routed mode
 //!   through [`BgpEvents`]. Unlike the rest they are facts about one host, so every instance
@@ -397,6 +401,10 @@ struct Writer {
     dropped_events: u64,
     /// Invalid objects seen while following, per Service.
     invalid: HashMap<ObjectKey, Invalid>,
+    /// Events of the latest changes, recorded once their Service's status is written.
+    held: Vec<(ObjectKey, KEvent)>,
+    /// Services whose status write found them deleted (`404`).
+    gone: BTreeSet<ObjectKey>,
 }
 
 /// Runs the writer until `rx` closes.
@@ -429,6 +437,8 @@ pub(crate) async fn run_writer(
         events: etx,
         dropped_events: 0,
         invalid: HashMap::new(),
+        held: Vec::new(),
+        gone: BTreeSet::new(),
     };
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     let mut resync = tokio::time::interval(Duration::from_secs(10));
@@ -475,6 +485,7 @@ pub(crate) async fn run_writer(
         } else if !w.leader {
             w.dirty.clear();
         }
+        w.release_events();
     }
     drop(w);
     let _ = publisher.await;
@@ -548,7 +559,7 @@ impl Writer {
     fn transition_events(&mut self, k: &ObjectKey, old: &View, new: &View) {
         for i in &new.issues {
             if !suppressed(i.reason) && !old.issues.contains(i) {
-                self.event(
+                self.hold(
                     k,
                     EventType::Warning,
                     i.reason.as_str(),
@@ -558,14 +569,14 @@ impl Writer {
             }
         }
         match (&old.no_ready, &new.no_ready) {
-            (None, Some(why)) => self.event(
+            (None, Some(why)) => self.hold(
                 k,
                 EventType::Warning,
                 "NoReadyBackends",
                 "Forward",
                 format!("no backend can take traffic: {why}"),
             ),
-            (Some(_), None) if !new.vips.is_empty() => self.event(
+            (Some(_), None) if !new.vips.is_empty() => self.hold(
                 k,
                 EventType::Normal,
                 "BackendsReady",
@@ -581,7 +592,7 @@ impl Writer {
             .map(|(a, r)| (*a, r.clone()))
             .collect();
         for (a, r) in newly_down {
-            self.event(
+            self.hold(
                 k,
                 EventType::Warning,
                 "BackendDown",
@@ -609,13 +620,38 @@ impl Writer {
             })
             .collect();
         for (k, i) in pending {
-            self.event(
+            self.hold(
                 &k,
                 EventType::Warning,
                 i.reason.as_str(),
                 "AllocateIP",
                 i.message,
             );
+        }
+    }
+
+    /// Holds an Event about a change until the change's status write is done (see
+    /// [`Writer::release_events`]).
+    fn hold(&mut self, k: &ObjectKey, t: EventType, reason: &str, action: &str, note: String) {
+        let ev = KEvent {
+            type_: t,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        self.held.push((k.clone(), ev));
+    }
+
+    /// Records the held Events, except those of Services that turned out to be deleted: a
+    /// Service deleted right after its backends went gets no `NoReadyBackends`.
+    fn release_events(&mut self) {
+        let gone = std::mem::take(&mut self.gone);
+        for (k, ev) in std::mem::take(&mut self.held) {
+            if self.leader && !gone.contains(&k) {
+                let note = ev.note.unwrap_or_default();
+                self.event(&k, ev.type_, &ev.reason, &ev.action, note);
+            }
         }
     }
 
@@ -745,6 +781,11 @@ impl Writer {
                         c.last_transition = None;
                     }
                     self.applied.insert(k, (want, Instant::now()));
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    debug!(service = %k, "the Service was deleted before its status was written");
+                    self.applied.remove(&k);
+                    self.gone.insert(k);
                 }
                 Err(e) => {
                     warn!(service = %k, error = %e, "could not write status.loadBalancer; retrying");
