@@ -1069,3 +1069,68 @@ async fn a_service_deleted_while_its_status_is_written_gets_no_warning() {
     );
     inst.stop().await;
 }
+
+/// Sluice's condition types in a Service's status.
+fn sluice_conditions(api: &FakeApi, name: &str) -> Vec<String> {
+    api.get::<corev1::Service>("default", name)
+        .and_then(|s| s.status)
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.type_)
+        .filter(|t| t.starts_with("sluice.dev/"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_sluice_stops_serving_loses_what_sluice_wrote() {
+    let api = FakeApi::start().await;
+    api.upsert(&service("mine", &[80]));
+    // Another installation's Service (another class) with Sluice's conditions: not ours.
+    let mut other = service("other", &[80]);
+    other.spec.as_mut().unwrap().load_balancer_class = Some("example.com/other".into());
+    other.status = Some(corev1::ServiceStatus {
+        conditions: Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: "sluice.dev/IPAllocated".into(),
+                status: "True".into(),
+                reason: "Allocated".into(),
+                message: "10.98.0.5".into(),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::now(),
+                ),
+                observed_generation: None,
+            },
+        ]),
+        ..Default::default()
+    });
+    api.upsert(&other);
+    let cfg = config("");
+    let inst = Instance::start(api.client(), cfg.clone(), settings(&cfg, "a", None), vec![]).await;
+    eventually("mine is written", 10, || {
+        status_ips(&api, "mine").len() == 1 && sluice_conditions(&api, "mine").len() == 2
+    })
+    .await;
+    // mine becomes ClusterIP (the status stays as it was).
+    let mut mine = api.get::<corev1::Service>("default", "mine").unwrap();
+    mine.spec.as_mut().unwrap().type_ = Some("ClusterIP".into());
+    api.upsert(&mine);
+    eventually("Sluice's conditions and address are gone", 10, || {
+        sluice_conditions(&api, "mine").is_empty() && status_ips(&api, "mine").is_empty()
+    })
+    .await;
+    // Its VIP went to a new Service; nothing says mine still holds it.
+    api.upsert(&service("later", &[80]));
+    eventually("later gets the VIP", 10, || {
+        status_ips(&api, "later") == vec!["10.99.0.100"]
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        sluice_conditions(&api, "other").len(),
+        1,
+        "another class: untouched"
+    );
+    assert!(!api.status_patches().iter().any(|p| p.name == "other"));
+    inst.stop().await;
+}

@@ -12,8 +12,9 @@
 //! - **create/get/replace/delete/patch** of objects, with `409 Conflict` when a replace names a
 //!   stale `metadata.resourceVersion` and `409 AlreadyExists` on a second create;
 //! - the **status subresource** (`PATCH .../status`), where server-side apply
-//!   (`application/apply-patch+yaml`) needs `fieldManager`, `apiVersion` and `kind`, and replaces
-//!   `status.loadBalancer`;
+//!   (`application/apply-patch+yaml`) needs `fieldManager`, `apiVersion` and `kind`, replaces
+//!   `status.loadBalancer` (and removes it when the manager that applied it applies without
+//!   it), and merges `status.conditions` by type per field manager;
 //! - **Events** (`events.k8s.io/v1`: create, merge-patch for series) and **Leases**
 //!   (`coordination.k8s.io/v1`).
 //!
@@ -171,6 +172,8 @@ struct Inner {
     status_patch_delay: Duration,
     /// Condition types each (object, field manager) applied to `status.conditions`.
     owned_conditions: BTreeMap<(String, String, String), Vec<String>>,
+    /// The field manager that last applied `status.loadBalancer` of each (namespace, name).
+    lb_owner: BTreeMap<(String, String), String>,
 }
 
 struct Shared {
@@ -219,6 +222,7 @@ impl FakeApi {
                 fail_status_patches: 0,
                 status_patch_delay: Duration::ZERO,
                 owned_conditions: BTreeMap::new(),
+                lb_owner: BTreeMap::new(),
             }),
             changes,
             kill,
@@ -744,15 +748,23 @@ async fn handle(s: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                     );
                 }
                 if t.status {
-                    // The one field manager writing status.loadBalancer owns all of it.
+                    let manager = query_param(&query, "fieldManager").unwrap_or_default();
+                    // The field manager that applies status.loadBalancer owns all of it; an
+                    // apply that omits it removes it only if that manager owned it.
                     let lb = patch["status"]["loadBalancer"].clone();
                     if !cur["status"].is_object() {
                         cur["status"] = json!({});
                     }
-                    cur["status"]["loadBalancer"] = if lb.is_null() { json!({}) } else { lb };
+                    let lkey = (ns.clone(), name.clone());
+                    if !lb.is_null() {
+                        cur["status"]["loadBalancer"] = lb;
+                        g.lb_owner.insert(lkey, manager.clone());
+                    } else if g.lb_owner.get(&lkey) == Some(&manager) {
+                        cur["status"]["loadBalancer"] = json!({});
+                        g.lb_owner.remove(&lkey);
+                    }
                     // status.conditions is a list map keyed by `type`: entries the manager
                     // applies replace theirs, entries it applied before and omits now go.
-                    let manager = query_param(&query, "fieldManager").unwrap_or_default();
                     let applied: Vec<Value> = patch["status"]["conditions"]
                         .as_array()
                         .cloned()

@@ -14,7 +14,11 @@
 //! - **Managed fields** are stripped as objects arrive (they can be most of an object's size).
 //! - **Services of other classes** (and non-LoadBalancer Services) are never converted: the
 //!   model does not hold them, and nothing writes to them. A Service that stops being ours
-//!   (type changed) leaves the model, which releases its VIP.
+//!   (type changed) leaves the model, which releases its VIP; its [`ServiceMeta`] stays, marked
+//!   not served, while its status still shows Sluice's conditions, so that the status writer
+//!   removes them. The same holds for any non-LoadBalancer Service with Sluice's conditions
+//!   (changed while Sluice was down), but not for a LoadBalancer of another class that Sluice
+//!   never served: another Sluice installation may serve it.
 //! - **Invalid objects** keep their last good version in the model; the problem is logged and
 //!   recorded as an Event on the Service.
 //! - **Debouncing.** Changes are batched until the stream has been quiet for `debounce`, or at
@@ -216,6 +220,16 @@ pub struct ServiceMeta {
     pub ports: Vec<(L4Protocol, u16)>,
     /// `status.conditions` of Sluice's types (`sluice.dev/...`), sorted by type.
     pub conditions: Vec<ConditionEntry>,
+    /// Whether Sluice serves it. `false`: it stopped being Sluice's (type or class changed)
+    /// but still carries conditions Sluice wrote, which the status writer removes.
+    pub served: bool,
+}
+
+impl ServiceMeta {
+    /// Whether Sluice no longer serves the Service but its status still shows Sluice's writes.
+    pub fn is_leftover(&self) -> bool {
+        !self.served && !self.conditions.is_empty()
+    }
 }
 
 /// One `status.conditions` entry.
@@ -288,6 +302,13 @@ trait Watched:
     fn status_meta(&self) -> Option<(ObjectKey, ServiceMeta)> {
         None
     }
+    /// Whether this object, which Sluice does not serve, carries conditions Sluice wrote that
+    /// Sluice should remove: it served it before (`known`), or it is no LoadBalancer at all.
+    /// A LoadBalancer of another class that Sluice never served is left alone, since another
+    /// Sluice installation may serve it.
+    fn leftover(&self, _known: bool, _meta: &ServiceMeta) -> bool {
+        false
+    }
 }
 
 fn ns_key<K: Resource>(o: &K) -> ObjectKey {
@@ -315,6 +336,13 @@ impl Watched for corev1::Service {
     }
     fn service(&self) -> Option<ObjectKey> {
         Some(ns_key(self))
+    }
+    fn leftover(&self, known: bool, meta: &ServiceMeta) -> bool {
+        let lb = self
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.type_.as_deref() == Some("LoadBalancer"));
+        !meta.conditions.is_empty() && (known || !lb)
     }
     fn status_meta(&self) -> Option<(ObjectKey, ServiceMeta)> {
         let ingress = self
@@ -378,6 +406,7 @@ impl Watched for corev1::Service {
                 ingress,
                 ports,
                 conditions,
+                served: true,
             },
         ))
     }
@@ -492,9 +521,19 @@ async fn watch_kind<K: Watched>(
                 return;
             }
             let mut m = meta.lock().unwrap_or_else(|e| e.into_inner());
+            let known = m.contains_key(&ns_key(o));
             match o.status_meta() {
                 Some((k, sm)) if served => {
                     m.insert(k, sm);
+                }
+                Some((k, sm)) if o.leftover(known, &sm) => {
+                    m.insert(
+                        k,
+                        ServiceMeta {
+                            served: false,
+                            ..sm
+                        },
+                    );
                 }
                 _ => {
                     m.remove(&ns_key(o));
@@ -516,9 +555,23 @@ async fn watch_kind<K: Watched>(
                     continue;
                 };
                 let converted = o.convert(sel);
-                if !matches!(converted, Ok(None)) {
-                    if let Some((k, sm)) = o.status_meta() {
+                if let Some((k, sm)) = o.status_meta() {
+                    if !matches!(converted, Ok(None)) {
                         rm.insert(k, sm);
+                    } else {
+                        let known = meta
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .contains_key(&k);
+                        if o.leftover(known, &sm) {
+                            rm.insert(
+                                k,
+                                ServiceMeta {
+                                    served: false,
+                                    ..sm
+                                },
+                            );
+                        }
                     }
                 }
                 match converted {
@@ -567,7 +620,11 @@ async fn watch_kind<K: Watched>(
                 }
             },
             Event::Delete(o) => {
-                set_meta(&o, false);
+                if K::KIND == Kind::Service {
+                    meta.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&ns_key(&o));
+                }
                 out.push(Msg::Change(o.deleted()));
             }
         }

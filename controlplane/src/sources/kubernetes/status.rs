@@ -12,6 +12,9 @@
 //!   apply on the `status` subresource, with the fixed field manager [`super::FIELD_MANAGER`]
 //!   and `force`, so Sluice owns exactly those fields and nothing else. A pending Service gets
 //!   an empty ingress list. Nothing is written when the cluster already shows the decision.
+//!   When Sluice stops serving a Service that still exists (type or class changed), it applies
+//!   an empty status with the same field manager, which removes every field Sluice owned
+//!   (its conditions, and the ingress unless another controller has written it since).
 //!   Writes go out with bounded concurrency; failures are retried every second, and every 10 s
 //!   the whole set is compared again with what the watch shows. A write that finds the Service
 //!   deleted (`404`) is not an error and is not retried.
@@ -179,6 +182,8 @@ impl View {
 struct Desired {
     ingress: Vec<IngressEntry>,
     conditions: Vec<ConditionEntry>,
+    /// Sluice no longer serves the Service: give up every field it wrote (an apply of nothing).
+    release: bool,
 }
 
 /// `lastTransitionTime` now, in whole seconds.
@@ -474,6 +479,7 @@ pub(crate) async fn run_writer(
             _ = resync.tick() => {
                 let keys: Vec<ObjectKey> = w.views.keys().cloned().collect();
                 w.dirty.extend(keys);
+                w.dirty.extend(w.leftovers());
             }
         }
         // Take everything that queued up before writing.
@@ -512,7 +518,8 @@ impl Writer {
                 for k in removed {
                     self.views.remove(&k);
                     self.applied.remove(&k);
-                    self.dirty.remove(&k);
+                    // Still there but no longer Sluice's: what Sluice wrote goes.
+                    self.dirty.insert(k);
                 }
                 for (k, v) in upsert {
                     let old = self.views.insert(k.clone(), v.clone()).unwrap_or_default();
@@ -602,9 +609,19 @@ impl Writer {
         }
     }
 
+    /// Services Sluice no longer serves whose status still shows what it wrote.
+    fn leftovers(&self) -> Vec<ObjectKey> {
+        let meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        meta.iter()
+            .filter(|(k, m)| m.is_leftover() && !self.views.contains_key(*k))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     /// On becoming the leader: compare everything, and record the problems in effect.
     fn on_lead(&mut self) {
         self.dirty.extend(self.views.keys().cloned());
+        self.dirty.extend(self.leftovers());
         let invalid: Vec<Invalid> = self.invalid.drain().map(|(_, i)| i).collect();
         for i in invalid {
             self.handle(WriterMsg::Invalid(i));
@@ -697,7 +714,19 @@ impl Writer {
         {
             let meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
             for k in keys {
-                let (Some(v), Some(m)) = (self.views.get(&k), meta.get(&k)) else {
+                let Some(m) = meta.get(&k) else { continue };
+                let Some(v) = self.views.get(&k) else {
+                    let release = Desired {
+                        ingress: Vec::new(),
+                        conditions: Vec::new(),
+                        release: true,
+                    };
+                    let sent = self.applied.get(&k).is_some_and(|(d, at)| {
+                        *d == release && at.elapsed() < Duration::from_secs(5)
+                    });
+                    if m.is_leftover() && !sent {
+                        todo.push((k, release, m.ingress.clone()));
+                    }
                     continue;
                 };
                 if v.awaits_leader() {
@@ -707,6 +736,7 @@ impl Writer {
                 let want = Desired {
                     ingress: v.ingress(&m.ports),
                     conditions: v.conditions(&self.s.pools),
+                    release: false,
                 };
                 let recent = self
                     .applied
@@ -749,7 +779,7 @@ impl Writer {
                 let client = client.clone();
                 let fm = fm.clone();
                 async move {
-                    let r = write_status(&client, &fm, &k, &want.ingress, &want.conditions).await;
+                    let r = write_status(&client, &fm, &k, &want).await;
                     (k, want, had, r)
                 }
             })
@@ -758,6 +788,10 @@ impl Writer {
             .await;
         for (k, mut want, had, r) in results {
             match r {
+                Ok(()) if want.release => {
+                    info!(service = %k, "no longer served: removed the status Sluice wrote");
+                    self.applied.insert(k, (want, Instant::now()));
+                }
                 Ok(()) => {
                     debug!(service = %k, ingress = ?want.ingress, "status written");
                     let had_ips: BTreeSet<&str> = had.iter().map(|e| e.ip.as_str()).collect();
@@ -797,16 +831,25 @@ impl Writer {
 }
 
 /// Server-side apply of `status.loadBalancer` and Sluice's `status.conditions` on the status
-/// subresource.
+/// subresource; for a released Service, an apply of no field, which removes every field the
+/// field manager owned and nobody else does.
 async fn write_status(
     client: &Client,
     field_manager: &str,
     k: &ObjectKey,
-    ingress: &[IngressEntry],
-    conditions: &[ConditionEntry],
+    want: &Desired,
 ) -> Result<(), kube::Error> {
     let api: Api<corev1::Service> = Api::namespaced(client.clone(), &k.namespace);
-    let ingress: Vec<serde_json::Value> = ingress
+    let pp = PatchParams::apply(field_manager).force();
+    if want.release {
+        let patch = json!({"apiVersion": "v1", "kind": "Service", "status": {}});
+        return api
+            .patch_status(&k.name, &pp, &Patch::Apply(&patch))
+            .await
+            .map(|_| ());
+    }
+    let ingress: Vec<serde_json::Value> = want
+        .ingress
         .iter()
         .map(|e| {
             let mut v = json!({"ip": e.ip});
@@ -829,7 +872,8 @@ async fn write_status(
             v
         })
         .collect();
-    let conditions: Vec<serde_json::Value> = conditions
+    let conditions: Vec<serde_json::Value> = want
+        .conditions
         .iter()
         .map(|c| {
             json!({
@@ -846,7 +890,6 @@ async fn write_status(
         "kind": "Service",
         "status": {"loadBalancer": {"ingress": ingress}, "conditions": conditions},
     });
-    let pp = PatchParams::apply(field_manager).force();
     api.patch_status(&k.name, &pp, &Patch::Apply(&patch))
         .await
         .map(|_| ())
