@@ -1134,3 +1134,37 @@ async fn a_service_sluice_stops_serving_loses_what_sluice_wrote() {
     assert!(!api.status_patches().iter().any(|p| p.name == "other"));
     inst.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_event_carries_the_latest_message() {
+    let api = FakeApi::start().await;
+    api.upsert(&service("web", &[80]));
+    api.upsert(&slice("web", "a", "p80", &[("10.99.0.21", true)]));
+    let cfg = config("");
+    let inst = Instance::start(api.client(), cfg.clone(), settings(&cfg, "a", None), vec![]).await;
+    eventually("served", 10, || backends(&inst, "web").len() == 1).await;
+    let no_ready = |api: &FakeApi| -> Vec<serde_json::Value> {
+        api.events()
+            .into_iter()
+            .filter(|e| e["reason"] == "NoReadyBackends" && e["regarding"]["name"] == "web")
+            .collect()
+    };
+    // No backends, for one reason, then for another.
+    api.delete::<discoveryv1::EndpointSlice>("default", "web-a");
+    eventually("first NoReadyBackends", 10, || no_ready(&api).len() == 1).await;
+    api.upsert(&slice("web", "a", "p80", &[("10.99.0.21", true)]));
+    eventually("BackendsReady", 10, || has_event(&api, "web", "BackendsReady")).await;
+    api.upsert(&slice("web", "a", "p80", &[("10.99.0.21", false)]));
+    eventually("the repeat is folded into the first", 10, || {
+        no_ready(&api)
+            .first()
+            .is_some_and(|e| e["series"]["count"] == 2)
+    })
+    .await;
+    let evs = no_ready(&api);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    let note = evs[0]["note"].as_str().unwrap();
+    assert!(note.contains("no ready endpoints"), "{note}");
+    assert!(evs[0]["series"]["lastObservedTime"].is_string(), "{evs:?}");
+    inst.stop().await;
+}

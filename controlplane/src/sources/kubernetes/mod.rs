@@ -3,7 +3,8 @@
 //! With `[source] kind = "kubernetes"`, Sluice is a LoadBalancer implementation for a live
 //! cluster: it watches Services, EndpointSlices and Nodes ([`source`]), the same compile step
 //! as the manifest source turns them into snapshots, and the leader among the Sluice
-//! instances ([`lease`]) writes `status.loadBalancer.ingress` and Events back ([`status`]).
+//! instances ([`lease`]) writes `status.loadBalancer.ingress` and Events back ([`status`],
+//! [`events`]).
 //!
 //! ```text
 //!  API server ──watch──► source (3 watchers, debounce) ──Batch──► daemon: Model ─► compile ─► workers
@@ -23,6 +24,7 @@
 //!   addresses. The daemon switches the mode when [`Kubernetes::leader`] changes.
 //! - **Credentials** are resolved as kube-rs does (`KUBECONFIG`, `~/.kube/config`, then the
 //!   in-cluster service account), or read from `source.kubeconfig`.
+pub mod events;
 pub mod lease;
 pub mod source;
 pub mod status;

@@ -18,8 +18,8 @@
 //!   Writes go out with bounded concurrency; failures are retried every second, and every 10 s
 //!   the whole set is compared again with what the watch shows. A write that finds the Service
 //!   deleted (`404`) is not an error and is not retried.
-//! - **Events** (`events.k8s.io/v1`, through kube-rs's `Recorder`, which folds repeats into a
-//!   series) answer the lecture's troubleshooting list: `IPAllocated` when status gets new
+//! - **Events** (`events.k8s.io/v1`, through [`super::events`], which folds repeats into a
+//!   series whose message is the latest one) answer the lecture's troubleshooting list: `IPAllocated` when status gets new
 //!   addresses; the IPAM reasons of [`crate::compile::ipam::IssueReason`] (`PoolExhausted`,
 //!   `RequestedIPUnavailable`, `RequestedIPOutsidePools`, ...) when an address cannot be given;
 //!   `NoReadyBackends` / `BackendsReady` when a Service's last backend goes and comes back;
@@ -50,7 +50,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event as KEvent, EventType};
 use kube::Client;
 use serde_json::json;
 use sluice_dataplane::snapshot::BackendState;
@@ -58,6 +58,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::events::EventRecorder;
 use super::source::{ConditionEntry, IngressEntry, Invalid, Kind, MetaMap};
 use crate::compile::ipam::{Issue, IssueReason};
 use crate::compile::{CompileReport, ServiceReport};
@@ -422,13 +423,7 @@ pub(crate) async fn run_writer(
     mut leader: watch::Receiver<bool>,
 ) {
     let (etx, erx) = mpsc::channel(1024);
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: s.reporter.clone(),
-            instance: Some(s.instance.clone()),
-        },
-    );
+    let recorder = EventRecorder::new(client.clone(), s.reporter.clone(), s.instance.clone());
     let publisher = tokio::spawn(publish_events(recorder, erx));
     let mut w = Writer {
         client,
@@ -497,7 +492,10 @@ pub(crate) async fn run_writer(
     let _ = publisher.await;
 }
 
-async fn publish_events(recorder: Recorder, mut rx: mpsc::Receiver<(ObjectReference, KEvent)>) {
+async fn publish_events(
+    mut recorder: EventRecorder,
+    mut rx: mpsc::Receiver<(ObjectReference, KEvent)>,
+) {
     let pace = Duration::from_millis(1000 / EVENTS_PER_SECOND);
     while let Some((r, ev)) = rx.recv().await {
         if let Err(e) = recorder.publish(&ev, &r).await {
