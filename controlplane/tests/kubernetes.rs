@@ -1153,7 +1153,10 @@ async fn a_repeated_event_carries_the_latest_message() {
     api.delete::<discoveryv1::EndpointSlice>("default", "web-a");
     eventually("first NoReadyBackends", 10, || no_ready(&api).len() == 1).await;
     api.upsert(&slice("web", "a", "p80", &[("10.99.0.21", true)]));
-    eventually("BackendsReady", 10, || has_event(&api, "web", "BackendsReady")).await;
+    eventually("BackendsReady", 10, || {
+        has_event(&api, "web", "BackendsReady")
+    })
+    .await;
     api.upsert(&slice("web", "a", "p80", &[("10.99.0.21", false)]));
     eventually("the repeat is folded into the first", 10, || {
         no_ready(&api)
@@ -1166,5 +1169,64 @@ async fn a_repeated_event_carries_the_latest_message() {
     let note = evs[0]["note"].as_str().unwrap();
     assert!(note.contains("no ready endpoints"), "{note}");
     assert!(evs[0]["series"]["lastObservedTime"].is_string(), "{evs:?}");
+    inst.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_resync_soon_after_an_outage_and_at_once_after_410() {
+    let api = FakeApi::start().await;
+    api.set_bookmark_interval(Some(Duration::from_millis(100)));
+    api.upsert(&service("web", &[80]));
+    api.upsert(&slice("web", "a", "p80", &[("10.99.0.21", true)]));
+    let cfg = config("");
+    let inst = Instance::start(api.client(), cfg.clone(), settings(&cfg, "a", None), vec![]).await;
+    eventually("served", 10, || backends(&inst, "web").len() == 1).await;
+
+    // 1. History compacted under a broken watch: the resume gets 410 and the relist follows
+    //    at once (no backoff: the API server is fine; kube-rs's waited at least 0.8 s).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    api.compact();
+    api.disconnect_watches();
+    api.upsert(&slice(
+        "web",
+        "a",
+        "p80",
+        &[("10.99.0.21", true), ("10.99.0.22", true)],
+    ));
+    let t410 = std::time::Instant::now();
+    eventually("relisted", 2, || backends(&inst, "web").len() == 2).await;
+    assert!(
+        t410.elapsed() < Duration::from_millis(700),
+        "the relist waited {:?}",
+        t410.elapsed()
+    );
+
+    // 2. An 8 s outage (connections cut and refused), during which the cluster changes:
+    //    Sluice sees the change within 3.5 s of the API server's return (retries never wait
+    //    more than 3 s).
+    api.set_down(true);
+    api.upsert(&slice(
+        "web",
+        "a",
+        "p80",
+        &[
+            ("10.99.0.21", true),
+            ("10.99.0.22", true),
+            ("10.99.0.23", true),
+        ],
+    ));
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(backends(&inst, "web").len(), 2, "blind during the outage");
+    api.set_down(false);
+    let t = std::time::Instant::now();
+    eventually("the change made during the outage", 10, || {
+        backends(&inst, "web").len() == 3
+    })
+    .await;
+    assert!(
+        t.elapsed() < Duration::from_millis(3500),
+        "{:?}",
+        t.elapsed()
+    );
     inst.stop().await;
 }

@@ -22,7 +22,7 @@
 //! selectors are not implemented (Sluice does not use them).
 //!
 //! Tests drive it directly ([`FakeApi::upsert`], [`FakeApi::delete`], [`FakeApi::compact`],
-//! [`FakeApi::disconnect_watches`]) or through any HTTP client, and inspect what clients did
+//! [`FakeApi::disconnect_watches`], [`FakeApi::set_down`]) or through any HTTP client, and inspect what clients did
 //! ([`FakeApi::requests`], [`FakeApi::status_patches`], [`FakeApi::events`]).
 #![allow(dead_code)]
 
@@ -180,6 +180,8 @@ struct Shared {
     inner: Mutex<Inner>,
     changes: broadcast::Sender<Change>,
     kill: watch::Sender<u64>,
+    /// An outage: connections are closed at once, open ones are cut.
+    down: watch::Sender<bool>,
 }
 
 /// The fake API server; it stops when the last clone is dropped.
@@ -209,6 +211,7 @@ impl FakeApi {
         let addr = listener.local_addr().expect("addr");
         let (changes, _) = broadcast::channel(1 << 16);
         let (kill, _) = watch::channel(0);
+        let (down, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 rv: 1,
@@ -226,6 +229,7 @@ impl FakeApi {
             }),
             changes,
             kill,
+            down,
         });
         let s = shared.clone();
         let task = tokio::spawn(async move {
@@ -233,6 +237,11 @@ impl FakeApi {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                let mut down = s.down.subscribe();
+                if *down.borrow_and_update() {
+                    drop(stream); // as good as connection refused
+                    continue;
+                }
                 let _ = stream.set_nodelay(true);
                 let s = s.clone();
                 tokio::spawn(async move {
@@ -240,9 +249,13 @@ impl FakeApi {
                         let s = s.clone();
                         async move { Ok::<_, Infallible>(handle(&s, req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        // An outage cuts every connection.
+                        _ = down.wait_for(|d| *d) => {}
+                    }
                 });
             }
         });
@@ -374,6 +387,14 @@ impl FakeApi {
     /// Breaks every open watch connection mid-stream (the client sees a transport error).
     pub fn disconnect_watches(&self) {
         self.shared.kill.send_modify(|k| *k += 1);
+    }
+
+    /// Starts (`true`) or ends an outage: every connection is cut, and new ones are closed
+    /// as soon as they are accepted (clients see the connection fail, as when the API server
+    /// is down) until it ends. [`FakeApi::upsert`] and friends keep working, as if other API
+    /// server replicas took the changes.
+    pub fn set_down(&self, down: bool) {
+        self.shared.down.send_replace(down);
     }
 
     /// How often open watches get a BOOKMARK (`None`: never).
