@@ -45,6 +45,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::logs::{Repeats, Verdict, FAILURE_REMINDER};
 use crate::model::{EndpointSlice, L4Protocol, Model, ModelError, Node, ObjectKey, Service};
 
 /// The three kinds Sluice watches.
@@ -498,13 +499,17 @@ async fn watch_kind<K: Watched>(
     let sel = &opts.selection;
     let mut relist: Option<Synced> = None;
     let mut relist_meta: Option<HashMap<ObjectKey, ServiceMeta>> = None;
-    let mut failing = false;
+    let mut failing: Repeats<()> = Repeats::new(FAILURE_REMINDER);
     while let Some(ev) = stream.next().await {
         let ev = match ev {
             Ok(ev) => {
-                if failing {
-                    info!(kind = K::KIND.name(), "watch recovered");
-                    failing = false;
+                if let Some(e) = failing.end(&(), std::time::Instant::now()) {
+                    info!(
+                        kind = K::KIND.name(),
+                        errors = e.occurrences,
+                        failed_for_ms = e.lasted.as_millis() as u64,
+                        "watch recovered"
+                    );
                 }
                 backoff.reset();
                 ev
@@ -520,8 +525,17 @@ async fn watch_kind<K: Watched>(
             Err(e) => {
                 // Transport errors, 5xx, 403s: the watcher resumes or relists after a backoff.
                 let wait = backoff.next_delay();
-                warn!(kind = K::KIND.name(), error = %e, retry_ms = wait.as_millis() as u64, "watch error; retrying (the last good state keeps serving)");
-                failing = true;
+                match failing.hit(&(), std::time::Instant::now()) {
+                    Verdict::First => {
+                        warn!(kind = K::KIND.name(), error = %e, "watch error; retrying (the last good state keeps serving)");
+                    }
+                    Verdict::Reminder { unlogged, lasting } => {
+                        warn!(kind = K::KIND.name(), error = %e, errors_since_last_line = unlogged + 1, failing_for_s = lasting.as_secs(), "watch still failing; retrying (the last good state keeps serving)");
+                    }
+                    Verdict::Quiet => {
+                        debug!(kind = K::KIND.name(), error = %e, retry_ms = wait.as_millis() as u64, "watch error");
+                    }
+                }
                 tokio::time::sleep(wait).await;
                 continue;
             }

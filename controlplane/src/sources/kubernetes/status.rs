@@ -63,6 +63,7 @@ use super::source::{ConditionEntry, IngressEntry, Invalid, Kind, MetaMap};
 use crate::compile::ipam::{Issue, IssueReason};
 use crate::compile::{CompileReport, ServiceReport};
 use crate::config::PoolConfig;
+use crate::logs::{Repeats, Verdict, FAILURE_REMINDER};
 use crate::model::{L4Protocol, ObjectKey};
 
 /// Condition: whether the Service has its VIPs (`False` with the IPAM reason when not).
@@ -411,6 +412,8 @@ struct Writer {
     held: Vec<(ObjectKey, KEvent)>,
     /// Services whose status write found them deleted (`404`).
     gone: BTreeSet<ObjectKey>,
+    /// Whether status writes are failing (for the log).
+    failing: Repeats<()>,
 }
 
 /// Runs the writer until `rx` closes.
@@ -439,6 +442,7 @@ pub(crate) async fn run_writer(
         invalid: HashMap::new(),
         held: Vec::new(),
         gone: BTreeSet::new(),
+        failing: Repeats::new(FAILURE_REMINDER),
     };
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     let mut resync = tokio::time::interval(Duration::from_secs(10));
@@ -497,9 +501,26 @@ async fn publish_events(
     mut rx: mpsc::Receiver<(ObjectReference, KEvent)>,
 ) {
     let pace = Duration::from_millis(1000 / EVENTS_PER_SECOND);
+    let mut failing: Repeats<()> = Repeats::new(FAILURE_REMINDER);
     while let Some((r, ev)) = rx.recv().await {
-        if let Err(e) = recorder.publish(&ev, &r).await {
-            warn!(error = %e, reason = %ev.reason, service = ?r.name, "could not record an Event");
+        let now = std::time::Instant::now();
+        match recorder.publish(&ev, &r).await {
+            Ok(()) => {
+                if let Some(e) = failing.end(&(), now) {
+                    info!(failed = e.occurrences, "recording Events works again");
+                }
+            }
+            Err(e) => match failing.hit(&(), now) {
+                Verdict::First => {
+                    warn!(error = %e, reason = %ev.reason, service = ?r.name, "could not record an Event")
+                }
+                Verdict::Reminder { unlogged, lasting } => {
+                    warn!(error = %e, reason = %ev.reason, service = ?r.name, failed_since_last_line = unlogged + 1, failing_for_s = lasting.as_secs(), "still cannot record Events")
+                }
+                Verdict::Quiet => {
+                    debug!(error = %e, reason = %ev.reason, service = ?r.name, "could not record an Event")
+                }
+            },
         }
         tokio::time::sleep(pace).await;
     }
@@ -784,6 +805,7 @@ impl Writer {
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
+        let mut failures: Vec<(ObjectKey, kube::Error)> = Vec::new();
         for (k, mut want, had, r) in results {
             match r {
                 Ok(()) if want.release => {
@@ -820,10 +842,33 @@ impl Writer {
                     self.gone.insert(k);
                 }
                 Err(e) => {
-                    warn!(service = %k, error = %e, "could not write status.loadBalancer; retrying");
-                    self.failed.insert(k);
+                    self.failed.insert(k.clone());
+                    failures.push((k, e));
                 }
             }
+        }
+        let now = std::time::Instant::now();
+        match failures.first() {
+            None => {
+                if let Some(e) = self.failing.end(&(), now) {
+                    info!(
+                        rounds = e.occurrences,
+                        failed_for_ms = e.lasted.as_millis() as u64,
+                        "status writes work again"
+                    );
+                }
+            }
+            Some((k, e)) => match self.failing.hit(&(), now) {
+                Verdict::First => {
+                    warn!(services = failures.len(), first = %k, error = %e, "could not write status.loadBalancer; retrying every second");
+                }
+                Verdict::Reminder { unlogged, lasting } => {
+                    warn!(services = failures.len(), first = %k, error = %e, rounds_since_last_line = unlogged + 1, failing_for_s = lasting.as_secs(), "status writes still failing; retrying every second");
+                }
+                Verdict::Quiet => {
+                    debug!(services = failures.len(), first = %k, error = %e, "status writes failed");
+                }
+            },
         }
     }
 }
