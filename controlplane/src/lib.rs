@@ -11,6 +11,8 @@
 //!   compile/publish loop.
 //! - [`announce`]: telling the network about VIPs (gratuitous ARP/NA; BGP through BIRD 2 in
 //!   [`announce::bgp`]) and resolving next hops.
+//! - [`logs`]: rate limits for the log lines of lasting conditions (failing API requests,
+//!   pending Services).
 //! - [`admin`]: the admin API (Unix socket, HTTP/JSON), its client with `sluicectl`'s tables,
 //!   and Prometheus metrics.
 #![forbid(unsafe_code)]
@@ -22,6 +24,7 @@ pub mod config;
 pub mod daemon;
 pub mod health;
 pub mod l2;
+pub mod logs;
 pub mod model;
 pub mod sources;
 

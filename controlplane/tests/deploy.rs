@@ -324,6 +324,7 @@ fn kind(name: &str) -> Option<(String, String)> {
         "EndpointSlice" => of::<EndpointSlice>(),
         "Node" => of::<Node>(),
         "Lease" => of::<Lease>(),
+        "Event" | "K8sEvent" => of::<k8s_openapi::api::events::v1::Event>(),
         _ => return None,
     })
 }

@@ -16,7 +16,11 @@
 //! 2. **Requested.** `sluice.dev/load-balancer-ips` (comma-separated, at most one per family),
 //!    then `spec.loadBalancerIP`. Honoured when the address is in a pool open to the namespace
 //!    (and the pool the Service selects, if any) and free or shareable; otherwise the family
-//!    stays without a VIP and an [`Issue`] says why.
+//!    stays without a VIP and an [`Issue`] says why. A request that cannot be read (not an
+//!    address, a family the Service does not have, two addresses of one family) leaves the
+//!    whole Service without VIPs ([`IssueReason::InvalidRequest`]): Sluice does not guess
+//!    what was meant, and an automatic address would have to be taken back once the request
+//!    is fixed.
 //! 3. **Automatic.** A Service with a sharing key first joins an address that a Service with the
 //!    same key holds, if their ports do not clash. Otherwise it gets the first free address of
 //!    the first eligible pool in configuration order: the pool named by
@@ -167,6 +171,8 @@ struct Want<'a> {
     pool: Option<&'a str>,
     sharing: Option<&'a str>,
     ports: Vec<(L4Protocol, u16)>,
+    /// A request could not be read: the Service gets no VIP until it is fixed.
+    invalid_request: bool,
 }
 
 impl Ipam {
@@ -223,6 +229,9 @@ impl Ipam {
             let previous: &[IpAddr] = last
                 .next_if(|(k, _)| **k == w.svc.key)
                 .map_or(&[], |(_, v)| v.as_slice());
+            if w.invalid_request && !self.follow_status {
+                continue;
+            }
             for &fam in &w.families {
                 let status = w.svc.ingress_ips.iter().copied();
                 let none: &[IpAddr] = &[];
@@ -253,7 +262,7 @@ impl Ipam {
 
         if !self.follow_status {
             // 2. Explicit requests.
-            for (i, w) in wants.iter().enumerate() {
+            for (i, w) in wants.iter().enumerate().filter(|(_, w)| !w.invalid_request) {
                 for (&fam, &(ip, source)) in &w.requests {
                     if got[i].contains_key(&fam) {
                         continue;
@@ -309,7 +318,7 @@ impl Ipam {
 
             // 3. Automatic assignment.
             let mut scan_from: HashMap<(&str, bool), usize> = HashMap::new();
-            for (i, w) in wants.iter().enumerate() {
+            for (i, w) in wants.iter().enumerate().filter(|(_, w)| !w.invalid_request) {
                 for &fam in &w.families {
                     if got[i].contains_key(&fam) || w.requests.contains_key(&fam) {
                         continue;
@@ -478,7 +487,7 @@ fn want<'a>(svc: &'a Service, pools: &[PoolConfig], issues: &mut Vec<Issue>) -> 
             issues.push(Issue {
                 reason: IssueReason::InvalidRequest,
                 message: format!(
-                    "{source} requests {ip}, but the Service's ipFamilies do not include {}; add it or drop the request",
+                    "{source} requests {ip}, but the Service's ipFamilies do not include {}; add it or drop the request (the Service gets no address until then)",
                     fam.name()
                 ),
             });
@@ -487,7 +496,7 @@ fn want<'a>(svc: &'a Service, pools: &[PoolConfig], issues: &mut Vec<Issue>) -> 
                 issues.push(Issue {
                     reason: IssueReason::InvalidRequest,
                     message: format!(
-                        "{source} requests a second {} address {ip}; only the first is used",
+                        "{source} requests a second {} address {ip}; request at most one per family (the Service gets no address until then)",
                         fam.name()
                     ),
                 });
@@ -503,7 +512,7 @@ fn want<'a>(svc: &'a Service, pools: &[PoolConfig], issues: &mut Vec<Issue>) -> 
                 Err(_) => issues.push(Issue {
                     reason: IssueReason::InvalidRequest,
                     message: format!(
-                        "annotation {ANNOTATION_IPS}: {part:?} is not an IP address; list addresses separated by commas"
+                        "annotation {ANNOTATION_IPS}: {part:?} is not an IP address; list addresses separated by commas (the Service gets no address until then)"
                     ),
                 }),
             }
@@ -538,6 +547,9 @@ fn want<'a>(svc: &'a Service, pools: &[PoolConfig], issues: &mut Vec<Issue>) -> 
         svc.ports.iter().map(|p| (p.protocol, p.port)).collect();
     ports.sort_unstable();
     ports.dedup();
+    let invalid_request = issues
+        .iter()
+        .any(|i| i.reason == IssueReason::InvalidRequest);
     Want {
         svc,
         families,
@@ -545,6 +557,7 @@ fn want<'a>(svc: &'a Service, pools: &[PoolConfig], issues: &mut Vec<Issue>) -> 
         pool,
         sharing,
         ports,
+        invalid_request,
     }
 }
 

@@ -42,6 +42,15 @@ pub struct SourceConfig {
     pub lease_name: String,
     /// Namespace of the Lease. Default: empty, meaning the Pod's own namespace (else `default`).
     pub lease_namespace: String,
+    /// `leaseDurationSeconds`: how long after its last renewal a silent leader keeps the Lease
+    /// before a standby may take it over. Default: 15.
+    pub lease_duration_seconds: u32,
+    /// Milliseconds a leader keeps leading without a successful renewal before it stops
+    /// writing on its own (less than the lease duration). Default: 10000.
+    pub lease_renew_deadline_ms: u64,
+    /// Milliseconds between two Lease rounds (renew, or check whether it can be taken).
+    /// Default: 2000.
+    pub lease_retry_ms: u64,
     /// This instance's identity in the Lease and Events. Default: empty, meaning `$POD_NAME`
     /// or the host name.
     pub identity: String,
@@ -60,6 +69,9 @@ impl Default for SourceConfig {
             leader_election: true,
             lease_name: "sluice".to_owned(),
             lease_namespace: String::new(),
+            lease_duration_seconds: 15,
+            lease_renew_deadline_ms: 10_000,
+            lease_retry_ms: 2_000,
             identity: String::new(),
         }
     }

@@ -244,6 +244,56 @@ fn pools_cidr_rules() {
 }
 
 #[test]
+fn lease_timings_are_configurable_and_checked_together() {
+    let c = parse(LAB).unwrap();
+    assert_eq!(
+        (
+            c.source.lease_duration_seconds,
+            c.source.lease_renew_deadline_ms,
+            c.source.lease_retry_ms
+        ),
+        (15, 10_000, 2_000)
+    );
+    let c = parse(&format!(
+        "{LAB}[source]\nlease_duration_seconds = 4\nlease_renew_deadline_ms = 3000\nlease_retry_ms = 500\n"
+    ))
+    .unwrap();
+    assert_eq!(c.source.lease_duration_seconds, 4);
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "lease_duration_seconds = 0",
+            "source.lease_duration_seconds",
+            "1 to 3600",
+        ),
+        (
+            "lease_retry_ms = 50",
+            "source.lease_retry_ms",
+            "at least 100",
+        ),
+        (
+            "lease_renew_deadline_ms = 15000",
+            "source.lease_renew_deadline_ms",
+            "for example 10000",
+        ),
+        (
+            "lease_renew_deadline_ms = 1500\nlease_retry_ms = 2000",
+            "source.lease_renew_deadline_ms",
+            "longer than lease_retry_ms (2000)",
+        ),
+    ];
+    for (line, key, fix) in cases {
+        let e = parse(&format!("{LAB}[source]\n{line}\n")).unwrap_err();
+        assert_eq!(e.key(), *key, "{e}");
+        assert!(e.to_string().contains(fix), "{e}");
+    }
+    // Without leader election the timings are not used, and not checked.
+    parse(&format!(
+        "{LAB}[source]\nleader_election = false\nlease_retry_ms = 50\n"
+    ))
+    .unwrap();
+}
+
+#[test]
 fn line_and_column() {
     assert_eq!(line_col("ab\ncd", 4), (2, 2));
     assert_eq!(line_col("ab", 0), (1, 1));

@@ -356,6 +356,46 @@ impl Config {
                     .to_owned(),
             );
         }
+        if s.leader_election {
+            let duration_ms = u64::from(s.lease_duration_seconds) * 1000;
+            if !(1..=3600).contains(&s.lease_duration_seconds) {
+                return err(
+                    "source.lease_duration_seconds",
+                    format!(
+                        "{} is out of range; use 1 to 3600 (default 15)",
+                        s.lease_duration_seconds
+                    ),
+                );
+            }
+            if s.lease_retry_ms < 100 {
+                return err(
+                    "source.lease_retry_ms",
+                    format!(
+                        "{} is too short; use at least 100 (default 2000)",
+                        s.lease_retry_ms
+                    ),
+                );
+            }
+            if s.lease_renew_deadline_ms <= s.lease_retry_ms
+                || s.lease_renew_deadline_ms >= duration_ms
+            {
+                let example = duration_ms * 2 / 3;
+                let fix = if example > s.lease_retry_ms {
+                    format!("for example {example}")
+                } else {
+                    "raise lease_duration_seconds or lower lease_retry_ms".to_owned()
+                };
+                return err(
+                    "source.lease_renew_deadline_ms",
+                    format!(
+                        "{} must be longer than lease_retry_ms ({}) and shorter than \
+                         lease_duration_seconds ({} s), so that a leader that cannot renew stops \
+                         writing before a standby may take over; {fix}",
+                        s.lease_renew_deadline_ms, s.lease_retry_ms, s.lease_duration_seconds,
+                    ),
+                );
+            }
+        }
         if s.kind == SourceKind::Manifests && s.manifest_dir.as_os_str().is_empty() {
             return err(
                 "source.manifest_dir",

@@ -17,7 +17,7 @@ use std::time::Instant;
 use crossbeam_channel::Sender;
 use sluice_dataplane::snapshot::Snapshot;
 use sluice_dataplane::worker::Command;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use super::bgp::Routed;
 use super::overrides::{self, Overrides, OverridesError};
@@ -64,6 +64,8 @@ pub struct ControlState {
     /// Where the operator's drains and weights are kept across restarts (set by
     /// [`ControlState::restore_overrides`]; `None`: not kept).
     overrides_file: Option<PathBuf>,
+    /// Which problems of the compile report were logged.
+    problems: crate::logs::ProblemLog,
 }
 
 impl ControlState {
@@ -89,6 +91,7 @@ impl ControlState {
             l2: None,
             owned: BTreeSet::new(),
             overrides_file: None,
+            problems: crate::logs::ProblemLog::default(),
             cfg,
         }
     }
@@ -289,14 +292,17 @@ impl ControlState {
             why,
             "published snapshot"
         );
-        for s in &report.services {
-            for p in &s.problems {
-                warn!(service = %s.service, problem = %p, "service problem");
-            }
-        }
-        for p in &report.problems {
-            warn!(problem = %p, "problem");
-        }
+        let problems: Vec<(String, String)> = report
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.problems
+                    .iter()
+                    .map(|p| (s.service.to_string(), p.clone()))
+            })
+            .chain(report.problems.iter().map(|p| (String::new(), p.clone())))
+            .collect();
+        self.problems.update(Instant::now(), &problems);
         self.health
             .set_targets(report.health_targets.iter().cloned());
         self.announce.vips(owned.clone());

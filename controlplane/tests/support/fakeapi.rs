@@ -12,8 +12,9 @@
 //! - **create/get/replace/delete/patch** of objects, with `409 Conflict` when a replace names a
 //!   stale `metadata.resourceVersion` and `409 AlreadyExists` on a second create;
 //! - the **status subresource** (`PATCH .../status`), where server-side apply
-//!   (`application/apply-patch+yaml`) needs `fieldManager`, `apiVersion` and `kind`, and replaces
-//!   `status.loadBalancer`;
+//!   (`application/apply-patch+yaml`) needs `fieldManager`, `apiVersion` and `kind`, replaces
+//!   `status.loadBalancer` (and removes it when the manager that applied it applies without
+//!   it), and merges `status.conditions` by type per field manager;
 //! - **Events** (`events.k8s.io/v1`: create, merge-patch for series) and **Leases**
 //!   (`coordination.k8s.io/v1`).
 //!
@@ -21,7 +22,7 @@
 //! selectors are not implemented (Sluice does not use them).
 //!
 //! Tests drive it directly ([`FakeApi::upsert`], [`FakeApi::delete`], [`FakeApi::compact`],
-//! [`FakeApi::disconnect_watches`]) or through any HTTP client, and inspect what clients did
+//! [`FakeApi::disconnect_watches`], [`FakeApi::set_down`]) or through any HTTP client, and inspect what clients did
 //! ([`FakeApi::requests`], [`FakeApi::status_patches`], [`FakeApi::events`]).
 #![allow(dead_code)]
 
@@ -167,14 +168,20 @@ struct Inner {
     bookmark_every: Option<Duration>,
     /// Fail the next N status PATCHes with 500 (tests of retries).
     fail_status_patches: u32,
+    /// How long a status PATCH takes before the server looks at the object (tests of races).
+    status_patch_delay: Duration,
     /// Condition types each (object, field manager) applied to `status.conditions`.
     owned_conditions: BTreeMap<(String, String, String), Vec<String>>,
+    /// The field manager that last applied `status.loadBalancer` of each (namespace, name).
+    lb_owner: BTreeMap<(String, String), String>,
 }
 
 struct Shared {
     inner: Mutex<Inner>,
     changes: broadcast::Sender<Change>,
     kill: watch::Sender<u64>,
+    /// An outage: connections are closed at once, open ones are cut.
+    down: watch::Sender<bool>,
 }
 
 /// The fake API server; it stops when the last clone is dropped.
@@ -204,6 +211,7 @@ impl FakeApi {
         let addr = listener.local_addr().expect("addr");
         let (changes, _) = broadcast::channel(1 << 16);
         let (kill, _) = watch::channel(0);
+        let (down, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 rv: 1,
@@ -215,10 +223,13 @@ impl FakeApi {
                 status_patches: Vec::new(),
                 bookmark_every: Some(Duration::from_millis(500)),
                 fail_status_patches: 0,
+                status_patch_delay: Duration::ZERO,
                 owned_conditions: BTreeMap::new(),
+                lb_owner: BTreeMap::new(),
             }),
             changes,
             kill,
+            down,
         });
         let s = shared.clone();
         let task = tokio::spawn(async move {
@@ -226,6 +237,11 @@ impl FakeApi {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                let mut down = s.down.subscribe();
+                if *down.borrow_and_update() {
+                    drop(stream); // as good as connection refused
+                    continue;
+                }
                 let _ = stream.set_nodelay(true);
                 let s = s.clone();
                 tokio::spawn(async move {
@@ -233,9 +249,13 @@ impl FakeApi {
                         let s = s.clone();
                         async move { Ok::<_, Infallible>(handle(&s, req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        // An outage cuts every connection.
+                        _ = down.wait_for(|d| *d) => {}
+                    }
                 });
             }
         });
@@ -369,6 +389,14 @@ impl FakeApi {
         self.shared.kill.send_modify(|k| *k += 1);
     }
 
+    /// Starts (`true`) or ends an outage: every connection is cut, and new ones are closed
+    /// as soon as they are accepted (clients see the connection fail, as when the API server
+    /// is down) until it ends. [`FakeApi::upsert`] and friends keep working, as if other API
+    /// server replicas took the changes.
+    pub fn set_down(&self, down: bool) {
+        self.shared.down.send_replace(down);
+    }
+
     /// How often open watches get a BOOKMARK (`None`: never).
     pub fn set_bookmark_interval(&self, every: Option<Duration>) {
         lock(&self.shared).bookmark_every = every;
@@ -377,6 +405,12 @@ impl FakeApi {
     /// Fails the next `n` status PATCHes with `500 InternalError`.
     pub fn fail_status_patches(&self, n: u32) {
         lock(&self.shared).fail_status_patches = n;
+    }
+
+    /// Makes every status PATCH take `d` before the server looks at the object, as a slow
+    /// API server would (an object deleted meanwhile gets `404`).
+    pub fn delay_status_patches(&self, d: Duration) {
+        lock(&self.shared).status_patch_delay = d;
     }
 
     /// Every request so far.
@@ -681,6 +715,10 @@ async fn handle(s: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             }
         }
         (&Method::PATCH, Some(name)) => {
+            let delay = lock(s).status_patch_delay;
+            if t.status && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             let ct = content_type.unwrap_or_default();
             let patch = match parse_body() {
                 Ok(v) => v,
@@ -731,15 +769,23 @@ async fn handle(s: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
                     );
                 }
                 if t.status {
-                    // The one field manager writing status.loadBalancer owns all of it.
+                    let manager = query_param(&query, "fieldManager").unwrap_or_default();
+                    // The field manager that applies status.loadBalancer owns all of it; an
+                    // apply that omits it removes it only if that manager owned it.
                     let lb = patch["status"]["loadBalancer"].clone();
                     if !cur["status"].is_object() {
                         cur["status"] = json!({});
                     }
-                    cur["status"]["loadBalancer"] = if lb.is_null() { json!({}) } else { lb };
+                    let lkey = (ns.clone(), name.clone());
+                    if !lb.is_null() {
+                        cur["status"]["loadBalancer"] = lb;
+                        g.lb_owner.insert(lkey, manager.clone());
+                    } else if g.lb_owner.get(&lkey) == Some(&manager) {
+                        cur["status"]["loadBalancer"] = json!({});
+                        g.lb_owner.remove(&lkey);
+                    }
                     // status.conditions is a list map keyed by `type`: entries the manager
                     // applies replace theirs, entries it applied before and omits now go.
-                    let manager = query_param(&query, "fieldManager").unwrap_or_default();
                     let applied: Vec<Value> = patch["status"]["conditions"]
                         .as_array()
                         .cloned()

@@ -54,8 +54,8 @@ pub const API_ACCESS: &[Access] = &[
         verbs: &["patch"],
         scope: Scope::Cluster,
     },
-    // status.rs: kube-runtime's Recorder creates an Event, and patches it into a series when
-    // it repeats.
+    // events.rs: create an Event, and merge-patch it (count, series, latest message) when it
+    // repeats.
     Access {
         group: "events.k8s.io",
         resource: "events",

@@ -23,7 +23,9 @@ use kube::api::{Api, PostParams};
 use kube::Client;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
+
+use crate::logs::{Repeats, Verdict, FAILURE_REMINDER};
 
 /// Where the Lease lives and how it is timed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,27 +116,42 @@ async fn run(
     let api: Api<Lease> = Api::namespaced(client, &s.namespace);
     let mut observed: Option<Observed> = None;
     let mut last_renew: Option<Instant> = None;
+    let mut failing: Repeats<()> = Repeats::new(FAILURE_REMINDER);
     loop {
         let leading = *tx.borrow();
-        match try_acquire_or_renew(&api, &s, &mut observed).await {
+        let result = try_acquire_or_renew(&api, &s, &mut observed).await;
+        if result.is_ok() {
+            if let Some(e) = failing.end(&(), std::time::Instant::now()) {
+                info!(lease = %s.name, errors = e.occurrences, failed_for_ms = e.lasted.as_millis() as u64, "Lease requests work again");
+            }
+        }
+        match result {
             Ok(true) => {
                 last_renew = Some(Instant::now());
                 if !leading {
                     info!(lease = %format!("{}/{}", s.namespace, s.name), identity = %s.identity, "became the leader: writing Service status and Events");
                 }
-                tx.send_replace(true);
+                set(&tx, true);
             }
             Ok(false) => {
                 if leading {
                     info!(identity = %s.identity, "lost the Lease; following");
                 }
-                tx.send_replace(false);
+                set(&tx, false);
             }
             Err(e) => {
-                warn!(error = %e, lease = %s.name, "Lease request failed; retrying");
+                match failing.hit(&(), std::time::Instant::now()) {
+                    Verdict::First => {
+                        warn!(error = %e, lease = %s.name, "Lease request failed; retrying")
+                    }
+                    Verdict::Reminder { unlogged, lasting } => {
+                        warn!(error = %e, lease = %s.name, errors_since_last_line = unlogged + 1, failing_for_s = lasting.as_secs(), "Lease requests still failing; retrying")
+                    }
+                    Verdict::Quiet => debug!(error = %e, lease = %s.name, "Lease request failed"),
+                }
                 if leading && last_renew.is_none_or(|t| t.elapsed() >= s.renew_deadline) {
                     warn!(identity = %s.identity, "could not renew the Lease within the renew deadline; stepping down");
-                    tx.send_replace(false);
+                    set(&tx, false);
                 }
             }
         }
@@ -144,11 +161,17 @@ async fn run(
                 if *tx.borrow() {
                     release(&api, &s).await;
                 }
-                tx.send_replace(false);
+                set(&tx, false);
                 return;
             }
         }
     }
+}
+
+/// Publishes `leading` only when it differs, so that receivers wake on transitions and not
+/// on every renewal.
+fn set(tx: &watch::Sender<bool>, leading: bool) {
+    tx.send_if_modified(|l| std::mem::replace(l, leading) != leading);
 }
 
 fn now() -> MicroTime {

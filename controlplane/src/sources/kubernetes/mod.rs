@@ -3,7 +3,8 @@
 //! With `[source] kind = "kubernetes"`, Sluice is a LoadBalancer implementation for a live
 //! cluster: it watches Services, EndpointSlices and Nodes ([`source`]), the same compile step
 //! as the manifest source turns them into snapshots, and the leader among the Sluice
-//! instances ([`lease`]) writes `status.loadBalancer.ingress` and Events back ([`status`]).
+//! instances ([`lease`]) writes `status.loadBalancer.ingress` and Events back ([`status`],
+//! [`events`]).
 //!
 //! ```text
 //!  API server ──watch──► source (3 watchers, debounce) ──Batch──► daemon: Model ─► compile ─► workers
@@ -24,6 +25,7 @@
 //! - **Credentials** are resolved as kube-rs does (`KUBECONFIG`, `~/.kube/config`, then the
 //!   in-cluster service account), or read from `source.kubeconfig`.
 pub mod access;
+pub mod events;
 pub mod lease;
 pub mod members;
 pub mod source;
@@ -97,9 +99,12 @@ impl KubeSettings {
                 serve_unclassed: s.serve_unclassed,
             },
             debounce: Duration::from_millis(s.debounce_ms),
-            lease: s
-                .leader_election
-                .then(|| LeaseSettings::new(&namespace, &s.lease_name, &identity)),
+            lease: s.leader_election.then(|| LeaseSettings {
+                duration: Duration::from_secs(u64::from(s.lease_duration_seconds)),
+                renew_deadline: Duration::from_millis(s.lease_renew_deadline_ms),
+                retry: Duration::from_millis(s.lease_retry_ms),
+                ..LeaseSettings::new(&namespace, &s.lease_name, &identity)
+            }),
             pools: cfg.pools.clone(),
             watch_timeout: None,
             identity,

@@ -7,14 +7,23 @@
 //!
 //! - **Lists and watches** follow kube-rs's watcher: a paginated list, then a watch from its
 //!   resourceVersion with bookmarks; transport errors reconnect from the last resourceVersion
-//!   (or bookmark) through kube-rs's default backoff (0.8 s doubling to 30 s, with jitter).
-//! - **410 Gone** (history compacted) makes the watcher relist. The relisted objects are
+//!   (or bookmark) after a [`Backoff`]: 100 ms doubling to at most 3 s, less up to a quarter
+//!   at random, and back to 100 ms once an event arrives. A Sluice that lost the API server
+//!   is blind, so it asks again soon: after an outage of any length it sees the cluster again
+//!   within about 3 s of the API server's return (kube-rs's default, 0.8 s doubling to 30 s,
+//!   could wait up to 30 s more; 18 to 34 s were seen after a 10 s outage).
+//! - **410 Gone** (history compacted) makes the watcher relist at once, without waiting for
+//!   the backoff: nothing is wrong with the API server. The relisted objects are
 //!   buffered and sent as one [`Change::Synced`], which replaces that kind in the model in a
 //!   single step, so the dataplane keeps serving the old state until the new one is complete.
 //! - **Managed fields** are stripped as objects arrive (they can be most of an object's size).
 //! - **Services of other classes** (and non-LoadBalancer Services) are never converted: the
 //!   model does not hold them, and nothing writes to them. A Service that stops being ours
-//!   (type changed) leaves the model, which releases its VIP.
+//!   (type changed) leaves the model, which releases its VIP; its [`ServiceMeta`] stays, marked
+//!   not served, while its status still shows Sluice's conditions, so that the status writer
+//!   removes them. The same holds for any non-LoadBalancer Service with Sluice's conditions
+//!   (changed while Sluice was down), but not for a LoadBalancer of another class that Sluice
+//!   never served: another Sluice installation may serve it.
 //! - **Invalid objects** keep their last good version in the model; the problem is logged and
 //!   recorded as an Event on the Service.
 //! - **Debouncing.** Changes are batched until the stream has been quiet for `debounce`, or at
@@ -36,6 +45,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::logs::{Repeats, Verdict, FAILURE_REMINDER};
 use crate::model::{EndpointSlice, L4Protocol, Model, ModelError, Node, ObjectKey, Service};
 
 /// The three kinds Sluice watches.
@@ -216,6 +226,16 @@ pub struct ServiceMeta {
     pub ports: Vec<(L4Protocol, u16)>,
     /// `status.conditions` of Sluice's types (`sluice.dev/...`), sorted by type.
     pub conditions: Vec<ConditionEntry>,
+    /// Whether Sluice serves it. `false`: it stopped being Sluice's (type or class changed)
+    /// but still carries conditions Sluice wrote, which the status writer removes.
+    pub served: bool,
+}
+
+impl ServiceMeta {
+    /// Whether Sluice no longer serves the Service but its status still shows Sluice's writes.
+    pub fn is_leftover(&self) -> bool {
+        !self.served && !self.conditions.is_empty()
+    }
 }
 
 /// One `status.conditions` entry.
@@ -288,6 +308,13 @@ trait Watched:
     fn status_meta(&self) -> Option<(ObjectKey, ServiceMeta)> {
         None
     }
+    /// Whether this object, which Sluice does not serve, carries conditions Sluice wrote that
+    /// Sluice should remove: it served it before (`known`), or it is no LoadBalancer at all.
+    /// A LoadBalancer of another class that Sluice never served is left alone, since another
+    /// Sluice installation may serve it.
+    fn leftover(&self, _known: bool, _meta: &ServiceMeta) -> bool {
+        false
+    }
 }
 
 fn ns_key<K: Resource>(o: &K) -> ObjectKey {
@@ -315,6 +342,13 @@ impl Watched for corev1::Service {
     }
     fn service(&self) -> Option<ObjectKey> {
         Some(ns_key(self))
+    }
+    fn leftover(&self, known: bool, meta: &ServiceMeta) -> bool {
+        let lb = self
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.type_.as_deref() == Some("LoadBalancer"));
+        !meta.conditions.is_empty() && (known || !lb)
     }
     fn status_meta(&self) -> Option<(ObjectKey, ServiceMeta)> {
         let ingress = self
@@ -378,6 +412,7 @@ impl Watched for corev1::Service {
                 ingress,
                 ports,
                 conditions,
+                served: true,
             },
         ))
     }
@@ -459,25 +494,49 @@ async fn watch_kind<K: Watched>(
         .modify(|o: &mut K| {
             o.meta_mut().managed_fields = None;
         })
-        .default_backoff()
         .boxed();
+    let mut backoff = Backoff::new(K::KIND as u64);
     let sel = &opts.selection;
     let mut relist: Option<Synced> = None;
     let mut relist_meta: Option<HashMap<ObjectKey, ServiceMeta>> = None;
-    let mut failing = false;
+    let mut failing: Repeats<()> = Repeats::new(FAILURE_REMINDER);
     while let Some(ev) = stream.next().await {
         let ev = match ev {
             Ok(ev) => {
-                if failing {
-                    info!(kind = K::KIND.name(), "watch recovered");
-                    failing = false;
+                if let Some(e) = failing.end(&(), std::time::Instant::now()) {
+                    info!(
+                        kind = K::KIND.name(),
+                        errors = e.occurrences,
+                        failed_for_ms = e.lasted.as_millis() as u64,
+                        "watch recovered"
+                    );
                 }
+                backoff.reset();
                 ev
             }
+            Err(watcher::Error::WatchError(s)) if s.code == 410 => {
+                // History compacted: the watcher relists on the next poll, at once.
+                info!(
+                    kind = K::KIND.name(),
+                    "watch expired (410 Gone); listing again"
+                );
+                continue;
+            }
             Err(e) => {
-                // 410 Gone, transport errors, 403s: the watcher relists or resumes after backoff.
-                warn!(kind = K::KIND.name(), error = %e, "watch error; retrying with backoff (the last good state keeps serving)");
-                failing = true;
+                // Transport errors, 5xx, 403s: the watcher resumes or relists after a backoff.
+                let wait = backoff.next_delay();
+                match failing.hit(&(), std::time::Instant::now()) {
+                    Verdict::First => {
+                        warn!(kind = K::KIND.name(), error = %e, "watch error; retrying (the last good state keeps serving)");
+                    }
+                    Verdict::Reminder { unlogged, lasting } => {
+                        warn!(kind = K::KIND.name(), error = %e, errors_since_last_line = unlogged + 1, failing_for_s = lasting.as_secs(), "watch still failing; retrying (the last good state keeps serving)");
+                    }
+                    Verdict::Quiet => {
+                        debug!(kind = K::KIND.name(), error = %e, retry_ms = wait.as_millis() as u64, "watch error");
+                    }
+                }
+                tokio::time::sleep(wait).await;
                 continue;
             }
         };
@@ -492,9 +551,19 @@ async fn watch_kind<K: Watched>(
                 return;
             }
             let mut m = meta.lock().unwrap_or_else(|e| e.into_inner());
+            let known = m.contains_key(&ns_key(o));
             match o.status_meta() {
                 Some((k, sm)) if served => {
                     m.insert(k, sm);
+                }
+                Some((k, sm)) if o.leftover(known, &sm) => {
+                    m.insert(
+                        k,
+                        ServiceMeta {
+                            served: false,
+                            ..sm
+                        },
+                    );
                 }
                 _ => {
                     m.remove(&ns_key(o));
@@ -516,9 +585,23 @@ async fn watch_kind<K: Watched>(
                     continue;
                 };
                 let converted = o.convert(sel);
-                if !matches!(converted, Ok(None)) {
-                    if let Some((k, sm)) = o.status_meta() {
+                if let Some((k, sm)) = o.status_meta() {
+                    if !matches!(converted, Ok(None)) {
                         rm.insert(k, sm);
+                    } else {
+                        let known = meta
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .contains_key(&k);
+                        if o.leftover(known, &sm) {
+                            rm.insert(
+                                k,
+                                ServiceMeta {
+                                    served: false,
+                                    ..sm
+                                },
+                            );
+                        }
                     }
                 }
                 match converted {
@@ -567,7 +650,11 @@ async fn watch_kind<K: Watched>(
                 }
             },
             Event::Delete(o) => {
-                set_meta(&o, false);
+                if K::KIND == Kind::Service {
+                    meta.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&ns_key(&o));
+                }
                 out.push(Msg::Change(o.deleted()));
             }
         }
@@ -576,6 +663,50 @@ async fn watch_kind<K: Watched>(
                 return;
             }
         }
+    }
+}
+
+/// Delays between the attempts of a watch that keeps failing: 100 ms doubling to at most 3 s,
+/// each shortened by up to a quarter (so that instances that lost the API server together do
+/// not all return at the same instant).
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    next: Duration,
+    /// xorshift state for the jitter.
+    rng: u64,
+}
+
+impl Backoff {
+    /// The first delay.
+    pub(crate) const FIRST: Duration = Duration::from_millis(100);
+    /// The longest delay.
+    pub(crate) const MAX: Duration = Duration::from_secs(3);
+
+    /// A backoff whose jitter is seeded from the clock and `salt`.
+    pub(crate) fn new(salt: u64) -> Self {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Backoff {
+            next: Self::FIRST,
+            rng: (t ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1,
+        }
+    }
+
+    /// The delay before the next attempt.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (d * 2).min(Self::MAX);
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        // Up to a quarter off, in 1/1024 steps.
+        d - d * (self.rng % 257) as u32 / 1024
+    }
+
+    /// Back to the first delay (after a success).
+    pub(crate) fn reset(&mut self) {
+        self.next = Self::FIRST;
     }
 }
 

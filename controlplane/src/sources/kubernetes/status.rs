@@ -12,16 +12,23 @@
 //!   apply on the `status` subresource, with the fixed field manager [`super::FIELD_MANAGER`]
 //!   and `force`, so Sluice owns exactly those fields and nothing else. A pending Service gets
 //!   an empty ingress list. Nothing is written when the cluster already shows the decision.
+//!   When Sluice stops serving a Service that still exists (type or class changed), it applies
+//!   an empty status with the same field manager, which removes every field Sluice owned
+//!   (its conditions, and the ingress unless another controller has written it since).
 //!   Writes go out with bounded concurrency; failures are retried every second, and every 10 s
-//!   the whole set is compared again with what the watch shows.
-//! - **Events** (`events.k8s.io/v1`, through kube-rs's `Recorder`, which folds repeats into a
-//!   series) answer the lecture's troubleshooting list: `IPAllocated` when status gets new
+//!   the whole set is compared again with what the watch shows. A write that finds the Service
+//!   deleted (`404`) is not an error and is not retried.
+//! - **Events** (`events.k8s.io/v1`, through [`super::events`], which folds repeats into a
+//!   series whose message is the latest one) answer the lecture's troubleshooting list: `IPAllocated` when status gets new
 //!   addresses; the IPAM reasons of [`crate::compile::ipam::IssueReason`] (`PoolExhausted`,
 //!   `RequestedIPUnavailable`, `RequestedIPOutsidePools`, ...) when an address cannot be given;
 //!   `NoReadyBackends` / `BackendsReady` when a Service's last backend goes and comes back;
 //!   `BackendDown` when a health check takes a backend down; `InvalidService` and
 //!   `InvalidEndpointSlice` when an object cannot be used. Events are emitted on transitions
-//!   only, at most 50 per second (more are dropped and counted in the log).
+//!   only, at most 50 per second (more are dropped and counted in the log). The Events of a
+//!   change go out after that change's status write, and not at all when the write finds the
+//!   Service deleted: a Service deleted right after its EndpointSlices gets no
+//!   `NoReadyBackends`.
 //!
 //! - **BGP Events** (`BGPAnnounced` / `BGPWithdrawn`) come from the daemon's routed mode
 //!   through [`BgpEvents`]. Unlike the rest they are facts about one host, so every instance
@@ -29,6 +36,11 @@
 //!
 //! A follower keeps the latest decisions but writes nothing else; when it becomes the leader it
 //! compares everything with the cluster at once and records the problems currently in effect.
+//! A Service the follower's compile left waiting for the leader (no VIP in status yet) is not
+//! written until the leader's own compile has decided about it, so the reason status shows
+//! (say `RequestedIPOutsidePools`) is never replaced by a placeholder in between. A decision
+//! that the watch seems to show already is still written when a different one went out less
+//! than 5 s before, because the watch may not show that write yet.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -38,7 +50,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event as KEvent, EventType};
 use kube::Client;
 use serde_json::json;
 use sluice_dataplane::snapshot::BackendState;
@@ -46,10 +58,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::events::EventRecorder;
 use super::source::{ConditionEntry, IngressEntry, Invalid, Kind, MetaMap};
 use crate::compile::ipam::{Issue, IssueReason};
 use crate::compile::{CompileReport, ServiceReport};
 use crate::config::PoolConfig;
+use crate::logs::{Repeats, Verdict, FAILURE_REMINDER};
 use crate::model::{L4Protocol, ObjectKey};
 
 /// Condition: whether the Service has its VIPs (`False` with the IPAM reason when not).
@@ -122,6 +136,14 @@ impl View {
         }
     }
 
+    /// Whether this view was compiled by a follower for a Service status gives no VIP yet:
+    /// it says nothing about what the leader decides, so it is never written.
+    fn awaits_leader(&self) -> bool {
+        self.issues
+            .iter()
+            .any(|i| i.reason == IssueReason::AwaitingLeader)
+    }
+
     /// The `status.loadBalancer.ingress` this view asks for, given the Service's ports.
     fn ingress(&self, ports: &[(L4Protocol, u16)]) -> Vec<IngressEntry> {
         self.vips
@@ -162,6 +184,8 @@ impl View {
 struct Desired {
     ingress: Vec<IngressEntry>,
     conditions: Vec<ConditionEntry>,
+    /// Sluice no longer serves the Service: give up every field it wrote (an apply of nothing).
+    release: bool,
 }
 
 /// `lastTransitionTime` now, in whole seconds.
@@ -385,6 +409,12 @@ struct Writer {
     dropped_events: u64,
     /// Invalid objects seen while following, per Service.
     invalid: HashMap<ObjectKey, Invalid>,
+    /// Events of the latest changes, recorded once their Service's status is written.
+    held: Vec<(ObjectKey, KEvent)>,
+    /// Services whose status write found them deleted (`404`).
+    gone: BTreeSet<ObjectKey>,
+    /// Whether status writes are failing (for the log).
+    failing: Repeats<()>,
 }
 
 /// Runs the writer until `rx` closes.
@@ -397,13 +427,7 @@ pub(crate) async fn run_writer(
     mut leader: watch::Receiver<bool>,
 ) {
     let (etx, erx) = mpsc::channel(1024);
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: s.reporter.clone(),
-            instance: Some(s.instance.clone()),
-        },
-    );
+    let recorder = EventRecorder::new(client.clone(), s.reporter.clone(), s.instance.clone());
     let publisher = tokio::spawn(publish_events(recorder, erx));
     let mut w = Writer {
         client,
@@ -417,6 +441,9 @@ pub(crate) async fn run_writer(
         events: etx,
         dropped_events: 0,
         invalid: HashMap::new(),
+        held: Vec::new(),
+        gone: BTreeSet::new(),
+        failing: Repeats::new(FAILURE_REMINDER),
     };
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     let mut resync = tokio::time::interval(Duration::from_secs(10));
@@ -452,6 +479,7 @@ pub(crate) async fn run_writer(
             _ = resync.tick() => {
                 let keys: Vec<ObjectKey> = w.views.keys().cloned().collect();
                 w.dirty.extend(keys);
+                w.dirty.extend(w.leftovers());
             }
         }
         // Take everything that queued up before writing.
@@ -463,16 +491,37 @@ pub(crate) async fn run_writer(
         } else if !w.leader {
             w.dirty.clear();
         }
+        w.release_events();
     }
     drop(w);
     let _ = publisher.await;
 }
 
-async fn publish_events(recorder: Recorder, mut rx: mpsc::Receiver<(ObjectReference, KEvent)>) {
+async fn publish_events(
+    mut recorder: EventRecorder,
+    mut rx: mpsc::Receiver<(ObjectReference, KEvent)>,
+) {
     let pace = Duration::from_millis(1000 / EVENTS_PER_SECOND);
+    let mut failing: Repeats<()> = Repeats::new(FAILURE_REMINDER);
     while let Some((r, ev)) = rx.recv().await {
-        if let Err(e) = recorder.publish(&ev, &r).await {
-            warn!(error = %e, reason = %ev.reason, service = ?r.name, "could not record an Event");
+        let now = std::time::Instant::now();
+        match recorder.publish(&ev, &r).await {
+            Ok(()) => {
+                if let Some(e) = failing.end(&(), now) {
+                    info!(failed = e.occurrences, "recording Events works again");
+                }
+            }
+            Err(e) => match failing.hit(&(), now) {
+                Verdict::First => {
+                    warn!(error = %e, reason = %ev.reason, service = ?r.name, "could not record an Event")
+                }
+                Verdict::Reminder { unlogged, lasting } => {
+                    warn!(error = %e, reason = %ev.reason, service = ?r.name, failed_since_last_line = unlogged + 1, failing_for_s = lasting.as_secs(), "still cannot record Events")
+                }
+                Verdict::Quiet => {
+                    debug!(error = %e, reason = %ev.reason, service = ?r.name, "could not record an Event")
+                }
+            },
         }
         tokio::time::sleep(pace).await;
     }
@@ -489,7 +538,8 @@ impl Writer {
                 for k in removed {
                     self.views.remove(&k);
                     self.applied.remove(&k);
-                    self.dirty.remove(&k);
+                    // Still there but no longer Sluice's: what Sluice wrote goes.
+                    self.dirty.insert(k);
                 }
                 for (k, v) in upsert {
                     let old = self.views.insert(k.clone(), v.clone()).unwrap_or_default();
@@ -536,7 +586,7 @@ impl Writer {
     fn transition_events(&mut self, k: &ObjectKey, old: &View, new: &View) {
         for i in &new.issues {
             if !suppressed(i.reason) && !old.issues.contains(i) {
-                self.event(
+                self.hold(
                     k,
                     EventType::Warning,
                     i.reason.as_str(),
@@ -546,14 +596,14 @@ impl Writer {
             }
         }
         match (&old.no_ready, &new.no_ready) {
-            (None, Some(why)) => self.event(
+            (None, Some(why)) => self.hold(
                 k,
                 EventType::Warning,
                 "NoReadyBackends",
                 "Forward",
                 format!("no backend can take traffic: {why}"),
             ),
-            (Some(_), None) if !new.vips.is_empty() => self.event(
+            (Some(_), None) if !new.vips.is_empty() => self.hold(
                 k,
                 EventType::Normal,
                 "BackendsReady",
@@ -569,7 +619,7 @@ impl Writer {
             .map(|(a, r)| (*a, r.clone()))
             .collect();
         for (a, r) in newly_down {
-            self.event(
+            self.hold(
                 k,
                 EventType::Warning,
                 "BackendDown",
@@ -579,9 +629,19 @@ impl Writer {
         }
     }
 
+    /// Services Sluice no longer serves whose status still shows what it wrote.
+    fn leftovers(&self) -> Vec<ObjectKey> {
+        let meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
+        meta.iter()
+            .filter(|(k, m)| m.is_leftover() && !self.views.contains_key(*k))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     /// On becoming the leader: compare everything, and record the problems in effect.
     fn on_lead(&mut self) {
         self.dirty.extend(self.views.keys().cloned());
+        self.dirty.extend(self.leftovers());
         let invalid: Vec<Invalid> = self.invalid.drain().map(|(_, i)| i).collect();
         for i in invalid {
             self.handle(WriterMsg::Invalid(i));
@@ -597,13 +657,38 @@ impl Writer {
             })
             .collect();
         for (k, i) in pending {
-            self.event(
+            self.hold(
                 &k,
                 EventType::Warning,
                 i.reason.as_str(),
                 "AllocateIP",
                 i.message,
             );
+        }
+    }
+
+    /// Holds an Event about a change until the change's status write is done (see
+    /// [`Writer::release_events`]).
+    fn hold(&mut self, k: &ObjectKey, t: EventType, reason: &str, action: &str, note: String) {
+        let ev = KEvent {
+            type_: t,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        self.held.push((k.clone(), ev));
+    }
+
+    /// Records the held Events, except those of Services that turned out to be deleted: a
+    /// Service deleted right after its backends went gets no `NoReadyBackends`.
+    fn release_events(&mut self) {
+        let gone = std::mem::take(&mut self.gone);
+        for (k, ev) in std::mem::take(&mut self.held) {
+            if self.leader && !gone.contains(&k) {
+                let note = ev.note.unwrap_or_default();
+                self.event(&k, ev.type_, &ev.reason, &ev.action, note);
+            }
         }
     }
 
@@ -649,21 +734,47 @@ impl Writer {
         {
             let meta = self.meta.lock().unwrap_or_else(|e| e.into_inner());
             for k in keys {
-                let (Some(v), Some(m)) = (self.views.get(&k), meta.get(&k)) else {
+                let Some(m) = meta.get(&k) else { continue };
+                let Some(v) = self.views.get(&k) else {
+                    let release = Desired {
+                        ingress: Vec::new(),
+                        conditions: Vec::new(),
+                        release: true,
+                    };
+                    let sent = self.applied.get(&k).is_some_and(|(d, at)| {
+                        *d == release && at.elapsed() < Duration::from_secs(5)
+                    });
+                    if m.is_leftover() && !sent {
+                        todo.push((k, release, m.ingress.clone()));
+                    }
                     continue;
                 };
+                if v.awaits_leader() {
+                    // Compiled while following: not a decision. The leader's compile follows.
+                    continue;
+                }
                 let want = Desired {
                     ingress: v.ingress(&m.ports),
                     conditions: v.conditions(&self.s.pools),
+                    release: false,
                 };
-                if m.ingress == want.ingress && same_conditions(&m.conditions, &want.conditions) {
-                    self.applied.insert(k, (want, Instant::now()));
-                    continue;
-                }
-                if let Some((sent, at)) = self.applied.get(&k) {
-                    if *sent == want && at.elapsed() < Duration::from_secs(5) {
-                        continue; // written; the watch has not shown it yet
+                let recent = self
+                    .applied
+                    .get(&k)
+                    .filter(|(_, at)| at.elapsed() < Duration::from_secs(5));
+                let shown =
+                    m.ingress == want.ingress && same_conditions(&m.conditions, &want.conditions);
+                match recent {
+                    // Written; the watch has not shown it yet.
+                    Some((sent, _)) if *sent == want => continue,
+                    // Something else was written a moment ago and the watch may not show it
+                    // yet: what it shows proves nothing, so write.
+                    Some(_) => {}
+                    None if shown => {
+                        self.applied.insert(k, (want, Instant::now()));
+                        continue;
                     }
+                    None => {}
                 }
                 // A condition keeps its lastTransitionTime while its status stays.
                 let mut write = want.clone();
@@ -688,15 +799,20 @@ impl Writer {
                 let client = client.clone();
                 let fm = fm.clone();
                 async move {
-                    let r = write_status(&client, &fm, &k, &want.ingress, &want.conditions).await;
+                    let r = write_status(&client, &fm, &k, &want).await;
                     (k, want, had, r)
                 }
             })
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
+        let mut failures: Vec<(ObjectKey, kube::Error)> = Vec::new();
         for (k, mut want, had, r) in results {
             match r {
+                Ok(()) if want.release => {
+                    info!(service = %k, "no longer served: removed the status Sluice wrote");
+                    self.applied.insert(k, (want, Instant::now()));
+                }
                 Ok(()) => {
                     debug!(service = %k, ingress = ?want.ingress, "status written");
                     let had_ips: BTreeSet<&str> = had.iter().map(|e| e.ip.as_str()).collect();
@@ -721,26 +837,63 @@ impl Writer {
                     }
                     self.applied.insert(k, (want, Instant::now()));
                 }
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    debug!(service = %k, "the Service was deleted before its status was written");
+                    self.applied.remove(&k);
+                    self.gone.insert(k);
+                }
                 Err(e) => {
-                    warn!(service = %k, error = %e, "could not write status.loadBalancer; retrying");
-                    self.failed.insert(k);
+                    self.failed.insert(k.clone());
+                    failures.push((k, e));
                 }
             }
+        }
+        let now = std::time::Instant::now();
+        match failures.first() {
+            None => {
+                if let Some(e) = self.failing.end(&(), now) {
+                    info!(
+                        rounds = e.occurrences,
+                        failed_for_ms = e.lasted.as_millis() as u64,
+                        "status writes work again"
+                    );
+                }
+            }
+            Some((k, e)) => match self.failing.hit(&(), now) {
+                Verdict::First => {
+                    warn!(services = failures.len(), first = %k, error = %e, "could not write status.loadBalancer; retrying every second");
+                }
+                Verdict::Reminder { unlogged, lasting } => {
+                    warn!(services = failures.len(), first = %k, error = %e, rounds_since_last_line = unlogged + 1, failing_for_s = lasting.as_secs(), "status writes still failing; retrying every second");
+                }
+                Verdict::Quiet => {
+                    debug!(services = failures.len(), first = %k, error = %e, "status writes failed");
+                }
+            },
         }
     }
 }
 
 /// Server-side apply of `status.loadBalancer` and Sluice's `status.conditions` on the status
-/// subresource.
+/// subresource; for a released Service, an apply of no field, which removes every field the
+/// field manager owned and nobody else does.
 async fn write_status(
     client: &Client,
     field_manager: &str,
     k: &ObjectKey,
-    ingress: &[IngressEntry],
-    conditions: &[ConditionEntry],
+    want: &Desired,
 ) -> Result<(), kube::Error> {
     let api: Api<corev1::Service> = Api::namespaced(client.clone(), &k.namespace);
-    let ingress: Vec<serde_json::Value> = ingress
+    let pp = PatchParams::apply(field_manager).force();
+    if want.release {
+        let patch = json!({"apiVersion": "v1", "kind": "Service", "status": {}});
+        return api
+            .patch_status(&k.name, &pp, &Patch::Apply(&patch))
+            .await
+            .map(|_| ());
+    }
+    let ingress: Vec<serde_json::Value> = want
+        .ingress
         .iter()
         .map(|e| {
             let mut v = json!({"ip": e.ip});
@@ -763,7 +916,8 @@ async fn write_status(
             v
         })
         .collect();
-    let conditions: Vec<serde_json::Value> = conditions
+    let conditions: Vec<serde_json::Value> = want
+        .conditions
         .iter()
         .map(|c| {
             json!({
@@ -780,7 +934,6 @@ async fn write_status(
         "kind": "Service",
         "status": {"loadBalancer": {"ingress": ingress}, "conditions": conditions},
     });
-    let pp = PatchParams::apply(field_manager).force();
     api.patch_status(&k.name, &pp, &Patch::Apply(&patch))
         .await
         .map(|_| ())
