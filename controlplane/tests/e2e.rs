@@ -746,7 +746,7 @@ fn admin_api_and_sluicectl_show_the_service() {
             .as_array()
             .unwrap()
             .len(),
-        25
+        sluice_dataplane::stats::DropReason::COUNT
     );
     assert_eq!(
         ctl_json(&s, &["backends", "--service", "default/web"])
