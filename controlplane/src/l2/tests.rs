@@ -127,3 +127,82 @@ async fn membership_from_leases() {
     .await;
     assert_eq!(l2.view().live, ["h1"]);
 }
+
+/// With `externalTrafficPolicy: Local` only the hosts (node names) with a ready endpoint of the
+/// Service can own its VIP; a `Cluster` Service's VIP can go to any host.
+#[test]
+fn local_policy_limits_the_owners_to_hosts_with_a_ready_endpoint() {
+    use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+    use crate::compile::{CompileInput, Compiler};
+    use crate::config::Config;
+
+    let cfg = Config::parse(
+        r#"
+[[ports]]
+name = "lb0"
+device = "net_null0"
+ipv4 = ["10.99.0.2/24"]
+[tables]
+maglev_size = 251
+[health]
+enabled = false
+[[pools]]
+name = "lab"
+ranges = ["10.99.0.100-10.99.0.120"]
+"#,
+        "test.toml",
+    )
+    .unwrap();
+    let svc = |name: &str, policy: &str, eps: &[(&str, bool, &str)]| {
+        let mut s = format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  type: LoadBalancer\n  loadBalancerClass: sluice.dev/dpdk\n  externalTrafficPolicy: {policy}\n  ports:\n    - name: http\n      port: 80\n      targetPort: 8080\n      nodePort: 30080\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-v4\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n"
+        );
+        for (a, ready, node) in eps {
+            s.push_str(&format!(
+                "  - addresses: [\"{a}\"]\n    conditions: {{ready: {ready}}}\n    nodeName: {node}\n"
+            ));
+        }
+        s + "---\n"
+    };
+    let yaml = svc(
+        "local",
+        "Local",
+        &[("10.99.0.21", true, "h2"), ("10.99.0.22", false, "h3")],
+    ) + &svc("cluster", "Cluster", &[("10.99.0.23", true, "h3")]);
+    let model = crate::sources::manifest::parse_str(&yaml, "test.yaml")
+        .unwrap()
+        .model;
+    let compiled = Compiler::new()
+        .compile(&CompileInput {
+            config: &cfg,
+            model: &model,
+            local_mac: [2, 0, 0, 0, 0, 1],
+            neighbours: &HashMap::new(),
+            health: &HashMap::new(),
+            drained: &BTreeSet::new(),
+            weights: &BTreeMap::new(),
+            now: std::time::Instant::now(),
+        })
+        .unwrap();
+    let vip = |name: &str| {
+        compiled
+            .report
+            .services
+            .iter()
+            .find(|s| s.service.name == name)
+            .unwrap()
+            .vips[0]
+    };
+    let e = super::eligibility(&model, &compiled.report);
+    assert_eq!(
+        e.get(&vip("local"))
+            .map(|s| s.iter().cloned().collect::<Vec<_>>()),
+        Some(vec!["h2".to_owned()]),
+        "only the host with a ready endpoint"
+    );
+    assert!(
+        !e.contains_key(&vip("cluster")),
+        "a Cluster VIP can go anywhere"
+    );
+}
