@@ -135,6 +135,81 @@ pub struct TablesConfig {
     /// Upper bound of frontend and backend ids (per-backend counters are preallocated to it).
     /// Default: 65536.
     pub max_backends: usize,
+    /// `[tables.timeouts]`: how long an idle flow is kept, by protocol and TCP state.
+    pub timeouts: TimeoutsConfig,
+}
+
+/// `[tables.timeouts]`: idle timeouts of connection-tracking entries, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    /// A TCP flow whose handshake has not completed (1..=300). Default: 5.
+    pub tcp_syn_seconds: u32,
+    /// An established TCP flow (10..=86400). Default: 300.
+    pub tcp_established_seconds: u32,
+    /// A TCP flow after FIN or RST (1..=600). Default: 10.
+    pub tcp_closing_seconds: u32,
+    /// A UDP flow (1..=3600). Default: 30.
+    pub udp_seconds: u32,
+    /// Any other flow (1..=3600). Default: 30.
+    pub other_seconds: u32,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        let t = sluice_dataplane::conntrack::Timeouts::default();
+        TimeoutsConfig {
+            tcp_syn_seconds: t.tcp_syn_ms / 1000,
+            tcp_established_seconds: t.tcp_established_ms / 1000,
+            tcp_closing_seconds: t.tcp_closing_ms / 1000,
+            udp_seconds: t.udp_ms / 1000,
+            other_seconds: t.other_ms / 1000,
+        }
+    }
+}
+
+impl TimeoutsConfig {
+    /// The dataplane's timeouts (milliseconds).
+    pub fn to_dataplane(self) -> sluice_dataplane::conntrack::Timeouts {
+        sluice_dataplane::conntrack::Timeouts {
+            tcp_syn_ms: self.tcp_syn_seconds * 1000,
+            tcp_established_ms: self.tcp_established_seconds * 1000,
+            tcp_closing_ms: self.tcp_closing_seconds * 1000,
+            udp_ms: self.udp_seconds * 1000,
+            other_ms: self.other_seconds * 1000,
+        }
+    }
+
+    /// Each key with its value and allowed range.
+    pub fn ranges(&self) -> [(&'static str, u32, u32, u32); 5] {
+        [
+            (
+                "tables.timeouts.tcp_syn_seconds",
+                self.tcp_syn_seconds,
+                1,
+                300,
+            ),
+            (
+                "tables.timeouts.tcp_established_seconds",
+                self.tcp_established_seconds,
+                10,
+                86_400,
+            ),
+            (
+                "tables.timeouts.tcp_closing_seconds",
+                self.tcp_closing_seconds,
+                1,
+                600,
+            ),
+            ("tables.timeouts.udp_seconds", self.udp_seconds, 1, 3_600),
+            (
+                "tables.timeouts.other_seconds",
+                self.other_seconds,
+                1,
+                3_600,
+            ),
+        ]
+    }
 }
 
 /// The largest connection-tracking capacity the dataplane accepts.
@@ -148,6 +223,7 @@ impl Default for TablesConfig {
             affinity_capacity: 1 << 16,
             maglev_size: sluice_dataplane::maglev::DEFAULT_TABLE_SIZE,
             max_backends: 65536,
+            timeouts: TimeoutsConfig::default(),
         }
     }
 }

@@ -333,6 +333,15 @@ fn every_key_is_documented() {
             "bgp.advertisements",
             format!("{base}[[bgp.advertisements]]\npools = []\nbogus_key = 1\n"),
         ),
+        (
+            "tables.timeouts",
+            format!("{base}[tables.timeouts]\nbogus_key = 1\n"),
+        ),
+        ("l2", format!("{base}[l2]\nbogus_key = 1\n")),
+        (
+            "l2.peers",
+            format!("{base}[[l2.peers]]\nname = \"h1\"\nbogus_key = 1\n"),
+        ),
     ];
     let mut n = 0;
     for (table, text) in probes {
@@ -549,4 +558,24 @@ fn l2_interface_must_exist() {
     assert!(m.contains("no interface \"eth0\""), "{m}");
     std::fs::create_dir(dir.path().join("eth0")).unwrap();
     l.check_interface(dir.path()).unwrap();
+}
+
+#[test]
+fn conntrack_timeouts_from_the_config() {
+    let c = parse(LAB).unwrap();
+    assert_eq!(
+        c.tables.timeouts.to_dataplane(),
+        sluice_dataplane::conntrack::Timeouts::default()
+    );
+    let c = parse(&format!(
+        "{LAB}\n[tables.timeouts]\ntcp_established_seconds = 3600\nudp_seconds = 5\n"
+    ))
+    .unwrap();
+    let t = c.tables.timeouts.to_dataplane();
+    assert_eq!((t.tcp_established_ms, t.udp_ms), (3_600_000, 5_000));
+    let e = parse(&format!("{LAB}\n[tables.timeouts]\ntcp_syn_seconds = 0\n")).unwrap_err();
+    assert_eq!(e.key(), "tables.timeouts.tcp_syn_seconds", "{e}");
+    assert!(e.to_string().contains("1..=300"), "{e}");
+    let e = parse(&format!("{LAB}\n[tables.timeouts]\nsyn = 3\n")).unwrap_err();
+    assert!(e.to_string().contains("tcp_syn_seconds"), "{e}");
 }

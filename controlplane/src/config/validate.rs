@@ -176,6 +176,11 @@ impl Config {
                 format!("{} is out of range; use 1..=16777216", t.max_backends),
             );
         }
+        for (k, v, lo, hi) in t.timeouts.ranges() {
+            if !(lo..=hi).contains(&v) {
+                return err(k, format!("{v} is out of range; use {lo}..={hi}"));
+            }
+        }
 
         // [nat]
         let n = &self.nat;

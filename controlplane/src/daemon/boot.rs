@@ -250,7 +250,7 @@ pub(super) fn spawn_workers(
                 workers: nworkers as u16,
                 conntrack: sluice_dataplane::conntrack::ConntrackConfig {
                     capacity: cfg.tables.conntrack_capacity,
-                    timeouts: Default::default(),
+                    timeouts: cfg.tables.timeouts.to_dataplane(),
                 },
                 conntrack_v6_capacity: cfg.tables.conntrack_v6_capacity,
                 affinity_capacity: cfg.tables.affinity_capacity,
