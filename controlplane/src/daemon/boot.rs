@@ -266,6 +266,8 @@ pub(super) fn spawn_workers(
             expire_buckets: 64,
             idle_sleep_us: (cfg.workers.poll == PollMode::Idle)
                 .then_some(cfg.workers.idle_sleep_us),
+            restore: Vec::new(),
+            save_flows: false,
         };
         let h = worker::spawn(
             ports.eal.clone(),
