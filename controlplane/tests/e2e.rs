@@ -456,6 +456,11 @@ fn client_ip_affinity_pins_a_client() {
 fn lost_nat_flow_is_reset_at_its_next_segment() {
     let _g = lock();
     let s = Setup::new("reset", |s| s, false);
+    // The flow is lost: the restart does not keep it ([admin] is the config's last section).
+    let cfg = s.dir.join("sluice.toml");
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("keep_flows_on_restart = false\n");
+    std::fs::write(&cfg, text).unwrap();
     let d = Sluiced::start(&s);
     let mut sess = Session::open("sl-c1", VIP4, 9000);
     assert!(sess.say("hello").ends_with(": hello"));
@@ -470,6 +475,38 @@ fn lost_nat_flow_is_reset_at_its_next_segment() {
         .unwrap();
     eprintln!("lost NAT flow reset {ms} ms after its next segment");
     assert!(ms < 100.0, "reset after {ms} ms");
+    d.stop();
+}
+
+#[test]
+fn nat_flow_survives_a_planned_restart() {
+    let _g = lock();
+    let s = Setup::new("keep", |s| s, false);
+    let d = Sluiced::start(&s);
+    let mut sess = Session::open("sl-c1", VIP4, 9000);
+    let first = sess.say("hello");
+    let backend = first.split(':').next().unwrap().to_string();
+    assert!(backend.starts_with("sl-b"), "{first}");
+    d.stop();
+    let flows = s.dir.join("flows.bin");
+    assert!(flows.exists(), "the stop saved the flows");
+    let mut d = Sluiced::start(&s);
+    assert!(!flows.exists(), "the start took the file");
+    d.wait_log(
+        "flows of the previous process restored",
+        Duration::from_secs(1),
+    );
+    let log = d.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("flows of the previous process restored"))
+        .unwrap();
+    assert!(!line.contains("restored=0"), "{line}");
+    assert_eq!(
+        sess.say("after the restart"),
+        format!("{backend}: after the restart"),
+        "the connection goes on, to the same backend"
+    );
     d.stop();
 }
 

@@ -24,7 +24,9 @@ use dpdk_sys::{
 };
 
 use crate::pipeline::edge;
-use crate::pipeline::{FlowEntry, NeighborEvent, PacketBuf, Pipeline, PipelineConfig, Verdict};
+use crate::pipeline::{
+    FlowEntry, NeighborEvent, PacketBuf, Pipeline, PipelineConfig, RestoreFlow, SavedFlow, Verdict,
+};
 use crate::snapshot::Snapshot;
 use crate::stats::{bump, set, DropReason, WorkerStats};
 
@@ -206,6 +208,11 @@ pub struct WorkerConfig {
     /// Idle mode: after [`IDLE_AFTER_POLLS`] empty polls in a row the worker sleeps this many
     /// microseconds per poll until a packet arrives. `None`: busy-poll (the default).
     pub idle_sleep_us: Option<u64>,
+    /// Flows the previous process saved, resolved against the first snapshot: inserted before
+    /// the first poll.
+    pub restore: Vec<RestoreFlow>,
+    /// Export the live flows when the worker stops ([`WorkerHandle::stop_saving`]).
+    pub save_flows: bool,
 }
 
 /// Empty polls in a row after which a worker in idle mode starts to sleep between polls.
@@ -220,6 +227,8 @@ impl Default for WorkerConfig {
             tx_flush_us: 100,
             expire_buckets: 64,
             idle_sleep_us: None,
+            restore: Vec::new(),
+            save_flows: false,
         }
     }
 }
@@ -255,21 +264,27 @@ pub struct WorkerLinks {
 pub struct WorkerHandle {
     /// The worker's counters.
     pub stats: Arc<WorkerStats>,
-    thread: Option<JoinHandle<Result<(), String>>>,
+    thread: Option<JoinHandle<Result<Vec<SavedFlow>, String>>>,
     stop: Arc<AtomicBool>,
 }
 
 impl WorkerHandle {
     /// Asks the worker to stop and waits for it.
-    pub fn stop(mut self) -> Result<(), String> {
+    pub fn stop(self) -> Result<(), String> {
+        self.stop_saving().map(drop)
+    }
+
+    /// Asks the worker to stop, waits for it and returns the flows it exported (none unless
+    /// [`WorkerConfig::save_flows`]).
+    pub fn stop_saving(mut self) -> Result<Vec<SavedFlow>, String> {
         self.stop.store(true, Ordering::Relaxed);
         self.join_inner()
     }
 
-    fn join_inner(&mut self) -> Result<(), String> {
+    fn join_inner(&mut self) -> Result<Vec<SavedFlow>, String> {
         match self.thread.take() {
             Some(t) => t.join().map_err(|_| "worker thread panicked".to_string())?,
-            None => Ok(()),
+            None => Ok(Vec::new()),
         }
     }
 }
@@ -353,7 +368,7 @@ fn run(
     pool: &Mempool,
     first: Arc<Snapshot>,
     stats: Arc<WorkerStats>,
-) -> Result<(), String> {
+) -> Result<Vec<SavedFlow>, String> {
     if let Some(core) = cfg.core {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
             return Err(format!("worker {}: cannot pin to core {core}", cfg.index));
@@ -395,6 +410,9 @@ fn run(
         stats: stats.clone(),
     };
     set(&stats.snapshot_generation, l.snap.generation);
+    // The previous process's flows, before any packet: on the clock's first millisecond.
+    l.pipeline.restore_flows(&l.snap, &cfg.restore, 0);
+    drop(cfg.restore);
     let ms_ticks = (hz / 1000).max(1);
     let start = tsc();
     let mut next_tick = start + ms_ticks;
@@ -444,8 +462,13 @@ fn run(
         l.out.tx[port].free_all();
     }
     l.pipeline.publish_table_stats();
+    let mut saved = Vec::new();
+    if cfg.save_flows {
+        let now_ms = ((tsc() - start) / ms_ticks) as u32;
+        l.pipeline.export_flows(&l.snap, now_ms, &mut saved);
+    }
     let _ = retired.try_send(l.snap);
-    Ok(())
+    Ok(saved)
 }
 
 impl Lcore {

@@ -18,6 +18,9 @@ pub struct AdminConfig {
     /// Directory of the state kept across restarts (the operator's drains and weights, in
     /// `overrides.json`). Default: `/var/lib/sluice`.
     pub state_dir: PathBuf,
+    /// Whether a clean stop saves the live flows to `<state_dir>/flows.bin` and the next
+    /// start restores them (see `daemon/flowstate.rs`). Default: true.
+    pub keep_flows_on_restart: bool,
 }
 
 impl Default for AdminConfig {
@@ -27,6 +30,7 @@ impl Default for AdminConfig {
             metrics_enabled: true,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9470)),
             state_dir: PathBuf::from("/var/lib/sluice"),
+            keep_flows_on_restart: true,
         }
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 use dpdk_sys::{Eal, MbufRing, Mempool, Port, PortConfig as DpdkPortConfig};
-use sluice_dataplane::pipeline::{NeighborEvent, PipelineConfig};
+use sluice_dataplane::pipeline::{NeighborEvent, PipelineConfig, RestoreFlow, SavedFlow};
 use sluice_dataplane::snapshot::Snapshot;
 use sluice_dataplane::worker::{
     self, Command, WorkerConfig, WorkerHandle, WorkerLinks, WorkerQueues,
@@ -215,12 +215,13 @@ pub(super) struct Workers {
 }
 
 /// Spawns one pinned worker per configured core (at least one) on `ports`, each starting
-/// with snapshot `first`.
+/// with snapshot `first` and inserting its flows of `restore` (indexed by worker) first.
 pub(super) fn spawn_workers(
     cfg: &Config,
     ports: Ports,
     shared: &Shared,
     first: Arc<Snapshot>,
+    mut restore: Vec<Vec<RestoreFlow>>,
 ) -> Result<Workers, DaemonError> {
     let nworkers = ports.queues.len();
     let mut workers = Vec::new();
@@ -266,6 +267,8 @@ pub(super) fn spawn_workers(
             expire_buckets: 64,
             idle_sleep_us: (cfg.workers.poll == PollMode::Idle)
                 .then_some(cfg.workers.idle_sleep_us),
+            restore: restore.get_mut(w).map(std::mem::take).unwrap_or_default(),
+            save_flows: cfg.admin.keep_flows_on_restart,
         };
         let h = worker::spawn(
             ports.eal.clone(),
@@ -300,11 +303,14 @@ pub(super) struct Dataplane {
 }
 
 impl Dataplane {
-    /// Stops the workers, then the ports, then frees the pool and cleans EAL up.
-    pub(super) fn stop(mut self) {
+    /// Stops the workers, then the ports, then frees the pool and cleans EAL up. Returns the
+    /// flows the workers exported (with `admin.keep_flows_on_restart`).
+    pub(super) fn stop(mut self) -> Vec<SavedFlow> {
+        let mut saved = Vec::new();
         for w in self.workers.drain(..) {
-            if let Err(e) = w.stop() {
-                error!(error = %e, "worker stopped with an error");
+            match w.stop_saving() {
+                Ok(f) => saved.extend(f),
+                Err(e) => error!(error = %e, "worker stopped with an error"),
             }
         }
         for p in self.ports.iter_mut() {
@@ -318,5 +324,6 @@ impl Dataplane {
             Ok(eal) => drop(eal),
             Err(_) => warn!("EAL still referenced at shutdown; skipping rte_eal_cleanup"),
         }
+        saved
     }
 }

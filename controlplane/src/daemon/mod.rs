@@ -12,14 +12,16 @@
 //! - [`control`]: the control loop on tokio (on the cores the workers do not use), which
 //!   recompiles on any change and publishes to every worker, announcing VIPs and resolving
 //!   next hops through [`crate::announce`];
+//! - before the workers start, the flows the previous process saved ([`flowstate`]);
 //! - on SIGINT/SIGTERM: with `[bgp]`, withdraw everything and keep forwarding for
 //!   `bgp.linger_seconds` while the routers move traffic away; then stop the workers, the
-//!   ports, EAL, and last BIRD.
+//!   ports, EAL, save the workers' flows for the next start, and last BIRD.
 mod bgp;
 mod bgp_events;
 pub mod boot;
 mod check;
 mod control;
+mod flowstate;
 pub mod overrides;
 pub mod state;
 #[cfg(test)]
@@ -157,13 +159,27 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
     }
     // First snapshot (next hops unresolved yet: backends wait for ARP/NDP).
     let first_snap = Arc::new(state.compile(&HashMap::new())?.snapshot);
+    // The previous process's flows, for each worker to insert before it polls.
+    let nworkers = cfg.workers.cores.len().max(1) as u16;
+    let keep_flows = cfg.admin.keep_flows_on_restart;
+    let restore = if keep_flows {
+        flowstate::restore_at_start(
+            &cfg.admin.state_dir,
+            nworkers,
+            cfg.forwarding.hash_seed,
+            &first_snap,
+        )
+    } else {
+        Vec::new()
+    };
+    let local = first_snap.local.clone();
     let port_links = ports.links.clone();
     let shared = boot::Shared {
         neighbors: nb_tx,
         retired: ret_tx,
         stop: stop.clone(),
     };
-    let workers = boot::spawn_workers(&cfg, ports, &shared, first_snap)?;
+    let workers = boot::spawn_workers(&cfg, ports, &shared, first_snap, restore)?;
     let stats: Vec<Arc<WorkerStats>> = workers
         .dataplane
         .workers
@@ -274,7 +290,16 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
     drop(servers);
     stop.store(true, Ordering::Relaxed);
     drop(state);
-    dp.stop();
+    let saved = dp.stop();
+    if keep_flows {
+        flowstate::save_at_stop(
+            &cfg.admin.state_dir,
+            nworkers,
+            cfg.forwarding.hash_seed,
+            &local,
+            &saved,
+        );
+    }
     if let Some(r) = routed {
         r.stop();
     }

@@ -752,6 +752,20 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         self.slots.len()
     }
 
+    /// The idle timeout of `state` in this table, in milliseconds.
+    #[inline]
+    #[must_use]
+    pub fn timeout_ms(&self, state: FlowState) -> u32 {
+        self.timeouts[state as usize]
+    }
+
+    /// Milliseconds `e` has left before it expires at `now_ms` (0: expired).
+    #[must_use]
+    pub fn remaining_ms(&self, e: &Entry<K, V>, now_ms: u32) -> u32 {
+        let left = i64::from(self.timeout_ms(e.state)) - i64::from(e.idle_ms(now_ms));
+        left.clamp(0, i64::from(i32::MAX)) as u32
+    }
+
     /// The counters.
     #[inline]
     #[must_use]

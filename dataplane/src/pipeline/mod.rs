@@ -15,6 +15,7 @@
 //! | `dsr.rs` | `dsr-l2` and `dsr-ipip` |
 //! | `edge.rs` | ARP, NDP and ICMP answers; frames the dataplane originates |
 //! | `flows.rs` | flow dumps for the admin API |
+//! | `saved.rs` | flows kept across a planned restart: export at stop, restore at start |
 //!
 //! ## Design
 //! - [`Pipeline::process_burst`] takes a burst of frames in [`PacketBuf`]s (mbufs in the
@@ -52,12 +53,14 @@ pub mod edge;
 mod family;
 mod flows;
 mod nat;
+mod saved;
 mod schedule;
 
 pub use buf::{PacketBuf, VecBuf};
 pub use burst::BURST;
 pub use family::{Aff, Fwd, Rev};
 pub use flows::FlowEntry;
+pub use saved::{RestoreFlow, SavedFlow, SavedNat, Unrestorable};
 
 use family::{Family, Flows};
 use nat::NatPorts;

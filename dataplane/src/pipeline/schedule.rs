@@ -105,6 +105,11 @@ impl Pipeline {
         let absent = hit.is_none();
         if let Some((v, old)) = hit {
             if let Some(b) = snap.backend(v.backend) {
+                // The flow keeps its backend while its next hop is unresolved (a restored
+                // flow before the first ARP/NDP answer): drop, the client retransmits.
+                if b.mac.is_none() && !syn_only(tcp, fl) {
+                    return Err(DropReason::NextHopUnresolved);
+                }
                 // A SYN on a closing flow is a new connection on a reused port: it keeps the
                 // old backend only while that backend takes new connections.
                 let reused = old == FlowState::TcpClosing && syn_only(tcp, fl);
