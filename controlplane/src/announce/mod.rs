@@ -61,6 +61,11 @@ impl Announcer {
         }
     }
 
+    /// The VIPs this host answers ARP/NDP for, as last given to [`Announcer::vips`].
+    pub fn announced(&self) -> &BTreeSet<IpAddr> {
+        &self.announced
+    }
+
     /// `vips` is the set this host answers for now: starts a burst of announcements for each
     /// one not announced before, and stops the bursts of those it no longer answers for.
     pub fn vips(&mut self, vips: BTreeSet<IpAddr>) {
@@ -77,19 +82,6 @@ impl Announcer {
         self.announced = vips;
     }
 
-    /// Sends the announcements of the bursts that are due.
-    fn burst_tick(&mut self, c: &Sender<Command>) {
-        let now = Instant::now();
-        for (v, left, next) in &mut self.burst {
-            if *next <= now {
-                let _ = c.try_send(Command::Announce(*v));
-                *left -= 1;
-                *next = now + self.garp.1;
-            }
-        }
-        self.burst.retain(|(_, left, _)| *left > 0);
-    }
-
     /// Asks for the MAC of each of `targets` now.
     pub fn resolve(&self, targets: &BTreeSet<IpAddr>) {
         if let Some(c) = &self.to {
@@ -101,9 +93,17 @@ impl Announcer {
     /// all its `next_hops`: asks again for the unresolved ones every 500 ms and refreshes
     /// every next hop every 30 s.
     pub fn tick(&mut self, unresolved: &BTreeSet<IpAddr>, all: &BTreeSet<IpAddr>) {
-        if let Some(c) = self.to.clone() {
-            self.next_hops.tick(&c, unresolved, all);
-            self.burst_tick(&c);
+        let Some(c) = &self.to else { return };
+        self.next_hops.tick(c, unresolved, all);
+        // The bursts' announcements that are due.
+        let now = Instant::now();
+        for (v, left, next) in &mut self.burst {
+            if *next <= now {
+                let _ = c.try_send(Command::Announce(*v));
+                *left -= 1;
+                *next = now + self.garp.1;
+            }
         }
+        self.burst.retain(|(_, left, _)| *left > 0);
     }
 }

@@ -222,59 +222,13 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
             return Err(e);
         }
     };
-    if let Some(b) = &cfg.bgp {
-        let host = if cfg.source.identity.is_empty() {
-            k8s::default_identity()
-        } else {
-            cfg.source.identity.clone()
-        };
-        let notifier = bgp_events::Notifier::new(host, state.bgp_events(), b);
-        match bgp::Routed::start(b, Some(admin_state.clone()), stats.clone(), notifier) {
-            Ok(r) => state.attach_bgp(r),
-            Err(e) => {
-                stop.store(true, Ordering::Relaxed);
-                drop(servers);
-                drop(state);
-                dp.stop();
-                return Err(e.into());
-            }
-        }
-    }
-    if let Some(l) = &cfg.l2 {
-        let _rt = rt.enter();
-        let roster = match l.membership {
-            crate::config::L2Membership::Static => None,
-            crate::config::L2Membership::Leases => {
-                let client = rt.block_on(k8s::client(&cfg))?;
-                let address = l.me().map(|p| p.address).ok_or_else(|| {
-                    crate::l2::L2Error::Config("l2.peers".into(), "does not list this host".into())
-                })?;
-                Some(k8s::members::spawn(
-                    client,
-                    k8s::members::MemberSettings {
-                        namespace: if cfg.source.lease_namespace.is_empty() {
-                            k8s::own_namespace()
-                        } else {
-                            cfg.source.lease_namespace.clone()
-                        },
-                        host: l.host.clone(),
-                        address,
-                        duration: std::time::Duration::from_secs(5),
-                        every: std::time::Duration::from_secs(1),
-                    },
-                ))
-            }
-        };
-        match crate::l2::L2::start(l, stats.clone(), roster) {
-            Ok(x) => state.attach_l2(x),
-            Err(e) => {
-                stop.store(true, Ordering::Relaxed);
-                drop(servers);
-                drop(state);
-                dp.stop();
-                return Err(e.into());
-            }
-        }
+    // Routed or L2 mode, if configured; a failure stops what already runs.
+    if let Err(e) = start_fleet(&cfg, &mut state, &rt, &admin_state, &stats) {
+        stop.store(true, Ordering::Relaxed);
+        drop(servers);
+        drop(state);
+        dp.stop();
+        return Err(e);
     }
     boot::pin_control_threads(&cfg);
     state.compile_and_publish("start");
@@ -305,6 +259,46 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
     }
     info!("stopped cleanly");
     result
+}
+
+/// Starts routed mode (`[bgp]`) or L2 mode (`[l2]`), whichever is configured, and attaches it.
+fn start_fleet(
+    cfg: &Config,
+    state: &mut ControlState,
+    rt: &tokio::runtime::Runtime,
+    admin_state: &Arc<AdminState>,
+    stats: &[Arc<WorkerStats>],
+) -> Result<(), DaemonError> {
+    if let Some(b) = &cfg.bgp {
+        let notifier = bgp_events::Notifier::new(k8s::identity(cfg), state.bgp_events(), b);
+        let routed = bgp::Routed::start(b, Some(admin_state.clone()), stats.to_vec(), notifier)?;
+        state.attach_bgp(routed);
+    }
+    if let Some(l) = &cfg.l2 {
+        let _rt = rt.enter();
+        let roster = match l.membership {
+            crate::config::L2Membership::Static => None,
+            crate::config::L2Membership::Leases => {
+                let client = rt.block_on(k8s::client(cfg))?;
+                // Present: validation requires l2.peers to list this host.
+                let address = l.me().map(|p| p.address).ok_or_else(|| {
+                    crate::l2::L2Error::Config("l2.peers".into(), "does not list this host".into())
+                })?;
+                Some(k8s::members::spawn(
+                    client,
+                    k8s::members::MemberSettings {
+                        namespace: k8s::lease_namespace(cfg),
+                        host: l.host.clone(),
+                        address,
+                        duration: std::time::Duration::from_secs(5),
+                        every: std::time::Duration::from_secs(1),
+                    },
+                ))
+            }
+        };
+        state.attach_l2(crate::l2::L2::start(l, stats.to_vec(), roster)?);
+    }
+    Ok(())
 }
 
 /// The admin socket and (if enabled) the metrics listener.

@@ -59,8 +59,6 @@ pub struct ControlState {
     pub(super) bgp: Option<Routed>,
     /// L2 mode (`[l2]`): which VIPs this host answers ARP/NDP for.
     pub(super) l2: Option<L2>,
-    /// The VIPs this host answers ARP/NDP for (all of them without `[l2]`).
-    owned: BTreeSet<IpAddr>,
     /// Where the operator's drains and weights are kept across restarts (set by
     /// [`ControlState::restore_overrides`]; `None`: not kept).
     overrides_file: Option<PathBuf>,
@@ -89,7 +87,6 @@ impl ControlState {
             status: None,
             bgp: None,
             l2: None,
-            owned: BTreeSet::new(),
             overrides_file: None,
             problems: crate::logs::ProblemLog::default(),
             cfg,
@@ -246,9 +243,12 @@ impl ControlState {
             }
             None => vips.clone(),
         };
-        let owned_changed = owned != self.owned;
+        let owned_changed = owned != *self.announce.announced();
         if let (Some(l2), Some(events)) = (&self.l2, self.bgp_events()) {
-            let gained: BTreeSet<IpAddr> = owned.difference(&self.owned).copied().collect();
+            let gained: BTreeSet<IpAddr> = owned
+                .difference(self.announce.announced())
+                .copied()
+                .collect();
             for ev in l2.announced_events(&gained, &report) {
                 events.send(ev);
             }
@@ -305,8 +305,7 @@ impl ControlState {
         self.problems.update(Instant::now(), &problems);
         self.health
             .set_targets(report.health_targets.iter().cloned());
-        self.announce.vips(owned.clone());
-        self.owned = owned;
+        self.announce.vips(owned);
         self.refresh_l2_view();
         self.announce.resolve(&report.unresolved);
         if let Some(b) = &mut self.bgp {

@@ -83,16 +83,8 @@ impl KubeSettings {
     /// Settings from the `[source]` and `[[pools]]` of a configuration.
     pub fn from_config(cfg: &Config) -> KubeSettings {
         let s = &cfg.source;
-        let identity = if s.identity.is_empty() {
-            default_identity()
-        } else {
-            s.identity.clone()
-        };
-        let namespace = if s.lease_namespace.is_empty() {
-            own_namespace()
-        } else {
-            s.lease_namespace.clone()
-        };
+        let identity = identity(cfg);
+        let namespace = lease_namespace(cfg);
         KubeSettings {
             selection: Selection {
                 class: s.load_balancer_class.clone(),
@@ -124,6 +116,25 @@ pub fn default_identity() -> String {
                 .filter(|h| !h.is_empty())
         })
         .unwrap_or_else(|| format!("sluiced-{}", std::process::id()))
+}
+
+/// This instance's identity in Events and Leases: `source.identity`, else
+/// [`default_identity`].
+pub fn identity(cfg: &Config) -> String {
+    if cfg.source.identity.is_empty() {
+        default_identity()
+    } else {
+        cfg.source.identity.clone()
+    }
+}
+
+/// Where Sluice's Leases live: `source.lease_namespace`, else [`own_namespace`].
+pub fn lease_namespace(cfg: &Config) -> String {
+    if cfg.source.lease_namespace.is_empty() {
+        own_namespace()
+    } else {
+        cfg.source.lease_namespace.clone()
+    }
 }
 
 /// The Pod's namespace (from the service account), else `default`.
