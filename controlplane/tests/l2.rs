@@ -119,20 +119,7 @@ fn send_datagram(ns: &str, to: &str, payload: &[u8]) {
 
 fn heartbeat(host: &str, key: &[u8]) -> Vec<u8> {
     let mut b = [0u8; MAX_LEN];
-    let unix_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let n = encode(
-        &Heartbeat {
-            host: host.into(),
-            boot: 99,
-            seq: 1,
-            unix_ms,
-        },
-        key,
-        &mut b,
-    );
+    let n = encode(&Heartbeat::now(host, 99, 1), key, &mut b);
     b[..n].to_vec()
 }
 

@@ -73,6 +73,20 @@ pub struct Peer {
     pub transitions: u64,
 }
 
+impl Peer {
+    /// A listed peer not heard from yet.
+    fn new(address: IpAddr) -> Peer {
+        Peer {
+            address,
+            last: None,
+            boot: 0,
+            seq: 0,
+            alive: false,
+            transitions: 0,
+        }
+    }
+}
+
 /// The membership table of one host.
 #[derive(Debug)]
 pub struct Members {
@@ -95,19 +109,7 @@ impl Members {
                 .peers
                 .iter()
                 .filter(|p| p.name != cfg.host)
-                .map(|p| {
-                    (
-                        p.name.clone(),
-                        Peer {
-                            address: p.address,
-                            last: None,
-                            boot: 0,
-                            seq: 0,
-                            alive: false,
-                            transitions: 0,
-                        },
-                    )
-                })
+                .map(|p| (p.name.clone(), Peer::new(p.address)))
                 .collect(),
             drops: BTreeMap::new(),
             received: 0,
@@ -129,14 +131,9 @@ impl Members {
             stay
         });
         for (n, a) in keep {
-            self.peers.entry(n.to_owned()).or_insert(Peer {
-                address: a,
-                last: None,
-                boot: 0,
-                seq: 0,
-                alive: false,
-                transitions: 0,
-            });
+            self.peers
+                .entry(n.to_owned())
+                .or_insert_with(|| Peer::new(a));
         }
         changed
     }

@@ -34,6 +34,26 @@ pub struct Heartbeat {
     pub unix_ms: u64,
 }
 
+impl Heartbeat {
+    /// Heartbeat `seq` of `host`'s boot `boot`, stamped with this host's clock now.
+    pub fn now(host: &str, boot: u64, seq: u64) -> Heartbeat {
+        Heartbeat {
+            host: host.to_owned(),
+            boot,
+            seq,
+            unix_ms: unix_ms(),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch by this host's clock.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Why a datagram is not a valid heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Invalid {

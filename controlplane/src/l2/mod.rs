@@ -26,13 +26,7 @@ use tracing::{info, warn};
 
 use crate::config::L2Config;
 use members::{Dropped, Members};
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use message::unix_ms;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -167,7 +161,7 @@ impl L2 {
                 continue;
             }
             let s = Arc::new(socket(cfg, v6)?);
-            sockets.push(s.clone());
+            sockets.push((v6, s.clone()));
             tokio::spawn(receive(s, key.clone(), members.clone(), tx.clone()));
         }
         if let Some(mut r) = roster {
@@ -406,7 +400,7 @@ async fn receive(
 /// peers.
 async fn send(
     cfg: L2Config,
-    sockets: Vec<Arc<UdpSocket>>,
+    sockets: Vec<(bool, Arc<UdpSocket>)>,
     key: Arc<[u8]>,
     boot: u64,
     members: Arc<Mutex<Members>>,
@@ -438,21 +432,13 @@ async fn send(
         if !stalled {
             seq += 1;
             let n = message::encode(
-                &message::Heartbeat {
-                    host: cfg.host.clone(),
-                    boot,
-                    seq,
-                    unix_ms: unix_ms(),
-                },
+                &message::Heartbeat::now(&cfg.host, boot, seq),
                 &key,
                 &mut buf,
             );
             let targets: Vec<IpAddr> = lock(&members).peers().values().map(|p| p.address).collect();
             for t in targets {
-                let family = sockets
-                    .iter()
-                    .find(|s| s.local_addr().is_ok_and(|l| l.is_ipv6() == t.is_ipv6()));
-                if let Some(s) = family {
+                if let Some((_, s)) = sockets.iter().find(|(v6, _)| *v6 == t.is_ipv6()) {
                     // A peer that is down answers with ICMP errors; they change nothing.
                     let _ = s.send_to(&buf[..n], SocketAddr::new(t, cfg.port)).await;
                 }

@@ -103,20 +103,7 @@ async fn membership_from_leases() {
     // Its heartbeat, from its address, makes it live.
     let sock = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
     let mut b = [0u8; MAX_LEN];
-    let unix_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let n = encode(
-        &Heartbeat {
-            host: "h2".into(),
-            boot: 7,
-            seq: 1,
-            unix_ms,
-        },
-        KEY.as_bytes(),
-        &mut b,
-    );
+    let n = encode(&Heartbeat::now("h2", 7, 1), KEY.as_bytes(), &mut b);
     sock.send_to(&b[..n], SocketAddr::new(me, port)).unwrap();
     until("h2 live", || l2.view().live == ["h1", "h2"]).await;
 
