@@ -40,7 +40,7 @@ pub(super) fn send<F: Family, P: PacketBuf>(
         }
         let d = pkt.data_mut();
         d.copy_within(outer..outer + l3, 0);
-        F::emit_tunnel(&mut d[l3..], src, dst, inner as u16);
+        F::emit_ip(&mut d[l3..], src, dst, F::TUNNEL, inner as u16);
     }
     let d = pkt.data_mut();
     d[0..6].copy_from_slice(&mac);

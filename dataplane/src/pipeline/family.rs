@@ -124,6 +124,8 @@ pub(super) trait Family: Addr {
     const HEADER_LEN: usize;
     /// The family's ICMP protocol number.
     const ICMP: u8;
+    /// The protocol number of an inner packet of this family in a tunnel (`dsr-ipip`).
+    const TUNNEL: u8;
     /// ICMP echo request type.
     const ECHO_REQUEST: u8;
     /// ICMP echo reply type.
@@ -150,11 +152,8 @@ pub(super) trait Family: Addr {
     fn update_header_checksum(ip: &mut [u8], delta: u64);
     /// Sets the TTL or hop limit, keeping the header checksum right.
     fn set_hop_limit(ip: &mut [u8], ttl: u8);
-    /// Writes a tunnel header (`dsr-ipip`) from `src` to `dst` before `inner_len` bytes of an
-    /// inner packet of the same family.
-    fn emit_tunnel(ip: &mut [u8], src: Self, dst: Self, inner_len: u16);
     /// Writes a fixed header (no options) from `src` to `dst` carrying `payload_len` bytes of
-    /// `proto`, hop limit 64.
+    /// `proto` (for `dsr-ipip`, [`Family::TUNNEL`] and an inner packet), hop limit 64.
     fn emit_ip(ip: &mut [u8], src: Self, dst: Self, proto: u8, payload_len: u16);
     /// The pseudo-header sum of a transport checksum.
     fn pseudo(src: Self, dst: Self, proto: u8, len: u16) -> u32;
@@ -174,6 +173,7 @@ impl Family for [u8; 4] {
     const ADDRS_OFF: usize = 12;
     const HEADER_LEN: usize = ipv4::MIN_HEADER_LEN;
     const ICMP: u8 = proto::ICMP;
+    const TUNNEL: u8 = proto::IPIP;
     const ECHO_REQUEST: u8 = icmp::v4::ECHO_REQUEST;
     const ECHO_REPLY: u8 = icmp::v4::ECHO_REPLY;
     const UDP_CHECKSUM_OPTIONAL: bool = true;
@@ -209,9 +209,6 @@ impl Family for [u8; 4] {
     fn set_hop_limit(ip: &mut [u8], ttl: u8) {
         ipv4::Packet::new_unchecked(ip).set_ttl(ttl);
     }
-    fn emit_tunnel(ip: &mut [u8], src: Self, dst: Self, inner_len: u16) {
-        ipv4::emit(ip, src, dst, proto::IPIP, inner_len, 64, 0);
-    }
     fn emit_ip(ip: &mut [u8], src: Self, dst: Self, proto: u8, payload_len: u16) {
         ipv4::emit(ip, src, dst, proto, payload_len, 64, 0);
     }
@@ -243,6 +240,7 @@ impl Family for [u8; 16] {
     const ADDRS_OFF: usize = 8;
     const HEADER_LEN: usize = ipv6::HEADER_LEN;
     const ICMP: u8 = proto::ICMPV6;
+    const TUNNEL: u8 = proto::IPV6;
     const ECHO_REQUEST: u8 = icmp::v6::ECHO_REQUEST;
     const ECHO_REPLY: u8 = icmp::v6::ECHO_REPLY;
     const UDP_CHECKSUM_OPTIONAL: bool = false;
@@ -277,9 +275,6 @@ impl Family for [u8; 16] {
     fn update_header_checksum(_: &mut [u8], _: u64) {}
     fn set_hop_limit(ip: &mut [u8], hop: u8) {
         ipv6::Packet::new_unchecked(ip).set_hop_limit(hop);
-    }
-    fn emit_tunnel(ip: &mut [u8], src: Self, dst: Self, inner_len: u16) {
-        ipv6::emit(ip, src, dst, proto::IPV6, inner_len, 64);
     }
     fn emit_ip(ip: &mut [u8], src: Self, dst: Self, proto: u8, payload_len: u16) {
         ipv6::emit(ip, src, dst, proto, payload_len, 64);
