@@ -326,15 +326,7 @@ pub fn service(d: &api::ServiceDetail) -> String {
         s.affinity_seconds
             .map_or("none".to_owned(), |t| format!("ClientIP, {t} s"))
     );
-    let _ = writeln!(
-        o,
-        "Sources     {}",
-        if s.source_ranges.is_empty() {
-            "any".to_owned()
-        } else {
-            s.source_ranges.join(", ")
-        }
-    );
+    let _ = writeln!(o, "Sources     {}", joined_or(&s.source_ranges, "any"));
     for p in &s.problems {
         let _ = writeln!(o, "Problem     {p}");
     }
@@ -506,6 +498,15 @@ pub fn health(v: &[api::HealthRow]) -> String {
     )
 }
 
+/// `items` separated by commas, or `empty` when there are none.
+fn joined_or(items: &[String], empty: &str) -> String {
+    if items.is_empty() {
+        empty.to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
 /// `sluicectl l2`: the other hosts, then each VIP's owner.
 pub fn l2(v: &api::L2Status) -> String {
     if v.host.is_empty() {
@@ -567,11 +568,7 @@ pub fn l2(v: &api::L2Status) -> String {
         v.owned,
         v.ownership_changes,
         v.heartbeats_received,
-        if dropped.is_empty() {
-            "none".to_owned()
-        } else {
-            dropped.join(", ")
-        }
+        joined_or(&dropped, "none")
     );
     o
 }
@@ -627,11 +624,7 @@ pub fn bgp(b: &api::Bgp) -> String {
     let _ = writeln!(
         o,
         "announced   {}{}",
-        if b.announced.is_empty() {
-            "nothing".to_owned()
-        } else {
-            b.announced.join(", ")
-        },
+        joined_or(&b.announced, "nothing"),
         if b.drained {
             "  (host drained: sluicectl host undrain)"
         } else {

@@ -311,6 +311,17 @@ pub struct BgpEvent {
     pub note: String,
 }
 
+/// An Event of type `t` with `reason`, `action` and `note`, about no second object.
+fn kevent(t: EventType, reason: &str, action: &str, note: String) -> KEvent {
+    KEvent {
+        type_: t,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: action.to_owned(),
+        secondary: None,
+    }
+}
+
 /// Hands [`BgpEvent`]s to the status writer; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct BgpEvents {
@@ -670,14 +681,7 @@ impl Writer {
     /// Holds an Event about a change until the change's status write is done (see
     /// [`Writer::release_events`]).
     fn hold(&mut self, k: &ObjectKey, t: EventType, reason: &str, action: &str, note: String) {
-        let ev = KEvent {
-            type_: t,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: action.to_owned(),
-            secondary: None,
-        };
-        self.held.push((k.clone(), ev));
+        self.held.push((k.clone(), kevent(t, reason, action, note)));
     }
 
     /// Records the held Events, except those of Services that turned out to be deleted: a
@@ -686,13 +690,17 @@ impl Writer {
         let gone = std::mem::take(&mut self.gone);
         for (k, ev) in std::mem::take(&mut self.held) {
             if self.leader && !gone.contains(&k) {
-                let note = ev.note.unwrap_or_default();
-                self.event(&k, ev.type_, &ev.reason, &ev.action, note);
+                self.record(&k, ev);
             }
         }
     }
 
     fn event(&mut self, k: &ObjectKey, t: EventType, reason: &str, action: &str, note: String) {
+        self.record(k, kevent(t, reason, action, note));
+    }
+
+    /// Sends Event `ev` about Service `k` to the recorder (its note cut to 1,000 bytes).
+    fn record(&mut self, k: &ObjectKey, mut ev: KEvent) {
         let uid = {
             let m = self.meta.lock().unwrap_or_else(|e| e.into_inner());
             match m.get(k) {
@@ -708,21 +716,13 @@ impl Writer {
             uid,
             ..ObjectReference::default()
         };
-        let mut note = note;
-        if note.len() > 1000 {
+        if let Some(note) = ev.note.as_mut().filter(|n| n.len() > 1000) {
             let mut cut = 1000;
             while !note.is_char_boundary(cut) {
                 cut -= 1;
             }
             note.truncate(cut);
         }
-        let ev = KEvent {
-            type_: t,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: action.to_owned(),
-            secondary: None,
-        };
         if self.events.try_send((r, ev)).is_err() {
             self.dropped_events += 1;
         }
