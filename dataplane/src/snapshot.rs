@@ -187,6 +187,11 @@ pub struct Local {
     pub nat_ipv4: Vec<[u8; 4]>,
     /// Full-NAT local IPv6 addresses.
     pub nat_ipv6: Vec<[u8; 16]>,
+    /// How many of the last `nat_ipv4` addresses are peer hosts' (flow sync): packets to them
+    /// are accepted as NAT replies of synced flows, but no new flow is given one.
+    pub nat_ipv4_peers: usize,
+    /// The same for `nat_ipv6`.
+    pub nat_ipv6_peers: usize,
     /// First NAT local port (inclusive).
     pub nat_port_min: u16,
     /// Last NAT local port (inclusive).
@@ -643,6 +648,8 @@ mod tests {
             ipv4: vec![[10, 0, 0, 2]],
             nat_port_min: 1024,
             nat_port_max: 65535,
+            nat_ipv4_peers: 0,
+            nat_ipv6_peers: 0,
             ..Local::default()
         };
         let s = Snapshot::new(
@@ -707,6 +714,8 @@ mod tests {
             ipv6: vec![[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]],
             nat_port_min: 1024,
             nat_port_max: 65535,
+            nat_ipv4_peers: 0,
+            nat_ipv6_peers: 0,
             ..Local::default()
         };
         let mut fes = Vec::new();
