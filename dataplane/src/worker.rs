@@ -79,9 +79,14 @@ pub enum Command {
     /// Install flows synced from peer hosts: each worker resolves them against its own
     /// snapshot and takes what is its to hold (`Pipeline::install_synced`).
     InstallSynced(Arc<[SavedFlow]>),
-    /// Publish every own flow on the sync ring, a piece per millisecond tick (a peer's bulk
-    /// transfer, or the periodic refresh); `sync_walks` counts the walks done.
-    SyncWalk,
+    /// Publish flows on the sync ring, a piece per millisecond tick; `sync_walks` counts the
+    /// walks done. `all`: every flow, synced ones included (a peer's bulk transfer: a
+    /// restarted peer gets its own flows back); otherwise only own flows (the periodic
+    /// refresh, which must not keep a peer's flows alive after the peer let them go).
+    SyncWalk {
+        /// Synced flows too.
+        all: bool,
+    },
 }
 
 /// Which forward flows [`Command::FindFlows`] asks for: every flow of `client`, narrowed by
@@ -556,7 +561,7 @@ impl Lcore {
             Command::InstallSynced(flows) => {
                 self.pipeline.install_synced(&self.snap, &flows, now_ms);
             }
-            Command::SyncWalk => self.pipeline.start_sync_walk(),
+            Command::SyncWalk { all } => self.pipeline.start_sync_walk(all),
             c => command(&self.snap, c, pool, &mut self.out.tx[0], &self.stats),
         }
     }
@@ -691,7 +696,7 @@ fn command(snap: &Snapshot, c: Command, pool: &Mempool, tx: &mut MbufBatch, stat
         Command::Resolve { .. } => return,
         Command::Announce(IpAddr::V4(a)) => edge::gratuitous_arp(buf, mac, a.octets()),
         Command::Announce(IpAddr::V6(a)) => edge::unsolicited_na(buf, mac, a.octets()),
-        Command::FindFlows { .. } | Command::InstallSynced(_) | Command::SyncWalk => return,
+        Command::FindFlows { .. } | Command::InstallSynced(_) | Command::SyncWalk { .. } => return,
     };
     let total = m.len();
     m.trim(total - n);

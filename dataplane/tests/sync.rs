@@ -216,13 +216,35 @@ fn a_walk_publishes_every_own_flow_a_piece_at_a_time() {
     }
     // Sync turned on later: nothing was published at birth.
     a.set_sync(Some(tx));
-    a.start_sync_walk();
+    a.start_sync_walk(false);
     let mut steps = 0;
     while a.sync_walking() {
         a.sync_walk_step(&snap, 2);
         steps += 1;
     }
     assert!(steps > 1, "the walk took {steps} step(s)");
-    assert_eq!(drain(&rx).len(), 300);
+    let own = drain(&rx);
+    assert_eq!(own.len(), 300);
     assert_eq!(a.stats().sync_walks.load(Relaxed), 1);
+
+    // A peer's flows installed here: a refresh leaves them out, a bulk transfer sends them.
+    let peer: Vec<SavedFlow> = own
+        .iter()
+        .map(|f| SavedFlow {
+            client_port: f.client_port + 1000,
+            nat: f.nat.map(|n| sluice_dataplane::pipeline::SavedNat {
+                port: n.port + 5000,
+                ..n
+            }),
+            ..*f
+        })
+        .collect();
+    assert_eq!(a.install_synced(&snap, &peer, 3), 300);
+    for (all, want) in [(false, 300), (true, 600)] {
+        a.start_sync_walk(all);
+        while a.sync_walking() {
+            a.sync_walk_step(&snap, 4);
+        }
+        assert_eq!(drain(&rx).len(), want, "all = {all}");
+    }
 }

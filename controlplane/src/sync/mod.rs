@@ -12,9 +12,10 @@
 //!    never takes a lock), packed into datagrams of up to [`message::MAX_PAYLOAD`] bytes and
 //!    sent to every peer at most every `batch_ms`, under a token bucket of `max_rate` records
 //!    per second and peer (the excess is dropped and counted).
-//! 3. **Walks**: every `refresh_seconds`, and when a peer asks for a bulk transfer, every
-//!    worker is told to publish all its own flows ([`Command::SyncWalk`]); when the walks
-//!    are done and the rings drained, a bulk requester gets [`message::Kind::BulkDone`].
+//! 3. **Walks**: every `refresh_seconds` every worker is told to publish all its own flows
+//!    ([`Command::SyncWalk`]); when a peer asks for a bulk transfer, its synced flows too (a
+//!    restarted peer gets its own flows back). When the walks are done and the rings
+//!    drained, the requester gets [`message::Kind::BulkDone`].
 //! 4. **Start**: [`Sync::wait_bulk`] asks each peer for a bulk transfer and waits (bounded by
 //!    `bulk_timeout_ms`) until each has sent it, before the daemon announces anything.
 use std::net::{SocketAddr, UdpSocket};
@@ -24,6 +25,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
+use sluice_dataplane::conntrack::FlowState;
 use sluice_dataplane::pipeline::SavedFlow;
 use sluice_dataplane::stats::WorkerStats;
 use sluice_dataplane::worker::Command;
@@ -287,7 +289,7 @@ impl Thread {
                         info!(peer = %self.cfg.peers[i].name, "bulk transfer asked");
                         bulk_for.retain(|(p, _)| *p != i);
                         bulk_for.push((i, self.walks()));
-                        self.walk_all();
+                        self.walk_all(true);
                     }
                     Ok((i, Kind::BulkDone)) => {
                         self.peers[i].bulk_done = true;
@@ -330,7 +332,7 @@ impl Thread {
             // 3. Walks: the periodic refresh, and bulk transfers that are done.
             if now >= next_refresh {
                 next_refresh = now + refresh;
-                self.walk_all();
+                self.walk_all(false);
             }
             if !bulk_for.is_empty() && self.rings_empty() {
                 let walks = self.walks();
@@ -390,6 +392,17 @@ impl Thread {
         }
         if !self.peers[i].replay.accept(h.boot, h.seq, h.unix_ms) {
             return reject(out, "replay");
+        }
+        // A synced copy lives at least two refresh periods (the origin sends its live flows
+        // again every period), except a closing one, which ends on its own timeout.
+        let floor = (self.cfg.refresh_seconds * 2000).min(u64::from(u32::MAX)) as u32;
+        for f in &mut out[start..] {
+            if f.state != FlowState::TcpClosing {
+                f.remaining_ms = f.remaining_ms.max(floor);
+                if let Some(n) = &mut f.nat {
+                    n.remaining_ms = n.remaining_ms.max(floor);
+                }
+            }
         }
         let n = (out.len() - start) as u64;
         let mut s = lock(&self.shared.status);
@@ -474,10 +487,10 @@ impl Thread {
         s.bytes_sent += bytes;
     }
 
-    /// Tells every worker to publish all its own flows.
-    fn walk_all(&self) {
+    /// Tells every worker to publish all its own flows, and with `all` its synced ones too.
+    fn walk_all(&self, all: bool) {
         for c in &self.links.commands {
-            if c.try_send(Command::SyncWalk).is_err() {
+            if c.try_send(Command::SyncWalk { all }).is_err() {
                 warn!("a worker's command channel is full: sync walk not started");
             }
         }
@@ -509,3 +522,6 @@ impl Thread {
         s.ring_queued = self.links.rings.iter().map(|r| r.len() as u64).sum();
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -10,8 +10,9 @@
 //! - a synced flow this worker forwards a packet of (it has moved here: the peers learn who
 //!   carries it now);
 //! - every own flow, a bounded piece per millisecond tick, during a *walk*
-//!   ([`Pipeline::start_sync_walk`]): a restarted peer's bulk transfer, and the periodic
-//!   refresh that keeps the peers' copies alive.
+//!   ([`Pipeline::start_sync_walk`]): the periodic refresh that keeps the peers' copies alive,
+//!   and a restarted peer's bulk transfer, which also sends the synced flows (the peer gets
+//!   its own flows back).
 //!
 //! Publishing never blocks or allocates: a full ring drops the update and counts it
 //! (`sync_ring_full`); a walk instead waits for room, a piece at a time.
@@ -38,6 +39,8 @@ pub const WALK_SLOTS_PER_TICK: usize = 4096;
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Walk {
     next: usize,
+    /// Synced flows too (a bulk transfer), not only own ones (a refresh).
+    all: bool,
 }
 
 impl Pipeline {
@@ -101,10 +104,12 @@ impl Pipeline {
         self.put(tx, f);
     }
 
-    /// Starts (or restarts) a walk that publishes every own flow; it goes on a piece per
-    /// [`Pipeline::sync_walk_step`].
-    pub fn start_sync_walk(&mut self) {
-        self.walk = Some(Walk { next: 0 });
+    /// Starts (or restarts) a walk that publishes every own flow, and with `all` every synced
+    /// one too; it goes on a piece per [`Pipeline::sync_walk_step`]. A walk already under way
+    /// widens to `all` if asked.
+    pub fn start_sync_walk(&mut self, all: bool) {
+        let all = all || self.walk.is_some_and(|w| w.all);
+        self.walk = Some(Walk { next: 0, all });
     }
 
     /// Whether a walk is under way.
@@ -127,30 +132,32 @@ impl Pipeline {
         let n4 = self.flows.v4.fwd.capacity();
         let n6 = self.flows.v6.fwd.capacity();
         if w.next < n4 {
-            self.walk_piece::<[u8; 4]>(snap, now_ms, tx, w.next);
+            self.walk_piece::<[u8; 4]>(snap, now_ms, tx, w.next, w.all);
         } else {
-            self.walk_piece::<[u8; 16]>(snap, now_ms, tx, w.next - n4);
+            self.walk_piece::<[u8; 16]>(snap, now_ms, tx, w.next - n4, w.all);
         }
         let next = w.next + WALK_SLOTS_PER_TICK;
         if next >= n4 + n6 {
             self.walk = None;
             bump(&self.stats.sync_walks, 1);
         } else {
-            self.walk = Some(Walk { next });
+            self.walk = Some(Walk { next, ..w });
         }
     }
 
-    /// Publishes the own live forward flows of family `F` in slots `start..start + piece`.
+    /// Publishes the live forward flows of family `F` in slots `start..start + piece`: own
+    /// ones, and synced ones too with `all`.
     fn walk_piece<F: Family>(
         &self,
         snap: &Snapshot,
         now_ms: u32,
         tx: &Sender<SavedFlow>,
         start: usize,
+        all: bool,
     ) {
         let t = F::tables(&self.flows);
         for e in t.fwd.entries_in(start, WALK_SLOTS_PER_TICK) {
-            if e.value().synced() {
+            if e.value().synced() && !all {
                 continue;
             }
             if let Some(f) = self.saved_of::<F>(snap, e, now_ms) {
