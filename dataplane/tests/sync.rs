@@ -248,3 +248,23 @@ fn a_walk_publishes_every_own_flow_a_piece_at_a_time() {
         assert_eq!(drain(&rx).len(), want, "all = {all}");
     }
 }
+
+#[test]
+fn a_peers_nat_address_is_never_answered_by_arp() {
+    use sluice_dataplane::pipeline::edge;
+    use sluice_dataplane::stats::DropReason;
+    let snap_b = snapshot_b();
+    let mut b = pipeline();
+    let ask = |target: [u8; 4]| {
+        let mut buf = vec![0u8; edge::MIN_FRAME_LEN];
+        let n = edge::arp_request(&mut buf, CLIENT_MAC, CLIENT4, target);
+        buf.truncate(n.max(edge::MIN_FRAME_LEN));
+        buf
+    };
+    assert_eq!(run(&mut b, &snap_b, ask(NAT4_B), 1).0, Verdict::Tx, "B's own");
+    assert_eq!(
+        run(&mut b, &snap_b, ask(NAT4), 2).0,
+        Verdict::Drop(DropReason::VipNotOwned),
+        "A answers for its own NAT address"
+    );
+}
