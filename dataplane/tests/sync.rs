@@ -261,7 +261,11 @@ fn a_peers_nat_address_is_never_answered_by_arp() {
         buf.truncate(n.max(edge::MIN_FRAME_LEN));
         buf
     };
-    assert_eq!(run(&mut b, &snap_b, ask(NAT4_B), 1).0, Verdict::Tx, "B's own");
+    assert_eq!(
+        run(&mut b, &snap_b, ask(NAT4_B), 1).0,
+        Verdict::Tx,
+        "B's own"
+    );
     assert_eq!(
         run(&mut b, &snap_b, ask(NAT4), 2).0,
         Verdict::Drop(DropReason::VipNotOwned),

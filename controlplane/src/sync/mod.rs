@@ -257,6 +257,11 @@ struct Thread {
 
 /// Records drained from the rings per millisecond at most (bounds one iteration).
 const DRAIN_PER_TICK: usize = 65_536;
+/// Datagrams received per millisecond at most: a flood of them (each costs an HMAC) cannot
+/// keep the thread from sending.
+const RECV_PER_TICK: usize = 4096;
+/// Synced flows per install command at most: what a worker inserts in one tick.
+const INSTALL_PER_COMMAND: usize = 4096;
 
 impl Thread {
     fn run(&mut self) {
@@ -283,7 +288,12 @@ impl Thread {
             }
             // 1. Receive.
             got.clear();
-            while let Ok((n, from)) = self.sock.recv_from(&mut buf) {
+            let mut budget = RECV_PER_TICK;
+            while budget > 0 {
+                budget -= 1;
+                let Ok((n, from)) = self.sock.recv_from(&mut buf) else {
+                    break;
+                };
                 match self.accept(&buf[..n], from, &mut got) {
                     Ok((i, Kind::BulkRequest)) => {
                         info!(peer = %self.cfg.peers[i].name, "bulk transfer asked");
@@ -304,8 +314,9 @@ impl Thread {
                     }
                 }
             }
-            if !got.is_empty() {
-                let flows: Arc<[SavedFlow]> = got.drain(..).collect();
+            // In pieces, so that no worker's tick installs more than INSTALL_PER_COMMAND.
+            for piece in got.chunks(INSTALL_PER_COMMAND) {
+                let flows: Arc<[SavedFlow]> = piece.into();
                 let mut s = lock(&self.shared.status);
                 for c in &self.links.commands {
                     if c.try_send(Command::InstallSynced(flows.clone())).is_err() {
@@ -454,6 +465,12 @@ impl Thread {
             }
             let (chunk, tail) = rest.split_at(n.max(1));
             rest = tail;
+            let c = chunk.len() as f64;
+            if self.peers.iter().all(|p| p.tokens < c) {
+                // Over every peer's rate: not worth signing.
+                limited += (chunk.len() * self.peers.len()) as u64;
+                continue;
+            }
             let h = self.header(Kind::Flows);
             message::begin(msg, &h);
             for f in chunk {
@@ -461,7 +478,6 @@ impl Thread {
             }
             message::finish(msg, chunk.len() as u8, &self.key);
             for (i, p) in self.peers.iter_mut().enumerate() {
-                let c = chunk.len() as f64;
                 if p.tokens < c {
                     limited += chunk.len() as u64;
                     continue;
