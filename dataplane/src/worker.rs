@@ -76,6 +76,17 @@ pub enum Command {
         /// Where the answer goes (a full or closed channel drops it).
         reply: Sender<FlowAnswer>,
     },
+    /// Install flows synced from peer hosts: each worker resolves them against its own
+    /// snapshot and takes what is its to hold (`Pipeline::install_synced`).
+    InstallSynced(Arc<[SavedFlow]>),
+    /// Publish flows on the sync ring, a piece per millisecond tick; `sync_walks` counts the
+    /// walks done. `all`: every flow, synced ones included (a peer's bulk transfer: a
+    /// restarted peer gets its own flows back); otherwise only own flows (the periodic
+    /// refresh, which must not keep a peer's flows alive after the peer let them go).
+    SyncWalk {
+        /// Synced flows too.
+        all: bool,
+    },
 }
 
 /// Which forward flows [`Command::FindFlows`] asks for: every flow of `client`, narrowed by
@@ -213,6 +224,10 @@ pub struct WorkerConfig {
     pub restore: Vec<RestoreFlow>,
     /// Export the live flows when the worker stops ([`WorkerHandle::stop_saving`]).
     pub save_flows: bool,
+    /// The sync ring: where the worker publishes its flows for the peer hosts (`None`: flow
+    /// sync off). Its receiver must be drained with `try_recv` only, so that a publish never
+    /// takes the channel's waker lock.
+    pub sync: Option<Sender<SavedFlow>>,
 }
 
 /// Empty polls in a row after which a worker in idle mode starts to sleep between polls.
@@ -229,6 +244,7 @@ impl Default for WorkerConfig {
             idle_sleep_us: None,
             restore: Vec::new(),
             save_flows: false,
+            sync: None,
         }
     }
 }
@@ -413,6 +429,7 @@ fn run(
     // The previous process's flows, before any packet: on the clock's first millisecond.
     l.pipeline.restore_flows(&l.snap, &cfg.restore, 0);
     drop(cfg.restore);
+    l.pipeline.set_sync(cfg.sync);
     let ms_ticks = (hz / 1000).max(1);
     let start = tsc();
     let mut next_tick = start + ms_ticks;
@@ -541,6 +558,10 @@ impl Lcore {
                     }),
                 }
             }
+            Command::InstallSynced(flows) => {
+                self.pipeline.install_synced(&self.snap, &flows, now_ms);
+            }
+            Command::SyncWalk { all } => self.pipeline.start_sync_walk(all),
             c => command(&self.snap, c, pool, &mut self.out.tx[0], &self.stats),
         }
     }
@@ -554,6 +575,9 @@ impl Lcore {
             }
         }
         self.pipeline.expire(now_ms, self.expire_buckets);
+        if self.pipeline.sync_walking() {
+            self.pipeline.sync_walk_step(&self.snap, now_ms);
+        }
     }
 }
 
@@ -672,7 +696,7 @@ fn command(snap: &Snapshot, c: Command, pool: &Mempool, tx: &mut MbufBatch, stat
         Command::Resolve { .. } => return,
         Command::Announce(IpAddr::V4(a)) => edge::gratuitous_arp(buf, mac, a.octets()),
         Command::Announce(IpAddr::V6(a)) => edge::unsolicited_na(buf, mac, a.octets()),
-        Command::FindFlows { .. } => return,
+        Command::FindFlows { .. } | Command::InstallSynced(_) | Command::SyncWalk { .. } => return,
     };
     let total = m.len();
     m.trim(total - n);

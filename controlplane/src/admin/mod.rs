@@ -453,6 +453,7 @@ pub struct AdminState {
     telemetry: Telemetry,
     bgp: Mutex<BgpView>,
     l2: Mutex<api::L2Status>,
+    sync: Mutex<Option<crate::sync::SyncView>>,
 }
 
 /// Seconds since the Unix epoch.
@@ -514,6 +515,7 @@ impl AdminState {
             telemetry: Telemetry::default(),
             bgp: Mutex::new(BgpView::default()),
             l2: Mutex::new(api::L2Status::default()),
+            sync: Mutex::new(None),
         };
         (Arc::new(state), rx)
     }
@@ -633,6 +635,19 @@ impl AdminState {
     /// L2 mode as the control loop last saw it.
     pub fn set_l2(&self, v: api::L2Status) {
         *lock(&self.l2) = v;
+    }
+
+    /// Where [`AdminState::sync`] reads flow sync's state from.
+    pub fn attach_sync(&self, v: crate::sync::SyncView) {
+        *lock(&self.sync) = Some(v);
+    }
+
+    /// Flow sync's state (an empty `host` without `[sync]`).
+    pub fn sync(&self) -> api::SyncStatus {
+        lock(&self.sync)
+            .as_ref()
+            .map(crate::sync::SyncView::status)
+            .unwrap_or_default()
     }
 
     /// L2 mode as last set (an empty `host` without `[l2]`).

@@ -429,6 +429,11 @@ impl Config {
             }
         }
 
+        // [sync]
+        if let Some(y) = &self.sync {
+            y.validate(&self.nat.addresses)?;
+        }
+
         // [bgp]
         if let Some(b) = &self.bgp {
             let pools: Vec<&str> = self.pools.iter().map(|p| p.name.as_str()).collect();
