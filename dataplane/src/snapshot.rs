@@ -582,6 +582,15 @@ impl Snapshot {
         self.l2_silent = v;
     }
 
+    /// L2 mode with flow sync: this host has taken over `addrs`, NAT addresses of peers that
+    /// are gone, and answers ARP/NDP for them (it holds their synced flows).
+    pub fn answer_peer_nat(&mut self, addrs: impl IntoIterator<Item = IpAddr>) {
+        for a in addrs {
+            let r = raw(a);
+            self.peer_nat.retain(|x| *x != r);
+        }
+    }
+
     /// Whether this host answers ARP/NDP for `addr`, a VIP or one of our addresses (false for
     /// a VIP another host owns in L2 mode, and for a peer's NAT address). Not on the data
     /// path: neighbour requests only.
