@@ -432,6 +432,13 @@ impl Default for Telemetry {
     }
 }
 
+/// What flow sync's state is read from (the sync service implements it; set by the daemon
+/// when `[sync]` runs).
+pub trait SyncReport: Send + Sync + std::fmt::Debug {
+    /// The current state.
+    fn status(&self) -> api::SyncStatus;
+}
+
 /// Everything the admin API and the metrics read.
 #[derive(Debug)]
 pub struct AdminState {
@@ -453,7 +460,7 @@ pub struct AdminState {
     telemetry: Telemetry,
     bgp: Mutex<BgpView>,
     l2: Mutex<api::L2Status>,
-    sync: Mutex<Option<crate::sync::SyncView>>,
+    sync: Mutex<Option<Arc<dyn SyncReport>>>,
 }
 
 /// Seconds since the Unix epoch.
@@ -637,16 +644,16 @@ impl AdminState {
         *lock(&self.l2) = v;
     }
 
-    /// Where [`AdminState::sync`] reads flow sync's state from.
-    pub fn attach_sync(&self, v: crate::sync::SyncView) {
-        *lock(&self.sync) = Some(v);
+    /// Where [`AdminState::sync`] reads flow sync's state from (the sync service's view).
+    pub fn attach_sync(&self, source: Arc<dyn SyncReport>) {
+        *lock(&self.sync) = Some(source);
     }
 
     /// Flow sync's state (an empty `host` without `[sync]`).
     pub fn sync(&self) -> api::SyncStatus {
         lock(&self.sync)
             .as_ref()
-            .map(crate::sync::SyncView::status)
+            .map(|r| r.status())
             .unwrap_or_default()
     }
 

@@ -244,7 +244,7 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
             };
             match crate::sync::Sync::start(y, links) {
                 Ok(s) => {
-                    admin_state.attach_sync(s.view());
+                    admin_state.attach_sync(Arc::new(s.view()));
                     s.wait_bulk();
                     Some(s)
                 }

@@ -216,9 +216,8 @@ impl std::fmt::Debug for SyncView {
     }
 }
 
-impl SyncView {
-    /// The current state.
-    pub fn status(&self) -> SyncStatus {
+impl crate::admin::SyncReport for SyncView {
+    fn status(&self) -> SyncStatus {
         lock(&self.0.status).clone()
     }
 }

@@ -583,7 +583,9 @@ pub fn sync(v: &api::SyncStatus) -> String {
         v.host,
         v.address.map_or("-".to_owned(), |a| a.to_string())
     );
-    let now = crate::l2::message::unix_ms();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let rows: Vec<Vec<String>> = v
         .peers
         .iter()
