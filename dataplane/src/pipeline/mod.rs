@@ -52,6 +52,8 @@ mod dsr;
 pub mod edge;
 mod family;
 mod flows;
+#[cfg(any(test, feature = "check"))]
+mod inspect;
 mod nat;
 mod saved;
 mod schedule;

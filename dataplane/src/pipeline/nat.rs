@@ -40,6 +40,13 @@ impl NatPorts {
             slice: NatSlice::new(1, 0, cfg.worker, cfg.workers),
         }
     }
+
+    /// Both cursors back to the start of the slice (a pipeline reused by the fuzzer).
+    #[cfg(any(test, feature = "check"))]
+    pub(super) fn rewind(&mut self) {
+        self.cursor = 0;
+        self.spill = 0;
+    }
 }
 
 /// A new flow looking for a NAT port: what each port tried needs to build and record its
@@ -183,6 +190,13 @@ impl Pipeline {
             return Verdict::Drop(DropReason::NatNoFlow);
         };
         let vip = F::from_raw(&raw_ip(f.vip));
+        // The fuzzer's self-test (never in a real build): UDP replies to IPv6 clients go to the
+        // wrong client port.
+        #[cfg(feature = "fuzz-broken-rewrite")]
+        let v = Rev {
+            client_port: v.client_port.wrapping_add(u16::from(F::V6 && !tcp)),
+            ..v
+        };
         let d = pkt.data_mut();
         rewrite_flow::<F>(d, p, vip, v.client, f.port, v.client_port);
         d[0..6].copy_from_slice(&v.client_mac);
