@@ -185,15 +185,16 @@ pub fn transmitted(input: &[u8], output: &[u8]) -> Result<Parsed, String> {
         return Err("transmitted frame is VLAN-tagged".into());
     }
     if po.l3 == L3::Other {
-        return Err(format!("transmitted frame of EtherType {:#06x}", po.ethertype));
+        return Err(format!(
+            "transmitted frame of EtherType {:#06x}",
+            po.ethertype
+        ));
     }
     if !ip_checksum_ok(output, &po) {
         return Err("transmitted IPv4 header checksum does not verify".into());
     }
     if l4_checksum_ok(output, &po) == Some(false) {
-        let before = parse(input)
-            .ok()
-            .and_then(|pi| l4_checksum_ok(input, &pi));
+        let before = parse(input).ok().and_then(|pi| l4_checksum_ok(input, &pi));
         if before != Some(false) {
             return Err(format!(
                 "transmitted transport checksum (protocol {}) does not verify, it did before",
@@ -411,7 +412,9 @@ impl Model {
         if l4 {
             if let Some(f) = frontend_of(s.snap, &t) {
                 if !admitted(f, &t.src, t.v6) {
-                    return Err(format!("a packet from a denied source was transmitted: {t:?}"));
+                    return Err(format!(
+                        "a packet from a denied source was transmitted: {t:?}"
+                    ));
                 }
                 if pi.fragment != Fragment::No {
                     if f.method == Method::Nat {
@@ -422,7 +425,9 @@ impl Model {
                 return self.forwarded(s, f, input, pi, output, &po);
             }
             if s.snap.frontends().any(|f| raw(f.vip) == (t.dst, t.v6)) {
-                return Err(format!("a packet to a VIP port not served was transmitted: {t:?}"));
+                return Err(format!(
+                    "a packet to a VIP port not served was transmitted: {t:?}"
+                ));
             }
             if pi.fragment == Fragment::No {
                 return self.nat_reply(s, input, pi, output, &po);
@@ -480,7 +485,9 @@ impl Model {
                 return Err(format!("answered a packet to frontend {} itself", f.id));
             }
             if po.tcp_flags & 0x04 == 0 || pi.tcp_flags & 0x04 != 0 {
-                return Err("the answer to an unknown nat flow is not a RST, or answers a RST".into());
+                return Err(
+                    "the answer to an unknown nat flow is not a RST, or answers a RST".into(),
+                );
             }
             return Ok(());
         }
@@ -495,9 +502,10 @@ impl Model {
             ));
         }
         if let Some(x) = seen {
-            let kept = s.snap.backend(x.backend).filter(|old| {
-                old.mac.is_some() && f.backends.contains(&old.id)
-            });
+            let kept = s
+                .snap
+                .backend(x.backend)
+                .filter(|old| old.mac.is_some() && f.backends.contains(&old.id));
             let recent = s.now_ms.wrapping_sub(x.at_ms) < s.min_timeout_ms;
             if kept.is_some()
                 && x.backend != b.id
@@ -523,7 +531,11 @@ impl Model {
         );
         let (ba, bv6) = raw(b.addr);
         if bv6 != t.v6 {
-            return Err(format!("a {} packet went to backend {} of the other family", if t.v6 { "v6" } else { "v4" }, b.id));
+            return Err(format!(
+                "a {} packet went to backend {} of the other family",
+                if t.v6 { "v6" } else { "v4" },
+                b.id
+            ));
         }
         let bmac = b.mac.unwrap_or_default();
         match f.method {
@@ -552,7 +564,9 @@ impl Model {
                     && own.as_deref() == Some(&po.src[..n])
                     && output[..6] == bmac;
                 if !ok {
-                    return Err("dsr-ipip: not the packet unchanged in a tunnel to its backend".into());
+                    return Err(
+                        "dsr-ipip: not the packet unchanged in a tunnel to its backend".into(),
+                    );
                 }
             }
             Method::Nat => {
@@ -563,7 +577,10 @@ impl Model {
                     local.nat_ipv4.iter().map(|a| &a[..]).collect()
                 };
                 if !nat.contains(&&po.src[..n]) {
-                    return Err(format!("nat: source {:?} is not a NAT address", &po.src[..n]));
+                    return Err(format!(
+                        "nat: source {:?} is not a NAT address",
+                        &po.src[..n]
+                    ));
                 }
                 if nat_owner(s.snap, s.workers, po.sport) != Some(s.worker) {
                     return Err(format!(
@@ -581,10 +598,13 @@ impl Model {
                 if rewritten(input, pi, output, bmac, local.mac, &to) != output {
                     return Err(format!("nat: not the rewrite {t:?} -> {to:?}"));
                 }
-                let rec = self.nat.entry((s.worker, to.reversed())).or_insert(NatSeen {
-                    client: t,
-                    macs: Vec::new(),
-                });
+                let rec = self
+                    .nat
+                    .entry((s.worker, to.reversed()))
+                    .or_insert(NatSeen {
+                        client: t,
+                        macs: Vec::new(),
+                    });
                 if rec.client != t {
                     rec.client = t;
                     rec.macs.clear();
@@ -613,12 +633,16 @@ impl Model {
             return Err(format!("a RST answered a packet to our address {t:?}"));
         }
         let Some(rec) = self.nat.get(&(s.worker, t)) else {
-            return Err(format!("a reply {t:?} was translated, but no flow was NAT'd to it"));
+            return Err(format!(
+                "a reply {t:?} was translated, but no flow was NAT'd to it"
+            ));
         };
         let c = rec.client;
         let to_mac = mac(output, 0);
         if !rec.macs.contains(&to_mac) {
-            return Err(format!("NAT reply {t:?} sent to MAC {to_mac:02x?}, not its client's"));
+            return Err(format!(
+                "NAT reply {t:?} sent to MAC {to_mac:02x?}, not its client's"
+            ));
         }
         let want = rewritten(input, pi, output, to_mac, s.snap.local.mac, &c.reversed());
         if want != output {

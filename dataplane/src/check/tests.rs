@@ -21,7 +21,10 @@ fn bmac(id: u32) -> [u8; 6] {
 fn snap(draining: u32) -> Snapshot {
     let fe = |id: u32, vip: &str, method, backends: Vec<u32>| {
         let names: Vec<String> = backends.iter().map(|b| format!("b{b}")).collect();
-        let mb: Vec<_> = names.iter().map(|n| MaglevBackend { id: n, weight: 1 }).collect();
+        let mb: Vec<_> = names
+            .iter()
+            .map(|n| MaglevBackend { id: n, weight: 1 })
+            .collect();
         Frontend {
             id,
             service: Arc::from("default/check"),
@@ -73,7 +76,13 @@ fn snap(draining: u32) -> Snapshot {
 }
 
 /// An Ethernet + IPv4 + TCP frame; `flags`: SYN 2, ACK 0x10.
-fn tcp(macs: ([u8; 6], [u8; 6]), src: [u8; 4], dst: [u8; 4], ports: (u16, u16), flags: u8) -> Vec<u8> {
+fn tcp(
+    macs: ([u8; 6], [u8; 6]),
+    src: [u8; 4],
+    dst: [u8; 4],
+    ports: (u16, u16),
+    flags: u8,
+) -> Vec<u8> {
     let mut b = PacketBuilder::ethernet2(macs.0, macs.1)
         .ipv4(src, dst, 64)
         .tcp(ports.0, ports.1, 1000, 65535);
@@ -113,7 +122,12 @@ fn pipeline() -> Pipeline {
 }
 
 /// Runs `input` through `pipe` and the model; the output and the model's judgement.
-fn run(m: &mut Model, pipe: &mut Pipeline, s: &Step<'_>, input: &[u8]) -> (Vec<u8>, Result<(), String>) {
+fn run(
+    m: &mut Model,
+    pipe: &mut Pipeline,
+    s: &Step<'_>,
+    input: &[u8],
+) -> (Vec<u8>, Result<(), String>) {
     let mut b = VecBuf::new(input);
     let v = pipe.process(s.snap, &mut b, s.now_ms);
     assert_eq!(v, Verdict::Tx, "the pipeline transmits {input:02x?}");
@@ -133,16 +147,25 @@ fn err(r: Result<(), String>, want: &str) {
 fn frame_checks_fire() {
     let input = tcp((CLIENT_MAC, LB_MAC), CLIENT, [192, 0, 2, 2], (40000, 80), 2);
     assert!(transmitted(&input, &input).is_ok());
-    err(transmitted(&input, &input[..40]).map(|_| ()), "does not parse");
+    err(
+        transmitted(&input, &input[..40]).map(|_| ()),
+        "does not parse",
+    );
     let mut tagged = input.clone();
     tagged.splice(12..12, [0x81, 0x00, 0x00, 42]);
     err(transmitted(&input, &tagged).map(|_| ()), "VLAN-tagged");
     let mut bad_ip = input.clone();
     bad_ip[14 + 10] ^= 1;
-    err(transmitted(&input, &bad_ip).map(|_| ()), "IPv4 header checksum");
+    err(
+        transmitted(&input, &bad_ip).map(|_| ()),
+        "IPv4 header checksum",
+    );
     let mut bad_tcp = input.clone();
     bad_tcp[14 + 20 + 16] ^= 1;
-    err(transmitted(&input, &bad_tcp).map(|_| ()), "transport checksum");
+    err(
+        transmitted(&input, &bad_tcp).map(|_| ()),
+        "transport checksum",
+    );
     // A transport checksum that was wrong before may stay wrong.
     assert!(transmitted(&bad_tcp, &bad_tcp).is_ok());
 }
@@ -160,29 +183,51 @@ fn forwarding_checks_fire() {
     // Another backend's MAC: not one of the frontend's.
     let mut foreign = out.clone();
     foreign[0..6].copy_from_slice(&bmac(4));
-    err(m.packet(&st, &pipe, &syn, Verdict::Tx, &foreign), "not one of frontend");
+    err(
+        m.packet(&st, &pipe, &syn, Verdict::Tx, &foreign),
+        "not one of frontend",
+    );
     // dsr-l2 may change the MACs only.
     let mut changed = out.clone();
     *changed.last_mut().unwrap() ^= 1;
     fix_tcp4(&mut changed);
-    err(m.packet(&st, &pipe, &syn, Verdict::Tx, &changed), "dsr-l2 changed");
+    err(
+        m.packet(&st, &pipe, &syn, Verdict::Tx, &changed),
+        "dsr-l2 changed",
+    );
     // The flow moving to the frontend's other backend within the shortest timeout.
     let other = if u32::from(to) == 3 { 5 } else { 3 };
-    let ack = tcp((CLIENT_MAC, LB_MAC), CLIENT, [192, 0, 2, 2], (40000, 80), 0x10);
+    let ack = tcp(
+        (CLIENT_MAC, LB_MAC),
+        CLIENT,
+        [192, 0, 2, 2],
+        (40000, 80),
+        0x10,
+    );
     let mut moved = ack.clone();
     moved[0..6].copy_from_slice(&bmac(other));
     moved[6..12].copy_from_slice(&LB_MAC);
-    err(m.packet(&step(&s1, 20), &pipe, &ack, Verdict::Tx, &moved), "moved from backend");
+    err(
+        m.packet(&step(&s1, 20), &pipe, &ack, Verdict::Tx, &moved),
+        "moved from backend",
+    );
     // ... which is fine once it may have expired.
-    assert!(m.packet(&step(&s1, 9000), &pipe, &ack, Verdict::Tx, &moved).is_ok());
+    assert!(m
+        .packet(&step(&s1, 9000), &pipe, &ack, Verdict::Tx, &moved)
+        .is_ok());
     // A new flow to a draining backend; a pinned one may go on.
     let s2 = snap(other);
     let new = tcp((CLIENT_MAC, LB_MAC), CLIENT, [192, 0, 2, 2], (40001, 80), 2);
     let mut to_draining = new.clone();
     to_draining[0..6].copy_from_slice(&bmac(other));
     to_draining[6..12].copy_from_slice(&LB_MAC);
-    err(m.packet(&step(&s2, 9001), &pipe, &new, Verdict::Tx, &to_draining), "new flow");
-    assert!(m.packet(&step(&s2, 9002), &pipe, &ack, Verdict::Tx, &moved).is_ok());
+    err(
+        m.packet(&step(&s2, 9001), &pipe, &new, Verdict::Tx, &to_draining),
+        "new flow",
+    );
+    assert!(m
+        .packet(&step(&s2, 9002), &pipe, &ack, Verdict::Tx, &moved)
+        .is_ok());
 }
 
 #[test]
@@ -198,16 +243,28 @@ fn policy_checks_fire() {
         o
     };
     let denied = tcp((CLIENT_MAC, LB_MAC), CLIENT, [192, 0, 2, 4], (40000, 80), 2);
-    err(m.packet(&st, &pipe, &denied, Verdict::Tx, &fwd(&denied)), "denied source");
+    err(
+        m.packet(&st, &pipe, &denied, Verdict::Tx, &fwd(&denied)),
+        "denied source",
+    );
     let closed = tcp((CLIENT_MAC, LB_MAC), CLIENT, [192, 0, 2, 2], (40000, 81), 2);
-    err(m.packet(&st, &pipe, &closed, Verdict::Tx, &fwd(&closed)), "not served");
+    err(
+        m.packet(&st, &pipe, &closed, Verdict::Tx, &fwd(&closed)),
+        "not served",
+    );
     let mut tagged = tcp((CLIENT_MAC, LB_MAC), CLIENT, [192, 0, 2, 2], (40000, 80), 2);
     tagged.splice(12..12, [0x81, 0x00, 0x00, 42]);
     let mut out = tcp((CLIENT_MAC, LB_MAC), CLIENT, [192, 0, 2, 2], (40000, 80), 2);
     out[0..6].copy_from_slice(&bmac(3));
     out[6..12].copy_from_slice(&LB_MAC);
-    err(m.packet(&st, &pipe, &tagged, Verdict::Tx, &out), "VLAN-tagged");
-    err(m.packet(&st, &pipe, &tagged, Verdict::ToWorker(1), &tagged), "VLAN-tagged");
+    err(
+        m.packet(&st, &pipe, &tagged, Verdict::Tx, &out),
+        "VLAN-tagged",
+    );
+    err(
+        m.packet(&st, &pipe, &tagged, Verdict::ToWorker(1), &tagged),
+        "VLAN-tagged",
+    );
 }
 
 #[test]
@@ -225,7 +282,10 @@ fn nat_checks_fire() {
     *payload.last_mut().unwrap() ^= 1;
     let mut fixed = payload.clone();
     fix_tcp4(&mut fixed);
-    err(m.packet(&st, &pipe, &syn, Verdict::Tx, &fixed), "nat: not the rewrite");
+    err(
+        m.packet(&st, &pipe, &syn, Verdict::Tx, &fixed),
+        "nat: not the rewrite",
+    );
     // The reply, translated back: passes; with the client port off by one: fires.
     let reply = tcp((bmac(1), LB_MAC), [10, 0, 1, 1], NAT, (8080, port), 0x12);
     let (back, r) = run(&mut m, &mut pipe, &st, &reply);
@@ -233,13 +293,28 @@ fn nat_checks_fire() {
     let mut wrong = back.clone();
     wrong[36..38].copy_from_slice(&40001u16.to_be_bytes());
     fix_tcp4(&mut wrong);
-    err(m.packet(&st, &pipe, &reply, Verdict::Tx, &wrong), "not the inverse");
+    err(
+        m.packet(&st, &pipe, &reply, Verdict::Tx, &wrong),
+        "not the inverse",
+    );
     let mut to_mac = back.clone();
     to_mac[0..6].copy_from_slice(&bmac(9));
-    err(m.packet(&st, &pipe, &reply, Verdict::Tx, &to_mac), "not its client's");
+    err(
+        m.packet(&st, &pipe, &reply, Verdict::Tx, &to_mac),
+        "not its client's",
+    );
     // A reply to a port no flow was given.
-    let stray = tcp((bmac(1), LB_MAC), [10, 0, 1, 1], NAT, (8080, port + 1), 0x12);
-    err(m.packet(&st, &pipe, &stray, Verdict::Tx, &back), "no flow was NAT'd");
+    let stray = tcp(
+        (bmac(1), LB_MAC),
+        [10, 0, 1, 1],
+        NAT,
+        (8080, port + 1),
+        0x12,
+    );
+    err(
+        m.packet(&st, &pipe, &stray, Verdict::Tx, &back),
+        "no flow was NAT'd",
+    );
 }
 
 /// Recomputes the TCP checksum of an Ethernet + IPv4 (no options) + TCP frame.

@@ -649,7 +649,10 @@ fn check_occupancy_fires() {
     assert!(t.check_occupancy().unwrap_err().contains("len 2 but 1"));
     t.len -= 1;
     t.stats.inserts += 1;
-    assert!(t.check_occupancy().unwrap_err().contains("inserts - evictions"));
+    assert!(t
+        .check_occupancy()
+        .unwrap_err()
+        .contains("inserts - evictions"));
     t.clear();
     t.check_occupancy().unwrap();
     assert!(t.is_empty());

@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 
 use super::{dsr, mac_at, raw_ip, Family, NeighborEvent, PacketBuf, Pipeline, Verdict};
-use crate::conntrack::{Key, NO_SLOT};
+use crate::conntrack::Key;
 use crate::snapshot::{Method, Snapshot};
 use crate::stats::{bump, DropReason};
 use crate::wire::checksum::{self, update16};
@@ -126,9 +126,12 @@ impl Pipeline {
         };
         let h = F::hash_5tuple(snap.hash_seed, idst, isrc, idport, isport, iproto);
         let k = Key::new(idst, isrc, idport, isport, iproto);
-        let fwd = &mut F::tables_mut(&mut self.flows).fwd;
+        // Read, not refreshed: an error does not keep a flow alive (and a NAT flow's two
+        // entries share one lifetime, which only the flow's own packets extend).
+        let fwd = &F::tables(&self.flows).fwd;
         let Some(fv) = fwd
-            .lookup(&k, h, NO_SLOT, now_ms, |_| {})
+            .get(&k, h)
+            .filter(|e| fwd.remaining_ms(e, now_ms) > 0)
             .map(|e| *e.value())
         else {
             return self.icmp_error_elsewhere(pkt);

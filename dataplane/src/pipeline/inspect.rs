@@ -49,9 +49,19 @@ impl Pipeline {
         named("v6 reverse", t.1.rev.check_occupancy())?;
         named("v6 affinity", t.1.aff.check_occupancy())?;
         let mut held = vec![0u64; self.stats.targets.len()];
-        for v in (self.flows.v4.fwd.entries_in(0, usize::MAX).map(|e| e.value()))
-            .chain(self.flows.v6.fwd.entries_in(0, usize::MAX).map(|e| e.value()))
-        {
+        for v in (self
+            .flows
+            .v4
+            .fwd
+            .entries_in(0, usize::MAX)
+            .map(|e| e.value()))
+        .chain(
+            self.flows
+                .v6
+                .fwd
+                .entries_in(0, usize::MAX)
+                .map(|e| e.value()),
+        ) {
             if let Some(n) = held.get_mut(v.backend as usize) {
                 *n += 1;
             }

@@ -98,12 +98,13 @@ impl Pipeline {
             .lookup(&key, h, hint.slot, now_ms, gone)
             .map(|e| {
                 let old = e.state();
-                e.set_state(next_state(old, tcp, fl));
-                (*e.value(), old)
+                let new = next_state(old, tcp, fl);
+                e.set_state(new);
+                (*e.value(), old, new)
             });
         // A miss leaves the key absent (an expired entry was freed): insert without a search.
-        let absent = hit.is_none();
-        if let Some((v, old)) = hit {
+        let mut absent = hit.is_none();
+        if let Some((v, old, new)) = hit {
             if let Some(b) = snap.backend(v.backend) {
                 // The flow keeps its backend while its next hop is unresolved (a restored
                 // flow before the first ARP/NDP answer): drop, the client retransmits.
@@ -113,7 +114,17 @@ impl Pipeline {
                 // A SYN on a closing flow is a new connection on a reused port: it keeps the
                 // old backend only while that backend takes new connections.
                 let reused = old == FlowState::TcpClosing && syn_only(tcp, fl);
-                if b.mac.is_some()
+                // A NAT flow's reverse entry lives as long as its forward one: refreshed with
+                // it, in the same state. If it is gone (evicted), so is the flow.
+                let whole = f.method != Method::Nat
+                    || self.touch_rev::<F>(snap, p.proto, b, &v, new, now_ms)
+                    || {
+                        self.end_fwd::<F>(&key, h, &v);
+                        absent = true;
+                        false
+                    };
+                if whole
+                    && b.mac.is_some()
                     && (f.method != Method::Nat || v.nat_port != 0)
                     && !(reused && b.state != BackendState::Active)
                 {
@@ -173,6 +184,10 @@ impl Pipeline {
             .fwd
             .insert(key, h, val, st, now_ms, mode);
         displaced_flow(&self.stats, &displaced);
+        if let crate::conntrack::Inserted::Evicted { key, value } = displaced {
+            // The evicted flow's reverse entry goes with it.
+            self.end_rev::<F>(snap, key.proto, &value);
+        }
         bump(&self.stats.new_flows, 1);
         if let Some(c) = self.stats.targets.get(b.id as usize) {
             bump(&c.new_flows, 1);

@@ -1,14 +1,17 @@
 //! The table invariants of [`Pipeline::check_tables`] fire on tables that break them.
 use std::sync::Arc;
 
-use super::super::{PipelineConfig, VecBuf, Verdict};
+use super::super::{PacketBuf, PipelineConfig, VecBuf, Verdict};
 use super::*;
 use crate::conntrack::{FlowState, Insert};
 use crate::maglev::{MaglevBackend, MaglevTable};
 use crate::snapshot::{Backend, BackendState, Frontend, Local, Protocol};
 
 fn snap() -> Snapshot {
-    let mb = [MaglevBackend { id: "b1", weight: 1 }];
+    let mb = [MaglevBackend {
+        id: "b1",
+        weight: 1,
+    }];
     Snapshot::new(
         1,
         7,
@@ -86,7 +89,14 @@ fn nat_halves_fire_when_one_is_missing() {
     let s = snap();
     let mut pipe = pipeline();
     nat_flow(&mut pipe, &s);
-    let k = *pipe.flows.v4.rev.entries_in(0, usize::MAX).next().unwrap().key();
+    let k = *pipe
+        .flows
+        .v4
+        .rev
+        .entries_in(0, usize::MAX)
+        .next()
+        .unwrap()
+        .key();
     assert!(pipe.flows.v4.rev.remove(&k, k.flow_hash(s.hash_seed)));
     let e = pipe.check_tables(&s, 10).unwrap_err();
     assert!(e.contains("reverse entry") && e.contains("missing"), "{e}");
@@ -94,7 +104,14 @@ fn nat_halves_fire_when_one_is_missing() {
     pipe.reset(Arc::new(WorkerStats::new(16)));
     pipe.check_tables(&s, 10).unwrap();
     nat_flow(&mut pipe, &s);
-    let k = *pipe.flows.v4.fwd.entries_in(0, usize::MAX).next().unwrap().key();
+    let k = *pipe
+        .flows
+        .v4
+        .fwd
+        .entries_in(0, usize::MAX)
+        .next()
+        .unwrap()
+        .key();
     assert!(pipe.flows.v4.fwd.remove(&k, k.flow_hash(s.hash_seed)));
     let e = pipe.check_tables(&s, 10).unwrap_err();
     // The forward entry's removal is also a flow that closed without being counted.
@@ -119,5 +136,45 @@ fn active_flows_must_equal_forward_entries() {
         Insert::New,
     );
     let e = pipe.check_tables(&s, 10).unwrap_err();
-    assert!(e.contains("backend 1: 0 new - 0 closed flows, but 1"), "{e}");
+    assert!(
+        e.contains("backend 1: 0 new - 0 closed flows, but 1"),
+        "{e}"
+    );
+}
+
+/// Regression (found by the fuzzer): the backend's SYN-ACK left the reverse entry in
+/// `TcpSynSent` (5 s) while the client's ACK made the forward one established (300 s), so a
+/// server that took more than 5 s to answer a request had its reply dropped (`nat_no_flow`)
+/// and its NAT port handed to the next flow. Both halves now share one lifetime.
+#[test]
+fn slow_first_reply_keeps_the_nat_flow() {
+    let s = snap();
+    let mut pipe = pipeline();
+    let client = [10, 9, 9, 9];
+    let send = |pipe: &mut Pipeline, f: Vec<u8>, now: u32| {
+        let mut b = VecBuf::new(&f);
+        let v = pipe.process(&s, &mut b, now);
+        pipe.check_tables(&s, now).unwrap();
+        (v, b)
+    };
+    let (v, out) = send(&mut pipe, tcp(client, [192, 0, 2, 1], 40000, 80, 0x02), 10);
+    assert_eq!(v, Verdict::Tx);
+    let port = u16::from_be_bytes([out.data()[34], out.data()[35]]);
+    let synack = tcp([10, 0, 1, 1], [10, 0, 0, 3], 8080, port, 0x12);
+    assert_eq!(send(&mut pipe, synack, 20).0, Verdict::Tx);
+    let ack = tcp(client, [192, 0, 2, 1], 40000, 80, 0x10);
+    assert_eq!(send(&mut pipe, ack.clone(), 30).0, Verdict::Tx);
+    // The request, then the server thinks for 6 s.
+    assert_eq!(send(&mut pipe, ack, 40).0, Verdict::Tx);
+    let reply = tcp([10, 0, 1, 1], [10, 0, 0, 3], 8080, port, 0x10);
+    let (v, back) = send(&mut pipe, reply, 6_040);
+    assert_eq!(v, Verdict::Tx, "the slow reply reaches the client");
+    assert_eq!(&back.data()[30..34], &client);
+    // The flow lasts as long as either side speaks: the client alone keeps it for 400 s.
+    for t in 1..=4 {
+        let ack = tcp(client, [192, 0, 2, 1], 40000, 80, 0x10);
+        assert_eq!(send(&mut pipe, ack, 6_040 + t * 100_000).0, Verdict::Tx);
+    }
+    let reply = tcp([10, 0, 1, 1], [10, 0, 0, 3], 8080, port, 0x10);
+    assert_eq!(send(&mut pipe, reply, 406_100).0, Verdict::Tx);
 }
