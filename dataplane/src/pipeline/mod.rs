@@ -411,7 +411,7 @@ impl Pipeline {
         let choice = match self.schedule::<F>(snap, flow, src_mac) {
             Ok(c) => c,
             Err(DropReason::TcpNoFlow)
-                if self.reset_unknown_flows && edge::tcp_reset::<F, P>(pkt, p) =>
+                if self.reset_unknown_flows && edge::tcp_reset::<F, P>(pkt, p, snap.local.mac) =>
             {
                 bump(&self.stats.tcp_resets, 1);
                 return Verdict::Tx;

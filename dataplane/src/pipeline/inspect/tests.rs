@@ -178,3 +178,30 @@ fn slow_first_reply_keeps_the_nat_flow() {
     let reply = tcp([10, 0, 1, 1], [10, 0, 0, 3], 8080, port, 0x10);
     assert_eq!(send(&mut pipe, reply, 406_100).0, Verdict::Tx);
 }
+
+/// Regression (found by the fuzzer): an echo request or a segment of an unknown NAT flow sent
+/// to the broadcast MAC was answered from the broadcast MAC (the MACs were swapped); a group
+/// address is never a source. Answers now come from our MAC.
+#[test]
+fn answers_to_broadcast_frames_come_from_our_mac() {
+    let s = snap();
+    let mut pipe = pipeline();
+    let mut ack = tcp([10, 9, 9, 9], [192, 0, 2, 1], 40000, 80, 0x10);
+    let mut echo = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xaa], [0xff; 6])
+        .ipv4([10, 9, 9, 9], [192, 0, 2, 1], 64)
+        .icmpv4_echo_request(7, 1)
+        .write(&mut echo, b"ping")
+        .unwrap();
+    ack[0..6].copy_from_slice(&[0xff; 6]);
+    for f in [ack, echo] {
+        let mut b = VecBuf::new(&f);
+        assert_eq!(pipe.process(&s, &mut b, 10), Verdict::Tx);
+        assert_eq!(
+            &b.data()[0..6],
+            &[2, 0, 0, 0, 0, 0xaa],
+            "back to the sender"
+        );
+        assert_eq!(&b.data()[6..12], &s.local.mac, "from our MAC");
+    }
+}
