@@ -9,7 +9,7 @@ use super::{
     PacketBuf, Pipeline, VipFlow, MAX_AFFINITY_MS,
 };
 use super::{closed, displaced_flow, nat::NatFlow};
-use crate::conntrack::{Entry, FlowState, Insert, Key};
+use crate::conntrack::{Entry, FlowState, Insert, Inserted, Key};
 use crate::snapshot::{Backend, BackendState, Method, Snapshot};
 use crate::stats::{bump, DropReason};
 use crate::wire::parse::{Fragment, Parsed};
@@ -184,9 +184,12 @@ impl Pipeline {
             .fwd
             .insert(key, h, val, st, now_ms, mode);
         displaced_flow(&self.stats, &displaced);
-        if let crate::conntrack::Inserted::Evicted { key, value } = displaced {
-            // The evicted flow's reverse entry goes with it.
-            self.end_rev::<F>(snap, key.proto, &value);
+        // The reverse entry of the flow this one displaced goes with it: an evicted flow's,
+        // or the previous flow of this 5-tuple (a reused port, a backend gone).
+        match displaced {
+            Inserted::Evicted { key, value } => self.end_rev::<F>(snap, key.proto, &value),
+            Inserted::Replaced { old } => self.end_rev::<F>(snap, p.proto, &old),
+            _ => {}
         }
         bump(&self.stats.new_flows, 1);
         if let Some(c) = self.stats.targets.get(b.id as usize) {
