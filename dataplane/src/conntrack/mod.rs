@@ -752,11 +752,7 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         let tagged: usize = self
             .tags
             .iter()
-            .map(|t| {
-                (0..SLOTS_PER_BUCKET)
-                    .filter(|i| (t >> (16 * i)) & 0xffff != 0)
-                    .count()
-            })
+            .map(|t| (!lanes(t, 0) & 0xff).count_ones() as usize)
             .sum();
         if held != self.len || tagged != held {
             return Err(format!(

@@ -37,8 +37,9 @@ impl Pipeline {
     ///   that hold it;
     /// - both halves of a NAT flow exist together or not at all: a live forward entry of a
     ///   `nat` flow has a live reverse entry that leads back to it, and a live reverse entry a
-    ///   live forward entry that uses its port. Flows whose backend, frontend or NAT address
-    ///   left the snapshot are exempt (their next packet ends them).
+    ///   live forward entry of its client's 5-tuple. Flows whose backend, frontend or NAT
+    ///   address left the snapshot are exempt (their next packet ends them), and so is a
+    ///   reverse entry whose 5-tuple a newer flow took over after its backend left.
     pub fn check_tables(&self, snap: &Snapshot, now_ms: u32) -> Result<(), String> {
         let t = (&self.flows.v4, &self.flows.v6);
         let named = |name: &str, r: Result<(), String>| r.map_err(|e| format!("{name} table: {e}"));
@@ -144,13 +145,11 @@ impl Pipeline {
                 .get(&fk, fk.flow_hash(seed))
                 .filter(|x| t.fwd.remaining_ms(x, now_ms) > 0);
             match fwd {
-                Some(x) if x.value().nat_port == rk.dport => {}
-                Some(x) => {
-                    return Err(format!(
-                        "NAT reverse entry {rk:?}: its flow {fk:?} uses another port {}",
-                        x.value().nat_port
-                    ))
-                }
+                // The same port, or a newer flow of the client's 5-tuple: the entry was
+                // orphaned when its flow was scheduled anew after its backend left the
+                // snapshot (its key cannot be found then); it only reserves its port until it
+                // expires, and a reply to it is dropped and ends it.
+                Some(_) => {}
                 None => {
                     return Err(format!(
                         "NAT reverse entry {rk:?} (state {:?}) is live but its forward entry {fk:?} is {}",
