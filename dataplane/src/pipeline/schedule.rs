@@ -106,23 +106,25 @@ impl Pipeline {
         let mut absent = hit.is_none();
         if let Some((v, old, new)) = hit {
             if let Some(b) = snap.backend(v.backend) {
-                // The flow keeps its backend while its next hop is unresolved (a restored
-                // flow before the first ARP/NDP answer): drop, the client retransmits.
-                if b.mac.is_none() && !syn_only(tcp, fl) {
-                    return Err(DropReason::NextHopUnresolved);
-                }
-                // A SYN on a closing flow is a new connection on a reused port: it keeps the
-                // old backend only while that backend takes new connections.
-                let reused = old == FlowState::TcpClosing && syn_only(tcp, fl);
                 // A NAT flow's reverse entry lives as long as its forward one: refreshed with
-                // it, in the same state. If it is gone (evicted), so is the flow.
+                // it (whatever becomes of this packet), in the same state. If it is gone
+                // (evicted), so is the flow.
                 let whole = f.method != Method::Nat
+                    || v.nat_port == 0
                     || self.touch_rev::<F>(snap, p.proto, b, &v, new, now_ms)
                     || {
                         self.end_fwd::<F>(&key, h, &v);
                         absent = true;
                         false
                     };
+                // The flow keeps its backend while its next hop is unresolved (a restored
+                // flow before the first ARP/NDP answer): drop, the client retransmits.
+                if whole && b.mac.is_none() && !syn_only(tcp, fl) {
+                    return Err(DropReason::NextHopUnresolved);
+                }
+                // A SYN on a closing flow is a new connection on a reused port: it keeps the
+                // old backend only while that backend takes new connections.
+                let reused = old == FlowState::TcpClosing && syn_only(tcp, fl);
                 if whole
                     && b.mac.is_some()
                     && (f.method != Method::Nat || v.nat_port != 0)
