@@ -142,6 +142,12 @@ impl Pipeline {
                 }
             }
             // The backend left the snapshot (or the method changed): schedule anew below.
+            // A NAT flow ends here, its entry freed rather than kept (refreshed by this
+            // lookup) for a backend that may come back without the flow's reverse entry.
+            if f.method == Method::Nat && !absent && snap.backend(v.backend).is_none() {
+                self.end_fwd::<F>(&key, h, &v);
+                absent = true;
+            }
         }
         if tcp && f.method == Method::Nat && !syn_only(tcp, fl) {
             return Err(DropReason::TcpNoFlow);
