@@ -131,6 +131,8 @@ fn client_mac(i: usize) -> [u8; 6] {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct BackendSlot {
     present: bool,
+    /// It was in a snapshot of this input and left it.
+    left: bool,
     state: BackendState,
     weight: u32,
     resolved: bool,
@@ -138,10 +140,20 @@ struct BackendSlot {
 
 const INITIAL: BackendSlot = BackendSlot {
     present: true,
+    left: false,
     state: BackendState::Active,
     weight: 1,
     resolved: true,
 };
+
+/// The backends of the first snapshot: all but two, which swaps can add.
+fn initial_slots() -> [BackendSlot; 14] {
+    let mut s = [INITIAL; 14];
+    for i in [2, 10] {
+        s[i].present = false;
+    }
+    s
+}
 
 /// The snapshot of a backend table.
 fn build_snapshot(generation: u64, slots: &[BackendSlot; 14]) -> Result<Snapshot, String> {
@@ -230,7 +242,7 @@ fn build_snapshot(generation: u64, slots: &[BackendSlot; 14]) -> Result<Snapshot
 /// The first snapshot of every input (built once).
 fn initial_snapshot() -> Arc<Snapshot> {
     static S: OnceLock<Arc<Snapshot>> = OnceLock::new();
-    S.get_or_init(|| Arc::new(build_snapshot(1, &[INITIAL; 14]).expect("the first snapshot")))
+    S.get_or_init(|| Arc::new(build_snapshot(1, &initial_slots()).expect("the first snapshot")))
         .clone()
 }
 
@@ -861,7 +873,7 @@ impl World {
             pipes,
             model: Model::new(),
             snap: initial_snapshot(),
-            slots: [INITIAL; 14],
+            slots: initial_slots(),
             generation: 1,
             now_ms: 1000,
             sent: Vec::new(),
@@ -885,7 +897,7 @@ impl World {
         }
         self.model.reset();
         self.snap = initial_snapshot();
-        self.slots = [INITIAL; 14];
+        self.slots = initial_slots();
         self.generation = 1;
         self.now_ms = 1000;
         self.sent.clear();
@@ -895,7 +907,11 @@ impl World {
     /// Runs one input from a fresh state; the first invariant violated, if any.
     pub fn run(&mut self, input: &Input) -> Result<(), String> {
         self.reset();
+        let debug = std::env::var_os("SLUICE_FUZZ_DEBUG").is_some();
         for (i, op) in input.ops.iter().enumerate() {
+            if debug {
+                eprintln!("op {i} at {} ms: {op:?}", self.now_ms);
+            }
             self.op(op).map_err(|e| format!("op {i} {op:?}: {e}"))?;
             for (w, p) in self.pipes.iter().enumerate() {
                 p.check_tables(&self.snap, self.now_ms)
@@ -1005,8 +1021,14 @@ impl World {
                 let prev = self.slots;
                 let s = &mut self.slots[i];
                 match what % 8 {
-                    0 => s.present = true,
-                    1 => s.present = false,
+                    // A backend that left does not come back within an input: once it left,
+                    // its flows' reverse entries cannot be found (they only expire), and the
+                    // NAT-halves invariant exempts them only while it is gone.
+                    0 => s.present = s.present || !s.left,
+                    1 => {
+                        s.left |= s.present;
+                        s.present = false;
+                    }
                     2 => s.state = BackendState::Draining,
                     3 => s.state = BackendState::Down,
                     4 => s.state = BackendState::Active,
