@@ -12,6 +12,8 @@
 //!   with a [`stats::DropReason`] that indexes a counter array.
 #![forbid(unsafe_code)]
 
+#[cfg(any(test, feature = "check"))]
+pub mod check;
 pub mod conntrack;
 pub mod hash;
 pub mod maglev;

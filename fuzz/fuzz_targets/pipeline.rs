@@ -1,20 +1,32 @@
-//! Coverage-guided fuzzing of the parser and the whole pipeline with a realistic snapshot.
-//! Run: `cargo install cargo-fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run pipeline -- -max_total_time=60`
+//! Coverage-guided fuzzing of the parser and the whole pipeline on one raw frame, with a
+//! realistic snapshot: packet by packet and through the worker's burst path. Every frame
+//! transmitted must parse, carry no tag and keep its checksums
+//! (`sluice_dataplane::check::transmitted`). The pipeline is built once and reset between
+//! inputs. The structure-aware target is `flows.rs`.
+//!
+//! Run: `fuzz/run pipeline 60` (see docs/dataplane.md, "Fuzzing").
 #![no_main]
 
+use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
+use sluice_dataplane::check::transmitted;
 use sluice_dataplane::maglev::{MaglevBackend, MaglevTable};
-use sluice_dataplane::pipeline::{Pipeline, PipelineConfig, VecBuf, Verdict};
-use sluice_dataplane::snapshot::{Backend, BackendState, Frontend, Local, Method, Protocol, Snapshot};
+use sluice_dataplane::pipeline::{PacketBuf, Pipeline, PipelineConfig, VecBuf, Verdict};
+use sluice_dataplane::snapshot::{
+    Backend, BackendState, Frontend, Local, Method, Protocol, Snapshot,
+};
 use sluice_dataplane::stats::WorkerStats;
 
 fn snapshot() -> &'static Snapshot {
     static S: OnceLock<Snapshot> = OnceLock::new();
     S.get_or_init(|| {
         let names = ["a", "b"];
-        let mb: Vec<_> = names.iter().map(|n| MaglevBackend { id: n, weight: 1 }).collect();
+        let mb: Vec<_> = names
+            .iter()
+            .map(|n| MaglevBackend { id: n, weight: 1 })
+            .collect();
         let maglev = Arc::new(MaglevTable::build(&mb, 251, 1).unwrap());
         let fe = |id: u32, vip: &str, method| Frontend {
             id,
@@ -39,7 +51,11 @@ fn snapshot() -> &'static Snapshot {
         Snapshot::new(
             1,
             1,
-            vec![fe(0, "192.0.2.1", Method::Nat), fe(1, "192.0.2.2", Method::DsrIpip), fe(2, "2001:db8::1", Method::DsrL2)],
+            vec![
+                fe(0, "192.0.2.1", Method::Nat),
+                fe(1, "192.0.2.2", Method::DsrIpip),
+                fe(2, "2001:db8::1", Method::DsrL2),
+            ],
             vec![be(0, "10.0.1.1"), be(1, "10.0.1.2")],
             Local {
                 mac: [2, 0, 0, 0, 0, 1],
@@ -59,27 +75,43 @@ fn snapshot() -> &'static Snapshot {
     })
 }
 
+thread_local! {
+    static PIPE: RefCell<Pipeline> = RefCell::new({
+        let cfg = PipelineConfig {
+            conntrack: sluice_dataplane::conntrack::ConntrackConfig { capacity: 64, ..Default::default() },
+            conntrack_v6_capacity: 64,
+            affinity_capacity: 64,
+            ..PipelineConfig::default()
+        };
+        Pipeline::new(&cfg, Arc::new(WorkerStats::new(16)))
+    });
+}
+
+fn check(input: &[u8], out: &VecBuf, v: Verdict) {
+    if v == Verdict::Tx {
+        if let Err(e) = transmitted(input, out.data()) {
+            panic!("invariant violated: {e}");
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let _ = sluice_dataplane::wire::parse::parse(data);
-    let cfg = PipelineConfig {
-        conntrack: sluice_dataplane::conntrack::ConntrackConfig { capacity: 64, ..Default::default() },
-        conntrack_v6_capacity: 64,
-        affinity_capacity: 64,
-        ..PipelineConfig::default()
-    };
-    let mut p = Pipeline::new(&cfg, Arc::new(WorkerStats::new(16)));
-    let mut b = VecBuf::new(data);
-    let _ = p.process(snapshot(), &mut b, 1);
-    // The worker's burst path on the same input: the frame twice in one burst (the first
-    // processing may create the flow the second finds), then split in two frames.
-    let mut burst = [VecBuf::new(data), VecBuf::new(data)];
-    if data.len() > 1 {
-        let (x, y) = data.split_at(data.len() / 2);
-        burst = [VecBuf::new(x), VecBuf::new(y)];
-    }
-    for frames in [[VecBuf::new(data), VecBuf::new(data)], burst] {
-        let mut frames = frames;
-        let mut verdicts = [Verdict::Tx; 2];
-        p.process_burst(snapshot(), &mut frames, 2, &mut verdicts);
-    }
+    PIPE.with(|p| {
+        let mut p = p.borrow_mut();
+        p.reset(Arc::new(WorkerStats::new(16)));
+        let mut b = VecBuf::new(data);
+        let v = p.process(snapshot(), &mut b, 1);
+        check(data, &b, v);
+        // The worker's burst path on the same input: the frame twice in one burst (the first
+        // processing may create the flow the second finds), then split in two frames.
+        let halves = data.split_at(data.len() / 2);
+        for (x, y) in [(data, data), halves] {
+            let mut frames = [VecBuf::new(x), VecBuf::new(y)];
+            let mut verdicts = [Verdict::Tx; 2];
+            p.process_burst(snapshot(), &mut frames, 2, &mut verdicts);
+            check(x, &frames[0], verdicts[0]);
+            check(y, &frames[1], verdicts[1]);
+        }
+    });
 });

@@ -731,6 +731,49 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         (m != 0).then(|| b * SLOTS_PER_BUCKET + first_lane(m))
     }
 
+    /// Frees every slot and zeroes the counters and the expiry cursor: the table as
+    /// [`Conntrack::new`] left it, without allocating (the fuzzer reuses its tables across
+    /// inputs). Touches every slot: off the packet path.
+    pub fn clear(&mut self) {
+        self.tags.fill(0);
+        for s in self.slots.iter_mut() {
+            s.0 = None;
+        }
+        self.len = 0;
+        self.cursor = 0;
+        self.stats = ConntrackStats::default();
+    }
+
+    /// Checks the occupancy counter against the entries held, and the counters against each
+    /// other (`len == inserts - evictions - expiries - removals`): the fuzzer's invariant.
+    #[cfg(any(test, feature = "check"))]
+    pub fn check_occupancy(&self) -> Result<(), String> {
+        let held = self.entries_in(0, usize::MAX).count();
+        let tagged: usize = self
+            .tags
+            .iter()
+            .map(|t| (!lanes(t, 0) & 0xff).count_ones() as usize)
+            .sum();
+        if held != self.len || tagged != held {
+            return Err(format!(
+                "len {} but {held} entries held and {tagged} tags set",
+                self.len
+            ));
+        }
+        let s = &self.stats;
+        let sum = s
+            .inserts
+            .wrapping_sub(s.evictions)
+            .wrapping_sub(s.expiries)
+            .wrapping_sub(s.removals);
+        if sum != held as u64 {
+            return Err(format!(
+                "inserts - evictions - expiries - removals = {sum}, {held} entries held ({s:?})"
+            ));
+        }
+        Ok(())
+    }
+
     /// Occupied slots (live entries and expired ones not yet freed).
     #[inline]
     #[must_use]

@@ -633,3 +633,27 @@ proptest! {
         }
     }
 }
+
+/// The fuzzer's occupancy invariant fires when the counter, the tags or the counters disagree
+/// with the entries held.
+#[test]
+fn check_occupancy_fires() {
+    let mut t: Conntrack<V4Key, u32> = Conntrack::new(&ConntrackConfig {
+        capacity: 64,
+        ..Default::default()
+    });
+    let k = Key::new([1, 2, 3, 4], [5, 6, 7, 8], 1, 2, 6);
+    let _ = t.insert(k, k.flow_hash(0), 7, FlowState::Udp, 0, Insert::New);
+    t.check_occupancy().unwrap();
+    t.len += 1;
+    assert!(t.check_occupancy().unwrap_err().contains("len 2 but 1"));
+    t.len -= 1;
+    t.stats.inserts += 1;
+    assert!(t
+        .check_occupancy()
+        .unwrap_err()
+        .contains("inserts - evictions"));
+    t.clear();
+    t.check_occupancy().unwrap();
+    assert!(t.is_empty());
+}

@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 
 use super::{dsr, mac_at, raw_ip, Family, NeighborEvent, PacketBuf, Pipeline, Verdict};
-use crate::conntrack::{Key, NO_SLOT};
+use crate::conntrack::Key;
 use crate::snapshot::{Method, Snapshot};
 use crate::stats::{bump, DropReason};
 use crate::wire::checksum::{self, update16};
@@ -78,7 +78,11 @@ impl Pipeline {
         let l4 = usize::from(p.l4_off);
         if p.icmp_type == F::ECHO_REQUEST {
             let d = pkt.data_mut();
-            ethernet::Frame::new_unchecked(&mut d[..]).swap_macs();
+            // From our MAC, not the swapped destination: a request sent to a group address
+            // (broadcast, multicast) must not be answered from it.
+            let src_mac = mac_at(d, 6);
+            d[0..6].copy_from_slice(&src_mac);
+            d[6..12].copy_from_slice(&snap.local.mac);
             let old_word = u16::from_be_bytes([d[l4], d[l4 + 1]]);
             d[l4] = F::ECHO_REPLY;
             let new_word = u16::from_be_bytes([d[l4], d[l4 + 1]]);
@@ -126,9 +130,12 @@ impl Pipeline {
         };
         let h = F::hash_5tuple(snap.hash_seed, idst, isrc, idport, isport, iproto);
         let k = Key::new(idst, isrc, idport, isport, iproto);
-        let fwd = &mut F::tables_mut(&mut self.flows).fwd;
+        // Read, not refreshed: an error does not keep a flow alive (and a NAT flow's two
+        // entries share one lifetime, which only the flow's own packets extend).
+        let fwd = &F::tables(&self.flows).fwd;
         let Some(fv) = fwd
-            .lookup(&k, h, NO_SLOT, now_ms, |_| {})
+            .get(&k, h)
+            .filter(|e| fwd.remaining_ms(e, now_ms) > 0)
             .map(|e| *e.value())
         else {
             return self.icmp_error_elsewhere(pkt);
@@ -292,10 +299,10 @@ pub fn arp_request(buf: &mut [u8], src_mac: [u8; 6], src_ip: [u8; 4], target: [u
 
 /// Turns `pkt`, a TCP segment (not a RST) of a flow this host does not know, into the RST that
 /// RFC 793 prescribes for a segment of no connection, in place: addresses, ports and MACs
-/// swapped, no options or payload; with the segment's ACK set, `seq = SEG.ACK`; without it,
+/// swapped (the source MAC ours), no options or payload; with the segment's ACK set, `seq = SEG.ACK`; without it,
 /// `seq = 0` and `ack = SEG.SEQ + SEG.LEN` (SYN and FIN counted). Returns false (leave it
 /// dropped) for a RST or a truncated segment.
-pub(super) fn tcp_reset<F: Family, P: PacketBuf>(pkt: &mut P, p: &Parsed) -> bool {
+pub(super) fn tcp_reset<F: Family, P: PacketBuf>(pkt: &mut P, p: &Parsed, mac: [u8; 6]) -> bool {
     use crate::wire::{put32, tcp};
     let (l3, l4, end) = (
         usize::from(p.l3_off),
@@ -330,7 +337,10 @@ pub(super) fn tcp_reset<F: Family, P: PacketBuf>(pkt: &mut P, p: &Parsed) -> boo
     let t = l3 + F::HEADER_LEN;
     let total = t + tcp::MIN_HEADER_LEN;
     let d = pkt.data_mut();
-    ethernet::Frame::new_unchecked(&mut d[..]).swap_macs();
+    // From our MAC `mac`, not the swapped destination (a segment sent to a group address).
+    let src_mac = mac_at(d, 6);
+    d[0..6].copy_from_slice(&src_mac);
+    d[6..12].copy_from_slice(&mac);
     F::emit_ip(
         &mut d[l3..],
         dst,

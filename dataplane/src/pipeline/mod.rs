@@ -52,6 +52,8 @@ mod dsr;
 pub mod edge;
 mod family;
 mod flows;
+#[cfg(any(test, feature = "check"))]
+mod inspect;
 mod nat;
 mod saved;
 mod schedule;
@@ -417,7 +419,7 @@ impl Pipeline {
         let choice = match self.schedule::<F>(snap, flow, src_mac) {
             Ok(c) => c,
             Err(DropReason::TcpNoFlow)
-                if self.reset_unknown_flows && edge::tcp_reset::<F, P>(pkt, p) =>
+                if self.reset_unknown_flows && edge::tcp_reset::<F, P>(pkt, p, snap.local.mac) =>
             {
                 bump(&self.stats.tcp_resets, 1);
                 return Verdict::Tx;

@@ -5,10 +5,10 @@
 //! the backend's reply (backend -> NAT address:port) back to the client and the VIP. A reply
 //! whose port belongs to another worker's slice goes to that worker ([`Verdict::ToWorker`]).
 use super::{
-    flow_hash, next_state, raw_ip, Choice, Family, Hint, PacketBuf, Pipeline, PipelineConfig, Rev,
-    Verdict,
+    closed, flow_hash, next_state, raw_ip, Choice, Family, Fwd, Hint, PacketBuf, Pipeline,
+    PipelineConfig, Rev, Verdict,
 };
-use crate::conntrack::{FlowKey, FlowState, Insert, Inserted, Key};
+use crate::conntrack::{FlowKey, FlowState, Insert, Inserted, Key, NO_SLOT};
 use crate::snapshot::{Backend, Snapshot};
 use crate::stats::{bump, DropReason};
 use crate::wire::parse::Parsed;
@@ -39,6 +39,13 @@ impl NatPorts {
             spill: cfg.nat_port_start,
             slice: NatSlice::new(1, 0, cfg.worker, cfg.workers),
         }
+    }
+
+    /// Both cursors back to the start of the slice (a pipeline reused by the fuzzer).
+    #[cfg(any(test, feature = "check"))]
+    pub(super) fn rewind(&mut self) {
+        self.cursor = 0;
+        self.spill = 0;
     }
 }
 
@@ -141,9 +148,95 @@ impl Pipeline {
         Ok(
             match rev.insert(rk, rh, val, nf.st, nf.now_ms, Insert::IfAbsent) {
                 Inserted::Kept => None,
+                Inserted::Evicted { key, value } => {
+                    // The evicted reverse entry's flow ends with it.
+                    self.end_nat_flow::<F>(snap, &key, &value);
+                    Some((port, ai))
+                }
                 _ => Some((port, ai)),
             },
         )
+    }
+
+    /// A client's packet hit NAT flow `v` (to backend `b`, protocol `proto`) and moved it to
+    /// `state`. The flow's reverse entry shares its lifetime: it is refreshed and takes the
+    /// same state, so that neither half outlives the other (a reverse entry left in
+    /// `TcpSynSent` by the backend's SYN-ACK used to expire 5 s later under an established
+    /// flow, dropping the backend's first reply after a slow start and freeing its port for
+    /// another flow). False if it is gone (evicted): the flow is then ended whole.
+    #[inline(always)]
+    pub(super) fn touch_rev<F: Family>(
+        &mut self,
+        snap: &Snapshot,
+        proto: u8,
+        b: &Backend,
+        v: &Fwd,
+        state: FlowState,
+        now_ms: u32,
+    ) -> bool {
+        let (Some(&na), Some(ba)) = (
+            F::nat(&snap.local).get(usize::from(v.nat_addr)),
+            F::of_ip(b.addr),
+        ) else {
+            return false;
+        };
+        let rk = Key::new(ba, na, b.port, v.nat_port, proto);
+        let rh = rk.flow_hash(snap.hash_seed);
+        let rev = &mut F::tables_mut(&mut self.flows).rev;
+        match rev.lookup(&rk, rh, NO_SLOT, now_ms, |_| {}) {
+            Some(e) => {
+                e.set_state(state);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends a forward entry (its reverse half is gone): removed and counted as closed.
+    pub(super) fn end_fwd<F: Family>(&mut self, key: &Key<F>, h: u64, v: &Fwd) {
+        if F::tables_mut(&mut self.flows).fwd.remove(key, h) {
+            closed(&self.stats, v);
+        }
+    }
+
+    /// Removes the reverse entry of NAT flow `v` (protocol `proto`), whose forward entry
+    /// ended; nothing if the flow is not NAT'd or its backend left the snapshot (the entry
+    /// then expires on its own).
+    pub(super) fn end_rev<F: Family>(&mut self, snap: &Snapshot, proto: u8, v: &Fwd) {
+        if v.nat_port == 0 {
+            return;
+        }
+        let Some(b) = snap.backend(v.backend) else {
+            return;
+        };
+        let (Some(&na), Some(ba)) = (
+            F::nat(&snap.local).get(usize::from(v.nat_addr)),
+            F::of_ip(b.addr),
+        ) else {
+            return;
+        };
+        let rk = Key::new(ba, na, b.port, v.nat_port, proto);
+        let rh = rk.flow_hash(snap.hash_seed);
+        F::tables_mut(&mut self.flows).rev.remove(&rk, rh);
+    }
+
+    /// Ends the forward entry of the NAT flow whose reverse entry (`rk` -> `r`) ended, if it
+    /// is that flow's (uses the same port).
+    fn end_nat_flow<F: Family>(&mut self, snap: &Snapshot, rk: &Key<F>, r: &Rev<F>) {
+        let Some(f) = snap.frontend(u32::from(r.frontend)) else {
+            return;
+        };
+        let Some(vip) = F::of_ip(f.vip) else {
+            return;
+        };
+        let fk = Key::new(r.client, vip, r.client_port, f.port, rk.proto);
+        let fh = fk.flow_hash(snap.hash_seed);
+        let fwd = &F::tables(&self.flows).fwd;
+        if let Some(v) = fwd.get(&fk, fh).map(|e| *e.value()) {
+            if v.nat_port == rk.dport {
+                self.end_fwd::<F>(&fk, fh, &v);
+            }
+        }
     }
 
     /// A packet to one of our addresses and a NAT port: the backend's reply to a NAT flow,
@@ -171,11 +264,11 @@ impl Pipeline {
         let k = Key::new(src, dst, p.sport, p.dport, p.proto);
         let h = hint.hash.unwrap_or_else(|| flow_hash::<F>(snap, p));
         let rev = &mut F::tables_mut(&mut self.flows).rev;
-        let v = match rev.lookup(&k, h, hint.slot, now_ms, |_| {}) {
+        let (v, s) = match rev.lookup(&k, h, hint.slot, now_ms, |_| {}) {
             Some(e) => {
                 let s = next_state(e.state(), tcp, p.tcp_flags);
                 e.set_state(s);
-                *e.value()
+                (*e.value(), s)
             }
             None => return Verdict::Drop(DropReason::NatNoFlow),
         };
@@ -183,6 +276,31 @@ impl Pipeline {
             return Verdict::Drop(DropReason::NatNoFlow);
         };
         let vip = F::from_raw(&raw_ip(f.vip));
+        // The forward entry shares the flow's lifetime (see `touch_rev`): refreshed with the
+        // reply, in the same state. A flow whose forward entry is gone (evicted, or taken
+        // over by a new flow of the client's 5-tuple) is over: so is its reverse entry.
+        let fk = Key::new(v.client, vip, v.client_port, f.port, p.proto);
+        let fh = fk.flow_hash(snap.hash_seed);
+        let stats = &self.stats;
+        let fwd = &mut F::tables_mut(&mut self.flows).fwd;
+        let whole = match fwd.lookup(&fk, fh, NO_SLOT, now_ms, |e| closed(stats, e.value())) {
+            Some(e) if e.value().nat_port == p.dport => {
+                e.set_state(s);
+                true
+            }
+            _ => false,
+        };
+        if !whole {
+            F::tables_mut(&mut self.flows).rev.remove(&k, h);
+            return Verdict::Drop(DropReason::NatNoFlow);
+        }
+        // The fuzzer's self-test (never in a real build): UDP replies to IPv6 clients go to the
+        // wrong client port.
+        #[cfg(feature = "fuzz-broken-rewrite")]
+        let v = Rev {
+            client_port: v.client_port.wrapping_add(u16::from(F::V6 && !tcp)),
+            ..v
+        };
         let d = pkt.data_mut();
         rewrite_flow::<F>(d, p, vip, v.client, f.port, v.client_port);
         d[0..6].copy_from_slice(&v.client_mac);

@@ -243,24 +243,23 @@ impl Pipeline {
         flows
             .iter()
             .filter(|r| match r.flow.client {
-                IpAddr::V4(_) => self.restore::<[u8; 4]>(snap, r, now_ms, false, true),
-                IpAddr::V6(_) => self.restore::<[u8; 16]>(snap, r, now_ms, false, true),
+                IpAddr::V4(_) => self.restore::<[u8; 4]>(snap, r, now_ms, false),
+                IpAddr::V6(_) => self.restore::<[u8; 16]>(snap, r, now_ms, false),
             })
             .count()
     }
 
     /// [`Pipeline::restore_flows`] of one flow of family `F`; with `synced`, a flow synced
     /// from a peer ([`Pipeline::install_synced`]): its forward entry is flagged
-    /// [`Fwd::SYNCED`] and not counted as a flow of ours. The reverse entry is inserted only
-    /// with `rev_here`; for a NAT address of our own it never replaces a flow that holds the
-    /// port (the flow is then skipped and counted as a conflict).
+    /// [`Fwd::SYNCED`] and not counted as a flow of ours, and its reverse entry, for a NAT
+    /// address of our own, never replaces a flow that holds the port (the flow is then
+    /// skipped and counted as a conflict).
     pub(super) fn restore<F: Family>(
         &mut self,
         snap: &Snapshot,
         r: &RestoreFlow,
         now_ms: u32,
         synced: bool,
-        rev_here: bool,
     ) -> bool {
         let f = &r.flow;
         let (Some(client), Some(vip), Some(backend)) =
@@ -287,18 +286,16 @@ impl Pipeline {
                 let seen = seen_at(&t.rev, n.state, n.remaining_ms, now_ms);
                 let h = rk.flow_hash(seed);
                 let own = usize::from(r.nat_addr) < F::nat_own(&snap.local).len();
-                if rev_here {
-                    let mode = if synced && own {
-                        Insert::IfAbsent
-                    } else {
-                        Insert::Replace
-                    };
-                    if let Inserted::Kept = t.rev.insert(rk, h, val, n.state, seen, mode) {
-                        let same = t.rev.get(&rk, h).is_some_and(|e| *e.value() == val);
-                        if !same {
-                            bump(&self.stats.sync_conflicts, 1);
-                            return false;
-                        }
+                let mode = if synced && own {
+                    Insert::IfAbsent
+                } else {
+                    Insert::Replace
+                };
+                if let Inserted::Kept = t.rev.insert(rk, h, val, n.state, seen, mode) {
+                    let same = t.rev.get(&rk, h).is_some_and(|e| *e.value() == val);
+                    if !same {
+                        bump(&self.stats.sync_conflicts, 1);
+                        return false;
                     }
                 }
                 n.port

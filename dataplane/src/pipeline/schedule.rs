@@ -9,7 +9,7 @@ use super::{
     PacketBuf, Pipeline, VipFlow, MAX_AFFINITY_MS,
 };
 use super::{closed, displaced_flow, nat::NatFlow};
-use crate::conntrack::{Entry, FlowState, Insert, Key};
+use crate::conntrack::{Entry, FlowState, Insert, Inserted, Key};
 use crate::snapshot::{Backend, BackendState, Method, Snapshot};
 use crate::stats::{bump, DropReason};
 use crate::wire::parse::{Fragment, Parsed};
@@ -107,7 +107,7 @@ impl Pipeline {
                 (v, old, new)
             });
         // A miss leaves the key absent (an expired entry was freed): insert without a search.
-        let absent = hit.is_none();
+        let mut absent = hit.is_none();
         if let Some((v, old, new)) = hit {
             if v.synced() {
                 // A peer's flow whose packets now come here: ours from now on.
@@ -118,15 +118,27 @@ impl Pipeline {
                 self.publish::<F>(snap, &key, &v, new, src_mac);
             }
             if let Some(b) = snap.backend(v.backend) {
+                // A NAT flow's reverse entry lives as long as its forward one: refreshed with
+                // it (whatever becomes of this packet), in the same state. If it is gone
+                // (evicted), so is the flow.
+                let whole = f.method != Method::Nat
+                    || v.nat_port == 0
+                    || self.touch_rev::<F>(snap, p.proto, b, &v, new, now_ms)
+                    || {
+                        self.end_fwd::<F>(&key, h, &v);
+                        absent = true;
+                        false
+                    };
                 // The flow keeps its backend while its next hop is unresolved (a restored
                 // flow before the first ARP/NDP answer): drop, the client retransmits.
-                if b.mac.is_none() && !syn_only(tcp, fl) {
+                if whole && b.mac.is_none() && !syn_only(tcp, fl) {
                     return Err(DropReason::NextHopUnresolved);
                 }
                 // A SYN on a closing flow is a new connection on a reused port: it keeps the
                 // old backend only while that backend takes new connections.
                 let reused = old == FlowState::TcpClosing && syn_only(tcp, fl);
-                if b.mac.is_some()
+                if whole
+                    && b.mac.is_some()
                     && (f.method != Method::Nat || v.nat_port != 0)
                     && !(reused && b.state != BackendState::Active)
                 {
@@ -142,6 +154,12 @@ impl Pipeline {
                 }
             }
             // The backend left the snapshot (or the method changed): schedule anew below.
+            // A NAT flow ends here, its entry freed rather than kept (refreshed by this
+            // lookup) for a backend that may come back without the flow's reverse entry.
+            if f.method == Method::Nat && !absent && snap.backend(v.backend).is_none() {
+                self.end_fwd::<F>(&key, h, &v);
+                absent = true;
+            }
         }
         if tcp && f.method == Method::Nat && !syn_only(tcp, fl) {
             return Err(DropReason::TcpNoFlow);
@@ -186,6 +204,13 @@ impl Pipeline {
             .fwd
             .insert(key, h, val, st, now_ms, mode);
         displaced_flow(&self.stats, &displaced);
+        // The reverse entry of the flow this one displaced goes with it: an evicted flow's,
+        // or the previous flow of this 5-tuple (a reused port, a backend gone).
+        match displaced {
+            Inserted::Evicted { key, value } => self.end_rev::<F>(snap, key.proto, &value),
+            Inserted::Replaced { old } => self.end_rev::<F>(snap, p.proto, &old),
+            _ => {}
+        }
         bump(&self.stats.new_flows, 1);
         if let Some(c) = self.stats.targets.get(b.id as usize) {
             bump(&c.new_flows, 1);

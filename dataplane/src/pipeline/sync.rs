@@ -19,7 +19,8 @@
 //!
 //! A worker **installs** synced flows resolved against its snapshot
 //! ([`Pipeline::install_synced`]) as forward entries flagged [`Fwd::SYNCED`] (and, for `nat`,
-//! the reverse entry on the worker that owns the NAT port here). A synced entry never
+//! the reverse entry, on every worker: replies go to the one that owns the NAT port here,
+//! and the worker that gets the client's packets keeps both halves alive). A synced entry never
 //! replaces an own one. The first packet of a synced flow clears the flag ("adopted"): the
 //! flow keeps its backend, NAT address and NAT port, so the backend sees the same
 //! connection, and its replies come to whichever host holds that NAT address (the origin
@@ -206,11 +207,9 @@ impl Pipeline {
             bump(&self.stats.sync_conflicts, 1);
             return false;
         }
-        // The reverse entry lives with the worker that owns the NAT port here.
-        let rev_here = f
-            .nat
-            .is_none_or(|n| Pipeline::nat_owner(snap, self.workers, n.port) == self.worker);
-        self.restore::<F>(snap, r, now_ms, true, rev_here)
+        // Every worker holds the reverse entry too: replies reach the one that owns the NAT
+        // port here, and whichever worker gets the client's packets keeps both halves alive.
+        self.restore::<F>(snap, r, now_ms, true)
     }
 
     /// The first packet of synced flow `key` -> `v` on this worker: the flow is ours now.

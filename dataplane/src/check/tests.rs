@@ -1,0 +1,330 @@
+//! Each check of the model fires on an output that breaks it, and passes the pipeline's own.
+use std::sync::Arc;
+
+use etherparse::PacketBuilder;
+
+use super::*;
+use crate::maglev::{MaglevBackend, MaglevTable};
+use crate::pipeline::{PacketBuf, PipelineConfig, VecBuf};
+use crate::snapshot::{Backend, Cidr, Local, Protocol};
+use crate::stats::WorkerStats;
+
+const LB_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xaa];
+const CLIENT: [u8; 4] = [10, 9, 9, 9];
+const NAT: [u8; 4] = [10, 0, 0, 3];
+
+fn bmac(id: u32) -> [u8; 6] {
+    [2, 0, 0, 0, 1, id as u8]
+}
+
+fn snap(draining: u32) -> Snapshot {
+    let fe = |id: u32, vip: &str, method, backends: Vec<u32>| {
+        let names: Vec<String> = backends.iter().map(|b| format!("b{b}")).collect();
+        let mb: Vec<_> = names
+            .iter()
+            .map(|n| MaglevBackend { id: n, weight: 1 })
+            .collect();
+        Frontend {
+            id,
+            service: Arc::from("default/check"),
+            vip: vip.parse().unwrap(),
+            port: 80,
+            protocol: Protocol::Tcp,
+            method,
+            affinity_ms: None,
+            source_ranges: vec![],
+            backends,
+            maglev: Arc::new(MaglevTable::build(&mb, 31, 1).unwrap()),
+        }
+    };
+    let be = |id: u32| Backend {
+        id,
+        addr: format!("10.0.1.{id}").parse().unwrap(),
+        port: 8080,
+        mac: Some(bmac(id)),
+        weight: 1,
+        state: if id == draining {
+            BackendState::Draining
+        } else {
+            BackendState::Active
+        },
+    };
+    let mut acl = fe(2, "192.0.2.4", Method::Nat, vec![4]);
+    acl.source_ranges = vec![Cidr::parse("10.8.0.0/16").unwrap()];
+    Snapshot::new(
+        1,
+        7,
+        vec![
+            fe(0, "192.0.2.1", Method::Nat, vec![1]),
+            fe(1, "192.0.2.2", Method::DsrL2, vec![3, 5]),
+            acl,
+        ],
+        (1..=5).map(be).collect(),
+        Local {
+            mac: LB_MAC,
+            ipv4: vec![[10, 0, 0, 2]],
+            nat_ipv4: vec![NAT],
+            nat_port_min: 20000,
+            nat_port_max: 20999,
+            nat_ipv4_peers: 0,
+            nat_ipv6_peers: 0,
+            mtu: 1500,
+            ..Local::default()
+        },
+        16,
+    )
+    .unwrap()
+}
+
+/// An Ethernet + IPv4 + TCP frame; `flags`: SYN 2, ACK 0x10.
+fn tcp(
+    macs: ([u8; 6], [u8; 6]),
+    src: [u8; 4],
+    dst: [u8; 4],
+    ports: (u16, u16),
+    flags: u8,
+) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(macs.0, macs.1)
+        .ipv4(src, dst, 64)
+        .tcp(ports.0, ports.1, 1000, 65535);
+    if flags & 2 != 0 {
+        b = b.syn();
+    }
+    if flags & 0x10 != 0 {
+        b = b.ack(5);
+    }
+    let mut v = Vec::new();
+    b.write(&mut v, b"payload").unwrap();
+    v
+}
+
+fn step(snap: &Snapshot, now_ms: u32) -> Step<'_> {
+    Step {
+        snap,
+        worker: 0,
+        workers: 1,
+        now_ms,
+        evictions: 0,
+        min_timeout_ms: 5000,
+    }
+}
+
+fn pipeline() -> Pipeline {
+    let cfg = PipelineConfig {
+        conntrack: crate::conntrack::ConntrackConfig {
+            capacity: 64,
+            ..Default::default()
+        },
+        conntrack_v6_capacity: 64,
+        affinity_capacity: 64,
+        ..PipelineConfig::default()
+    };
+    Pipeline::new(&cfg, Arc::new(WorkerStats::new(16)))
+}
+
+/// Runs `input` through `pipe` and the model; the output and the model's judgement.
+fn run(
+    m: &mut Model,
+    pipe: &mut Pipeline,
+    s: &Step<'_>,
+    input: &[u8],
+) -> (Vec<u8>, Result<(), String>) {
+    let mut b = VecBuf::new(input);
+    let v = pipe.process(s.snap, &mut b, s.now_ms);
+    assert_eq!(v, Verdict::Tx, "the pipeline transmits {input:02x?}");
+    let out = b.data().to_vec();
+    let r = m.packet(s, pipe, input, v, &out);
+    (out, r)
+}
+
+fn err(r: Result<(), String>, want: &str) {
+    match r {
+        Err(e) => assert!(e.contains(want), "{e:?} should say {want:?}"),
+        Ok(()) => panic!("the check did not fire (wanted {want:?})"),
+    }
+}
+
+#[test]
+fn frame_checks_fire() {
+    let input = tcp((CLIENT_MAC, LB_MAC), CLIENT, [192, 0, 2, 2], (40000, 80), 2);
+    assert!(transmitted(&input, &input).is_ok());
+    err(
+        transmitted(&input, &input[..40]).map(|_| ()),
+        "does not parse",
+    );
+    let mut tagged = input.clone();
+    tagged.splice(12..12, [0x81, 0x00, 0x00, 42]);
+    err(transmitted(&input, &tagged).map(|_| ()), "VLAN-tagged");
+    let mut bad_ip = input.clone();
+    bad_ip[14 + 10] ^= 1;
+    err(
+        transmitted(&input, &bad_ip).map(|_| ()),
+        "IPv4 header checksum",
+    );
+    let mut bad_tcp = input.clone();
+    bad_tcp[14 + 20 + 16] ^= 1;
+    err(
+        transmitted(&input, &bad_tcp).map(|_| ()),
+        "transport checksum",
+    );
+    // A transport checksum that was wrong before may stay wrong.
+    assert!(transmitted(&bad_tcp, &bad_tcp).is_ok());
+}
+
+#[test]
+fn forwarding_checks_fire() {
+    let s1 = snap(0);
+    let mut pipe = pipeline();
+    let mut m = Model::new();
+    let st = step(&s1, 10);
+    let syn = tcp((CLIENT_MAC, LB_MAC), CLIENT, [192, 0, 2, 2], (40000, 80), 2);
+    let (out, r) = run(&mut m, &mut pipe, &st, &syn);
+    r.unwrap();
+    let to = out[5];
+    // Another backend's MAC: not one of the frontend's.
+    let mut foreign = out.clone();
+    foreign[0..6].copy_from_slice(&bmac(4));
+    err(
+        m.packet(&st, &pipe, &syn, Verdict::Tx, &foreign),
+        "not one of frontend",
+    );
+    // dsr-l2 may change the MACs only.
+    let mut changed = out.clone();
+    *changed.last_mut().unwrap() ^= 1;
+    fix_tcp4(&mut changed);
+    err(
+        m.packet(&st, &pipe, &syn, Verdict::Tx, &changed),
+        "dsr-l2 changed",
+    );
+    // The flow moving to the frontend's other backend within the shortest timeout.
+    let other = if u32::from(to) == 3 { 5 } else { 3 };
+    let ack = tcp(
+        (CLIENT_MAC, LB_MAC),
+        CLIENT,
+        [192, 0, 2, 2],
+        (40000, 80),
+        0x10,
+    );
+    let mut moved = ack.clone();
+    moved[0..6].copy_from_slice(&bmac(other));
+    moved[6..12].copy_from_slice(&LB_MAC);
+    err(
+        m.packet(&step(&s1, 20), &pipe, &ack, Verdict::Tx, &moved),
+        "moved from backend",
+    );
+    // ... which is fine once it may have expired.
+    assert!(m
+        .packet(&step(&s1, 9000), &pipe, &ack, Verdict::Tx, &moved)
+        .is_ok());
+    // A new flow to a draining backend; a pinned one may go on.
+    let s2 = snap(other);
+    let new = tcp((CLIENT_MAC, LB_MAC), CLIENT, [192, 0, 2, 2], (40001, 80), 2);
+    let mut to_draining = new.clone();
+    to_draining[0..6].copy_from_slice(&bmac(other));
+    to_draining[6..12].copy_from_slice(&LB_MAC);
+    err(
+        m.packet(&step(&s2, 9001), &pipe, &new, Verdict::Tx, &to_draining),
+        "new flow",
+    );
+    assert!(m
+        .packet(&step(&s2, 9002), &pipe, &ack, Verdict::Tx, &moved)
+        .is_ok());
+}
+
+#[test]
+fn policy_checks_fire() {
+    let s = snap(0);
+    let pipe = pipeline();
+    let mut m = Model::new();
+    let st = step(&s, 10);
+    let fwd = |f: &[u8]| {
+        let mut o = f.to_vec();
+        o[0..6].copy_from_slice(&bmac(4));
+        o[6..12].copy_from_slice(&LB_MAC);
+        o
+    };
+    let denied = tcp((CLIENT_MAC, LB_MAC), CLIENT, [192, 0, 2, 4], (40000, 80), 2);
+    err(
+        m.packet(&st, &pipe, &denied, Verdict::Tx, &fwd(&denied)),
+        "denied source",
+    );
+    let closed = tcp((CLIENT_MAC, LB_MAC), CLIENT, [192, 0, 2, 2], (40000, 81), 2);
+    err(
+        m.packet(&st, &pipe, &closed, Verdict::Tx, &fwd(&closed)),
+        "not served",
+    );
+    let mut tagged = tcp((CLIENT_MAC, LB_MAC), CLIENT, [192, 0, 2, 2], (40000, 80), 2);
+    tagged.splice(12..12, [0x81, 0x00, 0x00, 42]);
+    let mut out = tcp((CLIENT_MAC, LB_MAC), CLIENT, [192, 0, 2, 2], (40000, 80), 2);
+    out[0..6].copy_from_slice(&bmac(3));
+    out[6..12].copy_from_slice(&LB_MAC);
+    err(
+        m.packet(&st, &pipe, &tagged, Verdict::Tx, &out),
+        "VLAN-tagged",
+    );
+    err(
+        m.packet(&st, &pipe, &tagged, Verdict::ToWorker(1), &tagged),
+        "VLAN-tagged",
+    );
+}
+
+#[test]
+fn nat_checks_fire() {
+    let s = snap(0);
+    let mut pipe = pipeline();
+    let mut m = Model::new();
+    let st = step(&s, 10);
+    let syn = tcp((CLIENT_MAC, LB_MAC), CLIENT, [192, 0, 2, 1], (40000, 80), 2);
+    let (out, r) = run(&mut m, &mut pipe, &st, &syn);
+    r.unwrap();
+    let port = u16::from_be_bytes([out[34], out[35]]);
+    // The forward rewrite may change addresses and ports only.
+    let mut payload = out.clone();
+    *payload.last_mut().unwrap() ^= 1;
+    let mut fixed = payload.clone();
+    fix_tcp4(&mut fixed);
+    err(
+        m.packet(&st, &pipe, &syn, Verdict::Tx, &fixed),
+        "nat: not the rewrite",
+    );
+    // The reply, translated back: passes; with the client port off by one: fires.
+    let reply = tcp((bmac(1), LB_MAC), [10, 0, 1, 1], NAT, (8080, port), 0x12);
+    let (back, r) = run(&mut m, &mut pipe, &st, &reply);
+    r.unwrap();
+    let mut wrong = back.clone();
+    wrong[36..38].copy_from_slice(&40001u16.to_be_bytes());
+    fix_tcp4(&mut wrong);
+    err(
+        m.packet(&st, &pipe, &reply, Verdict::Tx, &wrong),
+        "not the inverse",
+    );
+    let mut to_mac = back.clone();
+    to_mac[0..6].copy_from_slice(&bmac(9));
+    err(
+        m.packet(&st, &pipe, &reply, Verdict::Tx, &to_mac),
+        "not its client's",
+    );
+    // A reply to a port no flow was given.
+    let stray = tcp(
+        (bmac(1), LB_MAC),
+        [10, 0, 1, 1],
+        NAT,
+        (8080, port + 1),
+        0x12,
+    );
+    err(
+        m.packet(&st, &pipe, &stray, Verdict::Tx, &back),
+        "no flow was NAT'd",
+    );
+}
+
+/// Recomputes the TCP checksum of an Ethernet + IPv4 (no options) + TCP frame.
+fn fix_tcp4(f: &mut [u8]) {
+    f[50..52].copy_from_slice(&[0, 0]);
+    let p = parse(f).unwrap();
+    let seg = &f[34..usize::from(p.l3_end)];
+    let ps = sum(sum(0, &f[26..34]), &[]) + 6 + seg.len() as u64;
+    let c = !fold(sum(ps, seg));
+    f[50..52].copy_from_slice(&c.to_be_bytes());
+}
