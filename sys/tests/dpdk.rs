@@ -439,3 +439,46 @@ fn tx_burst_shared_lends_templates_and_keeps_them() {
     drop(rp);
     assert_eq!(pool.in_use(), 0);
 }
+
+/// A TCP/IPv4 frame from 10.99.0.11:40000 to 10.99.0.100:`dport`.
+fn tcp_frame(dport: u16) -> Vec<u8> {
+    let mut f = vec![0u8; 54];
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&40u16.to_be_bytes());
+    f[22] = 64;
+    f[23] = 6;
+    f[26..30].copy_from_slice(&[10, 99, 0, 11]);
+    f[30..34].copy_from_slice(&[10, 99, 0, 100]);
+    f[34..36].copy_from_slice(&40000u16.to_be_bytes());
+    f[36..38].copy_from_slice(&dport.to_be_bytes());
+    f[46] = 0x50;
+    f[47] = 0x02;
+    f
+}
+
+#[test]
+fn bpf_filter_from_a_tcpdump_expression_matches_mbufs() {
+    let e = env();
+    let _reg = register_thread(&e.eal).unwrap();
+    let pool = Mempool::new("bpf_pool", 63, 0, Mempool::DEFAULT_DATA_ROOM, -1).unwrap();
+    let f = dpdk_sys::BpfFilter::compile("host 10.99.0.11 and tcp port 80", 262_144).unwrap();
+    assert!(f.classic_len() > 0);
+    #[cfg(target_arch = "x86_64")]
+    assert!(f.jitted(), "DPDK JIT-compiles filters on x86-64");
+    for (dport, want) in [(80u16, true), (443, false)] {
+        let frame = tcp_frame(dport);
+        let mut m = pool.alloc().unwrap();
+        m.append(frame.len()).unwrap().copy_from_slice(&frame);
+        assert_eq!(f.matches(&m), want, "port {dport}, jit {}", f.jitted());
+    }
+    let none = dpdk_sys::BpfFilter::compile("udp", 65_535).unwrap();
+    let mut m = pool.alloc().unwrap();
+    m.append(54).unwrap().copy_from_slice(&tcp_frame(80));
+    assert!(!none.matches(&m));
+    drop(m);
+    // libpcap's own message for an expression it refuses.
+    let err = dpdk_sys::BpfFilter::compile("host and port", 65_535).unwrap_err();
+    assert!(err.contains("syntax error"), "{err}");
+    assert_eq!(pool.available(), 63);
+}
