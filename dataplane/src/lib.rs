@@ -12,6 +12,7 @@
 //!   with a [`stats::DropReason`] that indexes a counter array.
 #![forbid(unsafe_code)]
 
+pub mod capture;
 pub mod conntrack;
 pub mod hash;
 pub mod maglev;
