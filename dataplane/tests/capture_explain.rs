@@ -101,6 +101,7 @@ fn nat_flow_new_then_established_then_reply() {
     assert_eq!(l.frontend, Some(0));
     assert_eq!(l.backend.map(|b| b.id), Some(1));
     assert_eq!(l.state_after, Some(FlowState::TcpEstablished));
+    assert_eq!(l.why, Why::Reply);
 }
 
 #[test]

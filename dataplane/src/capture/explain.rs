@@ -63,6 +63,8 @@ pub enum Why {
     /// A new flow of a ClientIP-affinity frontend, to the backend its client had (not
     /// Maglev's current pick for the client address).
     Affinity,
+    /// Seen only as it left: a frontend's reply to the client of a tracked flow.
+    Reply,
 }
 
 /// How the frame left (compared with how it came in).
@@ -372,6 +374,9 @@ pub fn leaving(pipeline: &Pipeline, snap: &Snapshot, frame: &[u8]) -> Explain {
         (None, None) => (None, None),
     };
     e.frontend = fid;
+    if reply.is_some() && fid == reply {
+        e.why = Why::Reply;
+    }
     e.state_after = flow.map(|f| f.1);
     e.backend = flow.and_then(|(id, _)| backend_info(snap, id));
     e
