@@ -557,9 +557,17 @@ fn bad_captures_end_cleanly() {
     d.wait_count("capture ended", 2);
     assert_eq!(d.log_text().matches("reason=ClientGone").count(), 2);
     // Nothing was left behind: a new capture runs, and forwarding never ran short of mbufs.
+    // (Its filter is one DPDK 22.11's BPF JIT crashes on: a byte load at an offset in X.)
     let mut next = s
         .ctl()
-        .args(["capture", "-w", f, "-c", "4", "tcp port 80"])
+        .args([
+            "capture",
+            "-w",
+            f,
+            "-c",
+            "2",
+            "tcp port 80 and tcp[13] & 2 != 0",
+        ])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -572,7 +580,8 @@ fn bad_captures_end_cleanly() {
         .0
     );
     assert!(next.wait().unwrap().success());
-    assert_eq!(read_capture(&file).0.len(), 4);
+    // The client's SYN received and the SYN-ACK sent to it.
+    assert_eq!(read_capture(&file).0.len(), 2);
     let (code, out, _) = s.run(&["-o", "json", "ports"]);
     assert_eq!(code, 0);
     let ports: serde_json::Value = serde_json::from_str(&out).unwrap();

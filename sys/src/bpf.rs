@@ -1,37 +1,32 @@
-//! Capture filters: a tcpdump expression compiled by libpcap to classic BPF, converted to eBPF
-//! by `rte_bpf_convert`, checked and loaded by `rte_bpf_load`, and run on mbufs by the code
-//! DPDK's JIT produced (the interpreter, `rte_bpf_exec`, where the JIT gives none). This is
-//! what `dpdk-dumpcap` does in a secondary process, here inside the one process.
-use std::ffi::{c_void, CStr, CString};
-use std::ptr::NonNull;
+//! Capture filters: a tcpdump expression compiled by libpcap to classic BPF. The worker runs
+//! the instructions with its own interpreter (`sluice_dataplane::capture::bpf`); libpcap's
+//! interpreter (`bpf_filter`) is the reference it is tested against.
+//!
+//! DPDK's route (`rte_bpf_convert`, `rte_bpf_load`, the x86 JIT, as `dpdk-dumpcap` uses) was
+//! tried and dropped: in Debian's DPDK 22.11 the JIT of `tcp[13] & 2 != 0` (a byte load at an
+//! offset in X) crashes the process on a plain TCP frame (docs/benchmarks.md).
+use std::ffi::{CStr, CString};
 
 use crate::ffi;
-use crate::mbuf::Mbuf;
 
-/// A compiled capture filter. Immutable once loaded: any number of threads may run it.
+/// A tcpdump expression compiled by libpcap to classic BPF (for Ethernet frames).
 #[derive(Debug)]
-pub struct BpfFilter {
-    bpf: NonNull<ffi::rte_bpf>,
-    /// The JIT-compiled program, if DPDK's JIT produced one.
-    jit: Option<unsafe extern "C" fn(*mut c_void) -> u64>,
-    /// Instructions of the classic program libpcap produced.
-    classic_len: u32,
+pub struct PcapProgram {
+    prog: ffi::bpf_program,
 }
 
-// SAFETY: a loaded rte_bpf is never written after rte_bpf_load; running it (JIT code or
-// rte_bpf_exec) only reads the program and its argument, so it can move between threads.
-unsafe impl Send for BpfFilter {}
-// SAFETY: as above; concurrent runs share nothing mutable.
-unsafe impl Sync for BpfFilter {}
+// SAFETY: the program is libpcap's heap array, owned by this value alone and never written
+// after pcap_compile; reading it from another thread is fine.
+unsafe impl Send for PcapProgram {}
+// SAFETY: as above; every method reads only.
+unsafe impl Sync for PcapProgram {}
 
-impl BpfFilter {
-    /// Compiles tcpdump expression `expr` for Ethernet frames captured up to `snaplen` bytes.
-    /// EAL must be running (the converted program lives in DPDK's heap until it is loaded).
+impl PcapProgram {
+    /// Compiles `expr` for Ethernet frames captured up to `snaplen` bytes (no EAL needed).
     ///
     /// # Errors
-    /// libpcap's own message for an expression it refuses (`syntax error`, `unknown host
-    /// ...`), or DPDK's for a program it cannot convert or load.
-    pub fn compile(expr: &str, snaplen: u32) -> Result<BpfFilter, String> {
+    /// libpcap's own message for an expression it refuses (`syntax error`, `unknown host`).
+    pub fn compile(expr: &str, snaplen: u32) -> Result<PcapProgram, String> {
         let cexpr = CString::new(expr).map_err(|_| "the filter contains a NUL byte".to_owned())?;
         let snaplen = i32::try_from(snaplen.max(1)).unwrap_or(i32::MAX);
         // SAFETY: pcap_open_dead allocates a handle for compiling only; NULL on failure.
@@ -51,81 +46,45 @@ impl BpfFilter {
                 ffi::PCAP_NETMASK_UNKNOWN,
             )
         };
-        if rc != 0 {
+        let err = (rc != 0).then(|| {
             // SAFETY: pcap_geterr returns the handle's NUL-terminated message buffer, valid
-            // until the handle is closed (after the copy below).
-            let msg = unsafe { CStr::from_ptr(ffi::pcap_geterr(pcap)) }
+            // until the handle is closed (after this copy).
+            unsafe { CStr::from_ptr(ffi::pcap_geterr(pcap)) }
                 .to_string_lossy()
-                .into_owned();
-            // SAFETY: pcap is a live handle, closed once.
-            unsafe { ffi::pcap_close(pcap) };
-            return Err(msg);
+                .into_owned()
+        });
+        // SAFETY: pcap is a live handle, closed once; the program does not refer to it.
+        unsafe { ffi::pcap_close(pcap) };
+        match err {
+            Some(e) => Err(e),
+            None => Ok(PcapProgram { prog }),
         }
-        let classic_len = prog.bf_len;
-        // SAFETY: prog holds the program pcap_compile produced; rte_bpf_convert reads it and
-        // returns a new rte_malloc'ed parameter block (or NULL with rte_errno set).
-        let prm = unsafe { ffi::rte_bpf_convert(&prog) };
-        // SAFETY: prog was filled by pcap_compile and is freed once; pcap is closed once.
-        unsafe {
-            ffi::pcap_freecode(&mut prog);
-            ffi::pcap_close(pcap);
-        }
-        if prm.is_null() {
-            return Err(format!(
-                "DPDK cannot convert the filter: {}",
-                crate::DpdkError::last("rte_bpf_convert")
-            ));
-        }
-        // SAFETY: prm is the valid block from rte_bpf_convert; rte_bpf_load copies the
-        // instructions into its own mapping, so prm can be freed right after.
-        let bpf = unsafe { ffi::rte_bpf_load(prm) };
-        // SAFETY: prm came from rte_malloc (rte_bpf_convert) and is freed once.
-        unsafe { ffi::rte_free(prm.cast()) };
-        let Some(bpf) = NonNull::new(bpf) else {
-            return Err(format!(
-                "DPDK refuses the converted filter: {}",
-                crate::DpdkError::last("rte_bpf_load")
-            ));
-        };
-        let mut jit = ffi::rte_bpf_jit::default();
-        // SAFETY: bpf is a loaded program; jit is written by the call.
-        let rc = unsafe { ffi::rte_bpf_get_jit(bpf.as_ptr(), &mut jit) };
-        Ok(BpfFilter {
-            bpf,
-            jit: if rc == 0 { jit.func } else { None },
-            classic_len,
-        })
     }
 
-    /// Whether DPDK's JIT compiled the filter (else [`BpfFilter::matches`] interprets it).
-    pub fn jitted(&self) -> bool {
-        self.jit.is_some()
+    /// The classic BPF instructions: (code, jt, jf, k) each.
+    pub fn instructions(&self) -> Vec<(u16, u8, u8, u32)> {
+        if self.prog.bf_insns.is_null() {
+            return Vec::new();
+        }
+        // SAFETY: bf_insns points at bf_len instructions libpcap allocated, alive until drop.
+        let insns =
+            unsafe { std::slice::from_raw_parts(self.prog.bf_insns, self.prog.bf_len as usize) };
+        insns.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect()
     }
 
-    /// Instructions of the classic BPF program libpcap compiled.
-    pub fn classic_len(&self) -> u32 {
-        self.classic_len
-    }
-
-    /// Runs the filter on `m`'s frame: whether it matches.
-    #[inline(always)]
-    pub fn matches(&self, m: &Mbuf) -> bool {
-        let arg = m.as_ptr().cast::<c_void>();
-        let r = match self.jit {
-            // SAFETY: the JIT code of a program rte_bpf_load verified, whose argument is an
-            // mbuf (rte_bpf_convert says so): it only reads the mbuf, which `m` keeps alive.
-            Some(f) => unsafe { f(arg) },
-            // SAFETY: as above, through DPDK's interpreter.
-            None => unsafe { ffi::rte_bpf_exec(self.bpf.as_ptr(), arg) },
-        };
-        r != 0
+    /// Whether `frame` matches, by libpcap's own interpreter (`bpf_filter`): the reference
+    /// other evaluators are tested against.
+    pub fn matches(&self, frame: &[u8]) -> bool {
+        let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+        // SAFETY: the program is valid (pcap_compile); bpf_filter reads at most `len` bytes
+        // of `frame`, which it is given with its length.
+        unsafe { ffi::bpf_filter(self.prog.bf_insns, frame.as_ptr(), len, len) != 0 }
     }
 }
 
-impl Drop for BpfFilter {
+impl Drop for PcapProgram {
     fn drop(&mut self) {
-        // SAFETY: bpf came from rte_bpf_load and is destroyed once; no run is in progress
-        // (runs borrow self).
-        unsafe { ffi::rte_bpf_destroy(self.bpf.as_ptr()) };
+        // SAFETY: prog was filled by pcap_compile and is freed once.
+        unsafe { ffi::pcap_freecode(&mut self.prog) };
     }
 }

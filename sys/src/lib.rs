@@ -11,8 +11,7 @@
 //! - Ownership is explicit: an [`Mbuf`] frees itself on drop; [`MbufBatch`] is a fixed array of
 //!   owned mbufs for bursts, never allocating after construction.
 //! - EAL initialises once per process; [`Eal::init`] refuses a second call.
-//! - Capture filters ([`BpfFilter`]): libpcap compiles a tcpdump expression, librte_bpf
-//!   converts, checks and JIT-compiles it, and it runs on mbufs.
+//! - Capture filters ([`PcapProgram`]): libpcap compiles a tcpdump expression to classic BPF.
 //! - The `dpdk` feature (default) links DPDK. Without it only the CPU helpers of the pure
 //!   dataplane remain ([`prefetch()`], the lane compares, [`HugeSlice`], [`CountingAlloc`]), so
 //!   the pipeline, its tests and the fuzzer build on a machine without libdpdk. The raw
@@ -44,7 +43,7 @@ mod time;
 
 pub use alloc_count::CountingAlloc;
 #[cfg(feature = "dpdk")]
-pub use bpf::BpfFilter;
+pub use bpf::PcapProgram;
 #[cfg(feature = "dpdk")]
 pub use eal::{lcore_id, register_thread, Eal, ThreadRegistration};
 #[cfg(feature = "dpdk")]

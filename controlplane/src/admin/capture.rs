@@ -8,6 +8,8 @@ use hyper::body::Bytes;
 use tokio::sync::mpsc;
 
 use super::{AdminState, ApiError};
+use sluice_dataplane::capture::bpf::Program;
+
 use crate::capture::{self, Names, Output, Spec, WorkerCommands, MAX_SNAPLEN};
 
 /// The body of `POST /v1/capture`.
@@ -127,7 +129,8 @@ fn run(
     spec.port = index;
     spec.port_name = p.name.clone();
     spec.device = p.device.clone();
-    let filter = dpdk_sys::BpfFilter::compile(&spec.filter, spec.snaplen)
+    let filter = dpdk_sys::PcapProgram::compile(&spec.filter, spec.snaplen)
+        .and_then(|p| Program::new(&p.instructions()))
         .map_err(|e| ApiError::bad_request(format!("invalid filter {:?}: {e}", spec.filter)))?;
     let guard = st.captures.try_enter().ok_or_else(|| {
         ApiError::conflict(
@@ -141,7 +144,7 @@ fn run(
         .map(|w| (w.index, w.commands.clone()))
         .collect();
     let names = Names::from_report(&st.live().report);
-    tracing::info!(port = %spec.port_name, filter = %spec.filter, jit = filter.jitted(), "capture started");
+    tracing::info!(port = %spec.port_name, filter = %spec.filter, "capture started");
     Ok(capture::start(spec, filter, &workers, names, guard))
 }
 

@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Sender;
-use dpdk_sys::BpfFilter;
 use hyper::body::Bytes;
+use sluice_dataplane::capture::bpf::Program;
 use sluice_dataplane::capture::{Direction, Record, Tap, TapStats};
 use sluice_dataplane::worker::Command;
 use tokio::sync::mpsc;
@@ -133,7 +133,7 @@ pub type WorkerCommands = (u16, Sender<Command>);
 /// when it ends. `names` names the frontends in verdicts.
 pub fn start(
     spec: Spec,
-    filter: BpfFilter,
+    filter: Program,
     workers: &[WorkerCommands],
     names: Names,
     guard: GateGuard,
@@ -227,7 +227,7 @@ struct Session {
     /// Both ends of the free list, kept until every tap is gone.
     free: (crossbeam_channel::Receiver<Vec<u8>>, Sender<Vec<u8>>),
     out: crossbeam_channel::Receiver<Record>,
-    filter: Arc<BpfFilter>,
+    filter: Arc<Program>,
     _guard: GateGuard,
 }
 

@@ -8,9 +8,9 @@
 //! - A capture is a [`Tap`] per worker, sent as a `Command::Capture` (and taken away the same
 //!   way). Without one the worker's cost is one branch per burst (`Option` test), not even
 //!   one per packet.
-//! - The filter is a tcpdump expression compiled by libpcap and JIT-compiled by librte_bpf
-//!   (`dpdk_sys::BpfFilter`), run on the mbuf: before the pipeline for received packets,
-//!   after it for transmitted ones.
+//! - The filter is a tcpdump expression compiled by libpcap to classic BPF
+//!   (`dpdk_sys::PcapProgram`) and run by [`bpf::Program`] on the frame's bytes: before the
+//!   pipeline for received packets, after it for transmitted ones.
 //! - Copies go into buffers the control plane allocated up front, passed around on two
 //!   bounded lock-free channels: a free list the worker takes from and a queue of full
 //!   records it gives to. No buffer free, or the queue full: the copy is not made and
@@ -20,6 +20,7 @@
 //!   packet pool whatever the reader does.
 //! - [`Explain`] is worked out only for copied packets ([`explain`]): a flow lookup before
 //!   and after the pipeline, the verdict, and a look at the rewritten frame.
+pub mod bpf;
 pub mod explain;
 #[cfg(feature = "dpdk")]
 mod tap;

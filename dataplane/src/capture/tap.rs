@@ -3,8 +3,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
-use dpdk_sys::{BpfFilter, Mbuf, BURST};
+use dpdk_sys::{Mbuf, BURST};
 
+use super::bpf::Program;
 use super::explain::{self, Before};
 use super::{Direction, Record};
 use crate::pipeline::{Pipeline, Verdict};
@@ -40,7 +41,7 @@ pub struct Tap {
     tx: bool,
     /// Bytes copied per packet at most.
     snaplen: usize,
-    filter: Arc<BpfFilter>,
+    filter: Arc<Program>,
     /// Empty buffers (allocated by the control plane), and the way back for one not used.
     free: Receiver<Vec<u8>>,
     recycle: Sender<Vec<u8>>,
@@ -50,6 +51,8 @@ pub struct Tap {
     stats: Arc<TapStats>,
     /// Per packet of the current burst: its copy, if received and matched.
     pending: [Option<Pending>; BURST],
+    /// How many of `pending` are set.
+    npending: usize,
 }
 
 impl Clone for Tap {
@@ -80,7 +83,7 @@ impl Tap {
         rx: bool,
         tx: bool,
         snaplen: usize,
-        filter: Arc<BpfFilter>,
+        filter: Arc<Program>,
         free: (Receiver<Vec<u8>>, Sender<Vec<u8>>),
         out: Sender<Record>,
         worker: u16,
@@ -99,6 +102,7 @@ impl Tap {
             worker,
             stats,
             pending: std::array::from_fn(|_| None),
+            npending: 0,
         }
     }
 
@@ -145,7 +149,7 @@ impl Tap {
             return;
         }
         for (i, m) in pkts.iter().enumerate() {
-            if !self.filter.matches(m) {
+            if !self.filter.matches(m.data()) {
                 continue;
             }
             if let Some((buf, orig_len)) = self.copy(m) {
@@ -155,6 +159,7 @@ impl Tap {
                     orig_len,
                     before,
                 });
+                self.npending += 1;
             }
         }
     }
@@ -172,12 +177,15 @@ impl Tap {
         snap: &Snapshot,
         tsc: u64,
     ) {
-        if port != self.port {
+        if port != self.port || (self.npending == 0 && !self.tx) {
             return;
         }
         for (i, (m, &v)) in pkts.iter().zip(verdicts).enumerate() {
             let mut seen = None;
-            if let Some(p) = self.pending[i].take() {
+            if self.npending == 0 {
+                // Nothing copied on receipt: only the transmit filter is left to run.
+            } else if let Some(p) = self.pending[i].take() {
+                self.npending -= 1;
                 let e = explain::after(pipeline, snap, &p.before, v, m.data());
                 seen = Some(e);
                 self.send(Record {
@@ -190,7 +198,7 @@ impl Tap {
                     explain: e,
                 });
             }
-            if !self.tx || v != Verdict::Tx || !self.filter.matches(m) {
+            if !self.tx || v != Verdict::Tx || !self.filter.matches(m.data()) {
                 continue;
             }
             if let Some((buf, orig_len)) = self.copy(m) {
