@@ -2,8 +2,8 @@
 //!
 //! libpcap compiles the tcpdump expression (`dpdk_sys::PcapProgram`); the instructions are
 //! checked and decoded once here into flat operations with their operands resolved (one
-//! dispatch per instruction: size, condition and operand are part of the operation), and run
-//! on each frame's bytes. Every frame a filter rejects takes the same short path through the
+//! dispatch per instruction: size, condition and operand are part of the operation; a load
+//! followed by a conditional jump is one operation), and run on each frame's bytes. Every frame a filter rejects takes the same short path through the
 //! program, so the dispatch predicts well. Semantics follow libpcap's `bpf_filter`: a load
 //! outside the frame, or a division by zero, rejects the packet; `dataplane/tests/capture_bpf.rs`
 //! holds the two to the same answers.
@@ -63,6 +63,18 @@ enum Op {
     RetA,
     Tax,
     Txa,
+    // A load and the conditional jump after it, as one operation (libpcap's programs are
+    // mostly such pairs): (load offset, constant, true target, false target). The jump stays
+    // in the program at its own index too, for the jumps that land on it.
+    LdWJeq(u32, u32, u16, u16),
+    LdHJeq(u32, u32, u16, u16),
+    LdBJeq(u32, u32, u16, u16),
+    LdHJge(u32, u32, u16, u16),
+    LdHJgt(u32, u32, u16, u16),
+    LdBJset(u32, u32, u16, u16),
+    LdHJset(u32, u32, u16, u16),
+    LdIndHJeq(u32, u32, u16, u16),
+    LdIndBJset(u32, u32, u16, u16),
 }
 
 /// A checked classic BPF program.
@@ -169,6 +181,20 @@ impl Program {
         if !matches!(ops[n - 1], Op::Ret(_) | Op::RetA) {
             return Err("filter program does not end with a return".into());
         }
+        for i in 0..n - 1 {
+            ops[i] = match (ops[i], ops[i + 1]) {
+                (Op::LdW(o), Op::Jeq(k, t, f)) => Op::LdWJeq(o, k, t, f),
+                (Op::LdH(o), Op::Jeq(k, t, f)) => Op::LdHJeq(o, k, t, f),
+                (Op::LdB(o), Op::Jeq(k, t, f)) => Op::LdBJeq(o, k, t, f),
+                (Op::LdH(o), Op::Jge(k, t, f)) => Op::LdHJge(o, k, t, f),
+                (Op::LdH(o), Op::Jgt(k, t, f)) => Op::LdHJgt(o, k, t, f),
+                (Op::LdB(o), Op::Jset(k, t, f)) => Op::LdBJset(o, k, t, f),
+                (Op::LdH(o), Op::Jset(k, t, f)) => Op::LdHJset(o, k, t, f),
+                (Op::LdIndH(o), Op::Jeq(k, t, f)) => Op::LdIndHJeq(o, k, t, f),
+                (Op::LdIndB(o), Op::Jset(k, t, f)) => Op::LdIndBJset(o, k, t, f),
+                (op, _) => op,
+            };
+        }
         Ok(Program {
             ops: ops.into_boxed_slice(),
         })
@@ -252,6 +278,42 @@ impl Program {
                 Op::RetA => return a,
                 Op::Tax => x = a,
                 Op::Txa => a = x,
+                Op::LdWJeq(o, k, t, f) => {
+                    a = ld!(w(frame, o));
+                    pc = usize::from(if a == k { t } else { f });
+                }
+                Op::LdHJeq(o, k, t, f) => {
+                    a = ld!(h(frame, o));
+                    pc = usize::from(if a == k { t } else { f });
+                }
+                Op::LdBJeq(o, k, t, f) => {
+                    a = ld!(b(frame, o));
+                    pc = usize::from(if a == k { t } else { f });
+                }
+                Op::LdHJge(o, k, t, f) => {
+                    a = ld!(h(frame, o));
+                    pc = usize::from(if a >= k { t } else { f });
+                }
+                Op::LdHJgt(o, k, t, f) => {
+                    a = ld!(h(frame, o));
+                    pc = usize::from(if a > k { t } else { f });
+                }
+                Op::LdBJset(o, k, t, f) => {
+                    a = ld!(b(frame, o));
+                    pc = usize::from(if a & k != 0 { t } else { f });
+                }
+                Op::LdHJset(o, k, t, f) => {
+                    a = ld!(h(frame, o));
+                    pc = usize::from(if a & k != 0 { t } else { f });
+                }
+                Op::LdIndHJeq(o, k, t, f) => {
+                    a = ld!(h(frame, x.wrapping_add(o)));
+                    pc = usize::from(if a == k { t } else { f });
+                }
+                Op::LdIndBJset(o, k, t, f) => {
+                    a = ld!(b(frame, x.wrapping_add(o)));
+                    pc = usize::from(if a & k != 0 { t } else { f });
+                }
             }
         }
     }
