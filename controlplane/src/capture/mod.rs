@@ -174,7 +174,7 @@ pub fn start(
         commands,
         free: (free_rx, free_tx),
         out: out_rx,
-        filter,
+        _filter: filter,
         _guard: guard,
     };
     tokio::spawn(session.run(sink));
@@ -227,7 +227,8 @@ struct Session {
     /// Both ends of the free list, kept until every tap is gone.
     free: (crossbeam_channel::Receiver<Vec<u8>>, Sender<Vec<u8>>),
     out: crossbeam_channel::Receiver<Record>,
-    filter: Arc<Program>,
+    /// Held so that the program is freed here, after the workers dropped their taps.
+    _filter: Arc<Program>,
     _guard: GateGuard,
 }
 
@@ -369,7 +370,6 @@ impl Session {
         while let Ok(r) = self.out.try_recv() {
             drop(r);
         }
-        let _ = &self.filter;
     }
 }
 
