@@ -17,7 +17,9 @@
                                     without closing anything (the clock starts before the cut)
   hold N HOST PORT                  N long-lived TCP connections to the echo service; prints
                                     {"connected": n}, then for every line "check" on stdin sends a
-                                    line on each and prints {"ok": n, "failed": n, "backends": {...}}
+                                    line on each and prints {"ok": n, "failed": n, "backends": {...},
+                                    "fail_ms_p50": ms, "fail_ms_max": ms} (how long a failed
+                                    connection took to fail: a RST is milliseconds, silence 2 s)
   udp HOST PORT N                   N datagrams to HOST:PORT; prints JSON {"replies": [...], "lost": n}
   session HOST PORT                 one long-lived TCP connection to the echo service: every line
                                     read on stdin is sent, the reply printed (flushed) on stdout;
@@ -149,8 +151,9 @@ def hold(n, host, port):
     for line in sys.stdin:
         if line.strip() != "check":
             continue
-        ok, failed, backends = 0, 0, {}
+        ok, failed, backends, fail_ms = 0, 0, {}, []
         for i, s in enumerate(socks):
+            t0 = time.monotonic()
             try:
                 s.settimeout(2)
                 s.sendall(f"ping {i}\n".encode())
@@ -165,7 +168,11 @@ def hold(n, host, port):
                 ok += 1
             except OSError:
                 failed += 1
-        print(json.dumps({"ok": ok, "failed": failed, "backends": backends}), flush=True)
+                fail_ms.append((time.monotonic() - t0) * 1000)
+        fail_ms.sort()
+        print(json.dumps({"ok": ok, "failed": failed, "backends": backends,
+                          "fail_ms_p50": round(fail_ms[len(fail_ms) // 2], 1) if fail_ms else None,
+                          "fail_ms_max": round(fail_ms[-1], 1) if fail_ms else None}), flush=True)
 
 
 def udp(host, port, n):

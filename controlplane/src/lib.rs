@@ -13,6 +13,8 @@
 //!   [`announce::bgp`]) and resolving next hops.
 //! - [`logs`]: rate limits for the log lines of lasting conditions (failing API requests,
 //!   pending Services).
+//! - [`sync`]: flow-state sync between hosts (`[sync]`): the sync socket, its messages, bulk
+//!   transfers.
 //! - [`admin`]: the admin API (Unix socket, HTTP/JSON), its client with `sluicectl`'s tables,
 //!   and Prometheus metrics.
 //! - [`capture`]: packet capture and trace: taps on the workers, pcapng and trace lines.
@@ -29,6 +31,7 @@ pub mod l2;
 pub mod logs;
 pub mod model;
 pub mod sources;
+pub mod sync;
 
 /// The in-process fake API server, shared by the unit tests that talk to it.
 #[cfg(test)]

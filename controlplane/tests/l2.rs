@@ -58,8 +58,15 @@ fn answers() -> BTreeMap<String, Vec<String>> {
         .collect()
 }
 
-/// `sluicectl l2`'s owners on host `h`.
+/// `sluicectl l2`'s owners of the lab's VIPs on host `h`.
 fn owners(h: &Host) -> BTreeMap<String, String> {
+    let mut o = owners_all(h);
+    o.retain(|a, _| VIPS.contains(&a.as_str()));
+    o
+}
+
+/// `sluicectl l2`'s owners on host `h`: the VIPs and, with `[sync]`, the NAT addresses.
+fn owners_all(h: &Host) -> BTreeMap<String, String> {
     let v = h.ctl(&["l2"]);
     v["vips"]
         .as_array()
@@ -247,4 +254,76 @@ fn l2_one_owner_per_vip_failover_and_return() {
     let (ok, failed, _) = held.check();
     eprintln!("dsr-l2 after the return: {ok} of 1000 working, {failed} failed");
     assert!(ok >= 990, "{ok} of 1000 after the return");
+}
+
+/// l2_config with `[sync]` appended (docs/examples/routed/sync.toml), its peer's NAT addresses
+/// those of L2 mode (the peer's dp0 addresses).
+fn l2_sync_config(n: u8) -> impl Fn(String) -> String {
+    let l2 = l2_config(n);
+    let p = 3 - n;
+    let sync = std::fs::read_to_string(repo().join("docs/examples/routed/sync.toml"))
+        .unwrap()
+        .replace("@N@", &n.to_string())
+        .replace("@P@", &p.to_string())
+        .replace(&format!("10.98.200.{p}"), &format!("10.98.0.2{p}"))
+        .replace(&format!("fd00:98:200::{p}"), &format!("fd00:98::2{p}"));
+    move |c: String| l2(c) + &sync
+}
+
+/// Flow sync in L2 mode (issue 16): the owner of the NAT VIP carries every connection; it is
+/// killed, and the survivor takes over the VIP and the dead host's NAT address (it answers ARP
+/// for it and announces it), so the backends' replies reach it, and it carries the synced
+/// flows on. While both live, each host alone answers for its own NAT address.
+#[test]
+fn l2_sync_keeps_nat_connections_when_the_owner_dies() {
+    let lab_ = Lab::up("l2sync");
+    let h1 = lab_.host_with(1, false, l2_sync_config(1));
+    let h2 = lab_.host_with(2, false, l2_sync_config(2));
+    let before = wait_settled([&h1, &h2]);
+    let owner: u8 = if before[VIP4] == "h1" { 1 } else { 2 };
+    let other = 3 - owner;
+    let (mut dead, survivor) = if owner == 1 { (h1, h2) } else { (h2, h1) };
+    let nat = |n: u8| format!("10.98.0.2{n}");
+    // Each host answers for its own NAT address only.
+    let v = lab_client(L2_CLIENT, &["neigh", "eth0", &nat(1), &nat(2)]);
+    assert_eq!(v[nat(1)], serde_json::json!([mac(1)]), "{v}");
+    assert_eq!(v[nat(2)], serde_json::json!([mac(2)]), "{v}");
+
+    let (mut held, connected) = Held::open(L2_CLIENT, 300, VIP4, 9000);
+    assert_eq!(connected, 300);
+    assert_eq!(held.check().1, 0);
+    wait(
+        Duration::from_secs(5),
+        "the other host holds the flows",
+        || survivor.ctl(&["sync"])["installed"].as_u64().unwrap_or(0) >= 300,
+    );
+
+    dead.signal("-KILL");
+    dead.reap(Duration::from_secs(5));
+    let t = wait(
+        Duration::from_secs(3),
+        "the survivor owns the VIP and the NAT address",
+        || {
+            let o = owners_all(&survivor);
+            o.get(VIP4).map(String::as_str) == Some(&*format!("h{other}"))
+                && o.get(&nat(owner)).map(String::as_str) == Some(&*format!("h{other}"))
+        },
+    );
+    eprintln!(
+        "host {other} owns VIP {VIP4} and NAT address {} {t:?} after the kill",
+        nat(owner)
+    );
+    wait(
+        Duration::from_secs(3),
+        "the dead host's NAT address answered by the survivor",
+        || {
+            let v = lab_client(L2_CLIENT, &["neigh", "eth0", &nat(owner)]);
+            v[nat(owner)] == serde_json::json!([mac(other)])
+        },
+    );
+    let (ok, failed, b) = held.check();
+    eprintln!("after the kill: {ok} ok, {failed} failed, {b:?}");
+    assert!(failed * 100 <= 300, "more than 1% lost: {failed} of 300");
+    let s = survivor.ctl(&["sync"]);
+    assert!(s["adopted"].as_u64().unwrap() >= ok, "{s}");
 }

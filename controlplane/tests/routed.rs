@@ -231,8 +231,8 @@ fn bgp_announces_withdraws_and_fails_over() {
     // the NAT VIP at once: withdraw, linger (bgp.linger_seconds = 2), stop. Through dsr-l2 not
     // one connection fails: host 1 picks the same backend for a connection whose packets move
     // to it mid-handshake. Through NAT such a connection (the few in flight when the router
-    // changes its next hops) is lost until flows are synced between hosts (issue 16); the
-    // rest must all succeed.
+    // changes its next hops) may be lost: these hosts run without [sync], and even with it a
+    // handshake is never synced; the rest must all succeed.
     let py = repo().join("scripts/lab-client.py");
     let looping = |vip: &str, port: &str| {
         Command::new("ip")
@@ -300,6 +300,84 @@ fn bgp_announces_withdraws_and_fails_over() {
     let (ok, failed, b) = held.check();
     eprintln!("dsr-l2, host 1 (carrying {on_h1}) killed: {ok} of 1000 kept working, {failed} failed, {b:?}");
     assert!(ok >= 990, "{ok} of 1000 survived (< 99%)");
+}
+
+/// `[sync]` appended to host `n`'s configuration (docs/examples/routed/sync.toml).
+fn with_sync(n: u8) -> impl Fn(String) -> String {
+    let t = std::fs::read_to_string(repo().join("docs/examples/routed/sync.toml")).unwrap();
+    let t = t
+        .replace("@N@", &n.to_string())
+        .replace("@P@", &(3 - n).to_string());
+    move |c: String| c + &t
+}
+
+/// A host's sync counter `key` (`sluicectl sync`).
+fn sync_count(h: &Host, key: &str) -> u64 {
+    h.ctl(&["sync"])[key].as_u64().unwrap_or(0)
+}
+
+/// Flow sync (issue 16): long-lived full-NAT connections spread over both hosts survive a
+/// SIGKILL of one of them (the survivor holds its synced flows and, through its backup route,
+/// its NAT address), and the killed host gets them back by bulk transfer when it returns.
+#[test]
+fn sync_keeps_nat_connections_across_a_lost_host() {
+    let lab_ = Lab::up("sync");
+    let mut h1 = lab_.host_with(1, true, with_sync(1));
+    let h2 = lab_.host_with(2, true, with_sync(2));
+    wait_established([&h1, &h2]);
+    wait_vips(
+        &[1, 2],
+        Duration::from_secs(10),
+        "every VIP over both hosts",
+    );
+    // Each NAT address's best route is its own host (the peer's backup has a longer path).
+    for n in [1, 2] {
+        assert_eq!(next_hops(&nat_addr(n, VIP4)), hops(VIP4, &[n]), "host {n}");
+    }
+
+    let (mut held, connected) = Held::open(CLIENT, 400, VIP4, 9000);
+    assert_eq!(connected, 400);
+    assert_eq!(held.check().1, 0);
+    let on_h1 = h1.new_flows("default/web", VIP4, 9000);
+    assert!(on_h1 >= 100, "host 1 carries {on_h1} of 400");
+    let t = wait(
+        Duration::from_secs(5),
+        "host 2 holds host 1's flows",
+        || sync_count(&h2, "installed") >= on_h1,
+    );
+    eprintln!("host 2 installed host 1's {on_h1} flows {t:?} after the check");
+
+    h1.signal("-KILL");
+    h1.reap(Duration::from_secs(5));
+    let t = wait(
+        Duration::from_secs(3),
+        "host 1's NAT address via host 2",
+        || next_hops(&nat_addr(1, VIP4)) == hops(VIP4, &[2]) && next_hops(VIP4) == hops(VIP4, &[2]),
+    );
+    eprintln!("SIGKILL: host 1's VIP and NAT address through host 2 after {t:?}");
+    let (ok, failed, b) = held.check();
+    eprintln!("after the kill: {ok} ok, {failed} failed, backends {b:?}");
+    assert!(failed * 100 <= 400, "more than 1% lost: {failed} of 400");
+    assert!(
+        sync_count(&h2, "adopted") >= on_h1 - failed,
+        "host 2 adopted host 1's flows: {}",
+        h2.ctl(&["sync"])
+    );
+
+    // Host 1 returns: it asks host 2 for a bulk transfer before it announces anything, and the
+    // connections go on whichever host ECMP picks for them.
+    h1.start();
+    h1.wait_log(
+        "bulk transfer from peers answered=1",
+        Duration::from_secs(20),
+    );
+    wait_vips(&[1, 2], Duration::from_secs(40), "host 1 back in ECMP");
+    let (ok, failed, _) = held.check();
+    eprintln!("after host 1 returned: {ok} ok, {failed} failed");
+    assert!(failed * 100 <= 400, "more than 1% lost: {failed} of 400");
+    let s = h2.ctl(&["sync"]);
+    assert_eq!(s["ring_full"], 0, "{s}");
+    assert!(s["dropped"].as_object().unwrap().is_empty(), "{s}");
 }
 
 /// `text` with the first `from` after peer `peer`'s name replaced by `to` (one peer's key).

@@ -70,6 +70,8 @@ fn snapshot() -> Snapshot {
         nat_ipv6: vec![],
         nat_port_min: 1024,
         nat_port_max: 65535,
+        nat_ipv4_peers: 0,
+        nat_ipv6_peers: 0,
         mtu: 1500,
     };
     Snapshot::new(1, 7, vec![f], backends, local, 1024).unwrap()

@@ -187,6 +187,11 @@ pub struct Local {
     pub nat_ipv4: Vec<[u8; 4]>,
     /// Full-NAT local IPv6 addresses.
     pub nat_ipv6: Vec<[u8; 16]>,
+    /// How many of the last `nat_ipv4` addresses are peer hosts' (flow sync): packets to them
+    /// are accepted as NAT replies of synced flows, but no new flow is given one.
+    pub nat_ipv4_peers: usize,
+    /// The same for `nat_ipv6`.
+    pub nat_ipv6_peers: usize,
     /// First NAT local port (inclusive).
     pub nat_port_min: u16,
     /// Last NAT local port (inclusive).
@@ -380,6 +385,9 @@ pub struct Snapshot {
     vips: Vips,
     /// VIPs whose ARP/NDP another Sluice host answers (L2 mode), sorted.
     l2_silent: Vec<([u8; 16], bool)>,
+    /// Peer hosts' NAT addresses (flow sync), sorted: replies to them are accepted, ARP/NDP
+    /// for them is never answered (the peer answers for its own).
+    peer_nat: Vec<([u8; 16], bool)>,
 }
 
 /// Address-entry marker in the VIP table.
@@ -503,6 +511,15 @@ impl Snapshot {
                 entries.push((k, 0));
             }
         }
+        let mut peer_nat: Vec<([u8; 16], bool)> = {
+            let (n4, n6) = (&local.nat_ipv4, &local.nat_ipv6);
+            let p4 = n4[n4.len() - local.nat_ipv4_peers.min(n4.len())..].iter();
+            let p6 = n6[n6.len() - local.nat_ipv6_peers.min(n6.len())..].iter();
+            p4.map(|a| raw(IpAddr::from(*a)))
+                .chain(p6.map(|a| (*a, true)))
+                .collect()
+        };
+        peer_nat.sort_unstable();
         Ok(Snapshot {
             generation,
             hash_seed,
@@ -511,6 +528,7 @@ impl Snapshot {
             local,
             vips: Vips::build(&entries),
             l2_silent: Vec::new(),
+            peer_nat,
         })
     }
 
@@ -524,6 +542,7 @@ impl Snapshot {
             local: Local::default(),
             vips: Vips::build(&[]),
             l2_silent: Vec::new(),
+            peer_nat: Vec::new(),
         })
     }
 
@@ -563,10 +582,21 @@ impl Snapshot {
         self.l2_silent = v;
     }
 
+    /// L2 mode with flow sync: this host has taken over `addrs`, NAT addresses of peers that
+    /// are gone, and answers ARP/NDP for them (it holds their synced flows).
+    pub fn answer_peer_nat(&mut self, addrs: impl IntoIterator<Item = IpAddr>) {
+        for a in addrs {
+            let r = raw(a);
+            self.peer_nat.retain(|x| *x != r);
+        }
+    }
+
     /// Whether this host answers ARP/NDP for `addr`, a VIP or one of our addresses (false for
-    /// a VIP another host owns in L2 mode). Not on the data path: neighbour requests only.
+    /// a VIP another host owns in L2 mode, and for a peer's NAT address). Not on the data
+    /// path: neighbour requests only.
     pub fn answers_neighbors_for(&self, addr: &[u8; 16], v6: bool) -> bool {
         self.l2_silent.binary_search(&(*addr, v6)).is_err()
+            && self.peer_nat.binary_search(&(*addr, v6)).is_err()
     }
 
     /// Some frontend on VIP `dst` with protocol `proto` (any port) using a DSR method: used for
@@ -643,6 +673,8 @@ mod tests {
             ipv4: vec![[10, 0, 0, 2]],
             nat_port_min: 1024,
             nat_port_max: 65535,
+            nat_ipv4_peers: 0,
+            nat_ipv6_peers: 0,
             ..Local::default()
         };
         let s = Snapshot::new(
@@ -707,6 +739,8 @@ mod tests {
             ipv6: vec![[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]],
             nat_port_min: 1024,
             nat_port_max: 65535,
+            nat_ipv4_peers: 0,
+            nat_ipv6_peers: 0,
             ..Local::default()
         };
         let mut fes = Vec::new();

@@ -209,6 +209,18 @@ pub struct WorkerStats {
     pub tcp_resets: AtomicU64,
     /// Neighbour requests (ARP/NS) emitted for the control plane.
     pub neighbor_requests: AtomicU64,
+    /// Flow updates put on the sync ring for the peer hosts.
+    pub sync_published: AtomicU64,
+    /// Flow updates dropped because the sync ring was full (forwarding went on).
+    pub sync_ring_full: AtomicU64,
+    /// Flows installed from peers' sync (forward entries).
+    pub sync_installed: AtomicU64,
+    /// Synced flows not installed: an own flow holds the key, or (for `nat`) the NAT port.
+    pub sync_conflicts: AtomicU64,
+    /// Synced flows this worker forwarded a packet of, so took over from a peer.
+    pub sync_adopted: AtomicU64,
+    /// Walks of the flow table that published every own flow (bulk transfer, refresh) done.
+    pub sync_walks: AtomicU64,
     /// Conntrack hits.
     pub ct_hits: AtomicU64,
     /// Conntrack misses.
@@ -258,6 +270,12 @@ impl WorkerStats {
             icmp_errors_forwarded: AtomicU64::new(0),
             tcp_resets: AtomicU64::new(0),
             neighbor_requests: AtomicU64::new(0),
+            sync_published: AtomicU64::new(0),
+            sync_ring_full: AtomicU64::new(0),
+            sync_installed: AtomicU64::new(0),
+            sync_conflicts: AtomicU64::new(0),
+            sync_adopted: AtomicU64::new(0),
+            sync_walks: AtomicU64::new(0),
             ct_hits: AtomicU64::new(0),
             ct_misses: AtomicU64::new(0),
             ct_inserts: AtomicU64::new(0),

@@ -80,6 +80,17 @@ pub enum Command {
     /// Start (`Some`) or stop (`None`) this worker's part of a packet capture
     /// ([`crate::capture`]); a new one replaces the old.
     Capture(Option<Box<Tap>>),
+    /// Install flows synced from peer hosts: each worker resolves them against its own
+    /// snapshot and takes what is its to hold (`Pipeline::install_synced`).
+    InstallSynced(Arc<[SavedFlow]>),
+    /// Publish flows on the sync ring, a piece per millisecond tick; `sync_walks` counts the
+    /// walks done. `all`: every flow, synced ones included (a peer's bulk transfer: a
+    /// restarted peer gets its own flows back); otherwise only own flows (the periodic
+    /// refresh, which must not keep a peer's flows alive after the peer let them go).
+    SyncWalk {
+        /// Synced flows too.
+        all: bool,
+    },
 }
 
 /// Which forward flows [`Command::FindFlows`] asks for: every flow of `client`, narrowed by
@@ -217,6 +228,10 @@ pub struct WorkerConfig {
     pub restore: Vec<RestoreFlow>,
     /// Export the live flows when the worker stops ([`WorkerHandle::stop_saving`]).
     pub save_flows: bool,
+    /// The sync ring: where the worker publishes its flows for the peer hosts (`None`: flow
+    /// sync off). Its receiver must be drained with `try_recv` only, so that a publish never
+    /// takes the channel's waker lock.
+    pub sync: Option<Sender<SavedFlow>>,
 }
 
 /// Empty polls in a row after which a worker in idle mode starts to sleep between polls.
@@ -233,6 +248,7 @@ impl Default for WorkerConfig {
             idle_sleep_us: None,
             restore: Vec::new(),
             save_flows: false,
+            sync: None,
         }
     }
 }
@@ -420,6 +436,7 @@ fn run(
     // The previous process's flows, before any packet: on the clock's first millisecond.
     l.pipeline.restore_flows(&l.snap, &cfg.restore, 0);
     drop(cfg.restore);
+    l.pipeline.set_sync(cfg.sync);
     let ms_ticks = (hz / 1000).max(1);
     let start = tsc();
     let mut next_tick = start + ms_ticks;
@@ -563,6 +580,10 @@ impl Lcore {
                 // control plane's and go back with the channels.
                 self.capture = t;
             }
+            Command::InstallSynced(flows) => {
+                self.pipeline.install_synced(&self.snap, &flows, now_ms);
+            }
+            Command::SyncWalk { all } => self.pipeline.start_sync_walk(all),
             c => command(&self.snap, c, pool, &mut self.out.tx[0], &self.stats),
         }
     }
@@ -576,6 +597,9 @@ impl Lcore {
             }
         }
         self.pipeline.expire(now_ms, self.expire_buckets);
+        if self.pipeline.sync_walking() {
+            self.pipeline.sync_walk_step(&self.snap, now_ms);
+        }
     }
 }
 
@@ -694,7 +718,10 @@ fn command(snap: &Snapshot, c: Command, pool: &Mempool, tx: &mut MbufBatch, stat
         Command::Resolve { .. } => return,
         Command::Announce(IpAddr::V4(a)) => edge::gratuitous_arp(buf, mac, a.octets()),
         Command::Announce(IpAddr::V6(a)) => edge::unsolicited_na(buf, mac, a.octets()),
-        Command::FindFlows { .. } | Command::Capture(_) => return,
+        Command::FindFlows { .. }
+        | Command::Capture(_)
+        | Command::InstallSynced(_)
+        | Command::SyncWalk { .. } => return,
     };
     let total = m.len();
     m.trim(total - n);

@@ -49,6 +49,8 @@ fn snapshot() -> &'static Snapshot {
                 nat_ipv6: vec![],
                 nat_port_min: 20000,
                 nat_port_max: 30000,
+                nat_ipv4_peers: 0,
+                nat_ipv6_peers: 0,
                 mtu: 1500,
             },
             16,

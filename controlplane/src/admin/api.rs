@@ -578,6 +578,85 @@ pub struct BgpPeer {
     pub hint: Option<String>,
 }
 
+/// `GET /v1/sync`: flow sync with the peer hosts (`[sync]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncStatus {
+    /// This host's name (`sync.host`); empty when flow sync is off.
+    pub host: String,
+    /// The sync socket's address.
+    pub address: Option<std::net::SocketAddr>,
+    /// The peers.
+    pub peers: Vec<SyncPeerRow>,
+    /// Flow updates the workers put on their sync rings.
+    pub published: u64,
+    /// Flow updates dropped because a sync ring was full.
+    pub ring_full: u64,
+    /// Flow updates waiting in the rings now.
+    pub ring_queued: u64,
+    /// Records sent (summed over peers).
+    pub records_sent: u64,
+    /// Records not sent: over a peer's rate limit, or the send failed.
+    pub send_dropped: u64,
+    /// Datagrams sent.
+    pub datagrams_sent: u64,
+    /// Bytes sent (UDP payload).
+    pub bytes_sent: u64,
+    /// Valid records received.
+    pub records_received: u64,
+    /// Records received that could not be handed to a worker (its command channel full).
+    pub install_dropped: u64,
+    /// Synced flows the workers installed.
+    pub installed: u64,
+    /// Synced flows not installed: unknown here, or an own flow holds the key or NAT port.
+    pub conflicts: u64,
+    /// Synced flows whose packets came to this host, which carries them now.
+    pub adopted: u64,
+    /// Walks (bulk transfers, refreshes) the workers finished.
+    pub walks: u64,
+    /// Datagrams dropped, by reason (malformed, bad_key, unknown_host, wrong_address,
+    /// stale, replay).
+    pub dropped: BTreeMap<String, u64>,
+}
+
+/// One peer in [`SyncStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncPeerRow {
+    /// Its name.
+    pub name: String,
+    /// Its sync address.
+    pub address: IpAddr,
+    /// Its NAT addresses (taken over when it is gone).
+    pub nat_addresses: Vec<IpAddr>,
+    /// Records sent to it.
+    pub records_sent: u64,
+    /// Valid messages received from it.
+    pub messages_received: u64,
+    /// Valid records received from it.
+    pub records_received: u64,
+    /// When its last valid message arrived (ms since the Unix epoch).
+    pub last_heard_unix_ms: Option<u64>,
+    /// Our clock minus its clock at its last message: transit time plus clock skew.
+    pub lag_ms: Option<u64>,
+    /// Whether it has sent us its bulk transfer since we started.
+    pub bulk_done: bool,
+}
+
+impl Default for SyncPeerRow {
+    fn default() -> Self {
+        SyncPeerRow {
+            name: String::new(),
+            address: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            nat_addresses: Vec::new(),
+            records_sent: 0,
+            messages_received: 0,
+            records_received: 0,
+            last_heard_unix_ms: None,
+            lag_ms: None,
+            bulk_done: false,
+        }
+    }
+}
+
 /// `GET /v1/l2`: L2 mode (`[l2]`): the live hosts, each VIP's owner, heartbeat counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct L2Status {

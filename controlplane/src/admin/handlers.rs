@@ -75,6 +75,7 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("GET", "/v1/health"),
     ("GET", "/v1/bgp"),
     ("GET", "/v1/l2"),
+    ("GET", "/v1/sync"),
     (
         "GET",
         "/v1/conntrack?client=IP[&client_port=N][&vip=IP][&vip_port=N][&protocol=tcp|udp][&max=N]",
@@ -174,6 +175,7 @@ pub async fn handle(st: &Arc<AdminState>, method: &str, target: &str, body: &[u8
         ("GET", ["v1", "health"]) => Reply::json(&health(st)),
         ("GET", ["v1", "bgp"]) => Reply::json(&st.bgp().doc),
         ("GET", ["v1", "l2"]) => Reply::json(&st.l2()),
+        ("GET", ["v1", "sync"]) => Reply::json(&st.sync()),
         ("GET", ["v1", "conntrack"]) => Reply::from(conntrack(st, &query).await),
         ("POST", ["v1", "backends", addr, op @ ("drain" | "undrain" | "weight")]) => {
             Reply::from(backend_write(st, addr, op, body).await)

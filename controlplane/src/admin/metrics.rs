@@ -590,8 +590,105 @@ impl Collector for SluiceCollector {
             bs().map(|b| (b.0.clone(), g(b.4))),
         )?;
         bgp(&mut enc, &st.bgp())?;
-        l2(&mut enc, &st.l2())
+        l2(&mut enc, &st.l2())?;
+        sync(&mut enc, &st.sync())
     }
+}
+
+/// Flow sync's series (none without `[sync]`).
+fn sync(enc: &mut DescriptorEncoder<'_>, v: &super::api::SyncStatus) -> std::fmt::Result {
+    if v.host.is_empty() {
+        return Ok(());
+    }
+    let c = |n: u64| [(Vec::new(), Value::Counter(n))];
+    family(
+        enc,
+        "sluice_sync_published",
+        "Flow updates the workers put on their sync rings",
+        c(v.published),
+    )?;
+    family(
+        enc,
+        "sluice_sync_ring_full",
+        "Flow updates dropped: a worker's sync ring was full",
+        c(v.ring_full),
+    )?;
+    family(
+        enc,
+        "sluice_sync_records_sent",
+        "Flow records sent, summed over peers",
+        c(v.records_sent),
+    )?;
+    family(
+        enc,
+        "sluice_sync_send_dropped",
+        "Flow records not sent: over a peer's rate limit or the send failed",
+        c(v.send_dropped),
+    )?;
+    family(
+        enc,
+        "sluice_sync_bytes_sent",
+        "Bytes of sync datagrams sent",
+        c(v.bytes_sent),
+    )?;
+    family(
+        enc,
+        "sluice_sync_records_received",
+        "Valid flow records received",
+        c(v.records_received),
+    )?;
+    family(
+        enc,
+        "sluice_sync_installed",
+        "Synced flows installed by the workers",
+        c(v.installed),
+    )?;
+    family(
+        enc,
+        "sluice_sync_conflicts",
+        "Synced flows not installed (unknown here, or an own flow holds the key or port)",
+        c(v.conflicts),
+    )?;
+    family(
+        enc,
+        "sluice_sync_adopted",
+        "Synced flows whose packets came here, carried by this host now",
+        c(v.adopted),
+    )?;
+    family(
+        enc,
+        "sluice_sync_ring_queued",
+        "Flow updates waiting in the sync rings",
+        [(Vec::new(), Value::Gauge(v.ring_queued as f64))],
+    )?;
+    family(
+        enc,
+        "sluice_sync_dropped",
+        "Sync datagrams dropped, by reason",
+        v.dropped
+            .iter()
+            .map(|(r, n)| (vec![("reason", r.clone())], Value::Counter(*n))),
+    )?;
+    family(
+        enc,
+        "sluice_sync_peer_records_received",
+        "Valid flow records received from each peer",
+        v.peers.iter().map(|p| {
+            (
+                vec![("peer", p.name.clone())],
+                Value::Counter(p.records_received),
+            )
+        }),
+    )?;
+    family(
+        enc,
+        "sluice_sync_peer_lag_ms",
+        "Our clock minus the peer's at its last message (transit plus skew)",
+        v.peers.iter().filter_map(|p| {
+            p.lag_ms
+                .map(|l| (vec![("peer", p.name.clone())], Value::Gauge(l as f64)))
+        }),
+    )
 }
 
 /// L2 mode's series (none without `[l2]`).

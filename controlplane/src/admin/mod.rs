@@ -434,6 +434,13 @@ impl Default for Telemetry {
     }
 }
 
+/// What flow sync's state is read from (the sync service implements it; set by the daemon
+/// when `[sync]` runs).
+pub trait SyncReport: Send + Sync + std::fmt::Debug {
+    /// The current state.
+    fn status(&self) -> api::SyncStatus;
+}
+
 /// Everything the admin API and the metrics read.
 #[derive(Debug)]
 pub struct AdminState {
@@ -457,6 +464,7 @@ pub struct AdminState {
     l2: Mutex<api::L2Status>,
     /// One packet capture or trace at a time.
     captures: crate::capture::Gate,
+    sync: Mutex<Option<Arc<dyn SyncReport>>>,
 }
 
 /// Seconds since the Unix epoch.
@@ -519,6 +527,7 @@ impl AdminState {
             telemetry: Telemetry::default(),
             bgp: Mutex::new(BgpView::default()),
             l2: Mutex::new(api::L2Status::default()),
+            sync: Mutex::new(None),
         };
         (Arc::new(state), rx)
     }
@@ -638,6 +647,19 @@ impl AdminState {
     /// L2 mode as the control loop last saw it.
     pub fn set_l2(&self, v: api::L2Status) {
         *lock(&self.l2) = v;
+    }
+
+    /// Where [`AdminState::sync`] reads flow sync's state from (the sync service's view).
+    pub fn attach_sync(&self, source: Arc<dyn SyncReport>) {
+        *lock(&self.sync) = Some(source);
+    }
+
+    /// Flow sync's state (an empty `host` without `[sync]`).
+    pub fn sync(&self) -> api::SyncStatus {
+        lock(&self.sync)
+            .as_ref()
+            .map(|r| r.status())
+            .unwrap_or_default()
     }
 
     /// L2 mode as last set (an empty `host` without `[l2]`).

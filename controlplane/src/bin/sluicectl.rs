@@ -132,6 +132,8 @@ enum Cmd {
     Bgp,
     /// L2 mode: the other hosts and their last heartbeat, each VIP's owner.
     L2,
+    /// Flow sync: the peers, records sent and received, lag, drops by reason.
+    Sync,
     /// The whole host: `drain` withdraws every BGP announcement (traffic moves to the other
     /// hosts; this one keeps forwarding), `undrain` announces again.
     Host {
@@ -701,6 +703,7 @@ fn run(ctl: &Ctl, cmd: &Cmd, json: bool) -> Result<i32, Failure> {
         }
         Cmd::Bgp => show(ctl, "/v1/bgp", json, tables::bgp),
         Cmd::L2 => show(ctl, "/v1/l2", json, tables::l2),
+        Cmd::Sync => show(ctl, "/v1/sync", json, tables::sync),
         Cmd::Host { cmd } => {
             let op = match cmd {
                 HostCmd::Drain => "drain",

@@ -404,10 +404,22 @@ pub fn local_of(cfg: &Config, mac: [u8; 6]) -> Local {
     if nat_ipv6.is_empty() {
         nat_ipv6 = ipv6.clone();
     }
+    // The peers' NAT addresses follow ours: accepted for the flows synced from them, never
+    // given to a new flow.
+    let (own4, own6) = (nat_ipv4.len(), nat_ipv6.len());
+    for a in cfg.sync.iter().flat_map(|y| y.peer_nat_addresses()) {
+        match a {
+            IpAddr::V4(a) if !nat_ipv4.contains(&a.octets()) => nat_ipv4.push(a.octets()),
+            IpAddr::V6(a) if !nat_ipv6.contains(&a.octets()) => nat_ipv6.push(a.octets()),
+            _ => {}
+        }
+    }
     Local {
         mac,
         ipv4,
         ipv6,
+        nat_ipv4_peers: nat_ipv4.len() - own4,
+        nat_ipv6_peers: nat_ipv6.len() - own6,
         nat_ipv4,
         nat_ipv6,
         nat_port_min: cfg.nat.port_min,

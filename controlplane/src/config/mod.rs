@@ -22,6 +22,7 @@ mod health;
 pub mod l2;
 mod pools;
 mod source;
+pub mod sync;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -43,6 +44,7 @@ pub use l2::{L2Config, L2Membership, L2Peer};
 pub(crate) use pools::{ip_to_u128, u128_to_ip};
 pub use pools::{IpRange, PoolConfig};
 pub use source::{SourceConfig, SourceKind};
+pub use sync::{SyncConfig, SyncPeer};
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +134,10 @@ pub struct Config {
     /// ARP/NDP for every VIP).
     #[serde(default)]
     pub l2: Option<L2Config>,
+    /// `[sync]`: flow-state sync with peer hosts (docs/operations.md, "Flow sync"). Default:
+    /// off.
+    #[serde(default)]
+    pub sync: Option<SyncConfig>,
 }
 
 // --------------------------------------------------------------------------------- load

@@ -579,3 +579,69 @@ fn conntrack_timeouts_from_the_config() {
     let e = parse(&format!("{LAB}\n[tables.timeouts]\nsyn = 3\n")).unwrap_err();
     assert!(e.to_string().contains("tcp_syn_seconds"), "{e}");
 }
+
+const SYNC: &str = r#"
+[sync]
+host = "h1"
+address = "10.99.0.2"
+key = "0123456789abcdef"
+
+[[sync.peers]]
+name = "h2"
+address = "10.99.0.3"
+nat_addresses = ["10.99.0.13"]
+"#;
+
+#[test]
+fn sync_section_parses_with_defaults() {
+    let c = parse(&format!("{LAB}{SYNC}")).unwrap();
+    let y = c.sync.unwrap();
+    assert_eq!((y.port, y.ring_size, y.max_rate), (7947, 65536, 500_000));
+    assert_eq!(
+        (y.batch_ms, y.refresh_seconds, y.bulk_timeout_ms),
+        (5, 30, 3000)
+    );
+    assert_eq!(
+        y.peer_nat_addresses().collect::<Vec<_>>(),
+        vec!["10.99.0.13".parse::<std::net::IpAddr>().unwrap()]
+    );
+}
+
+#[test]
+fn sync_errors_name_the_key() {
+    let bad = |edit: &dyn Fn(&str) -> String, key: &str, says: &str| {
+        let e = parse(&format!("{LAB}{}", edit(SYNC))).unwrap_err();
+        assert_eq!(e.key(), key, "{e}");
+        assert!(e.to_string().contains(says), "{e}");
+    };
+    bad(
+        &|s| s.replace("0123456789abcdef", "short"),
+        "sync.key",
+        "at least 16",
+    );
+    bad(
+        &|s| s.replace("name = \"h2\"", "name = \"h1\""),
+        "sync.peers[0].name",
+        "must name another host",
+    );
+    bad(
+        &|s| s.replace("10.99.0.3\"", "fd00::3\""),
+        "sync.peers[0].address",
+        "of sync.address's family",
+    );
+    bad(
+        &|s| s.replace("key = ", "ring_size = 10\nkey = "),
+        "sync.ring_size",
+        "1024..=1048576",
+    );
+    bad(
+        &|s| s.replace("key = \"0123456789abcdef\"", ""),
+        "sync.key",
+        "is missing",
+    );
+    bad(
+        &|s| s.replace("[\"10.99.0.13\"]", "[\"10.99.0.3\"]"),
+        "sync.peers[0].nat_addresses",
+        "one of this host's [nat] addresses",
+    );
+}

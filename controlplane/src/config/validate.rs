@@ -429,6 +429,39 @@ impl Config {
             }
         }
 
+        // [sync]
+        if let Some(y) = &self.sync {
+            y.validate(&self.nat.addresses)?;
+            // L2 mode takes a lost peer's NAT addresses over by the peer's L2 name.
+            if let Some(l) = self
+                .l2
+                .as_ref()
+                .filter(|l| l.membership == super::L2Membership::Static)
+            {
+                for (i, p) in y.peers.iter().enumerate() {
+                    if !l.peers.iter().any(|q| q.name == p.name) {
+                        return err(
+                            &format!("sync.peers[{i}].name"),
+                            format!(
+                                "{:?} is not a host of [[l2.peers]]; with [l2], name each sync \
+                                 peer by its l2.host",
+                                p.name
+                            ),
+                        );
+                    }
+                }
+                if y.host != l.host {
+                    return err(
+                        "sync.host",
+                        format!(
+                            "{:?} differs from l2.host {:?}; use the same name",
+                            y.host, l.host
+                        ),
+                    );
+                }
+            }
+        }
+
         // [bgp]
         if let Some(b) = &self.bgp {
             let pools: Vec<&str> = self.pools.iter().map(|p| p.name.as_str()).collect();

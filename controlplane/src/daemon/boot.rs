@@ -215,13 +215,15 @@ pub(super) struct Workers {
 }
 
 /// Spawns one pinned worker per configured core (at least one) on `ports`, each starting
-/// with snapshot `first` and inserting its flows of `restore` (indexed by worker) first.
+/// with snapshot `first` and inserting its flows of `restore` (indexed by worker) first;
+/// each publishes its flows on its ring of `sync` (indexed by worker; empty: sync off).
 pub(super) fn spawn_workers(
     cfg: &Config,
     ports: Ports,
     shared: &Shared,
     first: Arc<Snapshot>,
     mut restore: Vec<Vec<RestoreFlow>>,
+    sync: &[Sender<SavedFlow>],
 ) -> Result<Workers, DaemonError> {
     let nworkers = ports.queues.len();
     let mut workers = Vec::new();
@@ -269,6 +271,7 @@ pub(super) fn spawn_workers(
                 .then_some(cfg.workers.idle_sleep_us),
             restore: restore.get_mut(w).map(std::mem::take).unwrap_or_default(),
             save_flows: cfg.admin.keep_flows_on_restart,
+            sync: sync.get(w).cloned(),
         };
         let h = worker::spawn(
             ports.eal.clone(),

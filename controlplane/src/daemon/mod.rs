@@ -13,6 +13,8 @@
 //!   recompiles on any change and publishes to every worker, announcing VIPs and resolving
 //!   next hops through [`crate::announce`];
 //! - before the workers start, the flows the previous process saved ([`flowstate`]);
+//! - with `[sync]`, start flow sync ([`crate::sync`]) and wait (bounded) for the peers' bulk
+//!   transfers before anything is announced;
 //! - on SIGINT/SIGTERM: with `[bgp]`, withdraw everything and keep forwarding for
 //!   `bgp.linger_seconds` while the routers move traffic away; then stop the workers, the
 //!   ports, EAL, save the workers' flows for the next start, and last BIRD.
@@ -73,6 +75,9 @@ pub enum DaemonError {
     /// L2 mode could not start (key file, interface, heartbeat socket).
     #[error(transparent)]
     L2(#[from] crate::l2::L2Error),
+    /// Flow sync could not start (key file, socket).
+    #[error(transparent)]
+    Sync(#[from] crate::sync::SyncError),
 }
 
 /// What start-up reads before it touches DPDK: the configuration and, from the manifest
@@ -179,7 +184,12 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
         retired: ret_tx,
         stop: stop.clone(),
     };
-    let workers = boot::spawn_workers(&cfg, ports, &shared, first_snap, restore)?;
+    let (sync_tx, sync_rx) = match &cfg.sync {
+        Some(y) => crate::sync::rings(usize::from(nworkers), y.ring_size),
+        None => (Vec::new(), Vec::new()),
+    };
+    let workers = boot::spawn_workers(&cfg, ports, &shared, first_snap, restore, &sync_tx)?;
+    drop(sync_tx);
     let stats: Vec<Arc<WorkerStats>> = workers
         .dataplane
         .workers
@@ -209,6 +219,7 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
         health: state.health.view(),
         timeouts: Default::default(),
     });
+    let workers_commands = workers.commands.clone();
     state.attach_workers(workers.snapshots, workers.commands.first().cloned());
     state.attach_admin(admin_state.clone());
     let dp = workers.dataplane;
@@ -221,6 +232,32 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
             dp.stop();
             return Err(e);
         }
+    };
+    // Flow sync, if configured: the peers' flows (bulk transfer) before anything is
+    // announced.
+    let sync = match &cfg.sync {
+        Some(y) => {
+            let links = crate::sync::SyncLinks {
+                rings: sync_rx,
+                commands: workers_commands.clone(),
+                stats: stats.clone(),
+            };
+            match crate::sync::Sync::start(y, links) {
+                Ok(s) => {
+                    admin_state.attach_sync(Arc::new(s.view()));
+                    s.wait_bulk();
+                    Some(s)
+                }
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    drop(servers);
+                    drop(state);
+                    dp.stop();
+                    return Err(e.into());
+                }
+            }
+        }
+        None => None,
     };
     // Routed or L2 mode, if configured; a failure stops what already runs.
     if let Err(e) = start_fleet(&cfg, &mut state, &rt, &admin_state, &stats) {
@@ -245,6 +282,9 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
     stop.store(true, Ordering::Relaxed);
     drop(state);
     let saved = dp.stop();
+    if let Some(s) = sync {
+        s.stop();
+    }
     if keep_flows {
         flowstate::save_at_stop(
             &cfg.admin.state_dir,

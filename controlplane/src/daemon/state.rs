@@ -167,6 +167,25 @@ impl ControlState {
         self.l2 = Some(l2);
     }
 
+    /// With `[l2]` and `[sync]`: each host's NAT addresses (this host's and its sync peers')
+    /// and the host they belong to; empty otherwise.
+    fn nat_hosts(&self) -> BTreeMap<IpAddr, String> {
+        let (Some(l2), Some(y)) = (&self.l2, &self.cfg.sync) else {
+            return BTreeMap::new();
+        };
+        let own = self
+            .cfg
+            .nat
+            .addresses
+            .iter()
+            .map(|a| (*a, l2.host().to_owned()));
+        let peers = y
+            .peers
+            .iter()
+            .flat_map(|p| p.nat_addresses.iter().map(|a| (*a, p.name.clone())));
+        own.chain(peers).collect()
+    }
+
     /// Refreshes the admin API's view of L2 mode (peers' heartbeat ages).
     pub(super) fn refresh_l2_view(&self) {
         if let (Some(a), Some(l)) = (&self.admin, &self.l2) {
@@ -234,15 +253,32 @@ impl ControlState {
             .iter()
             .flat_map(|s| s.vips.iter().copied())
             .collect();
+        // L2 mode with flow sync: every host's NAT addresses are owned like VIPs, by their own
+        // host while it lives and by a survivor (which holds its synced flows) when it is gone.
+        let nat_hosts = self.nat_hosts();
         let owned = match &mut self.l2 {
             Some(l2) => {
                 let can_serve = crate::l2::eligibility(&self.model, &report);
-                l2.assign(&vips, |v, h| {
-                    can_serve.get(&v).is_none_or(|s| s.contains(h))
+                let live = l2.live();
+                let addrs: BTreeSet<IpAddr> =
+                    vips.iter().chain(nat_hosts.keys()).copied().collect();
+                l2.assign(&addrs, |v, h| match nat_hosts.get(&v) {
+                    Some(o) if live.contains(o) => o == h,
+                    Some(_) => true,
+                    None => can_serve.get(&v).is_none_or(|s| s.contains(h)),
                 })
             }
             None => vips.clone(),
         };
+        let peer_nat_owned: Vec<IpAddr> = owned
+            .iter()
+            .filter(|a| {
+                nat_hosts
+                    .get(a)
+                    .is_some_and(|o| Some(o.as_str()) != self.l2.as_ref().map(L2::host))
+            })
+            .copied()
+            .collect();
         let owned_changed = owned != *self.announce.announced();
         if let (Some(l2), Some(events)) = (&self.l2, self.bgp_events()) {
             let gained: BTreeSet<IpAddr> = owned
@@ -258,6 +294,7 @@ impl ControlState {
         }
         let mut snapshot = compiled.snapshot;
         snapshot.set_l2_silent(vips.difference(&owned).copied());
+        snapshot.answer_peer_nat(peer_nat_owned);
         let snap = Arc::new(snapshot);
         let t = Instant::now();
         for tx in &self.snap_tx {

@@ -231,6 +231,11 @@ impl L2 {
         &self.cfg.host
     }
 
+    /// The hosts alive now (this one included).
+    pub fn live(&self) -> BTreeSet<String> {
+        lock(&self.members).live().into_iter().collect()
+    }
+
     /// The Events for VIPs this host has just come to own: one per Service, naming the VIPs,
     /// this host and its interface (the cluster learns which host announces a Service).
     pub fn announced_events(

@@ -19,8 +19,20 @@ pub struct Fwd {
     pub nat_port: u16,
     /// Index into the NAT local addresses of the family.
     pub nat_addr: u8,
-    /// Reserved.
+    /// [`Fwd::SYNCED`] or 0.
     pub flags: u8,
+}
+
+impl Fwd {
+    /// A flag: the entry was installed from a peer host's flow sync and this worker has not
+    /// forwarded a packet of it yet (then it becomes ours).
+    pub const SYNCED: u8 = 1;
+
+    /// Whether the entry came from a peer and is not ours yet.
+    #[inline(always)]
+    pub fn synced(&self) -> bool {
+        self.flags & Fwd::SYNCED != 0
+    }
 }
 
 /// NAT reverse value: where the reply to a NAT flow goes back to.
@@ -142,6 +154,15 @@ pub(super) trait Family: Addr {
     fn own(local: &Local) -> &[Self];
     /// The NAT local addresses of the family.
     fn nat(local: &Local) -> &[Self];
+    /// This host's own NAT addresses of the family (the first of [`Family::nat`]; the rest
+    /// are peers', for synced flows only).
+    #[inline(always)]
+    fn nat_own(local: &Local) -> &[Self] {
+        let all = Self::nat(local);
+        &all[..all.len() - Self::nat_peers(local).min(all.len())]
+    }
+    /// How many of [`Family::nat`]'s last addresses are peers'.
+    fn nat_peers(local: &Local) -> usize;
     /// Whether ICMP type `t` is an error that quotes a packet (forwarded to the flow's
     /// backend).
     fn is_icmp_error(t: u8) -> bool;
@@ -193,6 +214,10 @@ impl Family for [u8; 4] {
     #[inline(always)]
     fn nat(local: &Local) -> &[Self] {
         &local.nat_ipv4
+    }
+    #[inline(always)]
+    fn nat_peers(local: &Local) -> usize {
+        local.nat_ipv4_peers
     }
     fn is_icmp_error(t: u8) -> bool {
         matches!(t, icmp::v4::DEST_UNREACH | icmp::v4::TIME_EXCEEDED)
@@ -260,6 +285,10 @@ impl Family for [u8; 16] {
     #[inline(always)]
     fn nat(local: &Local) -> &[Self] {
         &local.nat_ipv6
+    }
+    #[inline(always)]
+    fn nat_peers(local: &Local) -> usize {
+        local.nat_ipv6_peers
     }
     fn is_icmp_error(t: u8) -> bool {
         matches!(

@@ -55,12 +55,14 @@ mod flows;
 mod nat;
 mod saved;
 mod schedule;
+mod sync;
 
 pub use buf::{PacketBuf, VecBuf};
 pub use burst::BURST;
 pub use family::{Aff, Fwd, Rev};
 pub use flows::FlowEntry;
 pub use saved::{RestoreFlow, SavedFlow, SavedNat, Unrestorable};
+pub use sync::WALK_SLOTS_PER_TICK;
 
 use family::{Family, Flows};
 use nat::NatPorts;
@@ -146,6 +148,10 @@ pub struct Pipeline {
     burst: burst::Burst,
     /// See [`PipelineConfig::reset_unknown_flows`].
     reset_unknown_flows: bool,
+    /// Where flows are published for the peer hosts (`None`: flow sync off).
+    sync: Option<crossbeam_channel::Sender<SavedFlow>>,
+    /// The walk publishing every own flow, if one is under way.
+    walk: Option<sync::Walk>,
 }
 
 /// Work already done for a packet (by the burst's prefetch passes, or nothing: [`Hint::NONE`]).
@@ -224,6 +230,8 @@ impl Pipeline {
             stats,
             burst: burst::Burst::default(),
             reset_unknown_flows: cfg.reset_unknown_flows,
+            sync: None,
+            walk: None,
         };
         crate::stats::set(
             &p.stats.ct_capacity,
@@ -440,6 +448,10 @@ fn allowed<F: Family>(f: &Frontend, p: &Parsed) -> bool {
 /// A forward flow's entry was freed: one flow fewer to its backend.
 #[inline(always)]
 fn closed(stats: &WorkerStats, v: &Fwd) {
+    // A synced entry was never counted as one of ours.
+    if v.synced() {
+        return;
+    }
     if let Some(c) = stats.targets.get(v.backend as usize) {
         bump(&c.closed_flows, 1);
     }

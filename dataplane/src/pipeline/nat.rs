@@ -333,7 +333,7 @@ pub(super) fn rev_key<F: Family>(
     h: u64,
     port: u16,
 ) -> Option<(Key<F>, u8)> {
-    let nat = F::nat(&snap.local);
+    let nat = F::nat_own(&snap.local);
     let ba = F::of_ip(b.addr)?;
     if nat.is_empty() {
         return None;

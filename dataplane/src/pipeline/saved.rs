@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 
 use super::{displaced_flow, Family, Fwd, Pipeline, Rev};
-use crate::conntrack::{Conntrack, Entry, FlowKey, FlowState, Insert, Key};
+use crate::conntrack::{Conntrack, Entry, FlowKey, FlowState, Insert, Inserted, Key};
 use crate::snapshot::{Protocol, Snapshot};
 use crate::stats::bump;
 
@@ -106,12 +106,13 @@ impl SavedFlow {
             return Err(Unrestorable::Expired);
         }
         let f = snap
-            .frontends()
-            .find(|f| {
-                f.vip == self.vip
-                    && f.port == self.vip_port
-                    && Protocol::number(f.protocol) == self.proto
-            })
+            .frontend_for(
+                &super::raw_ip(self.vip),
+                self.vip.is_ipv6(),
+                self.proto,
+                self.vip_port,
+            )
+            .filter(|f| f.vip == self.vip && Protocol::number(f.protocol) == self.proto)
             .ok_or(Unrestorable::FrontendGone)?;
         let backend = f
             .backends
@@ -168,38 +169,47 @@ impl Pipeline {
     /// [`Pipeline::export_flows`] of family `F`.
     fn export<F: Family>(&self, snap: &Snapshot, now_ms: u32, out: &mut Vec<SavedFlow>) {
         let t = F::tables(&self.flows);
-        for e in t.fwd.entries_in(0, usize::MAX) {
-            let remaining_ms = t.fwd.remaining_ms(e, now_ms);
-            let k = *e.key();
-            let v = *e.value();
-            let Some(b) = snap.backend(v.backend) else {
-                continue;
-            };
-            if remaining_ms == 0 {
-                continue;
-            }
-            let nat = if v.nat_port == 0 {
-                None
-            } else {
-                match self.saved_nat::<F>(snap, &k, &v, now_ms) {
-                    Some(n) => Some(n),
-                    None => continue,
-                }
-            };
-            out.push(SavedFlow {
-                worker: self.worker,
-                client: { k.src }.ip(),
-                client_port: k.sport,
-                vip: { k.dst }.ip(),
-                vip_port: k.dport,
-                proto: k.proto,
-                backend: b.addr,
-                backend_port: b.port,
-                state: e.state(),
-                remaining_ms,
-                nat,
-            });
+        out.extend(
+            t.fwd
+                .entries_in(0, usize::MAX)
+                .filter_map(|e| self.saved_of::<F>(snap, e, now_ms)),
+        );
+    }
+
+    /// Forward entry `e` as a [`SavedFlow`] at `now_ms`: `None` if it has expired, its
+    /// backend has left `snap`, or it is a `nat` flow without its reverse entry here.
+    pub(super) fn saved_of<F: Family>(
+        &self,
+        snap: &Snapshot,
+        e: &Entry<Key<F>, Fwd>,
+        now_ms: u32,
+    ) -> Option<SavedFlow> {
+        let t = F::tables(&self.flows);
+        let remaining_ms = t.fwd.remaining_ms(e, now_ms);
+        let k = *e.key();
+        let v = *e.value();
+        let b = snap.backend(v.backend)?;
+        if remaining_ms == 0 {
+            return None;
         }
+        let nat = if v.nat_port == 0 {
+            None
+        } else {
+            Some(self.saved_nat::<F>(snap, &k, &v, now_ms)?)
+        };
+        Some(SavedFlow {
+            worker: self.worker,
+            client: { k.src }.ip(),
+            client_port: k.sport,
+            vip: { k.dst }.ip(),
+            vip_port: k.dport,
+            proto: k.proto,
+            backend: b.addr,
+            backend_port: b.port,
+            state: e.state(),
+            remaining_ms,
+            nat,
+        })
     }
 
     /// The live reverse entry of `nat` flow `k` -> `v`, if there is one.
@@ -233,14 +243,25 @@ impl Pipeline {
         flows
             .iter()
             .filter(|r| match r.flow.client {
-                IpAddr::V4(_) => self.restore::<[u8; 4]>(snap, r, now_ms),
-                IpAddr::V6(_) => self.restore::<[u8; 16]>(snap, r, now_ms),
+                IpAddr::V4(_) => self.restore::<[u8; 4]>(snap, r, now_ms, false, true),
+                IpAddr::V6(_) => self.restore::<[u8; 16]>(snap, r, now_ms, false, true),
             })
             .count()
     }
 
-    /// [`Pipeline::restore_flows`] of one flow of family `F`.
-    fn restore<F: Family>(&mut self, snap: &Snapshot, r: &RestoreFlow, now_ms: u32) -> bool {
+    /// [`Pipeline::restore_flows`] of one flow of family `F`; with `synced`, a flow synced
+    /// from a peer ([`Pipeline::install_synced`]): its forward entry is flagged
+    /// [`Fwd::SYNCED`] and not counted as a flow of ours. The reverse entry is inserted only
+    /// with `rev_here`; for a NAT address of our own it never replaces a flow that holds the
+    /// port (the flow is then skipped and counted as a conflict).
+    pub(super) fn restore<F: Family>(
+        &mut self,
+        snap: &Snapshot,
+        r: &RestoreFlow,
+        now_ms: u32,
+        synced: bool,
+        rev_here: bool,
+    ) -> bool {
         let f = &r.flow;
         let (Some(client), Some(vip), Some(backend)) =
             (F::of_ip(f.client), F::of_ip(f.vip), F::of_ip(f.backend))
@@ -265,7 +286,21 @@ impl Pipeline {
                 };
                 let seen = seen_at(&t.rev, n.state, n.remaining_ms, now_ms);
                 let h = rk.flow_hash(seed);
-                let _ = t.rev.insert(rk, h, val, n.state, seen, Insert::Replace);
+                let own = usize::from(r.nat_addr) < F::nat_own(&snap.local).len();
+                if rev_here {
+                    let mode = if synced && own {
+                        Insert::IfAbsent
+                    } else {
+                        Insert::Replace
+                    };
+                    if let Inserted::Kept = t.rev.insert(rk, h, val, n.state, seen, mode) {
+                        let same = t.rev.get(&rk, h).is_some_and(|e| *e.value() == val);
+                        if !same {
+                            bump(&self.stats.sync_conflicts, 1);
+                            return false;
+                        }
+                    }
+                }
                 n.port
             }
         };
@@ -274,12 +309,15 @@ impl Pipeline {
             backend: r.backend,
             nat_port,
             nat_addr: r.nat_addr,
-            flags: 0,
+            flags: if synced { Fwd::SYNCED } else { 0 },
         };
         let seen = seen_at(&t.fwd, f.state, f.remaining_ms, now_ms);
         let h = key.flow_hash(seed);
         let displaced = t.fwd.insert(key, h, val, f.state, seen, Insert::Replace);
         displaced_flow(&self.stats, &displaced);
+        if synced {
+            return true;
+        }
         bump(&self.stats.new_flows, 1);
         if let Some(c) = self.stats.targets.get(r.backend as usize) {
             bump(&c.new_flows, 1);

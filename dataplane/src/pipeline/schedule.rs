@@ -98,12 +98,25 @@ impl Pipeline {
             .lookup(&key, h, hint.slot, now_ms, gone)
             .map(|e| {
                 let old = e.state();
-                e.set_state(next_state(old, tcp, fl));
-                (*e.value(), old)
+                let new = next_state(old, tcp, fl);
+                e.set_state(new);
+                let v = *e.value();
+                if v.synced() {
+                    e.value_mut().flags &= !Fwd::SYNCED;
+                }
+                (v, old, new)
             });
         // A miss leaves the key absent (an expired entry was freed): insert without a search.
         let absent = hit.is_none();
-        if let Some((v, old)) = hit {
+        if let Some((v, old, new)) = hit {
+            if v.synced() {
+                // A peer's flow whose packets now come here: ours from now on.
+                let ours = Fwd { flags: 0, ..v };
+                self.adopt::<F>(snap, &key, &ours, new, src_mac);
+            } else if new != old && matches!(new, FlowState::TcpEstablished | FlowState::TcpClosing)
+            {
+                self.publish::<F>(snap, &key, &v, new, src_mac);
+            }
             if let Some(b) = snap.backend(v.backend) {
                 // The flow keeps its backend while its next hop is unresolved (a restored
                 // flow before the first ARP/NDP answer): drop, the client retransmits.
@@ -176,6 +189,10 @@ impl Pipeline {
         bump(&self.stats.new_flows, 1);
         if let Some(c) = self.stats.targets.get(b.id as usize) {
             bump(&c.new_flows, 1);
+        }
+        // A TCP flow is published once established; a UDP or other flow at birth.
+        if !tcp && self.sync.is_some() {
+            self.publish::<F>(snap, &key, &val, st, src_mac);
         }
         Ok(Choice {
             backend: b,

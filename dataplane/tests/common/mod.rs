@@ -79,6 +79,8 @@ pub fn local() -> Local {
         nat_ipv6: vec![NAT6],
         nat_port_min: NAT_PORT_MIN,
         nat_port_max: 29999,
+        nat_ipv4_peers: 0,
+        nat_ipv6_peers: 0,
         mtu: 1500,
     }
 }

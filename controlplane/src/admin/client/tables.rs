@@ -573,6 +573,80 @@ pub fn l2(v: &api::L2Status) -> String {
     o
 }
 
+/// `sluicectl sync`: one row per peer, then the totals and drops.
+pub fn sync(v: &api::SyncStatus) -> String {
+    if v.host.is_empty() {
+        return "flow sync is off (no [sync] section in sluiced's configuration)\n".to_owned();
+    }
+    let mut o = format!(
+        "host {} on {}\n",
+        v.host,
+        v.address.map_or("-".to_owned(), |a| a.to_string())
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let rows: Vec<Vec<String>> = v
+        .peers
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                p.address.to_string(),
+                p.records_sent.to_string(),
+                p.records_received.to_string(),
+                p.last_heard_unix_ms.map_or("never".to_owned(), |t| {
+                    format!("{} ms ago", now.saturating_sub(t))
+                }),
+                p.lag_ms.map_or("-".to_owned(), |l| format!("{l} ms")),
+                if p.bulk_done { "yes" } else { "no" }.to_owned(),
+                p.nat_addresses
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]
+        })
+        .collect();
+    o.push_str(&table(
+        &[
+            "PEER",
+            "ADDRESS",
+            "SENT",
+            "RECEIVED",
+            "LAST-HEARD",
+            "LAG",
+            "BULK",
+            "NAT-ADDRESSES",
+        ],
+        &rows,
+    ));
+    let dropped: Vec<String> = v
+        .dropped
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    let _ = writeln!(
+        o,
+        "\npublished {}  ring full {}  queued {}  sent {} ({} datagrams, {} bytes)  not sent {}",
+        v.published,
+        v.ring_full,
+        v.ring_queued,
+        v.records_sent,
+        v.datagrams_sent,
+        v.bytes_sent,
+        v.send_dropped
+    );
+    let _ = writeln!(
+        o,
+        "received {}  installed {}  conflicts {}  adopted {}  walks {}  install dropped {}",
+        v.records_received, v.installed, v.conflicts, v.adopted, v.walks, v.install_dropped
+    );
+    let _ = writeln!(o, "datagrams dropped: {}", joined_or(&dropped, "none"));
+    o
+}
+
 /// `sluicectl bgp`: one row per peer, then BIRD and what is announced.
 pub fn bgp(b: &api::Bgp) -> String {
     if !b.enabled {

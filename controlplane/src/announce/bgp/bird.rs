@@ -165,6 +165,9 @@ pub fn render_prefixes(set: &PrefixSet) -> String {
             if let Some(lp) = a.local_preference {
                 let _ = write!(body, " bgp_local_pref = {lp};");
             }
+            for _ in 0..a.prepend {
+                let _ = write!(body, " bgp_path.prepend({});", set.asn());
+            }
             if body.is_empty() {
                 s.push_str(";\n");
             } else {

@@ -21,7 +21,13 @@ pub struct Announcement {
     pub addr: IpAddr,
     /// The pool the VIP came from; `None` for NAT addresses and VIPs outside every pool.
     pub pool: Option<String>,
+    /// A peer host's NAT address, announced with a longer AS path ([`BACKUP_PREPEND`]) so
+    /// that routers prefer the peer's own announcement while it lives (flow sync).
+    pub backup: bool,
 }
+
+/// How many times a backup announcement prepends the local ASN.
+pub const BACKUP_PREPEND: u8 = 3;
 
 impl Announcement {
     /// A VIP of `pool`.
@@ -29,12 +35,26 @@ impl Announcement {
         Announcement {
             addr,
             pool: Some(pool.to_owned()),
+            backup: false,
         }
     }
 
     /// A host address (NAT source address, or a VIP outside every pool).
     pub fn host(addr: IpAddr) -> Announcement {
-        Announcement { addr, pool: None }
+        Announcement {
+            addr,
+            pool: None,
+            backup: false,
+        }
+    }
+
+    /// A peer host's NAT address, as a backup (flow sync's NAT address takeover).
+    pub fn backup(addr: IpAddr) -> Announcement {
+        Announcement {
+            addr,
+            pool: None,
+            backup: true,
+        }
     }
 }
 
@@ -47,6 +67,8 @@ pub struct RouteAttrs {
     pub large_communities: BTreeSet<LargeCommunity>,
     /// LOCAL_PREF (iBGP only).
     pub local_preference: Option<u32>,
+    /// Prepend the local ASN this many times (0: none): a backup route.
+    pub prepend: u8,
 }
 
 impl RouteAttrs {
@@ -65,6 +87,8 @@ impl RouteAttrs {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PrefixSet {
     routes: BTreeMap<IpNet, RouteAttrs>,
+    /// The local ASN (what a backup route prepends).
+    asn: u32,
 }
 
 impl PrefixSet {
@@ -91,8 +115,19 @@ impl PrefixSet {
             if let Some(a) = adv {
                 attrs.merge(a);
             }
+            if w.backup {
+                attrs.prepend = BACKUP_PREPEND;
+            }
         }
-        PrefixSet { routes }
+        PrefixSet {
+            routes,
+            asn: cfg.asn,
+        }
+    }
+
+    /// The local ASN the set was built for.
+    pub fn asn(&self) -> u32 {
+        self.asn
     }
 
     /// The prefixes and their attributes, IPv4 before IPv6, each in address order.

@@ -5,7 +5,8 @@
 //! a known next-hop MAC (the workers drop traffic to a backend whose next hop is unresolved);
 //! the pool whose range holds the VIP picks its advertisement settings. The host's
 //! `[nat] addresses` are always announced, so backend replies come back to the host that owns
-//! the flow. A drained or stopping host announces nothing.
+//! the flow; with `[sync]`, the peers' NAT addresses too, as backups with a longer AS path. A
+//! drained or stopping host announces nothing.
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
@@ -37,7 +38,14 @@ pub fn wanted(cfg: &Config, report: &CompileReport, withdrawn: bool) -> Vec<Anno
         None => Announcement::host(vip),
     });
     let nat = cfg.nat.addresses.iter().copied().map(Announcement::host);
-    let all: BTreeSet<Announcement> = vips.chain(nat).collect();
+    // Flow sync: the peers' NAT addresses as backups, so that replies to them reach this
+    // host, which holds their synced flows, once a peer's own announcement is gone.
+    let peers = cfg
+        .sync
+        .iter()
+        .flat_map(|y| y.peer_nat_addresses())
+        .map(Announcement::backup);
+    let all: BTreeSet<Announcement> = vips.chain(nat).chain(peers).collect();
     all.into_iter().collect()
 }
 
