@@ -34,6 +34,8 @@ fn main() {
     let _ = cflags;
     // rte_eth_from_rings lives in the net_ring PMD, which pkg-config does not list.
     println!("cargo:rustc-link-lib=dylib=rte_net_ring");
+    // Capture filters: libpcap's compiler (pcap_compile) for tcpdump expressions.
+    println!("cargo:rustc-link-lib=dylib=pcap");
 
     let mut clang_args: Vec<String> = dpdk
         .include_paths
@@ -82,6 +84,14 @@ fn main() {
         .allowlist_function("rte_eth_xstats_reset")
         .allowlist_function("rte_eth_dev_set_mtu")
         .allowlist_function("rte_eth_from_rings")
+        .allowlist_function("pcap_open_dead")
+        .allowlist_function("pcap_compile")
+        .allowlist_function("pcap_geterr")
+        .allowlist_function("pcap_freecode")
+        .allowlist_function("pcap_close")
+        .allowlist_function("bpf_filter")
+        .allowlist_var("DLT_EN10MB")
+        .allowlist_var("PCAP_NETMASK_UNKNOWN")
         .allowlist_var("sluice_mbuf_layout")
         .allowlist_var("RTE_ETH_.*")
         .allowlist_var("RING_F_.*")

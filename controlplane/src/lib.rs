@@ -17,10 +17,12 @@
 //!   transfers.
 //! - [`admin`]: the admin API (Unix socket, HTTP/JSON), its client with `sluicectl`'s tables,
 //!   and Prometheus metrics.
+//! - [`capture`]: packet capture and trace: taps on the workers, pcapng and trace lines.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod announce;
+pub mod capture;
 pub mod compile;
 pub mod config;
 pub mod daemon;

@@ -12,6 +12,7 @@
 //!   with a [`stats::DropReason`] that indexes a counter array.
 #![forbid(unsafe_code)]
 
+pub mod capture;
 #[cfg(any(test, feature = "check"))]
 pub mod check;
 pub mod conntrack;

@@ -266,7 +266,7 @@ impl MaglevTable {
 
     /// The slot a flow hash maps to: `(flow_hash * len) >> 64`, in `0..len`.
     #[inline(always)]
-    fn slot(&self, flow_hash: u64) -> usize {
+    pub fn slot(&self, flow_hash: u64) -> usize {
         ((u128::from(flow_hash) * self.entries.len() as u128) >> 64) as usize
     }
 

@@ -23,6 +23,7 @@ use dpdk_sys::{
     RxQueue, TxQueue, BURST,
 };
 
+use crate::capture::Tap;
 use crate::pipeline::edge;
 use crate::pipeline::{
     FlowEntry, NeighborEvent, PacketBuf, Pipeline, PipelineConfig, RestoreFlow, SavedFlow, Verdict,
@@ -76,6 +77,9 @@ pub enum Command {
         /// Where the answer goes (a full or closed channel drops it).
         reply: Sender<FlowAnswer>,
     },
+    /// Start (`Some`) or stop (`None`) this worker's part of a packet capture
+    /// ([`crate::capture`]); a new one replaces the old.
+    Capture(Option<Box<Tap>>),
     /// Install flows synced from peer hosts: each worker resolves them against its own
     /// snapshot and takes what is its to hold (`Pipeline::install_synced`).
     InstallSynced(Arc<[SavedFlow]>),
@@ -357,6 +361,8 @@ struct Lcore {
     /// Conntrack buckets scanned per table per tick.
     expire_buckets: usize,
     stats: Arc<WorkerStats>,
+    /// The packet capture in progress, if any: tested once per burst.
+    capture: Option<Box<Tap>>,
 }
 
 /// Where a worker's processed packets go: buffered TX per port, hand-offs to other workers,
@@ -424,6 +430,7 @@ fn run(
         scans: VecDeque::new(),
         expire_buckets: cfg.expire_buckets,
         stats: stats.clone(),
+        capture: None,
     };
     set(&stats.snapshot_generation, l.snap.generation);
     // The previous process's flows, before any packet: on the clock's first millisecond.
@@ -501,8 +508,9 @@ impl Lcore {
             if n > 0 {
                 bump(&self.stats.from_other_worker, n as u64);
                 work += n;
-                // They arrived on port 0's queues of another worker; send out port 0.
-                self.burst(0, now, now_ms);
+                // They arrived on port 0's queues of another worker; send out port 0. That
+                // worker's capture saw them received.
+                self.burst(0, now, now_ms, false);
             }
         }
         for port in 0..self.rxq.len() {
@@ -514,7 +522,7 @@ impl Lcore {
             bump(&self.stats.rx_packets, n as u64);
             let bytes: usize = self.rx.iter_mut().map(|m| m.len()).sum();
             bump(&self.stats.rx_bytes, bytes as u64);
-            self.burst(port, now, now_ms);
+            self.burst(port, now, now_ms, true);
         }
         self.out.hand_off();
         // TX flush: at once when this iteration did not fill a burst (we are not saturated, so
@@ -528,14 +536,23 @@ impl Lcore {
         work
     }
 
-    /// Runs the burst in `self.rx` (received on `port`) through the pipeline and sends each
-    /// packet where its verdict says.
+    /// Runs the burst in `self.rx` (received on `port`; `received`: from the port, not from
+    /// another worker) through the pipeline and sends each packet where its verdict says.
     #[inline(always)]
-    fn burst(&mut self, port: usize, now: u64, now_ms: u32) {
+    fn burst(&mut self, port: usize, now: u64, now_ms: u32, received: bool) {
         let n = self.rx.len();
+        if received {
+            if let Some(t) = self.capture.as_deref_mut() {
+                t.received(port, self.rx.as_mut_slice(), &self.pipeline, &self.snap);
+            }
+        }
         let verdicts = &mut self.verdicts[..n];
         self.pipeline
             .process_burst(&self.snap, self.rx.as_mut_slice(), now_ms, verdicts);
+        if let Some(t) = self.capture.as_deref_mut() {
+            let pkts = self.rx.as_mut_slice();
+            t.processed(port, pkts, verdicts, &self.pipeline, &self.snap, now);
+        }
         for (m, &v) in self.rx.drain().zip(verdicts.iter()) {
             self.out.deliver(m, v, port, now);
         }
@@ -557,6 +574,11 @@ impl Lcore {
                         flows: Vec::new(),
                     }),
                 }
+            }
+            Command::Capture(t) => {
+                // The old tap (if any) is dropped here, at the tick: its buffers are the
+                // control plane's and go back with the channels.
+                self.capture = t;
             }
             Command::InstallSynced(flows) => {
                 self.pipeline.install_synced(&self.snap, &flows, now_ms);
@@ -696,7 +718,10 @@ fn command(snap: &Snapshot, c: Command, pool: &Mempool, tx: &mut MbufBatch, stat
         Command::Resolve { .. } => return,
         Command::Announce(IpAddr::V4(a)) => edge::gratuitous_arp(buf, mac, a.octets()),
         Command::Announce(IpAddr::V6(a)) => edge::unsolicited_na(buf, mac, a.octets()),
-        Command::FindFlows { .. } | Command::InstallSynced(_) | Command::SyncWalk { .. } => return,
+        Command::FindFlows { .. }
+        | Command::Capture(_)
+        | Command::InstallSynced(_)
+        | Command::SyncWalk { .. } => return,
     };
     let total = m.len();
     m.trim(total - n);

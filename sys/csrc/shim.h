@@ -15,6 +15,8 @@
 #include <rte_ring.h>
 #include <rte_bus_vdev.h>
 #include <rte_eth_ring.h>
+/* Packet capture: libpcap compiles tcpdump expressions to classic BPF (declarations only). */
+#include <pcap/pcap.h>
 
 /* Offsets of the rte_mbuf fields the per-packet path reads, from the C compiler that sees the
  * same headers as bindgen: Rust reads the fields itself (an inlined load) instead of calling a

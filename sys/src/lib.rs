@@ -11,6 +11,7 @@
 //! - Ownership is explicit: an [`Mbuf`] frees itself on drop; [`MbufBatch`] is a fixed array of
 //!   owned mbufs for bursts, never allocating after construction.
 //! - EAL initialises once per process; [`Eal::init`] refuses a second call.
+//! - Capture filters ([`PcapProgram`]): libpcap compiles a tcpdump expression to classic BPF.
 //! - The `dpdk` feature (default) links DPDK. Without it only the CPU helpers of the pure
 //!   dataplane remain ([`prefetch()`], the lane compares, [`HugeSlice`], [`CountingAlloc`]), so
 //!   the pipeline, its tests and the fuzzer build on a machine without libdpdk. The raw
@@ -20,6 +21,8 @@
 mod ffi;
 
 mod alloc_count;
+#[cfg(feature = "dpdk")]
+mod bpf;
 #[cfg(feature = "dpdk")]
 mod eal;
 #[cfg(feature = "dpdk")]
@@ -39,6 +42,8 @@ mod ring;
 mod time;
 
 pub use alloc_count::CountingAlloc;
+#[cfg(feature = "dpdk")]
+pub use bpf::PcapProgram;
 #[cfg(feature = "dpdk")]
 pub use eal::{lcore_id, register_thread, Eal, ThreadRegistration};
 #[cfg(feature = "dpdk")]

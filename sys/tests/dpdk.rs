@@ -439,3 +439,35 @@ fn tx_burst_shared_lends_templates_and_keeps_them() {
     drop(rp);
     assert_eq!(pool.in_use(), 0);
 }
+
+/// A TCP/IPv4 frame from 10.99.0.11:40000 to 10.99.0.100:`dport`.
+fn tcp_frame(dport: u16) -> Vec<u8> {
+    let mut f = vec![0u8; 54];
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&40u16.to_be_bytes());
+    f[22] = 64;
+    f[23] = 6;
+    f[26..30].copy_from_slice(&[10, 99, 0, 11]);
+    f[30..34].copy_from_slice(&[10, 99, 0, 100]);
+    f[34..36].copy_from_slice(&40000u16.to_be_bytes());
+    f[36..38].copy_from_slice(&dport.to_be_bytes());
+    f[46] = 0x50;
+    f[47] = 0x02;
+    f
+}
+
+#[test]
+fn pcap_program_compiles_tcpdump_expressions() {
+    let p = dpdk_sys::PcapProgram::compile("host 10.99.0.11 and tcp port 80", 262_144).unwrap();
+    assert!(!p.instructions().is_empty());
+    assert!(p.matches(&tcp_frame(80)));
+    assert!(!p.matches(&tcp_frame(443)));
+    assert!(
+        !p.matches(&tcp_frame(80)[..30]),
+        "truncated before the ports"
+    );
+    // libpcap's own message for an expression it refuses.
+    let err = dpdk_sys::PcapProgram::compile("host and port", 65_535).unwrap_err();
+    assert!(err.contains("syntax error"), "{err}");
+}

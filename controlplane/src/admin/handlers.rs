@@ -87,6 +87,14 @@ const ENDPOINTS: &[(&str, &str)] = &[
     ("POST", "/v1/host/drain"),
     ("POST", "/v1/host/undrain"),
     ("POST", "/v1/counters/reset"),
+    (
+        "POST",
+        "/v1/capture  {\"port\", \"direction\", \"filter\", \"count\", \"duration_seconds\", \"snaplen\"} (streams pcapng)",
+    ),
+    (
+        "POST",
+        "/v1/trace  {\"client\", \"client_port\", \"vip\", \"vip_port\", \"count\", \"duration_seconds\"} (streams JSON lines)",
+    ),
 ];
 
 /// Decodes `%XX` escapes (and `+` as a space in queries).

@@ -24,6 +24,7 @@
 //! - **Rates** (packets/s, busy ratio, drops/s) come from a sample taken every second by the
 //!   control loop ([`AdminState::sample`]), which also reads the DPDK port counters.
 pub mod api;
+mod capture;
 pub mod client;
 mod handlers;
 pub mod metrics;
@@ -48,6 +49,7 @@ use crate::config::Config;
 use crate::health::HealthView;
 use crate::model::{Model, ObjectKey};
 
+pub use capture::{CaptureRequest, TraceRequest};
 pub use handlers::{handle, Reply};
 
 /// An API error: an HTTP status and a message that says what to do.
@@ -460,6 +462,8 @@ pub struct AdminState {
     telemetry: Telemetry,
     bgp: Mutex<BgpView>,
     l2: Mutex<api::L2Status>,
+    /// One packet capture or trace at a time.
+    captures: crate::capture::Gate,
     sync: Mutex<Option<Arc<dyn SyncReport>>>,
 }
 
@@ -517,6 +521,7 @@ impl AdminState {
             }),
             samples: Mutex::new(Samples::default()),
             baselines: Mutex::new(Baselines::default()),
+            captures: crate::capture::Gate::default(),
             control: tx,
             lookups: tokio::sync::Mutex::new(()),
             telemetry: Telemetry::default(),

@@ -10,13 +10,14 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Bytes, Incoming};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::{Body, Bytes, Frame, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixListener;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -141,6 +142,26 @@ async fn serve(listener: UnixListener, state: Arc<AdminState>, owner: u32) {
     }
 }
 
+/// A response body streamed from a channel (a capture's pcapng or trace lines); it ends
+/// when the sender does. Dropped when the client goes away, which ends the capture.
+#[derive(Debug)]
+pub(crate) struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// A response: a whole JSON document, or a stream.
+type AnyBody = Either<Full<Bytes>, ChannelBody>;
+
 /// Turns a [`Reply`] into an HTTP response.
 pub(crate) fn to_response(r: Reply) -> Response<Full<Bytes>> {
     let mut body = r.body;
@@ -167,7 +188,7 @@ async fn respond(
     uid: Option<u32>,
     owner: u32,
     req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Response<AnyBody> {
     if !allowed {
         let who = uid.map_or("an unknown user".to_owned(), |u| format!("uid {u}"));
         return refused(
@@ -176,7 +197,8 @@ async fn respond(
                 "connections from {who} are refused: the admin socket serves uid {owner} \
                  (sluiced's user) and root only; run sluicectl as that user or with sudo"
             ),
-        );
+        )
+        .map(Either::Left);
     }
     let method = req.method().as_str().to_owned();
     let target = req
@@ -190,7 +212,28 @@ async fn respond(
                 413,
                 format!("cannot read the request body (at most {MAX_BODY} bytes): {e}"),
             )
+            .map(Either::Left)
         }
     };
-    to_response(handle(st, &method, &target, &body).await)
+    // Captures stream their answer; everything else is one JSON document.
+    let stream = match (method.as_str(), target.as_str()) {
+        ("POST", "/v1/capture") => Some((
+            "application/vnd.tcpdump.pcap",
+            super::capture::start_capture(st, &body),
+        )),
+        ("POST", "/v1/trace") => Some((
+            "application/x-ndjson",
+            super::capture::start_trace(st, &body),
+        )),
+        _ => None,
+    };
+    match stream {
+        Some((kind, Ok(rx))) => Response::builder()
+            .status(200)
+            .header("content-type", kind)
+            .body(Either::Right(ChannelBody(rx)))
+            .unwrap_or_else(|_| refused(500, "cannot build the response".into()).map(Either::Left)),
+        Some((_, Err(e))) => refused(e.status, e.message).map(Either::Left),
+        None => to_response(handle(st, &method, &target, &body).await).map(Either::Left),
+    }
 }

@@ -142,6 +142,53 @@ enum Cmd {
     },
     /// Reset the counters the API reports (Prometheus metrics are not reset).
     ResetCounters,
+    /// Capture packets on a DPDK port as pcapng, tcpdump-style, each with what Sluice did
+    /// with it as a comment (`sluicectl capture -w - 'tcp port 80' | tshark -r -`).
+    Capture {
+        /// Port name from the configuration (default: the first port).
+        #[arg(short = 'i', long)]
+        port: Option<String>,
+        /// Packets received (`in`), sent (`out`) or both (`inout`), as tcpdump's -Q.
+        #[arg(short = 'Q', long, default_value = "inout")]
+        direction: String,
+        /// Filter expression in tcpdump's syntax (or give it as the last arguments).
+        #[arg(short = 'f', long)]
+        filter: Option<String>,
+        /// Stop after this many packets.
+        #[arg(short = 'c', long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Bytes kept of each packet (default 262144: all of it).
+        #[arg(short = 's', long)]
+        snaplen: Option<u32>,
+        /// Write the pcapng to this file; `-` for standard output (a pipe, not a terminal).
+        #[arg(short = 'w', long)]
+        write: String,
+        /// The filter expression, as tcpdump takes it.
+        #[arg(trailing_var_arg = true)]
+        expression: Vec<String>,
+    },
+    /// One line per packet of a client, with what Sluice did with it (frontend, flow,
+    /// backend and why, rewrite or drop reason).
+    Trace {
+        /// Client address, or address:port.
+        #[arg(long)]
+        client: String,
+        /// Only packets to (and from) this VIP (address or address:port).
+        #[arg(long)]
+        vip: Option<String>,
+        /// Port name from the configuration (default: the first port).
+        #[arg(short = 'i', long)]
+        port: Option<String>,
+        /// Stop after this many packets.
+        #[arg(short = 'c', long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        duration: Option<f64>,
+    },
     /// Refreshing view of rates: workers and Services.
     Watch {
         /// Seconds between refreshes.
@@ -216,6 +263,36 @@ struct Ctl {
 }
 
 impl Ctl {
+    /// A streamed request: each piece of the answer to `sink`.
+    fn stream(
+        &self,
+        target: &str,
+        body: String,
+        sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), Failure> {
+        let r = self
+            .rt
+            .block_on(client::stream(&self.socket, "POST", target, body, sink))
+            .map_err(|e| Failure {
+                code: EXIT_UNREACHABLE,
+                message: e.to_string(),
+                body: None,
+            })?;
+        match r {
+            client::Streamed::Done => Ok(()),
+            client::Streamed::Refused(a) => {
+                let message = serde_json::from_str::<api::ErrorBody>(&a.body)
+                    .map(|e| e.error)
+                    .unwrap_or_else(|_| format!("HTTP {}: {}", a.status, a.body.trim()));
+                Err(Failure {
+                    code: tables::exit_code(a.status),
+                    message,
+                    body: Some(a.body),
+                })
+            }
+        }
+    }
+
     fn call(&self, method: &str, target: &str, body: Option<String>) -> Result<String, Failure> {
         let a = self
             .rt
@@ -309,8 +386,200 @@ fn show<T: DeserializeOwned>(
     Ok(EXIT_OK)
 }
 
+/// Counts what a pcapng stream holds as it passes: packets, and the dropped copies of its
+/// statistics block.
+#[derive(Default)]
+struct PcapngTally {
+    pending: Vec<u8>,
+    packets: u64,
+    dropped: Option<u64>,
+}
+
+impl PcapngTally {
+    fn feed(&mut self, data: &[u8]) {
+        use sluice_controlplane::capture::pcapng;
+        self.pending.extend_from_slice(data);
+        let (blocks, used) = pcapng::blocks_prefix(&self.pending);
+        for b in blocks {
+            match b.ty {
+                pcapng::ENHANCED_PACKET => self.packets += 1,
+                pcapng::INTERFACE_STATISTICS => self.dropped = pcapng::read_dropped(&b.body),
+                _ => {}
+            }
+        }
+        self.pending.drain(..used);
+    }
+}
+
+fn usage(message: String) -> Failure {
+    Failure {
+        code: tables::EXIT_USAGE,
+        message,
+        body: None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn capture(
+    ctl: &Ctl,
+    port: &Option<String>,
+    direction: &str,
+    filter: &Option<String>,
+    expression: &[String],
+    count: Option<u64>,
+    duration: Option<f64>,
+    snaplen: Option<u32>,
+    write: &str,
+) -> Result<i32, Failure> {
+    let filter = match (filter, expression.is_empty()) {
+        (Some(_), false) => {
+            return Err(usage(
+                "give the filter either with -f or as the last arguments, not both".into(),
+            ))
+        }
+        (Some(f), true) => f.clone(),
+        (None, _) => expression.join(" "),
+    };
+    let mut out: Box<dyn Write> = if write == "-" {
+        if std::io::stdout().is_terminal() {
+            return Err(usage(
+                "pcapng is binary: write it to a file (-w FILE) or a pipe (-w - | tshark -r -)"
+                    .into(),
+            ));
+        }
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::fs::File::create(write).map_err(|e| Failure {
+            code: tables::EXIT_FAILED,
+            message: format!("cannot create {write}: {e}"),
+            body: None,
+        })?)
+    };
+    let req = sluice_controlplane::admin::CaptureRequest {
+        port: port.clone(),
+        direction: Some(direction.to_owned()),
+        filter: Some(filter),
+        count,
+        duration_seconds: duration,
+        snaplen,
+    };
+    let body = serde_json::to_string(&req).unwrap_or_default();
+    let mut tally = PcapngTally::default();
+    let mut closed = false;
+    let r = ctl.stream("/v1/capture", body, |d| {
+        tally.feed(d);
+        match out.write_all(d).and_then(|()| out.flush()) {
+            // The reader went away (`| head -c`): it asked for no more.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                closed = true;
+                Err(e)
+            }
+            r => r,
+        }
+    });
+    if closed {
+        return Ok(EXIT_OK);
+    }
+    r?;
+    eprintln!(
+        "sluicectl: {} packets captured, {} copies dropped (the reader did not keep up)",
+        tally.packets,
+        tally.dropped.unwrap_or(0)
+    );
+    Ok(EXIT_OK)
+}
+
+fn trace(
+    ctl: &Ctl,
+    client: &str,
+    vip: &Option<String>,
+    port: &Option<String>,
+    count: Option<u64>,
+    duration: Option<f64>,
+    json: bool,
+) -> Result<i32, Failure> {
+    let (client, client_port) = addr_port(client).map_err(usage)?;
+    let (vip, vip_port) = match vip {
+        Some(v) => {
+            let (a, p) = addr_port(v).map_err(usage)?;
+            (Some(a), p)
+        }
+        None => (None, None),
+    };
+    let req = sluice_controlplane::admin::TraceRequest {
+        client,
+        client_port,
+        vip,
+        vip_port,
+        port: port.clone(),
+        count,
+        duration_seconds: duration,
+    };
+    let body = serde_json::to_string(&req).unwrap_or_default();
+    let mut pending = Vec::new();
+    ctl.stream("/v1/trace", body, |d| {
+        pending.extend_from_slice(d);
+        while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=i).collect();
+            let text = String::from_utf8_lossy(&line);
+            if json {
+                out!("{text}");
+                continue;
+            }
+            match serde_json::from_str::<sluice_controlplane::capture::TraceLine>(&text) {
+                Ok(l) if l.dir == "end" => {
+                    eprintln!("sluicectl: trace ended ({}): {}", l.packet, l.verdict)
+                }
+                Ok(l) => outln!(
+                    "{} {} w{} {}  {}",
+                    time_of_day(l.time),
+                    l.dir,
+                    l.worker,
+                    l.packet,
+                    l.verdict
+                ),
+                Err(_) => out!("{text}"),
+            }
+        }
+        Ok(())
+    })?;
+    Ok(EXIT_OK)
+}
+
+/// `HH:MM:SS.micros` (UTC) of a Unix time.
+fn time_of_day(t: f64) -> String {
+    let us = (t * 1e6) as u64;
+    let s = us / 1_000_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:06}",
+        s / 3600 % 24,
+        s / 60 % 60,
+        s % 60,
+        us % 1_000_000
+    )
+}
+
 fn run(ctl: &Ctl, cmd: &Cmd, json: bool) -> Result<i32, Failure> {
     match cmd {
+        Cmd::Capture {
+            port,
+            direction,
+            filter,
+            count,
+            duration,
+            snaplen,
+            write,
+            expression,
+        } => capture(
+            ctl, port, direction, filter, expression, *count, *duration, *snaplen, write,
+        ),
+        Cmd::Trace {
+            client,
+            vip,
+            port,
+            count,
+            duration,
+        } => trace(ctl, client, vip, port, *count, *duration, json),
         Cmd::Status => show(ctl, "/v1/status", json, tables::status),
         Cmd::Services => show(ctl, "/v1/services", json, |v: &Vec<api::ServiceSummary>| {
             tables::services(v)

@@ -98,3 +98,78 @@ pub async fn request(
     driver.abort();
     out
 }
+
+/// How a streamed request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Streamed {
+    /// The daemon streamed an answer (200) to its end.
+    Done,
+    /// The daemon refused: status and JSON error body.
+    Refused(Answer),
+}
+
+/// Sends `method target` with a JSON `body` and hands each piece of a 200 answer's body to
+/// `sink` as it arrives, with no time limit (a capture or trace runs until it ends or the
+/// process is interrupted). A `sink` error ends the request (the connection closes, which
+/// ends the capture on the daemon's side).
+///
+/// # Errors
+/// [`ClientError`] when the socket cannot be reached, the exchange fails, or `sink` fails.
+pub async fn stream(
+    socket: &Path,
+    method: &str,
+    target: &str,
+    body: String,
+    mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> Result<Streamed, ClientError> {
+    let http = |message: String| ClientError::Http {
+        path: socket.to_path_buf(),
+        message,
+    };
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|source| ClientError::Connect {
+            path: socket.to_path_buf(),
+            source,
+        })?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| http(format!("handshake: {e}")))?;
+    let driver = tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(target)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| http(format!("bad request: {e}")))?;
+    let resp = tokio::time::timeout(TIMEOUT, send.send_request(req))
+        .await
+        .map_err(|_| http(format!("no answer within {TIMEOUT:?}")))?
+        .map_err(|e| http(format!("request failed: {e}")))?;
+    let status = resp.status().as_u16();
+    let mut body = resp.into_body();
+    if status != 200 {
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| http(format!("reading the answer: {e}")))?
+            .to_bytes();
+        driver.abort();
+        return Ok(Streamed::Refused(Answer {
+            status,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }));
+    }
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| http(format!("reading the stream: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if let Err(e) = sink(&data) {
+                driver.abort();
+                return Err(http(format!("cannot write the output: {e}")));
+            }
+        }
+    }
+    driver.abort();
+    Ok(Streamed::Done)
+}
