@@ -6,31 +6,17 @@
 mod common;
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use common::*;
 use sluice_dataplane::conntrack::FlowState;
-use sluice_dataplane::pipeline::{
-    PacketBuf, Pipeline, PipelineConfig, RestoreFlow, SavedFlow, Unrestorable, VecBuf, Verdict,
-};
+use sluice_dataplane::pipeline::{RestoreFlow, SavedFlow, Unrestorable, Verdict};
 use sluice_dataplane::snapshot::{Method, Protocol, Snapshot};
-use sluice_dataplane::stats::WorkerStats;
 
 const VIP4: [u8; 4] = [192, 0, 2, 1];
 const DSR4: [u8; 4] = [192, 0, 2, 2];
 const IPIP4: [u8; 4] = [192, 0, 2, 3];
 const VIP6: &str = "2001:db8::1";
 const BACKEND4: [u8; 4] = [10, 0, 1, 1];
-
-fn pipeline() -> Pipeline {
-    Pipeline::new(&PipelineConfig::default(), Arc::new(WorkerStats::new(1024)))
-}
-
-fn run(pipe: &mut Pipeline, snap: &Snapshot, frame: Vec<u8>, now_ms: u32) -> (Verdict, Vec<u8>) {
-    let mut b = VecBuf::new(&frame);
-    let v = pipe.process(snap, &mut b, now_ms);
-    (v, b.data().to_vec())
-}
 
 /// The golden snapshot's flows in the next process: the same Services under other ids, the
 /// `dsr-ipip` frontend (192.0.2.3:80) gone.

@@ -9,28 +9,16 @@ mod common;
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 
 use common::*;
 use sluice_dataplane::conntrack::FlowState;
-use sluice_dataplane::pipeline::{PacketBuf, Pipeline, PipelineConfig, SavedFlow, VecBuf, Verdict};
+use sluice_dataplane::pipeline::{SavedFlow, Verdict};
 use sluice_dataplane::snapshot::Snapshot;
-use sluice_dataplane::stats::WorkerStats;
 
 const VIP4: [u8; 4] = [192, 0, 2, 1];
 const BACKEND4: [u8; 4] = [10, 0, 1, 1];
 /// Host B's own NAT address (A's is common's NAT4).
 const NAT4_B: [u8; 4] = [10, 0, 0, 4];
-
-fn pipeline() -> Pipeline {
-    Pipeline::new(&PipelineConfig::default(), Arc::new(WorkerStats::new(1024)))
-}
-
-fn run(pipe: &mut Pipeline, snap: &Snapshot, frame: Vec<u8>, now_ms: u32) -> (Verdict, Vec<u8>) {
-    let mut b = VecBuf::new(&frame);
-    let v = pipe.process(snap, &mut b, now_ms);
-    (v, b.data().to_vec())
-}
 
 /// Host B's snapshot: the golden Services, B's own NAT address, then A's as a peer's.
 fn snapshot_b() -> Snapshot {

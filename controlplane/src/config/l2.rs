@@ -12,9 +12,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// The shortest key accepted, in bytes.
-pub const MIN_KEY_LEN: usize = 16;
-
 /// `[l2]`: exactly one live host answers ARP/NDP for each VIP.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,24 +105,7 @@ impl L2Config {
                 "is empty; name the kernel interface on the VIPs' segment".into(),
             );
         }
-        match (&self.key, &self.key_file) {
-            (Some(_), Some(_)) => {
-                return err("l2.key", "and l2.key_file are both set; keep one".into())
-            }
-            (None, None) => {
-                return err(
-                    "l2.key",
-                    "is missing; set l2.key or l2.key_file (the same key on every host)".into(),
-                )
-            }
-            (Some(k), None) if k.len() < MIN_KEY_LEN => {
-                return err(
-                    "l2.key",
-                    format!("is {} bytes; use at least {MIN_KEY_LEN}", k.len()),
-                )
-            }
-            _ => {}
-        }
+        super::key::validate("l2", &self.key, &self.key_file)?;
         if self.port == 0 {
             return err(
                 "l2.port",
@@ -245,29 +225,6 @@ impl L2Config {
     /// # Errors
     /// (key, what is wrong) when the file cannot be read or its key is too short.
     pub fn key_bytes(&self) -> Result<Vec<u8>, (String, String)> {
-        if let Some(k) = &self.key {
-            return Ok(k.as_bytes().to_vec());
-        }
-        let Some(f) = &self.key_file else {
-            return Err(("l2.key".into(), "is missing".into()));
-        };
-        let text = std::fs::read_to_string(f).map_err(|e| {
-            (
-                "l2.key_file".to_owned(),
-                format!("cannot read {}: {e}", f.display()),
-            )
-        })?;
-        let k = text.lines().next().unwrap_or("").trim().as_bytes().to_vec();
-        if k.len() < MIN_KEY_LEN {
-            return Err((
-                "l2.key_file".into(),
-                format!(
-                    "{}: the key is {} bytes; use at least {MIN_KEY_LEN}",
-                    f.display(),
-                    k.len()
-                ),
-            ));
-        }
-        Ok(k)
+        super::key::bytes("l2", &self.key, &self.key_file)
     }
 }

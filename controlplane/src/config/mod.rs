@@ -19,6 +19,7 @@ mod dataplane;
 mod de;
 mod forwarding;
 mod health;
+pub mod key;
 pub mod l2;
 mod pools;
 mod source;

@@ -11,9 +11,6 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-/// The shortest key accepted, in bytes.
-pub const MIN_KEY_LEN: usize = 16;
-
 /// `[sync]`: workers publish their flows to the peers, which install them as synced flows.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,27 +92,7 @@ impl SyncConfig {
         if self.host.is_empty() {
             return err("sync.host", "is empty; name this host".into());
         }
-        match (&self.key, &self.key_file) {
-            (Some(_), Some(_)) => {
-                return err(
-                    "sync.key",
-                    "and sync.key_file are both set; keep one".into(),
-                )
-            }
-            (None, None) => {
-                return err(
-                    "sync.key",
-                    "is missing; set sync.key or sync.key_file (the same key on every host)".into(),
-                )
-            }
-            (Some(k), None) if k.len() < MIN_KEY_LEN => {
-                return err(
-                    "sync.key",
-                    format!("is {} bytes; use at least {MIN_KEY_LEN}", k.len()),
-                )
-            }
-            _ => {}
-        }
+        super::key::validate("sync", &self.key, &self.key_file)?;
         if self.port == 0 {
             return err(
                 "sync.port",
@@ -193,30 +170,7 @@ impl SyncConfig {
 
     /// The key's bytes (from `key`, or the first line of `key_file`).
     pub fn key_bytes(&self) -> Result<Vec<u8>, (String, String)> {
-        if let Some(k) = &self.key {
-            return Ok(k.as_bytes().to_vec());
-        }
-        let Some(f) = &self.key_file else {
-            return Err(("sync.key".into(), "is missing".into()));
-        };
-        let text = std::fs::read_to_string(f).map_err(|e| {
-            (
-                "sync.key_file".to_owned(),
-                format!("cannot read {}: {e}", f.display()),
-            )
-        })?;
-        let k = text.lines().next().unwrap_or("").trim().as_bytes().to_vec();
-        if k.len() < MIN_KEY_LEN {
-            return Err((
-                "sync.key_file".into(),
-                format!(
-                    "{}: the key is {} bytes; use at least {MIN_KEY_LEN}",
-                    f.display(),
-                    k.len()
-                ),
-            ));
-        }
-        Ok(k)
+        super::key::bytes("sync", &self.key, &self.key_file)
     }
 
     /// The peers' NAT addresses, in configuration order.

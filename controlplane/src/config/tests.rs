@@ -477,6 +477,13 @@ fn poll_mode_and_idle_sleep() {
     assert!(e.to_string().contains("1..=10000"), "{e}");
 }
 
+/// Asserts that LAB with `section` appended is refused naming `key`, saying `says`.
+fn refused(section: &str, key: &str, says: &str) {
+    let e = parse(&format!("{LAB}{section}")).unwrap_err();
+    assert_eq!(e.key(), key, "{e}");
+    assert!(e.to_string().contains(says), "{e}");
+}
+
 const L2: &str = r#"
 [l2]
 host = "h1"
@@ -506,11 +513,7 @@ fn l2_section_parses_with_defaults() {
 
 #[test]
 fn l2_errors_name_the_key() {
-    let bad = |edit: &dyn Fn(&str) -> String, key: &str, says: &str| {
-        let e = parse(&format!("{LAB}{}", edit(L2))).unwrap_err();
-        assert_eq!(e.key(), key, "{e}");
-        assert!(e.to_string().contains(says), "{e}");
-    };
+    let bad = |edit: &dyn Fn(&str) -> String, key: &str, says: &str| refused(&edit(L2), key, says);
     bad(
         &|s| s.replace("name = \"h2\"", "name = \"h1\""),
         "l2.peers[1].name",
@@ -609,11 +612,8 @@ fn sync_section_parses_with_defaults() {
 
 #[test]
 fn sync_errors_name_the_key() {
-    let bad = |edit: &dyn Fn(&str) -> String, key: &str, says: &str| {
-        let e = parse(&format!("{LAB}{}", edit(SYNC))).unwrap_err();
-        assert_eq!(e.key(), key, "{e}");
-        assert!(e.to_string().contains(says), "{e}");
-    };
+    let bad =
+        |edit: &dyn Fn(&str) -> String, key: &str, says: &str| refused(&edit(SYNC), key, says);
     bad(
         &|s| s.replace("0123456789abcdef", "short"),
         "sync.key",

@@ -354,3 +354,25 @@ pub fn assert_checksums_valid(frame: &[u8]) {
         }
     }
 }
+
+/// A pipeline with the default configuration and room for 1024 backend ids.
+pub fn pipeline() -> sluice_dataplane::pipeline::Pipeline {
+    use sluice_dataplane::pipeline::{Pipeline, PipelineConfig};
+    Pipeline::new(
+        &PipelineConfig::default(),
+        Arc::new(sluice_dataplane::stats::WorkerStats::new(1024)),
+    )
+}
+
+/// Runs `frame` through `pipe` at `now_ms`: the verdict and the frame as it left.
+pub fn run(
+    pipe: &mut sluice_dataplane::pipeline::Pipeline,
+    snap: &Snapshot,
+    frame: Vec<u8>,
+    now_ms: u32,
+) -> (sluice_dataplane::pipeline::Verdict, Vec<u8>) {
+    use sluice_dataplane::pipeline::{PacketBuf, VecBuf};
+    let mut b = VecBuf::new(&frame);
+    let v = pipe.process(snap, &mut b, now_ms);
+    (v, b.data().to_vec())
+}

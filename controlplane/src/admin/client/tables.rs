@@ -498,6 +498,15 @@ pub fn health(v: &[api::HealthRow]) -> String {
     )
 }
 
+/// `"reason n"` for each counter of `counts` above zero.
+fn nonzero_counts(counts: &std::collections::BTreeMap<String, u64>) -> Vec<String> {
+    counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect()
+}
+
 /// `items` separated by commas, or `empty` when there are none.
 fn joined_or(items: &[String], empty: &str) -> String {
     if items.is_empty() {
@@ -556,12 +565,7 @@ pub fn l2(v: &api::L2Status) -> String {
         .collect();
     o.push('\n');
     o.push_str(&table(&["VIP", "OWNER", "HERE"], &rows));
-    let dropped: Vec<String> = v
-        .dropped
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(r, n)| format!("{r} {n}"))
-        .collect();
+    let dropped = nonzero_counts(&v.dropped);
     let _ = writeln!(
         o,
         "\nowned {}  owner changes {}  heartbeats received {}  dropped: {}",
@@ -621,12 +625,7 @@ pub fn sync(v: &api::SyncStatus) -> String {
         ],
         &rows,
     ));
-    let dropped: Vec<String> = v
-        .dropped
-        .iter()
-        .filter(|(_, n)| **n > 0)
-        .map(|(r, n)| format!("{r} {n}"))
-        .collect();
+    let dropped = nonzero_counts(&v.dropped);
     let _ = writeln!(
         o,
         "\npublished {}  ring full {}  queued {}  sent {} ({} datagrams, {} bytes)  not sent {}",
