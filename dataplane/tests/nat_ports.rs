@@ -176,10 +176,11 @@ fn a_port_in_use_is_searched_past_and_counted() {
         assert_eq!(v, Verdict::Drop(DropReason::NatPortsExhausted));
     }
     assert_eq!(stats.nat_port_retries.load(Relaxed), 4);
-    // The first four flows' SYN timeout (5 s) passes and the expiry frees them; the cursor is
-    // at 30004, still in use, so the next SYN searches on and takes the first free port.
-    pipe.expire(6000, 1 << 20);
-    assert_eq!(port(&syns_at(&mut pipe, &s, 43000, 1, 6000)), [30000]);
+    // The first four flows' SYN timeout (5 s from the end of the 1,024 ms epoch they were
+    // seen in) passes and the expiry frees them; the cursor is at 30004, still in use (seen in
+    // the next epoch), so the next SYN searches on and takes the first free port.
+    pipe.expire(6100, 1 << 20);
+    assert_eq!(port(&syns_at(&mut pipe, &s, 43000, 1, 6100)), [30000]);
     assert_eq!(stats.nat_port_retries.load(Relaxed), 5);
     assert_eq!(reply(&mut pipe, &s, 30000), Verdict::Tx);
 }

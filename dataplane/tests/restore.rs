@@ -75,7 +75,11 @@ fn flows_survive_export_and_restore() {
     assert_eq!(nat4.backend, IpAddr::from(BACKEND4));
     assert_eq!(nat4.backend_port, 8080);
     assert_eq!(nat4.state, FlowState::TcpEstablished);
-    assert_eq!(nat4.remaining_ms, 300_000 - 998);
+    // Last seen at 2 ms: its 300 s run from the end of that epoch (1,023 ms).
+    assert_eq!(
+        nat4.remaining_ms,
+        300_000 + (sluice_dataplane::conntrack::EPOCH_MS - 1) - 1_000
+    );
     let n = nat4.nat.expect("with its NAT side");
     assert_eq!((n.addr, n.port), (IpAddr::from(NAT4), nat_port));
     assert_eq!(n.client_mac, CLIENT_MAC);

@@ -177,6 +177,28 @@ impl<K, V> Entry<K, V> {
     pub fn idle_ms(&self, now_ms: u32) -> i32 {
         now_ms.wrapping_sub(self.last_seen_ms) as i32
     }
+
+    /// Milliseconds since the end of the epoch ([`EPOCH_MS`]) the flow was last seen in: what
+    /// its timeout is measured against (negative while that epoch lasts).
+    #[inline(always)]
+    fn lapsed_ms(&self, now_ms: u32) -> i32 {
+        now_ms.wrapping_sub(self.last_seen_ms | (EPOCH_MS - 1)) as i32
+    }
+}
+
+/// The clock's grain for expiry, in milliseconds (a power of two): an entry's timeout runs
+/// from the end of the epoch it was last seen in, so that entries last seen in the same epoch
+/// in the same state expire at the same moment. Both halves of a NAT flow rely on it: a
+/// packet refreshes the other half only when its own half was last seen in an earlier epoch
+/// or changes state ([`same_epoch`]), not on every packet, and the halves still live and die
+/// together. Timeouts are thus up to one epoch longer than configured.
+pub const EPOCH_MS: u32 = 1024;
+
+/// Whether `a` and `b` (milliseconds on one clock) fall in the same [`EPOCH_MS`].
+#[inline(always)]
+#[must_use]
+pub fn same_epoch(a: u32, b: u32) -> bool {
+    (a ^ b) < EPOCH_MS
 }
 
 /// What [`Conntrack::insert`] did.
@@ -308,7 +330,7 @@ fn tag_of(hash: u64) -> u16 {
 /// Whether `e` has expired at `now_ms` under `timeouts`.
 #[inline(always)]
 fn is_expired<K, V>(e: &Entry<K, V>, now_ms: u32, timeouts: &[u32; 5]) -> bool {
-    e.idle_ms(now_ms) >= timeouts[e.state as usize] as i32
+    e.lapsed_ms(now_ms) >= timeouts[e.state as usize] as i32
 }
 
 impl<K: FlowKey, V: Copy> Conntrack<K, V> {
@@ -421,6 +443,21 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         now_ms: u32,
         on_expired: impl FnOnce(&Entry<K, V>),
     ) -> Option<&mut Entry<K, V>> {
+        self.lookup_epoch(key, hash, hint, now_ms, on_expired)
+            .map(|(e, _)| e)
+    }
+
+    /// [`Conntrack::lookup`], which also says whether the entry was last seen in an earlier
+    /// epoch than `now_ms` ([`same_epoch`]): the first time it is seen in this one.
+    #[inline(always)]
+    pub fn lookup_epoch(
+        &mut self,
+        key: &K,
+        hash: u64,
+        hint: u32,
+        now_ms: u32,
+        on_expired: impl FnOnce(&Entry<K, V>),
+    ) -> Option<(&mut Entry<K, V>, bool)> {
         let at_hint = match self.slots.get(hint as usize) {
             Some(Slot(Some(e))) => e.key == *key,
             _ => false,
@@ -447,9 +484,10 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
             return None;
         }
         let e = self.slots[i].0.as_mut()?;
+        let first = !same_epoch(e.last_seen_ms, now_ms);
         e.last_seen_ms = now_ms;
         self.stats.hits += 1;
-        Some(e)
+        Some((e, first))
     }
 
     /// Whether `key` has an entry, expired or not; changes nothing (no counters, no refresh).
@@ -805,7 +843,7 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     /// Milliseconds `e` has left before it expires at `now_ms` (0: expired).
     #[must_use]
     pub fn remaining_ms(&self, e: &Entry<K, V>, now_ms: u32) -> u32 {
-        let left = i64::from(self.timeout_ms(e.state)) - i64::from(e.idle_ms(now_ms));
+        let left = i64::from(self.timeout_ms(e.state)) - i64::from(e.lapsed_ms(now_ms));
         left.clamp(0, i64::from(i32::MAX)) as u32
     }
 

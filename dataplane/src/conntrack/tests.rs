@@ -247,7 +247,7 @@ fn slot_hints_and_insert_new() {
     let (k, h) = keys[0];
     let slot = t.prefetch_entry(h);
     let mut gone = None;
-    let late = Timeouts::default().udp_ms + 10;
+    let late = Timeouts::default().udp_ms + EPOCH_MS;
     assert!(t
         .lookup(&k, h, slot, late, |e| gone = Some(e.value()[0]))
         .is_none());
@@ -281,26 +281,29 @@ fn timeouts_follow_state() {
         let k = v4(i as u32);
         let _ = t.insert(k, k.flow_hash(0), [0; 2], s, 0, Insert::Replace);
     }
+    // Timeouts run from the end of the epoch an entry was last seen in (all seen at 0 here).
+    let end = EPOCH_MS - 1;
     // A SYN entry lives 5 s, then expire() frees it.
-    assert_eq!(t.expire(to.tcp_syn_ms - 1, usize::MAX, |_| {}), 0);
-    assert_eq!(t.expire(to.tcp_syn_ms, usize::MAX, |_| {}), 1);
+    assert_eq!(t.expire(end + to.tcp_syn_ms - 1, usize::MAX, |_| {}), 0);
+    assert_eq!(t.expire(end + to.tcp_syn_ms, usize::MAX, |_| {}), 1);
     assert!(!t.contains(&v4(0), v4(0).flow_hash(0)));
-    assert_eq!(t.expire(to.tcp_closing_ms, usize::MAX, |_| {}), 1);
-    assert_eq!(t.expire(to.udp_ms, usize::MAX, |_| {}), 2); // UDP and other: 30 s
+    assert_eq!(t.expire(end + to.tcp_closing_ms, usize::MAX, |_| {}), 1);
+    assert_eq!(t.expire(end + to.udp_ms, usize::MAX, |_| {}), 2); // UDP and other: 30 s
     assert_eq!(t.len(), 1);
     // Established: 300 s; a lookup refreshes it.
     let k = v4(1);
     let h = k.flow_hash(0);
+    let seen = end + to.tcp_established_ms - 1;
+    assert!(t.lookup(&k, h, NO_SLOT, seen, |_| {}).is_some());
+    assert_eq!(t.expire(end + to.tcp_established_ms, usize::MAX, |_| {}), 0);
+    let end = seen | (EPOCH_MS - 1);
     assert!(t
-        .lookup(&k, h, NO_SLOT, to.tcp_established_ms - 1, |_| {})
-        .is_some());
-    assert_eq!(t.expire(to.tcp_established_ms, usize::MAX, |_| {}), 0);
-    assert!(t
-        .lookup(&k, h, NO_SLOT, 2 * to.tcp_established_ms - 2, |_| {})
+        .lookup(&k, h, NO_SLOT, end + to.tcp_established_ms - 1, |_| {})
         .is_some());
     // Found expired by a lookup: a miss, freed, counted.
+    let end = (end + to.tcp_established_ms - 1) | (EPOCH_MS - 1);
     assert!(t
-        .lookup(&k, h, NO_SLOT, 3 * to.tcp_established_ms, |_| {})
+        .lookup(&k, h, NO_SLOT, end + to.tcp_established_ms, |_| {})
         .is_none());
     assert!(t.is_empty());
     assert_eq!(t.stats().expiries, 5);
@@ -316,6 +319,38 @@ fn timeouts_follow_state() {
         .set_state(FlowState::TcpEstablished);
     assert_eq!(t.expire(1001 + to.tcp_syn_ms * 10, usize::MAX, |_| {}), 0);
     assert_eq!(to.get(FlowState::Udp), 30_000);
+}
+
+/// A lookup says whether it is an entry's first of an epoch, and entries last seen in the same
+/// epoch and state expire at the same moment (what lets a NAT flow refresh its other half only
+/// once an epoch).
+#[test]
+fn entries_of_one_epoch_expire_together() {
+    let to = Timeouts::default();
+    let mut t = table(64);
+    let (a, b) = (v4(5), v4(6));
+    let (ha, hb) = (a.flow_hash(0), b.flow_hash(0));
+    let _ = t.insert(a, ha, [0; 2], FlowState::Udp, 100, Insert::New);
+    let _ = t.insert(b, hb, [0; 2], FlowState::Udp, 900, Insert::New);
+    let first = |t: &mut Conntrack<V4Key, Value>, now| {
+        t.lookup_epoch(&a, ha, NO_SLOT, now, |_| {}).map(|(_, f)| f)
+    };
+    assert_eq!(first(&mut t, 200), Some(false));
+    assert_eq!(first(&mut t, EPOCH_MS), Some(true));
+    assert_eq!(first(&mut t, EPOCH_MS + 5), Some(false));
+    assert!(same_epoch(EPOCH_MS, 2 * EPOCH_MS - 1) && !same_epoch(EPOCH_MS - 1, EPOCH_MS));
+    // a was last seen at EPOCH_MS + 5; b, seen at 900, is refreshed in the same epoch.
+    assert!(t
+        .lookup(&b, hb, NO_SLOT, 2 * EPOCH_MS - 1, |_| {})
+        .is_some());
+    let end = 2 * EPOCH_MS - 1;
+    assert_eq!(t.expire(end + to.udp_ms - 1, usize::MAX, |_| {}), 0);
+    let left =
+        |t: &Conntrack<V4Key, Value>, k: &V4Key, h| t.remaining_ms(t.get(k, h).unwrap(), end);
+    assert_eq!(left(&t, &a, ha), to.udp_ms);
+    assert_eq!(left(&t, &b, hb), to.udp_ms);
+    assert_eq!(t.expire(end + to.udp_ms, usize::MAX, |_| {}), 2);
+    consistent(&t);
 }
 
 #[test]
@@ -402,7 +437,7 @@ fn full_buckets_evict_the_oldest() {
         crowded(100),
         [100, 0],
         FlowState::Udp,
-        600 + 5_000,
+        (600 | (EPOCH_MS - 1)) + 5_000,
         Insert::Replace,
     );
     assert_eq!(
@@ -428,8 +463,9 @@ fn clock_wrap_is_harmless() {
     let later = start.wrapping_add(29_000);
     assert!(later < start);
     assert!(t.lookup(&k, h, NO_SLOT, later, |_| {}).is_some());
-    assert_eq!(t.expire(later.wrapping_add(29_999), usize::MAX, |_| {}), 0);
-    assert_eq!(t.expire(later.wrapping_add(30_000), usize::MAX, |_| {}), 1);
+    let end = later | (EPOCH_MS - 1);
+    assert_eq!(t.expire(end.wrapping_add(29_999), usize::MAX, |_| {}), 0);
+    assert_eq!(t.expire(end.wrapping_add(30_000), usize::MAX, |_| {}), 1);
     // Eviction order across the wrap: the entry seen before the wrap is the oldest.
     let mut t = table(16);
     for i in 0..16 {
@@ -560,7 +596,7 @@ proptest! {
         // key -> (value, state, last seen)
         let mut model: HashMap<u32, (Value, FlowState, u32)> = HashMap::new();
         let mut now = u32::MAX - 50_000; // wraps during most runs
-        let live = |m: &(Value, FlowState, u32), now: u32| (now.wrapping_sub(m.2) as i32) < timeouts.get(m.1) as i32;
+        let live = |m: &(Value, FlowState, u32), now: u32| (now.wrapping_sub(m.2 | (EPOCH_MS - 1)) as i32) < timeouts.get(m.1) as i32;
         let id = |k: &V4Key| u32::from_be_bytes(k.src) & 0xff_ffff;
         for (n, op) in ops.into_iter().enumerate() {
             match op {

@@ -192,6 +192,32 @@ impl Pipeline {
         }
     }
 
+    /// A backend's reply `p` hit reverse entry `v` (of a flow to `vip` and `port`) and moved
+    /// it to `state`: refreshes the flow's forward entry in the same state. False if the
+    /// forward entry is gone or now belongs to another flow of the client's 5-tuple.
+    #[inline(always)]
+    fn touch_fwd<F: Family>(
+        &mut self,
+        snap: &Snapshot,
+        p: &Parsed,
+        v: &Rev<F>,
+        (vip, port): (F, u16),
+        state: FlowState,
+        now_ms: u32,
+    ) -> bool {
+        let fk = Key::new(v.client, vip, v.client_port, port, p.proto);
+        let fh = fk.flow_hash(snap.hash_seed);
+        let stats = &self.stats;
+        let fwd = &mut F::tables_mut(&mut self.flows).fwd;
+        match fwd.lookup(&fk, fh, NO_SLOT, now_ms, |e| closed(stats, e.value())) {
+            Some(e) if e.value().nat_port == p.dport => {
+                e.set_state(state);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Ends a forward entry (its reverse half is gone): removed and counted as closed.
     pub(super) fn end_fwd<F: Family>(&mut self, key: &Key<F>, h: u64, v: &Fwd) {
         if F::tables_mut(&mut self.flows).fwd.remove(key, h) {
@@ -264,11 +290,12 @@ impl Pipeline {
         let k = Key::new(src, dst, p.sport, p.dport, p.proto);
         let h = hint.hash.unwrap_or_else(|| flow_hash::<F>(snap, p));
         let rev = &mut F::tables_mut(&mut self.flows).rev;
-        let (v, s) = match rev.lookup(&k, h, hint.slot, now_ms, |_| {}) {
-            Some(e) => {
-                let s = next_state(e.state(), tcp, p.tcp_flags);
+        let (v, s, touch) = match rev.lookup_epoch(&k, h, hint.slot, now_ms, |_| {}) {
+            Some((e, first)) => {
+                let old = e.state();
+                let s = next_state(old, tcp, p.tcp_flags);
                 e.set_state(s);
-                (*e.value(), s)
+                (*e.value(), s, first || s != old)
             }
             None => return Verdict::Drop(DropReason::NatNoFlow),
         };
@@ -277,20 +304,12 @@ impl Pipeline {
         };
         let vip = F::from_raw(&raw_ip(f.vip));
         // The forward entry shares the flow's lifetime (see `touch_rev`): refreshed with the
-        // reply, in the same state. A flow whose forward entry is gone (evicted, or taken
-        // over by a new flow of the client's 5-tuple) is over: so is its reverse entry.
-        let fk = Key::new(v.client, vip, v.client_port, f.port, p.proto);
-        let fh = fk.flow_hash(snap.hash_seed);
-        let stats = &self.stats;
-        let fwd = &mut F::tables_mut(&mut self.flows).fwd;
-        let whole = match fwd.lookup(&fk, fh, NO_SLOT, now_ms, |e| closed(stats, e.value())) {
-            Some(e) if e.value().nat_port == p.dport => {
-                e.set_state(s);
-                true
-            }
-            _ => false,
-        };
-        if !whole {
+        // reply, in the same state, when the reply is the reverse entry's first of an epoch
+        // or changes its state. A flow whose forward entry is gone (evicted, or taken over by
+        // a new flow of the client's 5-tuple) is over: so is its reverse entry. Evictions and
+        // takeovers remove the reverse entry themselves; what this lookup finds gone within
+        // an epoch is a flow whose backend left the snapshot.
+        if touch && !self.touch_fwd::<F>(snap, p, &v, (vip, f.port), s, now_ms) {
             F::tables_mut(&mut self.flows).rev.remove(&k, h);
             return Verdict::Drop(DropReason::NatNoFlow);
         }

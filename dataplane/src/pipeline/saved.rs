@@ -269,6 +269,9 @@ impl Pipeline {
         };
         let seed = snap.hash_seed;
         let t = F::tables_mut(&mut self.flows);
+        // Both halves of a NAT flow get the forward entry's state and lifetime: they live and
+        // die together (see `conntrack::EPOCH_MS`).
+        let seen = seen_at(&t.fwd, f.state, f.remaining_ms, now_ms);
         let nat_port = match &f.nat {
             None => 0,
             Some(n) => {
@@ -283,7 +286,6 @@ impl Pipeline {
                     // A snapshot holds only frontend ids below MAX_FRONTENDS (2^16).
                     frontend: r.frontend as u16,
                 };
-                let seen = seen_at(&t.rev, n.state, n.remaining_ms, now_ms);
                 let h = rk.flow_hash(seed);
                 let own = usize::from(r.nat_addr) < F::nat_own(&snap.local).len();
                 let mode = if synced && own {
@@ -291,7 +293,7 @@ impl Pipeline {
                 } else {
                     Insert::Replace
                 };
-                if let Inserted::Kept = t.rev.insert(rk, h, val, n.state, seen, mode) {
+                if let Inserted::Kept = t.rev.insert(rk, h, val, f.state, seen, mode) {
                     let same = t.rev.get(&rk, h).is_some_and(|e| *e.value() == val);
                     if !same {
                         bump(&self.stats.sync_conflicts, 1);
@@ -308,7 +310,6 @@ impl Pipeline {
             nat_addr: r.nat_addr,
             flags: if synced { Fwd::SYNCED } else { 0 },
         };
-        let seen = seen_at(&t.fwd, f.state, f.remaining_ms, now_ms);
         let h = key.flow_hash(seed);
         let displaced = t.fwd.insert(key, h, val, f.state, seen, Insert::Replace);
         displaced_flow(&self.stats, &displaced);

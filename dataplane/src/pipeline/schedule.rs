@@ -95,8 +95,8 @@ impl Pipeline {
         let gone = |e: &Entry<Key<F>, Fwd>| closed(stats, e.value());
         let hit = F::tables_mut(&mut self.flows)
             .fwd
-            .lookup(&key, h, hint.slot, now_ms, gone)
-            .map(|e| {
+            .lookup_epoch(&key, h, hint.slot, now_ms, gone)
+            .map(|(e, first)| {
                 let old = e.state();
                 let new = next_state(old, tcp, fl);
                 e.set_state(new);
@@ -104,11 +104,11 @@ impl Pipeline {
                 if v.synced() {
                     e.value_mut().flags &= !Fwd::SYNCED;
                 }
-                (v, old, new)
+                (v, old, new, first)
             });
         // A miss leaves the key absent (an expired entry was freed): insert without a search.
         let mut absent = hit.is_none();
-        if let Some((v, old, new)) = hit {
+        if let Some((v, old, new, first)) = hit {
             if v.synced() {
                 // A peer's flow whose packets now come here: ours from now on.
                 let ours = Fwd { flags: 0, ..v };
@@ -119,10 +119,13 @@ impl Pipeline {
             }
             if let Some(b) = snap.backend(v.backend) {
                 // A NAT flow's reverse entry lives as long as its forward one: refreshed with
-                // it (whatever becomes of this packet), in the same state. If it is gone
+                // it (whatever becomes of this packet), in the same state, whenever this
+                // packet is the forward entry's first of an epoch or changes its state (the
+                // halves then share an epoch and a state, and so their expiry). If it is gone
                 // (evicted), so is the flow.
                 let whole = f.method != Method::Nat
                     || v.nat_port == 0
+                    || (!first && new == old)
                     || self.touch_rev::<F>(snap, p.proto, b, &v, new, now_ms)
                     || {
                         self.end_fwd::<F>(&key, h, &v);
