@@ -66,11 +66,14 @@ pub enum DropReason {
     /// An 802.1Q/802.1ad-tagged frame: no VLAN is configured, and forwarding it with its tag
     /// would carry it into the backend's VLAN (VLAN hopping).
     VlanTagged,
+    /// A new connection's buckets in a flow table held only established flows, which a
+    /// handshake never evicts: its SYN is dropped (the client retries).
+    FlowTableFull,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 27;
+    pub const COUNT: usize = 28;
 
     /// Every reason, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -101,6 +104,7 @@ impl DropReason {
         DropReason::NdpNotOurs,
         DropReason::VipNotOwned,
         DropReason::VlanTagged,
+        DropReason::FlowTableFull,
     ];
 
     /// Stable snake_case name (metrics label, admin API).
@@ -133,6 +137,7 @@ impl DropReason {
             DropReason::NdpNotOurs => "ndp_not_ours",
             DropReason::VipNotOwned => "vip_not_owned",
             DropReason::VlanTagged => "vlan_tagged",
+            DropReason::FlowTableFull => "flow_table_full",
         }
     }
 }
@@ -229,6 +234,13 @@ pub struct WorkerStats {
     pub ct_inserts: AtomicU64,
     /// Conntrack evictions (bucket full).
     pub ct_evictions: AtomicU64,
+    /// Established TCP, UDP and other flows evicted from the forward or reverse tables
+    /// (each ends its flow).
+    pub ct_evictions_established: AtomicU64,
+    /// Embryonic flows (handshake not complete) evicted from the forward or reverse tables.
+    pub ct_evictions_embryonic: AtomicU64,
+    /// New connections refused because their buckets held only established flows.
+    pub ct_refusals: AtomicU64,
     /// Conntrack expiries.
     pub ct_expiries: AtomicU64,
     /// Live conntrack entries.
@@ -280,6 +292,9 @@ impl WorkerStats {
             ct_misses: AtomicU64::new(0),
             ct_inserts: AtomicU64::new(0),
             ct_evictions: AtomicU64::new(0),
+            ct_evictions_established: AtomicU64::new(0),
+            ct_evictions_embryonic: AtomicU64::new(0),
+            ct_refusals: AtomicU64::new(0),
             ct_expiries: AtomicU64::new(0),
             ct_entries: AtomicU64::new(0),
             ct_capacity: AtomicU64::new(0),

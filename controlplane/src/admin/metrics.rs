@@ -299,6 +299,24 @@ impl Collector for SluiceCollector {
         )?;
         family(
             &mut enc,
+            "sluice_conntrack_evictions_established",
+            "Established TCP, UDP and other flows evicted (forward or reverse table): each ended a live connection",
+            counters(ct(&|s| s.ct_evictions_established.load(Relaxed))),
+        )?;
+        family(
+            &mut enc,
+            "sluice_conntrack_evictions_embryonic",
+            "Flows still in their handshake evicted (forward or reverse table) to make room",
+            counters(ct(&|s| s.ct_evictions_embryonic.load(Relaxed))),
+        )?;
+        family(
+            &mut enc,
+            "sluice_conntrack_refusals",
+            "New connections refused because their buckets held only established flows",
+            counters(ct(&|s| s.ct_refusals.load(Relaxed))),
+        )?;
+        family(
+            &mut enc,
             "sluice_conntrack_expiries",
             "Flows expired after their idle timeout",
             counters(ct(&|s| s.ct_expiries.load(Relaxed))),

@@ -854,5 +854,8 @@ pub fn drop_description(r: DropReason) -> &'static str {
         DropReason::NdpNotOurs => "neighbour discovery we do not answer (DAD, other targets)",
         DropReason::VipNotOwned => "ARP/NDP for a VIP another Sluice host owns (L2 mode)",
         DropReason::VlanTagged => "an 802.1Q-tagged frame (no VLAN is configured)",
+        DropReason::FlowTableFull => {
+            "a new connection's buckets held only established flows (never evicted for a SYN)"
+        }
     }
 }

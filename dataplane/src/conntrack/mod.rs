@@ -45,17 +45,20 @@
 //! periodic expiry guarantees. Timeouts above `i32::MAX` ms are clamped to it.
 //!
 //! **Expiry** is lazy and amortised: a lookup that finds an expired entry frees it and reports a
-//! miss; an insert into two full buckets reuses an expired slot of its first bucket before it
+//! miss; an insert into two full buckets reuses an expired slot of either bucket before it
 //! evicts a live flow;
 //! and [`Conntrack::expire`] scans a bounded number of buckets from a cursor, so a worker can
 //! call it once per poll iteration at a cost it chooses.
 //!
-//! **Eviction**: when both buckets are full, nothing in the first has expired and no entry can
-//! move, the entry with the oldest last-seen time among the first bucket's 8 is evicted (four
-//! cache lines, which the burst prefetch can fetch ahead for a SYN; scanning all 16 would
-//! double the misses of every insert during a SYN flood) and handed back in
-//! [`Inserted::Evicted`], so the caller can release what the value stood for (a NAT port, a
-//! reverse entry).
+//! **Eviction**: when both buckets are full, nothing in them has expired and no entry can
+//! move, the lowest-ranked of their 16 entries is evicted ([`Rank`]: embryonic flows first,
+//! then closing ones, then established, UDP and other flows; the least recently seen first
+//! among equals) and handed back in [`Inserted::Evicted`], so the caller can release what the
+//! value stood for (a NAT port, a reverse entry). A handshake never evicts an established
+//! flow: a new embryonic entry whose buckets hold nothing else is refused
+//! ([`Inserted::Refused`]), so a SYN flood cannot push out the connections it competes with.
+//! Scanning both buckets costs eight cache lines per insert into full buckets (IPv4), which
+//! the burst prefetch fetches ahead.
 //!
 //! **Prefetch.** A worker overlaps a burst's cache misses in two passes (the pipeline's
 //! `burst` stage): [`Conntrack::prefetch`] issues `prefetcht0` for the tag words of a flow's
@@ -219,8 +222,8 @@ pub enum Inserted<K, V> {
         /// The expired entry's value.
         value: V,
     },
-    /// Both buckets were full of live entries, none of which could move; evicted the least
-    /// recently seen one.
+    /// Both buckets were full of live entries, none of which could move; evicted the one
+    /// of lowest rank ([`Rank`]), the least recently seen among equals.
     Evicted {
         /// The evicted entry's key.
         key: K,
@@ -229,6 +232,35 @@ pub enum Inserted<K, V> {
     },
     /// [`Insert::IfAbsent`] found the key present (live or expired): nothing changed.
     Kept,
+    /// The new entry is embryonic ([`FlowState::TcpSynSent`]) and both its buckets were full
+    /// of established flows, which a handshake never evicts: nothing was stored.
+    Refused,
+}
+
+/// What an insert into two full buckets may evict, lowest first: embryonic flows (a SYN
+/// flood's), then closing ones, then the rest (established TCP, UDP and other flows), each the
+/// least recently seen first. A new embryonic flow evicts only the first two kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Rank {
+    /// Established TCP, UDP and other flows: evicted only for a flow that is not embryonic.
+    Established = 0,
+    /// TCP flows after FIN or RST.
+    Closing = 1,
+    /// TCP flows whose handshake has not completed.
+    Embryonic = 2,
+}
+
+impl Rank {
+    /// The rank of a flow in `state`.
+    #[inline(always)]
+    #[must_use]
+    pub fn of(state: FlowState) -> Rank {
+        match state {
+            FlowState::TcpSynSent => Rank::Embryonic,
+            FlowState::TcpClosing => Rank::Closing,
+            _ => Rank::Established,
+        }
+    }
 }
 
 /// What [`Conntrack::insert`] does about an entry that already holds the key.
@@ -267,6 +299,13 @@ pub struct ConntrackStats {
     pub replacements: u64,
     /// Live entries evicted because both of a new flow's buckets were full.
     pub evictions: u64,
+    /// Of `evictions`, those of established TCP, UDP or other flows ([`Rank::Established`]).
+    pub evictions_established: u64,
+    /// Of `evictions`, those of embryonic flows ([`Rank::Embryonic`]).
+    pub evictions_embryonic: u64,
+    /// Embryonic inserts refused ([`Inserted::Refused`]): both buckets held only established
+    /// flows.
+    pub refusals: u64,
     /// Expired entries freed (by a lookup, an insert or [`Conntrack::expire`]).
     pub expiries: u64,
     /// Entries removed by [`Conntrack::remove`].
@@ -506,11 +545,12 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     /// an entry already holding `key` ([`Insert`]).
     ///
     /// A new entry takes a free slot in the first bucket while it has three free slots, else
-    /// in the less loaded of the two; if both are full, the slot of an expired entry in the
-    /// first; failing that, one of their entries moves to its other bucket to make room;
-    /// failing that, the least recently seen of the first bucket's 8 entries is evicted. Never
-    /// fails and never allocates; the returned [`Inserted`] says which happened and hands back
-    /// any value displaced.
+    /// in the less loaded of the two; if both are full, the slot of an expired entry in either;
+    /// failing that, one of their entries moves to its other bucket to make room; failing
+    /// that, the lowest-ranked ([`Rank`]) of the two buckets' 16 entries is evicted, except
+    /// that an embryonic entry never evicts an established one: it is then refused
+    /// ([`Inserted::Refused`]). Never allocates; the returned [`Inserted`] says which happened
+    /// and hands back any value displaced.
     #[inline(always)]
     pub fn insert(
         &mut self,
@@ -586,9 +626,9 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         }
     }
 
-    /// [`Conntrack::insert`] when both buckets are full: reuse an expired slot of the first,
-    /// else move an entry to its other bucket if that has room, else evict the least recently
-    /// seen of the first.
+    /// [`Conntrack::insert`] when both buckets are full: reuse an expired slot of either,
+    /// else move an entry to its other bucket if that has room, else evict the lowest-ranked
+    /// of the two buckets (or refuse an embryonic entry; see [`Conntrack::insert`]).
     #[inline(never)]
     fn insert_full(
         &mut self,
@@ -598,25 +638,28 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         entry: Entry<K, V>,
         now_ms: u32,
     ) -> Inserted<K, V> {
-        // Expired or oldest among the first bucket's eight only: four cache lines, which the
-        // burst prefetch fetches ahead for a new flow whose first bucket is full (SYN floods
-        // live on this path), rather than eight.
-        let mut oldest = b1 * SLOTS_PER_BUCKET;
-        let mut oldest_idle = i32::MIN;
-        for i in b1 * SLOTS_PER_BUCKET..(b1 + 1) * SLOTS_PER_BUCKET {
-            if let Some(e) = &self.slots[i].0 {
-                if is_expired(e, now_ms, &self.timeouts) {
-                    let old = self.put(i, tag, entry);
-                    self.stats.expiries += 1;
-                    return Inserted::Expired {
-                        key: old.key,
-                        value: old.value,
-                    };
-                }
-                let idle = e.idle_ms(now_ms);
-                if idle > oldest_idle {
-                    oldest_idle = idle;
-                    oldest = i;
+        // Expired, or the victim: both buckets' sixteen entries, eight cache lines (IPv4),
+        // which the burst prefetch fetches ahead for a new flow whose buckets are full (SYN
+        // floods live on this path).
+        let mut victim = b1 * SLOTS_PER_BUCKET;
+        let mut best = (Rank::Established, i32::MIN);
+        let second = if b2 == b1 { None } else { Some(b2) };
+        for b in std::iter::once(b1).chain(second) {
+            for i in b * SLOTS_PER_BUCKET..(b + 1) * SLOTS_PER_BUCKET {
+                if let Some(e) = &self.slots[i].0 {
+                    if is_expired(e, now_ms, &self.timeouts) {
+                        let old = self.put(i, tag, entry);
+                        self.stats.expiries += 1;
+                        return Inserted::Expired {
+                            key: old.key,
+                            value: old.value,
+                        };
+                    }
+                    let r = (Rank::of(e.state), e.idle_ms(now_ms));
+                    if r > best {
+                        best = r;
+                        victim = i;
+                    }
                 }
             }
         }
@@ -648,8 +691,18 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
                 }
             }
         }
-        let old = self.put(oldest, tag, entry);
+        let rank = best.0;
+        if rank == Rank::Established && Rank::of(entry.state) == Rank::Embryonic {
+            self.stats.refusals += 1;
+            return Inserted::Refused;
+        }
+        let old = self.put(victim, tag, entry);
         self.stats.evictions += 1;
+        match rank {
+            Rank::Established => self.stats.evictions_established += 1,
+            Rank::Embryonic => self.stats.evictions_embryonic += 1,
+            Rank::Closing => {}
+        }
         Inserted::Evicted {
             key: old.key,
             value: old.value,
@@ -739,8 +792,8 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     }
 
     /// Second pass, for a flow about to be inserted (a SYN): prefetches the slot the insert
-    /// will fill, or, if both buckets are full, each cache line of entries of the first bucket
-    /// (four), which the insert scans for an expired or least recently seen victim.
+    /// will fill, or, if both buckets are full, each cache line of entries of both buckets
+    /// (eight for IPv4), which the insert scans for an expired entry or a victim.
     #[inline(always)]
     pub fn prefetch_insert(&self, hash: u64) {
         let (b1, b2) = self.buckets(hash);
@@ -749,8 +802,10 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
             dpdk_sys::prefetch(&self.slots[b * SLOTS_PER_BUCKET + first_lane(free)].0);
         } else {
             let per_line = (64 / std::mem::size_of::<Slot<K, V>>()).max(1);
-            for i in (b1 * SLOTS_PER_BUCKET..(b1 + 1) * SLOTS_PER_BUCKET).step_by(per_line) {
-                dpdk_sys::prefetch(&self.slots[i].0);
+            for b in [b1, b2] {
+                for i in (b * SLOTS_PER_BUCKET..(b + 1) * SLOTS_PER_BUCKET).step_by(per_line) {
+                    dpdk_sys::prefetch(&self.slots[i].0);
+                }
             }
         }
     }

@@ -379,6 +379,110 @@ fn expire_is_amortised() {
     consistent(&t);
 }
 
+/// A handshake never evicts an established flow: it evicts the oldest embryonic flow of
+/// either bucket, then a closing one, and is refused when both buckets hold only established
+/// flows; an established newcomer evicts embryonic flows first. Counted by kind.
+#[test]
+fn handshakes_never_evict_established_flows() {
+    let mut t = table(16); // 2 buckets: every key's buckets are {0, 1}
+    for i in 0..16 {
+        let _ = t.insert(
+            v4(i),
+            crowded(i),
+            [i, 0],
+            FlowState::TcpEstablished,
+            i,
+            Insert::New,
+        );
+    }
+    let syn = |t: &mut Conntrack<V4Key, Value>, i: u32, now: u32| {
+        t.insert(
+            v4(i),
+            crowded(i),
+            [i, 0],
+            FlowState::TcpSynSent,
+            now,
+            Insert::Replace,
+        )
+    };
+    assert_eq!(syn(&mut t, 100, 50), Inserted::Refused);
+    assert!(!t.contains(&v4(100), crowded(100)));
+    assert_eq!((t.stats().refusals, t.stats().evictions), (1, 0));
+    // Two flows of the second bucket become embryonic (SYN seen again) and closing.
+    t.lookup(&v4(5), crowded(5), NO_SLOT, 60, |_| {})
+        .unwrap()
+        .set_state(FlowState::TcpClosing);
+    let _ = syn(&mut t, 7, 70);
+    // The embryonic flow goes first, although the closing one is older...
+    assert_eq!(
+        syn(&mut t, 101, 80),
+        Inserted::Evicted {
+            key: v4(7),
+            value: [7, 0]
+        }
+    );
+    // ...and so does each new embryonic flow, while one is there to evict.
+    assert_eq!(
+        syn(&mut t, 102, 90),
+        Inserted::Evicted {
+            key: v4(101),
+            value: [101, 0]
+        }
+    );
+    assert_eq!(
+        syn(&mut t, 103, 100),
+        Inserted::Evicted {
+            key: v4(102),
+            value: [102, 0]
+        }
+    );
+    // An established newcomer takes the embryonic flow's slot, then the closing one's, and
+    // only then evicts the oldest established flow.
+    let est = |t: &mut Conntrack<V4Key, Value>, i: u32, now: u32| {
+        t.insert(
+            v4(i),
+            crowded(i),
+            [i, 0],
+            FlowState::TcpEstablished,
+            now,
+            Insert::New,
+        )
+    };
+    assert_eq!(
+        est(&mut t, 104, 110),
+        Inserted::Evicted {
+            key: v4(103),
+            value: [103, 0]
+        }
+    );
+    assert_eq!(
+        est(&mut t, 105, 120),
+        Inserted::Evicted {
+            key: v4(5),
+            value: [5, 0]
+        }
+    );
+    assert_eq!(
+        est(&mut t, 106, 130),
+        Inserted::Evicted {
+            key: v4(0),
+            value: [0, 0]
+        }
+    );
+    assert_eq!(syn(&mut t, 107, 140), Inserted::Refused);
+    let s = t.stats();
+    assert_eq!(
+        (
+            s.evictions,
+            s.evictions_embryonic,
+            s.evictions_established,
+            s.refusals
+        ),
+        (6, 4, 1, 2)
+    );
+    consistent(&t);
+}
+
 /// All keys in the two buckets of a 2-bucket table, with one shared tag.
 fn crowded(i: u32) -> u64 {
     (0xabcd << 48) | u64::from(i)
@@ -400,9 +504,11 @@ fn full_buckets_evict_the_oldest() {
             Inserted::New
         );
     }
-    // Key i's first bucket is i % 2, and the first keys filled their first buckets, so key
-    // 1 (seen at 10) is the oldest of bucket 1. Refreshing it makes key 3 (30) the oldest.
-    assert!(t.lookup(&v4(1), crowded(1), NO_SLOT, 500, |_| {}).is_some());
+    // Both buckets are scanned: key 0 (seen at 0) is the oldest; refreshing it and key 1
+    // makes key 3 (30) the oldest... after key 2 (20), which is refreshed too.
+    for i in [0, 1, 2] {
+        assert!(t.lookup(&v4(i), crowded(i), NO_SLOT, 500, |_| {}).is_some());
+    }
     let r = t.insert(
         v4(101),
         crowded(101),
@@ -604,12 +710,16 @@ proptest! {
                     let h = test_hash(k);
                     let (b1, b2) = t.buckets(h);
                     let full = lanes(&t.tags[b1], 0) == 0 && lanes(&t.tags[b2], 0) == 0;
-                    // An insert into two full buckets picks its victim in the first.
-                    let in_buckets: Vec<u32> = t.slots[b1 * SLOTS_PER_BUCKET..(b1 + 1) * SLOTS_PER_BUCKET]
+                    // An insert into two full buckets picks its victim among both.
+                    let in_buckets: Vec<u32> = [b1, b2]
                         .iter()
+                        .flat_map(|&b| &t.slots[b * SLOTS_PER_BUCKET..(b + 1) * SLOTS_PER_BUCKET])
                         .filter_map(|s| s.0.as_ref()).map(|e| id(e.key())).collect();
+                    let present = model.contains_key(&k);
                     let value = [k, n as u32];
-                    match t.insert(v4(k), h, value, s, now, Insert::Replace) {
+                    let got = t.insert(v4(k), h, value, s, now, Insert::Replace);
+                    let refused = matches!(got, Inserted::Refused);
+                    match got {
                         Inserted::New => prop_assert!(!model.contains_key(&k)),
                         Inserted::Kept => prop_assert!(false, "Insert::Replace kept an entry"),
                         Inserted::Replaced { old } => prop_assert_eq!(Some(old), model.get(&k).map(|m| m.0)),
@@ -624,15 +734,30 @@ proptest! {
                             let m = model.remove(&id(&key)).unwrap();
                             prop_assert_eq!(m.0, value);
                             prop_assert!(live(&m, now));
-                            // Nothing in the first bucket was expired, and the victim was its oldest.
+                            // A handshake never evicts an established flow.
+                            prop_assert!(Rank::of(s) != Rank::Embryonic || Rank::of(m.1) != Rank::Established);
+                            // Nothing in the buckets was expired, and the victim was the lowest
+                            // ranked, the least recently seen among equals.
+                            let rank = |x: &(Value, FlowState, u32)| (Rank::of(x.1), now.wrapping_sub(x.2) as i32);
+                            for other in in_buckets.iter().filter(|&&o| o != id(&key)) {
+                                let o = &model[other];
+                                prop_assert!(live(o, now));
+                                prop_assert!(rank(o) <= rank(&m));
+                            }
+                        }
+                        Inserted::Refused => {
+                            prop_assert!(full && !present);
+                            prop_assert_eq!(Rank::of(s), Rank::Embryonic);
                             for other in &in_buckets {
                                 let o = &model[other];
                                 prop_assert!(live(o, now));
-                                prop_assert!(o.2.wrapping_sub(m.2) as i32 >= 0);
+                                prop_assert_eq!(Rank::of(o.1), Rank::Established);
                             }
                         }
                     }
-                    model.insert(k, (value, s, now));
+                    if !refused {
+                        model.insert(k, (value, s, now));
+                    }
                 }
                 Op::Lookup(k) => {
                     let got = t.lookup(&v4(k), test_hash(k), NO_SLOT, now, |_| {}).map(|e| *e.value());

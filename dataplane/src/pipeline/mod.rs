@@ -283,6 +283,15 @@ impl Pipeline {
         set(&s.ct_misses, a.misses + b.misses);
         set(&s.ct_inserts, a.inserts + b.inserts);
         set(&s.ct_evictions, a.evictions + b.evictions);
+        let (ra, rb) = (self.flows.v4.rev.stats(), self.flows.v6.rev.stats());
+        let all = [a, b, ra, rb];
+        let sum = |f: fn(&crate::conntrack::ConntrackStats) -> u64| all.iter().map(|t| f(t)).sum();
+        set(
+            &s.ct_evictions_established,
+            sum(|t| t.evictions_established),
+        );
+        set(&s.ct_evictions_embryonic, sum(|t| t.evictions_embryonic));
+        set(&s.ct_refusals, sum(|t| t.refusals));
         set(&s.ct_expiries, a.expiries + b.expiries);
         set(&s.ct_entries, self.flows.len() as u64);
     }
@@ -463,7 +472,7 @@ fn closed(stats: &WorkerStats, v: &Fwd) {
 #[inline(always)]
 fn displaced_flow<K>(stats: &WorkerStats, r: &Inserted<K, Fwd>) {
     match r {
-        Inserted::New | Inserted::Kept => {}
+        Inserted::New | Inserted::Kept | Inserted::Refused => {}
         Inserted::Replaced { old } => closed(stats, old),
         Inserted::Expired { value, .. } | Inserted::Evicted { value, .. } => closed(stats, value),
     }

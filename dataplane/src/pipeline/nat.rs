@@ -148,6 +148,7 @@ impl Pipeline {
         Ok(
             match rev.insert(rk, rh, val, nf.st, nf.now_ms, Insert::IfAbsent) {
                 Inserted::Kept => None,
+                Inserted::Refused => return Err(DropReason::FlowTableFull),
                 Inserted::Evicted { key, value } => {
                     // The evicted reverse entry's flow ends with it.
                     self.end_nat_flow::<F>(snap, &key, &value);

@@ -272,8 +272,8 @@ impl Pipeline {
         // Both halves of a NAT flow get the forward entry's state and lifetime: they live and
         // die together (see `conntrack::EPOCH_MS`).
         let seen = seen_at(&t.fwd, f.state, f.remaining_ms, now_ms);
-        let nat_port = match &f.nat {
-            None => 0,
+        let (nat_port, rev) = match &f.nat {
+            None => (0, None),
             Some(n) => {
                 let Some(addr) = F::of_ip(n.addr) else {
                     return false;
@@ -293,14 +293,18 @@ impl Pipeline {
                 } else {
                     Insert::Replace
                 };
-                if let Inserted::Kept = t.rev.insert(rk, h, val, f.state, seen, mode) {
-                    let same = t.rev.get(&rk, h).is_some_and(|e| *e.value() == val);
-                    if !same {
-                        bump(&self.stats.sync_conflicts, 1);
-                        return false;
+                match t.rev.insert(rk, h, val, f.state, seen, mode) {
+                    Inserted::Kept => {
+                        let same = t.rev.get(&rk, h).is_some_and(|e| *e.value() == val);
+                        if !same {
+                            bump(&self.stats.sync_conflicts, 1);
+                            return false;
+                        }
                     }
+                    Inserted::Refused => return false,
+                    _ => {}
                 }
-                n.port
+                (n.port, Some((rk, h)))
             }
         };
         let key = Key::new(client, vip, f.client_port, f.vip_port, f.proto);
@@ -313,6 +317,12 @@ impl Pipeline {
         let h = key.flow_hash(seed);
         let displaced = t.fwd.insert(key, h, val, f.state, seen, Insert::Replace);
         displaced_flow(&self.stats, &displaced);
+        if matches!(displaced, Inserted::Refused) {
+            if let Some((rk, h)) = rev {
+                t.rev.remove(&rk, h);
+            }
+            return false;
+        }
         if synced {
             return true;
         }

@@ -212,6 +212,12 @@ impl Pipeline {
         match displaced {
             Inserted::Evicted { key, value } => self.end_rev::<F>(snap, key.proto, &value),
             Inserted::Replaced { old } => self.end_rev::<F>(snap, p.proto, &old),
+            Inserted::Refused => {
+                // Nothing stored (a handshake never evicts an established flow): the reverse
+                // entry `alloc_nat` recorded goes too.
+                self.end_rev::<F>(snap, p.proto, &val);
+                return Err(DropReason::FlowTableFull);
+            }
             _ => {}
         }
         bump(&self.stats.new_flows, 1);
