@@ -329,6 +329,12 @@ pub struct WorkerRow {
     pub conntrack: TableFill,
     /// Conntrack evictions (bucket full).
     pub evictions: u64,
+    /// Established TCP, UDP and other flows evicted (forward or reverse tables).
+    #[serde(default)]
+    pub evictions_established: u64,
+    /// New connections refused because their buckets held only established flows.
+    #[serde(default)]
+    pub refusals: u64,
     /// Generation of the snapshot the worker runs.
     pub generation: u64,
 }

@@ -598,6 +598,8 @@ fn workers(st: &AdminState) -> Vec<api::WorkerRow> {
                     w.stats.ct_capacity.load(Relaxed),
                 ),
                 evictions: c.evictions,
+                evictions_established: c.evictions_established,
+                refusals: c.refusals,
                 generation: w.stats.snapshot_generation.load(Relaxed),
             }
         })

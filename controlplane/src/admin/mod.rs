@@ -309,6 +309,8 @@ pub(crate) struct WorkerCounters {
     tcp_resets: u64,
     total_cycles: u64,
     evictions: u64,
+    evictions_established: u64,
+    refusals: u64,
     nat_port_retries: u64,
     drops: [u64; DropReason::COUNT],
 }
@@ -328,6 +330,8 @@ impl Default for WorkerCounters {
             tcp_resets: 0,
             total_cycles: 0,
             evictions: 0,
+            evictions_established: 0,
+            refusals: 0,
             nat_port_retries: 0,
             drops: [0; DropReason::COUNT],
         }
@@ -350,6 +354,8 @@ impl WorkerCounters {
             tcp_resets: s.tcp_resets.load(Relaxed),
             total_cycles: s.total_cycles.load(Relaxed),
             evictions: s.ct_evictions.load(Relaxed),
+            evictions_established: s.ct_evictions_established.load(Relaxed),
+            refusals: s.ct_refusals.load(Relaxed),
             nat_port_retries: s.nat_port_retries.load(Relaxed),
             drops: std::array::from_fn(|i| s.drops[i].load(Relaxed)),
         }
@@ -369,6 +375,10 @@ impl WorkerCounters {
             tcp_resets: self.tcp_resets.saturating_sub(b.tcp_resets),
             total_cycles: self.total_cycles.saturating_sub(b.total_cycles),
             evictions: self.evictions.saturating_sub(b.evictions),
+            evictions_established: self
+                .evictions_established
+                .saturating_sub(b.evictions_established),
+            refusals: self.refusals.saturating_sub(b.refusals),
             nat_port_retries: self.nat_port_retries.saturating_sub(b.nat_port_retries),
             drops: std::array::from_fn(|i| self.drops[i].saturating_sub(b.drops[i])),
         }
