@@ -119,6 +119,11 @@ struct NatSeen {
 pub struct Model {
     flows: HashMap<(u16, Tuple), Seen>,
     nat: HashMap<(u16, Tuple), NatSeen>,
+    /// Flows to a frontend of which a packet of the current burst was dropped, with no packet
+    /// of theirs forwarded since: whether one of those was a TCP SYN (without ACK). The
+    /// pipeline may have recorded such a flow, or (a SYN on a closing flow) moved it, before
+    /// the drop; [`Model::burst_done`] learns what it recorded.
+    dropped: HashMap<(u16, Tuple), bool>,
 }
 
 /// RFC 1071 sum of `b` onto `acc` (an odd last byte padded with zero).
@@ -306,15 +311,15 @@ impl Model {
     pub fn reset(&mut self) {
         self.flows.clear();
         self.nat.clear();
+        self.dropped.clear();
     }
 
     /// Checks what worker `s.worker` did with `input` (verdict `v`, the frame rewritten in
-    /// place into `output`) and learns from it. `pipe` is that worker's pipeline after the
-    /// packet (its flow entries are read, never changed).
+    /// place into `output`) and learns from it. A burst's packets are checked in the order
+    /// they were processed, then [`Model::burst_done`] is called.
     pub fn packet(
         &mut self,
         s: &Step<'_>,
-        pipe: &Pipeline,
         input: &[u8],
         v: Verdict,
         output: &[u8],
@@ -327,7 +332,7 @@ impl Model {
         };
         match v {
             Verdict::Drop(_) => {
-                self.learn_pinned(s, pipe, &pi);
+                self.note_dropped(s, &pi);
                 Ok(())
             }
             Verdict::Neighbor(_) => Ok(()),
@@ -347,9 +352,10 @@ impl Model {
         }
     }
 
-    /// After a drop: a flow the pipeline recorded although its packet was dropped later
-    /// (an encapsulated packet too big, say) is pinned all the same.
-    fn learn_pinned(&mut self, s: &Step<'_>, pipe: &Pipeline, pi: &Parsed) {
+    /// After a drop: the pipeline may have recorded the packet's flow (or, for a SYN, moved
+    /// it) before dropping the packet (an encapsulated packet too big, say); noted, for the
+    /// burst's later packets of the flow and for [`Model::burst_done`].
+    fn note_dropped(&mut self, s: &Step<'_>, pi: &Parsed) {
         if !pi.is_ip() || pi.fragment != Fragment::No {
             return;
         }
@@ -357,22 +363,44 @@ impl Model {
         if frontend_of(s.snap, &t).is_none() {
             return;
         }
-        if let Some((fwd, _, _)) = pipe.find_flow(
-            s.snap.hash_seed,
-            t.ip(&t.src),
-            t.ip(&t.dst),
-            t.sport,
-            t.dport,
-            t.proto,
-        ) {
-            self.flows.insert(
-                (s.worker, t),
-                Seen {
-                    backend: fwd.backend,
-                    at_ms: s.now_ms,
-                    evictions: s.evictions,
-                },
-            );
+        let syn = pi.proto == proto::TCP && pi.tcp_flags & 0x12 == 0x02;
+        *self.dropped.entry((s.worker, t)).or_default() |= syn;
+    }
+
+    /// After the last packet of a burst of worker `s.worker` (`pipe` as the burst left it):
+    /// a flow the pipeline recorded although its packet was dropped is pinned all the same.
+    /// Read here, not at the drop: the tables then already hold what the burst's later
+    /// packets did (a later SYN of the flow may have moved it), which the checks of the
+    /// packets between must not see.
+    pub fn burst_done(&mut self, s: &Step<'_>, pipe: &Pipeline) {
+        if self.dropped.is_empty() {
+            return;
+        }
+        let mine: Vec<(u16, Tuple)> = self
+            .dropped
+            .keys()
+            .filter(|(w, _)| *w == s.worker)
+            .copied()
+            .collect();
+        for (w, t) in mine {
+            self.dropped.remove(&(w, t));
+            if let Some((fwd, _, _)) = pipe.find_flow(
+                s.snap.hash_seed,
+                t.ip(&t.src),
+                t.ip(&t.dst),
+                t.sport,
+                t.dport,
+                t.proto,
+            ) {
+                self.flows.insert(
+                    (w, t),
+                    Seen {
+                        backend: fwd.backend,
+                        at_ms: s.now_ms,
+                        evictions: s.evictions,
+                    },
+                );
+            }
         }
     }
 
@@ -495,6 +523,9 @@ impl Model {
         let key = (s.worker, t);
         let seen = self.flows.get(&key).copied();
         let syn_only = pi.proto == proto::TCP && pi.tcp_flags & 0x12 == 0x02;
+        // A SYN of the flow dropped earlier in this burst may have moved it (and what it
+        // moved to is Active: a burst has one snapshot).
+        let syn_dropped = self.dropped.remove(&key).unwrap_or(false);
         if b.state != BackendState::Active && seen.map(|x| x.backend) != Some(b.id) {
             return Err(format!(
                 "a new flow {t:?} went to backend {} in state {:?}",
@@ -512,6 +543,7 @@ impl Model {
                 && recent
                 && x.evictions == s.evictions
                 && !syn_only
+                && !syn_dropped
             {
                 return Err(format!(
                     "flow {t:?} moved from backend {} to {} within {} ms, nothing evicted",

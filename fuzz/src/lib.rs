@@ -1112,13 +1112,14 @@ impl World {
                     min_timeout_ms: self.min_timeout_ms,
                 };
                 for ((input, b), v) in inputs.iter().zip(&bufs).zip(&verdicts) {
-                    self.model.packet(&step, pipe, input, *v, b.data())?;
+                    self.model.packet(&step, input, *v, b.data())?;
                     match *v {
                         Verdict::ToWorker(n) => next[usize::from(n)].push(b.data().to_vec()),
                         Verdict::Tx => note_nat(&mut self.natted, &self.snap, b.data()),
                         _ => {}
                     }
                 }
+                self.model.burst_done(&step, pipe);
             }
             if !any {
                 break;

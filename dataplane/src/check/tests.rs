@@ -7,7 +7,7 @@ use super::*;
 use crate::maglev::{MaglevBackend, MaglevTable};
 use crate::pipeline::{PacketBuf, PipelineConfig, VecBuf};
 use crate::snapshot::{Backend, Cidr, Local, Protocol};
-use crate::stats::WorkerStats;
+use crate::stats::{DropReason, WorkerStats};
 
 const LB_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xaa];
@@ -59,6 +59,8 @@ fn snap(draining: u32) -> Snapshot {
             fe(0, "192.0.2.1", Method::Nat, vec![1]),
             fe(1, "192.0.2.2", Method::DsrL2, vec![3, 5]),
             acl,
+            fe(3, "192.0.2.5", Method::Nat, vec![1, 2]),
+            fe(4, "192.0.2.6", Method::DsrIpip, vec![1, 2]),
         ],
         (1..=5).map(be).collect(),
         Local {
@@ -85,17 +87,35 @@ fn tcp(
     ports: (u16, u16),
     flags: u8,
 ) -> Vec<u8> {
+    tcp_with(macs, src, dst, ports, flags, b"payload")
+}
+
+/// [`tcp`] with a payload of its own; `flags`: FIN 1, SYN 2, RST 4, ACK 0x10.
+fn tcp_with(
+    macs: ([u8; 6], [u8; 6]),
+    src: [u8; 4],
+    dst: [u8; 4],
+    ports: (u16, u16),
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut b = PacketBuilder::ethernet2(macs.0, macs.1)
         .ipv4(src, dst, 64)
         .tcp(ports.0, ports.1, 1000, 65535);
+    if flags & 1 != 0 {
+        b = b.fin();
+    }
     if flags & 2 != 0 {
         b = b.syn();
+    }
+    if flags & 4 != 0 {
+        b = b.rst();
     }
     if flags & 0x10 != 0 {
         b = b.ack(5);
     }
     let mut v = Vec::new();
-    b.write(&mut v, b"payload").unwrap();
+    b.write(&mut v, payload).unwrap();
     v
 }
 
@@ -134,7 +154,8 @@ fn run(
     let v = pipe.process(s.snap, &mut b, s.now_ms);
     assert_eq!(v, Verdict::Tx, "the pipeline transmits {input:02x?}");
     let out = b.data().to_vec();
-    let r = m.packet(s, pipe, input, v, &out);
+    let r = m.packet(s, input, v, &out);
+    m.burst_done(s, pipe);
     (out, r)
 }
 
@@ -186,17 +207,14 @@ fn forwarding_checks_fire() {
     let mut foreign = out.clone();
     foreign[0..6].copy_from_slice(&bmac(4));
     err(
-        m.packet(&st, &pipe, &syn, Verdict::Tx, &foreign),
+        m.packet(&st, &syn, Verdict::Tx, &foreign),
         "not one of frontend",
     );
     // dsr-l2 may change the MACs only.
     let mut changed = out.clone();
     *changed.last_mut().unwrap() ^= 1;
     fix_tcp4(&mut changed);
-    err(
-        m.packet(&st, &pipe, &syn, Verdict::Tx, &changed),
-        "dsr-l2 changed",
-    );
+    err(m.packet(&st, &syn, Verdict::Tx, &changed), "dsr-l2 changed");
     // The flow moving to the frontend's other backend within the shortest timeout.
     let other = if u32::from(to) == 3 { 5 } else { 3 };
     let ack = tcp(
@@ -210,12 +228,12 @@ fn forwarding_checks_fire() {
     moved[0..6].copy_from_slice(&bmac(other));
     moved[6..12].copy_from_slice(&LB_MAC);
     err(
-        m.packet(&step(&s1, 20), &pipe, &ack, Verdict::Tx, &moved),
+        m.packet(&step(&s1, 20), &ack, Verdict::Tx, &moved),
         "moved from backend",
     );
     // ... which is fine once it may have expired.
     assert!(m
-        .packet(&step(&s1, 9000), &pipe, &ack, Verdict::Tx, &moved)
+        .packet(&step(&s1, 9000), &ack, Verdict::Tx, &moved)
         .is_ok());
     // A new flow to a draining backend; a pinned one may go on.
     let s2 = snap(other);
@@ -224,18 +242,17 @@ fn forwarding_checks_fire() {
     to_draining[0..6].copy_from_slice(&bmac(other));
     to_draining[6..12].copy_from_slice(&LB_MAC);
     err(
-        m.packet(&step(&s2, 9001), &pipe, &new, Verdict::Tx, &to_draining),
+        m.packet(&step(&s2, 9001), &new, Verdict::Tx, &to_draining),
         "new flow",
     );
     assert!(m
-        .packet(&step(&s2, 9002), &pipe, &ack, Verdict::Tx, &moved)
+        .packet(&step(&s2, 9002), &ack, Verdict::Tx, &moved)
         .is_ok());
 }
 
 #[test]
 fn policy_checks_fire() {
     let s = snap(0);
-    let pipe = pipeline();
     let mut m = Model::new();
     let st = step(&s, 10);
     let fwd = |f: &[u8]| {
@@ -246,12 +263,12 @@ fn policy_checks_fire() {
     };
     let denied = tcp((CLIENT_MAC, LB_MAC), CLIENT, [192, 0, 2, 4], (40000, 80), 2);
     err(
-        m.packet(&st, &pipe, &denied, Verdict::Tx, &fwd(&denied)),
+        m.packet(&st, &denied, Verdict::Tx, &fwd(&denied)),
         "denied source",
     );
     let closed = tcp((CLIENT_MAC, LB_MAC), CLIENT, [192, 0, 2, 2], (40000, 81), 2);
     err(
-        m.packet(&st, &pipe, &closed, Verdict::Tx, &fwd(&closed)),
+        m.packet(&st, &closed, Verdict::Tx, &fwd(&closed)),
         "not served",
     );
     let mut tagged = tcp((CLIENT_MAC, LB_MAC), CLIENT, [192, 0, 2, 2], (40000, 80), 2);
@@ -259,12 +276,9 @@ fn policy_checks_fire() {
     let mut out = tcp((CLIENT_MAC, LB_MAC), CLIENT, [192, 0, 2, 2], (40000, 80), 2);
     out[0..6].copy_from_slice(&bmac(3));
     out[6..12].copy_from_slice(&LB_MAC);
+    err(m.packet(&st, &tagged, Verdict::Tx, &out), "VLAN-tagged");
     err(
-        m.packet(&st, &pipe, &tagged, Verdict::Tx, &out),
-        "VLAN-tagged",
-    );
-    err(
-        m.packet(&st, &pipe, &tagged, Verdict::ToWorker(1), &tagged),
+        m.packet(&st, &tagged, Verdict::ToWorker(1), &tagged),
         "VLAN-tagged",
     );
 }
@@ -285,7 +299,7 @@ fn nat_checks_fire() {
     let mut fixed = payload.clone();
     fix_tcp4(&mut fixed);
     err(
-        m.packet(&st, &pipe, &syn, Verdict::Tx, &fixed),
+        m.packet(&st, &syn, Verdict::Tx, &fixed),
         "nat: not the rewrite",
     );
     // The reply, translated back: passes; with the client port off by one: fires.
@@ -296,13 +310,13 @@ fn nat_checks_fire() {
     wrong[36..38].copy_from_slice(&40001u16.to_be_bytes());
     fix_tcp4(&mut wrong);
     err(
-        m.packet(&st, &pipe, &reply, Verdict::Tx, &wrong),
+        m.packet(&st, &reply, Verdict::Tx, &wrong),
         "not the inverse",
     );
     let mut to_mac = back.clone();
     to_mac[0..6].copy_from_slice(&bmac(9));
     err(
-        m.packet(&st, &pipe, &reply, Verdict::Tx, &to_mac),
+        m.packet(&st, &reply, Verdict::Tx, &to_mac),
         "not its client's",
     );
     // A reply to a port no flow was given.
@@ -314,9 +328,147 @@ fn nat_checks_fire() {
         0x12,
     );
     err(
-        m.packet(&st, &pipe, &stray, Verdict::Tx, &back),
+        m.packet(&st, &stray, Verdict::Tx, &back),
         "no flow was NAT'd",
     );
+}
+
+/// Runs `frames` through `pipe` in one burst and the model, in order; the verdicts, the
+/// outputs' destination MACs and the model's first complaint.
+fn run_burst(
+    m: &mut Model,
+    pipe: &mut Pipeline,
+    s: &Step<'_>,
+    frames: &[Vec<u8>],
+) -> (Vec<Verdict>, Vec<[u8; 6]>, Result<(), String>) {
+    let mut bufs: Vec<VecBuf> = frames.iter().map(|f| VecBuf::new(f)).collect();
+    let mut verdicts = vec![Verdict::Tx; bufs.len()];
+    pipe.process_burst(s.snap, &mut bufs, s.now_ms, &mut verdicts);
+    let mut r = Ok(());
+    for ((input, b), v) in frames.iter().zip(&bufs).zip(&verdicts) {
+        r = r.and_then(|()| m.packet(s, input, *v, b.data()));
+    }
+    m.burst_done(s, pipe);
+    let macs = bufs.iter().map(|b| mac(b.data(), 0)).collect();
+    (verdicts, macs, r)
+}
+
+/// The fuzzer's crash-draining input, reduced: a NAT flow pinned (closing) to a backend
+/// that then drains; in one burst, packets of the flow, one of them dropped before any
+/// table is touched (for another MAC), more of them, then a SYN that reopens the flow on the
+/// other backend. The model once read the flow's backend at the drop from the tables as the
+/// whole burst left them (the SYN's), and took the next packet to the pinned backend for a
+/// new flow sent to a draining one.
+#[test]
+fn a_drop_mid_burst_does_not_learn_what_later_packets_did() {
+    let vip = [192, 0, 2, 5];
+    let mut pipe = pipeline();
+    let mut m = Model::new();
+    let s1 = snap(0);
+    let st1 = step(&s1, 10);
+    let open_close = tcp((CLIENT_MAC, LB_MAC), CLIENT, vip, (80, 80), 0x03);
+    let (out, r) = run(&mut m, &mut pipe, &st1, &open_close);
+    r.unwrap();
+    let pinned = u32::from(out[5]);
+    let other = 3 - pinned;
+    let s2 = snap(pinned);
+    let st2 = step(&s2, 20);
+    let seg = tcp((CLIENT_MAC, LB_MAC), CLIENT, vip, (80, 80), 0);
+    let mut stray = seg.clone();
+    stray[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 0x55]);
+    stray.splice(12..12, [0x88, 0xa8, 0, 7, 0x81, 0, 0, 42]);
+    let syn = tcp((CLIENT_MAC, LB_MAC), CLIENT, vip, (80, 80), 0x02);
+    let burst = [seg.clone(), stray, seg.clone(), seg, syn];
+    let (v, macs, r) = run_burst(&mut m, &mut pipe, &st2, &burst);
+    let want = [
+        Verdict::Tx,
+        Verdict::Drop(DropReason::NotForUs),
+        Verdict::Tx,
+        Verdict::Tx,
+        Verdict::Tx,
+    ];
+    assert_eq!(v, want);
+    // The pipeline keeps the flow on its draining backend, and the SYN opens a new
+    // connection on an active one.
+    let (p, o) = (bmac(pinned), bmac(other));
+    assert_eq!([macs[0], macs[2], macs[3], macs[4]], [p, p, p, o]);
+    r.unwrap();
+}
+
+/// A SYN dropped after the pipeline moved its closing flow off a draining backend (its
+/// encapsulation too big) lets the burst's next packet of the flow go where the SYN was
+/// sent, within the shortest timeout and with nothing evicted.
+#[test]
+fn a_dropped_syn_may_move_its_flow_within_a_burst() {
+    let vip = [192, 0, 2, 6];
+    let mut pipe = pipeline();
+    let mut m = Model::new();
+    let s1 = snap(0);
+    let st1 = step(&s1, 10);
+    let open_close = tcp((CLIENT_MAC, LB_MAC), CLIENT, vip, (40000, 80), 0x03);
+    let (out, r) = run(&mut m, &mut pipe, &st1, &open_close);
+    r.unwrap();
+    let pinned = u32::from(out[5]);
+    let other = 3 - pinned;
+    let s2 = snap(pinned);
+    let st2 = step(&s2, 20);
+    let big_syn = tcp_with(
+        (CLIENT_MAC, LB_MAC),
+        CLIENT,
+        vip,
+        (40000, 80),
+        0x02,
+        &[0; 1460],
+    );
+    let ack = tcp((CLIENT_MAC, LB_MAC), CLIENT, vip, (40000, 80), 0x10);
+    let (v, macs, r) = run_burst(&mut m, &mut pipe, &st2, &[big_syn, ack.clone()]);
+    assert_eq!(v, [Verdict::Drop(DropReason::TooBig), Verdict::Tx]);
+    assert_eq!(macs[1], bmac(other));
+    r.unwrap();
+    // The backend the flow moved to drains too: the flow is pinned there.
+    let s3 = snap(other);
+    let st3 = step(&s3, 30);
+    let (out, r) = run(&mut m, &mut pipe, &st3, &ack);
+    assert_eq!(mac(&out, 0), bmac(other));
+    r.unwrap();
+}
+
+/// A flow recorded by a packet that was dropped (a SYN too big to encapsulate) is pinned:
+/// once its backend drains, its next packet may still go there.
+#[test]
+fn a_flow_recorded_by_a_dropped_packet_is_pinned() {
+    let vip = [192, 0, 2, 6];
+    let mut pipe = pipeline();
+    let mut m = Model::new();
+    let s1 = snap(0);
+    let st1 = step(&s1, 10);
+    let big_syn = tcp_with(
+        (CLIENT_MAC, LB_MAC),
+        CLIENT,
+        vip,
+        (40001, 80),
+        0x02,
+        &[0; 1460],
+    );
+    let (v, _, r) = run_burst(&mut m, &mut pipe, &st1, &[big_syn]);
+    assert_eq!(v, [Verdict::Drop(DropReason::TooBig)]);
+    r.unwrap();
+    let (fwd, _, _) = pipe
+        .find_flow(
+            s1.hash_seed,
+            IpAddr::from(CLIENT),
+            IpAddr::from(vip),
+            40001,
+            80,
+            6,
+        )
+        .expect("the dropped SYN's flow");
+    let pinned = fwd.backend;
+    let s2 = snap(pinned);
+    let ack = tcp((CLIENT_MAC, LB_MAC), CLIENT, vip, (40001, 80), 0x10);
+    let (out, r) = run(&mut m, &mut pipe, &step(&s2, 30), &ack);
+    assert_eq!(mac(&out, 0), bmac(pinned));
+    r.unwrap();
 }
 
 /// Recomputes the TCP checksum of an Ethernet + IPv4 (no options) + TCP frame.
