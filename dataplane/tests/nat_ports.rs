@@ -211,3 +211,60 @@ fn nat_owner_agrees_with_reply_routing() {
         }
     }
 }
+
+/// A closed NAT flow keeps its port towards its backend for the closing timeout (60 s by
+/// default), longer than Linux holds the backend's side in TIME_WAIT, even though the worker's
+/// expiry sweep runs meanwhile: a new flow reusing that port would hit the old connection's
+/// TIME_WAIT on the backend. After the timeout the port is handed out again.
+#[test]
+fn a_closed_flows_port_waits_out_time_wait() {
+    use etherparse::PacketBuilder;
+    let stats = Arc::new(WorkerStats::new(64));
+    let mut pipe = Pipeline::new(&PipelineConfig::default(), stats.clone());
+    let s = snap(1, 30000, 30007);
+    let send = |pipe: &mut Pipeline, frame: Vec<u8>, now: u32| {
+        let mut b = VecBuf::new(&frame);
+        pipe.process(&s, &mut b, now)
+    };
+    let fin = |src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16| {
+        let mut v = Vec::new();
+        PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+            .ipv4(src, dst, 64)
+            .tcp(sport, dport, 2000, 65535)
+            .fin()
+            .ack(1)
+            .write(&mut v, &[])
+            .unwrap();
+        v
+    };
+    // A connection on port 30000, established, then closed by both sides.
+    assert_eq!(
+        syns_at(&mut pipe, &s, 40000, 1, 10)[0],
+        (Verdict::Tx, Some(30000))
+    );
+    let synack = tcp4(BACKEND, NAT4, 8080, 30000, true, true, &[]);
+    assert_eq!(send(&mut pipe, synack, 11), Verdict::Tx);
+    let ack = tcp4(CLIENT4, VIP, 40000, 80, false, true, &[]);
+    assert_eq!(send(&mut pipe, ack, 12), Verdict::Tx);
+    assert_eq!(
+        send(&mut pipe, fin(CLIENT4, VIP, 40000, 80), 13),
+        Verdict::Tx
+    );
+    assert_eq!(
+        send(&mut pipe, fin(BACKEND, NAT4, 8080, 30000), 14),
+        Verdict::Tx
+    );
+    // 50 s later, after a full expiry sweep: the other seven ports go to new flows, and the
+    // eighth new flow finds no port (30000 is still held).
+    pipe.expire(50_000, 1 << 20);
+    let got = syns_at(&mut pipe, &s, 41000, 8, 50_000);
+    let ports: Vec<u16> = got.iter().filter_map(|(_, p)| *p).collect();
+    assert_eq!(ports, (30001..=30007).collect::<Vec<u16>>());
+    assert_eq!(got[7].0, Verdict::Drop(DropReason::NatPortsExhausted));
+    // Once the closing timeout has passed (and the new flows' SYN timeout), every port is free.
+    pipe.expire(62_000, 1 << 20);
+    let got = syns_at(&mut pipe, &s, 42000, 8, 62_000);
+    let mut ports: Vec<u16> = got.iter().filter_map(|(_, p)| *p).collect();
+    ports.sort_unstable();
+    assert_eq!(ports, (30000..=30007).collect::<Vec<u16>>());
+}

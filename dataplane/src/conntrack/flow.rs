@@ -187,8 +187,10 @@ pub struct Timeouts {
     /// [`FlowState::TcpEstablished`]; default 300 s (idle established connections; longer-lived
     /// idle connections should use keepalives, as behind any cloud load balancer).
     pub tcp_established_ms: u32,
-    /// [`FlowState::TcpClosing`]; default 10 s (lets the last FIN/ACK exchange and a few
-    /// retransmissions through).
+    /// [`FlowState::TcpClosing`]; default 60 s: lets the last FIN/ACK exchange and its
+    /// retransmissions through, and keeps a closed NAT flow's port from being given to a new
+    /// flow towards the same backend while the backend may still hold the old connection in
+    /// TIME_WAIT (60 s on Linux).
     pub tcp_closing_ms: u32,
     /// [`FlowState::Udp`]; default 30 s (as common NAT and conntrack defaults).
     pub udp_ms: u32,
@@ -201,7 +203,7 @@ impl Default for Timeouts {
         Self {
             tcp_syn_ms: 5_000,
             tcp_established_ms: 300_000,
-            tcp_closing_ms: 10_000,
+            tcp_closing_ms: 60_000,
             udp_ms: 30_000,
             other_ms: 30_000,
         }

@@ -287,8 +287,8 @@ fn timeouts_follow_state() {
     assert_eq!(t.expire(end + to.tcp_syn_ms - 1, usize::MAX, |_| {}), 0);
     assert_eq!(t.expire(end + to.tcp_syn_ms, usize::MAX, |_| {}), 1);
     assert!(!t.contains(&v4(0), v4(0).flow_hash(0)));
-    assert_eq!(t.expire(end + to.tcp_closing_ms, usize::MAX, |_| {}), 1);
     assert_eq!(t.expire(end + to.udp_ms, usize::MAX, |_| {}), 2); // UDP and other: 30 s
+    assert_eq!(t.expire(end + to.tcp_closing_ms, usize::MAX, |_| {}), 1); // closing: 60 s
     assert_eq!(t.len(), 1);
     // Established: 300 s; a lookup refreshes it.
     let k = v4(1);
