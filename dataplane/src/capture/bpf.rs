@@ -318,8 +318,9 @@ impl Program {
     }
 
     /// Runs the program on `frame`: its return value (0: reject). The pre-check, then the
-    /// fast form, handing over to the exact form where it stops.
-    #[inline]
+    /// fast form, handing over to the exact form where it stops. Inlined in its caller's
+    /// loop with the pre-check (the fast form is a call).
+    #[inline(always)]
     pub fn run(&self, frame: &[u8]) -> u32 {
         if !self.pre.may_match(frame) {
             return 0;
@@ -334,6 +335,7 @@ impl Program {
     }
 
     /// Runs the fast form (without the pre-check) on `frame`: for tests and measurements.
+    #[inline(never)]
     pub fn run_fast(&self, frame: &[u8]) -> u32 {
         let (mut a, mut x) = (0u32, 0u32);
         let mut pc = 0usize;
@@ -557,18 +559,17 @@ impl Atom {
 ///
 /// Frames of the same kind take the same path through it, and its loads do not depend on
 /// each other, so a frame it rejects costs a few nanoseconds, whatever the program's length.
-/// It is used only when it has a test of more than 16 bits (an IPv4 address, a prefix
-/// longer than /16): a condition of EtherTypes, protocols and ports passes most traffic,
-/// and the fast form alone is cheaper then.
+/// It is used only when it is worth it ([`worth`]).
 ///
-/// The first (most selective) test of every term, deduplicated, is `heads`: one of them
-/// holds if the condition does, so they are tried first, and most frames stop there.
+/// The first (most selective) test of every term, deduplicated, is `heads` (a term is its
+/// head's index and the range of its other tests in `atoms`): one of them holds if the
+/// condition does, so they are tried first, and most frames stop there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Precheck {
     all: bool,
     heads: Box<[Atom]>,
     atoms: Box<[Atom]>,
-    terms: Box<[(u16, u16)]>,
+    terms: Box<[(u8, u16, u16)]>,
 }
 
 /// Tests per term of a [`Precheck`].
@@ -596,21 +597,19 @@ impl Precheck {
     fn of(ops: &[Op], fast: &[Node]) -> Precheck {
         let mut memo = std::collections::HashMap::new();
         let dnf = nc(ops, fast, 0, Held::Unknown, Held::Unknown, 0, &mut memo);
-        // Without a selective test (more than 16 bits: an IPv4 address, a long prefix), the
-        // pre-check would pass most traffic and only add to the program's cost.
-        let selective = dnf.iter().flatten().any(|a| a.odds() < -16);
-        let all = !selective || dnf.iter().any(|t| t.is_empty());
+        let all = dnf.iter().any(|t| t.is_empty()) || !worth(&dnf);
         let mut atoms = Vec::new();
         let mut terms = Vec::new();
-        let mut heads = Vec::new();
+        let mut heads: Vec<Atom> = Vec::new();
         if !all {
             for t in &dnf {
-                if !heads.contains(&t[0]) {
+                let head = heads.iter().position(|h| *h == t[0]).unwrap_or_else(|| {
                     heads.push(t[0]);
-                }
+                    heads.len() - 1
+                });
                 let start = atoms.len() as u16;
-                atoms.extend_from_slice(t);
-                terms.push((start, atoms.len() as u16));
+                atoms.extend_from_slice(&t[1..]);
+                terms.push((head as u8, start, atoms.len() as u16));
             }
         }
         Precheck {
@@ -621,17 +620,39 @@ impl Precheck {
         }
     }
 
-    /// Whether `frame` may match (false: the program rejects it).
+    /// Whether `frame` may match (false: the program rejects it): the heads up to the first
+    /// that holds (a frame the pre-check rejects usually stops there), the others as a bit
+    /// set, then the terms whose head held.
     #[inline(always)]
     fn may_match(&self, frame: &[u8]) -> bool {
-        self.all
-            || self.heads.iter().any(|a| a.may_hold(frame))
-                && self.terms.iter().any(|&(s, e)| {
-                    self.atoms
-                        .get(usize::from(s)..usize::from(e))
-                        .is_none_or(|t| t.iter().all(|a| a.may_hold(frame)))
-                })
+        if self.all {
+            return true;
+        }
+        let Some(first) = self.heads.iter().position(|h| h.may_hold(frame)) else {
+            return false;
+        };
+        let mut held = 1u32 << first;
+        for (i, h) in self.heads.iter().enumerate().skip(first + 1) {
+            held |= u32::from(h.may_hold(frame)) << i;
+        }
+        self.terms.iter().any(|&(h, s, e)| {
+            held >> h & 1 != 0
+                && self
+                    .atoms
+                    .get(usize::from(s)..usize::from(e))
+                    .is_none_or(|t| t.iter().all(|a| a.may_hold(frame)))
+        })
     }
+}
+
+/// Whether the pre-check `dnf` is worth running before the program: it has a selective test
+/// (more than 16 bits: an address, a prefix longer than /16), or its terms (the heads once)
+/// take fewer tests than the program's own path. A condition of EtherTypes and protocols
+/// alone passes most traffic and would only add to the program's cost.
+fn worth(dnf: &Dnf) -> bool {
+    let selective = dnf.iter().flatten().any(|a| a.odds() < -16);
+    let tests: usize = dnf.iter().map(|t| t.len()).sum();
+    selective || tests <= 2 * PRE_ATOMS
 }
 
 /// `c` and `d`: `c` added to every term of `d` (the most selective [`PRE_ATOMS`] kept).
