@@ -263,6 +263,46 @@ fn tcpdump_lines(path: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// `tshark -r` reads the file: per packet its source address, TCP source port and comment
+/// (the verdict), tab-separated; `None` when tshark is not installed (scripts/setup installs
+/// it; a machine set up before it did may lack it).
+fn tshark_lines(path: &std::path::Path) -> Option<Vec<String>> {
+    let out = match Command::new("tshark")
+        .args([
+            "-n",
+            "-T",
+            "fields",
+            "-e",
+            "ip.src",
+            "-e",
+            "tcp.srcport",
+            "-e",
+            "frame.comment",
+            "-r",
+        ])
+        .arg(path)
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("tshark not installed: the capture is read with tcpdump only");
+            return None;
+        }
+        Err(e) => panic!("tshark: {e}"),
+    };
+    assert!(
+        out.status.success(),
+        "tshark -r: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
 #[test]
 fn capture_holds_one_clients_http_flow_in_both_directions() {
     let _g = lock();
@@ -364,6 +404,16 @@ fn capture_holds_one_clients_http_flow_in_both_directions() {
     let lines = tcpdump_lines(&file);
     assert_eq!(lines.len(), pkts.len(), "{lines:?}");
     assert!(lines[0].contains("10.99.0.11.") && lines[0].contains("> 10.99.0.100.80: Flags [S]"));
+    // So does tshark, with the verdict of every packet as its comment.
+    if let Some(lines) = tshark_lines(&file) {
+        assert_eq!(lines.len(), pkts.len(), "{lines:?}");
+        for (l, p) in lines.iter().zip(&pkts) {
+            let f: Vec<&str> = l.split('\t').collect();
+            assert_eq!(f.len(), 3, "{l:?}");
+            assert_eq!(f[2], p.comment, "{l:?}");
+        }
+        assert!(lines[0].starts_with("10.99.0.11\t"), "{lines:?}");
+    }
     d.stop();
 }
 

@@ -142,30 +142,40 @@ impl Tap {
     }
 
     /// Before the pipeline: copies the received packets of `port` the filter matches and
-    /// notes their flows.
+    /// notes their flows. The loop runs the filter alone; a match is handled out of line.
     #[inline(never)]
     pub fn received(&mut self, port: usize, pkts: &[Mbuf], pipeline: &Pipeline, snap: &Snapshot) {
         if port != self.port || !self.rx {
             return;
         }
         for (i, m) in pkts.iter().enumerate() {
-            if !self.filter.matches(m.data()) {
-                continue;
-            }
-            if let Some((buf, orig_len)) = self.copy(m) {
-                let before = explain::before(pipeline, snap, m.data());
-                self.pending[i] = Some(Pending {
-                    buf,
-                    orig_len,
-                    before,
-                });
-                self.npending += 1;
+            if self.filter.matches(m.data()) {
+                self.matched_rx(i, m, pipeline, snap);
             }
         }
     }
 
+    /// A received packet the filter matched: its copy and its flow before the pipeline.
+    #[inline(never)]
+    fn matched_rx(&mut self, i: usize, m: &Mbuf, pipeline: &Pipeline, snap: &Snapshot) {
+        // (A burst has at most BURST packets, so the slot is there.)
+        if i >= self.pending.len() {
+            return;
+        }
+        if let Some((buf, orig_len)) = self.copy(m) {
+            let before = explain::before(pipeline, snap, m.data());
+            self.pending[i] = Some(Pending {
+                buf,
+                orig_len,
+                before,
+            });
+            self.npending += 1;
+        }
+    }
+
     /// After the pipeline: the verdicts of the packets copied on receipt, and copies of the
-    /// transmitted packets the filter matches. `tsc`: when the burst was received.
+    /// transmitted packets the filter matches. `tsc`: when the burst was received. A burst
+    /// with no copy pending (most) runs a loop of the filter alone.
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
     pub fn processed(
@@ -177,14 +187,39 @@ impl Tap {
         snap: &Snapshot,
         tsc: u64,
     ) {
-        if port != self.port || (self.npending == 0 && !self.tx) {
+        if port != self.port {
             return;
         }
+        if self.npending > 0 {
+            self.processed_pending(port, pkts, verdicts, pipeline, snap, tsc);
+            return;
+        }
+        if !self.tx {
+            return;
+        }
+        for (m, &v) in pkts.iter().zip(verdicts) {
+            if v == Verdict::Tx && self.filter.matches(m.data()) {
+                self.matched_tx(port, m, None, pipeline, snap, tsc);
+            }
+        }
+    }
+
+    /// [`Tap::processed`] for a burst with copies pending: each one's verdict, and the
+    /// transmit filter.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn processed_pending(
+        &mut self,
+        port: usize,
+        pkts: &[Mbuf],
+        verdicts: &[Verdict],
+        pipeline: &Pipeline,
+        snap: &Snapshot,
+        tsc: u64,
+    ) {
         for (i, (m, &v)) in pkts.iter().zip(verdicts).enumerate() {
             let mut seen = None;
-            if self.npending == 0 {
-                // Nothing copied on receipt: only the transmit filter is left to run.
-            } else if let Some(p) = self.pending[i].take() {
+            if let Some(p) = self.pending.get_mut(i).and_then(Option::take) {
                 self.npending -= 1;
                 let e = explain::after(pipeline, snap, &p.before, v, m.data());
                 seen = Some(e);
@@ -198,21 +233,35 @@ impl Tap {
                     explain: e,
                 });
             }
-            if !self.tx || v != Verdict::Tx || !self.filter.matches(m.data()) {
-                continue;
+            if self.tx && v == Verdict::Tx && self.filter.matches(m.data()) {
+                self.matched_tx(port, m, seen, pipeline, snap, tsc);
             }
-            if let Some((buf, orig_len)) = self.copy(m) {
-                let explain = seen.unwrap_or_else(|| explain::leaving(pipeline, snap, m.data()));
-                self.send(Record {
-                    data: buf,
-                    orig_len,
-                    tsc,
-                    worker: self.worker,
-                    port: port as u16,
-                    dir: Direction::Tx,
-                    explain,
-                });
-            }
+        }
+    }
+
+    /// A transmitted packet the filter matched: its copy, with `seen` (its verdict as
+    /// received, if it was copied then too) or what its flow says as it leaves.
+    #[inline(never)]
+    fn matched_tx(
+        &mut self,
+        port: usize,
+        m: &Mbuf,
+        seen: Option<super::Explain>,
+        pipeline: &Pipeline,
+        snap: &Snapshot,
+        tsc: u64,
+    ) {
+        if let Some((buf, orig_len)) = self.copy(m) {
+            let explain = seen.unwrap_or_else(|| explain::leaving(pipeline, snap, m.data()));
+            self.send(Record {
+                data: buf,
+                orig_len,
+                tsc,
+                worker: self.worker,
+                port: port as u16,
+                dir: Direction::Tx,
+                explain,
+            });
         }
     }
 }
