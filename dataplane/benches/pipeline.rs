@@ -59,6 +59,8 @@ fn snapshot() -> Snapshot {
         method: Method::Nat,
         affinity_ms: None,
         source_ranges: vec![],
+        flow_limit: None,
+        source_flow_limit: None,
         backends: (0..n).collect(),
         maglev,
     };

@@ -132,6 +132,39 @@ impl Cidr {
     }
 }
 
+/// A new-flow budget as one worker applies it: a token bucket of `burst` new flows refilled
+/// at `rate` per second. The control plane divides a host's configured limit among the
+/// workers ([`FlowLimit::per_worker`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowLimit {
+    /// New flows per second.
+    pub rate: u32,
+    /// The bucket's size: the most new flows admitted at once after a quiet spell (at least 1,
+    /// at most [`FlowLimit::MAX_BURST`]).
+    pub burst: u32,
+}
+
+impl FlowLimit {
+    /// The largest burst (a bucket counts thousandths of a flow in 32 bits).
+    pub const MAX_BURST: u32 = 4_000_000;
+
+    /// One worker's share of a host-wide limit of `rate` new flows per second and bursts of
+    /// `burst` (0: one second's worth, `rate`) among `workers`: each share rounded up, so the
+    /// host admits at most `workers - 1` more per second and per burst than configured.
+    /// `None` when `rate` is 0 (no limit).
+    pub fn per_worker(rate: u32, burst: u32, workers: usize) -> Option<FlowLimit> {
+        if rate == 0 {
+            return None;
+        }
+        let w = workers.max(1) as u32;
+        let burst = if burst == 0 { rate } else { burst };
+        Some(FlowLimit {
+            rate: rate.div_ceil(w),
+            burst: burst.div_ceil(w).clamp(1, Self::MAX_BURST),
+        })
+    }
+}
+
 /// A backend as the dataplane sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
@@ -168,6 +201,10 @@ pub struct Frontend {
     pub affinity_ms: Option<u32>,
     /// Allowed source ranges (`loadBalancerSourceRanges`); empty allows everyone.
     pub source_ranges: Vec<Cidr>,
+    /// New flows this frontend admits, per worker (`None`: no limit).
+    pub flow_limit: Option<FlowLimit>,
+    /// New flows this frontend admits from one source prefix, per worker (`None`: no limit).
+    pub source_flow_limit: Option<FlowLimit>,
     /// Backend ids in Maglev index order (`maglev` entries index this list).
     pub backends: Vec<u32>,
     /// The Maglev table over `backends`, built by the control plane.
@@ -651,6 +688,8 @@ mod tests {
             method: Method::Nat,
             affinity_ms: None,
             source_ranges: vec![],
+            flow_limit: None,
+            source_flow_limit: None,
             backends,
             maglev: Arc::new(MaglevTable::build(&mb, 251, 0).unwrap()),
         }

@@ -69,11 +69,17 @@ pub enum DropReason {
     /// A new connection's buckets in a flow table held only established flows, which a
     /// handshake never evicts: its SYN is dropped (the client retries).
     FlowTableFull,
+    /// A new flow over its frontend's new-flow budget (`limits.new_flows_per_vip` or the
+    /// `sluice.dev/new-flow-limit` annotation).
+    VipFlowLimit,
+    /// A new flow over its source prefix's new-flow budget at its frontend
+    /// (`limits.new_flows_per_source` or `sluice.dev/new-flow-limit-per-source`).
+    SourceFlowLimit,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 28;
+    pub const COUNT: usize = 30;
 
     /// Every reason, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -105,6 +111,8 @@ impl DropReason {
         DropReason::VipNotOwned,
         DropReason::VlanTagged,
         DropReason::FlowTableFull,
+        DropReason::VipFlowLimit,
+        DropReason::SourceFlowLimit,
     ];
 
     /// Stable snake_case name (metrics label, admin API).
@@ -138,6 +146,8 @@ impl DropReason {
             DropReason::VipNotOwned => "vip_not_owned",
             DropReason::VlanTagged => "vlan_tagged",
             DropReason::FlowTableFull => "flow_table_full",
+            DropReason::VipFlowLimit => "new_flow_limit_vip",
+            DropReason::SourceFlowLimit => "new_flow_limit_source",
         }
     }
 }

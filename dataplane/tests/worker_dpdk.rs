@@ -324,6 +324,7 @@ fn nat_reply_on_the_wrong_worker_reaches_its_owner() {
                 affinity_capacity: 1 << 10,
                 nat_port_start: 0,
                 reset_unknown_flows: true,
+                source_limits: Default::default(),
             },
             ..WorkerConfig::default()
         };

@@ -37,6 +37,8 @@ fn snapshot() -> &'static Snapshot {
             method,
             affinity_ms: None,
             source_ranges: vec![],
+            flow_limit: None,
+            source_flow_limit: None,
             backends: vec![0, 1],
             maglev: maglev.clone(),
         };

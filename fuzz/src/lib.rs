@@ -211,6 +211,8 @@ fn build_snapshot(generation: u64, slots: &[BackendSlot; 14]) -> Result<Snapshot
             method,
             affinity_ms,
             source_ranges: range.iter().filter_map(|r| Cidr::parse(r)).collect(),
+            flow_limit: None,
+            source_flow_limit: None,
             backends: ids,
             maglev: Arc::new(MaglevTable::build(&mb, 31, 1).map_err(|e| e.to_string())?),
         });
@@ -866,6 +868,7 @@ impl World {
                     affinity_capacity: 16,
                     nat_port_start: 0,
                     reset_unknown_flows: true,
+                    source_limits: Default::default(),
                 };
                 Pipeline::new(&cfg, Arc::new(WorkerStats::new(MAX_IDS)))
             })

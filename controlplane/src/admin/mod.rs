@@ -867,5 +867,9 @@ pub fn drop_description(r: DropReason) -> &'static str {
         DropReason::FlowTableFull => {
             "a new connection's buckets held only established flows (never evicted for a SYN)"
         }
+        DropReason::VipFlowLimit => "a new flow over its VIP port's new-flow rate limit",
+        DropReason::SourceFlowLimit => {
+            "a new flow over its source prefix's new-flow rate limit at the VIP port"
+        }
     }
 }

@@ -97,6 +97,12 @@ pub const MAX_WEIGHT: u32 = 10_000;
 pub const ANNOTATION_BACKEND_WEIGHTS: &str = "sluice.dev/backend-weights";
 /// Annotation: backends of a Service (`pod` or `node`).
 pub const ANNOTATION_TARGET: &str = "sluice.dev/target";
+/// Annotation: new flows per second each of a Service's frontends admits, `RATE` or
+/// `RATE,BURST` for the whole host (`0`: no limit); overrides `limits.new_flows_per_vip`.
+pub const ANNOTATION_FLOW_LIMIT: &str = "sluice.dev/new-flow-limit";
+/// Annotation: new flows per second one source prefix may open to each of a Service's
+/// frontends, `RATE` or `RATE,BURST` (`0`: no limit); overrides `limits.new_flows_per_source`.
+pub const ANNOTATION_SOURCE_FLOW_LIMIT: &str = "sluice.dev/new-flow-limit-per-source";
 /// Annotation: requested VIPs, comma-separated, at most one per family.
 pub const ANNOTATION_IPS: &str = crate::compile::ipam::ANNOTATION_IPS;
 pub use probes::{
@@ -170,6 +176,9 @@ pub struct Compiler {
     live: HashSet<u32>,
     /// The Nodes of the last compile (node-target Services depend on all of them).
     nodes: BTreeMap<String, crate::model::Node>,
+    /// Each served Service's last valid new-flow limit annotations, kept while a later value
+    /// is invalid.
+    last_limits: HashMap<ObjectKey, services::LimitAnnotations>,
 }
 
 /// Inputs that every Service depends on; a change invalidates the whole cache.
@@ -348,6 +357,10 @@ impl Compiler {
             next_cache.push(entry);
         }
         self.cache = next_cache;
+        if !self.last_limits.is_empty() {
+            self.last_limits
+                .retain(|k, _| served.binary_search_by(|s| s.key.cmp(k)).is_ok());
+        }
 
         // Forget frontends that are gone, with their backends (a full pass only when one is).
         let gone = self.live.len() != live_frontends.len()

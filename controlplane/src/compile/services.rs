@@ -14,10 +14,11 @@ use super::probes::ProbeSpec;
 use super::report::{CompileReport, FrontendReport, ServiceReport};
 use super::targets::desired_backends;
 use super::{
-    CompileInput, Compiler, ServiceCache, ANNOTATION_BACKEND_WEIGHTS, ANNOTATION_MAGLEV_SIZE,
-    ANNOTATION_METHOD, ANNOTATION_TARGET, MAX_WEIGHT,
+    CompileInput, Compiler, ServiceCache, ANNOTATION_BACKEND_WEIGHTS, ANNOTATION_FLOW_LIMIT,
+    ANNOTATION_MAGLEV_SIZE, ANNOTATION_METHOD, ANNOTATION_SOURCE_FLOW_LIMIT, ANNOTATION_TARGET,
+    MAX_WEIGHT,
 };
-use crate::config::{check_maglev_size, Config, Target};
+use crate::config::{check_maglev_size, Config, RateBurst, Target};
 use crate::health::{Health, ProbeTarget};
 use crate::model::{EndpointSlice, IpFamily, L4Protocol, Service};
 
@@ -30,6 +31,18 @@ pub(super) struct Settings {
     probes: ProbeSpec,
     /// Maglev weights by backend address (`sluice.dev/backend-weights`).
     weights: BTreeMap<IpAddr, u32>,
+    /// New flows per frontend, whole host (`sluice.dev/new-flow-limit`).
+    flow_limit: RateBurst,
+    /// New flows per source prefix and frontend (`sluice.dev/new-flow-limit-per-source`).
+    source_flow_limit: RateBurst,
+}
+
+/// The last valid values of a Service's new-flow limit annotations, which an invalid value
+/// leaves in force (`None`: none was valid yet).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct LimitAnnotations {
+    vip: Option<RateBurst>,
+    source: Option<RateBurst>,
 }
 
 impl Compiler {
@@ -55,7 +68,12 @@ impl Compiler {
         let mut scratch = CompileReport::default();
         let mut live = Vec::new();
         let mut probs: Vec<String> = issues.iter().map(|i| i.message.clone()).collect();
-        let settings = service_settings(cfg, svc, &mut probs);
+        let last = self.last_limits.get(&svc.key).copied().unwrap_or_default();
+        let (settings, good) = service_settings(cfg, svc, last, &mut probs);
+        if good != last {
+            self.last_limits.insert(svc.key.clone(), good);
+        }
+        let workers = cfg.workers.cores.len();
         let mut fe_reports = Vec::new();
         for &vip in &svc_vips {
             let family = IpFamily::of(vip);
@@ -178,6 +196,8 @@ impl Compiler {
                             prefix: n.prefix_len(),
                         })
                         .collect(),
+                    flow_limit: settings.flow_limit.per_worker(workers),
+                    source_flow_limit: settings.source_flow_limit.per_worker(workers),
                     backends: fe.backends.iter().map(|b| b.id).collect(),
                     maglev,
                 });
@@ -245,14 +265,64 @@ pub fn serves(cfg: &Config, svc: &Service) -> bool {
         }
 }
 
-pub(super) fn service_settings(cfg: &Config, svc: &Service, probs: &mut Vec<String>) -> Settings {
+/// The Service's settings after its annotations, and the last valid values of its new-flow
+/// limit annotations (`last`, updated): an invalid value keeps the last valid one in force.
+pub(super) fn service_settings(
+    cfg: &Config,
+    svc: &Service,
+    last: LimitAnnotations,
+    probs: &mut Vec<String>,
+) -> (Settings, LimitAnnotations) {
     let mut s = Settings {
         method: cfg.forwarding.default_method,
         target: cfg.forwarding.target,
         maglev_size: cfg.tables.maglev_size,
         probes: ProbeSpec::parse(&cfg.health, svc, probs),
         weights: BTreeMap::new(),
+        flow_limit: cfg.limits.vip(),
+        source_flow_limit: cfg.limits.source(),
     };
+    let mut good = last;
+    for (name, key, default, slot, kept) in [
+        (
+            ANNOTATION_FLOW_LIMIT,
+            "limits.new_flows_per_vip",
+            &mut s.flow_limit,
+            &mut good.vip,
+            last.vip,
+        ),
+        (
+            ANNOTATION_SOURCE_FLOW_LIMIT,
+            "limits.new_flows_per_source",
+            &mut s.source_flow_limit,
+            &mut good.source,
+            last.source,
+        ),
+    ] {
+        let Some(v) = svc.annotations.get(name) else {
+            *slot = None;
+            continue;
+        };
+        match RateBurst::parse(v) {
+            Ok(l) => {
+                *default = l;
+                *slot = Some(l);
+            }
+            Err(e) => {
+                let using = match kept {
+                    Some(l) => {
+                        *default = l;
+                        format!("keeping its last valid value, {}", l.describe())
+                    }
+                    None => format!("using {key}: {}", default.describe()),
+                };
+                probs.push(format!(
+                    "annotation {name}: {v:?}: {e}; write new flows per second as RATE or \
+                     RATE,BURST, e.g. \"1000\" or \"1000,5000\", or \"0\" for no limit ({using})"
+                ));
+            }
+        }
+    }
     if let Some(v) = svc.annotations.get(ANNOTATION_BACKEND_WEIGHTS) {
         match parse_weights(v) {
             Ok(w) => s.weights = w,
@@ -296,7 +366,7 @@ pub(super) fn service_settings(cfg: &Config, svc: &Service, probs: &mut Vec<Stri
             )),
         }
     }
-    s
+    (s, good)
 }
 
 /// Parses `sluice.dev/backend-weights`: `ADDRESS=WEIGHT` pairs separated by commas.

@@ -768,6 +768,90 @@ fn backend_weights_annotation() {
     );
 }
 
+/// New-flow limits: the config's defaults, divided among the workers; the annotations
+/// override them per Service; an invalid value is reported naming the annotation, the value
+/// and the fix, and the last valid one stays in force.
+#[test]
+fn new_flow_limit_annotations() {
+    use sluice_dataplane::snapshot::FlowLimit;
+    let mut cfg = cfg();
+    cfg.workers.cores = vec![1, 2];
+    cfg.limits.new_flows_per_vip = 1001;
+    let two = &[("10.99.0.21", true, "n1")];
+    let env = Env::new();
+    let mut c = Compiler::new();
+    let mut limits_with = |annotations: &str| {
+        let m = model(&svc_yaml("web", "", annotations, two));
+        let out = env.run(&mut c, &cfg, &m);
+        let s = &out.report.services[0];
+        let f = out.snapshot.frontend(s.frontends[0].id).unwrap();
+        (f.flow_limit, f.source_flow_limit, s.problems.clone())
+    };
+    // The config's default: 1001 a second for the host, 501 per worker; bursts of a second.
+    let (vip, src, probs) = limits_with("");
+    assert_eq!(
+        vip,
+        Some(FlowLimit {
+            rate: 501,
+            burst: 501
+        })
+    );
+    assert_eq!(src, None);
+    assert!(probs.is_empty(), "{probs:?}");
+    let (vip, src, probs) = limits_with(
+        "sluice.dev/new-flow-limit: \"0\", sluice.dev/new-flow-limit-per-source: \"10,40\"",
+    );
+    assert_eq!(vip, None, "0 turns the default off");
+    assert_eq!(src, Some(FlowLimit { rate: 5, burst: 20 }));
+    assert!(probs.is_empty(), "{probs:?}");
+    // An invalid value: reported; the last valid one (10,40) stays.
+    let (vip, src, probs) = limits_with(
+        "sluice.dev/new-flow-limit: \"lots\", sluice.dev/new-flow-limit-per-source: \"10,0\"",
+    );
+    assert_eq!(src, Some(FlowLimit { rate: 5, burst: 20 }));
+    let p = probs
+        .iter()
+        .find(|p| p.contains("sluice.dev/new-flow-limit-per-source"))
+        .unwrap_or_else(|| panic!("{probs:?}"));
+    assert!(p.contains("\"10,0\"") && p.contains("RATE,BURST"), "{p}");
+    assert!(
+        p.contains("keeping its last valid value, 10 per second, bursts of 40"),
+        "{p}"
+    );
+    // The other one was never valid before the bad value: the config's default.
+    assert_eq!(vip, None, "its last valid value was 0, no limit");
+    let p = probs
+        .iter()
+        .find(|p| p.contains("annotation sluice.dev/new-flow-limit:"))
+        .unwrap_or_else(|| panic!("{probs:?}"));
+    assert!(
+        p.contains("\"lots\"") && p.contains("keeping its last valid value, no limit"),
+        "{p}"
+    );
+    // Removed annotations: the defaults again; a bad value after that has no last good one.
+    assert_eq!(
+        limits_with("").0,
+        Some(FlowLimit {
+            rate: 501,
+            burst: 501
+        })
+    );
+    let (vip, _, probs) = limits_with("sluice.dev/new-flow-limit: \"5,\"");
+    assert_eq!(
+        vip,
+        Some(FlowLimit {
+            rate: 501,
+            burst: 501
+        })
+    );
+    assert!(
+        probs
+            .iter()
+            .any(|p| p.contains("using limits.new_flows_per_vip: 1001 per second")),
+        "{probs:?}"
+    );
+}
+
 #[test]
 fn next_hops() {
     let mut cfg = cfg();

@@ -21,6 +21,7 @@ mod forwarding;
 mod health;
 pub mod key;
 pub mod l2;
+mod limits;
 mod pools;
 mod source;
 pub mod sync;
@@ -42,6 +43,7 @@ pub use dataplane::{
 pub use forwarding::{check_maglev_size, ForwardingConfig, Target, DEFAULT_HASH_SEED};
 pub use health::{HealthConfig, HealthKind};
 pub use l2::{L2Config, L2Membership, L2Peer};
+pub use limits::{LimitsConfig, RateBurst, MAX_FLOW_RATE, MAX_SOURCE_BUCKETS};
 pub(crate) use pools::{ip_to_u128, u128_to_ip};
 pub use pools::{IpRange, PoolConfig};
 pub use source::{SourceConfig, SourceKind};
@@ -116,6 +118,9 @@ pub struct Config {
     /// Forwarding defaults.
     #[serde(default)]
     pub forwarding: ForwardingConfig,
+    /// New-flow rate limits per frontend and per source prefix. Default: none.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// VIP pools for IPAM.
     #[serde(default)]
     pub pools: Vec<PoolConfig>,

@@ -317,6 +317,7 @@ fn every_key_is_documented() {
         ("tables", format!("{base}[tables]\nbogus_key = 1\n")),
         ("nat", format!("{base}[nat]\nbogus_key = 1\n")),
         ("forwarding", format!("{base}[forwarding]\nbogus_key = 1\n")),
+        ("limits", format!("{base}[limits]\nbogus_key = 1\n")),
         (
             "pools",
             format!("{base}[[pools]]\nname = \"x\"\nbogus_key = 1\n"),
@@ -644,4 +645,89 @@ fn sync_errors_name_the_key() {
         "sync.peers[0].nat_addresses",
         "one of this host's [nat] addresses",
     );
+}
+
+#[test]
+fn limits_are_off_by_default_and_checked() {
+    let c = parse(LAB).unwrap();
+    assert_eq!(c.limits, LimitsConfig::default());
+    assert_eq!(c.limits.vip().per_worker(4), None);
+    assert_eq!(c.limits.source().per_worker(4), None);
+    let c = parse(&format!(
+        "{LAB}\n[limits]\nnew_flows_per_vip = 10000\nnew_flows_per_source = 100\nnew_flows_per_source_burst = 500\nsource_prefix_v4 = 20\nsource_prefix_v6 = 48\nsource_buckets = 1024\n"
+    ))
+    .unwrap();
+    let l = &c.limits;
+    let per = |rate, burst| Some(sluice_dataplane::snapshot::FlowLimit { rate, burst });
+    assert_eq!(l.vip().per_worker(3), per(3334, 3334));
+    assert_eq!(l.source().per_worker(2), per(50, 250));
+    let s = l.source_buckets(7);
+    assert_eq!(
+        (s.prefix_v4, s.prefix_v6, s.buckets, s.seed),
+        (20, 48, 1024, 7)
+    );
+    refused(
+        "\n[limits]\nnew_flows_per_vip_burst = 10\n",
+        "limits.new_flows_per_vip_burst",
+        "set limits.new_flows_per_vip too",
+    );
+    refused(
+        "\n[limits]\nnew_flows_per_source = 200000000\n",
+        "limits.new_flows_per_source",
+        "0 (no limit) to 100000000",
+    );
+    refused(
+        "\n[limits]\nnew_flows_per_vip = 10\nnew_flows_per_vip_burst = 5000000\n",
+        "limits.new_flows_per_vip_burst",
+        "to 4000000",
+    );
+    refused(
+        "\n[limits]\nsource_prefix_v4 = 33\n",
+        "limits.source_prefix_v4",
+        "1..=32",
+    );
+    refused(
+        "\n[limits]\nsource_prefix_v6 = 0\n",
+        "limits.source_prefix_v6",
+        "1..=128",
+    );
+    refused(
+        "\n[limits]\nsource_buckets = 1000\n",
+        "limits.source_buckets",
+        "use e.g. 1024",
+    );
+    let e = parse(&format!("{LAB}\n[limits]\nper_vip = 3\n")).unwrap_err();
+    assert!(e.to_string().contains("new_flows_per_vip"), "{e}");
+}
+
+#[test]
+fn flow_limit_annotation_values() {
+    let ok = |v: &str| RateBurst::parse(v).unwrap();
+    assert_eq!(
+        ok("100"),
+        RateBurst {
+            rate: 100,
+            burst: 0
+        }
+    );
+    assert_eq!(
+        ok(" 100 , 400 "),
+        RateBurst {
+            rate: 100,
+            burst: 400
+        }
+    );
+    assert_eq!(ok("0"), RateBurst::default());
+    for bad in [
+        "",
+        "x",
+        "-1",
+        "100,",
+        "100,0",
+        "0,5",
+        "100,4000001",
+        "200000000",
+    ] {
+        assert!(RateBurst::parse(bad).is_err(), "{bad:?}");
+    }
 }

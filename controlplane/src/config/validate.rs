@@ -182,6 +182,9 @@ impl Config {
             }
         }
 
+        // [limits]
+        self.limits.check()?;
+
         // [nat]
         let n = &self.nat;
         if n.port_min == 0 {

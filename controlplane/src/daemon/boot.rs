@@ -226,6 +226,12 @@ pub(super) fn spawn_workers(
     sync: &[Sender<SavedFlow>],
 ) -> Result<Workers, DaemonError> {
     let nworkers = ports.queues.len();
+    // Which source prefixes share a new-flow bucket differs between runs and hosts (a seed
+    // from the OS's randomness, as std's hash maps take), so it cannot be aimed at.
+    let source_seed = {
+        use std::hash::BuildHasher;
+        std::collections::hash_map::RandomState::new().hash_one(0x736c_7569_6365_u64)
+    };
     let mut workers = Vec::new();
     let mut snapshots = Vec::new();
     let mut commands = Vec::new();
@@ -264,6 +270,7 @@ pub(super) fn spawn_workers(
                     .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32).wrapping_mul(2_654_435_761))
                     .unwrap_or(0),
                 reset_unknown_flows: cfg.forwarding.reset_unknown_flows,
+                source_limits: cfg.limits.source_buckets(source_seed),
             },
             tx_flush_us: cfg.workers.tx_flush_us,
             expire_buckets: 64,

@@ -34,6 +34,8 @@ fn snap(draining: u32) -> Snapshot {
             method,
             affinity_ms: None,
             source_ranges: vec![],
+            flow_limit: None,
+            source_flow_limit: None,
             backends,
             maglev: Arc::new(MaglevTable::build(&mb, 31, 1).unwrap()),
         }

@@ -22,6 +22,7 @@ impl Pipeline {
         self.flows.v6.rev.clear();
         self.flows.v6.aff.clear();
         self.ports.rewind();
+        self.limits.reset();
         self.burst = super::burst::Burst::default();
         crate::stats::set(
             &stats.ct_capacity,

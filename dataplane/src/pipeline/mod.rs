@@ -11,6 +11,7 @@
 //! | `burst.rs` | [`Pipeline::process_burst`]: the burst's prefetch passes and its private cache |
 //! | `family.rs` | `Family`: what differs between IPv4 and IPv6; the flow tables of each |
 //! | `schedule.rs` | conntrack -> affinity -> Maglev; fragments |
+//! | `limits.rs` | new-flow budgets: token buckets per frontend and per source prefix |
 //! | `nat.rs` | `nat`: port slices, port allocation, reverse entries, rewrites, replies |
 //! | `dsr.rs` | `dsr-l2` and `dsr-ipip` |
 //! | `edge.rs` | ARP, NDP and ICMP answers; frames the dataplane originates |
@@ -54,6 +55,7 @@ mod family;
 mod flows;
 #[cfg(any(test, feature = "check"))]
 mod inspect;
+mod limits;
 mod nat;
 mod saved;
 mod schedule;
@@ -63,6 +65,7 @@ pub use buf::{PacketBuf, VecBuf};
 pub use burst::BURST;
 pub use family::{Aff, Fwd, Rev};
 pub use flows::FlowEntry;
+pub use limits::SourceLimitConfig;
 pub use saved::{RestoreFlow, SavedFlow, SavedNat, Unrestorable};
 pub use sync::WALK_SLOTS_PER_TICK;
 
@@ -113,6 +116,8 @@ pub struct PipelineConfig {
     /// fails at once instead of retransmitting until its timeout (the flow is lost: its NAT
     /// port lived on another host or process).
     pub reset_unknown_flows: bool,
+    /// The per-source new-flow buckets: prefix lengths, table size, hash seed.
+    pub source_limits: SourceLimitConfig,
 }
 
 impl Default for PipelineConfig {
@@ -128,6 +133,7 @@ impl Default for PipelineConfig {
             affinity_capacity: 1 << 16,
             nat_port_start: 0,
             reset_unknown_flows: true,
+            source_limits: SourceLimitConfig::default(),
         }
     }
 }
@@ -145,6 +151,8 @@ pub struct Pipeline {
     flows: Flows,
     /// This worker's NAT port slice and cursors.
     ports: NatPorts,
+    /// New-flow budgets per frontend and per source prefix.
+    limits: limits::Limits,
     stats: Arc<WorkerStats>,
     /// What the current burst's prefetch passes learned.
     burst: burst::Burst,
@@ -229,6 +237,7 @@ impl Pipeline {
             workers: cfg.workers.max(1),
             flows: Flows::new(&cfg.conntrack, &v6, &aff),
             ports: NatPorts::new(cfg),
+            limits: limits::Limits::new(&cfg.source_limits),
             stats,
             burst: burst::Burst::default(),
             reset_unknown_flows: cfg.reset_unknown_flows,

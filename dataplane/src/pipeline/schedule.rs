@@ -167,6 +167,10 @@ impl Pipeline {
         if tcp && f.method == Method::Nat && !syn_only(tcp, fl) {
             return Err(DropReason::TcpNoFlow);
         }
+        // A new flow: within its frontend's budgets (a check only where a limit is set).
+        if f.flow_limit.is_some() || f.source_flow_limit.is_some() {
+            self.limits.admit(f, p, F::V6, now_ms)?;
+        }
         let chosen = match f.affinity_ms {
             Some(aff_ms) => self.affinity::<F>(snap, flow, aff_ms),
             None => match hint.pick.and_then(|id| snap.backend(id)) {

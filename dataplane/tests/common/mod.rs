@@ -65,6 +65,8 @@ pub fn frontend(
         method,
         affinity_ms: None,
         source_ranges: vec![],
+        flow_limit: None,
+        source_flow_limit: None,
         backends,
         maglev: Arc::new(MaglevTable::build(&mb, 1021, 42).unwrap()),
     }

@@ -24,6 +24,8 @@ fn snap() -> Snapshot {
             method: Method::Nat,
             affinity_ms: None,
             source_ranges: vec![],
+            flow_limit: None,
+            source_flow_limit: None,
             backends: vec![1],
             maglev: Arc::new(MaglevTable::build(&mb, 31, 1).unwrap()),
         }],
