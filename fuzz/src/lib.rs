@@ -1356,15 +1356,22 @@ impl World {
                     .stats()
                     .ct_evictions
                     .load(std::sync::atomic::Ordering::Relaxed);
-                let step = Step {
+                let mut step = Step {
                     snap: &self.snap,
                     worker: w as u16,
                     workers: WORKERS,
                     now_ms: self.now_ms,
                     evictions,
                     min_timeout_ms: self.min_timeout_ms,
+                    settled: false,
                 };
-                for ((input, b), v) in inputs.iter().zip(bufs.iter()).zip(verdicts.iter()) {
+                for (k, ((input, b), v)) in inputs
+                    .iter()
+                    .zip(bufs.iter())
+                    .zip(verdicts.iter())
+                    .enumerate()
+                {
+                    step.settled = k + 1 == n;
                     if let Some(h) = &mut self.trace {
                         *h = digest(
                             *h,
