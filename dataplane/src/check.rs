@@ -46,9 +46,6 @@ pub struct Step<'a> {
     pub evictions: u64,
     /// The shortest conntrack timeout: a flow seen more recently cannot have expired.
     pub min_timeout_ms: u32,
-    /// The worker's tables are as this packet left them: no later packet was processed
-    /// before the check (false for all but the last packet of a burst, checked after it).
-    pub settled: bool,
 }
 
 /// A 5-tuple, either family (IPv4 in the first 4 bytes).
@@ -428,19 +425,14 @@ impl Model {
             t.dport,
             t.proto,
         ) {
-            let seen = Seen {
-                backend: fwd.backend,
-                at_ms: s.now_ms,
-                evictions: s.evictions,
-            };
-            // Not settled, the table may show what a later packet of the burst made of the
-            // flow (a SYN scheduling it anew, say): that must not replace what an earlier
-            // output showed, only stand for a flow the model has not seen go anywhere.
-            if s.settled {
-                self.flows.insert((s.worker, t), seen);
-            } else {
-                self.flows.entry((s.worker, t)).or_insert(seen);
-            }
+            self.flows.insert(
+                (s.worker, t),
+                Seen {
+                    backend: fwd.backend,
+                    at_ms: s.now_ms,
+                    evictions: s.evictions,
+                },
+            );
         }
     }
 

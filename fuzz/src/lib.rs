@@ -1356,22 +1356,15 @@ impl World {
                     .stats()
                     .ct_evictions
                     .load(std::sync::atomic::Ordering::Relaxed);
-                let mut step = Step {
+                let step = Step {
                     snap: &self.snap,
                     worker: w as u16,
                     workers: WORKERS,
                     now_ms: self.now_ms,
                     evictions,
                     min_timeout_ms: self.min_timeout_ms,
-                    settled: false,
                 };
-                for (k, ((input, b), v)) in inputs
-                    .iter()
-                    .zip(bufs.iter())
-                    .zip(verdicts.iter())
-                    .enumerate()
-                {
-                    step.settled = k + 1 == n;
+                for ((input, b), v) in inputs.iter().zip(bufs.iter()).zip(verdicts.iter()) {
                     if let Some(h) = &mut self.trace {
                         *h = digest(
                             *h,

@@ -107,7 +107,6 @@ fn step(snap: &Snapshot, now_ms: u32) -> Step<'_> {
         now_ms,
         evictions: 0,
         min_timeout_ms: 5000,
-        settled: true,
     }
 }
 
