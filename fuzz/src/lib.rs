@@ -31,7 +31,8 @@ pub const BURST: usize = 32;
 pub const LB_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 /// A router's MAC (strangers' frames come from it).
 pub const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
-const MAX_IDS: usize = 64;
+/// Ids (frontends and backends) at most: the per-backend counters the table check compares.
+const MAX_IDS: usize = 16;
 const NAT_PORT_MIN: u16 = 20000;
 const NAT_PORT_MAX: u16 = 20063;
 const SEED: u64 = 0x5eed;
@@ -155,9 +156,32 @@ fn initial_slots() -> [BackendSlot; 14] {
     s
 }
 
+/// A frontend: VIP, port, protocol, method, affinity, source range.
+type FrontendSpec = (
+    &'static str,
+    u16,
+    Protocol,
+    Method,
+    Option<u32>,
+    Option<&'static str>,
+);
+
 /// The snapshot of a backend table.
 fn build_snapshot(generation: u64, slots: &[BackendSlot; 14]) -> Result<Snapshot, String> {
-    let fronts: [(&str, u16, Protocol, Method, Option<u32>, Option<&str>); 9] = [
+    build_snapshot_with(generation, slots, &mut MaglevCache::default())
+}
+
+/// A frontend's Maglev table by what it is built from: the frontend and its backends' ids
+/// and weights (a table is a pure function of them).
+type MaglevCache = std::collections::HashMap<(usize, Vec<(u32, u32)>), Arc<MaglevTable>>;
+
+/// [`build_snapshot`], taking the frontends' Maglev tables from `maglevs` when built before.
+fn build_snapshot_with(
+    generation: u64,
+    slots: &[BackendSlot; 14],
+    maglevs: &mut MaglevCache,
+) -> Result<Snapshot, String> {
+    let fronts: [FrontendSpec; 9] = [
         ("192.0.2.1", 80, Protocol::Tcp, Method::Nat, None, None),
         ("192.0.2.1", 53, Protocol::Udp, Method::Nat, None, None),
         ("192.0.2.2", 80, Protocol::Tcp, Method::DsrL2, None, None),
@@ -195,13 +219,27 @@ fn build_snapshot(generation: u64, slots: &[BackendSlot; 14]) -> Result<Snapshot
             .filter(|&i| BACKENDS[i].0 == fid as u32 && slots[i].present)
             .map(|i| i as u32 + 1)
             .collect();
-        let mb: Vec<MaglevBackend<'_>> = ids
-            .iter()
-            .map(|&id| MaglevBackend {
-                id: NAMES[id as usize - 1],
-                weight: slots[id as usize - 1].weight,
-            })
-            .collect();
+        let key = (
+            fid,
+            ids.iter()
+                .map(|&id| (id, slots[id as usize - 1].weight))
+                .collect::<Vec<_>>(),
+        );
+        let maglev = match maglevs.get(&key) {
+            Some(m) => m.clone(),
+            None => {
+                let mb: Vec<MaglevBackend<'_>> = ids
+                    .iter()
+                    .map(|&id| MaglevBackend {
+                        id: NAMES[id as usize - 1],
+                        weight: slots[id as usize - 1].weight,
+                    })
+                    .collect();
+                let m = Arc::new(MaglevTable::build(&mb, 31, 1).map_err(|e| e.to_string())?);
+                maglevs.insert(key, m.clone());
+                m
+            }
+        };
         frontends.push(Frontend {
             id: fid as u32,
             service: Arc::from("default/fuzz"),
@@ -214,7 +252,7 @@ fn build_snapshot(generation: u64, slots: &[BackendSlot; 14]) -> Result<Snapshot
             flow_limit: None,
             source_flow_limit: None,
             backends: ids,
-            maglev: Arc::new(MaglevTable::build(&mb, 31, 1).map_err(|e| e.to_string())?),
+            maglev,
         });
     }
     let backends = (0..BACKENDS.len())
@@ -248,6 +286,43 @@ fn initial_snapshot() -> Arc<Snapshot> {
     static S: OnceLock<Arc<Snapshot>> = OnceLock::new();
     S.get_or_init(|| Arc::new(build_snapshot(1, &initial_slots()).expect("the first snapshot")))
         .clone()
+}
+
+/// What a snapshot is built from: its generation and each backend's part of it (`left` is
+/// the fuzzer's bookkeeping, not the snapshot's).
+type SnapKey = (u64, [(bool, BackendState, u32, bool); 14]);
+
+/// Snapshots at most in [`SnapCache`] (it starts again when full).
+const SNAP_CACHE: usize = 4096;
+
+/// Snapshots already built, by what they are built from: a snapshot is immutable and a pure
+/// function of its key, so inputs that swap the same way (the fuzzer's mutations keep most of
+/// an input) share it instead of building Maglev tables again. `None`: the build failed.
+#[derive(Default)]
+struct SnapCache {
+    snaps: std::collections::HashMap<SnapKey, Option<Arc<Snapshot>>>,
+    maglevs: MaglevCache,
+}
+
+impl SnapCache {
+    fn get(&mut self, generation: u64, slots: &[BackendSlot; 14]) -> Result<Arc<Snapshot>, String> {
+        let key: SnapKey = (
+            generation,
+            slots.map(|s| (s.present, s.state, s.weight, s.resolved)),
+        );
+        if let Some(s) = self.snaps.get(&key) {
+            return s.clone().ok_or_else(|| "not built (cached)".to_string());
+        }
+        if self.snaps.len() >= SNAP_CACHE {
+            self.snaps.clear();
+        }
+        if self.maglevs.len() >= SNAP_CACHE {
+            self.maglevs.clear();
+        }
+        let built = build_snapshot_with(generation, slots, &mut self.maglevs).map(Arc::new);
+        self.snaps.insert(key, built.as_ref().ok().cloned());
+        built
+    }
 }
 
 /// How a frame is damaged after it is built.
@@ -454,6 +529,11 @@ impl Pkt {
 
     /// The frame.
     pub fn frame(&self) -> Vec<u8> {
+        self.frame_into(Vec::new())
+    }
+
+    /// The frame, written into `buf` (cleared first; its allocation reused).
+    pub fn frame_into(&self, buf: Vec<u8>) -> Vec<u8> {
         let (src, dst, mac) = self.addrs();
         let to = match self.to_mac % 3 {
             0 => LB_MAC,
@@ -481,17 +561,19 @@ impl Pkt {
                 icmp_header(if self.v6 { 128 } else { 8 }, 0, Pkt::port(self.sport)),
             ),
             3 => (if self.v6 { 58 } else { 1 }, icmp_header(self.flags, 0, 0)),
-            _ => ([47u8, 132, 4, 41][usize::from(self.flags % 4)], Vec::new()),
+            _ => (
+                [47u8, 132, 4, 41][usize::from(self.flags % 4)],
+                Hdr::default(),
+            ),
         };
-        let mut f = Frame::new(to, mac, self.vlan);
-        let payload: Vec<u8> = (0..payload_len).map(|i| i as u8).collect();
+        let mut f = Frame::new_in(buf, to, mac, self.vlan);
         f.ip(
             self.v6,
             src,
             dst,
             proto,
             &l4,
-            &payload,
+            &PAYLOAD[..payload_len],
             self.fragment,
             self.ip_options,
         );
@@ -521,7 +603,44 @@ impl Pkt {
     }
 }
 
-fn tcp_header(sport: u16, dport: u16, flags: u8, options: u8) -> Vec<u8> {
+/// Payload bytes: byte `i` is `i` (mod 256).
+static PAYLOAD: [u8; 1460] = {
+    let mut p = [0u8; 1460];
+    let mut i = 0;
+    while i < p.len() {
+        p[i] = i as u8;
+        i += 1;
+    }
+    p
+};
+
+/// A transport header built on the stack (at most 40 bytes: TCP with options).
+#[derive(Debug, Clone, Copy)]
+struct Hdr {
+    b: [u8; 40],
+    n: usize,
+}
+
+impl Default for Hdr {
+    fn default() -> Self {
+        Hdr { b: [0; 40], n: 0 }
+    }
+}
+
+impl std::ops::Deref for Hdr {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.b[..self.n]
+    }
+}
+
+impl std::ops::DerefMut for Hdr {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.b[..self.n]
+    }
+}
+
+fn tcp_header(sport: u16, dport: u16, flags: u8, options: u8) -> Hdr {
     let opts: &[u8] = match options {
         1 => &[2, 4, 5, 0xb4],
         2 => &[
@@ -531,7 +650,7 @@ fn tcp_header(sport: u16, dport: u16, flags: u8, options: u8) -> Vec<u8> {
         _ => &[],
     };
     let len = 20 + opts.len();
-    let mut h = vec![0u8; 20];
+    let mut h = Hdr { b: [0; 40], n: len };
     h[0..2].copy_from_slice(&sport.to_be_bytes());
     h[2..4].copy_from_slice(&dport.to_be_bytes());
     h[4..8].copy_from_slice(&1000u32.to_be_bytes());
@@ -539,27 +658,31 @@ fn tcp_header(sport: u16, dport: u16, flags: u8, options: u8) -> Vec<u8> {
     h[12] = ((len / 4) as u8) << 4;
     h[13] = flags;
     h[14..16].copy_from_slice(&65535u16.to_be_bytes());
-    h.extend_from_slice(opts);
+    h[20..].copy_from_slice(opts);
     h
 }
 
-fn udp_header(sport: u16, dport: u16) -> Vec<u8> {
-    let mut h = vec![0u8; 8];
+fn udp_header(sport: u16, dport: u16) -> Hdr {
+    let mut h = Hdr { b: [0; 40], n: 8 };
     h[0..2].copy_from_slice(&sport.to_be_bytes());
     h[2..4].copy_from_slice(&dport.to_be_bytes());
     h
 }
 
-fn icmp_header(t: u8, code: u8, ident: u16) -> Vec<u8> {
-    let mut h = vec![t, code, 0, 0, 0, 0, 0, 1];
+fn icmp_header(t: u8, code: u8, ident: u16) -> Hdr {
+    let mut h = Hdr { b: [0; 40], n: 8 };
+    h[..8].copy_from_slice(&[t, code, 0, 0, 0, 0, 0, 1]);
     h[4..6].copy_from_slice(&ident.to_be_bytes());
     h
 }
 
 fn sum(acc: u64, b: &[u8]) -> u64 {
-    b.chunks(2).fold(acc, |a, c| {
-        a + u64::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]))
-    })
+    let mut words = b.chunks_exact(2);
+    let mut a = (&mut words).fold(acc, |a, c| a + u64::from(u16::from_be_bytes([c[0], c[1]])));
+    if let [last] = words.remainder() {
+        a += u64::from(*last) << 8;
+    }
+    a
 }
 
 fn csum(s: u64) -> u16 {
@@ -579,7 +702,12 @@ struct Frame {
 
 impl Frame {
     fn new(dst: [u8; 6], src: [u8; 6], vlan: u8) -> Frame {
-        let mut b = Vec::with_capacity(128);
+        Frame::new_in(Vec::with_capacity(128), dst, src, vlan)
+    }
+
+    /// A frame written into `b` (cleared first; its allocation reused).
+    fn new_in(mut b: Vec<u8>, dst: [u8; 6], src: [u8; 6], vlan: u8) -> Frame {
+        b.clear();
         b.extend_from_slice(&dst);
         b.extend_from_slice(&src);
         match vlan % 3 {
@@ -594,8 +722,8 @@ impl Frame {
         }
     }
 
-    /// Appends an IP packet carrying `l4` (a transport header, its checksum filled here) and
-    /// `payload`.
+    /// Appends an IP packet carrying `l4` (a transport header, its checksum field zero and
+    /// filled here) and `payload`.
     #[allow(clippy::too_many_arguments)]
     fn ip(
         &mut self,
@@ -608,61 +736,47 @@ impl Frame {
         fragment: u8,
         options: bool,
     ) {
-        let mut seg = l4.to_vec();
-        seg.extend_from_slice(payload);
+        let seg_len = l4.len() + payload.len();
         let n = if v6 { 16 } else { 4 };
         let ck = match proto {
             6 => Some(16),
             17 => Some(6),
-            1 | 58 if seg.len() >= 4 => Some(2),
+            1 | 58 if seg_len >= 4 => Some(2),
             _ => None,
         };
-        if let Some(at) = ck {
-            if proto == 17 {
-                let len = seg.len() as u16;
-                seg[4..6].copy_from_slice(&len.to_be_bytes());
-            }
-            let pseudo = if proto == 1 {
-                0
-            } else {
-                sum(sum(0, &src[..n]), &dst[..n]) + u64::from(proto) + seg.len() as u64
-            };
-            let mut c = csum(sum(pseudo, &seg));
-            if proto == 17 && c == 0 {
-                c = 0xffff;
-            }
-            seg[at..at + 2].copy_from_slice(&c.to_be_bytes());
-        }
         let b = &mut self.bytes;
         if v6 {
             b.extend_from_slice(&[0x86, 0xdd]);
-            let mut ext = Vec::new();
+            // Extension headers: hop-by-hop (options) first, then the fragment header.
+            let mut ext = [0u8; 16];
+            let mut el = 0;
             let mut next = proto;
-            if fragment != 0 {
-                let off: u16 = if fragment == 2 { 8 << 3 } else { 1 };
-                ext.extend_from_slice(&[next, 0]);
-                ext.extend_from_slice(&off.to_be_bytes());
-                ext.extend_from_slice(&[0, 0, 0, 7]);
-                next = 44;
-            }
             if options {
-                let mut h = vec![next, 0, 1, 4, 0, 0, 0, 0];
-                h.extend_from_slice(&ext);
-                ext = h;
+                let after = if fragment != 0 { 44 } else { proto };
+                ext[..8].copy_from_slice(&[after, 0, 1, 4, 0, 0, 0, 0]);
+                el = 8;
                 next = 0;
             }
-            let plen = (ext.len() + seg.len()) as u16;
+            if fragment != 0 {
+                let off: u16 = if fragment == 2 { 8 << 3 } else { 1 };
+                let o = off.to_be_bytes();
+                ext[el..el + 8].copy_from_slice(&[proto, 0, o[0], o[1], 0, 0, 0, 7]);
+                el += 8;
+                if !options {
+                    next = 44;
+                }
+            }
+            let plen = (el + seg_len) as u16;
             b.extend_from_slice(&[0x60, 0, 0, 0]);
             b.extend_from_slice(&plen.to_be_bytes());
             b.extend_from_slice(&[next, 64]);
             b.extend_from_slice(&src);
             b.extend_from_slice(&dst);
-            b.extend_from_slice(&ext);
-            self.l4_csum = ck.map(|c| b.len() + c);
+            b.extend_from_slice(&ext[..el]);
         } else {
             b.extend_from_slice(&[0x08, 0x00]);
             let ihl = if options { 24 } else { 20 };
-            let total = (ihl + seg.len()) as u16;
+            let total = (ihl + seg_len) as u16;
             let frag: u16 = match fragment {
                 1 => 0x2000,
                 2 => 8,
@@ -682,9 +796,26 @@ impl Frame {
             }
             let c = csum(sum(0, &b[l3..]));
             b[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
-            self.l4_csum = ck.map(|c| b.len() + c);
         }
-        self.bytes.extend_from_slice(&seg);
+        let at = b.len();
+        b.extend_from_slice(l4);
+        b.extend_from_slice(payload);
+        if let Some(c) = ck {
+            if proto == 17 {
+                b[at + 4..at + 6].copy_from_slice(&(seg_len as u16).to_be_bytes());
+            }
+            let pseudo = if proto == 1 {
+                0
+            } else {
+                sum(sum(0, &src[..n]), &dst[..n]) + u64::from(proto) + seg_len as u64
+            };
+            let mut x = csum(sum(pseudo, &b[at..]));
+            if proto == 17 && x == 0 {
+                x = 0xffff;
+            }
+            b[at + c..at + c + 2].copy_from_slice(&x.to_be_bytes());
+        }
+        self.l4_csum = ck.map(|c| at + c);
     }
 }
 
@@ -842,7 +973,26 @@ pub struct World {
     sent: Vec<Sent>,
     natted: Vec<Natted>,
     min_timeout_ms: u32,
+    snaps: SnapCache,
+    scratch: Scratch,
+    /// `SLUICE_FUZZ_DEBUG` is set: every operation is printed.
+    debug: bool,
+    /// A digest of every frame fed to a worker, its verdict and its output, when asked for
+    /// ([`World::traced`]): what shows that two runs behaved alike.
+    trace: Option<u64>,
+    /// Per worker: its tables were checked at the current snapshot and clock and have not
+    /// changed since (so checking them again would give the same answer).
+    checked: [bool; WORKERS as usize],
+    /// Per worker: the table epochs its last check passed at, if the snapshot and the clock
+    /// are still those of that check (`Pipeline::check_tables_since`).
+    seen: [Option<[u64; 6]>; WORKERS as usize],
+    /// Inputs run.
+    runs: u64,
 }
+
+/// With debug assertions (as `fuzz/run` builds), every this many inputs the state after the
+/// reset is compared with a new world's ([`World::state_dump`]).
+const RESET_CHECK_EVERY: u64 = 1024;
 
 impl Default for World {
     fn default() -> Self {
@@ -893,6 +1043,13 @@ impl World {
             .into_iter()
             .min()
             .unwrap_or(0),
+            snaps: SnapCache::default(),
+            scratch: Scratch::default(),
+            debug: std::env::var_os("SLUICE_FUZZ_DEBUG").is_some(),
+            trace: None,
+            checked: [false; WORKERS as usize],
+            seen: [None; WORKERS as usize],
+            runs: 0,
         }
     }
 
@@ -907,20 +1064,87 @@ impl World {
         self.now_ms = 1000;
         self.sent.clear();
         self.natted.clear();
+        self.forget_checks();
+    }
+
+    /// The snapshot or the clock changed (or a new input begins): every check of every
+    /// worker is due again.
+    fn forget_checks(&mut self) {
+        self.checked = [false; WORKERS as usize];
+        self.seen = [None; WORKERS as usize];
+    }
+
+    /// Runs `input` as [`World::run`] does and returns a digest of every frame fed to a
+    /// worker, its verdict and its output, and of the state left.
+    pub fn traced(&mut self, input: &Input) -> (Result<(), String>, u64) {
+        self.trace = Some(0xcbf2_9ce4_8422_2325);
+        let r = self.run(input);
+        let h = self.trace.take().unwrap_or(0);
+        (r, h)
+    }
+
+    /// Everything the world holds that an input can change, written out: both pipelines
+    /// (`Pipeline::state_dump`), the model, the snapshot (its generation, and whether it is
+    /// the first), the backend table, the clock, the packets remembered and what is known to
+    /// have been checked. Leaves out the caches (snapshots and Maglev tables, each a pure
+    /// function of its key) and the scratch buffers (overwritten before every use).
+    pub fn state_dump(&self) -> String {
+        let mut d = String::new();
+        for p in &self.pipes {
+            d.push_str(&p.state_dump());
+            d.push('\n');
+        }
+        d.push_str(&format!(
+            "model {:?}\nsnapshot {} first {}\nslots {:?}\ngeneration {} now {}\nsent {:?}\nnatted {:?}\nchecked {:?} seen {:?}",
+            self.model,
+            self.snap.generation,
+            Arc::ptr_eq(&self.snap, &initial_snapshot()),
+            self.slots,
+            self.generation,
+            self.now_ms,
+            self.sent,
+            self.natted,
+            self.checked,
+            // The epochs count from the tables' creation; what matters is which tables
+            // changed since their last check.
+            self.seen
+                .iter()
+                .zip(&self.pipes)
+                .map(|(s, p)| s.map(|e| {
+                    let now = p.table_epochs();
+                    std::array::from_fn::<bool, 6, _>(|i| e[i] == now[i])
+                }))
+                .collect::<Vec<_>>()
+        ));
+        d
     }
 
     /// Runs one input from a fresh state; the first invariant violated, if any.
     pub fn run(&mut self, input: &Input) -> Result<(), String> {
         self.reset();
-        let debug = std::env::var_os("SLUICE_FUZZ_DEBUG").is_some();
+        if cfg!(debug_assertions) && self.runs.is_multiple_of(RESET_CHECK_EVERY) {
+            static FRESH: OnceLock<String> = OnceLock::new();
+            let fresh = FRESH.get_or_init(|| World::new().state_dump());
+            assert!(
+                self.state_dump() == *fresh,
+                "the reset left state behind: a crash would not reproduce"
+            );
+        }
+        self.runs += 1;
+        let debug = self.debug;
         for (i, op) in input.ops.iter().enumerate() {
             if debug {
                 eprintln!("op {i} at {} ms: {op:?}", self.now_ms);
             }
             self.op(op).map_err(|e| format!("op {i} {op:?}: {e}"))?;
+            // Every worker's tables after every operation; a worker whose tables, snapshot
+            // and clock are those it was last checked at would give the same answer.
             for (w, p) in self.pipes.iter().enumerate() {
-                p.check_tables(&self.snap, self.now_ms)
-                    .map_err(|e| format!("after op {i} {op:?}, worker {w}: {e}"))?;
+                if !std::mem::replace(&mut self.checked[w], true) {
+                    p.check_tables_since(&self.snap, self.now_ms, self.seen[w].as_ref())
+                        .map_err(|e| format!("after op {i} {op:?}, worker {w}: {e}"))?;
+                    self.seen[w] = Some(p.table_epochs());
+                }
             }
         }
         Ok(())
@@ -930,31 +1154,30 @@ impl World {
         match op {
             Op::Packet(p) => {
                 self.remember(p);
-                self.deliver(vec![p.frame()], false)
+                let f = p.frame_into(self.scratch.buf());
+                self.deliver_one(f)
             }
             Op::Burst(ps) => {
-                let frames = ps
-                    .iter()
-                    .map(|p| {
-                        self.remember(p);
-                        p.frame()
-                    })
-                    .collect();
+                let mut frames = std::mem::take(&mut self.scratch.frames);
+                for p in ps {
+                    self.remember(p);
+                    frames.push(p.frame_into(self.scratch.buf()));
+                }
                 self.deliver(frames, true)
             }
             Op::Reply { n, flags, payload } => {
                 let Some(r) = nth(&self.natted, *n) else {
                     return Ok(());
                 };
-                let mut f = Frame::new(LB_MAC, r.mac, 0);
+                let mut f = Frame::new_in(self.scratch.buf(), LB_MAC, r.mac, 0);
                 let l4 = if r.proto == 6 {
                     tcp_header(r.bport, r.nport, *flags, 0)
                 } else {
                     udp_header(r.bport, r.nport)
                 };
-                let payload: Vec<u8> = (0..*payload % 64).collect();
-                f.ip(r.v6, r.backend, r.nat, r.proto, &l4, &payload, 0, false);
-                self.deliver(vec![f.bytes], false)
+                let payload = &PAYLOAD[..usize::from(*payload % 64)];
+                f.ip(r.v6, r.backend, r.nat, r.proto, &l4, payload, 0, false);
+                self.deliver_one(f.bytes)
             }
             Op::IcmpError { n, kind, cut } => {
                 let Some(s) = nth(&self.sent, *n) else {
@@ -995,7 +1218,7 @@ impl World {
                     h[6..8].copy_from_slice(&1400u16.to_be_bytes());
                 }
                 let router = if p.v6 { a6(1, 0xee) } else { a4([10, 9, 0, 1]) };
-                let mut f = Frame::new(LB_MAC, ROUTER_MAC, 0);
+                let mut f = Frame::new_in(self.scratch.buf(), LB_MAC, ROUTER_MAC, 0);
                 f.ip(
                     p.v6,
                     router,
@@ -1006,7 +1229,7 @@ impl World {
                     0,
                     false,
                 );
-                self.deliver(vec![f.bytes], false)
+                self.deliver_one(f.bytes)
             }
             Op::Again { n, flags } => {
                 let Some(s) = nth(&self.sent, *n) else {
@@ -1015,10 +1238,12 @@ impl World {
                 let mut p = s.pkt;
                 p.flags = *flags;
                 p.damage = Damage::None;
-                self.deliver(vec![p.frame()], false)
+                let f = p.frame_into(self.scratch.buf());
+                self.deliver_one(f)
             }
             Op::Advance(ms) => {
                 self.now_ms = self.now_ms.wrapping_add(*ms);
+                self.forget_checks();
                 Ok(())
             }
             Op::Swap { backend, what } => {
@@ -1044,10 +1269,13 @@ impl World {
                 self.generation += 1;
                 // A table the control plane could not build is not published (the last good
                 // snapshot keeps serving).
-                match build_snapshot(self.generation, &self.slots) {
-                    Ok(snap) => self.snap = Arc::new(snap),
+                match self.snaps.get(self.generation, &self.slots) {
+                    Ok(snap) => {
+                        self.snap = snap;
+                        self.forget_checks();
+                    }
                     Err(e) => {
-                        if std::env::var_os("SLUICE_FUZZ_DEBUG").is_some() {
+                        if self.debug {
                             eprintln!("swap not published: {e}");
                         }
                         self.slots = prev;
@@ -1059,9 +1287,14 @@ impl World {
                 for p in &mut self.pipes {
                     p.expire(self.now_ms, usize::from(*n % 16) + 1);
                 }
+                self.checked = [false; WORKERS as usize];
                 Ok(())
             }
-            Op::Raw(v) => self.deliver(vec![v.clone()], false),
+            Op::Raw(v) => {
+                let mut f = self.scratch.buf();
+                f.extend_from_slice(v);
+                self.deliver_one(f)
+            }
         }
     }
 
@@ -1075,27 +1308,47 @@ impl World {
         }
     }
 
+    /// Feeds one frame to the worker RSS picks ([`World::deliver`]).
+    fn deliver_one(&mut self, frame: Vec<u8>) -> Result<(), String> {
+        let mut frames = std::mem::take(&mut self.scratch.frames);
+        frames.push(frame);
+        self.deliver(frames, false)
+    }
+
     /// Feeds frames to the workers RSS picks, in one burst each (`burst`) or one by one;
-    /// frames handed to another worker follow in further rounds. Checks every output.
-    fn deliver(&mut self, frames: Vec<Vec<u8>>, burst: bool) -> Result<(), String> {
-        let mut queues: Vec<Vec<Vec<u8>>> = vec![Vec::new(); usize::from(WORKERS)];
-        for f in frames {
-            queues[usize::from(rss(&f))].push(f);
+    /// frames handed to another worker follow in further rounds. Checks every output. The
+    /// frames' buffers go back to the scratch pool.
+    fn deliver(&mut self, mut frames: Vec<Vec<u8>>, burst: bool) -> Result<(), String> {
+        let sc = &mut self.scratch;
+        for f in frames.drain(..) {
+            sc.queues[usize::from(rss(&f))].push(f);
         }
-        for _round in 0..4 {
-            let mut next: Vec<Vec<Vec<u8>>> = vec![Vec::new(); usize::from(WORKERS)];
+        sc.frames = frames;
+        let mut r = Ok(());
+        'rounds: for _round in 0..4 {
             let mut any = false;
             for w in 0..usize::from(WORKERS) {
-                let inputs = std::mem::take(&mut queues[w]);
+                let sc = &mut self.scratch;
+                let inputs = std::mem::take(&mut sc.queues[w]);
                 if inputs.is_empty() {
+                    sc.queues[w] = inputs;
                     continue;
                 }
                 any = true;
-                let mut bufs: Vec<VecBuf> = inputs.iter().map(|f| VecBuf::new(f)).collect();
-                let mut verdicts = vec![Verdict::Tx; bufs.len()];
+                self.checked[w] = false;
+                let n = inputs.len();
+                while sc.bufs.len() < n {
+                    sc.bufs.push(VecBuf::new(&[]));
+                }
+                for (b, f) in sc.bufs.iter_mut().zip(&inputs) {
+                    b.reset(f);
+                }
+                sc.verdicts.clear();
+                sc.verdicts.resize(n, Verdict::Tx);
+                let (bufs, verdicts) = (&mut sc.bufs[..n], &mut sc.verdicts[..n]);
                 let pipe = &mut self.pipes[w];
                 if burst {
-                    pipe.process_burst(&self.snap, &mut bufs, self.now_ms, &mut verdicts);
+                    pipe.process_burst(&self.snap, bufs, self.now_ms, verdicts);
                 } else {
                     for (b, v) in bufs.iter_mut().zip(verdicts.iter_mut()) {
                         *v = pipe.process(&self.snap, b, self.now_ms);
@@ -1114,23 +1367,88 @@ impl World {
                     evictions,
                     min_timeout_ms: self.min_timeout_ms,
                 };
-                for ((input, b), v) in inputs.iter().zip(&bufs).zip(&verdicts) {
-                    self.model.packet(&step, input, *v, b.data())?;
+                for ((input, b), v) in inputs.iter().zip(bufs.iter()).zip(verdicts.iter()) {
+                    if let Some(h) = &mut self.trace {
+                        *h = digest(
+                            *h,
+                            &[&[w as u8], input, format!("{v:?}").as_bytes(), b.data()],
+                        );
+                    }
+                    if let Err(e) = self.model.packet(&step, input, *v, b.data()) {
+                        r = Err(e);
+                        break;
+                    }
                     match *v {
-                        Verdict::ToWorker(n) => next[usize::from(n)].push(b.data().to_vec()),
+                        Verdict::ToWorker(to) => {
+                            let mut f = sc.pool.pop().unwrap_or_default();
+                            f.clear();
+                            f.extend_from_slice(b.data());
+                            sc.next[usize::from(to)].push(f);
+                        }
                         Verdict::Tx => note_nat(&mut self.natted, &self.snap, b.data()),
                         _ => {}
                     }
                 }
-                self.model.burst_done(&step, pipe);
+                if r.is_ok() {
+                    self.model.burst_done(&step, pipe);
+                }
+                let mut inputs = inputs;
+                sc.pool.append(&mut inputs);
+                sc.queues[w] = inputs;
+                if r.is_err() {
+                    break 'rounds;
+                }
             }
             if !any {
                 break;
             }
-            queues = next;
+            let sc = &mut self.scratch;
+            std::mem::swap(&mut sc.queues, &mut sc.next);
         }
-        Ok(())
+        // Frames left over (an error, or handed on past the last round) go back to the pool.
+        let sc = &mut self.scratch;
+        for q in sc.queues.iter_mut().chain(sc.next.iter_mut()) {
+            sc.pool.append(q);
+        }
+        r
     }
+}
+
+/// Buffers reused across operations and inputs: what they hold never outlives one
+/// [`World::deliver`] (frames are built into a buffer from the pool and return to it).
+#[derive(Default)]
+struct Scratch {
+    /// An operation's frames, before RSS spreads them.
+    frames: Vec<Vec<u8>>,
+    /// Each worker's frames of the current round.
+    queues: [Vec<Vec<u8>>; WORKERS as usize],
+    /// Each worker's frames of the next round (handed over by another worker).
+    next: [Vec<Vec<u8>>; WORKERS as usize],
+    /// Packet buffers, one per frame of a round.
+    bufs: Vec<VecBuf>,
+    /// Their verdicts.
+    verdicts: Vec<Verdict>,
+    /// Spare frame buffers.
+    pool: Vec<Vec<u8>>,
+}
+
+impl Scratch {
+    /// An empty frame buffer.
+    fn buf(&mut self) -> Vec<u8> {
+        let mut b = self.pool.pop().unwrap_or_else(|| Vec::with_capacity(256));
+        b.clear();
+        b
+    }
+}
+
+/// FNV-1a of `parts` (each with its length) onto `h`.
+fn digest(mut h: u64, parts: &[&[u8]]) -> u64 {
+    for p in parts {
+        for b in (p.len() as u32).to_le_bytes().iter().chain(p.iter()) {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
 }
 
 /// The `n`-th latest of `v` (modulo its length).

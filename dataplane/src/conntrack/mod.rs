@@ -332,6 +332,10 @@ pub struct Conntrack<K, V> {
     cursor: usize,
     /// Counters.
     stats: ConntrackStats,
+    /// Calls that may have changed the table (the invariant checks skip a table that did not
+    /// change since they last passed it). Fuzzer and tests only.
+    #[cfg(any(test, feature = "check"))]
+    epoch: u64,
 }
 
 /// A slot, aligned to 32 bytes so that an IPv4 entry never straddles two cache lines (a
@@ -398,6 +402,17 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
             len: 0,
             cursor: 0,
             stats: ConntrackStats::default(),
+            #[cfg(any(test, feature = "check"))]
+            epoch: 0,
+        }
+    }
+
+    /// Counts a call that may change the table ([`Conntrack::epoch`]).
+    #[inline(always)]
+    fn touch(&mut self) {
+        #[cfg(any(test, feature = "check"))]
+        {
+            self.epoch = self.epoch.wrapping_add(1);
         }
     }
 
@@ -497,6 +512,7 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         now_ms: u32,
         on_expired: impl FnOnce(&Entry<K, V>),
     ) -> Option<(&mut Entry<K, V>, bool)> {
+        self.touch();
         let at_hint = match self.slots.get(hint as usize) {
             Some(Slot(Some(e))) => e.key == *key,
             _ => false,
@@ -561,6 +577,7 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         now_ms: u32,
         mode: Insert,
     ) -> Inserted<K, V> {
+        self.touch();
         let entry = Entry::new(key, value, state, now_ms);
         match mode {
             Insert::Replace => {
@@ -721,6 +738,7 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     /// Removes the entry of `key`, live or expired; whether there was one.
     #[inline]
     pub fn remove(&mut self, key: &K, hash: u64) -> bool {
+        self.touch();
         match self.find(key, hash) {
             Some(i) => {
                 self.release(i);
@@ -743,6 +761,7 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         max_buckets: usize,
         mut on_expired: impl FnMut(&Entry<K, V>),
     ) -> usize {
+        self.touch();
         let mut freed = 0;
         for _ in 0..max_buckets.min(self.mask + 1) {
             let b = self.cursor;
@@ -828,6 +847,7 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     /// [`Conntrack::new`] left it, without allocating (the fuzzer reuses its tables across
     /// inputs). Touches every slot: off the packet path.
     pub fn clear(&mut self) {
+        self.touch();
         self.tags.fill(0);
         for s in self.slots.iter_mut() {
             s.0 = None;
@@ -839,19 +859,26 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
 
     /// Checks the occupancy counter against the entries held, and the counters against each
     /// other (`len == inserts - evictions - expiries - removals`): the fuzzer's invariant.
+    /// Every slot is looked at once: each holds an entry exactly where its tag is set.
     #[cfg(any(test, feature = "check"))]
     pub fn check_occupancy(&self) -> Result<(), String> {
-        let held = self.entries_in(0, usize::MAX).count();
-        let tagged: usize = self
-            .tags
-            .iter()
-            .map(|t| (!lanes(t, 0) & 0xff).count_ones() as usize)
-            .sum();
-        if held != self.len || tagged != held {
-            return Err(format!(
-                "len {} but {held} entries held and {tagged} tags set",
-                self.len
-            ));
+        let mut held = 0;
+        for (b, t) in self.tags.iter().enumerate() {
+            let tagged = !lanes(t, 0) & 0xff;
+            let slots = &self.slots[b * SLOTS_PER_BUCKET..(b + 1) * SLOTS_PER_BUCKET];
+            let filled = slots
+                .iter()
+                .enumerate()
+                .fold(0u32, |m, (i, s)| m | u32::from(s.0.is_some()) << i);
+            if filled != tagged {
+                return Err(format!(
+                    "bucket {b}: slots {filled:#010b} hold entries, tags {tagged:#010b} are set"
+                ));
+            }
+            held += count_lanes(filled) as usize;
+        }
+        if held != self.len {
+            return Err(format!("len {} but {held} entries held", self.len));
         }
         let s = &self.stats;
         let sum = s
@@ -865,6 +892,54 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
             ));
         }
         Ok(())
+    }
+
+    /// Everything the table holds (tags, slots, counters, expiry cursor), written out: two
+    /// tables with the same dump behave alike. Leaves out [`Conntrack::epoch`], the checks'
+    /// bookkeeping. For the fuzzer's proof that a cleared table is a new one.
+    #[cfg(any(test, feature = "check"))]
+    pub fn dump(&self) -> String
+    where
+        K: std::fmt::Debug,
+        V: std::fmt::Debug,
+    {
+        format!(
+            "tags {:?} slots {:?} mask {} timeouts {:?} len {} cursor {} {:?}",
+            &self.tags[..],
+            &self.slots[..],
+            self.mask,
+            self.timeouts,
+            self.len,
+            self.cursor,
+            self.stats
+        )
+    }
+
+    /// How many calls that may change the table ([`Conntrack::lookup`], `insert`, `remove`,
+    /// `expire`, `clear`: every `&mut self` method) were made: the table is the same as when
+    /// this last had the same value. The fields are private, so nothing else changes it.
+    #[cfg(any(test, feature = "check"))]
+    #[must_use]
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The entries held, found through the tags (a free bucket costs one compare, not eight):
+    /// the invariant checks' scan. Those of [`Conntrack::entries_in`] once
+    /// [`Conntrack::check_occupancy`] passed.
+    #[cfg(any(test, feature = "check"))]
+    pub fn occupied(&self) -> impl Iterator<Item = &Entry<K, V>> + '_ {
+        self.tags.iter().enumerate().flat_map(move |(b, t)| {
+            let mut m = !lanes(t, 0) & 0xff;
+            std::iter::from_fn(move || {
+                (m != 0).then(|| {
+                    let i = first_lane(m);
+                    m &= m - 1;
+                    b * SLOTS_PER_BUCKET + i
+                })
+            })
+            .filter_map(move |i| self.slots[i].0.as_ref())
+        })
     }
 
     /// Occupied slots (live entries and expired ones not yet freed).

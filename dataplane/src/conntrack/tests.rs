@@ -814,7 +814,47 @@ fn check_occupancy_fires() {
         .check_occupancy()
         .unwrap_err()
         .contains("inserts - evictions"));
+    t.stats.inserts -= 1;
+    t.check_occupancy().unwrap();
+    // A tag set over a free slot.
+    let free = (0..t.tags.len())
+        .find(|&b| t.tags[b] == 0)
+        .expect("a free bucket");
+    t.tags[free] = 1;
+    assert!(t
+        .check_occupancy()
+        .unwrap_err()
+        .contains(&format!("bucket {free}")));
+    t.tags[free] = 0;
     t.clear();
     t.check_occupancy().unwrap();
     assert!(t.is_empty());
+}
+
+/// The invariant checks' scan through the tags finds the entries a scan of every slot finds.
+#[test]
+fn occupied_finds_every_entry() {
+    let mut t: Conntrack<V4Key, u32> = Conntrack::new(&ConntrackConfig {
+        capacity: 64,
+        ..Default::default()
+    });
+    for i in 0..80u16 {
+        let k = Key::new([1, 2, 3, 4], [5, 6, 7, 8], i, 2, 6);
+        let _ = t.insert(
+            k,
+            k.flow_hash(9),
+            u32::from(i),
+            FlowState::Udp,
+            0,
+            Insert::New,
+        );
+        if i % 7 == 0 {
+            t.remove(&k, k.flow_hash(9));
+        }
+        t.check_occupancy().unwrap();
+        let all: Vec<u32> = t.entries_in(0, usize::MAX).map(|e| *e.value()).collect();
+        let found: Vec<u32> = t.occupied().map(|e| *e.value()).collect();
+        assert_eq!(found, all);
+    }
+    assert!(t.len() > 40);
 }

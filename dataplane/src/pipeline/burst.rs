@@ -135,6 +135,18 @@ impl Default for Burst {
 }
 
 impl Burst {
+    /// Back to [`Burst::default`] in place (a pipeline reused by the fuzzer), without a
+    /// temporary of the whole cache.
+    #[cfg(any(test, feature = "check"))]
+    pub(super) fn clear(&mut self) {
+        self.pre.fill(Pre::default());
+        self.lookups.fill(Lookup::NONE);
+        self.slots.fill(NO_SLOT);
+        self.len = 0;
+        self.next = 0;
+        self.nat_syns = 0;
+    }
+
     /// Remembers a flow lookup; its index, if there was room (always: two per packet).
     #[inline(always)]
     fn push(&mut self, l: Lookup) -> Option<u8> {

@@ -23,12 +23,37 @@ impl Pipeline {
         self.flows.v6.aff.clear();
         self.ports.rewind();
         self.limits.reset();
-        self.burst = super::burst::Burst::default();
+        self.burst.clear();
         crate::stats::set(
             &stats.ct_capacity,
             (self.flows.v4.fwd.capacity() + self.flows.v6.fwd.capacity()) as u64,
         );
         self.stats = stats;
+    }
+
+    /// Everything the pipeline holds, written out: its tables' contents ([`Conntrack::dump`]
+    /// (crate::conntrack::Conntrack::dump)), counters, NAT port cursors and slice, burst cache
+    /// and flow sync state. A pipeline after [`Pipeline::reset`] has the dump of a new one
+    /// (the fuzzer's proof that no state leaks from one input into the next).
+    pub fn state_dump(&self) -> String {
+        let (a, b) = (&self.flows.v4, &self.flows.v6);
+        format!(
+            "worker {} of {}\nv4 fwd {}\nv4 rev {}\nv4 aff {}\nv6 fwd {}\nv6 rev {}\nv6 aff {}\nports {:?}\nstats {:?}\nburst {:?}\nreset_unknown_flows {} sync {} walk {:?}",
+            self.worker,
+            self.workers,
+            a.fwd.dump(),
+            a.rev.dump(),
+            a.aff.dump(),
+            b.fwd.dump(),
+            b.rev.dump(),
+            b.aff.dump(),
+            self.ports,
+            self.stats,
+            self.burst,
+            self.reset_unknown_flows,
+            self.sync.is_some(),
+            self.walk,
+        )
     }
 
     /// Checks the invariants of this worker's tables at `now_ms` under `snap`:
@@ -42,33 +67,72 @@ impl Pipeline {
     ///   address left the snapshot are exempt (their next packet ends them), and so is a
     ///   reverse entry whose 5-tuple a newer flow took over after its backend left.
     pub fn check_tables(&self, snap: &Snapshot, now_ms: u32) -> Result<(), String> {
+        self.check_tables_since(snap, now_ms, None)
+    }
+
+    /// Each table's [`Conntrack::epoch`](crate::conntrack::Conntrack::epoch): v4 forward,
+    /// reverse and affinity, then v6's.
+    pub fn table_epochs(&self) -> [u64; 6] {
+        let (a, b) = (&self.flows.v4, &self.flows.v6);
+        [
+            a.fwd.epoch(),
+            a.rev.epoch(),
+            a.aff.epoch(),
+            b.fwd.epoch(),
+            b.rev.epoch(),
+            b.aff.epoch(),
+        ]
+    }
+
+    /// [`Pipeline::check_tables`], given that the same checks passed when the tables'
+    /// epochs were `seen` ([`Pipeline::table_epochs`]) under the same `snap` and `now_ms`
+    /// (`None`: nothing known). What depends only on tables that have not changed since is
+    /// not checked again: each table's occupancy, and a family's NAT halves while neither its
+    /// forward nor its reverse table changed; the per-backend counts always are (the
+    /// counters may move without a table changing).
+    pub fn check_tables_since(
+        &self,
+        snap: &Snapshot,
+        now_ms: u32,
+        seen: Option<&[u64; 6]>,
+    ) -> Result<(), String> {
+        let epochs = self.table_epochs();
+        let changed = |i: usize| seen.is_none_or(|s| s[i] != epochs[i]);
         let t = (&self.flows.v4, &self.flows.v6);
-        let named = |name: &str, r: Result<(), String>| r.map_err(|e| format!("{name} table: {e}"));
-        named("v4 forward", t.0.fwd.check_occupancy())?;
-        named("v4 reverse", t.0.rev.check_occupancy())?;
-        named("v4 affinity", t.0.aff.check_occupancy())?;
-        named("v6 forward", t.1.fwd.check_occupancy())?;
-        named("v6 reverse", t.1.rev.check_occupancy())?;
-        named("v6 affinity", t.1.aff.check_occupancy())?;
-        let mut held = vec![0u64; self.stats.targets.len()];
-        for v in (self
-            .flows
-            .v4
-            .fwd
-            .entries_in(0, usize::MAX)
-            .map(|e| e.value()))
-        .chain(
-            self.flows
-                .v6
-                .fwd
-                .entries_in(0, usize::MAX)
-                .map(|e| e.value()),
-        ) {
+        let tables = [
+            ("v4 forward", &t.0.fwd as &dyn Occupancy),
+            ("v4 reverse", &t.0.rev),
+            ("v4 affinity", &t.0.aff),
+            ("v6 forward", &t.1.fwd),
+            ("v6 reverse", &t.1.rev),
+            ("v6 affinity", &t.1.aff),
+        ];
+        for (i, (name, table)) in tables.into_iter().enumerate() {
+            if changed(i) {
+                table
+                    .check_occupancy()
+                    .map_err(|e| format!("{name} table: {e}"))?;
+            }
+        }
+        // The entries are found through the tags from here on (the occupancy checks above
+        // showed that they agree).
+        let mut small = [0u64; 32];
+        let mut large = Vec::new();
+        let held: &mut [u64] = match self.stats.targets.len() {
+            n if n <= small.len() => &mut small[..n],
+            n => {
+                large.resize(n, 0);
+                &mut large
+            }
+        };
+        for v in
+            (t.0.fwd.occupied().map(|e| e.value())).chain(t.1.fwd.occupied().map(|e| e.value()))
+        {
             if let Some(n) = held.get_mut(v.backend as usize) {
                 *n += 1;
             }
         }
-        for (id, (c, n)) in self.stats.targets.iter().zip(held).enumerate() {
+        for (id, (c, &n)) in self.stats.targets.iter().zip(held.iter()).enumerate() {
             use std::sync::atomic::Ordering::Relaxed;
             let (new, closed) = (c.new_flows.load(Relaxed), c.closed_flows.load(Relaxed));
             if new.wrapping_sub(closed) != n {
@@ -77,8 +141,13 @@ impl Pipeline {
                 ));
             }
         }
-        self.nat_halves::<[u8; 4]>(snap, now_ms)?;
-        self.nat_halves::<[u8; 16]>(snap, now_ms)
+        if changed(0) || changed(1) {
+            self.nat_halves::<[u8; 4]>(snap, now_ms)?;
+        }
+        if changed(3) || changed(4) {
+            self.nat_halves::<[u8; 16]>(snap, now_ms)?;
+        }
+        Ok(())
     }
 
     /// The NAT-halves invariant of [`Pipeline::check_tables`] in family `F`.
@@ -86,12 +155,15 @@ impl Pipeline {
         let t = F::tables(&self.flows);
         let nat = F::nat(&snap.local);
         let seed = snap.hash_seed;
-        for e in t.fwd.entries_in(0, usize::MAX) {
+        for e in t.fwd.occupied() {
             let (k, v): (Key<F>, Fwd) = (*e.key(), *e.value());
+            if v.nat_port == 0 || t.fwd.remaining_ms(e, now_ms) == 0 {
+                continue;
+            }
             let nat_flow = snap
                 .frontend_for(&{ k.dst }.to_raw(), F::V6, k.proto, k.dport)
                 .is_some_and(|f| f.method == Method::Nat);
-            if t.fwd.remaining_ms(e, now_ms) == 0 || v.nat_port == 0 || !nat_flow {
+            if !nat_flow {
                 continue;
             }
             let (Some(b), Some(&na)) = (snap.backend(v.backend), nat.get(usize::from(v.nat_addr)))
@@ -126,7 +198,7 @@ impl Pipeline {
                 }
             }
         }
-        for e in t.rev.entries_in(0, usize::MAX) {
+        for e in t.rev.occupied() {
             if t.rev.remaining_ms(e, now_ms) == 0 {
                 continue;
             }
@@ -164,6 +236,17 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+}
+
+/// A table whose occupancy can be checked, whatever its key and value.
+trait Occupancy {
+    fn check_occupancy(&self) -> Result<(), String>;
+}
+
+impl<K: crate::conntrack::FlowKey, V: Copy> Occupancy for crate::conntrack::Conntrack<K, V> {
+    fn check_occupancy(&self) -> Result<(), String> {
+        crate::conntrack::Conntrack::check_occupancy(self)
     }
 }
 

@@ -41,11 +41,13 @@ impl NatPorts {
         }
     }
 
-    /// Both cursors back to the start of the slice (a pipeline reused by the fuzzer).
+    /// Both cursors back to the start of the slice and the slice forgotten, as
+    /// [`NatPorts::new`] left them with `nat_port_start` 0 (a pipeline reused by the fuzzer).
     #[cfg(any(test, feature = "check"))]
     pub(super) fn rewind(&mut self) {
         self.cursor = 0;
         self.spill = 0;
+        self.slice = NatSlice::new(1, 0, self.slice.worker, self.slice.workers);
     }
 }
 

@@ -207,3 +207,27 @@ fn answers_to_broadcast_frames_come_from_our_mac() {
         assert_eq!(&b.data()[6..12], &s.local.mac, "from our MAC");
     }
 }
+
+/// A pipeline that carried flows (NAT, in bursts, evictions, a snapshot with another NAT
+/// range) and was reset holds exactly what a new one holds: nothing leaks into the fuzzer's
+/// next input.
+#[test]
+fn reset_leaves_a_new_pipeline() {
+    let s = snap();
+    let mut pipe = pipeline();
+    let fresh = pipeline().state_dump();
+    assert_eq!(pipe.state_dump(), fresh);
+    for i in 0..100u16 {
+        let mut b = VecBuf::new(&tcp([10, 9, 9, 9], [192, 0, 2, 1], 40000 + i, 80, 0x02));
+        pipe.process(&s, &mut b, 10);
+    }
+    let mut burst: Vec<VecBuf> = (0..8u16)
+        .map(|i| VecBuf::new(&tcp([10, 9, 9, 8], [192, 0, 2, 1], 50000 + i, 80, 0x02)))
+        .collect();
+    let mut verdicts = [Verdict::Tx; 8];
+    pipe.process_burst(&s, &mut burst, 20, &mut verdicts);
+    pipe.expire(5000, 4);
+    assert_ne!(pipe.state_dump(), fresh);
+    pipe.reset(Arc::new(WorkerStats::new(16)));
+    assert_eq!(pipe.state_dump(), fresh);
+}
