@@ -4,9 +4,8 @@
 //!
 //! The tests share one lab and one DPDK port, so they run one at a time (a global lock).
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use sluice_dataplane::wire::parse::parse;
 
 #[path = "support/lab.rs"]
 mod lab_support;
-use lab_support::{lab, ns, repo, wait};
+use lab_support::{lab, ns, repo, stop_sluiced, wait, Session};
 
 const VIP4: &str = "10.99.0.100";
 
@@ -136,23 +135,8 @@ impl Sluiced {
 
     /// SIGTERM; the daemon must exit 0 within 5 s, saying it stopped cleanly.
     fn stop(mut self) {
-        let mut child = self.child.take().unwrap();
-        let st = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let t = Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(t.elapsed() < Duration::from_secs(5), "sluiced did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let log = self.log_text();
-        assert!(status.success(), "sluiced exit status {status}:\n{log}");
-        assert!(log.contains("stopped cleanly"), "{log}");
+        let child = self.child.take().unwrap();
+        stop_sluiced(child, || self.log_text());
     }
 }
 
@@ -162,51 +146,6 @@ impl Drop for Sluiced {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-}
-
-/// A long-lived TCP connection to the echo port from a client namespace.
-struct Session {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Session {
-    fn open(nsname: &str, host: &str, port: u16) -> Session {
-        let py = repo().join("scripts/lab-client.py");
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", nsname, "/usr/bin/python3", "-u"])
-            .arg(py)
-            .args(["session", host, &port.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "connected");
-        Session {
-            child,
-            stdin,
-            stdout,
-        }
-    }
-
-    fn say(&mut self, s: &str) -> String {
-        writeln!(self.stdin, "{s}").unwrap();
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        line.trim().to_string()
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

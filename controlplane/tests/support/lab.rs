@@ -1,11 +1,13 @@
 //! The namespace labs' shared helpers for the tests that run real daemons in them (`e2e.rs`,
-//! `bgp.rs`, `routed.rs`): where the repository is, `scripts/lab`, commands inside a namespace,
-//! `scripts/lab-client.py`, bounded waits and the routed lab's router FIB.
+//! `bgp.rs`, `routed.rs`, `capture.rs`): where the repository is, `scripts/lab`, commands inside
+//! a namespace, `scripts/lab-client.py` and its long-lived sessions, stopping a daemon by
+//! SIGTERM, bounded waits and the routed lab's router FIB.
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The repository root.
@@ -81,4 +83,76 @@ pub fn next_hops(prefix: &str) -> BTreeSet<String> {
         .filter(|w| w[0] == "via")
         .map(|w| w[1].to_owned())
         .collect()
+}
+
+/// A long-lived TCP connection to the echo service from a client namespace
+/// (`scripts/lab-client.py session`): each line said is echoed back.
+pub struct Session {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Session {
+    /// Connects from namespace `nsname` to `host:port`.
+    pub fn open(nsname: &str, host: &str, port: u16) -> Session {
+        let py = repo().join("scripts/lab-client.py");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", nsname, "/usr/bin/python3", "-u"])
+            .arg(py)
+            .args(["session", host, &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "connected");
+        Session {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Sends one line; the line that came back.
+    pub fn say(&mut self, s: &str) -> String {
+        writeln!(self.stdin, "{s}").unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        line.trim().to_string()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Stops a `sluiced` by SIGTERM: it must exit 0 within 5 s, and its log (read by `log` once
+/// it has exited) must say it stopped cleanly.
+pub fn stop_sluiced(mut child: Child, log: impl Fn() -> String) {
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "sluiced did not stop within 5 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = log();
+    assert!(status.success(), "sluiced exit status {status}:\n{log}");
+    assert!(log.contains("stopped cleanly"), "{log}");
 }

@@ -58,23 +58,7 @@ pub async fn request(
         path: socket.to_path_buf(),
         message,
     };
-    let stream = UnixStream::connect(socket)
-        .await
-        .map_err(|source| ClientError::Connect {
-            path: socket.to_path_buf(),
-            source,
-        })?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| http(format!("handshake: {e}")))?;
-    let driver = tokio::spawn(conn);
-    let req = Request::builder()
-        .method(method)
-        .uri(target)
-        .header("host", "localhost")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .map_err(|e| http(format!("bad request: {e}")))?;
+    let (mut send, driver, req) = open(socket, method, target, body.unwrap_or_default()).await?;
     let exchange = async {
         let resp = send
             .send_request(req)
@@ -126,23 +110,7 @@ pub async fn stream(
         path: socket.to_path_buf(),
         message,
     };
-    let stream = UnixStream::connect(socket)
-        .await
-        .map_err(|source| ClientError::Connect {
-            path: socket.to_path_buf(),
-            source,
-        })?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| http(format!("handshake: {e}")))?;
-    let driver = tokio::spawn(conn);
-    let req = Request::builder()
-        .method(method)
-        .uri(target)
-        .header("host", "localhost")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| http(format!("bad request: {e}")))?;
+    let (mut send, driver, req) = open(socket, method, target, body).await?;
     let resp = tokio::time::timeout(TIMEOUT, send.send_request(req))
         .await
         .map_err(|_| http(format!("no answer within {TIMEOUT:?}")))?
@@ -172,4 +140,43 @@ pub async fn stream(
     }
     driver.abort();
     Ok(Streamed::Done)
+}
+
+/// Connects to the admin socket at `socket` and builds the request `method target` with
+/// `body`: the sender, the task driving the connection (abort it when done) and the request.
+async fn open(
+    socket: &Path,
+    method: &str,
+    target: &str,
+    body: String,
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        tokio::task::JoinHandle<hyper::Result<()>>,
+        Request<Full<Bytes>>,
+    ),
+    ClientError,
+> {
+    let http = |message: String| ClientError::Http {
+        path: socket.to_path_buf(),
+        message,
+    };
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|source| ClientError::Connect {
+            path: socket.to_path_buf(),
+            source,
+        })?;
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| http(format!("handshake: {e}")))?;
+    let driver = tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(target)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| http(format!("bad request: {e}")))?;
+    Ok((send, driver, req))
 }
