@@ -603,6 +603,10 @@ async fn handle(s: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         Ok(b) => b.to_bytes(),
         Err(e) => return error(400, "BadRequest", &format!("reading the body: {e}")),
     };
+    if *s.down.borrow() {
+        // Accepted just before an outage began: answer as a server going away would.
+        return error(503, "ServiceUnavailable", "the API server is down");
+    }
     let Some(t) = parse_path(&path) else {
         return error(
             404,
@@ -974,6 +978,9 @@ fn watch_response(s: &Arc<Shared>, t: &Target, query: &str) -> Response<Body> {
     };
     let mut kill = s.kill.subscribe();
     kill.borrow_and_update();
+    // An outage cuts this watch before it sends anything that changed after it began: the
+    // connection task is cut too, but maybe only after this task has written more.
+    let down = s.down.subscribe();
     tokio::spawn(async move {
         let events = match initial {
             Ok(e) => e,
@@ -1019,6 +1026,12 @@ fn watch_response(s: &Arc<Shared>, t: &Target, query: &str) -> Response<Body> {
                     }
                 }
                 c = sub.recv() => match c {
+                    Ok(_) if *down.borrow() => {
+                        let _ = tx
+                            .send(Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "the API server is down")))
+                            .await;
+                        return;
+                    }
                     Ok(c) => {
                         rv = rv.max(c.rv);
                         if in_scope(&scope, c.res, &c.namespace) {
