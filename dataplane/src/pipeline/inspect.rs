@@ -32,13 +32,13 @@ impl Pipeline {
     }
 
     /// Everything the pipeline holds, written out: its tables' contents ([`Conntrack::dump`]
-    /// (crate::conntrack::Conntrack::dump)), counters, NAT port cursors and slice, burst cache
-    /// and flow sync state. A pipeline after [`Pipeline::reset`] has the dump of a new one
+    /// (crate::conntrack::Conntrack::dump)), counters, NAT port cursors and slice, new-flow
+    /// buckets, burst cache and flow sync state. A pipeline after [`Pipeline::reset`] has the dump of a new one
     /// (the fuzzer's proof that no state leaks from one input into the next).
     pub fn state_dump(&self) -> String {
         let (a, b) = (&self.flows.v4, &self.flows.v6);
         format!(
-            "worker {} of {}\nv4 fwd {}\nv4 rev {}\nv4 aff {}\nv6 fwd {}\nv6 rev {}\nv6 aff {}\nports {:?}\nstats {:?}\nburst {:?}\nreset_unknown_flows {} sync {} walk {:?}",
+            "worker {} of {}\nv4 fwd {}\nv4 rev {}\nv4 aff {}\nv6 fwd {}\nv6 rev {}\nv6 aff {}\nports {:?}\nlimits {}\nstats {:?}\nburst {:?}\nreset_unknown_flows {} sync {} walk {:?}",
             self.worker,
             self.workers,
             a.fwd.dump(),
@@ -48,6 +48,7 @@ impl Pipeline {
             b.rev.dump(),
             b.aff.dump(),
             self.ports,
+            self.limits.dump(),
             self.stats,
             self.burst,
             self.reset_unknown_flows,

@@ -5,7 +5,7 @@ use super::super::{PacketBuf, PipelineConfig, VecBuf, Verdict};
 use super::*;
 use crate::conntrack::{FlowState, Insert};
 use crate::maglev::{MaglevBackend, MaglevTable};
-use crate::snapshot::{Backend, BackendState, Frontend, Local, Protocol};
+use crate::snapshot::{Backend, BackendState, FlowLimit, Frontend, Local, Protocol};
 
 fn snap() -> Snapshot {
     let mb = [MaglevBackend {
@@ -24,8 +24,15 @@ fn snap() -> Snapshot {
             method: Method::Nat,
             affinity_ms: None,
             source_ranges: vec![],
-            flow_limit: None,
-            source_flow_limit: None,
+            // Limits high enough never to refuse, so that their buckets fill (and must reset).
+            flow_limit: Some(FlowLimit {
+                rate: 1000,
+                burst: 1000,
+            }),
+            source_flow_limit: Some(FlowLimit {
+                rate: 1000,
+                burst: 1000,
+            }),
             backends: vec![1],
             maglev: Arc::new(MaglevTable::build(&mb, 31, 1).unwrap()),
         }],
