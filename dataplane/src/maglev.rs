@@ -74,8 +74,8 @@ pub const SIZE_LADDER: [u32; 8] = [
 /// asks for `M >= 100 * N`, which keeps balance within 1% but not the flows moved by removing
 /// one backend near the `1/N` minimum: the excess shrinks with `M` (roughly as
 /// `sqrt(N / M)`). At 300 slots per backend, removing one backend moved at most `1/N + 0.6`
-/// percentage points from the 262147 rung up (N >= 219; worst of 50 seeds 0.55 pp), but up to
-/// about 0.8 pp at 65537 (N = 55..=218) and 2 pp on the smaller rungs (N <= 54), where only
+/// percentage points from the 262147 rung up (N = 219..=5000; worst 0.57 pp), but up to
+/// 0.83 pp at 65537 (N = 55..=218) and 2 pp on the smaller rungs (N <= 54), where only
 /// much larger tables do better (N = 10 needs about 65537 slots for 0.6 pp): 300 is the most
 /// that keeps 10,000 Services of 10 backends (4099 slots, 16 KiB each) within the control
 /// plane's memory target.
