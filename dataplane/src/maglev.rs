@@ -76,9 +76,9 @@ pub const SIZE_LADDER: [u32; 8] = [
 /// `sqrt(N / M)`). At 300 slots per backend, removing one backend moved at most `1/N + 0.6`
 /// percentage points from the 262147 rung up (N = 219..=5000; worst 0.57 pp), but up to
 /// 0.83 pp at 65537 (N = 55..=218) and 2 pp on the smaller rungs (N <= 54), where only
-/// much larger tables do better (N = 10 needs about 65537 slots for 0.6 pp): 300 is the most
-/// that keeps 10,000 Services of 10 backends (4099 slots, 16 KiB each) within the control
-/// plane's memory target.
+/// much larger tables do better (N = 10 needs about 65537 slots for 0.6 pp). Above 409 slots
+/// per backend, 10 backends would take the 16411 rung, and 10,000 such Services 640 MiB of
+/// tables, over the control plane's 500 MiB target; 300 keeps them at 4099 slots (16 KiB).
 pub const SLOTS_PER_BACKEND: u32 = 300;
 
 /// The most backends rung `size` serves under [`auto_size`]: `size / SLOTS_PER_BACKEND`.
