@@ -22,7 +22,7 @@
 //!
 //! Environment: `SLUICE_BENCH_SERVICES` (10000), `SLUICE_BENCH_ENDPOINTS` (100000),
 //! `SLUICE_BENCH_CHANGES` (300), `SLUICE_BENCH_WORKERS` (4), `SLUICE_BENCH_MAGLEV` (Maglev
-//! table size, 1031).
+//! table size, `auto` as by default, or a prime).
 
 #[path = "../tests/support/fakeapi.rs"]
 mod fakeapi;
@@ -275,10 +275,10 @@ fn main() {
     let changes = env("SLUICE_BENCH_CHANGES", 300);
     let nworkers = env("SLUICE_BENCH_WORKERS", 4);
     let per = per_service(services, endpoints);
+    let maglev = std::env::var("SLUICE_BENCH_MAGLEV").unwrap_or_else(|_| "auto".into());
     println!(
-        "k8s_convergence: {services} Services, {} endpoints ({per} per Service), {nworkers} workers, {changes} changes, Maglev size {}",
+        "k8s_convergence: {services} Services, {} endpoints ({per} per Service), {nworkers} workers, {changes} changes, Maglev size {maglev}",
         services * per,
-        env("SLUICE_BENCH_MAGLEV", 1031)
     );
 
     let t = Instant::now();
@@ -298,7 +298,6 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
 
-    let maglev = env("SLUICE_BENCH_MAGLEV", 1031);
     let cfg = Config::parse(
         &r#"
 [[ports]]
@@ -308,7 +307,6 @@ ipv4 = ["192.168.0.250/16"]
 gateway_v4 = "192.168.0.254"
 
 [tables]
-# 10 backends per Service: 1031 is over 100 times that (docs/configuration.md).
 maglev_size = MAGLEV
 max_backends = 262144
 
@@ -324,7 +322,14 @@ leader_election = false
 name = "bench"
 cidrs = ["172.16.0.0/16"]
 "#
-        .replace("MAGLEV", &maglev.to_string()),
+        .replace(
+            "MAGLEV",
+            &if maglev == "auto" {
+                "\"auto\"".to_owned()
+            } else {
+                maglev.clone()
+            },
+        ),
         "bench.toml",
     )
     .expect("config");
@@ -397,6 +402,21 @@ cidrs = ["172.16.0.0/16"]
         p.snapshot.frontends().count(),
         services,
         "every Service served"
+    );
+    // The Maglev tables: shared by every worker through the snapshot's `Arc`s.
+    let mut sizes: BTreeMap<u32, usize> = BTreeMap::new();
+    for f in p.snapshot.frontends() {
+        *sizes.entry(f.maglev.size()).or_default() += 1;
+    }
+    let table_bytes: usize = sizes.iter().map(|(m, k)| *m as usize * 4 * k).sum();
+    println!(
+        "Maglev tables: {} ({:.0} MiB)",
+        sizes
+            .iter()
+            .map(|(m, k)| format!("{k} of {m} slots"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        table_bytes as f64 / (1024.0 * 1024.0)
     );
     drop(p);
     let rss_loaded = rss_kib("VmRSS:");
@@ -480,7 +500,7 @@ cidrs = ["172.16.0.0/16"]
         hwm as f64 / 1024.0
     );
     println!(
-        "targets: p99 <= 1000 ms: {}; p50 <= 200 ms: {}",
+        "targets: p99 <= 1000 ms: {}; p50 <= 200 ms: {}; peak memory <= 500 MiB: {}",
         if ms(pct(&samples, 0.99)) <= 1000.0 && timeouts == 0 {
             "met"
         } else {
@@ -491,6 +511,7 @@ cidrs = ["172.16.0.0/16"]
         } else {
             "NOT met"
         },
+        if hwm <= 500 * 1024 { "met" } else { "NOT met" },
     );
     drop(p);
     rt.block_on(inst.stop());

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_main, BenchmarkId, Criterion};
 use sluice_dataplane::hash::{hash_v4_5tuple, mix64};
-use sluice_dataplane::maglev::{MaglevBackend, MaglevTable, DEFAULT_TABLE_SIZE};
+use sluice_dataplane::maglev::{auto_size, MaglevBackend, MaglevTable, DEFAULT_TABLE_SIZE};
 
 /// Burst size of a worker.
 const BURST: usize = 32;
@@ -64,6 +64,20 @@ fn build(c: &mut Criterion) {
                     black_box(v.iter().fold(0u32, |a, &x| a.wrapping_add(x)))
                 })
             },
+        );
+    }
+    // The automatic size: what a compile of one Service of N backends costs.
+    let many = ids(5000);
+    for n in [10, 1000, 5000] {
+        let backends: Vec<MaglevBackend<'_>> = many[..n]
+            .iter()
+            .map(|id| MaglevBackend { id, weight: 1 })
+            .collect();
+        let size = auto_size(n);
+        g.bench_with_input(
+            BenchmarkId::new("build_auto", format!("M={size},N={n}")),
+            &size,
+            |b, &size| b.iter(|| MaglevTable::build(black_box(&backends), size, 42).unwrap()),
         );
     }
     g.finish();

@@ -60,6 +60,11 @@ pub fn registry(state: Arc<AdminState>) -> Registry {
         "Snapshots published to the workers",
         t.published,
     );
+    r.register(
+        "sluice_maglev_resizes",
+        "Maglev tables that changed size (each remaps almost all new flows of its frontend)",
+        t.maglev_resizes,
+    );
     r.register_collector(Box::new(SluiceCollector(state)));
     r
 }

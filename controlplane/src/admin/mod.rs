@@ -431,6 +431,7 @@ pub(crate) struct Telemetry {
     compile: prometheus_client::metrics::histogram::Histogram,
     publish: prometheus_client::metrics::histogram::Histogram,
     published: prometheus_client::metrics::counter::Counter,
+    maglev_resizes: prometheus_client::metrics::counter::Counter,
 }
 
 impl Default for Telemetry {
@@ -440,6 +441,7 @@ impl Default for Telemetry {
             compile: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
             publish: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
             published: Default::default(),
+            maglev_resizes: Default::default(),
         }
     }
 }
@@ -747,6 +749,11 @@ impl AdminState {
             targets,
         };
         now
+    }
+
+    /// Maglev tables that changed size in a compile (for `sluice_maglev_resizes_total`).
+    pub fn maglev_resized(&self, tables: usize) {
+        self.telemetry.maglev_resizes.inc_by(tables as u64);
     }
 
     /// Time a compile took (for `sluice_snapshot_compile_seconds`).

@@ -17,6 +17,12 @@ pub(super) struct MaglevKey {
 }
 
 impl Compiler {
+    /// The size of the frontend's cached table, and whether it has entries (`None`: no table
+    /// yet).
+    pub(super) fn maglev_size_of(&self, fid: u32) -> Option<(u32, bool)> {
+        self.maglev.get(&fid).map(|(k, t)| (k.size, !t.is_empty()))
+    }
+
     /// The frontend's Maglev table: the cached one when its inputs are unchanged, else a new
     /// build (second value true).
     pub(super) fn maglev_table(

@@ -80,7 +80,9 @@ use ipam::{Ipam, Issue};
 
 use ids::{BackendKey, FrontendKey, IdSlab};
 use maglev::MaglevKey;
-pub use report::{state_name, BackendReport, CompileReport, FrontendReport, ServiceReport};
+pub use report::{
+    state_name, BackendReport, CompileReport, FrontendReport, MaglevResize, ServiceReport,
+};
 use services::effective_target;
 pub use services::serves;
 pub use targets::next_hop;
@@ -335,6 +337,7 @@ impl Compiler {
                         my_slices,
                         &mut claimed,
                         &mut report.maglev_rebuilt,
+                        &mut report.maglev_resized,
                     )
                 }
             };

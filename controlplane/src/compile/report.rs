@@ -12,6 +12,21 @@ use crate::config::Target;
 use crate::health::ProbeTarget;
 use crate::model::{L4Protocol, ObjectKey};
 
+/// A frontend's Maglev table that changed size ([`CompileReport::maglev_resized`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MaglevResize {
+    /// Frontend id.
+    pub frontend: u32,
+    /// `namespace/service:port`.
+    pub name: String,
+    /// The size before.
+    pub old: u32,
+    /// The size now.
+    pub new: u32,
+    /// Backends the Service lists for the frontend.
+    pub backends: usize,
+}
+
 /// What a compile did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CompileReport {
@@ -32,6 +47,10 @@ pub struct CompileReport {
     pub health_targets: BTreeSet<ProbeTarget>,
     /// Frontends whose Maglev table was built by this compile (the others reused theirs).
     pub maglev_rebuilt: Vec<u32>,
+    /// Frontends whose Maglev table changed size in this compile (which remaps almost all of
+    /// their new flows): the number of backends crossed a rung of the automatic size, or the
+    /// configured size changed. Not counted when the old or the new table is empty.
+    pub maglev_resized: Vec<MaglevResize>,
     /// Services this compile re-examined, sorted; the others' inputs were unchanged and their
     /// last result was reused.
     pub recompiled: Vec<ObjectKey>,

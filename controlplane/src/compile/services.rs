@@ -11,14 +11,14 @@ use sluice_dataplane::snapshot::{Backend, Cidr, Frontend, Method, Protocol, MAX_
 use super::ids::{BackendKey, FrontendKey};
 use super::ipam::Issue;
 use super::probes::ProbeSpec;
-use super::report::{CompileReport, FrontendReport, ServiceReport};
-use super::targets::desired_backends;
+use super::report::{CompileReport, FrontendReport, MaglevResize, ServiceReport};
+use super::targets::{desired_backends, listed_count};
 use super::{
     CompileInput, Compiler, ServiceCache, ANNOTATION_BACKEND_WEIGHTS, ANNOTATION_FLOW_LIMIT,
     ANNOTATION_MAGLEV_SIZE, ANNOTATION_METHOD, ANNOTATION_SOURCE_FLOW_LIMIT, ANNOTATION_TARGET,
     MAX_WEIGHT,
 };
-use crate::config::{check_maglev_size, Config, RateBurst, Target};
+use crate::config::{Config, MaglevSize, RateBurst, Target};
 use crate::health::{Health, ProbeTarget};
 use crate::model::{EndpointSlice, IpFamily, L4Protocol, Service};
 
@@ -26,7 +26,7 @@ use crate::model::{EndpointSlice, IpFamily, L4Protocol, Service};
 pub(super) struct Settings {
     method: Method,
     target: Target,
-    maglev_size: u32,
+    maglev_size: MaglevSize,
     /// How its backends are probed.
     probes: ProbeSpec,
     /// Maglev weights by backend address (`sluice.dev/backend-weights`).
@@ -58,6 +58,7 @@ impl Compiler {
         slices: &[&EndpointSlice],
         claimed: &mut HashSet<(IpAddr, Protocol, u16)>,
         maglev_rebuilt: &mut Vec<u32>,
+        maglev_resized: &mut Vec<MaglevResize>,
     ) -> ServiceCache {
         let cfg = input.config;
         let now = input.now;
@@ -141,7 +142,7 @@ impl Compiler {
                     method: settings.method,
                     target: settings.target,
                     affinity_ms: svc.session_affinity_seconds.map(|s| s.saturating_mul(1000)),
-                    maglev_size: settings.maglev_size,
+                    maglev_size: 0,
                     backends: Vec::new(),
                 };
                 let fe_backends = self.frontend_backends(
@@ -163,15 +164,37 @@ impl Compiler {
                         }
                     }
                 }
+                // The size follows the backends the Service lists, not the ones still draining
+                // here (whose removal time is this host's own), so that every host chooses
+                // the same; only if the draining ones would not fit does it grow for them.
+                let listed = listed_count(&desired);
+                fe.maglev_size = settings.maglev_size.for_backends(listed);
+                let weighted = fe.backends.iter().filter(|b| b.weight > 0).count();
+                if settings.maglev_size == MaglevSize::Auto && (fe.maglev_size as usize) < weighted
+                {
+                    fe.maglev_size = sluice_dataplane::maglev::auto_size(weighted);
+                }
+                let before = self.maglev_size_of(fid);
                 let maglev = match self.maglev_table(
                     fid,
                     &fe.backends,
-                    settings.maglev_size,
+                    fe.maglev_size,
                     cfg.forwarding.hash_seed,
                 ) {
                     Ok((t, rebuilt)) => {
                         if rebuilt {
                             scratch.maglev_rebuilt.push(fid);
+                        }
+                        if let Some((old, had_entries)) = before {
+                            if old != fe.maglev_size && had_entries && !t.is_empty() {
+                                maglev_resized.push(MaglevResize {
+                                    frontend: fid,
+                                    name: fe.name.clone(),
+                                    old,
+                                    new: fe.maglev_size,
+                                    backends: listed,
+                                });
+                            }
                         }
                         t
                     }
@@ -351,14 +374,7 @@ pub(super) fn service_settings(
         }
     }
     if let Some(v) = svc.annotations.get(ANNOTATION_MAGLEV_SIZE) {
-        match v
-            .trim()
-            .parse::<u32>()
-            .map_err(|_| format!("{v:?} is not a number"))
-            .and_then(|n| {
-                check_maglev_size(n)?;
-                Ok(n)
-            }) {
+        match MaglevSize::parse(v) {
             Ok(n) => s.maglev_size = n,
             Err(e) => probs.push(format!(
                 "annotation {ANNOTATION_MAGLEV_SIZE}: {e} (using {})",

@@ -30,6 +30,17 @@ pub(super) struct Desired {
     note: Option<&'static str>,
 }
 
+/// How many distinct backends (address, port) the model lists for a frontend: the `N` of the
+/// automatic Maglev size. Health and this host's draining of removed backends do not count,
+/// so every host derives the same number from the same EndpointSlices (or Nodes).
+pub(super) fn listed_count(desired: &[Desired]) -> usize {
+    desired
+        .iter()
+        .map(|d| (d.addr, d.port))
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
 /// Backends of one frontend by (address, port): the desired entry (`None` when draining
 /// because removed) and the reason it is draining.
 pub(super) type Merged<'a> = BTreeMap<(IpAddr, u16), (Option<&'a Desired>, Option<String>)>;

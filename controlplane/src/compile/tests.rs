@@ -195,7 +195,8 @@ fn lab_example_compiles() {
     vip[..4].copy_from_slice(&[10, 99, 0, 100]);
     let f = s.frontend_for(&vip, false, 6, 80).unwrap();
     assert_eq!(f.backends.len(), 3);
-    assert_eq!(f.maglev.size(), 65537);
+    // The default size is "auto": the smallest rung of the ladder for 3 backends.
+    assert_eq!(f.maglev.size(), 1031);
 
     // Resolve the neighbours: MACs appear, nothing left to resolve, no Maglev rebuilt.
     for i in 1..=3u8 {
@@ -713,7 +714,7 @@ fn operator_weights_rebuild_only_that_table() {
     let fe = &out.report.services[0].frontends[0];
     let shares = out.snapshot.frontend(fe.id).unwrap().maglev.shares();
     assert_eq!(shares[0], 0);
-    assert_eq!(shares[1], cfg.tables.maglev_size);
+    assert_eq!(shares[1], 251);
 }
 
 /// `sluice.dev/backend-weights` weights a Service's backends; the operator's weight wins;
@@ -1017,4 +1018,121 @@ fn slab_reuse_delay() {
         "max reached and the free id is too fresh"
     );
     assert_eq!(s.get_or_alloc(&3, t0 + d, d, 2), Some(0));
+}
+
+/// `n` ready endpoints 10.98.x.y for [`svc_yaml`].
+fn endpoints(n: usize) -> Vec<(String, bool, &'static str)> {
+    (0..n)
+        .map(|i| (format!("10.98.{}.{}", i / 250, i % 250 + 1), true, "n1"))
+        .collect()
+}
+
+fn web_with(annotations: &str, n: usize) -> Model {
+    let eps = endpoints(n);
+    let eps: Vec<(&str, bool, &str)> = eps.iter().map(|(a, r, n)| (a.as_str(), *r, *n)).collect();
+    model(&svc_yaml("web", "", annotations, &eps))
+}
+
+fn auto_cfg() -> Config {
+    Config::parse(
+        &CFG.replace("maglev_size = 251", "maglev_size = \"auto\""),
+        "test.toml",
+    )
+    .unwrap()
+}
+
+/// `maglev_size = "auto"`: the size follows the number of backends the Service lists, a
+/// change of rung is reported once, and two compilers given the same inputs choose the same
+/// size (every host of an ECMP group must).
+#[test]
+fn auto_maglev_size_follows_the_listed_backends() {
+    use sluice_dataplane::maglev::{auto_size, rung_capacity, SIZE_LADDER};
+    let cfg = auto_cfg();
+    let env = Env::new();
+    let mut c = Compiler::new();
+    let size = |out: &Compiled| out.snapshot.frontends().next().unwrap().maglev.size();
+
+    let small = rung_capacity(SIZE_LADDER[0]);
+    let out = env.run(&mut c, &cfg, &web_with("", small));
+    assert_eq!(size(&out), SIZE_LADDER[0]);
+    assert_eq!(
+        out.report.services[0].frontends[0].maglev_size,
+        SIZE_LADDER[0]
+    );
+    assert!(
+        out.report.maglev_resized.is_empty(),
+        "the first table is no resize"
+    );
+
+    // One more backend crosses the rung: a resize, reported once.
+    let out = env.run(&mut c, &cfg, &web_with("", small + 1));
+    assert_eq!(size(&out), SIZE_LADDER[1]);
+    let fid = out.snapshot.frontends().next().unwrap().id;
+    assert_eq!(
+        out.report.maglev_resized,
+        vec![MaglevResize {
+            frontend: fid,
+            name: "default/web:http".into(),
+            old: SIZE_LADDER[0],
+            new: SIZE_LADDER[1],
+            backends: small + 1,
+        }]
+    );
+    let out = env.run(&mut c, &cfg, &web_with("", small + 2));
+    assert_eq!(size(&out), SIZE_LADDER[1]);
+    assert!(out.report.maglev_resized.is_empty(), "same rung");
+
+    // Removed backends drain (this host's own timing) but do not count: back at `small`
+    // listed backends, the size goes back to the first rung although 5 are in the table.
+    let out = env.run(&mut c, &cfg, &web_with("", small));
+    assert_eq!(
+        out.report.services[0].frontends[0].backends.len(),
+        small + 2
+    );
+    assert_eq!(size(&out), SIZE_LADDER[0]);
+    assert_eq!(out.report.maglev_resized.len(), 1);
+
+    // Health does not count either: a down backend keeps its entries and the size.
+    let mut hcfg = auto_cfg();
+    hcfg.health.enabled = true;
+    let mut env2 = Env::new();
+    let m = web_with("", small + 1);
+    let mut c2 = Compiler::new();
+    let out = env2.run(&mut c2, &hcfg, &m);
+    assert_eq!(out.report.health_targets.len(), small + 1);
+    for t in out.report.health_targets.iter().skip(1) {
+        env2.health.insert(t.clone(), Health::Down);
+    }
+    let out = env2.run(&mut c2, &hcfg, &m);
+    let fe = &out.report.services[0].frontends[0];
+    let down = fe.backends.iter().filter(|b| b.state == BackendState::Down);
+    assert_eq!(down.count(), small);
+    assert_eq!(size(&out), SIZE_LADDER[1]);
+    assert!(out.report.maglev_resized.is_empty());
+
+    // Two compilers (two hosts) from the same inputs: the same size and table, also when
+    // one of them got there through other backend counts first.
+    for n in [1, 3, 4, 13, 14, 54, 55, 300] {
+        let m = web_with("", n);
+        let fresh = env.run(&mut Compiler::new(), &cfg, &m);
+        let seasoned = env.run(&mut c, &cfg, &m);
+        assert_eq!(size(&fresh), auto_size(n), "{n}");
+        assert_eq!(size(&seasoned), size(&fresh), "{n}");
+    }
+
+    // The annotation still wins, with a number or "auto" (over a fixed config size).
+    let out = env.run(
+        &mut Compiler::new(),
+        &cfg,
+        &web_with("sluice.dev/maglev-size: \"257\"", 20),
+    );
+    assert_eq!(size(&out), 257);
+    let out = env.run(
+        &mut Compiler::new(),
+        &self::cfg(),
+        &web_with("sluice.dev/maglev-size: auto", 20),
+    );
+    assert_eq!(size(&out), auto_size(20));
+    let out = env.run(&mut Compiler::new(), &self::cfg(), &web_with("", 20));
+    assert_eq!(size(&out), 251, "a fixed tables.maglev_size");
 }

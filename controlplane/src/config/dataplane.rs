@@ -130,13 +130,92 @@ pub struct TablesConfig {
     pub conntrack_v6_capacity: usize,
     /// ClientIP session-affinity entries per worker and family. Default: 65536.
     pub affinity_capacity: usize,
-    /// Default Maglev table size per frontend (a prime). Default: 65537.
-    pub maglev_size: u32,
+    /// Maglev table size per frontend: `"auto"` (from the number of backends) or a prime.
+    /// Default: `"auto"`.
+    pub maglev_size: MaglevSize,
     /// Upper bound of frontend and backend ids (per-backend counters are preallocated to it).
     /// Default: 65536.
     pub max_backends: usize,
     /// `[tables.timeouts]`: how long an idle flow is kept, by protocol and TCP state.
     pub timeouts: TimeoutsConfig,
+}
+
+/// `[tables] maglev_size` and the `sluice.dev/maglev-size` annotation: how large a frontend's
+/// Maglev table is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MaglevSize {
+    /// From the number of backends the Service lists for the frontend:
+    /// [`sluice_dataplane::maglev::auto_size`], the smallest rung of a fixed ladder of primes
+    /// with 300 slots per backend. Every host given the same endpoints chooses the same size.
+    #[default]
+    Auto,
+    /// This prime, whatever the number of backends.
+    Fixed(u32),
+}
+
+impl MaglevSize {
+    /// Parses `"auto"` or a prime (the annotation's text; the config key also takes a bare
+    /// integer).
+    ///
+    /// # Errors
+    /// A message saying what to write instead.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(MaglevSize::Auto);
+        }
+        let n: u32 = s
+            .parse()
+            .map_err(|_| format!("{s:?} is neither \"auto\" nor a prime table size"))?;
+        super::check_maglev_size(n)?;
+        Ok(MaglevSize::Fixed(n))
+    }
+
+    /// The table size for a frontend whose Service lists `backends` backends.
+    #[must_use]
+    pub fn for_backends(self, backends: usize) -> u32 {
+        match self {
+            MaglevSize::Auto => sluice_dataplane::maglev::auto_size(backends),
+            MaglevSize::Fixed(n) => n,
+        }
+    }
+}
+
+impl std::fmt::Display for MaglevSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MaglevSize::Auto => f.write_str("auto"),
+            MaglevSize::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MaglevSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = MaglevSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"auto\" or a prime table size such as 65537")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<MaglevSize, E> {
+                // Checked (prime, at most the maximum) by `Config::validate`, which names the key.
+                u32::try_from(v).map(MaglevSize::Fixed).map_err(|_| {
+                    E::custom(format!(
+                        "{v} is out of range; use \"auto\" or a prime up to {}",
+                        sluice_dataplane::maglev::MAX_TABLE_SIZE
+                    ))
+                })
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<MaglevSize, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(-1))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<MaglevSize, E> {
+                MaglevSize::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `[tables.timeouts]`: idle timeouts of connection-tracking entries, in seconds.
@@ -221,7 +300,7 @@ impl Default for TablesConfig {
             conntrack_capacity: 1 << 20,
             conntrack_v6_capacity: 1 << 18,
             affinity_capacity: 1 << 16,
-            maglev_size: sluice_dataplane::maglev::DEFAULT_TABLE_SIZE,
+            maglev_size: MaglevSize::Auto,
             max_backends: 65536,
             timeouts: TimeoutsConfig::default(),
         }

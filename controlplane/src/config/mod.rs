@@ -37,7 +37,7 @@ use serde::Deserialize;
 pub use admin::AdminConfig;
 pub use bgp::BgpConfig;
 pub use dataplane::{
-    EalConfig, NatConfig, PollMode, PortConfig, TablesConfig, WorkersConfig,
+    EalConfig, MaglevSize, NatConfig, PollMode, PortConfig, TablesConfig, WorkersConfig,
     MAX_CONNTRACK_CAPACITY, MAX_MTU, MIN_MTU,
 };
 pub use forwarding::{check_maglev_size, ForwardingConfig, Target, DEFAULT_HASH_SEED};

@@ -42,7 +42,7 @@ fn lab_config_and_defaults() {
     assert!(c.ports[0].on_link("10.99.0.21".parse().unwrap()));
     assert!(!c.ports[0].on_link("10.98.0.21".parse().unwrap()));
     assert!(c.ports[0].is_vdev());
-    assert_eq!(c.tables.maglev_size, 65537);
+    assert_eq!(c.tables.maglev_size, MaglevSize::Auto);
     assert_eq!(c.tables.conntrack_capacity, 1 << 20);
     assert_eq!(c.nat.port_min, 20000);
     assert_eq!(c.nat.port_max, 65535);
@@ -185,6 +185,41 @@ fn semantic_errors_name_the_key() {
     assert!(e.to_string().contains("65537"), "{e}");
     let e = parse("").unwrap_err();
     assert_eq!(e.key(), "ports");
+}
+
+#[test]
+fn maglev_size_is_auto_or_a_prime() {
+    let with = |v: &str| {
+        parse(&LAB.replace(
+            "[workers]\ncores = [1]",
+            &format!("[workers]\ncores = [1]\n[tables]\nmaglev_size = {v}"),
+        ))
+    };
+    assert_eq!(
+        with("\"auto\"").unwrap().tables.maglev_size,
+        MaglevSize::Auto
+    );
+    // Configurations from before "auto" keep their number.
+    assert_eq!(
+        with("65537").unwrap().tables.maglev_size,
+        MaglevSize::Fixed(65537)
+    );
+    assert_eq!(
+        with("\"262147\"").unwrap().tables.maglev_size,
+        MaglevSize::Fixed(262_147)
+    );
+    for bad in ["\"big\"", "-1", "4294967296", "\"65536\""] {
+        let e = with(bad).unwrap_err();
+        assert_eq!(e.key(), "tables.maglev_size", "{bad}: {e}");
+        assert!(
+            e.to_string().contains("auto") || e.to_string().contains("prime"),
+            "{e}"
+        );
+    }
+    assert_eq!(MaglevSize::Auto.for_backends(10), 4099);
+    assert_eq!(MaglevSize::Fixed(251).for_backends(10), 251);
+    assert_eq!(MaglevSize::parse(" AUTO ").unwrap(), MaglevSize::Auto);
+    assert_eq!(MaglevSize::Fixed(251).to_string(), "251");
 }
 
 #[test]

@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv6Addr};
 
 use super::{
-    check_maglev_size, u128_to_ip, Config, SourceKind, MAX_CONNTRACK_CAPACITY, MAX_MTU, MIN_MTU,
+    check_maglev_size, u128_to_ip, Config, MaglevSize, SourceKind, MAX_CONNTRACK_CAPACITY, MAX_MTU,
+    MIN_MTU,
 };
 
 impl Config {
@@ -169,7 +170,9 @@ impl Config {
                 );
             }
         }
-        check_maglev_size(t.maglev_size).map_err(|m| ("tables.maglev_size".to_owned(), m))?;
+        if let MaglevSize::Fixed(n) = t.maglev_size {
+            check_maglev_size(n).map_err(|m| ("tables.maglev_size".to_owned(), m))?;
+        }
         if t.max_backends == 0 || t.max_backends > 1 << 24 {
             return err(
                 "tables.max_backends",

@@ -248,6 +248,18 @@ impl ControlState {
             }
         };
         let report = compiled.report;
+        for r in &report.maglev_resized {
+            info!(
+                frontend = %r.name,
+                old = r.old,
+                new = r.new,
+                backends = r.backends,
+                "Maglev table resized: the frontend's new flows are remapped (established flows keep their backend)"
+            );
+        }
+        if let Some(a) = &self.admin {
+            a.maglev_resized(report.maglev_resized.len());
+        }
         let vips: BTreeSet<IpAddr> = report
             .services
             .iter()

@@ -842,3 +842,63 @@ async fn host_drain_without_bgp_is_a_conflict() {
     let b: api::Bgp = ok(get(&f.st, "/v1/bgp").await);
     assert!(!b.enabled);
 }
+
+/// A Maglev table that changes size (the backend count crosses a rung of the automatic size)
+/// is counted in `sluice_maglev_resizes_total`, once.
+#[tokio::test]
+async fn maglev_resizes_are_counted() {
+    use crate::model::AddressType;
+    let (f, _rx) = fixture();
+    let resizes = |f: &Fixture| -> f64 {
+        let text = metrics::encode(&metrics::registry(f.st.clone()));
+        let lines = text.lines().map(|l| Ok(l.to_owned()));
+        let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+        match scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == "sluice_maglev_resizes_total")
+            .map(|s| &s.value)
+        {
+            Some(
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v),
+            ) => *v,
+            other => panic!("sluice_maglev_resizes_total: {other:?}"),
+        }
+    };
+    assert_eq!(resizes(&f), 0.0);
+    let resized = {
+        let mut st = f.state.lock().unwrap();
+        // The example's IPv4 slice of default/web lists 3 endpoints (1031 slots); a fourth
+        // takes its IPv4 frontends to the 4099 rung.
+        let slice = st
+            .model
+            .endpoint_slices
+            .values_mut()
+            .find(|s| s.service.as_deref() == Some("web") && s.address_type == AddressType::IPv4)
+            .unwrap();
+        assert_eq!(slice.endpoints.len(), 3);
+        let mut e = slice.endpoints[0].clone();
+        e.addresses = vec![ip("10.99.0.24")];
+        slice.endpoints.push(e);
+        st.compile_and_publish("test");
+        let r = st.last_report().unwrap();
+        let sizes: Vec<u32> = r
+            .services
+            .iter()
+            .flat_map(|s| &s.frontends)
+            .filter(|f| f.vip.is_ipv4() && f.backends.len() == 4)
+            .map(|f| f.maglev_size)
+            .collect();
+        assert!(
+            !sizes.is_empty() && sizes.iter().all(|&m| m == 4099),
+            "{sizes:?}"
+        );
+        sizes.len()
+    };
+    assert_eq!(resizes(&f), resized as f64);
+    // Compiling the same inputs again resizes nothing.
+    f.state.lock().unwrap().compile_and_publish("test");
+    assert_eq!(resizes(&f), resized as f64);
+}
