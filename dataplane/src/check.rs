@@ -118,7 +118,7 @@ struct NatSeen {
 /// A multiply-rotate hasher (FxHash's): the model's keys are the fuzzer's own tuples, so
 /// SipHash's resistance to chosen keys buys nothing and costs the fuzzer a tenth of its time.
 #[derive(Debug, Default, Clone, Copy)]
-struct Fx(u64);
+pub struct Fx(u64);
 
 impl Hasher for Fx {
     fn write(&mut self, bytes: &[u8]) {
@@ -133,12 +133,29 @@ impl Hasher for Fx {
         self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 
+    fn write_u8(&mut self, x: u8) {
+        self.write_u64(u64::from(x));
+    }
+
+    fn write_u16(&mut self, x: u16) {
+        self.write_u64(u64::from(x));
+    }
+
+    fn write_u32(&mut self, x: u32) {
+        self.write_u64(u64::from(x));
+    }
+
+    fn write_usize(&mut self, x: usize) {
+        self.write_u64(x as u64);
+    }
+
     fn finish(&self) -> u64 {
         self.0
     }
 }
 
-type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
+/// A `HashMap` hashed by [`Fx`] (the model's and the fuzz harness's caches).
+pub type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
 
 /// The reference model: what was forwarded where, per worker.
 #[derive(Default)]

@@ -10,7 +10,7 @@
 use std::sync::{Arc, OnceLock};
 
 use arbitrary::{Arbitrary, Unstructured};
-use sluice_dataplane::check::{Model, Step};
+use sluice_dataplane::check::{FxMap, Model, Step};
 use sluice_dataplane::conntrack::{ConntrackConfig, Timeouts};
 use sluice_dataplane::maglev::{MaglevBackend, MaglevTable};
 use sluice_dataplane::pipeline::{PacketBuf, Pipeline, PipelineConfig, VecBuf, Verdict};
@@ -173,7 +173,7 @@ fn build_snapshot(generation: u64, slots: &[BackendSlot; 14]) -> Result<Snapshot
 
 /// A frontend's Maglev table by what it is built from: the frontend and its backends' ids
 /// and weights (a table is a pure function of them).
-type MaglevCache = std::collections::HashMap<(usize, Vec<(u32, u32)>), Arc<MaglevTable>>;
+type MaglevCache = FxMap<(usize, Vec<(u32, u32)>), Arc<MaglevTable>>;
 
 /// [`build_snapshot`], taking the frontends' Maglev tables from `maglevs` when built before.
 fn build_snapshot_with(
@@ -300,7 +300,7 @@ const SNAP_CACHE: usize = 4096;
 /// an input) share it instead of building Maglev tables again. `None`: the build failed.
 #[derive(Default)]
 struct SnapCache {
-    snaps: std::collections::HashMap<SnapKey, Option<Arc<Snapshot>>>,
+    snaps: FxMap<SnapKey, Option<Arc<Snapshot>>>,
     maglevs: MaglevCache,
 }
 
