@@ -26,6 +26,7 @@ fn snap() -> Snapshot {
             source_ranges: vec![],
             flow_limit: None,
             source_flow_limit: None,
+            syn_proxy: false,
             backends: vec![1],
             maglev: Arc::new(MaglevTable::build(&mb, 31, 1).unwrap()),
         }],
