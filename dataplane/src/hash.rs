@@ -182,9 +182,8 @@ pub fn hash_v6_5tuple(
 
 /// SipHash-2-4 (Aumasson and Bernstein, 2012) of `data` under the 128-bit key `(k0, k1)`: a
 /// keyed MAC, for values an attacker must not forge without the key (the SYN proxy's
-/// cookies), where the seeded hash above, which is not cryptographic, would not do. About
-/// 50 ns for the 44 bytes of an IPv6 cookie input; the per-packet path calls it only for a
-/// SYN or an unknown ACK to a SYN-proxied frontend.
+/// cookies), where the seeded hash above, which is not cryptographic, would not do. The
+/// per-packet path calls it only for a SYN or an unknown ACK to a SYN-proxied frontend.
 #[must_use]
 pub fn siphash24(k0: u64, k1: u64, data: &[u8]) -> u64 {
     let mut v = [

@@ -5,10 +5,13 @@
 //! state for it. Only a client's ACK that returns a valid cookie opens a flow: it is
 //! scheduled as any new flow (budgets, affinity, Maglev, NAT port) and turned into the SYN
 //! the backend sees, with the client's own initial sequence number and the options the
-//! cookie kept. The backend's SYN-ACK is turned into the ACK that completes its handshake,
-//! and from then on the flow's sequence numbers are translated by the difference between
-//! the backend's initial sequence number and the cookie ([`Fwd::seq`]). A spoofed SYN
-//! therefore costs one SYN-ACK and no table entry, and no backend ever sees it.
+//! cookie kept. The proxy's SYN-ACK offered a zero window, so the client holds its data; the
+//! backend's SYN-ACK becomes the window update that releases it, and the client's first
+//! segment, translated, completes the backend's handshake (a backend that repeats its
+//! SYN-ACK, the client having sent nothing, gets the ACK from the proxy). From then on the
+//! flow's sequence numbers are translated by the difference between the backend's initial
+//! sequence number and the cookie ([`Fwd::seq`]). A spoofed SYN therefore costs one SYN-ACK
+//! and no table entry, and no backend ever sees it.
 //!
 //! ## The cookie
 //!
@@ -42,8 +45,9 @@
 //! acknowledgement (and SACK blocks) rewritten with the checksum. A backend reply: one more
 //! lookup (the forward entry holds the offset; the reverse entry of an IPv4 flow has no
 //! room, so [`Rev::PROXIED`] only marks it), the sequence number and maybe the window.
-//! Client data that arrives before the backend's SYN-ACK is dropped
-//! ([`DropReason::SynProxyHandshake`]) and retransmitted by the client.
+//! Client data that arrives before the backend's SYN-ACK anyway (the zero window
+//! notwithstanding) is dropped ([`DropReason::SynProxyHandshake`]) and retransmitted by the
+//! client.
 use super::{mac_at, Choice, Family, Fwd, Pipeline, Rev, Verdict};
 use crate::conntrack::{FlowKey, FlowState, Key, NO_SLOT};
 use crate::hash::siphash24;
@@ -522,9 +526,9 @@ impl Pipeline {
     }
 
     /// A backend's segment `p` of proxied NAT flow `v` (reverse key `rk`, hash `rh`), to
-    /// `vip` and `port`, the reverse entry now in `state`: the SYN-ACK that completes the
-    /// backend's handshake becomes our ACK to it; any other segment is translated for the
-    /// client (sequence number, window) and sent to it.
+    /// `vip` and `port`, the reverse entry now in `state`: its first SYN-ACK becomes the
+    /// client's window update, a repeated one our ACK to it; any other segment is translated
+    /// for the client (sequence number, window) and sent to it.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn proxy_reply<F: Family, P: PacketBuf>(
         &mut self,
