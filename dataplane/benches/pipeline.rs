@@ -61,6 +61,7 @@ fn snapshot() -> Snapshot {
         source_ranges: vec![],
         flow_limit: None,
         source_flow_limit: None,
+        syn_proxy: false,
         backends: (0..n).collect(),
         maglev,
     };

@@ -205,6 +205,9 @@ pub struct Frontend {
     pub flow_limit: Option<FlowLimit>,
     /// New flows this frontend admits from one source prefix, per worker (`None`: no limit).
     pub source_flow_limit: Option<FlowLimit>,
+    /// SYN proxy (`nat` TCP only): SYNs are answered with a cookie and the backend sees a
+    /// connection only once the client's ACK returns a valid one (`pipeline/synproxy.rs`).
+    pub syn_proxy: bool,
     /// Backend ids in Maglev index order (`maglev` entries index this list).
     pub backends: Vec<u32>,
     /// The Maglev table over `backends`, built by the control plane.
@@ -690,6 +693,7 @@ mod tests {
             source_ranges: vec![],
             flow_limit: None,
             source_flow_limit: None,
+            syn_proxy: false,
             backends,
             maglev: Arc::new(MaglevTable::build(&mb, 251, 0).unwrap()),
         }

@@ -75,11 +75,17 @@ pub enum DropReason {
     /// A new flow over its source prefix's new-flow budget at its frontend
     /// (`limits.new_flows_per_source` or `sluice.dev/new-flow-limit-per-source`).
     SourceFlowLimit,
+    /// A TCP segment (not a SYN) to a SYN-proxied frontend that matches no flow and whose
+    /// acknowledgement is no valid cookie (spoofed, or older than two cookie epochs).
+    SynProxyBadCookie,
+    /// A client's segment of a SYN-proxied flow whose backend has not answered the proxy's
+    /// SYN yet (the client retransmits it).
+    SynProxyHandshake,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 30;
+    pub const COUNT: usize = 32;
 
     /// Every reason, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
@@ -113,6 +119,8 @@ impl DropReason {
         DropReason::FlowTableFull,
         DropReason::VipFlowLimit,
         DropReason::SourceFlowLimit,
+        DropReason::SynProxyBadCookie,
+        DropReason::SynProxyHandshake,
     ];
 
     /// Stable snake_case name (metrics label, admin API).
@@ -148,6 +156,8 @@ impl DropReason {
             DropReason::FlowTableFull => "flow_table_full",
             DropReason::VipFlowLimit => "new_flow_limit_vip",
             DropReason::SourceFlowLimit => "new_flow_limit_source",
+            DropReason::SynProxyBadCookie => "syn_proxy_bad_cookie",
+            DropReason::SynProxyHandshake => "syn_proxy_handshake",
         }
     }
 }
@@ -222,6 +232,10 @@ pub struct WorkerStats {
     pub icmp_errors_forwarded: AtomicU64,
     /// TCP resets sent for segments of unknown `nat` flows (instead of a `tcp_no_flow` drop).
     pub tcp_resets: AtomicU64,
+    /// SYN-ACKs with a cookie sent by the SYN proxy (one per SYN to a proxied frontend).
+    pub syn_cookies_sent: AtomicU64,
+    /// Client ACKs whose cookie was valid: connections the SYN proxy opened to a backend.
+    pub syn_cookies_valid: AtomicU64,
     /// Neighbour requests (ARP/NS) emitted for the control plane.
     pub neighbor_requests: AtomicU64,
     /// Flow updates put on the sync ring for the peer hosts.
@@ -291,6 +305,8 @@ impl WorkerStats {
             echo_replies: AtomicU64::new(0),
             icmp_errors_forwarded: AtomicU64::new(0),
             tcp_resets: AtomicU64::new(0),
+            syn_cookies_sent: AtomicU64::new(0),
+            syn_cookies_valid: AtomicU64::new(0),
             neighbor_requests: AtomicU64::new(0),
             sync_published: AtomicU64::new(0),
             sync_ring_full: AtomicU64::new(0),

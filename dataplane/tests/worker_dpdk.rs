@@ -325,6 +325,7 @@ fn nat_reply_on_the_wrong_worker_reaches_its_owner() {
                 nat_port_start: 0,
                 reset_unknown_flows: true,
                 source_limits: Default::default(),
+                syn_cookie_key: Default::default(),
             },
             ..WorkerConfig::default()
         };

@@ -39,6 +39,7 @@ fn snapshot() -> &'static Snapshot {
             source_ranges: vec![],
             flow_limit: None,
             source_flow_limit: None,
+            syn_proxy: false,
             backends: vec![0, 1],
             maglev: maglev.clone(),
         };

@@ -251,6 +251,7 @@ fn build_snapshot_with(
             source_ranges: range.iter().filter_map(|r| Cidr::parse(r)).collect(),
             flow_limit: None,
             source_flow_limit: None,
+            syn_proxy: false,
             backends: ids,
             maglev,
         });
@@ -1019,6 +1020,7 @@ impl World {
                     nat_port_start: 0,
                     reset_unknown_flows: true,
                     source_limits: Default::default(),
+                    syn_cookie_key: Default::default(),
                 };
                 Pipeline::new(&cfg, Arc::new(WorkerStats::new(MAX_IDS)))
             })

@@ -335,6 +335,12 @@ pub struct WorkerRow {
     /// New connections refused because their buckets held only established flows.
     #[serde(default)]
     pub refusals: u64,
+    /// SYN-ACKs with a cookie the SYN proxy sent.
+    #[serde(default)]
+    pub syn_cookies_sent: u64,
+    /// Client ACKs with a valid cookie: connections the SYN proxy opened to a backend.
+    #[serde(default)]
+    pub syn_cookies_valid: u64,
     /// Generation of the snapshot the worker runs.
     pub generation: u64,
 }

@@ -600,6 +600,8 @@ fn workers(st: &AdminState) -> Vec<api::WorkerRow> {
                 evictions: c.evictions,
                 evictions_established: c.evictions_established,
                 refusals: c.refusals,
+                syn_cookies_sent: c.syn_cookies_sent,
+                syn_cookies_valid: c.syn_cookies_valid,
                 generation: w.stats.snapshot_generation.load(Relaxed),
             }
         })

@@ -226,6 +226,18 @@ impl Collector for SluiceCollector {
         )?;
         family(
             &mut enc,
+            "sluice_worker_syn_cookies_sent",
+            "SYN-ACKs with a cookie sent by the SYN proxy",
+            per_worker(&|w| w.syn_cookies_sent),
+        )?;
+        family(
+            &mut enc,
+            "sluice_worker_syn_cookies_valid",
+            "Client ACKs with a valid cookie: connections the SYN proxy opened to a backend",
+            per_worker(&|w| w.syn_cookies_valid),
+        )?;
+        family(
+            &mut enc,
             "sluice_worker_cycles",
             "TSC cycles of the poll loop in total",
             per_worker(&|w| w.total_cycles),

@@ -307,6 +307,8 @@ pub(crate) struct WorkerCounters {
     busy_cycles: u64,
     idle_sleeps: u64,
     tcp_resets: u64,
+    syn_cookies_sent: u64,
+    syn_cookies_valid: u64,
     total_cycles: u64,
     evictions: u64,
     evictions_established: u64,
@@ -328,6 +330,8 @@ impl Default for WorkerCounters {
             busy_cycles: 0,
             idle_sleeps: 0,
             tcp_resets: 0,
+            syn_cookies_sent: 0,
+            syn_cookies_valid: 0,
             total_cycles: 0,
             evictions: 0,
             evictions_established: 0,
@@ -352,6 +356,8 @@ impl WorkerCounters {
             busy_cycles: s.busy_cycles.load(Relaxed),
             idle_sleeps: s.idle_sleeps.load(Relaxed),
             tcp_resets: s.tcp_resets.load(Relaxed),
+            syn_cookies_sent: s.syn_cookies_sent.load(Relaxed),
+            syn_cookies_valid: s.syn_cookies_valid.load(Relaxed),
             total_cycles: s.total_cycles.load(Relaxed),
             evictions: s.ct_evictions.load(Relaxed),
             evictions_established: s.ct_evictions_established.load(Relaxed),
@@ -373,6 +379,8 @@ impl WorkerCounters {
             busy_cycles: self.busy_cycles.saturating_sub(b.busy_cycles),
             idle_sleeps: self.idle_sleeps.saturating_sub(b.idle_sleeps),
             tcp_resets: self.tcp_resets.saturating_sub(b.tcp_resets),
+            syn_cookies_sent: self.syn_cookies_sent.saturating_sub(b.syn_cookies_sent),
+            syn_cookies_valid: self.syn_cookies_valid.saturating_sub(b.syn_cookies_valid),
             total_cycles: self.total_cycles.saturating_sub(b.total_cycles),
             evictions: self.evictions.saturating_sub(b.evictions),
             evictions_established: self
@@ -877,6 +885,12 @@ pub fn drop_description(r: DropReason) -> &'static str {
         DropReason::VipFlowLimit => "a new flow over its VIP port's new-flow rate limit",
         DropReason::SourceFlowLimit => {
             "a new flow over its source prefix's new-flow rate limit at the VIP port"
+        }
+        DropReason::SynProxyBadCookie => {
+            "a TCP segment to a SYN-proxied port with no flow and no valid cookie (spoofed or stale)"
+        }
+        DropReason::SynProxyHandshake => {
+            "client data of a SYN-proxied connection before its backend answered (retransmitted)"
         }
     }
 }

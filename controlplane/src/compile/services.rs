@@ -15,8 +15,8 @@ use super::report::{CompileReport, FrontendReport, MaglevResize, ServiceReport};
 use super::targets::{desired_backends, listed_count};
 use super::{
     CompileInput, Compiler, ServiceCache, ANNOTATION_BACKEND_WEIGHTS, ANNOTATION_FLOW_LIMIT,
-    ANNOTATION_MAGLEV_SIZE, ANNOTATION_METHOD, ANNOTATION_SOURCE_FLOW_LIMIT, ANNOTATION_TARGET,
-    MAX_WEIGHT,
+    ANNOTATION_MAGLEV_SIZE, ANNOTATION_METHOD, ANNOTATION_SOURCE_FLOW_LIMIT, ANNOTATION_SYN_PROXY,
+    ANNOTATION_TARGET, MAX_WEIGHT,
 };
 use crate::config::{Config, MaglevSize, RateBurst, Target};
 use crate::health::{Health, ProbeTarget};
@@ -35,6 +35,8 @@ pub(super) struct Settings {
     flow_limit: RateBurst,
     /// New flows per source prefix and frontend (`sluice.dev/new-flow-limit-per-source`).
     source_flow_limit: RateBurst,
+    /// SYN proxy on (`sluice.dev/syn-proxy`, default `[forwarding] syn_proxy`).
+    syn_proxy: bool,
 }
 
 /// The last valid values of a Service's new-flow limit annotations, which an invalid value
@@ -43,6 +45,8 @@ pub(super) struct Settings {
 pub(super) struct LimitAnnotations {
     vip: Option<RateBurst>,
     source: Option<RateBurst>,
+    /// `sluice.dev/syn-proxy`: an invalid value must not turn the proxy off during a flood.
+    syn_proxy: Option<bool>,
 }
 
 impl Compiler {
@@ -221,6 +225,9 @@ impl Compiler {
                         .collect(),
                     flow_limit: settings.flow_limit.per_worker(workers),
                     source_flow_limit: settings.source_flow_limit.per_worker(workers),
+                    syn_proxy: settings.syn_proxy
+                        && settings.method == Method::Nat
+                        && protocol == Protocol::Tcp,
                     backends: fe.backends.iter().map(|b| b.id).collect(),
                     maglev,
                 });
@@ -304,6 +311,7 @@ pub(super) fn service_settings(
         weights: BTreeMap::new(),
         flow_limit: cfg.limits.vip(),
         source_flow_limit: cfg.limits.source(),
+        syn_proxy: cfg.forwarding.syn_proxy,
     };
     let mut good = last;
     for (name, key, default, slot, kept) in [
@@ -346,6 +354,33 @@ pub(super) fn service_settings(
             }
         }
     }
+    match svc.annotations.get(ANNOTATION_SYN_PROXY) {
+        None => good.syn_proxy = None,
+        Some(v) => match v.trim() {
+            "on" | "off" => {
+                s.syn_proxy = v.trim() == "on";
+                good.syn_proxy = Some(s.syn_proxy);
+            }
+            bad => {
+                let using = match last.syn_proxy {
+                    Some(on) => {
+                        s.syn_proxy = on;
+                        format!("keeping its last valid value, {}", on_off(on))
+                    }
+                    None => format!("using forwarding.syn_proxy: {}", on_off(s.syn_proxy)),
+                };
+                let why = if bad == "auto" {
+                    "\"auto\" (on when embryonic flows pass a threshold) is not implemented"
+                } else {
+                    "unknown value"
+                };
+                probs.push(format!(
+                    "annotation {ANNOTATION_SYN_PROXY}: {v:?}: {why}; write \"on\" or \"off\" \
+                     ({using})"
+                ));
+            }
+        },
+    }
     if let Some(v) = svc.annotations.get(ANNOTATION_BACKEND_WEIGHTS) {
         match parse_weights(v) {
             Ok(w) => s.weights = w,
@@ -382,7 +417,23 @@ pub(super) fn service_settings(
             )),
         }
     }
+    if s.syn_proxy && s.method != Method::Nat {
+        probs.push(format!(
+            "the SYN proxy ({ANNOTATION_SYN_PROXY} or forwarding.syn_proxy) needs the nat \
+             method, not {}; it is off for this Service",
+            s.method.name()
+        ));
+    }
     (s, good)
+}
+
+/// `on` or `off`.
+fn on_off(on: bool) -> &'static str {
+    if on {
+        "on"
+    } else {
+        "off"
+    }
 }
 
 /// Parses `sluice.dev/backend-weights`: `ADDRESS=WEIGHT` pairs separated by commas.

@@ -854,6 +854,59 @@ fn new_flow_limit_annotations() {
 }
 
 #[test]
+fn syn_proxy_annotation() {
+    let mut cfg = cfg();
+    let two = &[("10.99.0.21", true, "n1")];
+    let env = Env::new();
+    let mut c = Compiler::new();
+    let mut proxy_with = |cfg: &Config, annotations: &str| {
+        let m = model(&svc_yaml("web", "", annotations, two));
+        let out = env.run(&mut c, cfg, &m);
+        let s = &out.report.services[0];
+        let f = out.snapshot.frontend(s.frontends[0].id).unwrap();
+        (f.syn_proxy, s.problems.clone())
+    };
+    // Off by default; on by annotation; the config's default applies without one.
+    assert_eq!(proxy_with(&cfg, ""), (false, vec![]));
+    assert_eq!(
+        proxy_with(&cfg, "sluice.dev/syn-proxy: \"on\""),
+        (true, vec![])
+    );
+    // An invalid value keeps the last valid one (on) and says so; "auto" is not built.
+    let (on, probs) = proxy_with(&cfg, "sluice.dev/syn-proxy: \"auto\"");
+    assert!(on);
+    assert!(
+        probs
+            .iter()
+            .any(|p| p.contains("sluice.dev/syn-proxy: \"auto\"")
+                && p.contains("not implemented")
+                && p.contains("keeping its last valid value, on")),
+        "{probs:?}"
+    );
+    assert_eq!(
+        proxy_with(&cfg, "sluice.dev/syn-proxy: \"off\""),
+        (false, vec![])
+    );
+    cfg.forwarding.syn_proxy = true;
+    assert_eq!(proxy_with(&cfg, ""), (true, vec![]));
+    let (on, probs) = proxy_with(&cfg, "sluice.dev/syn-proxy: \"yes\"");
+    assert!(on, "no last valid value: the config's default");
+    assert!(
+        probs
+            .iter()
+            .any(|p| p.contains("unknown value") && p.contains("using forwarding.syn_proxy: on")),
+        "{probs:?}"
+    );
+    // DSR cannot proxy: off, and reported.
+    let (on, probs) = proxy_with(&cfg, "sluice.dev/forwarding-method: \"dsr-l2\"");
+    assert!(!on);
+    assert!(
+        probs.iter().any(|p| p.contains("needs the nat method")),
+        "{probs:?}"
+    );
+}
+
+#[test]
 fn next_hops() {
     let mut cfg = cfg();
     let mut env = Env::new();

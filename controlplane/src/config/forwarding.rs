@@ -60,6 +60,10 @@ pub struct ForwardingConfig {
     /// Answer a non-SYN TCP segment of a `nat` flow this host does not know with a RST, so the
     /// client fails at once. Default: true.
     pub reset_unknown_flows: bool,
+    /// SYN proxy for `nat` TCP Services (the `sluice.dev/syn-proxy` annotation overrides it):
+    /// SYNs are answered with cookies and a backend sees only connections whose client
+    /// completed the handshake. Default: false.
+    pub syn_proxy: bool,
 }
 
 impl Default for ForwardingConfig {
@@ -70,6 +74,7 @@ impl Default for ForwardingConfig {
             hash_seed: DEFAULT_HASH_SEED,
             removed_backend_grace_seconds: 300,
             reset_unknown_flows: true,
+            syn_proxy: false,
         }
     }
 }

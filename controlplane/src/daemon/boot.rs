@@ -232,6 +232,16 @@ pub(super) fn spawn_workers(
         use std::hash::BuildHasher;
         std::collections::hash_map::RandomState::new().hash_one(0x736c_7569_6365_u64)
     };
+    // The SYN proxy's cookie key, the same for every worker, new at every start (cookies
+    // issued before a restart are refused after it; the client retries its SYN).
+    let syn_cookie_key = {
+        use std::hash::BuildHasher;
+        let r = std::collections::hash_map::RandomState::new();
+        sluice_dataplane::pipeline::CookieKey([
+            r.hash_one(0x636f_6f6b_6965_u64),
+            r.hash_one(0x6b65_7931_u64),
+        ])
+    };
     let mut workers = Vec::new();
     let mut snapshots = Vec::new();
     let mut commands = Vec::new();
@@ -271,6 +281,7 @@ pub(super) fn spawn_workers(
                     .unwrap_or(0),
                 reset_unknown_flows: cfg.forwarding.reset_unknown_flows,
                 source_limits: cfg.limits.source_buckets(source_seed),
+                syn_cookie_key,
             },
             tx_flush_us: cfg.workers.tx_flush_us,
             expire_buckets: 64,

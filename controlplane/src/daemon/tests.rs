@@ -508,6 +508,7 @@ async fn conntrack_lookup_asks_every_worker() {
                             nat_port: 20001,
                             nat_addr: 0,
                             flags: 0,
+                            seq: 0,
                         },
                         state: FlowState::TcpEstablished,
                         last_seen_ms: 1000,

@@ -36,6 +36,7 @@ fn snap(draining: u32) -> Snapshot {
             source_ranges: vec![],
             flow_limit: None,
             source_flow_limit: None,
+            syn_proxy: false,
             backends,
             maglev: Arc::new(MaglevTable::build(&mb, 31, 1).unwrap()),
         }

@@ -346,7 +346,8 @@ fn first<F: Family>(snap: &Snapshot, t: &Tables<F>, b: &mut Burst, i: usize) {
     let Some(f) = fe.and_then(|id| snap.frontend(id)) else {
         return;
     };
-    if f.method != Method::Nat || f.affinity_ms.is_some() || !syn {
+    // A SYN-proxied frontend's SYN takes no port (the proxy answers it).
+    if f.method != Method::Nat || f.affinity_ms.is_some() || !syn || f.syn_proxy {
         return;
     }
     if let Some(e) = f.maglev.entry_for(h) {

@@ -11,6 +11,9 @@ use crate::wire::checksum;
 use crate::wire::{be16, icmp, ipv4, ipv6, proto, put16};
 
 /// Forward-flow value: which backend, and the NAT local address/port if any.
+///
+/// 12 bytes: with the 13-byte IPv4 key, the state and the last-seen time an IPv4 entry is 30
+/// bytes and still fits its 32-byte slot (`flow_entry_sizes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Fwd {
     /// Backend id.
@@ -19,19 +22,43 @@ pub struct Fwd {
     pub nat_port: u16,
     /// Index into the NAT local addresses of the family.
     pub nat_addr: u8,
-    /// [`Fwd::SYNCED`] or 0.
+    /// [`Fwd::SYNCED`], [`Fwd::PROXIED`], [`Fwd::HANDSHAKE`]; for a proxied flow, the
+    /// backend's window scale in the high four bits ([`Fwd::backend_wscale`]).
     pub flags: u8,
+    /// A SYN-proxied flow's sequence offset: the backend's initial sequence number minus the
+    /// cookie's (client -> backend acknowledgements gain it, backend -> client sequence
+    /// numbers lose it); during the backend handshake ([`Fwd::HANDSHAKE`]) the cookie itself.
+    /// 0 for other flows.
+    pub seq: u32,
 }
 
 impl Fwd {
     /// A flag: the entry was installed from a peer host's flow sync and this worker has not
     /// forwarded a packet of it yet (then it becomes ours).
     pub const SYNCED: u8 = 1;
+    /// A flag: the flow was opened by the SYN proxy (`pipeline/synproxy.rs`); its sequence
+    /// numbers are translated ([`Fwd::seq`]).
+    pub const PROXIED: u8 = 2;
+    /// A flag: a proxied flow whose SYN went to the backend and whose SYN-ACK has not come
+    /// back; [`Fwd::seq`] holds the cookie.
+    pub const HANDSHAKE: u8 = 4;
 
     /// Whether the entry came from a peer and is not ours yet.
     #[inline(always)]
     pub fn synced(&self) -> bool {
         self.flags & Fwd::SYNCED != 0
+    }
+
+    /// Whether the SYN proxy opened the flow.
+    #[inline(always)]
+    pub fn proxied(&self) -> bool {
+        self.flags & Fwd::PROXIED != 0
+    }
+
+    /// A proxied flow's backend window scale (after its handshake).
+    #[inline(always)]
+    pub fn backend_wscale(&self) -> u8 {
+        self.flags >> 4
     }
 }
 
@@ -48,6 +75,27 @@ pub struct Rev<A> {
     /// [`MAX_FRONTENDS`](crate::snapshot::MAX_FRONTENDS), so 16 bits: with them an IPv4
     /// entry fits a 32-byte slot.
     pub frontend: u16,
+}
+
+impl<A> Rev<A> {
+    /// The mark of a SYN-proxied flow: the group bit of `client_mac`, which no sender's
+    /// address has (a full IPv4 slot has no other room). Its replies look up the forward
+    /// entry for the sequence offset; the bit is cleared before the MAC is written.
+    pub const PROXIED: u8 = 1;
+
+    /// Whether the SYN proxy opened the flow.
+    #[inline(always)]
+    pub fn proxied(&self) -> bool {
+        self.client_mac[0] & Self::PROXIED != 0
+    }
+
+    /// The MAC replies go to (without the proxy's mark).
+    #[inline(always)]
+    pub fn reply_mac(&self) -> [u8; 6] {
+        let mut m = self.client_mac;
+        m[0] &= !Self::PROXIED;
+        m
+    }
 }
 
 /// ClientIP affinity value.
@@ -145,6 +193,8 @@ pub(super) trait Family: Addr {
     /// Whether a zero UDP checksum means "no checksum" (IPv4) rather than a checksum of
     /// 0xffff.
     const UDP_CHECKSUM_OPTIONAL: bool;
+    /// The MSS values a SYN cookie can encode, ascending (Linux's `msstab` of the family).
+    const COOKIE_MSS: [u16; 4];
 
     /// This family's tables.
     fn tables(flows: &Flows) -> &Tables<Self>;
@@ -198,6 +248,7 @@ impl Family for [u8; 4] {
     const ECHO_REQUEST: u8 = icmp::v4::ECHO_REQUEST;
     const ECHO_REPLY: u8 = icmp::v4::ECHO_REPLY;
     const UDP_CHECKSUM_OPTIONAL: bool = true;
+    const COOKIE_MSS: [u16; 4] = [536, 1300, 1440, 1460];
 
     #[inline(always)]
     fn tables(flows: &Flows) -> &Tables<Self> {
@@ -269,6 +320,7 @@ impl Family for [u8; 16] {
     const ECHO_REQUEST: u8 = icmp::v6::ECHO_REQUEST;
     const ECHO_REPLY: u8 = icmp::v6::ECHO_REPLY;
     const UDP_CHECKSUM_OPTIONAL: bool = false;
+    const COOKIE_MSS: [u16; 4] = [1220, 1420, 1440, 8940];
 
     #[inline(always)]
     fn tables(flows: &Flows) -> &Tables<Self> {

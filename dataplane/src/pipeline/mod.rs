@@ -13,6 +13,7 @@
 //! | `schedule.rs` | conntrack -> affinity -> Maglev; fragments |
 //! | `limits.rs` | new-flow budgets: token buckets per frontend and per source prefix |
 //! | `nat.rs` | `nat`: port slices, port allocation, reverse entries, rewrites, replies |
+//! | `synproxy.rs` | the SYN proxy of `nat` TCP frontends: cookies, the backend handshake, sequence translation |
 //! | `dsr.rs` | `dsr-l2` and `dsr-ipip` |
 //! | `edge.rs` | ARP, NDP and ICMP answers; frames the dataplane originates |
 //! | `flows.rs` | flow dumps for the admin API |
@@ -60,6 +61,7 @@ mod nat;
 mod saved;
 mod schedule;
 mod sync;
+mod synproxy;
 
 pub use buf::{PacketBuf, VecBuf};
 pub use burst::BURST;
@@ -68,6 +70,7 @@ pub use flows::FlowEntry;
 pub use limits::SourceLimitConfig;
 pub use saved::{RestoreFlow, SavedFlow, SavedNat, Unrestorable};
 pub use sync::WALK_SLOTS_PER_TICK;
+pub use synproxy::{syn_cookie, CookieData, CookieKey, WSCALE as SYN_PROXY_WSCALE};
 
 use family::{Family, Flows};
 use nat::NatPorts;
@@ -118,6 +121,10 @@ pub struct PipelineConfig {
     pub reset_unknown_flows: bool,
     /// The per-source new-flow buckets: prefix lengths, table size, hash seed.
     pub source_limits: SourceLimitConfig,
+    /// The SYN proxy's cookie key: the same for every worker of a host (a client's SYN and
+    /// ACK may reach different workers after a change of queues), drawn at every start by
+    /// the daemon; fixed in tests.
+    pub syn_cookie_key: CookieKey,
 }
 
 impl Default for PipelineConfig {
@@ -134,6 +141,7 @@ impl Default for PipelineConfig {
             nat_port_start: 0,
             reset_unknown_flows: true,
             source_limits: SourceLimitConfig::default(),
+            syn_cookie_key: CookieKey::default(),
         }
     }
 }
@@ -162,6 +170,8 @@ pub struct Pipeline {
     sync: Option<crossbeam_channel::Sender<SavedFlow>>,
     /// The walk publishing every own flow, if one is under way.
     walk: Option<sync::Walk>,
+    /// See [`PipelineConfig::syn_cookie_key`].
+    cookie_key: CookieKey,
 }
 
 /// Work already done for a packet (by the burst's prefetch passes, or nothing: [`Hint::NONE`]).
@@ -206,6 +216,9 @@ struct VipFlow<'a> {
     hint: Hint,
     /// Now, on the worker's millisecond clock.
     now_ms: u32,
+    /// For a TCP segment to a SYN-proxied frontend: its sequence and acknowledgement
+    /// numbers (a cookie check if it opens a flow).
+    proxy: Option<(u32, u32)>,
 }
 
 /// The scheduling decision for one packet to a VIP.
@@ -216,6 +229,13 @@ struct Choice<'s> {
     nat_port: u16,
     /// Index of the NAT local address.
     nat_addr: u8,
+    /// The flow's [`Fwd::flags`].
+    flags: u8,
+    /// The flow's [`Fwd::seq`].
+    seq: u32,
+    /// If this packet opened the flow through the SYN proxy (a valid cookie): the client's
+    /// initial sequence number.
+    opened: Option<u32>,
 }
 
 impl Pipeline {
@@ -243,6 +263,7 @@ impl Pipeline {
             reset_unknown_flows: cfg.reset_unknown_flows,
             sync: None,
             walk: None,
+            cookie_key: cfg.syn_cookie_key,
         };
         crate::stats::set(
             &p.stats.ct_capacity,
@@ -396,6 +417,7 @@ impl Pipeline {
                     h,
                     hint,
                     now_ms,
+                    proxy: None,
                 };
                 return self.vip_flow::<F, P>(snap, pkt, &flow);
             }
@@ -433,6 +455,20 @@ impl Pipeline {
         if !allowed::<F>(f, p) {
             return Verdict::Drop(DropReason::SourceDenied);
         }
+        let proxied = f.syn_proxy && f.method == Method::Nat && p.proto == proto::TCP;
+        let with_acks;
+        let flow = if proxied {
+            if p.tcp_flags & (flags::SYN | flags::ACK) == flags::SYN {
+                return self.syn_cookie::<F, P>(snap, pkt, p, flow.now_ms);
+            }
+            with_acks = VipFlow {
+                proxy: synproxy::seq_ack(pkt.data(), p),
+                ..*flow
+            };
+            &with_acks
+        } else {
+            flow
+        };
         let src_mac = mac_at(pkt.data(), 6);
         let choice = match self.schedule::<F>(snap, flow, src_mac) {
             Ok(c) => c,
@@ -450,6 +486,9 @@ impl Pipeline {
             bump(&c.bytes, pkt.data().len() as u64);
         }
         match f.method {
+            Method::Nat if choice.flags & Fwd::PROXIED != 0 => {
+                self.proxy_send::<F, P>(snap, pkt, p, &choice)
+            }
             Method::Nat => nat::send::<F, P>(snap, pkt, p, &choice),
             m => dsr::send::<F, P>(snap, pkt, p, m, b),
         }

@@ -306,6 +306,10 @@ impl Pipeline {
             return Verdict::Drop(DropReason::NatNoFlow);
         };
         let vip = F::from_raw(&raw_ip(f.vip));
+        if v.proxied() {
+            // Every reply needs the forward entry: it holds the sequence offset.
+            return self.proxy_reply::<F, P>(snap, pkt, p, (&k, h), &v, (vip, f.port), s, now_ms);
+        }
         // The forward entry shares the flow's lifetime (see `touch_rev`): refreshed with the
         // reply, in the same state, when the reply is the reverse entry's first of an epoch
         // or changes its state. A flow whose forward entry is gone (evicted, or taken over by
@@ -485,7 +489,7 @@ pub(super) fn rev_key<F: Family>(
 /// Rewrites addresses and ports of an IP packet with incremental checksum updates (IPv4
 /// header, TCP/UDP checksum including the pseudo-header).
 #[inline(always)]
-fn rewrite_flow<F: Family>(
+pub(super) fn rewrite_flow<F: Family>(
     d: &mut [u8],
     p: &Parsed,
     new_src: F,

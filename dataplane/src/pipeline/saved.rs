@@ -189,7 +189,8 @@ impl Pipeline {
         let k = *e.key();
         let v = *e.value();
         let b = snap.backend(v.backend)?;
-        if remaining_ms == 0 {
+        // A saved flow has no room for a SYN-proxied flow's sequence offset: not kept.
+        if remaining_ms == 0 || v.proxied() {
             return None;
         }
         let nat = if v.nat_port == 0 {
@@ -313,6 +314,7 @@ impl Pipeline {
             nat_port,
             nat_addr: r.nat_addr,
             flags: if synced { Fwd::SYNCED } else { 0 },
+            seq: 0,
         };
         let h = key.flow_hash(seed);
         let displaced = t.fwd.insert(key, h, val, f.state, seen, Insert::Replace);

@@ -52,6 +52,7 @@ impl Pipeline {
                 h: flow_hash::<F>(snap, p),
                 hint: Hint::NONE,
                 now_ms,
+                proxy: None,
             };
             return self.vip_flow::<F, P>(snap, pkt, &flow);
         }
@@ -85,6 +86,7 @@ impl Pipeline {
             h,
             hint,
             now_ms,
+            proxy,
         } = flow;
         let tcp = p.proto == proto::TCP;
         let fl = p.tcp_flags;
@@ -98,9 +100,14 @@ impl Pipeline {
             .lookup_epoch(&key, h, hint.slot, now_ms, gone)
             .map(|(e, first)| {
                 let old = e.state();
-                let new = next_state(old, tcp, fl);
-                e.set_state(new);
                 let v = *e.value();
+                // A proxied flow stays embryonic until its backend's SYN-ACK comes back.
+                let new = if v.flags & Fwd::HANDSHAKE != 0 {
+                    old
+                } else {
+                    next_state(old, tcp, fl)
+                };
+                e.set_state(new);
                 if v.synced() {
                     e.value_mut().flags &= !Fwd::SYNCED;
                 }
@@ -108,6 +115,25 @@ impl Pipeline {
             });
         // A miss leaves the key absent (an expired entry was freed): insert without a search.
         let mut absent = hit.is_none();
+        // A proxied frontend's closing flow whose client port opens a new connection: the
+        // ACK with a valid cookie ends the old flow and opens the new one.
+        let mut cookie = None;
+        let hit = match (hit, proxy) {
+            (Some(hv), Some(sa))
+                if f.syn_proxy && hv.1 == FlowState::TcpClosing && fl & flags::FIN == 0 =>
+            {
+                cookie = self.valid_cookie::<F>(p, sa, now_ms);
+                if cookie.is_some() {
+                    self.end_fwd::<F>(&key, h, &hv.0);
+                    self.end_rev::<F>(snap, p.proto, &hv.0);
+                    absent = true;
+                    None
+                } else {
+                    Some(hv)
+                }
+            }
+            (hit, _) => hit,
+        };
         if let Some((v, old, new, first)) = hit {
             if v.synced() {
                 // A peer's flow whose packets now come here: ours from now on.
@@ -153,6 +179,9 @@ impl Pipeline {
                         backend: b,
                         nat_port: v.nat_port,
                         nat_addr: v.nat_addr,
+                        flags: v.flags,
+                        seq: v.seq,
+                        opened: None,
                     });
                 }
             }
@@ -165,7 +194,16 @@ impl Pipeline {
             }
         }
         if tcp && f.method == Method::Nat && !syn_only(tcp, fl) {
-            return Err(DropReason::TcpNoFlow);
+            if !f.syn_proxy {
+                return Err(DropReason::TcpNoFlow);
+            }
+            // A SYN-proxied frontend: only an ACK returning a valid cookie opens a flow.
+            if cookie.is_none() {
+                cookie = proxy.and_then(|sa| self.valid_cookie::<F>(p, sa, now_ms));
+            }
+            if cookie.is_none() {
+                return Err(DropReason::SynProxyBadCookie);
+            }
         }
         // A new flow: within its frontend's budgets (a check only where a limit is set).
         if f.flow_limit.is_some() || f.source_flow_limit.is_some() {
@@ -184,7 +222,16 @@ impl Pipeline {
         if b.mac.is_none() {
             return Err(DropReason::NextHopUnresolved);
         }
-        let st = flow_state(tcp, fl);
+        // A proxied flow is embryonic until the backend's SYN-ACK; its replies are marked.
+        let (st, rev_mac, proxy_flags, seq) = match (cookie, proxy) {
+            (Some(_), Some((_, ack))) => {
+                let mut m = src_mac;
+                m[0] |= super::Rev::<F>::PROXIED;
+                let flags = Fwd::PROXIED | Fwd::HANDSHAKE;
+                (FlowState::TcpSynSent, m, flags, ack.wrapping_sub(1))
+            }
+            _ => (flow_state(tcp, fl), src_mac, 0, 0),
+        };
         let (nat_port, nat_addr) = if f.method == Method::Nat {
             let nf = NatFlow {
                 p,
@@ -192,7 +239,7 @@ impl Pipeline {
                 h,
                 st,
                 now_ms,
-                src_mac,
+                src_mac: rev_mac,
                 // A snapshot holds only frontend ids below MAX_FRONTENDS (2^16).
                 frontend: f.id as u16,
             };
@@ -204,7 +251,8 @@ impl Pipeline {
             backend: b.id,
             nat_port,
             nat_addr,
-            flags: 0,
+            flags: proxy_flags,
+            seq,
         };
         let mode = if absent { Insert::New } else { Insert::Replace };
         let displaced = F::tables_mut(&mut self.flows)
@@ -236,6 +284,9 @@ impl Pipeline {
             backend: b,
             nat_port,
             nat_addr,
+            flags: proxy_flags,
+            seq,
+            opened: cookie.map(|(_, isn)| isn),
         })
     }
 

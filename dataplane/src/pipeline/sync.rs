@@ -72,6 +72,10 @@ impl Pipeline {
         client_mac: [u8; 6],
     ) {
         let Some(tx) = &self.sync else { return };
+        // A proxied flow's sequence offset is not part of a synced flow: not published.
+        if v.proxied() {
+            return;
+        }
         let Some(b) = snap.backend(v.backend) else {
             return;
         };

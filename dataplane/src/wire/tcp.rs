@@ -17,7 +17,6 @@ pub(crate) mod field {
     /// Flags (CWR..FIN).
     pub const FLAGS: usize = 13;
     /// Window size, 16 bits.
-    #[allow(dead_code)] // Named for the layout; nothing reads the window.
     pub const WIN_SIZE: usize = 14;
     /// Checksum, 16 bits.
     pub const CHECKSUM: usize = 16;
@@ -40,6 +39,99 @@ pub mod flags {
     pub const PSH: u8 = 0x08;
     /// ACK.
     pub const ACK: u8 = 0x10;
+}
+
+/// TCP option kinds (RFC 9293, RFC 7323, RFC 2018).
+pub mod option {
+    /// End of the option list.
+    pub const END: u8 = 0;
+    /// No operation (padding).
+    pub const NOP: u8 = 1;
+    /// Maximum segment size (length 4), SYN only.
+    pub const MSS: u8 = 2;
+    /// Window scale shift (length 3), SYN only.
+    pub const WSCALE: u8 = 3;
+    /// SACK permitted (length 2), SYN only.
+    pub const SACK_PERM: u8 = 4;
+    /// SACK blocks (length 2 + 8 per block).
+    pub const SACK: u8 = 5;
+    /// Timestamps (length 10).
+    pub const TIMESTAMP: u8 = 8;
+}
+
+/// The largest window scale shift (RFC 7323: a larger one is used as 14).
+pub const MAX_WSCALE: u8 = 14;
+
+/// What a SYN's options offer: the options a SYN cookie has to remember.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SynOptions {
+    /// Maximum segment size, if given.
+    pub mss: Option<u16>,
+    /// Window scale shift (at most [`MAX_WSCALE`]), if offered.
+    pub wscale: Option<u8>,
+    /// SACK permitted.
+    pub sack_perm: bool,
+    /// Timestamps offered.
+    pub timestamps: bool,
+}
+
+impl SynOptions {
+    /// The options in `opts` (the bytes after the fixed header); an option cut short ends the
+    /// list, as an END would.
+    pub fn parse(opts: &[u8]) -> SynOptions {
+        let mut o = SynOptions::default();
+        let mut i = 0;
+        while i < opts.len() {
+            let kind = opts[i];
+            if kind == option::END {
+                break;
+            }
+            if kind == option::NOP {
+                i += 1;
+                continue;
+            }
+            let Some(&len) = opts.get(i + 1) else { break };
+            let len = usize::from(len);
+            if len < 2 || i + len > opts.len() {
+                break;
+            }
+            match (kind, len) {
+                (option::MSS, 4) => o.mss = Some(be16(opts, i + 2)),
+                (option::WSCALE, 3) => o.wscale = Some(opts[i + 2].min(MAX_WSCALE)),
+                (option::SACK_PERM, 2) => o.sack_perm = true,
+                (option::TIMESTAMP, 10) => o.timestamps = true,
+                _ => {}
+            }
+            i += len;
+        }
+        o
+    }
+
+    /// Writes the options into `buf` as Linux lays them out without timestamps (MSS; NOP,
+    /// NOP, SACK permitted; NOP, window scale), each word-aligned, timestamps never: the
+    /// length written, a multiple of 4 and at most [`SynOptions::MAX_LEN`]. `mss` is written
+    /// only if given.
+    pub fn emit(&self, buf: &mut [u8]) -> usize {
+        let mut n = 0;
+        if let Some(mss) = self.mss {
+            buf[n] = option::MSS;
+            buf[n + 1] = 4;
+            put16(buf, n + 2, mss);
+            n += 4;
+        }
+        if self.sack_perm {
+            buf[n..n + 4].copy_from_slice(&[option::NOP, option::NOP, option::SACK_PERM, 2]);
+            n += 4;
+        }
+        if let Some(ws) = self.wscale {
+            buf[n..n + 4].copy_from_slice(&[option::NOP, option::WSCALE, 3, ws]);
+            n += 4;
+        }
+        n
+    }
+
+    /// The most bytes [`SynOptions::emit`] writes.
+    pub const MAX_LEN: usize = 12;
 }
 
 /// A view of a TCP segment.
@@ -91,6 +183,10 @@ impl<T: AsRef<[u8]>> Segment<T> {
     /// Flags byte (FIN..CWR).
     pub fn flags(&self) -> u8 {
         self.buf.as_ref()[field::FLAGS]
+    }
+    /// Window field (unscaled).
+    pub fn window(&self) -> u16 {
+        be16(self.buf.as_ref(), field::WIN_SIZE)
     }
     /// Checksum field.
     pub fn checksum(&self) -> u16 {
@@ -165,6 +261,40 @@ mod tests {
         want[0..4].copy_from_slice(&SEGMENT[0..4]);
         want[16..18].copy_from_slice(&SEGMENT[16..18]);
         assert_eq!(b, want);
+    }
+
+    /// Linux's SYN options (MSS 1460, SACK permitted, timestamps, NOP, window scale 7) parse;
+    /// a cut option ends the list; what `emit` writes parses back.
+    #[test]
+    fn syn_options_parse_and_emit() {
+        let linux = [
+            2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+        ];
+        let o = SynOptions::parse(&linux);
+        assert_eq!(
+            o,
+            SynOptions {
+                mss: Some(1460),
+                wscale: Some(7),
+                sack_perm: true,
+                timestamps: true
+            }
+        );
+        assert_eq!(SynOptions::parse(&linux[..18]).wscale, None);
+        assert_eq!(SynOptions::parse(&[1, 3, 3, 15]).wscale, Some(MAX_WSCALE));
+        let mut b = [0xa5u8; SynOptions::MAX_LEN];
+        let out = SynOptions {
+            timestamps: false,
+            ..o
+        };
+        assert_eq!(out.emit(&mut b), 12);
+        assert_eq!(b, [2, 4, 0x05, 0xb4, 1, 1, 4, 2, 1, 3, 3, 7]);
+        assert_eq!(SynOptions::parse(&b), out);
+        let bare = SynOptions {
+            mss: Some(536),
+            ..SynOptions::default()
+        };
+        assert_eq!(bare.emit(&mut b), 4);
     }
 
     #[test]

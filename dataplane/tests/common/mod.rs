@@ -67,6 +67,7 @@ pub fn frontend(
         source_ranges: vec![],
         flow_limit: None,
         source_flow_limit: None,
+        syn_proxy: false,
         backends,
         maglev: Arc::new(MaglevTable::build(&mb, 1021, 42).unwrap()),
     }

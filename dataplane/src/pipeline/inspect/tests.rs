@@ -33,6 +33,7 @@ fn snap() -> Snapshot {
                 rate: 1000,
                 burst: 1000,
             }),
+            syn_proxy: false,
             backends: vec![1],
             maglev: Arc::new(MaglevTable::build(&mb, 31, 1).unwrap()),
         }],

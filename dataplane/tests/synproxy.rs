@@ -1,0 +1,797 @@
+//! Golden packets of the SYN proxy (`pipeline/synproxy.rs`), IPv4 and IPv6 through one path:
+//! the cookie SYN-ACK, a forged ACK dropped, the backend's SYN, client data held back during
+//! the backend's handshake, the ACK that completes it, and the sequence (and SACK, window)
+//! translation of both directions afterwards. Expected frames are built with etherparse,
+//! which computes every checksum from scratch.
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use common::*;
+use etherparse::{Ethernet2Header, IpNumber, Ipv4Header, Ipv6Header, TcpHeader};
+use sluice_dataplane::pipeline::{
+    syn_cookie, CookieData, CookieKey, PacketBuf, Pipeline, PipelineConfig, VecBuf, Verdict,
+};
+use sluice_dataplane::snapshot::{Method, Protocol, Snapshot};
+use sluice_dataplane::stats::{DropReason, WorkerStats};
+
+const KEY: CookieKey = CookieKey([0x5eed_0001, 0x5eed_0002]);
+const NOW: u32 = 3_600_000;
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const RST: u8 = 0x04;
+const PSH: u8 = 0x08;
+const ACK: u8 = 0x10;
+
+/// A TCP segment to build.
+#[derive(Clone, Copy)]
+struct Seg<'a> {
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    window: u16,
+    opts: &'a [u8],
+    payload: &'a [u8],
+}
+
+/// An Ethernet frame `mac -> to_mac` carrying `s` from `src` to `dst` (IPv4: TTL 64, id 0,
+/// DF clear, as the proxy writes its headers).
+fn frame(mac: [u8; 6], to_mac: [u8; 6], src: IpAddr, dst: IpAddr, s: &Seg<'_>) -> Vec<u8> {
+    let mut t = TcpHeader::new(s.sport, s.dport, s.seq, s.window);
+    t.acknowledgment_number = s.ack;
+    t.fin = s.flags & FIN != 0;
+    t.syn = s.flags & SYN != 0;
+    t.rst = s.flags & RST != 0;
+    t.psh = s.flags & PSH != 0;
+    t.ack = s.flags & ACK != 0;
+    t.set_options_raw(s.opts).unwrap();
+    let len = t.header_len() + s.payload.len();
+    let mut out = Vec::new();
+    let (ether_type, csum) = match (src, dst) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            let mut ip =
+                Ipv4Header::new(len as u16, 64, IpNumber::TCP, a.octets(), b.octets()).unwrap();
+            ip.dont_fragment = false;
+            ip.header_checksum = ip.calc_header_checksum();
+            let c = t.calc_checksum_ipv4(&ip, s.payload).unwrap();
+            let mut b = Vec::new();
+            ip.write(&mut b).unwrap();
+            (etherparse::EtherType::IPV4, (b, c))
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            let ip = Ipv6Header {
+                traffic_class: 0,
+                flow_label: Default::default(),
+                payload_length: len as u16,
+                next_header: IpNumber::TCP,
+                hop_limit: 64,
+                source: a.octets(),
+                destination: b.octets(),
+            };
+            let c = t.calc_checksum_ipv6(&ip, s.payload).unwrap();
+            let mut b = Vec::new();
+            ip.write(&mut b).unwrap();
+            (etherparse::EtherType::IPV6, (b, c))
+        }
+        _ => panic!("mixed families"),
+    };
+    Ethernet2Header {
+        source: mac,
+        destination: to_mac,
+        ether_type,
+    }
+    .write(&mut out)
+    .unwrap();
+    out.extend_from_slice(&csum.0);
+    t.checksum = csum.1;
+    t.write(&mut out).unwrap();
+    out.extend_from_slice(s.payload);
+    out
+}
+
+/// One family's addresses.
+struct Fam {
+    client: IpAddr,
+    vip: IpAddr,
+    nat: IpAddr,
+    backend: IpAddr,
+    /// The MSS the proxy offers (MTU 1500 less the headers).
+    our_mss: u16,
+    /// The client's MSS and the table entry the cookie keeps of it.
+    client_mss: u16,
+    mss_index: u8,
+    mss_kept: u16,
+}
+
+fn v4() -> Fam {
+    Fam {
+        client: IpAddr::from(CLIENT4),
+        vip: "192.0.2.1".parse().unwrap(),
+        nat: IpAddr::from(NAT4),
+        backend: "10.0.1.1".parse().unwrap(),
+        our_mss: 1460,
+        client_mss: 1460,
+        mss_index: 3,
+        mss_kept: 1460,
+    }
+}
+
+fn v6() -> Fam {
+    Fam {
+        client: IpAddr::from(CLIENT6),
+        vip: "2001:db8::1".parse().unwrap(),
+        nat: IpAddr::from(NAT6),
+        backend: "fd00:1::1".parse().unwrap(),
+        our_mss: 1440,
+        client_mss: 1430,
+        mss_index: 1,
+        mss_kept: 1420,
+    }
+}
+
+/// The NAT frontends of the golden snapshot (0: IPv4, 4: IPv6), SYN-proxied.
+fn snapshot() -> Snapshot {
+    let mut a = frontend(0, "192.0.2.1", 80, Protocol::Tcp, Method::Nat, vec![1]);
+    a.syn_proxy = true;
+    let mut b = frontend(4, "2001:db8::1", 80, Protocol::Tcp, Method::Nat, vec![3]);
+    b.syn_proxy = true;
+    Snapshot::new(
+        1,
+        42,
+        vec![a, b],
+        vec![backend(1, "10.0.1.1", 8080), backend(3, "fd00:1::1", 8080)],
+        local(),
+        1024,
+    )
+    .unwrap()
+}
+
+fn pipeline() -> (Pipeline, Arc<WorkerStats>) {
+    let stats = Arc::new(WorkerStats::new(16));
+    let mut cfg = PipelineConfig {
+        syn_cookie_key: KEY,
+        ..PipelineConfig::default()
+    };
+    cfg.conntrack.capacity = 1 << 12;
+    cfg.conntrack_v6_capacity = 1 << 12;
+    cfg.affinity_capacity = 1 << 10;
+    (Pipeline::new(&cfg, stats.clone()), stats)
+}
+
+/// Runs `input` and checks the verdict and, if given, the exact output frame.
+fn run(
+    pipe: &mut Pipeline,
+    snap: &Snapshot,
+    desc: &str,
+    input: Vec<u8>,
+    verdict: Verdict,
+    want: Option<Vec<u8>>,
+) {
+    let mut b = VecBuf::new(&input);
+    let v = pipe.process(snap, &mut b, NOW);
+    assert_eq!(v, verdict, "{desc}: verdict");
+    if let Some(w) = want {
+        assert_checksums_valid(b.data());
+        assert_eq!(b.data(), &w[..], "{desc}: output bytes");
+    }
+}
+
+/// Linux's SYN options: MSS, SACK permitted, timestamps, NOP, window scale 7.
+fn linux_syn_options(mss: u16) -> [u8; 20] {
+    let m = mss.to_be_bytes();
+    [
+        2, 4, m[0], m[1], 4, 2, 8, 10, 0, 1, 2, 3, 0, 0, 0, 0, 1, 3, 3, 7,
+    ]
+}
+
+/// The whole life of a proxied connection in family `fam`.
+fn proxied_connection(fam: &Fam, count_before: u64) {
+    let snap = snapshot();
+    let (mut pipe, stats) = pipeline();
+    let (cport, nat_port, bport) = (40000u16, NAT_PORT_MIN, 8080u16);
+    let bm = bmac(if fam.backend.is_ipv4() { 1 } else { 3 });
+    let syn_opts = linux_syn_options(fam.client_mss);
+    let client = |s: &Seg<'_>| frame(CLIENT_MAC, LB_MAC, fam.client, fam.vip, s);
+    let base = Seg {
+        sport: cport,
+        dport: 80,
+        seq: 1000,
+        ack: 0,
+        flags: SYN,
+        window: 64240,
+        opts: &syn_opts,
+        payload: &[],
+    };
+
+    // 1. The SYN is answered with a cookie; nothing is stored.
+    let data = CookieData {
+        mss_index: fam.mss_index,
+        sack: true,
+        wscale: Some(7),
+    };
+    let c = syn_cookie(
+        &KEY,
+        NOW,
+        SocketAddr::new(fam.client, cport),
+        SocketAddr::new(fam.vip, 80),
+        1000,
+        data,
+    )
+    .unwrap();
+    assert_eq!(CookieData::of_cookie(c), data);
+    let m = fam.our_mss.to_be_bytes();
+    let syn_ack = frame(
+        LB_MAC,
+        CLIENT_MAC,
+        fam.vip,
+        fam.client,
+        &Seg {
+            sport: 80,
+            dport: cport,
+            seq: c,
+            ack: 1001,
+            flags: SYN | ACK,
+            window: 0,
+            opts: &[2, 4, m[0], m[1], 1, 1, 4, 2, 1, 3, 3, 7],
+            payload: &[],
+        },
+    );
+    run(
+        &mut pipe,
+        &snap,
+        "SYN -> cookie SYN-ACK",
+        client(&base),
+        Verdict::Tx,
+        Some(syn_ack),
+    );
+    assert_eq!(pipe.flows(), 0, "a SYN stores nothing");
+    assert_eq!(stats.syn_cookies_sent.load(Relaxed), 1);
+
+    // 2. An ACK whose cookie does not verify opens nothing and is not answered.
+    let ack = Seg {
+        seq: 1001,
+        ack: c.wrapping_add(1),
+        flags: ACK,
+        window: 502,
+        opts: &[],
+        ..base
+    };
+    for bad in [c.wrapping_add(2), c ^ 0x100, c ^ 0x8000_0000] {
+        run(
+            &mut pipe,
+            &snap,
+            "forged ACK",
+            client(&Seg { ack: bad, ..ack }),
+            Verdict::Drop(DropReason::SynProxyBadCookie),
+            None,
+        );
+    }
+    // The right cookie for another client sequence number (a SYN never seen) fails too.
+    run(
+        &mut pipe,
+        &snap,
+        "ACK of another ISN",
+        client(&Seg { seq: 5001, ..ack }),
+        Verdict::Drop(DropReason::SynProxyBadCookie),
+        None,
+    );
+    assert_eq!(pipe.flows(), 0);
+    assert_eq!(
+        stats.drops[DropReason::SynProxyBadCookie as usize].load(Relaxed),
+        4
+    );
+
+    // 3. The ACK with the cookie becomes the backend's SYN: the client's ISN, the kept MSS,
+    // SACK permitted and the client's window scale; its window unscaled.
+    let k = fam.mss_kept.to_be_bytes();
+    let backend_syn = frame(
+        LB_MAC,
+        bm,
+        fam.nat,
+        fam.backend,
+        &Seg {
+            sport: nat_port,
+            dport: bport,
+            seq: 1000,
+            ack: 0,
+            flags: SYN,
+            window: 64256,
+            opts: &[2, 4, k[0], k[1], 1, 1, 4, 2, 1, 3, 3, 7],
+            payload: &[],
+        },
+    );
+    run(
+        &mut pipe,
+        &snap,
+        "cookie ACK -> backend SYN",
+        client(&ack),
+        Verdict::Tx,
+        Some(backend_syn),
+    );
+    assert_eq!(pipe.flows(), 1);
+    assert_eq!(stats.syn_cookies_valid.load(Relaxed), 1);
+    assert_eq!(stats.new_flows.load(Relaxed), count_before + 1);
+
+    // 4. Client data before the backend answered: dropped (the client retransmits).
+    let req = Seg {
+        flags: ACK | PSH,
+        payload: b"GET / HTTP/1.1\r\n\r\n",
+        ..ack
+    };
+    run(
+        &mut pipe,
+        &snap,
+        "data during the backend handshake",
+        client(&req),
+        Verdict::Drop(DropReason::SynProxyHandshake),
+        None,
+    );
+
+    // 5. The backend's SYN-ACK (window scale 9) becomes a window update for the client
+    // (whose data will complete the backend's handshake): 65160 bytes in units of 2^7.
+    let bisn = 5_000_000u32;
+    let from_backend = |s: &Seg<'_>| frame(bm, LB_MAC, fam.backend, fam.nat, s);
+    let b_syn_ack = Seg {
+        sport: bport,
+        dport: nat_port,
+        seq: bisn,
+        ack: 1001,
+        flags: SYN | ACK,
+        window: 65160,
+        opts: &[2, 4, 5, 180, 1, 1, 4, 2, 1, 3, 3, 9],
+        payload: &[],
+    };
+    let update = frame(
+        LB_MAC,
+        CLIENT_MAC,
+        fam.vip,
+        fam.client,
+        &Seg {
+            sport: 80,
+            dport: cport,
+            seq: c.wrapping_add(1),
+            ack: 1001,
+            flags: ACK,
+            window: 509,
+            opts: &[],
+            payload: &[],
+        },
+    );
+    run(
+        &mut pipe,
+        &snap,
+        "backend SYN-ACK -> window update to the client",
+        from_backend(&b_syn_ack),
+        Verdict::Tx,
+        Some(update),
+    );
+    // The backend repeats its SYN-ACK (nothing from the client completed its handshake):
+    // answered with the ACK.
+    let our_ack = frame(
+        LB_MAC,
+        bm,
+        fam.nat,
+        fam.backend,
+        &Seg {
+            sport: nat_port,
+            dport: bport,
+            seq: 1001,
+            ack: bisn + 1,
+            flags: ACK,
+            window: 511,
+            opts: &[],
+            payload: &[],
+        },
+    );
+    run(
+        &mut pipe,
+        &snap,
+        "repeated backend SYN-ACK -> ACK",
+        from_backend(&b_syn_ack),
+        Verdict::Tx,
+        Some(our_ack),
+    );
+
+    // 6. The client's request (retransmitted): its acknowledgement gains the offset.
+    let to_backend = |s: &Seg<'_>| frame(LB_MAC, bm, fam.nat, fam.backend, s);
+    let fwd = Seg {
+        sport: nat_port,
+        dport: bport,
+        ack: bisn + 1,
+        ..req
+    };
+    run(
+        &mut pipe,
+        &snap,
+        "client data, acknowledgement translated",
+        client(&req),
+        Verdict::Tx,
+        Some(to_backend(&fwd)),
+    );
+    // A SACK block's edges gain it too.
+    let edge = |o: u32| c.wrapping_add(1 + o).to_be_bytes();
+    let (l, r) = (edge(100), edge(200));
+    let sack = [1, 1, 5, 10, l[0], l[1], l[2], l[3], r[0], r[1], r[2], r[3]];
+    let (bl, br) = ((bisn + 101).to_be_bytes(), (bisn + 201).to_be_bytes());
+    let sack_out = [
+        1, 1, 5, 10, bl[0], bl[1], bl[2], bl[3], br[0], br[1], br[2], br[3],
+    ];
+    let sacked = Seg {
+        seq: 1019,
+        flags: ACK,
+        opts: &sack,
+        payload: &[],
+        ..ack
+    };
+    run(
+        &mut pipe,
+        &snap,
+        "client SACK, edges translated",
+        client(&sacked),
+        Verdict::Tx,
+        Some(to_backend(&Seg {
+            sport: nat_port,
+            dport: bport,
+            ack: bisn + 1,
+            opts: &sack_out,
+            ..sacked
+        })),
+    );
+
+    // 7. The backend's response: its sequence number loses the offset and its window
+    // (scale 9) is rescaled to the proxy's 7 for the client.
+    let resp = Seg {
+        sport: bport,
+        dport: nat_port,
+        seq: bisn + 1,
+        ack: 1019,
+        flags: ACK | PSH,
+        window: 1000,
+        opts: &[],
+        payload: b"HTTP/1.1 200 OK\r\n\r\n",
+    };
+    let to_client = frame(
+        LB_MAC,
+        CLIENT_MAC,
+        fam.vip,
+        fam.client,
+        &Seg {
+            sport: 80,
+            dport: cport,
+            seq: c.wrapping_add(1),
+            window: 4000,
+            ..resp
+        },
+    );
+    run(
+        &mut pipe,
+        &snap,
+        "backend data, sequence and window translated",
+        from_backend(&resp),
+        Verdict::Tx,
+        Some(to_client),
+    );
+    assert_eq!(pipe.flows(), 1);
+}
+
+/// A client whose ACK was lost probes the zero window (sequence number one below its next,
+/// no data): the probe's cookie is valid and opens the flow with the right ISN.
+#[test]
+fn zero_window_probe_opens_the_flow() {
+    for fam in [v4(), v6()] {
+        let snap = snapshot();
+        let (mut pipe, _) = pipeline();
+        let client = |s: &Seg<'_>| frame(CLIENT_MAC, LB_MAC, fam.client, fam.vip, s);
+        let syn = Seg {
+            sport: 40003,
+            dport: 80,
+            seq: 900,
+            ack: 0,
+            flags: SYN,
+            window: 1000,
+            opts: &[],
+            payload: &[],
+        };
+        let mut b = VecBuf::new(&client(&syn));
+        assert_eq!(pipe.process(&snap, &mut b, NOW), Verdict::Tx);
+        let c = u32::from_be_bytes(b.data()[b.data().len() - 24 + 4..][..4].try_into().unwrap());
+        let probe = Seg {
+            seq: 900,
+            ack: c.wrapping_add(1),
+            flags: ACK,
+            ..syn
+        };
+        let mut b = VecBuf::new(&client(&probe));
+        assert_eq!(pipe.process(&snap, &mut b, NOW), Verdict::Tx, "probe");
+        let d = b.data();
+        let t = d.len() - 24;
+        assert_eq!(d[t + 13], SYN, "a SYN to the backend");
+        assert_eq!(u32::from_be_bytes(d[t + 4..t + 8].try_into().unwrap()), 900);
+        // With data, sequence number one below the ISN's next is no cookie's.
+        let (mut pipe, _) = pipeline();
+        let mut b = VecBuf::new(&client(&Seg {
+            payload: b"x",
+            ..probe
+        }));
+        assert_eq!(
+            pipe.process(&snap, &mut b, NOW),
+            Verdict::Drop(DropReason::SynProxyBadCookie)
+        );
+    }
+}
+
+#[test]
+fn proxied_connection_ipv4() {
+    proxied_connection(&v4(), 0);
+}
+
+#[test]
+fn proxied_connection_ipv6() {
+    proxied_connection(&v6(), 0);
+}
+
+/// A client that offers no options: the SYN-ACK offers only the MSS, the backend is offered
+/// the smallest MSS and nothing else, and no window is rescaled (neither side scales).
+#[test]
+fn client_without_options() {
+    let fam = v4();
+    let snap = snapshot();
+    let (mut pipe, _) = pipeline();
+    let client = |s: &Seg<'_>| frame(CLIENT_MAC, LB_MAC, fam.client, fam.vip, s);
+    let syn = Seg {
+        sport: 40001,
+        dport: 80,
+        seq: 77,
+        ack: 0,
+        flags: SYN,
+        window: 29200,
+        opts: &[],
+        payload: &[],
+    };
+    let data = CookieData {
+        mss_index: 0,
+        sack: false,
+        wscale: None,
+    };
+    let c = syn_cookie(
+        &KEY,
+        NOW,
+        SocketAddr::new(fam.client, 40001),
+        SocketAddr::new(fam.vip, 80),
+        77,
+        data,
+    )
+    .unwrap();
+    let want = frame(
+        LB_MAC,
+        CLIENT_MAC,
+        fam.vip,
+        fam.client,
+        &Seg {
+            sport: 80,
+            dport: 40001,
+            seq: c,
+            ack: 78,
+            flags: SYN | ACK,
+            window: 0,
+            opts: &[2, 4, 5, 180],
+            payload: &[],
+        },
+    );
+    run(
+        &mut pipe,
+        &snap,
+        "bare SYN",
+        client(&syn),
+        Verdict::Tx,
+        Some(want),
+    );
+    let ack = Seg {
+        seq: 78,
+        ack: c.wrapping_add(1),
+        flags: ACK,
+        window: 29200,
+        ..syn
+    };
+    let to_backend = frame(
+        LB_MAC,
+        bmac(1),
+        fam.nat,
+        fam.backend,
+        &Seg {
+            sport: NAT_PORT_MIN,
+            dport: 8080,
+            seq: 77,
+            ack: 0,
+            flags: SYN,
+            window: 29200,
+            opts: &[2, 4, 2, 24],
+            payload: &[],
+        },
+    );
+    run(
+        &mut pipe,
+        &snap,
+        "bare cookie ACK",
+        client(&ack),
+        Verdict::Tx,
+        Some(to_backend),
+    );
+    let from_backend = |s: &Seg<'_>| frame(bmac(1), LB_MAC, fam.backend, fam.nat, s);
+    let b = Seg {
+        sport: 8080,
+        dport: NAT_PORT_MIN,
+        seq: 9,
+        ack: 78,
+        flags: SYN | ACK,
+        window: 28960,
+        opts: &[2, 4, 5, 180],
+        payload: &[],
+    };
+    // The window update: the backend's bytes as they are (the client does not scale).
+    let update = frame(
+        LB_MAC,
+        CLIENT_MAC,
+        fam.vip,
+        fam.client,
+        &Seg {
+            sport: 80,
+            dport: 40001,
+            seq: c.wrapping_add(1),
+            ack: 78,
+            flags: ACK,
+            window: 28960,
+            opts: &[],
+            payload: &[],
+        },
+    );
+    run(
+        &mut pipe,
+        &snap,
+        "bare SYN-ACK",
+        from_backend(&b),
+        Verdict::Tx,
+        Some(update),
+    );
+    // A window the backend sends reaches the client as it is.
+    let resp = Seg {
+        seq: 10,
+        flags: ACK,
+        window: 1234,
+        payload: b"x",
+        ..b
+    };
+    let want = frame(
+        LB_MAC,
+        CLIENT_MAC,
+        fam.vip,
+        fam.client,
+        &Seg {
+            sport: 80,
+            dport: 40001,
+            seq: c.wrapping_add(1),
+            ..resp
+        },
+    );
+    run(
+        &mut pipe,
+        &snap,
+        "unscaled reply",
+        from_backend(&resp),
+        Verdict::Tx,
+        Some(want),
+    );
+}
+
+/// A backend that refuses the connection: its RST reaches the client at the sequence number
+/// the client expects (the cookie's next), and the flow closes.
+#[test]
+fn backend_refusal_reaches_the_client() {
+    for fam in [v4(), v6()] {
+        let snap = snapshot();
+        let (mut pipe, _) = pipeline();
+        let bm = bmac(if fam.backend.is_ipv4() { 1 } else { 3 });
+        let client = |s: &Seg<'_>| frame(CLIENT_MAC, LB_MAC, fam.client, fam.vip, s);
+        let syn = Seg {
+            sport: 40002,
+            dport: 80,
+            seq: 500,
+            ack: 0,
+            flags: SYN,
+            window: 1000,
+            opts: &[],
+            payload: &[],
+        };
+        let mut b = VecBuf::new(&client(&syn));
+        assert_eq!(pipe.process(&snap, &mut b, NOW), Verdict::Tx);
+        let c = u32::from_be_bytes(b.data()[b.data().len() - 24 + 4..][..4].try_into().unwrap());
+        let ack = Seg {
+            seq: 501,
+            ack: c.wrapping_add(1),
+            flags: ACK,
+            ..syn
+        };
+        let mut b = VecBuf::new(&client(&ack));
+        assert_eq!(pipe.process(&snap, &mut b, NOW), Verdict::Tx);
+        let rst = Seg {
+            sport: 8080,
+            dport: NAT_PORT_MIN,
+            seq: 0,
+            ack: 501,
+            flags: RST | ACK,
+            window: 0,
+            opts: &[],
+            payload: &[],
+        };
+        let want = frame(
+            LB_MAC,
+            CLIENT_MAC,
+            fam.vip,
+            fam.client,
+            &Seg {
+                sport: 80,
+                dport: 40002,
+                seq: c.wrapping_add(1),
+                ..rst
+            },
+        );
+        run(
+            &mut pipe,
+            &snap,
+            "backend RST",
+            frame(bm, LB_MAC, fam.backend, fam.nat, &rst),
+            Verdict::Tx,
+            Some(want),
+        );
+    }
+}
+
+/// Without the proxy, an ACK of no flow is still answered with a RST (nothing changed for
+/// other frontends), and a proxied frontend's SYN takes no NAT port from later flows.
+#[test]
+fn unproxied_frontends_unchanged() {
+    let mut s = snapshot();
+    let fe: Vec<_> = s
+        .frontends()
+        .map(|f| {
+            let mut f = f.clone();
+            f.syn_proxy = false;
+            f
+        })
+        .collect();
+    s = Snapshot::new(
+        2,
+        42,
+        fe,
+        vec![backend(1, "10.0.1.1", 8080), backend(3, "fd00:1::1", 8080)],
+        local(),
+        1024,
+    )
+    .unwrap();
+    let (mut pipe, stats) = pipeline();
+    let fam = v4();
+    let ack = frame(
+        CLIENT_MAC,
+        LB_MAC,
+        fam.client,
+        fam.vip,
+        &Seg {
+            sport: 1,
+            dport: 80,
+            seq: 1,
+            ack: 1,
+            flags: ACK,
+            window: 1,
+            opts: &[],
+            payload: &[],
+        },
+    );
+    let mut b = VecBuf::new(&ack);
+    assert_eq!(pipe.process(&s, &mut b, NOW), Verdict::Tx);
+    assert_eq!(stats.tcp_resets.load(Relaxed), 1);
+    assert_eq!(stats.syn_cookies_sent.load(Relaxed), 0);
+}
