@@ -12,8 +12,13 @@
 //!    reverse insert read; then the entries the first [`PF_AHEAD`] flow lookups will compare
 //!    (their tags are in cache by now).
 //! 3. **Processing**, per packet, with what the passes learned; the remaining entry
-//!    prefetches are issued a few packets ahead, so that their misses overlap with work.
+//!    prefetches are issued a few packets ahead, so that their misses overlap with work. A
+//!    SYN's reverse-insert prefetch that finds its predicted NAT port's tag in use (about a
+//!    third of SYNs when the reverse table is full, as under a SYN flood) prefetches that
+//!    entry, which the port check compares, and the reverse buckets of the port the search
+//!    will try next (`predict_spill`), instead of the insert's slot.
 use super::family::{Fam, Tables};
+use super::nat::NatGuess;
 use super::{flow_hash, nat, pick, Family, Hint, PacketBuf, Pipeline, Verdict};
 use crate::conntrack::NO_SLOT;
 use crate::snapshot::{AddrKind, Method, Snapshot};
@@ -56,12 +61,14 @@ enum Job {
     Insert(Table),
 }
 
-/// One remembered flow lookup: the family's table, what to prefetch, the flow hash.
+/// One remembered flow lookup: the family's table, what to prefetch, the flow hash, the
+/// packet's index in the burst.
 #[derive(Debug, Clone, Copy)]
 struct Lookup {
     fam: Fam,
     job: Job,
     hash: u64,
+    pkt: u8,
 }
 
 impl Lookup {
@@ -69,6 +76,7 @@ impl Lookup {
         fam: Fam::V4,
         job: Job::Nothing,
         hash: 0,
+        pkt: 0,
     };
 }
 
@@ -119,6 +127,11 @@ pub(super) struct Burst {
     /// TCP SYNs to NAT frontends in this burst (whose reverse entries the second pass works
     /// out).
     nat_syns: u32,
+    /// The second NAT port cursor (reduced) when the second pass ran.
+    spill0: u32,
+    /// SYNs of this burst predicted so far to search past their first NAT port: each is
+    /// predicted to take the second cursor's next port.
+    spills: u32,
 }
 
 impl Default for Burst {
@@ -130,6 +143,8 @@ impl Default for Burst {
             len: 0,
             next: 0,
             nat_syns: 0,
+            spill0: 0,
+            spills: 0,
         }
     }
 }
@@ -145,6 +160,8 @@ impl Burst {
         self.len = 0;
         self.next = 0;
         self.nat_syns = 0;
+        self.spill0 = 0;
+        self.spills = 0;
     }
 
     /// Remembers a flow lookup; its index, if there was room (always: two per packet).
@@ -197,6 +214,7 @@ impl Pipeline {
         b.len = 0;
         b.next = 0;
         b.nat_syns = 0;
+        b.spills = 0;
         for (pkt, i) in pkts.iter().zip(0..BURST) {
             let pre = &mut b.pre[i];
             pre.hint = Hint::NONE;
@@ -233,6 +251,7 @@ impl Pipeline {
         // Established traffic has no SYN: skip the loop.
         let todo = if self.burst.nat_syns != 0 { n } else { 0 };
         let nat = self.ports.slice.of(snap);
+        self.burst.spill0 = self.spill_cursor(&nat);
         let mut syns = 0;
         for i in 0..todo {
             let Pre { rev_lookup, p, .. } = &self.burst.pre[i];
@@ -249,29 +268,58 @@ impl Pipeline {
                 L3::Ipv4 => predict::<[u8; 4]>(snap, &self.flows.v4, &mut self.burst, i, port),
                 _ => predict::<[u8; 16]>(snap, &self.flows.v6, &mut self.burst, i, port),
             };
-            if let Some((b, rh)) = predicted {
-                self.burst.pre[i].hint.rev = Some((cursor, b, rh));
+            if let Some((backend, rh)) = predicted {
+                self.burst.pre[i].hint.rev = Some(NatGuess {
+                    cursor,
+                    backend,
+                    rh,
+                    spill: None,
+                });
             }
             if self.burst.pre[i].hint.pick.is_some() {
                 syns += 1;
             }
         }
-        self.issue(PF_AHEAD);
+        self.issue(snap, PF_AHEAD);
     }
 
     /// Issues the second-pass prefetches of the remembered lookups up to (not including)
     /// `upto`.
     #[inline(always)]
-    fn issue(&mut self, upto: usize) {
-        let b = &mut self.burst;
-        let end = upto.min(b.len);
-        while b.next < end {
-            let l = b.lookups[b.next];
-            b.slots[b.next] = match l.fam {
+    fn issue(&mut self, snap: &Snapshot, upto: usize) {
+        let end = upto.min(self.burst.len);
+        while self.burst.next < end {
+            let n = self.burst.next;
+            let l = self.burst.lookups[n];
+            let slot = match l.fam {
                 Fam::V4 => second(&self.flows.v4, l.job, l.hash),
                 Fam::V6 => second(&self.flows.v6, l.job, l.hash),
             };
-            b.next += 1;
+            self.burst.slots[n] = slot;
+            self.burst.next = n + 1;
+            if l.job == Job::Insert(Table::Rev) && slot != NO_SLOT {
+                self.predict_spill(snap, l);
+            }
+        }
+    }
+
+    /// The SYN of reverse lookup `l` will probably find its NAT port in use (its predicted
+    /// reverse key's tag matched): predicts the port its search tries next (the second
+    /// cursor, one port further for each such SYN before it in the burst) and prefetches
+    /// that port's reverse buckets.
+    #[inline(never)]
+    fn predict_spill(&mut self, snap: &Snapshot, l: Lookup) {
+        let nat = self.ports.slice.of(snap);
+        let cursor = nat.wrap(self.burst.spill0 + self.burst.spills);
+        self.burst.spills += 1;
+        let pre = &mut self.burst.pre[usize::from(l.pkt)];
+        let port = nat.port(cursor);
+        let rh = match l.fam {
+            Fam::V4 => spill::<[u8; 4]>(snap, &self.flows.v4, pre, port),
+            Fam::V6 => spill::<[u8; 16]>(snap, &self.flows.v6, pre, port),
+        };
+        if let (Some(rh), Some(g)) = (rh, pre.hint.rev.as_mut()) {
+            g.spill = Some((cursor, rh));
         }
     }
 
@@ -286,7 +334,7 @@ impl Pipeline {
     ) -> Verdict {
         // Keep the second-pass prefetches PF_AHEAD lookups ahead (two per packet: a new TCP
         // flow has two, its forward and its NAT reverse entry).
-        self.issue(self.burst.next + 2);
+        self.issue(snap, self.burst.next + 2);
         let pre = self.burst.pre[i];
         let v = match pre.drop {
             Some(r) => Verdict::Drop(r),
@@ -337,6 +385,7 @@ fn first<F: Family>(snap: &Snapshot, t: &Tables<F>, b: &mut Burst, i: usize) {
         fam: F::FAM,
         job,
         hash: h,
+        pkt: i as u8,
     });
     // A TCP SYN to a NAT frontend will take a NAT port. Its backend (Maglev), its port and
     // so its reverse key are worked out by the second pass, once the Maglev entry fetched
@@ -356,6 +405,7 @@ fn first<F: Family>(snap: &Snapshot, t: &Tables<F>, b: &mut Burst, i: usize) {
         fam: F::FAM,
         job: Job::Nothing,
         hash: h,
+        pkt: i as u8,
     });
     if rev.is_some() {
         b.pre[i].rev_lookup = rev;
@@ -389,12 +439,26 @@ fn predict<F: Family>(
         fam: F::FAM,
         job: Job::Insert(Table::Rev),
         hash: rh,
+        pkt: i as u8,
     };
     Some((be.id, rh))
 }
 
+/// The spill prediction's work on the SYN `pre` of family `F` ([`Pipeline::predict_spill`]):
+/// the hash of its reverse key at NAT port `port`, whose buckets are prefetched.
+#[inline(always)]
+fn spill<F: Family>(snap: &Snapshot, t: &Tables<F>, pre: &Pre, port: u16) -> Option<u64> {
+    let h = pre.hint.hash?;
+    let be = snap.backend(pre.hint.rev?.backend)?;
+    let (rk, _) = nat::rev_key::<F>(snap, &pre.p, be, h, port)?;
+    let rh = crate::conntrack::FlowKey::flow_hash(&rk, snap.hash_seed);
+    t.rev.prefetch(rh);
+    Some(rh)
+}
+
 /// The second-pass prefetch of one remembered lookup in table set `t`: the slot found (the
-/// lookup's hint), or [`NO_SLOT`].
+/// lookup's hint; for a reverse insert, the slot whose tag matches: its port is probably in
+/// use), or [`NO_SLOT`].
 #[inline(always)]
 fn second<F: Family>(t: &Tables<F>, job: Job, h: u64) -> u32 {
     match job {
@@ -406,8 +470,13 @@ fn second<F: Family>(t: &Tables<F>, job: Job, h: u64) -> u32 {
             NO_SLOT
         }
         Job::Insert(Table::Rev) => {
-            t.rev.prefetch_insert(h);
-            NO_SLOT
+            // A tag match: the port check compares that entry, and probably finds the port
+            // in use (no insert at this key).
+            let found = t.rev.prefetch_entry(h);
+            if found == NO_SLOT {
+                t.rev.prefetch_insert(h);
+            }
+            found
         }
     }
 }
