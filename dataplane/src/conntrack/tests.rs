@@ -202,7 +202,7 @@ fn prefetch_helpers_point_at_the_right_places() {
     let other = v4(6).flow_hash(2);
     assert_eq!(t.prefetch_entry(other), NO_SLOT, "no tag match, no slot");
     // The slot an insert prefetches is the one it fills.
-    t.prefetch_insert(other);
+    assert!(!t.prefetch_insert(other), "a free slot");
     let (b1, b2) = t.buckets(other);
     let (b, free) = t.insert_bucket(b1, b2);
     let at = b * SLOTS_PER_BUCKET + first_lane(free);
@@ -214,7 +214,7 @@ fn prefetch_helpers_point_at_the_right_places() {
         let _ = full.insert(v4(i), crowded(i), [i, 0], FlowState::Udp, 0, Insert::New);
     }
     assert_eq!(full.insert_bucket(0, 1).1, 0, "both buckets full");
-    full.prefetch_insert(crowded(99));
+    assert!(full.prefetch_insert(crowded(99)), "both buckets full");
 }
 
 #[test]
@@ -396,14 +396,17 @@ fn handshakes_never_evict_established_flows() {
         );
     }
     let syn = |t: &mut Conntrack<V4Key, Value>, i: u32, now: u32| {
-        t.insert(
+        let predicted = predicted_victim(t, i, FlowState::TcpSynSent, now);
+        let r = t.insert(
             v4(i),
             crowded(i),
             [i, 0],
             FlowState::TcpSynSent,
             now,
             Insert::Replace,
-        )
+        );
+        check_victim(predicted, &r);
+        r
     };
     assert_eq!(syn(&mut t, 100, 50), Inserted::Refused);
     assert!(!t.contains(&v4(100), crowded(100)));
@@ -439,14 +442,17 @@ fn handshakes_never_evict_established_flows() {
     // An established newcomer takes the embryonic flow's slot, then the closing one's, and
     // only then evicts the oldest established flow.
     let est = |t: &mut Conntrack<V4Key, Value>, i: u32, now: u32| {
-        t.insert(
+        let predicted = predicted_victim(t, i, FlowState::TcpEstablished, now);
+        let r = t.insert(
             v4(i),
             crowded(i),
             [i, 0],
             FlowState::TcpEstablished,
             now,
             Insert::New,
-        )
+        );
+        check_victim(predicted, &r);
+        r
     };
     assert_eq!(
         est(&mut t, 104, 110),
@@ -483,6 +489,29 @@ fn handshakes_never_evict_established_flows() {
     consistent(&t);
 }
 
+/// What [`Conntrack::victim`] predicts for inserting key `i` (of [`crowded`]) in `state` at
+/// `now`: `Some(None)` for no eviction; `None` when the key is present (an insert replaces it,
+/// which the prediction, made for new flows, does not cover).
+fn predicted_victim(
+    t: &Conntrack<V4Key, Value>,
+    i: u32,
+    state: FlowState,
+    now: u32,
+) -> Option<Option<V4Key>> {
+    (!t.contains(&v4(i), crowded(i))).then(|| t.victim(crowded(i), state, now).map(|e| *e.key()))
+}
+
+/// The prediction of [`predicted_victim`] names the entry the insert evicted, if any.
+fn check_victim(predicted: Option<Option<V4Key>>, r: &Inserted<V4Key, Value>) {
+    if let Some(p) = predicted {
+        let evicted = match r {
+            Inserted::Evicted { key, .. } => Some(*key),
+            _ => None,
+        };
+        assert_eq!(p, evicted, "predicted victim, for {r:?}");
+    }
+}
+
 /// All keys in the two buckets of a 2-bucket table, with one shared tag.
 fn crowded(i: u32) -> u64 {
     (0xabcd << 48) | u64::from(i)
@@ -509,6 +538,8 @@ fn full_buckets_evict_the_oldest() {
     for i in [0, 1, 2] {
         assert!(t.lookup(&v4(i), crowded(i), NO_SLOT, 500, |_| {}).is_some());
     }
+    let predicted = predicted_victim(&t, 101, FlowState::TcpEstablished, 600);
+    assert_eq!(predicted, Some(Some(v4(3))));
     let r = t.insert(
         v4(101),
         crowded(101),
@@ -538,12 +569,18 @@ fn full_buckets_evict_the_oldest() {
         600,
         Insert::Replace,
     );
+    let late = (600 | (EPOCH_MS - 1)) + 5_000;
+    // An expired entry is reused: no victim.
+    assert_eq!(
+        predicted_victim(&t, 100, FlowState::Udp, late),
+        Some(None)
+    );
     let r = t.insert(
         v4(100),
         crowded(100),
         [100, 0],
         FlowState::Udp,
-        (600 | (EPOCH_MS - 1)) + 5_000,
+        late,
         Insert::Replace,
     );
     assert_eq!(

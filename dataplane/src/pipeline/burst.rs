@@ -16,11 +16,16 @@
 //!    SYN's reverse-insert prefetch that finds its predicted NAT port's tag in use (about a
 //!    third of SYNs when the reverse table is full, as under a SYN flood) prefetches that
 //!    entry, which the port check compares, and the reverse buckets of the port the search
-//!    will try next (`predict_spill`), instead of the insert's slot.
+//!    will try next (`predict_spill`), instead of the insert's slot. An insert into two full
+//!    buckets evicts, and ending the victim's flow reads its other half (a NAT flow's reverse
+//!    entry, or forward entry) from the other table, two cache misses in a row; so
+//!    [`VICTIM_AHEAD`] packets ahead the burst works out the victim from the prefetched
+//!    buckets and prefetches the other half's tags, and one packet ahead its entry
+//!    (`victims_ahead`, `victims_next`). Prefetches only: the insert decides as before.
 use super::family::{Fam, Tables};
 use super::nat::NatGuess;
 use super::{flow_hash, nat, pick, Family, Hint, PacketBuf, Pipeline, Verdict};
-use crate::conntrack::NO_SLOT;
+use crate::conntrack::{FlowKey, FlowState, Key, NO_SLOT};
 use crate::snapshot::{AddrKind, Method, Snapshot};
 use crate::stats::DropReason;
 use crate::wire::parse::{parse_into, Fragment, Parsed, L3};
@@ -33,6 +38,10 @@ pub const BURST: usize = 32;
 /// Flow lookups whose second-pass prefetch is issued before a burst's first packet is
 /// processed; the rest follow as packets are processed, this far ahead.
 const PF_AHEAD: usize = 16;
+
+/// How many packets ahead of processing a SYN's predicted victims' other halves get their
+/// tag prefetch (their entries' follows one packet ahead).
+const VICTIM_AHEAD: usize = 3;
 
 /// Flow lookups a burst remembers: two per packet (a new `nat` flow has a forward and a
 /// reverse entry).
@@ -132,6 +141,14 @@ pub(super) struct Burst {
     /// SYNs of this burst predicted so far to search past their first NAT port: each is
     /// predicted to take the second cursor's next port.
     spills: u32,
+    /// Packets in the burst.
+    n: usize,
+    /// Bit `j`: lookup `j` is an insert whose second-pass prefetch found both buckets full.
+    full: u64,
+    /// Bit `j`: `other[j]` holds the hash of the other half of lookup `j`'s predicted victim.
+    victims: u64,
+    /// Per lookup: the hash of its predicted victim's other half (in the other table).
+    other: [u64; PF_MAX],
 }
 
 impl Default for Burst {
@@ -145,6 +162,10 @@ impl Default for Burst {
             nat_syns: 0,
             spill0: 0,
             spills: 0,
+            n: 0,
+            full: 0,
+            victims: 0,
+            other: [0; PF_MAX],
         }
     }
 }
@@ -162,6 +183,10 @@ impl Burst {
         self.nat_syns = 0;
         self.spill0 = 0;
         self.spills = 0;
+        self.n = 0;
+        self.full = 0;
+        self.victims = 0;
+        self.other.fill(0);
     }
 
     /// Remembers a flow lookup; its index, if there was room (always: two per packet).
@@ -215,6 +240,9 @@ impl Pipeline {
         b.next = 0;
         b.nat_syns = 0;
         b.spills = 0;
+        b.n = pkts.len().min(BURST);
+        b.full = 0;
+        b.victims = 0;
         for (pkt, i) in pkts.iter().zip(0..BURST) {
             let pre = &mut b.pre[i];
             pre.hint = Hint::NONE;
@@ -291,11 +319,12 @@ impl Pipeline {
         while self.burst.next < end {
             let n = self.burst.next;
             let l = self.burst.lookups[n];
-            let slot = match l.fam {
+            let (slot, full) = match l.fam {
                 Fam::V4 => second(&self.flows.v4, l.job, l.hash),
                 Fam::V6 => second(&self.flows.v6, l.job, l.hash),
             };
             self.burst.slots[n] = slot;
+            self.burst.full |= u64::from(full) << n;
             self.burst.next = n + 1;
             if l.job == Job::Insert(Table::Rev) && slot != NO_SLOT {
                 self.predict_spill(snap, l);
@@ -323,6 +352,59 @@ impl Pipeline {
         }
     }
 
+    /// Packet `j`'s inserts into full buckets: works out each one's victim (its buckets were
+    /// prefetched a few packets ago), and prefetches the tags of the victim's other half, which
+    /// ending its flow will look up.
+    #[inline(never)]
+    fn victims_ahead(&mut self, snap: &Snapshot, j: usize, now_ms: u32) {
+        if j >= self.burst.n {
+            return;
+        }
+        let pre = &self.burst.pre[j];
+        for x in [pre.lookup, pre.rev_lookup].into_iter().flatten() {
+            let x = usize::from(x);
+            if x >= self.burst.next || self.burst.full & (1 << x) == 0 {
+                continue;
+            }
+            let l = self.burst.lookups[x];
+            let other = match l.fam {
+                Fam::V4 => other_half::<[u8; 4]>(snap, &self.flows.v4, l, now_ms),
+                Fam::V6 => other_half::<[u8; 16]>(snap, &self.flows.v6, l, now_ms),
+            };
+            if let Some(h) = other {
+                self.burst.other[x] = h;
+                self.burst.victims |= 1 << x;
+            }
+        }
+    }
+
+    /// Packet `j`'s predicted victims' other halves: their tags are in cache by now, so
+    /// prefetches their entries.
+    #[inline(never)]
+    fn victims_next(&mut self, j: usize) {
+        if j >= self.burst.n {
+            return;
+        }
+        let pre = &self.burst.pre[j];
+        for x in [pre.lookup, pre.rev_lookup].into_iter().flatten() {
+            let x = usize::from(x);
+            if self.burst.victims & (1 << x) == 0 {
+                continue;
+            }
+            self.burst.victims &= !(1 << x);
+            let l = self.burst.lookups[x];
+            let h = self.burst.other[x];
+            // The victim of a forward insert has its other half in the reverse table, and
+            // the other way round.
+            match (l.fam, l.job) {
+                (Fam::V4, Job::Insert(Table::Fwd)) => self.flows.v4.rev.prefetch_entry(h),
+                (Fam::V4, _) => self.flows.v4.fwd.prefetch_entry(h),
+                (Fam::V6, Job::Insert(Table::Fwd)) => self.flows.v6.rev.prefetch_entry(h),
+                (Fam::V6, _) => self.flows.v6.fwd.prefetch_entry(h),
+            };
+        }
+    }
+
     /// Processes packet `i` of the burst with what the passes learned.
     #[inline(always)]
     fn process_prefetched<P: PacketBuf>(
@@ -335,6 +417,12 @@ impl Pipeline {
         // Keep the second-pass prefetches PF_AHEAD lookups ahead (two per packet: a new TCP
         // flow has two, its forward and its NAT reverse entry).
         self.issue(snap, self.burst.next + 2);
+        if self.burst.full != 0 {
+            self.victims_ahead(snap, i + VICTIM_AHEAD, now_ms);
+        }
+        if self.burst.victims != 0 {
+            self.victims_next(i + 1);
+        }
         let pre = self.burst.pre[i];
         let v = match pre.drop {
             Some(r) => Verdict::Drop(r),
@@ -456,27 +544,55 @@ fn spill<F: Family>(snap: &Snapshot, t: &Tables<F>, pre: &Pre, port: u16) -> Opt
     Some(rh)
 }
 
+/// The other half of the victim that SYN lookup `l` (an insert into two full buckets of
+/// family `F`'s tables) will evict, as things stand: a forward victim's NAT reverse entry, a
+/// reverse victim's forward entry. Prefetches its tags and returns its hash; `None` if no
+/// victim is expected or it has no other half (not NAT, or its backend or frontend is gone).
+#[inline(always)]
+fn other_half<F: Family>(snap: &Snapshot, t: &Tables<F>, l: Lookup, now_ms: u32) -> Option<u64> {
+    let syn = FlowState::TcpSynSent;
+    if l.job == Job::Insert(Table::Fwd) {
+        let e = t.fwd.victim(l.hash, syn, now_ms)?;
+        let v = e.value();
+        if v.nat_port == 0 {
+            return None;
+        }
+        let b = snap.backend(v.backend)?;
+        let na = F::nat(&snap.local).get(usize::from(v.nat_addr))?;
+        let rk = Key::new(F::of_ip(b.addr)?, *na, b.port, v.nat_port, e.key().proto);
+        let rh = rk.flow_hash(snap.hash_seed);
+        t.rev.prefetch(rh);
+        Some(rh)
+    } else {
+        let e = t.rev.victim(l.hash, syn, now_ms)?;
+        let r = e.value();
+        let f = snap.frontend(u32::from(r.frontend))?;
+        let fk = Key::new(r.client, F::of_ip(f.vip)?, r.client_port, f.port, e.key().proto);
+        let fh = fk.flow_hash(snap.hash_seed);
+        t.fwd.prefetch(fh);
+        Some(fh)
+    }
+}
+
 /// The second-pass prefetch of one remembered lookup in table set `t`: the slot found (the
 /// lookup's hint; for a reverse insert, the slot whose tag matches: its port is probably in
-/// use), or [`NO_SLOT`].
+/// use), or [`NO_SLOT`]; and, for an insert, whether both its buckets were full.
 #[inline(always)]
-fn second<F: Family>(t: &Tables<F>, job: Job, h: u64) -> u32 {
+fn second<F: Family>(t: &Tables<F>, job: Job, h: u64) -> (u32, bool) {
     match job {
-        Job::Nothing => NO_SLOT,
-        Job::Find(Table::Fwd) => t.fwd.prefetch_entry(h),
-        Job::Find(Table::Rev) => t.rev.prefetch_entry(h),
-        Job::Insert(Table::Fwd) => {
-            t.fwd.prefetch_insert(h);
-            NO_SLOT
-        }
+        Job::Nothing => (NO_SLOT, false),
+        Job::Find(Table::Fwd) => (t.fwd.prefetch_entry(h), false),
+        Job::Find(Table::Rev) => (t.rev.prefetch_entry(h), false),
+        Job::Insert(Table::Fwd) => (NO_SLOT, t.fwd.prefetch_insert(h)),
         Job::Insert(Table::Rev) => {
             // A tag match: the port check compares that entry, and probably finds the port
             // in use (no insert at this key).
             let found = t.rev.prefetch_entry(h);
             if found == NO_SLOT {
-                t.rev.prefetch_insert(h);
+                (NO_SLOT, t.rev.prefetch_insert(h))
+            } else {
+                (found, false)
             }
-            found
         }
     }
 }
