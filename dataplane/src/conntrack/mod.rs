@@ -586,6 +586,26 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         now_ms: u32,
         mode: Insert,
     ) -> Inserted<K, V> {
+        self.insert_at(key, hash, value, state, now_ms, mode, NO_SLOT)
+    }
+
+    /// [`Conntrack::insert`], where `at` is the slot [`Conntrack::prefetch_insert`] returned
+    /// for `hash` earlier in the burst (or [`NO_SLOT`]): a new entry takes that slot if it is
+    /// still free (and one of the key's), which spares the insert its choice of bucket and
+    /// slot; otherwise it is placed as by `insert`. (Between the two calls only the burst's
+    /// earlier packets change the table, and rarely these buckets.)
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub fn insert_at(
+        &mut self,
+        key: K,
+        hash: u64,
+        value: V,
+        state: FlowState,
+        now_ms: u32,
+        mode: Insert,
+        at: u32,
+    ) -> Inserted<K, V> {
         self.touch();
         let entry = Entry::new(key, value, state, now_ms);
         match mode {
@@ -607,7 +627,23 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
             }
         }
         let (b1, b2) = self.buckets(hash);
+        let at = at as usize;
+        let b = at / SLOTS_PER_BUCKET;
+        // NO_SLOT names no bucket of the table.
+        if (b == b1 || b == b2) && lanes(&self.tags[b], 0) & (1 << (at % SLOTS_PER_BUCKET)) != 0 {
+            return self.place(at, tag_of(hash), entry);
+        }
         self.insert_absent(b1, b2, tag_of(hash), entry, now_ms)
+    }
+
+    /// Stores `entry` in the free slot `i`.
+    #[inline(always)]
+    fn place(&mut self, i: usize, tag: u16, entry: Entry<K, V>) -> Inserted<K, V> {
+        self.slots[i].0 = Some(entry);
+        self.set_tag(i, tag);
+        self.len += 1;
+        self.stats.inserts += 1;
+        Inserted::New
     }
 
     /// Stores `entry`, absent from the table, in its buckets `b1`/`b2`.
@@ -622,12 +658,7 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     ) -> Inserted<K, V> {
         let (b, free) = self.insert_bucket(b1, b2);
         if free != 0 {
-            let i = b * SLOTS_PER_BUCKET + first_lane(free);
-            self.slots[i].0 = Some(entry);
-            self.set_tag(i, tag);
-            self.len += 1;
-            self.stats.inserts += 1;
-            return Inserted::New;
+            return self.place(b * SLOTS_PER_BUCKET + first_lane(free), tag, entry);
         }
         self.insert_full(b1, b2, tag, entry, now_ms)
     }
@@ -856,15 +887,16 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
 
     /// Second pass, for a flow about to be inserted (a SYN): prefetches the slot the insert
     /// will fill, or, if both buckets are full, each cache line of entries of both buckets
-    /// (eight for IPv4), which the insert scans for an expired entry or a victim. Whether both
-    /// were full.
+    /// (eight for IPv4), which the insert scans for an expired entry or a victim. The slot,
+    /// for [`Conntrack::insert_at`]; [`NO_SLOT`] if both buckets were full.
     #[inline(always)]
-    pub fn prefetch_insert(&self, hash: u64) -> bool {
+    pub fn prefetch_insert(&self, hash: u64) -> u32 {
         let (b1, b2) = self.buckets(hash);
         let (b, free) = self.insert_bucket(b1, b2);
         if free != 0 {
-            dpdk_sys::prefetch(&self.slots[b * SLOTS_PER_BUCKET + first_lane(free)].0);
-            false
+            let i = b * SLOTS_PER_BUCKET + first_lane(free);
+            dpdk_sys::prefetch(&self.slots[i].0);
+            i as u32
         } else {
             let per_line = (64 / std::mem::size_of::<Slot<K, V>>()).max(1);
             for b in [b1, b2] {
@@ -872,7 +904,7 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
                     dpdk_sys::prefetch(&self.slots[i].0);
                 }
             }
-            true
+            NO_SLOT
         }
     }
 

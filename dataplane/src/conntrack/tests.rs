@@ -202,10 +202,10 @@ fn prefetch_helpers_point_at_the_right_places() {
     let other = v4(6).flow_hash(2);
     assert_eq!(t.prefetch_entry(other), NO_SLOT, "no tag match, no slot");
     // The slot an insert prefetches is the one it fills.
-    assert!(!t.prefetch_insert(other), "a free slot");
     let (b1, b2) = t.buckets(other);
     let (b, free) = t.insert_bucket(b1, b2);
     let at = b * SLOTS_PER_BUCKET + first_lane(free);
+    assert_eq!(t.prefetch_insert(other) as usize, at, "a free slot");
     let _ = t.insert(v4(6), other, [6, 6], FlowState::Udp, 0, Insert::New);
     assert_eq!(t.slots[at].0.map(|e| *e.key()), Some(v4(6)));
     // Two full buckets: the insert's victims (four lines of the first bucket) are prefetched.
@@ -214,7 +214,46 @@ fn prefetch_helpers_point_at_the_right_places() {
         let _ = full.insert(v4(i), crowded(i), [i, 0], FlowState::Udp, 0, Insert::New);
     }
     assert_eq!(full.insert_bucket(0, 1).1, 0, "both buckets full");
-    assert!(full.prefetch_insert(crowded(99)), "both buckets full");
+    assert_eq!(
+        full.prefetch_insert(crowded(99)),
+        NO_SLOT,
+        "both buckets full"
+    );
+}
+
+/// `insert_at` takes the slot `prefetch_insert` named while it is free and one of the key's;
+/// a slot taken since, another bucket's slot or none are ignored: the entry is placed as by
+/// `insert`, and found either way.
+#[test]
+fn insert_at_takes_the_prefetched_slot() {
+    let mut t = table(1024);
+    let (k, h) = (v4(1), v4(1).flow_hash(2));
+    let at = t.prefetch_insert(h);
+    let (b1, b2) = t.buckets(h);
+    // Another free slot of the same bucket, named as the hint: taken.
+    let other = at + 1;
+    assert_eq!(
+        t.insert_at(k, h, [1, 0], FlowState::Udp, 0, Insert::New, other),
+        Inserted::New
+    );
+    assert_eq!(t.slots[other as usize].0.map(|e| *e.key()), Some(k));
+    // A slot taken since: ignored.
+    let (k2, h2) = (v4(2), v4(2).flow_hash(2));
+    let _ = t.insert_at(k2, h2, [2, 0], FlowState::Udp, 0, Insert::New, other);
+    assert_eq!(t.get(&k2, h2).map(|e| *e.value()), Some([2, 0]));
+    assert_eq!(t.slots[other as usize].0.map(|e| *e.key()), Some(k));
+    // A slot of neither bucket, and NO_SLOT: ignored.
+    for (i, hint) in [(3u32, 0u32), (4, NO_SLOT)] {
+        let (ki, hi) = (v4(i), v4(i).flow_hash(2));
+        let (c1, c2) = t.buckets(hi);
+        let hint = if c1 != 0 && c2 != 0 { hint } else { NO_SLOT };
+        let _ = t.insert_at(ki, hi, [i, 0], FlowState::Udp, 0, Insert::New, hint);
+        let slot = t.prefetch_entry(hi) as usize / SLOTS_PER_BUCKET;
+        assert!(slot == c1 || slot == c2, "key {i} in its buckets");
+        assert_eq!(t.get(&ki, hi).map(|e| *e.value()), Some([i, 0]));
+    }
+    assert!(b1 != b2);
+    consistent(&t);
 }
 
 #[test]
@@ -571,10 +610,7 @@ fn full_buckets_evict_the_oldest() {
     );
     let late = (600 | (EPOCH_MS - 1)) + 5_000;
     // An expired entry is reused: no victim.
-    assert_eq!(
-        predicted_victim(&t, 100, FlowState::Udp, late),
-        Some(None)
-    );
+    assert_eq!(predicted_victim(&t, 100, FlowState::Udp, late), Some(None));
     let r = t.insert(
         v4(100),
         crowded(100),

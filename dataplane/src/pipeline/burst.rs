@@ -301,6 +301,7 @@ impl Pipeline {
                     cursor,
                     backend,
                     rh,
+                    slot: NO_SLOT,
                     spill: None,
                 });
             }
@@ -319,15 +320,22 @@ impl Pipeline {
         while self.burst.next < end {
             let n = self.burst.next;
             let l = self.burst.lookups[n];
-            let (slot, full) = match l.fam {
+            let (slot, seen) = match l.fam {
                 Fam::V4 => second(&self.flows.v4, l.job, l.hash),
                 Fam::V6 => second(&self.flows.v6, l.job, l.hash),
             };
             self.burst.slots[n] = slot;
-            self.burst.full |= u64::from(full) << n;
             self.burst.next = n + 1;
-            if l.job == Job::Insert(Table::Rev) && slot != NO_SLOT {
-                self.predict_spill(snap, l);
+            match seen {
+                Seen::Nothing => {}
+                Seen::Full => self.burst.full |= 1 << n,
+                Seen::Taken => self.predict_spill(snap, l),
+            }
+            if l.job == Job::Insert(Table::Rev) {
+                // The reverse insert's slot, for its first port.
+                if let Some(g) = self.burst.pre[usize::from(l.pkt)].hint.rev.as_mut() {
+                    g.slot = slot;
+                }
             }
         }
     }
@@ -520,7 +528,7 @@ fn predict<F: Family>(
     let be = pick(snap, f, h)?;
     pre.hint.pick = Some(be.id);
     let (rk, _) = nat::rev_key::<F>(snap, &pre.p, be, h, port)?;
-    let rh = crate::conntrack::FlowKey::flow_hash(&rk, snap.hash_seed);
+    let rh = rk.flow_hash(snap.hash_seed);
     // Only the insert's slot matters (the port is expected free), no entry.
     t.rev.prefetch(rh);
     b.lookups[usize::from(j)] = Lookup {
@@ -539,7 +547,7 @@ fn spill<F: Family>(snap: &Snapshot, t: &Tables<F>, pre: &Pre, port: u16) -> Opt
     let h = pre.hint.hash?;
     let be = snap.backend(pre.hint.rev?.backend)?;
     let (rk, _) = nat::rev_key::<F>(snap, &pre.p, be, h, port)?;
-    let rh = crate::conntrack::FlowKey::flow_hash(&rk, snap.hash_seed);
+    let rh = rk.flow_hash(snap.hash_seed);
     t.rev.prefetch(rh);
     Some(rh)
 }
@@ -567,31 +575,55 @@ fn other_half<F: Family>(snap: &Snapshot, t: &Tables<F>, l: Lookup, now_ms: u32)
         let e = t.rev.victim(l.hash, syn, now_ms)?;
         let r = e.value();
         let f = snap.frontend(u32::from(r.frontend))?;
-        let fk = Key::new(r.client, F::of_ip(f.vip)?, r.client_port, f.port, e.key().proto);
+        let fk = Key::new(
+            r.client,
+            F::of_ip(f.vip)?,
+            r.client_port,
+            f.port,
+            e.key().proto,
+        );
         let fh = fk.flow_hash(snap.hash_seed);
         t.fwd.prefetch(fh);
         Some(fh)
     }
 }
 
+/// What a second-pass prefetch saw, besides the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// Nothing more.
+    Nothing,
+    /// An insert whose buckets are both full: it will evict.
+    Full,
+    /// A reverse insert whose key's tag matched a slot: its NAT port is probably in use.
+    Taken,
+}
+
 /// The second-pass prefetch of one remembered lookup in table set `t`: the slot found (the
-/// lookup's hint; for a reverse insert, the slot whose tag matches: its port is probably in
-/// use), or [`NO_SLOT`]; and, for an insert, whether both its buckets were full.
+/// entry a lookup will compare, its hint; the free slot an insert will fill), or [`NO_SLOT`];
+/// and what else it saw.
 #[inline(always)]
-fn second<F: Family>(t: &Tables<F>, job: Job, h: u64) -> (u32, bool) {
+fn second<F: Family>(t: &Tables<F>, job: Job, h: u64) -> (u32, Seen) {
+    let insert = |slot: u32| {
+        let seen = if slot == NO_SLOT {
+            Seen::Full
+        } else {
+            Seen::Nothing
+        };
+        (slot, seen)
+    };
     match job {
-        Job::Nothing => (NO_SLOT, false),
-        Job::Find(Table::Fwd) => (t.fwd.prefetch_entry(h), false),
-        Job::Find(Table::Rev) => (t.rev.prefetch_entry(h), false),
-        Job::Insert(Table::Fwd) => (NO_SLOT, t.fwd.prefetch_insert(h)),
+        Job::Nothing => (NO_SLOT, Seen::Nothing),
+        Job::Find(Table::Fwd) => (t.fwd.prefetch_entry(h), Seen::Nothing),
+        Job::Find(Table::Rev) => (t.rev.prefetch_entry(h), Seen::Nothing),
+        Job::Insert(Table::Fwd) => insert(t.fwd.prefetch_insert(h)),
         Job::Insert(Table::Rev) => {
             // A tag match: the port check compares that entry, and probably finds the port
             // in use (no insert at this key).
-            let found = t.rev.prefetch_entry(h);
-            if found == NO_SLOT {
-                (NO_SLOT, t.rev.prefetch_insert(h))
+            if t.rev.prefetch_entry(h) != NO_SLOT {
+                (NO_SLOT, Seen::Taken)
             } else {
-                (found, false)
+                insert(t.rev.prefetch_insert(h))
             }
         }
     }

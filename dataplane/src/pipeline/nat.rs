@@ -61,6 +61,8 @@ pub(super) struct NatGuess {
     pub(super) backend: u32,
     /// The hash of the reverse key (backend, cursor's port).
     pub(super) rh: u64,
+    /// The free slot its insert will fill, as the prefetch found it ([`NO_SLOT`]: none).
+    pub(super) slot: u32,
     /// If the cursor's port looked in use (its reverse key's tag matched a slot): the second
     /// cursor predicted for the search's first further try, and its reverse key's hash.
     pub(super) spill: Option<(u32, u64)>,
@@ -110,8 +112,8 @@ impl Pipeline {
         self.ports.cursor = nat.wrap(first + 1);
         // The prefetch pass's prediction of this backend holds: its hashes are this flow's.
         let guess = guess.filter(|g| g.backend == nf.b.id);
-        // ... and of this cursor: its reverse-key hash is this one.
-        let known = guess.filter(|g| g.cursor == first).map(|g| g.rh);
+        // ... and of this cursor: its reverse-key hash and insert slot are this one's.
+        let known = guess.filter(|g| g.cursor == first).map(|g| (g.rh, g.slot));
         if let Some(got) = self.take_nat_port::<F>(snap, nf, nat.port(first), known)? {
             return Ok(got);
         }
@@ -133,7 +135,9 @@ impl Pipeline {
         for _ in 0..NAT_PORT_TRIES.min(nat.per) {
             let cursor = nat.wrap(self.ports.spill);
             self.ports.spill = nat.wrap(cursor + 1);
-            let known = spill.filter(|&(c, _)| c == cursor).map(|(_, rh)| rh);
+            let known = spill
+                .filter(|&(c, _)| c == cursor)
+                .map(|(_, rh)| (rh, NO_SLOT));
             if let Some(got) = self.take_nat_port::<F>(snap, nf, nat.port(cursor), known)? {
                 return Ok(got);
             }
@@ -149,21 +153,22 @@ impl Pipeline {
 
     /// Takes NAT port `port` for new flow `nf` unless its reverse key is in use (live or not
     /// yet expired): `Some((port, NAT address index))` once the reverse entry is recorded,
-    /// `None` if the port is taken. `rh` is the reverse key's hash if known.
+    /// `None` if the port is taken. `known` is the reverse key's hash and the slot its insert
+    /// was prefetched for, if known.
     #[inline(always)]
     fn take_nat_port<F: Family>(
         &mut self,
         snap: &Snapshot,
         nf: &NatFlow<'_>,
         port: u16,
-        rh: Option<u64>,
+        known: Option<(u64, u32)>,
     ) -> Result<Option<(u16, u8)>, DropReason> {
         let Some((rk, ai)) = rev_key::<F>(snap, nf.p, nf.b, nf.h, port) else {
             return Err(DropReason::NoNatAddress);
         };
-        let rh = match rh {
-            Some(rh) => rh,
-            None => rev_hash_cold(&rk, snap.hash_seed),
+        let (rh, at) = match known {
+            Some(k) => k,
+            None => (rev_hash_cold(&rk, snap.hash_seed), NO_SLOT),
         };
         let val = Rev {
             client: F::from_raw(&nf.p.src),
@@ -173,7 +178,7 @@ impl Pipeline {
         };
         let rev = &mut F::tables_mut(&mut self.flows).rev;
         Ok(
-            match rev.insert(rk, rh, val, nf.st, nf.now_ms, Insert::IfAbsent) {
+            match rev.insert_at(rk, rh, val, nf.st, nf.now_ms, Insert::IfAbsent, at) {
                 Inserted::Kept => None,
                 Inserted::Refused => return Err(DropReason::FlowTableFull),
                 Inserted::Evicted { key, value } => {
