@@ -23,7 +23,7 @@
 //!    buckets and prefetches the other half's tags, and one packet ahead its entry
 //!    (`victims_ahead`, `victims_next`). Prefetches only: the insert decides as before.
 use super::family::{Fam, Tables};
-use super::nat::NatGuess;
+use super::nat::{NatAhead, NatGuess};
 use super::{flow_hash, nat, pick, Family, Hint, PacketBuf, Pipeline, Verdict};
 use crate::conntrack::{FlowKey, FlowState, Key, NO_SLOT};
 use crate::snapshot::{AddrKind, Method, Snapshot};
@@ -149,6 +149,11 @@ pub(super) struct Burst {
     victims: u64,
     /// Per lookup: the hash of its predicted victim's other half (in the other table).
     other: [u64; PF_MAX],
+    /// Per packet: what the second-pass prefetch of a SYN's reverse insert learned (read only
+    /// with the packet's [`NatGuess`]).
+    nat: [NatAhead; BURST],
+    /// The packet being processed.
+    cur: usize,
 }
 
 impl Default for Burst {
@@ -166,6 +171,8 @@ impl Default for Burst {
             full: 0,
             victims: 0,
             other: [0; PF_MAX],
+            nat: [NatAhead::NONE; BURST],
+            cur: 0,
         }
     }
 }
@@ -187,6 +194,15 @@ impl Burst {
         self.full = 0;
         self.victims = 0;
         self.other.fill(0);
+        self.nat.fill(NatAhead::NONE);
+        self.cur = 0;
+    }
+
+    /// What the second pass learned about the NAT allocation of the packet being processed
+    /// (meaningful with its [`NatGuess`] only).
+    #[inline(always)]
+    pub(super) fn nat_ahead(&self) -> NatAhead {
+        self.nat[self.cur % BURST]
     }
 
     /// Remembers a flow lookup; its index, if there was room (always: two per packet).
@@ -301,9 +317,8 @@ impl Pipeline {
                     cursor,
                     backend,
                     rh,
-                    slot: NO_SLOT,
-                    spill: None,
                 });
+                self.burst.nat[i] = NatAhead::NONE;
             }
             if self.burst.pre[i].hint.pick.is_some() {
                 syns += 1;
@@ -333,9 +348,7 @@ impl Pipeline {
             }
             if l.job == Job::Insert(Table::Rev) {
                 // The reverse insert's slot, for its first port.
-                if let Some(g) = self.burst.pre[usize::from(l.pkt)].hint.rev.as_mut() {
-                    g.slot = slot;
-                }
+                self.burst.nat[usize::from(l.pkt) % BURST].slot = slot;
             }
         }
     }
@@ -349,15 +362,14 @@ impl Pipeline {
         let nat = self.ports.slice.of(snap);
         let cursor = nat.wrap(self.burst.spill0 + self.burst.spills);
         self.burst.spills += 1;
-        let pre = &mut self.burst.pre[usize::from(l.pkt)];
+        let i = usize::from(l.pkt) % BURST;
+        let pre = &self.burst.pre[i];
         let port = nat.port(cursor);
         let rh = match l.fam {
             Fam::V4 => spill::<[u8; 4]>(snap, &self.flows.v4, pre, port),
             Fam::V6 => spill::<[u8; 16]>(snap, &self.flows.v6, pre, port),
         };
-        if let (Some(rh), Some(g)) = (rh, pre.hint.rev.as_mut()) {
-            g.spill = Some((cursor, rh));
-        }
+        self.burst.nat[i].spill = rh.map(|rh| (cursor, rh));
     }
 
     /// Packet `j`'s inserts into full buckets: works out each one's victim (its buckets were
@@ -431,6 +443,7 @@ impl Pipeline {
         if self.burst.victims != 0 {
             self.victims_next(i + 1);
         }
+        self.burst.cur = i;
         let pre = self.burst.pre[i];
         let v = match pre.drop {
             Some(r) => Verdict::Drop(r),

@@ -52,7 +52,8 @@ impl NatPorts {
 }
 
 /// What the burst's prefetch passes predicted of a SYN's NAT port allocation
-/// ([`Pipeline::alloc_nat`]); used only where it still holds.
+/// ([`Pipeline::alloc_nat`]); used only where it still holds. (Small: a packet's hint is
+/// copied whole; what the second pass learns later is in [`NatAhead`].)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct NatGuess {
     /// The port cursor predicted for the SYN.
@@ -61,11 +62,25 @@ pub(super) struct NatGuess {
     pub(super) backend: u32,
     /// The hash of the reverse key (backend, cursor's port).
     pub(super) rh: u64,
-    /// The free slot its insert will fill, as the prefetch found it ([`NO_SLOT`]: none).
+}
+
+/// What the second-pass prefetch of a SYN's reverse insert learned, for its
+/// [`NatGuess`]: kept in the burst cache, per packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct NatAhead {
+    /// The free slot the insert at the guessed port will fill ([`NO_SLOT`]: none).
     pub(super) slot: u32,
-    /// If the cursor's port looked in use (its reverse key's tag matched a slot): the second
+    /// If the guessed port looked in use (its reverse key's tag matched a slot): the second
     /// cursor predicted for the search's first further try, and its reverse key's hash.
     pub(super) spill: Option<(u32, u64)>,
+}
+
+impl NatAhead {
+    /// Nothing learned.
+    pub(super) const NONE: NatAhead = NatAhead {
+        slot: NO_SLOT,
+        spill: None,
+    };
 }
 
 /// A new flow looking for a NAT port: what each port tried needs to build and record its
@@ -112,12 +127,18 @@ impl Pipeline {
         self.ports.cursor = nat.wrap(first + 1);
         // The prefetch pass's prediction of this backend holds: its hashes are this flow's.
         let guess = guess.filter(|g| g.backend == nf.b.id);
+        let ahead = match guess {
+            Some(_) => self.burst.nat_ahead(),
+            None => NatAhead::NONE,
+        };
         // ... and of this cursor: its reverse-key hash and insert slot are this one's.
-        let known = guess.filter(|g| g.cursor == first).map(|g| (g.rh, g.slot));
+        let known = guess
+            .filter(|g| g.cursor == first)
+            .map(|g| (g.rh, ahead.slot));
         if let Some(got) = self.take_nat_port::<F>(snap, nf, nat.port(first), known)? {
             return Ok(got);
         }
-        self.nat_port_retry::<F>(snap, nat, nf, guess.and_then(|g| g.spill))
+        self.nat_port_retry::<F>(snap, nat, nf, ahead.spill)
     }
 
     /// [`Pipeline::alloc_nat`] once the cursor's port was in use: up to [`NAT_PORT_TRIES`]
