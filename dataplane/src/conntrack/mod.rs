@@ -338,6 +338,15 @@ pub struct Conntrack<K, V> {
     epoch: u64,
 }
 
+/// What [`Conntrack::scan_full`] found in two full buckets: a slot to take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Full {
+    /// The first expired entry.
+    Expired(usize),
+    /// The lowest-ranked entry, and its rank.
+    Victim(usize, Rank),
+}
+
 /// A slot, aligned to 32 bytes so that an IPv4 entry never straddles two cache lines (a
 /// lookup then touches exactly one line of entries) and an IPv6 entry fills one line.
 #[derive(Clone, Copy, Debug)]
@@ -577,6 +586,26 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         now_ms: u32,
         mode: Insert,
     ) -> Inserted<K, V> {
+        self.insert_at(key, hash, value, state, now_ms, mode, NO_SLOT)
+    }
+
+    /// [`Conntrack::insert`], where `at` is the slot [`Conntrack::prefetch_insert`] returned
+    /// for `hash` earlier in the burst (or [`NO_SLOT`]): a new entry takes that slot if it is
+    /// still free (and one of the key's), which spares the insert its choice of bucket and
+    /// slot; otherwise it is placed as by `insert`. (Between the two calls only the burst's
+    /// earlier packets change the table, and rarely these buckets.)
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub fn insert_at(
+        &mut self,
+        key: K,
+        hash: u64,
+        value: V,
+        state: FlowState,
+        now_ms: u32,
+        mode: Insert,
+        at: u32,
+    ) -> Inserted<K, V> {
         self.touch();
         let entry = Entry::new(key, value, state, now_ms);
         match mode {
@@ -598,7 +627,23 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
             }
         }
         let (b1, b2) = self.buckets(hash);
+        let at = at as usize;
+        let b = at / SLOTS_PER_BUCKET;
+        // NO_SLOT names no bucket of the table.
+        if (b == b1 || b == b2) && lanes(&self.tags[b], 0) & (1 << (at % SLOTS_PER_BUCKET)) != 0 {
+            return self.place(at, tag_of(hash), entry);
+        }
         self.insert_absent(b1, b2, tag_of(hash), entry, now_ms)
+    }
+
+    /// Stores `entry` in the free slot `i`.
+    #[inline(always)]
+    fn place(&mut self, i: usize, tag: u16, entry: Entry<K, V>) -> Inserted<K, V> {
+        self.slots[i].0 = Some(entry);
+        self.set_tag(i, tag);
+        self.len += 1;
+        self.stats.inserts += 1;
+        Inserted::New
     }
 
     /// Stores `entry`, absent from the table, in its buckets `b1`/`b2`.
@@ -613,12 +658,7 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     ) -> Inserted<K, V> {
         let (b, free) = self.insert_bucket(b1, b2);
         if free != 0 {
-            let i = b * SLOTS_PER_BUCKET + first_lane(free);
-            self.slots[i].0 = Some(entry);
-            self.set_tag(i, tag);
-            self.len += 1;
-            self.stats.inserts += 1;
-            return Inserted::New;
+            return self.place(b * SLOTS_PER_BUCKET + first_lane(free), tag, entry);
         }
         self.insert_full(b1, b2, tag, entry, now_ms)
     }
@@ -655,31 +695,17 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         entry: Entry<K, V>,
         now_ms: u32,
     ) -> Inserted<K, V> {
-        // Expired, or the victim: both buckets' sixteen entries, eight cache lines (IPv4),
-        // which the burst prefetch fetches ahead for a new flow whose buckets are full (SYN
-        // floods live on this path).
-        let mut victim = b1 * SLOTS_PER_BUCKET;
-        let mut best = (Rank::Established, i32::MIN);
-        let second = if b2 == b1 { None } else { Some(b2) };
-        for b in std::iter::once(b1).chain(second) {
-            for i in b * SLOTS_PER_BUCKET..(b + 1) * SLOTS_PER_BUCKET {
-                if let Some(e) = &self.slots[i].0 {
-                    if is_expired(e, now_ms, &self.timeouts) {
-                        let old = self.put(i, tag, entry);
-                        self.stats.expiries += 1;
-                        return Inserted::Expired {
-                            key: old.key,
-                            value: old.value,
-                        };
-                    }
-                    let r = (Rank::of(e.state), e.idle_ms(now_ms));
-                    if r > best {
-                        best = r;
-                        victim = i;
-                    }
-                }
+        let (victim, rank) = match self.scan_full(b1, b2, now_ms) {
+            Full::Expired(i) => {
+                let old = self.put(i, tag, entry);
+                self.stats.expiries += 1;
+                return Inserted::Expired {
+                    key: old.key,
+                    value: old.value,
+                };
             }
-        }
+            Full::Victim(i, rank) => (i, rank),
+        };
         // One cuckoo step: an entry whose other bucket has a free slot moves there. It reads
         // the alternate bucket of up to 16 entries (16 cache misses), and in a table that is
         // nearly full (a SYN flood) it almost never finds room: skip it above 95% occupancy,
@@ -708,7 +734,6 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
                 }
             }
         }
-        let rank = best.0;
         if rank == Rank::Established && Rank::of(entry.state) == Rank::Embryonic {
             self.stats.refusals += 1;
             return Inserted::Refused;
@@ -723,6 +748,56 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         Inserted::Evicted {
             key: old.key,
             value: old.value,
+        }
+    }
+
+    /// What an insert into the two full buckets `b1`, `b2` finds among their sixteen entries
+    /// (eight cache lines for IPv4, which the burst prefetch fetches ahead for a new flow
+    /// whose buckets are full: SYN floods live on this path): the first expired entry, to
+    /// reuse, else the victim, the lowest-ranked ([`Rank`]) entry, the least recently seen
+    /// among equals (the first of those in scan order), with its rank.
+    #[inline(always)]
+    fn scan_full(&self, b1: usize, b2: usize, now_ms: u32) -> Full {
+        let mut victim = b1 * SLOTS_PER_BUCKET;
+        let mut best = (Rank::Established, i32::MIN);
+        let second = if b2 == b1 { None } else { Some(b2) };
+        for b in std::iter::once(b1).chain(second) {
+            for i in b * SLOTS_PER_BUCKET..(b + 1) * SLOTS_PER_BUCKET {
+                if let Some(e) = &self.slots[i].0 {
+                    if is_expired(e, now_ms, &self.timeouts) {
+                        return Full::Expired(i);
+                    }
+                    let r = (Rank::of(e.state), e.idle_ms(now_ms));
+                    if r > best {
+                        best = r;
+                        victim = i;
+                    }
+                }
+            }
+        }
+        Full::Victim(victim, best.0)
+    }
+
+    /// The entry an insert of a new flow with `hash`, in `state`, at `now_ms` would evict if
+    /// the table did not change before it: `None` if its buckets have room, hold an expired
+    /// entry, or hold only flows it may not evict. (Where the table is under 95% full the
+    /// insert may move an entry instead; this still names the victim.) Changes nothing: the
+    /// burst reads it a few packets ahead of the insert, to prefetch what ending the victim's
+    /// flow will read (a NAT flow's other half), once [`Conntrack::prefetch_insert`] has
+    /// brought in its buckets.
+    #[inline(always)]
+    pub fn victim(&self, hash: u64, state: FlowState, now_ms: u32) -> Option<&Entry<K, V>> {
+        let (b1, b2) = self.buckets(hash);
+        if lanes(&self.tags[b1], 0) | lanes(&self.tags[b2], 0) != 0 {
+            return None;
+        }
+        match self.scan_full(b1, b2, now_ms) {
+            Full::Victim(i, rank)
+                if !(rank == Rank::Established && Rank::of(state) == Rank::Embryonic) =>
+            {
+                self.slots[i].0.as_ref()
+            }
+            _ => None,
         }
     }
 
@@ -812,13 +887,16 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
 
     /// Second pass, for a flow about to be inserted (a SYN): prefetches the slot the insert
     /// will fill, or, if both buckets are full, each cache line of entries of both buckets
-    /// (eight for IPv4), which the insert scans for an expired entry or a victim.
+    /// (eight for IPv4), which the insert scans for an expired entry or a victim. The slot,
+    /// for [`Conntrack::insert_at`]; [`NO_SLOT`] if both buckets were full.
     #[inline(always)]
-    pub fn prefetch_insert(&self, hash: u64) {
+    pub fn prefetch_insert(&self, hash: u64) -> u32 {
         let (b1, b2) = self.buckets(hash);
         let (b, free) = self.insert_bucket(b1, b2);
         if free != 0 {
-            dpdk_sys::prefetch(&self.slots[b * SLOTS_PER_BUCKET + first_lane(free)].0);
+            let i = b * SLOTS_PER_BUCKET + first_lane(free);
+            dpdk_sys::prefetch(&self.slots[i].0);
+            i as u32
         } else {
             let per_line = (64 / std::mem::size_of::<Slot<K, V>>()).max(1);
             for b in [b1, b2] {
@@ -826,6 +904,7 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
                     dpdk_sys::prefetch(&self.slots[i].0);
                 }
             }
+            NO_SLOT
         }
     }
 

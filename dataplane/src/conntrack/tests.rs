@@ -202,10 +202,10 @@ fn prefetch_helpers_point_at_the_right_places() {
     let other = v4(6).flow_hash(2);
     assert_eq!(t.prefetch_entry(other), NO_SLOT, "no tag match, no slot");
     // The slot an insert prefetches is the one it fills.
-    t.prefetch_insert(other);
     let (b1, b2) = t.buckets(other);
     let (b, free) = t.insert_bucket(b1, b2);
     let at = b * SLOTS_PER_BUCKET + first_lane(free);
+    assert_eq!(t.prefetch_insert(other) as usize, at, "a free slot");
     let _ = t.insert(v4(6), other, [6, 6], FlowState::Udp, 0, Insert::New);
     assert_eq!(t.slots[at].0.map(|e| *e.key()), Some(v4(6)));
     // Two full buckets: the insert's victims (four lines of the first bucket) are prefetched.
@@ -214,7 +214,46 @@ fn prefetch_helpers_point_at_the_right_places() {
         let _ = full.insert(v4(i), crowded(i), [i, 0], FlowState::Udp, 0, Insert::New);
     }
     assert_eq!(full.insert_bucket(0, 1).1, 0, "both buckets full");
-    full.prefetch_insert(crowded(99));
+    assert_eq!(
+        full.prefetch_insert(crowded(99)),
+        NO_SLOT,
+        "both buckets full"
+    );
+}
+
+/// `insert_at` takes the slot `prefetch_insert` named while it is free and one of the key's;
+/// a slot taken since, another bucket's slot or none are ignored: the entry is placed as by
+/// `insert`, and found either way.
+#[test]
+fn insert_at_takes_the_prefetched_slot() {
+    let mut t = table(1024);
+    let (k, h) = (v4(1), v4(1).flow_hash(2));
+    let at = t.prefetch_insert(h);
+    let (b1, b2) = t.buckets(h);
+    // Another free slot of the same bucket, named as the hint: taken.
+    let other = at + 1;
+    assert_eq!(
+        t.insert_at(k, h, [1, 0], FlowState::Udp, 0, Insert::New, other),
+        Inserted::New
+    );
+    assert_eq!(t.slots[other as usize].0.map(|e| *e.key()), Some(k));
+    // A slot taken since: ignored.
+    let (k2, h2) = (v4(2), v4(2).flow_hash(2));
+    let _ = t.insert_at(k2, h2, [2, 0], FlowState::Udp, 0, Insert::New, other);
+    assert_eq!(t.get(&k2, h2).map(|e| *e.value()), Some([2, 0]));
+    assert_eq!(t.slots[other as usize].0.map(|e| *e.key()), Some(k));
+    // A slot of neither bucket, and NO_SLOT: ignored.
+    for (i, hint) in [(3u32, 0u32), (4, NO_SLOT)] {
+        let (ki, hi) = (v4(i), v4(i).flow_hash(2));
+        let (c1, c2) = t.buckets(hi);
+        let hint = if c1 != 0 && c2 != 0 { hint } else { NO_SLOT };
+        let _ = t.insert_at(ki, hi, [i, 0], FlowState::Udp, 0, Insert::New, hint);
+        let slot = t.prefetch_entry(hi) as usize / SLOTS_PER_BUCKET;
+        assert!(slot == c1 || slot == c2, "key {i} in its buckets");
+        assert_eq!(t.get(&ki, hi).map(|e| *e.value()), Some([i, 0]));
+    }
+    assert!(b1 != b2);
+    consistent(&t);
 }
 
 #[test]
@@ -396,14 +435,17 @@ fn handshakes_never_evict_established_flows() {
         );
     }
     let syn = |t: &mut Conntrack<V4Key, Value>, i: u32, now: u32| {
-        t.insert(
+        let predicted = predicted_victim(t, i, FlowState::TcpSynSent, now);
+        let r = t.insert(
             v4(i),
             crowded(i),
             [i, 0],
             FlowState::TcpSynSent,
             now,
             Insert::Replace,
-        )
+        );
+        check_victim(predicted, &r);
+        r
     };
     assert_eq!(syn(&mut t, 100, 50), Inserted::Refused);
     assert!(!t.contains(&v4(100), crowded(100)));
@@ -439,14 +481,17 @@ fn handshakes_never_evict_established_flows() {
     // An established newcomer takes the embryonic flow's slot, then the closing one's, and
     // only then evicts the oldest established flow.
     let est = |t: &mut Conntrack<V4Key, Value>, i: u32, now: u32| {
-        t.insert(
+        let predicted = predicted_victim(t, i, FlowState::TcpEstablished, now);
+        let r = t.insert(
             v4(i),
             crowded(i),
             [i, 0],
             FlowState::TcpEstablished,
             now,
             Insert::New,
-        )
+        );
+        check_victim(predicted, &r);
+        r
     };
     assert_eq!(
         est(&mut t, 104, 110),
@@ -483,6 +528,29 @@ fn handshakes_never_evict_established_flows() {
     consistent(&t);
 }
 
+/// What [`Conntrack::victim`] predicts for inserting key `i` (of [`crowded`]) in `state` at
+/// `now`: `Some(None)` for no eviction; `None` when the key is present (an insert replaces it,
+/// which the prediction, made for new flows, does not cover).
+fn predicted_victim(
+    t: &Conntrack<V4Key, Value>,
+    i: u32,
+    state: FlowState,
+    now: u32,
+) -> Option<Option<V4Key>> {
+    (!t.contains(&v4(i), crowded(i))).then(|| t.victim(crowded(i), state, now).map(|e| *e.key()))
+}
+
+/// The prediction of [`predicted_victim`] names the entry the insert evicted, if any.
+fn check_victim(predicted: Option<Option<V4Key>>, r: &Inserted<V4Key, Value>) {
+    if let Some(p) = predicted {
+        let evicted = match r {
+            Inserted::Evicted { key, .. } => Some(*key),
+            _ => None,
+        };
+        assert_eq!(p, evicted, "predicted victim, for {r:?}");
+    }
+}
+
 /// All keys in the two buckets of a 2-bucket table, with one shared tag.
 fn crowded(i: u32) -> u64 {
     (0xabcd << 48) | u64::from(i)
@@ -509,6 +577,8 @@ fn full_buckets_evict_the_oldest() {
     for i in [0, 1, 2] {
         assert!(t.lookup(&v4(i), crowded(i), NO_SLOT, 500, |_| {}).is_some());
     }
+    let predicted = predicted_victim(&t, 101, FlowState::TcpEstablished, 600);
+    assert_eq!(predicted, Some(Some(v4(3))));
     let r = t.insert(
         v4(101),
         crowded(101),
@@ -538,12 +608,15 @@ fn full_buckets_evict_the_oldest() {
         600,
         Insert::Replace,
     );
+    let late = (600 | (EPOCH_MS - 1)) + 5_000;
+    // An expired entry is reused: no victim.
+    assert_eq!(predicted_victim(&t, 100, FlowState::Udp, late), Some(None));
     let r = t.insert(
         v4(100),
         crowded(100),
         [100, 0],
         FlowState::Udp,
-        (600 | (EPOCH_MS - 1)) + 5_000,
+        late,
         Insert::Replace,
     );
     assert_eq!(

@@ -12,10 +12,20 @@
 //!    reverse insert read; then the entries the first [`PF_AHEAD`] flow lookups will compare
 //!    (their tags are in cache by now).
 //! 3. **Processing**, per packet, with what the passes learned; the remaining entry
-//!    prefetches are issued a few packets ahead, so that their misses overlap with work.
+//!    prefetches are issued a few packets ahead, so that their misses overlap with work. A
+//!    SYN's reverse-insert prefetch that finds its predicted NAT port's tag in use (about a
+//!    third of SYNs when the reverse table is full, as under a SYN flood) prefetches that
+//!    entry, which the port check compares, and the reverse buckets of the port the search
+//!    will try next (`predict_spill`), instead of the insert's slot. An insert into two full
+//!    buckets evicts, and ending the victim's flow reads its other half (a NAT flow's reverse
+//!    entry, or forward entry) from the other table, two cache misses in a row; so
+//!    [`VICTIM_AHEAD`] packets ahead the burst works out the victim from the prefetched
+//!    buckets and prefetches the other half's tags, and one packet ahead its entry
+//!    (`victims_ahead`, `victims_next`). Prefetches only: the insert decides as before.
 use super::family::{Fam, Tables};
+use super::nat::{NatAhead, NatGuess};
 use super::{flow_hash, nat, pick, Family, Hint, PacketBuf, Pipeline, Verdict};
-use crate::conntrack::NO_SLOT;
+use crate::conntrack::{FlowKey, FlowState, Key, NO_SLOT};
 use crate::snapshot::{AddrKind, Method, Snapshot};
 use crate::stats::DropReason;
 use crate::wire::parse::{parse_into, Fragment, Parsed, L3};
@@ -28,6 +38,10 @@ pub const BURST: usize = 32;
 /// Flow lookups whose second-pass prefetch is issued before a burst's first packet is
 /// processed; the rest follow as packets are processed, this far ahead.
 const PF_AHEAD: usize = 16;
+
+/// How many packets ahead of processing a SYN's predicted victims' other halves get their
+/// tag prefetch (their entries' follows one packet ahead).
+const VICTIM_AHEAD: usize = 3;
 
 /// Flow lookups a burst remembers: two per packet (a new `nat` flow has a forward and a
 /// reverse entry).
@@ -56,12 +70,14 @@ enum Job {
     Insert(Table),
 }
 
-/// One remembered flow lookup: the family's table, what to prefetch, the flow hash.
+/// One remembered flow lookup: the family's table, what to prefetch, the flow hash, the
+/// packet's index in the burst.
 #[derive(Debug, Clone, Copy)]
 struct Lookup {
     fam: Fam,
     job: Job,
     hash: u64,
+    pkt: u8,
 }
 
 impl Lookup {
@@ -69,6 +85,7 @@ impl Lookup {
         fam: Fam::V4,
         job: Job::Nothing,
         hash: 0,
+        pkt: 0,
     };
 }
 
@@ -119,6 +136,24 @@ pub(super) struct Burst {
     /// TCP SYNs to NAT frontends in this burst (whose reverse entries the second pass works
     /// out).
     nat_syns: u32,
+    /// The second NAT port cursor (reduced) when the second pass ran.
+    spill0: u32,
+    /// SYNs of this burst predicted so far to search past their first NAT port: each is
+    /// predicted to take the second cursor's next port.
+    spills: u32,
+    /// Packets in the burst.
+    n: usize,
+    /// Bit `j`: lookup `j` is an insert whose second-pass prefetch found both buckets full.
+    full: u64,
+    /// Bit `j`: `other[j]` holds the hash of the other half of lookup `j`'s predicted victim.
+    victims: u64,
+    /// Per lookup: the hash of its predicted victim's other half (in the other table).
+    other: [u64; PF_MAX],
+    /// Per packet: what the second-pass prefetch of a SYN's reverse insert learned (read only
+    /// with the packet's [`NatGuess`]).
+    nat: [NatAhead; BURST],
+    /// The packet being processed.
+    cur: usize,
 }
 
 impl Default for Burst {
@@ -130,6 +165,14 @@ impl Default for Burst {
             len: 0,
             next: 0,
             nat_syns: 0,
+            spill0: 0,
+            spills: 0,
+            n: 0,
+            full: 0,
+            victims: 0,
+            other: [0; PF_MAX],
+            nat: [NatAhead::NONE; BURST],
+            cur: 0,
         }
     }
 }
@@ -145,6 +188,21 @@ impl Burst {
         self.len = 0;
         self.next = 0;
         self.nat_syns = 0;
+        self.spill0 = 0;
+        self.spills = 0;
+        self.n = 0;
+        self.full = 0;
+        self.victims = 0;
+        self.other.fill(0);
+        self.nat.fill(NatAhead::NONE);
+        self.cur = 0;
+    }
+
+    /// What the second pass learned about the NAT allocation of the packet being processed
+    /// (meaningful with its [`NatGuess`] only).
+    #[inline(always)]
+    pub(super) fn nat_ahead(&self) -> NatAhead {
+        self.nat[self.cur % BURST]
     }
 
     /// Remembers a flow lookup; its index, if there was room (always: two per packet).
@@ -197,6 +255,10 @@ impl Pipeline {
         b.len = 0;
         b.next = 0;
         b.nat_syns = 0;
+        b.spills = 0;
+        b.n = pkts.len().min(BURST);
+        b.full = 0;
+        b.victims = 0;
         for (pkt, i) in pkts.iter().zip(0..BURST) {
             let pre = &mut b.pre[i];
             pre.hint = Hint::NONE;
@@ -233,6 +295,7 @@ impl Pipeline {
         // Established traffic has no SYN: skip the loop.
         let todo = if self.burst.nat_syns != 0 { n } else { 0 };
         let nat = self.ports.slice.of(snap);
+        self.burst.spill0 = self.spill_cursor(&nat);
         let mut syns = 0;
         for i in 0..todo {
             let Pre { rev_lookup, p, .. } = &self.burst.pre[i];
@@ -249,29 +312,116 @@ impl Pipeline {
                 L3::Ipv4 => predict::<[u8; 4]>(snap, &self.flows.v4, &mut self.burst, i, port),
                 _ => predict::<[u8; 16]>(snap, &self.flows.v6, &mut self.burst, i, port),
             };
-            if let Some((b, rh)) = predicted {
-                self.burst.pre[i].hint.rev = Some((cursor, b, rh));
+            if let Some((backend, rh)) = predicted {
+                self.burst.pre[i].hint.rev = Some(NatGuess {
+                    cursor,
+                    backend,
+                    rh,
+                });
+                self.burst.nat[i] = NatAhead::NONE;
             }
             if self.burst.pre[i].hint.pick.is_some() {
                 syns += 1;
             }
         }
-        self.issue(PF_AHEAD);
+        self.issue(snap, PF_AHEAD);
     }
 
     /// Issues the second-pass prefetches of the remembered lookups up to (not including)
     /// `upto`.
     #[inline(always)]
-    fn issue(&mut self, upto: usize) {
-        let b = &mut self.burst;
-        let end = upto.min(b.len);
-        while b.next < end {
-            let l = b.lookups[b.next];
-            b.slots[b.next] = match l.fam {
+    fn issue(&mut self, snap: &Snapshot, upto: usize) {
+        let end = upto.min(self.burst.len);
+        while self.burst.next < end {
+            let n = self.burst.next;
+            let l = self.burst.lookups[n];
+            let (slot, seen) = match l.fam {
                 Fam::V4 => second(&self.flows.v4, l.job, l.hash),
                 Fam::V6 => second(&self.flows.v6, l.job, l.hash),
             };
-            b.next += 1;
+            self.burst.slots[n] = slot;
+            self.burst.next = n + 1;
+            match seen {
+                Seen::Nothing => {}
+                Seen::Full => self.burst.full |= 1 << n,
+                Seen::Taken => self.predict_spill(snap, l),
+            }
+            if l.job == Job::Insert(Table::Rev) {
+                // The reverse insert's slot, for its first port.
+                self.burst.nat[usize::from(l.pkt) % BURST].slot = slot;
+            }
+        }
+    }
+
+    /// The SYN of reverse lookup `l` will probably find its NAT port in use (its predicted
+    /// reverse key's tag matched): predicts the port its search tries next (the second
+    /// cursor, one port further for each such SYN before it in the burst) and prefetches
+    /// that port's reverse buckets.
+    #[inline(never)]
+    fn predict_spill(&mut self, snap: &Snapshot, l: Lookup) {
+        let nat = self.ports.slice.of(snap);
+        let cursor = nat.wrap(self.burst.spill0 + self.burst.spills);
+        self.burst.spills += 1;
+        let i = usize::from(l.pkt) % BURST;
+        let pre = &self.burst.pre[i];
+        let port = nat.port(cursor);
+        let rh = match l.fam {
+            Fam::V4 => spill::<[u8; 4]>(snap, &self.flows.v4, pre, port),
+            Fam::V6 => spill::<[u8; 16]>(snap, &self.flows.v6, pre, port),
+        };
+        self.burst.nat[i].spill = rh.map(|rh| (cursor, rh));
+    }
+
+    /// Packet `j`'s inserts into full buckets: works out each one's victim (its buckets were
+    /// prefetched a few packets ago), and prefetches the tags of the victim's other half, which
+    /// ending its flow will look up.
+    #[inline(never)]
+    fn victims_ahead(&mut self, snap: &Snapshot, j: usize, now_ms: u32) {
+        if j >= self.burst.n {
+            return;
+        }
+        let pre = &self.burst.pre[j];
+        for x in [pre.lookup, pre.rev_lookup].into_iter().flatten() {
+            let x = usize::from(x);
+            if x >= self.burst.next || self.burst.full & (1 << x) == 0 {
+                continue;
+            }
+            let l = self.burst.lookups[x];
+            let other = match l.fam {
+                Fam::V4 => other_half::<[u8; 4]>(snap, &self.flows.v4, l, now_ms),
+                Fam::V6 => other_half::<[u8; 16]>(snap, &self.flows.v6, l, now_ms),
+            };
+            if let Some(h) = other {
+                self.burst.other[x] = h;
+                self.burst.victims |= 1 << x;
+            }
+        }
+    }
+
+    /// Packet `j`'s predicted victims' other halves: their tags are in cache by now, so
+    /// prefetches their entries.
+    #[inline(never)]
+    fn victims_next(&mut self, j: usize) {
+        if j >= self.burst.n {
+            return;
+        }
+        let pre = &self.burst.pre[j];
+        for x in [pre.lookup, pre.rev_lookup].into_iter().flatten() {
+            let x = usize::from(x);
+            if self.burst.victims & (1 << x) == 0 {
+                continue;
+            }
+            self.burst.victims &= !(1 << x);
+            let l = self.burst.lookups[x];
+            let h = self.burst.other[x];
+            // The victim of a forward insert has its other half in the reverse table, and
+            // the other way round.
+            match (l.fam, l.job) {
+                (Fam::V4, Job::Insert(Table::Fwd)) => self.flows.v4.rev.prefetch_entry(h),
+                (Fam::V4, _) => self.flows.v4.fwd.prefetch_entry(h),
+                (Fam::V6, Job::Insert(Table::Fwd)) => self.flows.v6.rev.prefetch_entry(h),
+                (Fam::V6, _) => self.flows.v6.fwd.prefetch_entry(h),
+            };
         }
     }
 
@@ -286,7 +436,14 @@ impl Pipeline {
     ) -> Verdict {
         // Keep the second-pass prefetches PF_AHEAD lookups ahead (two per packet: a new TCP
         // flow has two, its forward and its NAT reverse entry).
-        self.issue(self.burst.next + 2);
+        self.issue(snap, self.burst.next + 2);
+        if self.burst.full != 0 {
+            self.victims_ahead(snap, i + VICTIM_AHEAD, now_ms);
+        }
+        if self.burst.victims != 0 {
+            self.victims_next(i + 1);
+        }
+        self.burst.cur = i;
         let pre = self.burst.pre[i];
         let v = match pre.drop {
             Some(r) => Verdict::Drop(r),
@@ -337,6 +494,7 @@ fn first<F: Family>(snap: &Snapshot, t: &Tables<F>, b: &mut Burst, i: usize) {
         fam: F::FAM,
         job,
         hash: h,
+        pkt: i as u8,
     });
     // A TCP SYN to a NAT frontend will take a NAT port. Its backend (Maglev), its port and
     // so its reverse key are worked out by the second pass, once the Maglev entry fetched
@@ -357,6 +515,7 @@ fn first<F: Family>(snap: &Snapshot, t: &Tables<F>, b: &mut Burst, i: usize) {
         fam: F::FAM,
         job: Job::Nothing,
         hash: h,
+        pkt: i as u8,
     });
     if rev.is_some() {
         b.pre[i].rev_lookup = rev;
@@ -383,32 +542,103 @@ fn predict<F: Family>(
     let be = pick(snap, f, h)?;
     pre.hint.pick = Some(be.id);
     let (rk, _) = nat::rev_key::<F>(snap, &pre.p, be, h, port)?;
-    let rh = crate::conntrack::FlowKey::flow_hash(&rk, snap.hash_seed);
+    let rh = rk.flow_hash(snap.hash_seed);
     // Only the insert's slot matters (the port is expected free), no entry.
     t.rev.prefetch(rh);
     b.lookups[usize::from(j)] = Lookup {
         fam: F::FAM,
         job: Job::Insert(Table::Rev),
         hash: rh,
+        pkt: i as u8,
     };
     Some((be.id, rh))
 }
 
-/// The second-pass prefetch of one remembered lookup in table set `t`: the slot found (the
-/// lookup's hint), or [`NO_SLOT`].
+/// The spill prediction's work on the SYN `pre` of family `F` ([`Pipeline::predict_spill`]):
+/// the hash of its reverse key at NAT port `port`, whose buckets are prefetched.
 #[inline(always)]
-fn second<F: Family>(t: &Tables<F>, job: Job, h: u64) -> u32 {
-    match job {
-        Job::Nothing => NO_SLOT,
-        Job::Find(Table::Fwd) => t.fwd.prefetch_entry(h),
-        Job::Find(Table::Rev) => t.rev.prefetch_entry(h),
-        Job::Insert(Table::Fwd) => {
-            t.fwd.prefetch_insert(h);
-            NO_SLOT
+fn spill<F: Family>(snap: &Snapshot, t: &Tables<F>, pre: &Pre, port: u16) -> Option<u64> {
+    let h = pre.hint.hash?;
+    let be = snap.backend(pre.hint.rev?.backend)?;
+    let (rk, _) = nat::rev_key::<F>(snap, &pre.p, be, h, port)?;
+    let rh = rk.flow_hash(snap.hash_seed);
+    t.rev.prefetch(rh);
+    Some(rh)
+}
+
+/// The other half of the victim that SYN lookup `l` (an insert into two full buckets of
+/// family `F`'s tables) will evict, as things stand: a forward victim's NAT reverse entry, a
+/// reverse victim's forward entry. Prefetches its tags and returns its hash; `None` if no
+/// victim is expected or it has no other half (not NAT, or its backend or frontend is gone).
+#[inline(always)]
+fn other_half<F: Family>(snap: &Snapshot, t: &Tables<F>, l: Lookup, now_ms: u32) -> Option<u64> {
+    let syn = FlowState::TcpSynSent;
+    if l.job == Job::Insert(Table::Fwd) {
+        let e = t.fwd.victim(l.hash, syn, now_ms)?;
+        let v = e.value();
+        if v.nat_port == 0 {
+            return None;
         }
+        let b = snap.backend(v.backend)?;
+        let na = F::nat(&snap.local).get(usize::from(v.nat_addr))?;
+        let rk = Key::new(F::of_ip(b.addr)?, *na, b.port, v.nat_port, e.key().proto);
+        let rh = rk.flow_hash(snap.hash_seed);
+        t.rev.prefetch(rh);
+        Some(rh)
+    } else {
+        let e = t.rev.victim(l.hash, syn, now_ms)?;
+        let r = e.value();
+        let f = snap.frontend(u32::from(r.frontend))?;
+        let fk = Key::new(
+            r.client,
+            F::of_ip(f.vip)?,
+            r.client_port,
+            f.port,
+            e.key().proto,
+        );
+        let fh = fk.flow_hash(snap.hash_seed);
+        t.fwd.prefetch(fh);
+        Some(fh)
+    }
+}
+
+/// What a second-pass prefetch saw, besides the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    /// Nothing more.
+    Nothing,
+    /// An insert whose buckets are both full: it will evict.
+    Full,
+    /// A reverse insert whose key's tag matched a slot: its NAT port is probably in use.
+    Taken,
+}
+
+/// The second-pass prefetch of one remembered lookup in table set `t`: the slot found (the
+/// entry a lookup will compare, its hint; the free slot an insert will fill), or [`NO_SLOT`];
+/// and what else it saw.
+#[inline(always)]
+fn second<F: Family>(t: &Tables<F>, job: Job, h: u64) -> (u32, Seen) {
+    let insert = |slot: u32| {
+        let seen = if slot == NO_SLOT {
+            Seen::Full
+        } else {
+            Seen::Nothing
+        };
+        (slot, seen)
+    };
+    match job {
+        Job::Nothing => (NO_SLOT, Seen::Nothing),
+        Job::Find(Table::Fwd) => (t.fwd.prefetch_entry(h), Seen::Nothing),
+        Job::Find(Table::Rev) => (t.rev.prefetch_entry(h), Seen::Nothing),
+        Job::Insert(Table::Fwd) => insert(t.fwd.prefetch_insert(h)),
         Job::Insert(Table::Rev) => {
-            t.rev.prefetch_insert(h);
-            NO_SLOT
+            // A tag match: the port check compares that entry, and probably finds the port
+            // in use (no insert at this key).
+            if t.rev.prefetch_entry(h) != NO_SLOT {
+                (NO_SLOT, Seen::Taken)
+            } else {
+                insert(t.rev.prefetch_insert(h))
+            }
         }
     }
 }

@@ -189,7 +189,7 @@ struct Hint {
     pick: Option<u32>,
     /// For the same SYN: the NAT port cursor the prefetch pass predicted, the backend, and the
     /// hash of the reverse key they give (reused if the prediction holds).
-    rev: Option<(u32, u32, u64)>,
+    rev: Option<nat::NatGuess>,
 }
 
 impl Hint {

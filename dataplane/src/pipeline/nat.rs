@@ -51,6 +51,38 @@ impl NatPorts {
     }
 }
 
+/// What the burst's prefetch passes predicted of a SYN's NAT port allocation
+/// ([`Pipeline::alloc_nat`]); used only where it still holds. (Small: a packet's hint is
+/// copied whole; what the second pass learns later is in [`NatAhead`].)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct NatGuess {
+    /// The port cursor predicted for the SYN.
+    pub(super) cursor: u32,
+    /// The backend picked for it.
+    pub(super) backend: u32,
+    /// The hash of the reverse key (backend, cursor's port).
+    pub(super) rh: u64,
+}
+
+/// What the second-pass prefetch of a SYN's reverse insert learned, for its
+/// [`NatGuess`]: kept in the burst cache, per packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct NatAhead {
+    /// The free slot the insert at the guessed port will fill ([`NO_SLOT`]: none).
+    pub(super) slot: u32,
+    /// If the guessed port looked in use (its reverse key's tag matched a slot): the second
+    /// cursor predicted for the search's first further try, and its reverse key's hash.
+    pub(super) spill: Option<(u32, u64)>,
+}
+
+impl NatAhead {
+    /// Nothing learned.
+    pub(super) const NONE: NatAhead = NatAhead {
+        slot: NO_SLOT,
+        spill: None,
+    };
+}
+
 /// A new flow looking for a NAT port: what each port tried needs to build and record its
 /// reverse entry.
 pub(super) struct NatFlow<'a> {
@@ -80,65 +112,84 @@ impl Pipeline {
     /// live or not yet expired), the further tries take the ports of a second cursor, which
     /// moves past every port it tried; moving the first cursor instead would put every later
     /// prediction of the burst one port off, and each of those SYNs would read reverse
-    /// buckets nobody prefetched.
+    /// buckets nobody prefetched. The prefetch pass also predicts the second cursor for the
+    /// SYNs whose first port looks in use, so that a search's first further try is prefetched
+    /// too.
     #[inline(always)]
     pub(super) fn alloc_nat<F: Family>(
         &mut self,
         snap: &Snapshot,
         nf: &NatFlow<'_>,
-        guess: Option<(u32, u32, u64)>,
+        guess: Option<NatGuess>,
     ) -> Result<(u16, u8), DropReason> {
         let nat = self.ports.slice.of(snap);
         let first = nat.wrap(self.ports.cursor);
         self.ports.cursor = nat.wrap(first + 1);
-        // The prefetch pass's prediction of this cursor (and so of this backend) holds: its
-        // reverse-key hash is this one.
+        // The prefetch pass's prediction of this backend holds: its hashes are this flow's.
+        let guess = guess.filter(|g| g.backend == nf.b.id);
+        let ahead = match guess {
+            Some(_) => self.burst.nat_ahead(),
+            None => NatAhead::NONE,
+        };
+        // ... and of this cursor: its reverse-key hash and insert slot are this one's.
         let known = guess
-            .filter(|&(c, id, _)| c == first && id == nf.b.id)
-            .map(|(.., rh)| rh);
+            .filter(|g| g.cursor == first)
+            .map(|g| (g.rh, ahead.slot));
         if let Some(got) = self.take_nat_port::<F>(snap, nf, nat.port(first), known)? {
             return Ok(got);
         }
-        self.nat_port_retry::<F>(snap, nat, nf)
+        self.nat_port_retry::<F>(snap, nat, nf, ahead.spill)
     }
 
     /// [`Pipeline::alloc_nat`] once the cursor's port was in use: up to [`NAT_PORT_TRIES`]
-    /// more ports (every port of a slice that small) from the second cursor.
+    /// more ports (every port of a slice that small) from the second cursor. `spill` is the
+    /// prefetch pass's prediction of the second cursor and its reverse-key hash.
     #[inline(never)]
     fn nat_port_retry<F: Family>(
         &mut self,
         snap: &Snapshot,
         nat: NatSlice,
         nf: &NatFlow<'_>,
+        spill: Option<(u32, u64)>,
     ) -> Result<(u16, u8), DropReason> {
         bump(&self.stats.nat_port_retries, 1);
         for _ in 0..NAT_PORT_TRIES.min(nat.per) {
             let cursor = nat.wrap(self.ports.spill);
             self.ports.spill = nat.wrap(cursor + 1);
-            if let Some(got) = self.take_nat_port::<F>(snap, nf, nat.port(cursor), None)? {
+            let known = spill
+                .filter(|&(c, _)| c == cursor)
+                .map(|(_, rh)| (rh, NO_SLOT));
+            if let Some(got) = self.take_nat_port::<F>(snap, nf, nat.port(cursor), known)? {
                 return Ok(got);
             }
         }
         Err(DropReason::NatPortsExhausted)
     }
 
+    /// The second cursor (reduced into `nat`), for the prefetch pass's prediction.
+    #[inline(always)]
+    pub(super) fn spill_cursor(&self, nat: &NatSlice) -> u32 {
+        nat.wrap(self.ports.spill)
+    }
+
     /// Takes NAT port `port` for new flow `nf` unless its reverse key is in use (live or not
     /// yet expired): `Some((port, NAT address index))` once the reverse entry is recorded,
-    /// `None` if the port is taken. `rh` is the reverse key's hash if known.
+    /// `None` if the port is taken. `known` is the reverse key's hash and the slot its insert
+    /// was prefetched for, if known.
     #[inline(always)]
     fn take_nat_port<F: Family>(
         &mut self,
         snap: &Snapshot,
         nf: &NatFlow<'_>,
         port: u16,
-        rh: Option<u64>,
+        known: Option<(u64, u32)>,
     ) -> Result<Option<(u16, u8)>, DropReason> {
         let Some((rk, ai)) = rev_key::<F>(snap, nf.p, nf.b, nf.h, port) else {
             return Err(DropReason::NoNatAddress);
         };
-        let rh = match rh {
-            Some(rh) => rh,
-            None => rev_hash_cold(&rk, snap.hash_seed),
+        let (rh, at) = match known {
+            Some(k) => k,
+            None => (rev_hash_cold(&rk, snap.hash_seed), NO_SLOT),
         };
         let val = Rev {
             client: F::from_raw(&nf.p.src),
@@ -148,7 +199,7 @@ impl Pipeline {
         };
         let rev = &mut F::tables_mut(&mut self.flows).rev;
         Ok(
-            match rev.insert(rk, rh, val, nf.st, nf.now_ms, Insert::IfAbsent) {
+            match rev.insert_at(rk, rh, val, nf.st, nf.now_ms, Insert::IfAbsent, at) {
                 Inserted::Kept => None,
                 Inserted::Refused => return Err(DropReason::FlowTableFull),
                 Inserted::Evicted { key, value } => {

@@ -255,9 +255,10 @@ impl Pipeline {
             seq,
         };
         let mode = if absent { Insert::New } else { Insert::Replace };
+        // Into the slot the burst's prefetch found free, if it still is.
         let displaced = F::tables_mut(&mut self.flows)
             .fwd
-            .insert(key, h, val, st, now_ms, mode);
+            .insert_at(key, h, val, st, now_ms, mode, hint.slot);
         displaced_flow(&self.stats, &displaced);
         // The reverse entry of the flow this one displaced goes with it: an evicted flow's,
         // or the previous flow of this 5-tuple (a reused port, a backend gone).
