@@ -188,6 +188,28 @@ fn linux_syn_options(mss: u16) -> [u8; 20] {
     ]
 }
 
+/// A client's SYN without options from port `sport`, initial sequence number `seq`, to port 80.
+fn bare_syn(sport: u16, seq: u32) -> Seg<'static> {
+    Seg {
+        sport,
+        dport: 80,
+        seq,
+        ack: 0,
+        flags: SYN,
+        window: 1000,
+        opts: &[],
+        payload: &[],
+    }
+}
+
+/// Sends the SYN frame `syn` and returns the cookie of the SYN-ACK it is answered with.
+fn cookie_for(pipe: &mut Pipeline, snap: &Snapshot, syn: &[u8]) -> u32 {
+    let mut b = VecBuf::new(syn);
+    assert_eq!(pipe.process(snap, &mut b, NOW), Verdict::Tx);
+    let d = b.data();
+    u32::from_be_bytes(d[d.len() - 24 + 4..][..4].try_into().unwrap())
+}
+
 /// The whole life of a proxied connection in family `fam`.
 fn proxied_connection(fam: &Fam, count_before: u64) {
     let snap = snapshot();
@@ -486,19 +508,8 @@ fn zero_window_probe_opens_the_flow() {
         let snap = snapshot();
         let (mut pipe, _) = pipeline();
         let client = |s: &Seg<'_>| frame(CLIENT_MAC, LB_MAC, fam.client, fam.vip, s);
-        let syn = Seg {
-            sport: 40003,
-            dport: 80,
-            seq: 900,
-            ack: 0,
-            flags: SYN,
-            window: 1000,
-            opts: &[],
-            payload: &[],
-        };
-        let mut b = VecBuf::new(&client(&syn));
-        assert_eq!(pipe.process(&snap, &mut b, NOW), Verdict::Tx);
-        let c = u32::from_be_bytes(b.data()[b.data().len() - 24 + 4..][..4].try_into().unwrap());
+        let syn = bare_syn(40003, 900);
+        let c = cookie_for(&mut pipe, &snap, &client(&syn));
         let probe = Seg {
             seq: 900,
             ack: c.wrapping_add(1),
@@ -696,19 +707,8 @@ fn backend_refusal_reaches_the_client() {
         let (mut pipe, _) = pipeline();
         let bm = bmac(if fam.backend.is_ipv4() { 1 } else { 3 });
         let client = |s: &Seg<'_>| frame(CLIENT_MAC, LB_MAC, fam.client, fam.vip, s);
-        let syn = Seg {
-            sport: 40002,
-            dport: 80,
-            seq: 500,
-            ack: 0,
-            flags: SYN,
-            window: 1000,
-            opts: &[],
-            payload: &[],
-        };
-        let mut b = VecBuf::new(&client(&syn));
-        assert_eq!(pipe.process(&snap, &mut b, NOW), Verdict::Tx);
-        let c = u32::from_be_bytes(b.data()[b.data().len() - 24 + 4..][..4].try_into().unwrap());
+        let syn = bare_syn(40002, 500);
+        let c = cookie_for(&mut pipe, &snap, &client(&syn));
         let ack = Seg {
             seq: 501,
             ack: c.wrapping_add(1),
