@@ -100,6 +100,29 @@ pub fn auto_size(backends: usize) -> u32 {
         .unwrap_or(MAX_TABLE_SIZE)
 }
 
+/// The table size for `backends` backends when the fleet has recorded `recorded` for the
+/// frontend: `recorded` while it is a rung of [`SIZE_LADDER`] that still serves the count
+/// ([`rung_capacity`]) and the count has not fallen below half the capacity of the rung under
+/// it; otherwise [`auto_size`]. This is the hysteresis that keeps a Service whose backend
+/// count oscillates around a rung from resizing (and so remapping its flows) at each
+/// crossing: growing past a rung resizes at once, shrinking only once the count has halved
+/// below the smaller rung's capacity. A pure function of its two inputs, so every host that
+/// reads the same recorded size and the same backends chooses the same size.
+#[must_use]
+pub fn sticky_size(recorded: u32, backends: usize) -> u32 {
+    let Some(rung) = SIZE_LADDER.iter().position(|&m| m == recorded) else {
+        return auto_size(backends);
+    };
+    let floor = rung
+        .checked_sub(1)
+        .map_or(0, |below| rung_capacity(SIZE_LADDER[below]).div_ceil(2));
+    if backends <= rung_capacity(recorded) && backends >= floor {
+        recorded
+    } else {
+        auto_size(backends)
+    }
+}
+
 /// How many rehash probes [`MaglevTable::lookup_live`] makes before it falls back to a linear
 /// scan.
 pub const LIVE_REHASH_PROBES: u64 = 8;
@@ -780,7 +803,11 @@ mod tests {
     /// `1/N` + [`removal_excess_bound`]. Returns the removal's extra share over `1/N` (0 for
     /// `n = 1`, where the removal moves every flow, `1/N` of them).
     fn check_auto_size(n: usize, seed: u64) -> f64 {
-        let m = auto_size(n);
+        check_size(auto_size(n), n, seed)
+    }
+
+    /// [`check_auto_size`] at size `m`, e.g. a rung [`sticky_size`] keeps below its range.
+    fn check_size(m: u32, n: usize, seed: u64) -> f64 {
         let ids = names(n);
         let all = backends(&ids, 1);
         let t = MaglevTable::build(&all, m, seed).unwrap();
@@ -823,6 +850,100 @@ mod tests {
         for &n in &ns {
             for seed in [1u64, 0x5eed, 0xdead_beef] {
                 check_auto_size(n, seed ^ n as u64);
+            }
+        }
+    }
+
+    /// The recorded size holds while the count oscillates around a rung, in both directions,
+    /// and gives way when the count outgrows it or halves below the smaller rung's capacity.
+    #[test]
+    fn sticky_size_has_hysteresis() {
+        for (i, &m) in SIZE_LADDER.iter().enumerate().take(SIZE_LADDER.len() - 1) {
+            let cap = rung_capacity(m);
+            // Grown to this rung: a count that falls back just below it keeps the rung.
+            assert_eq!(sticky_size(m, cap), m);
+            if i > 0 {
+                let below = SIZE_LADDER[i - 1];
+                let floor = rung_capacity(below).div_ceil(2);
+                assert_eq!(sticky_size(m, rung_capacity(below)), m, "M = {m}");
+                assert_eq!(sticky_size(m, floor), m, "M = {m}");
+                // Halved below the smaller rung: shrink to what the count alone asks.
+                assert_eq!(sticky_size(m, floor - 1), auto_size(floor - 1), "M = {m}");
+                assert!(sticky_size(m, floor - 1) < m);
+                // Shrunk to the smaller rung: growing back just past its capacity grows.
+                assert_eq!(sticky_size(below, rung_capacity(below) + 1), m);
+            }
+            // One past the rung's capacity: grow, whatever was recorded.
+            assert_eq!(sticky_size(m, cap + 1), auto_size(cap + 1));
+            assert!(sticky_size(m, cap + 1) > m);
+        }
+        // The counts a kept rung serves below its own range keep the balance bound (Maglev's
+        // fill gives every backend the same count, give or take one). What it does to the
+        // removal share: `kept_rung_removal_report`.
+        for (i, &m) in SIZE_LADDER.iter().enumerate().skip(1).take(3) {
+            let below = rung_capacity(SIZE_LADDER[i - 1]);
+            for n in below.div_ceil(2)..=below {
+                assert_eq!(sticky_size(m, n), m);
+                let ids = names(n);
+                let t = MaglevTable::build(&backends(&ids, 1), m, n as u64).unwrap();
+                assert!(imbalance(&t) <= balance_bound(m, n), "M = {m}, N = {n}");
+            }
+        }
+        // An oscillation across a rung boundary flips the size once, not at every crossing.
+        let cap = rung_capacity(SIZE_LADDER[1]);
+        let mut m = auto_size(cap);
+        let mut sizes = Vec::new();
+        for n in [cap, cap + 1, cap, cap + 1, cap, cap + 1, cap] {
+            m = sticky_size(m, n);
+            sizes.push(m);
+        }
+        sizes.dedup();
+        assert_eq!(sizes, [SIZE_LADDER[1], SIZE_LADDER[2]]);
+        // A recorded size that is not a rung (a peer's mistake, or a fixed size) is ignored.
+        assert_eq!(sticky_size(65_521, 10), auto_size(10));
+        assert_eq!(sticky_size(0, 0), auto_size(0));
+    }
+
+    /// The removal share over `1/N` at the rung [`sticky_size`] keeps below its range, against
+    /// the rung [`auto_size`] would choose, over `MAGLEV_SEEDS` seeds (200) per N: median and
+    /// worst, in percentage points. For docs/dataplane-tables.md:
+    /// `cargo test -p sluice-dataplane --release --lib maglev::tests::kept_rung_removal_report -- --ignored --nocapture`
+    #[test]
+    #[ignore = "a report, tens of seconds in release builds"]
+    fn kept_rung_removal_report() {
+        let seeds: u64 = std::env::var("MAGLEV_SEEDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200);
+        for (i, &m) in SIZE_LADDER.iter().enumerate().skip(1).take(3) {
+            let below = rung_capacity(SIZE_LADDER[i - 1]);
+            for n in below.div_ceil(2).max(2)..=below {
+                let ids = names(n);
+                let all = backends(&ids, 1);
+                let mut kept = Vec::new();
+                let mut auto = Vec::new();
+                for seed in (0..seeds).map(|k| mix64(k ^ ((n as u64) << 32))) {
+                    let mut rest = all.clone();
+                    rest.remove((seed as usize).wrapping_mul(7919) % n);
+                    for (size, out) in [(m, &mut kept), (auto_size(n), &mut auto)] {
+                        let t = MaglevTable::build(&all, size, seed).unwrap();
+                        let t2 = MaglevTable::build(&rest, size, seed).unwrap();
+                        out.push(
+                            (changed(&by_id(&t, &all), &by_id(&t2, &rest)) - 1.0 / n as f64)
+                                * 100.0,
+                        );
+                    }
+                }
+                let stats = |v: &mut Vec<f64>| {
+                    v.sort_by(f64::total_cmp);
+                    (v[v.len() / 2], v[v.len() - 1])
+                };
+                let (k50, kmax) = stats(&mut kept);
+                let (a50, amax) = stats(&mut auto);
+                println!(
+                    "N = {n:>3}: kept M = {m:>6}: p50 {k50:.2} max {kmax:.2} pp; auto M = {:>6}: p50 {a50:.2} max {amax:.2} pp",
+                    auto_size(n)
+                );
             }
         }
     }
