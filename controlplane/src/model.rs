@@ -15,7 +15,7 @@
 //!   (`spec.ports[0].targetPort`) in a [`ModelError`].
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1 as corev1;
@@ -234,6 +234,67 @@ pub struct Service {
     pub ip_family_policy: Option<IpFamilyPolicy>,
     /// `metadata.annotations`.
     pub annotations: BTreeMap<String, String>,
+    /// The Maglev table sizes the status leader recorded for the automatically sized
+    /// frontends (condition [`CONDITION_MAGLEV_SIZE`]); empty when none is recorded.
+    pub maglev_sizes: MaglevSizes,
+}
+
+/// Condition in which the status leader records the Maglev table size it chose for each
+/// automatically sized frontend of a Service, so that every host keeps the same size
+/// ([`sluice_dataplane::maglev::sticky_size`]).
+pub const CONDITION_MAGLEV_SIZE: &str = "sluice.dev/MaglevSize";
+
+/// Recorded Maglev table sizes by frontend (VIP, protocol, port): the message of condition
+/// [`CONDITION_MAGLEV_SIZE`], written as `10.0.0.1:80/TCP=4099, [fd00::1]:80/TCP=4099`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct MaglevSizes(pub BTreeMap<(IpAddr, L4Protocol, u16), u32>);
+
+impl MaglevSizes {
+    /// Reads a condition message. Entries that do not parse are skipped: the record is a hint
+    /// that another host wrote, and the leader rewrites it with what it decides.
+    pub fn parse(message: &str) -> MaglevSizes {
+        let mut out = BTreeMap::new();
+        for entry in message.split(',') {
+            let Some((front, size)) = entry.trim().split_once('=') else {
+                continue;
+            };
+            let Some((addr, proto)) = front.rsplit_once('/') else {
+                continue;
+            };
+            let proto = match proto {
+                "TCP" => L4Protocol::Tcp,
+                "UDP" => L4Protocol::Udp,
+                _ => continue,
+            };
+            let (Ok(addr), Ok(size)) = (addr.parse::<SocketAddr>(), size.parse::<u32>()) else {
+                continue;
+            };
+            out.insert((addr.ip(), proto, addr.port()), size);
+        }
+        MaglevSizes(out)
+    }
+
+    /// The recorded size of one frontend.
+    pub fn get(&self, vip: IpAddr, protocol: L4Protocol, port: u16) -> Option<u32> {
+        self.0.get(&(vip, protocol, port)).copied()
+    }
+}
+
+impl serde::Serialize for MaglevSizes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl fmt::Display for MaglevSizes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, ((vip, proto, port), size)) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            let addr = SocketAddr::new(*vip, *port);
+            write!(f, "{sep}{addr}/{}={size}", proto.name())?;
+        }
+        Ok(())
+    }
 }
 
 impl Service {
@@ -476,6 +537,15 @@ impl Service {
             ip_families,
             ip_family_policy,
             annotations: svc.metadata.annotations.clone().unwrap_or_default(),
+            maglev_sizes: svc
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .into_iter()
+                .flatten()
+                .find(|c| c.type_ == CONDITION_MAGLEV_SIZE)
+                .map(|c| MaglevSizes::parse(&c.message))
+                .unwrap_or_default(),
         })
     }
 }
@@ -834,6 +904,55 @@ mod tests {
         s.ip_family_policy = None;
         s.load_balancer_ip = Some("fd00::1".parse().unwrap());
         assert_eq!(s.families(), vec![IpFamily::V6]);
+    }
+
+    #[test]
+    fn maglev_sizes_round_trip_and_skip_what_does_not_parse() {
+        let mut m = MaglevSizes::default();
+        m.0.insert(("10.0.0.1".parse().unwrap(), L4Protocol::Tcp, 80), 4099);
+        m.0.insert(("fd00::1".parse().unwrap(), L4Protocol::Udp, 53), 1031);
+        let text = m.to_string();
+        assert_eq!(text, "10.0.0.1:80/TCP=4099, [fd00::1]:53/UDP=1031");
+        assert_eq!(MaglevSizes::parse(&text), m);
+        let garbled = format!(
+            "{text}, 10.0.0.2:80/SCTP=4099, nonsense, 10.0.0.3:99999/TCP=1, 10.0.0.4:80/TCP=x"
+        );
+        assert_eq!(MaglevSizes::parse(&garbled), m);
+        // A Service's status carries the record into the model.
+        let mut svc = corev1::Service {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        svc.status = Some(corev1::ServiceStatus {
+            conditions: Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                    type_: CONDITION_MAGLEV_SIZE.into(),
+                    status: "True".into(),
+                    reason: "AutoSized".into(),
+                    message: text,
+                    last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                    ),
+                    observed_generation: None,
+                },
+            ]),
+            ..Default::default()
+        });
+        let got = Service::from_k8s(&svc).unwrap();
+        assert_eq!(
+            got.maglev_sizes
+                .get("10.0.0.1".parse().unwrap(), L4Protocol::Tcp, 80),
+            Some(4099)
+        );
+        assert_eq!(
+            got.maglev_sizes
+                .get("10.0.0.1".parse().unwrap(), L4Protocol::Udp, 80),
+            None
+        );
     }
 
     #[test]

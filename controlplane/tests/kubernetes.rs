@@ -648,6 +648,93 @@ async fn two_instances_one_leader_and_both_serve_what_status_says() {
     assert_eq!(lease.holder_identity, None);
 }
 
+/// The Maglev size of `name`'s first frontend on an instance (0 before it has one).
+fn maglev_size(inst: &Instance, name: &str) -> u32 {
+    inst.now()
+        .report
+        .service(&key(name))
+        .and_then(|s| s.frontends.first().map(|f| f.maglev_size))
+        .unwrap_or(0)
+}
+
+/// Endpoints 10.0.1.1.. for `slice`.
+fn addrs(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("10.0.1.{i}")).collect()
+}
+
+fn web_slice(n: usize) -> discoveryv1::EndpointSlice {
+    let a = addrs(n);
+    let eps: Vec<(&str, bool)> = a.iter().map(|a| (a.as_str(), true)).collect();
+    slice("web", "a", "p80", &eps)
+}
+
+/// The leader records each automatically sized Maglev table in status; every instance
+/// (the follower, and one started later with no history) reads the record back and keeps the
+/// size while the backend count goes back and forth across a rung.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_maglev_size_is_recorded_and_every_instance_keeps_it() {
+    use sluice_dataplane::maglev::{rung_capacity, SIZE_LADDER};
+    let (small, large) = (SIZE_LADDER[0], SIZE_LADDER[1]);
+    let cap = rung_capacity(small);
+    let api = FakeApi::start().await;
+    api.upsert(&service("web", &[80]));
+    api.upsert(&web_slice(cap + 1));
+    let cfg = Config::parse(
+        &CFG.replace("maglev_size = 251", "maglev_size = \"auto\""),
+        "test.toml",
+    )
+    .unwrap();
+    let start = |id: &'static str| {
+        Instance::start(
+            api.client(),
+            cfg.clone(),
+            settings(&cfg, id, Some(short_lease(id))),
+            vec![],
+        )
+    };
+    let a = start("a").await;
+    let b = start("b").await;
+    let api = &api;
+    let recorded = |m: u32| {
+        let want = format!("10.99.0.100:80/TCP={m}");
+        move || condition(api, "web", "sluice.dev/MaglevSize").is_some_and(|c| c.message == want)
+    };
+    eventually("the grown size is recorded", 10, recorded(large)).await;
+    eventually("both use it", 10, || {
+        maglev_size(&a, "web") == large && maglev_size(&b, "web") == large
+    })
+    .await;
+
+    // Back to the smaller rung's capacity: the record holds, on both, with no new write.
+    api.upsert(&web_slice(cap));
+    eventually("both see the backends", 10, || {
+        backends(&a, "web").len() == cap && backends(&b, "web").len() == cap
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(maglev_size(&a, "web"), large);
+    assert_eq!(maglev_size(&b, "web"), large);
+    assert!(recorded(large)());
+    // A host that starts now has no history of its own: it reads the record.
+    let c = Instance::start(api.client(), cfg.clone(), settings(&cfg, "c", None), vec![]).await;
+    eventually("the new host serves the Service", 10, || {
+        backends(&c, "web").len() == cap
+    })
+    .await;
+    assert_eq!(maglev_size(&c, "web"), large);
+
+    // Halved below the smaller rung's capacity: everyone shrinks, and the record follows.
+    api.upsert(&web_slice(1));
+    eventually("the shrunk size is recorded", 10, recorded(small)).await;
+    eventually("every host uses it", 10, || {
+        [&a, &b, &c].iter().all(|i| maglev_size(i, "web") == small)
+    })
+    .await;
+    c.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_of_another_class_are_left_alone() {
     let api = FakeApi::start().await;
@@ -1108,7 +1195,9 @@ async fn a_service_sluice_stops_serving_loses_what_sluice_wrote() {
     let cfg = config("");
     let inst = Instance::start(api.client(), cfg.clone(), settings(&cfg, "a", None), vec![]).await;
     eventually("mine is written", 10, || {
-        status_ips(&api, "mine").len() == 1 && sluice_conditions(&api, "mine").len() == 2
+        status_ips(&api, "mine").len() == 1
+            && sluice_conditions(&api, "mine")
+                == ["sluice.dev/BackendsReady", "sluice.dev/IPAllocated"]
     })
     .await;
     // mine becomes ClusterIP (the status stays as it was).

@@ -111,6 +111,9 @@ pub struct FrontendReport {
     pub affinity_ms: Option<u32>,
     /// Maglev table size.
     pub maglev_size: u32,
+    /// Whether the size follows the backend count (`auto`); the status leader records such
+    /// sizes in the Service's status so that every host keeps the same one.
+    pub maglev_auto: bool,
     /// Backends, in Maglev index order.
     pub backends: Vec<BackendReport>,
 }

@@ -147,6 +147,7 @@ impl Compiler {
                     target: settings.target,
                     affinity_ms: svc.session_affinity_seconds.map(|s| s.saturating_mul(1000)),
                     maglev_size: 0,
+                    maglev_auto: false,
                     backends: Vec::new(),
                 };
                 let fe_backends = self.frontend_backends(
@@ -172,7 +173,16 @@ impl Compiler {
                 // here (whose removal time is this host's own), so that every host chooses
                 // the same; only if the draining ones would not fit does it grow for them.
                 let listed = listed_count(&desired);
-                fe.maglev_size = settings.maglev_size.for_backends(listed);
+                fe.maglev_size = match (
+                    settings.maglev_size,
+                    svc.maglev_sizes.get(vip, sp.protocol, sp.port),
+                ) {
+                    (MaglevSize::Auto, Some(recorded)) => {
+                        sluice_dataplane::maglev::sticky_size(recorded, listed)
+                    }
+                    (size, _) => size.for_backends(listed),
+                };
+                fe.maglev_auto = settings.maglev_size == MaglevSize::Auto;
                 let weighted = fe.backends.iter().filter(|b| b.weight > 0).count();
                 if settings.maglev_size == MaglevSize::Auto && (fe.maglev_size as usize) < weighted
                 {

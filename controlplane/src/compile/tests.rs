@@ -1189,3 +1189,64 @@ fn auto_maglev_size_follows_the_listed_backends() {
     let out = env.run(&mut Compiler::new(), &self::cfg(), &web_with("", 20));
     assert_eq!(size(&out), 251, "a fixed tables.maglev_size");
 }
+
+/// The status leader's record of an automatic size (condition `sluice.dev/MaglevSize`, read
+/// back into the model) holds the size while the backend count oscillates around a rung, and
+/// every host that reads the same record chooses the same size, whatever its own history.
+#[test]
+fn recorded_maglev_size_holds_across_a_rung() {
+    use crate::model::MaglevSizes;
+    use sluice_dataplane::maglev::{rung_capacity, SIZE_LADDER};
+    let cfg = auto_cfg();
+    let env = Env::new();
+    let size = |out: &Compiled| out.snapshot.frontends().next().unwrap().maglev.size();
+    // What the leader writes for a compile, as every host reads it back from the status.
+    let record = |out: &Compiled| {
+        let f = &out.report.services[0].frontends[0];
+        assert!(f.maglev_auto);
+        MaglevSizes::parse(&format!("{}:{}/TCP={}", f.vip, f.port, f.maglev_size))
+    };
+    let with_record = |n: usize, rec: &MaglevSizes| {
+        let mut m = web_with("", n);
+        for s in m.services.values_mut() {
+            s.maglev_sizes = rec.clone();
+        }
+        m
+    };
+    let cap = rung_capacity(SIZE_LADDER[0]);
+    let mut leader = Compiler::new();
+    let out = env.run(&mut leader, &cfg, &web_with("", cap + 1));
+    assert_eq!(size(&out), SIZE_LADDER[1]);
+    let rec = record(&out);
+
+    // Back and forth across the rung: no resize while the record stands.
+    for n in [cap, cap + 1, cap, cap - 1, cap + 1] {
+        let out = env.run(&mut leader, &cfg, &with_record(n, &rec));
+        assert_eq!(size(&out), SIZE_LADDER[1], "{n} backends");
+        assert!(out.report.maglev_resized.is_empty(), "{n} backends");
+        assert_eq!(record(&out), rec);
+        // A host that starts now (no history) reads the record and agrees.
+        let fresh = env.run(&mut Compiler::new(), &cfg, &with_record(n, &rec));
+        assert_eq!(size(&fresh), SIZE_LADDER[1], "{n} backends, fresh host");
+    }
+    // Halved below the smaller rung's capacity: shrinks, once.
+    let out = env.run(&mut leader, &cfg, &with_record(1, &rec));
+    assert_eq!(size(&out), SIZE_LADDER[0]);
+    assert_eq!(out.report.maglev_resized.len(), 1);
+    // A record for another port, or a size that is no rung, is not used.
+    let other = MaglevSizes::parse("10.99.0.1:81/TCP=4099");
+    let vip = out.report.services[0].frontends[0].vip;
+    let bogus = MaglevSizes::parse(&format!("{vip}:80/TCP=4093"));
+    for rec in [other, bogus] {
+        let out = env.run(&mut Compiler::new(), &cfg, &with_record(cap, &rec));
+        assert_eq!(size(&out), SIZE_LADDER[0]);
+    }
+    // A fixed size (annotation) is not recorded and ignores a record.
+    let mut m = web_with("sluice.dev/maglev-size: \"257\"", cap);
+    for s in m.services.values_mut() {
+        s.maglev_sizes = rec.clone();
+    }
+    let out = env.run(&mut Compiler::new(), &cfg, &m);
+    assert_eq!(size(&out), 257);
+    assert!(!out.report.services[0].frontends[0].maglev_auto);
+}

@@ -5,9 +5,12 @@
 //! - **Status.** `status.loadBalancer.ingress` of every served Service: one entry per VIP with
 //!   `ipMode: VIP` (traffic reaches the nodes with the VIP as destination, so kube-proxy keeps
 //!   its own rules for it), and `ports` only when some Service port is not served on that VIP
-//!   (each then has an entry, the unserved ones with an `error`); and two conditions,
-//!   [`CONDITION_IP_ALLOCATED`] (false with the IPAM reason while an address is missing) and
-//!   [`CONDITION_BACKENDS_READY`] (false while no backend takes traffic), whose
+//!   (each then has an entry, the unserved ones with an `error`); and up to three conditions,
+//!   [`CONDITION_IP_ALLOCATED`] (false with the IPAM reason while an address is missing),
+//!   [`CONDITION_BACKENDS_READY`] (false while no backend takes traffic) and
+//!   [`CONDITION_MAGLEV_SIZE`] (the size of each automatically sized Maglev table, which every
+//!   host reads back so that all keep the same size: the hysteresis of
+//!   [`sluice_dataplane::maglev::sticky_size`] needs one shared record), whose
 //!   `lastTransitionTime` only moves when their status does. It is written with server-side
 //!   apply on the `status` subresource, with the fixed field manager [`super::FIELD_MANAGER`]
 //!   and `force`, so Sluice owns exactly those fields and nothing else. A pending Service gets
@@ -64,7 +67,7 @@ use crate::compile::ipam::{Issue, IssueReason};
 use crate::compile::{CompileReport, ServiceReport};
 use crate::config::PoolConfig;
 use crate::logs::{Repeats, Verdict, FAILURE_REMINDER};
-use crate::model::{L4Protocol, ObjectKey};
+use crate::model::{L4Protocol, MaglevSizes, ObjectKey, CONDITION_MAGLEV_SIZE};
 
 /// Condition: whether the Service has its VIPs (`False` with the IPAM reason when not).
 pub const CONDITION_IP_ALLOCATED: &str = "sluice.dev/IPAllocated";
@@ -87,6 +90,9 @@ pub(crate) struct View {
     no_ready: Option<String>,
     /// Backends a health check took down, with the reason.
     down: BTreeMap<SocketAddr, String>,
+    /// The sizes of the automatically sized Maglev tables, recorded in
+    /// [`CONDITION_MAGLEV_SIZE`].
+    maglev: MaglevSizes,
 }
 
 impl View {
@@ -94,11 +100,15 @@ impl View {
         let mut served: BTreeMap<IpAddr, BTreeSet<(L4Protocol, u16)>> = BTreeMap::new();
         let mut down = BTreeMap::new();
         let mut any_active = false;
+        let mut maglev = MaglevSizes::default();
         for f in &s.frontends {
             served
                 .entry(f.vip)
                 .or_default()
                 .insert((f.protocol, f.port));
+            if f.maglev_auto {
+                maglev.0.insert((f.vip, f.protocol, f.port), f.maglev_size);
+            }
             for b in &f.backends {
                 match b.state {
                     BackendState::Active => any_active = true,
@@ -133,6 +143,7 @@ impl View {
             issues: s.issues.clone(),
             no_ready,
             down,
+            maglev,
         }
     }
 
@@ -273,6 +284,14 @@ impl View {
                 .collect();
             cond(CONDITION_IP_ALLOCATED, true, "Allocated", what.join(", "))
         });
+        if !self.maglev.0.is_empty() {
+            out.push(cond(
+                CONDITION_MAGLEV_SIZE,
+                true,
+                "AutoSized",
+                self.maglev.to_string(),
+            ));
+        }
         out.sort();
         out
     }
@@ -961,6 +980,7 @@ mod tests {
             target: Target::Pod,
             affinity_ms: None,
             maglev_size: 251,
+            maglev_auto: false,
             backends: states
                 .iter()
                 .enumerate()

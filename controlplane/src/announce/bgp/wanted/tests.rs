@@ -41,6 +41,7 @@ fn fe(vip: &str, backends: &[(BackendState, bool)]) -> FrontendReport {
         target: Target::Pod,
         affinity_ms: None,
         maglev_size: 251,
+        maglev_auto: false,
         backends: backends
             .iter()
             .enumerate()
