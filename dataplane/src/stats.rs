@@ -189,6 +189,28 @@ pub struct TargetCounters {
     pub closed_flows: AtomicU64,
 }
 
+/// Counters of one frontend (VIP, protocol, port) on one worker, indexed by frontend id.
+#[derive(Debug, Default)]
+pub struct FrontendCounters {
+    /// New flows refused by the frontend's new-flow budget ([`DropReason::VipFlowLimit`]).
+    pub limited_vip: AtomicU64,
+    /// New flows refused by a source prefix's budget ([`DropReason::SourceFlowLimit`]).
+    pub limited_source: AtomicU64,
+}
+
+impl FrontendCounters {
+    /// Counts a new flow a budget refused (`why` is one of the two limit reasons; any other
+    /// reason is not counted here).
+    #[inline(always)]
+    pub fn limited(&self, why: DropReason) {
+        match why {
+            DropReason::VipFlowLimit => bump(&self.limited_vip, 1),
+            DropReason::SourceFlowLimit => bump(&self.limited_source, 1),
+            _ => {}
+        }
+    }
+}
+
 impl TargetCounters {
     /// Flows tracked to the backend now (`new_flows - closed_flows`).
     pub fn active_flows(&self) -> u64 {
@@ -285,6 +307,9 @@ pub struct WorkerStats {
     pub snapshot_generation: AtomicU64,
     /// Per-backend counters, indexed by backend id.
     pub targets: Box<[TargetCounters]>,
+    /// Per-frontend counters, indexed by frontend id (ids are below `max_backends` and
+    /// [`crate::snapshot::MAX_FRONTENDS`]).
+    pub frontends: Box<[FrontendCounters]>,
 }
 
 impl WorkerStats {
@@ -332,6 +357,9 @@ impl WorkerStats {
             snapshot_generation: AtomicU64::new(0),
             targets: (0..max_backends)
                 .map(|_| TargetCounters::default())
+                .collect(),
+            frontends: (0..max_backends.min(crate::snapshot::MAX_FRONTENDS))
+                .map(|_| FrontendCounters::default())
                 .collect(),
         }
     }

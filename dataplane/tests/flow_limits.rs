@@ -4,6 +4,7 @@
 //! through the same code; a new snapshot's limit applies at once.
 mod common;
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use common::*;
@@ -150,6 +151,11 @@ fn a_burst_above_the_vip_budget_is_dropped_while_established_flows_forward() {
         let dsr = tcp4([10, 9, 0, 99], VIP4_DSR, 999, 80, true, false, &[]);
         assert_eq!(run(&mut pipe, &snap, dsr, 1000).0, Verdict::Tx);
         assert_eq!(stats.drops_of(DropReason::VipFlowLimit), 16);
+        // Counted for the frontend that refused them, too.
+        let fe = &stats.frontends[if v6 { 4 } else { 0 }];
+        assert_eq!(fe.limited_vip.load(Relaxed), 16);
+        assert_eq!(fe.limited_source.load(Relaxed), 0);
+        assert_eq!(stats.frontends[2].limited_vip.load(Relaxed), 0);
     }
     // UDP: the first datagram of a flow is the new flow; the later ones are not limited.
     let snap = limited(1, limit(1, 2), None);
@@ -235,6 +241,9 @@ fn source_prefixes_have_budgets_of_their_own() {
             (3, 0)
         );
         assert_eq!(stats.drops_of(DropReason::SourceFlowLimit), 47);
+        let fe = &stats.frontends[if v6 { 4 } else { 0 }];
+        assert_eq!(fe.limited_source.load(Relaxed), 47);
+        assert_eq!(fe.limited_vip.load(Relaxed), 0);
         // A refused flow took no token from the frontend: 10 - 6 are left for prefixes C, D.
         let c = (512..514).map(|c| seg(v6, c, true)).collect();
         assert_eq!(

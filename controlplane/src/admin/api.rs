@@ -262,8 +262,21 @@ pub struct FrontendDetail {
     pub affinity_ms: Option<u32>,
     /// Traffic over its backends.
     pub traffic: Traffic,
+    /// New flows its budgets refused (since the frontend was created on this host).
+    #[serde(default)]
+    pub refused: Refused,
     /// Its backends, by address and port.
     pub backends: Vec<BackendDetail>,
+}
+
+/// New flows a frontend's budgets refused (`new_flow_limit_vip` and `new_flow_limit_source`
+/// drops of this frontend).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    /// By the frontend's own budget (`sluice.dev/new-flow-limit`).
+    pub vip_budget: u64,
+    /// By a source prefix's budget (`sluice.dev/new-flow-limit-per-source`).
+    pub source_budget: u64,
 }
 
 /// `GET /v1/services/NS/NAME`.

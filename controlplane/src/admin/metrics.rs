@@ -488,6 +488,7 @@ impl Collector for SluiceCollector {
         struct Fe {
             labels: Labels,
             traffic: Traffic,
+            refused: super::api::Refused,
             states: [usize; 3],
             backends: Vec<(Labels, Traffic, BackendState, u32, f64)>,
         }
@@ -529,6 +530,7 @@ impl Collector for SluiceCollector {
                     })
                     .collect();
                 Fe {
+                    refused: st.refused(&live, f.id),
                     labels,
                     traffic: total,
                     states,
@@ -562,6 +564,23 @@ impl Collector for SluiceCollector {
             "Flows to the VIP:port tracked now (all workers)",
             fes.iter()
                 .map(|f| (f.labels.clone(), g(f.traffic.active_flows as f64))),
+        )?;
+        family(
+            &mut enc,
+            "sluice_frontend_new_flows_refused",
+            "New flows of the VIP:port its new-flow budgets refused, by budget (vip, source)",
+            fes.iter().flat_map(|f| {
+                [
+                    ("vip", f.refused.vip_budget),
+                    ("source", f.refused.source_budget),
+                ]
+                .into_iter()
+                .map(move |(b, n)| {
+                    let mut l = f.labels.clone();
+                    l.push(("budget", b.to_owned()));
+                    (l, c(n))
+                })
+            }),
         )?;
         family(
             &mut enc,

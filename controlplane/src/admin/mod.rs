@@ -47,7 +47,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::compile::CompileReport;
 use crate::config::Config;
 use crate::health::HealthView;
-use crate::model::{Model, ObjectKey};
+use crate::model::{L4Protocol, Model, ObjectKey};
 
 pub use capture::{CaptureRequest, TraceRequest};
 pub use handlers::{handle, Reply};
@@ -292,7 +292,13 @@ pub(crate) struct Live {
     since: HashMap<Owner, (BackendState, SystemTime)>,
     /// Current owner of each backend id and the raw counters when it took the id.
     pub(crate) owners: HashMap<u32, (Owner, api::Traffic)>,
+    /// Current owner of each frontend id (its name, VIP, protocol, port) and the raw budget
+    /// refusals when it took the id.
+    pub(crate) fe_owners: HashMap<u32, (FrontendOwner, api::Refused)>,
 }
+
+/// What owns a frontend id: its name, VIP, protocol and port.
+type FrontendOwner = (String, IpAddr, L4Protocol, u16);
 
 /// Raw counters of one worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -538,6 +544,7 @@ impl AdminState {
                 source_error: None,
                 since: HashMap::new(),
                 owners: HashMap::new(),
+                fe_owners: HashMap::new(),
             }),
             samples: Mutex::new(Samples::default()),
             baselines: Mutex::new(Baselines::default()),
@@ -626,6 +633,17 @@ impl AdminState {
                 owners.insert(b.id, (owner, origin));
             }
         }
+        let mut fe_owners = HashMap::new();
+        for f in report.services.iter().flat_map(|s| &s.frontends) {
+            let owner = (f.name.clone(), f.vip, f.protocol, f.port);
+            let origin = match live.fe_owners.get(&f.id) {
+                Some((o, origin)) if *o == owner => *origin,
+                // A new owner starts from what the id's previous owner left.
+                _ => self.raw_refused(f.id),
+            };
+            fe_owners.insert(f.id, (owner, origin));
+        }
+        live.fe_owners = fe_owners;
         live.report = report.clone();
         live.services = services;
         live.shares = shares;
@@ -809,6 +827,29 @@ impl AdminState {
             }
         }
         out
+    }
+
+    /// One frontend id's budget refusals, summed over the workers.
+    fn raw_refused(&self, id: u32) -> api::Refused {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut r = api::Refused::default();
+        for w in &self.workers {
+            if let Some(c) = w.stats.frontends.get(id as usize) {
+                r.vip_budget += c.limited_vip.load(Relaxed);
+                r.source_budget += c.limited_source.load(Relaxed);
+            }
+        }
+        r
+    }
+
+    /// One frontend id's budget refusals since its owner took the id.
+    pub(crate) fn refused(&self, live: &Live, id: u32) -> api::Refused {
+        let raw = self.raw_refused(id);
+        let origin = live.fe_owners.get(&id).map(|o| o.1).unwrap_or_default();
+        api::Refused {
+            vip_budget: raw.vip_budget.saturating_sub(origin.vip_budget),
+            source_budget: raw.source_budget.saturating_sub(origin.source_budget),
+        }
     }
 
     /// One backend id's counters, summed over the workers.

@@ -619,6 +619,20 @@ async fn metrics_scrape_parses_with_expected_series() {
     bump(&f.stats[1].targets[id as usize].closed_flows, 1);
     f.stats[0].drop_packet(DropReason::SourceDenied);
     bump(&f.stats[1].nat_port_retries, 7);
+    // Budget refusals of the HTTP frontend: two by its own budget (both workers), one by a
+    // source prefix's; the limit counters of other reasons are not per frontend.
+    let d: api::ServiceDetail = ok(get(&f.st, "/v1/services/default/web").await);
+    let fid = |port: u16| {
+        d.frontends
+            .iter()
+            .find(|x| x.vip == ip("10.99.0.100") && x.port == port && x.protocol == "tcp")
+            .unwrap()
+            .id as usize
+    };
+    f.stats[0].frontends[fid(80)].limited(DropReason::VipFlowLimit);
+    f.stats[1].frontends[fid(80)].limited(DropReason::VipFlowLimit);
+    f.stats[1].frontends[fid(80)].limited(DropReason::SourceFlowLimit);
+    f.stats[1].frontends[fid(80)].limited(DropReason::NoBackend);
     f.st.observe_compile(std::time::Duration::from_millis(2));
     f.st.sample(vec![dpdk_sys::PortStats {
         rx_packets: 9,
@@ -653,6 +667,29 @@ async fn metrics_scrape_parses_with_expected_series() {
     assert_eq!(find("sluice_backend_packets_total", &be), 42.0);
     assert_eq!(find("sluice_backend_new_flows_total", &be), 4.0);
     assert_eq!(find("sluice_frontend_new_flows_total", &fe), 4.0);
+    let refused = |port: &str, budget: &str| {
+        let mut l = fe.to_vec();
+        l.retain(|(k, _)| *k != "port");
+        l.push(("port", port));
+        l.push(("budget", budget));
+        find("sluice_frontend_new_flows_refused_total", &l)
+    };
+    assert_eq!(refused("80", "vip"), 2.0);
+    assert_eq!(refused("80", "source"), 1.0);
+    assert_eq!(refused("9000", "vip"), 0.0);
+    let d: api::ServiceDetail = ok(get(&f.st, "/v1/services/default/web").await);
+    let http = d
+        .frontends
+        .iter()
+        .find(|x| x.id as usize == fid(80))
+        .unwrap();
+    assert_eq!(
+        http.refused,
+        api::Refused {
+            vip_budget: 2,
+            source_budget: 1
+        }
+    );
     assert_eq!(find("sluice_backend_active_flows", &be), 3.0);
     assert_eq!(find("sluice_frontend_active_flows", &fe), 3.0);
     let mut active = fe.to_vec();

@@ -207,7 +207,12 @@ impl Pipeline {
         }
         // A new flow: within its frontend's budgets (a check only where a limit is set).
         if f.flow_limit.is_some() || f.source_flow_limit.is_some() {
-            self.limits.admit(f, p, F::V6, now_ms)?;
+            if let Err(why) = self.limits.admit(f, p, F::V6, now_ms) {
+                if let Some(c) = self.stats.frontends.get(f.id as usize) {
+                    c.limited(why);
+                }
+                return Err(why);
+            }
         }
         let chosen = match f.affinity_ms {
             Some(aff_ms) => self.affinity::<F>(snap, flow, aff_ms),

@@ -345,6 +345,14 @@ pub fn service(d: &api::ServiceDetail) -> String {
             si(f.traffic.packets as f64),
             bytes(f.traffic.bytes)
         );
+        if f.refused != api::Refused::default() {
+            let _ = writeln!(
+                o,
+                "  refused new flows: {} by the frontend's budget, {} by source budgets",
+                si(f.refused.vip_budget as f64),
+                si(f.refused.source_budget as f64)
+            );
+        }
         let rows: Vec<Vec<String>> = f.backends.iter().map(backend_row).collect();
         for l in table(&BACKEND_HEADERS, &rows).lines() {
             let _ = writeln!(o, "  {l}");
