@@ -62,8 +62,82 @@ pub struct ForwardingConfig {
     pub reset_unknown_flows: bool,
     /// SYN proxy for `nat` TCP Services (the `sluice.dev/syn-proxy` annotation overrides it):
     /// SYNs are answered with cookies and a backend sees only connections whose client
-    /// completed the handshake. Default: false.
-    pub syn_proxy: bool,
+    /// completed the handshake; always (`"on"`, `true`), never (`"off"`, `false`) or while a
+    /// worker holds many embryonic flows of the frontend (`"auto"`). Default: off.
+    pub syn_proxy: SynProxyMode,
+    /// `auto`: embryonic flows (SYN forwarded, handshake not complete) of one frontend on
+    /// one worker that engage the proxy; it disengages below half. Default:
+    /// [`DEFAULT_SYN_PROXY_AUTO_THRESHOLD`].
+    pub syn_proxy_auto_threshold: u32,
+}
+
+/// The default `syn_proxy_auto_threshold`: the scale of Linux's SYN backlog
+/// (`tcp_max_syn_backlog`), per worker and frontend.
+pub const DEFAULT_SYN_PROXY_AUTO_THRESHOLD: u32 = 1024;
+
+/// The largest `syn_proxy_auto_threshold`.
+pub const MAX_SYN_PROXY_AUTO_THRESHOLD: u32 = 1 << 24;
+
+/// When the SYN proxy answers a Service's SYNs (`[forwarding] syn_proxy`,
+/// `sluice.dev/syn-proxy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SynProxyMode {
+    /// Never.
+    #[default]
+    Off,
+    /// Always.
+    On,
+    /// While embryonic flows pass `syn_proxy_auto_threshold`.
+    Auto,
+}
+
+impl SynProxyMode {
+    /// Parses `on`, `off` or `auto`.
+    pub fn parse(s: &str) -> Option<SynProxyMode> {
+        match s.trim() {
+            "on" => Some(SynProxyMode::On),
+            "off" => Some(SynProxyMode::Off),
+            "auto" => Some(SynProxyMode::Auto),
+            _ => None,
+        }
+    }
+
+    /// The name as written in config and annotations.
+    pub fn name(self) -> &'static str {
+        match self {
+            SynProxyMode::Off => "off",
+            SynProxyMode::On => "on",
+            SynProxyMode::Auto => "auto",
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SynProxyMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = SynProxyMode;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"on\", \"off\" or \"auto\" (true and false mean on and off)")
+            }
+            fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<SynProxyMode, E> {
+                Ok(if b {
+                    SynProxyMode::On
+                } else {
+                    SynProxyMode::Off
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<SynProxyMode, E> {
+                SynProxyMode::parse(s).ok_or_else(|| {
+                    E::custom(format!(
+                        "unknown value {s:?}; use \"on\", \"off\" or \"auto\" (true and \
+                         false mean on and off)"
+                    ))
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl Default for ForwardingConfig {
@@ -74,7 +148,8 @@ impl Default for ForwardingConfig {
             hash_seed: DEFAULT_HASH_SEED,
             removed_backend_grace_seconds: 300,
             reset_unknown_flows: true,
-            syn_proxy: false,
+            syn_proxy: SynProxyMode::Off,
+            syn_proxy_auto_threshold: DEFAULT_SYN_PROXY_AUTO_THRESHOLD,
         }
     }
 }

@@ -766,3 +766,47 @@ fn flow_limit_annotation_values() {
         assert!(RateBurst::parse(bad).is_err(), "{bad:?}");
     }
 }
+
+/// `[forwarding] syn_proxy` takes `"on"`, `"off"`, `"auto"` and, as before, `true`/`false`;
+/// the auto threshold is checked with a message naming the file, the key and the fix.
+#[test]
+fn syn_proxy_modes_and_threshold() {
+    for (v, want) in [
+        ("true", SynProxyMode::On),
+        ("false", SynProxyMode::Off),
+        ("\"on\"", SynProxyMode::On),
+        ("\"off\"", SynProxyMode::Off),
+        ("\"auto\"", SynProxyMode::Auto),
+    ] {
+        let c = parse(&format!("{LAB}\n[forwarding]\nsyn_proxy = {v}\n")).unwrap();
+        assert_eq!(c.forwarding.syn_proxy, want, "{v}");
+    }
+    let c = parse(LAB).unwrap();
+    assert_eq!(c.forwarding.syn_proxy, SynProxyMode::Off);
+    assert_eq!(
+        c.forwarding.syn_proxy_auto_threshold,
+        DEFAULT_SYN_PROXY_AUTO_THRESHOLD
+    );
+    let e = parse(&format!("{LAB}\n[forwarding]\nsyn_proxy = \"sometimes\"\n")).unwrap_err();
+    assert_eq!(e.key(), "forwarding.syn_proxy", "{e}");
+    assert!(e.to_string().contains("\"auto\""), "{e}");
+    let e = parse(&format!("{LAB}\n[forwarding]\nsyn_proxy = 1\n")).unwrap_err();
+    assert_eq!(e.key(), "forwarding.syn_proxy", "{e}");
+    for bad in ["0", "1", "16777217"] {
+        let toml = format!(
+            "{LAB}\n[forwarding]\nsyn_proxy = \"auto\"\nsyn_proxy_auto_threshold = {bad}\n"
+        );
+        let e = parse(&toml).unwrap_err();
+        assert_eq!(e.key(), "forwarding.syn_proxy_auto_threshold", "{e}");
+        let m = e.to_string();
+        assert!(
+            m.contains("is not 2 to 16777216") && m.contains("1024"),
+            "{m}"
+        );
+    }
+    let c = parse(&format!(
+        "{LAB}\n[forwarding]\nsyn_proxy = \"auto\"\nsyn_proxy_auto_threshold = 2\n"
+    ))
+    .unwrap();
+    assert_eq!(c.forwarding.syn_proxy_auto_threshold, 2);
+}
