@@ -309,6 +309,7 @@ pub(crate) struct WorkerCounters {
     tcp_resets: u64,
     syn_cookies_sent: u64,
     syn_cookies_valid: u64,
+    syn_proxy_engagements: u64,
     total_cycles: u64,
     evictions: u64,
     evictions_established: u64,
@@ -332,6 +333,7 @@ impl Default for WorkerCounters {
             tcp_resets: 0,
             syn_cookies_sent: 0,
             syn_cookies_valid: 0,
+            syn_proxy_engagements: 0,
             total_cycles: 0,
             evictions: 0,
             evictions_established: 0,
@@ -358,6 +360,7 @@ impl WorkerCounters {
             tcp_resets: s.tcp_resets.load(Relaxed),
             syn_cookies_sent: s.syn_cookies_sent.load(Relaxed),
             syn_cookies_valid: s.syn_cookies_valid.load(Relaxed),
+            syn_proxy_engagements: s.syn_proxy_engagements.load(Relaxed),
             total_cycles: s.total_cycles.load(Relaxed),
             evictions: s.ct_evictions.load(Relaxed),
             evictions_established: s.ct_evictions_established.load(Relaxed),
@@ -381,6 +384,9 @@ impl WorkerCounters {
             tcp_resets: self.tcp_resets.saturating_sub(b.tcp_resets),
             syn_cookies_sent: self.syn_cookies_sent.saturating_sub(b.syn_cookies_sent),
             syn_cookies_valid: self.syn_cookies_valid.saturating_sub(b.syn_cookies_valid),
+            syn_proxy_engagements: self
+                .syn_proxy_engagements
+                .saturating_sub(b.syn_proxy_engagements),
             total_cycles: self.total_cycles.saturating_sub(b.total_cycles),
             evictions: self.evictions.saturating_sub(b.evictions),
             evictions_established: self
