@@ -1035,3 +1035,50 @@ fn auto_embryonic_count_does_not_drift() {
     ticks(&mut pipe, &snap, now + 400_000, now + 400_000 + full_census);
     assert_eq!(pipe.syn_proxy_pressure(0), 0);
 }
+
+/// Two hosts (pipelines) with the same cookie key, as a configured secret gives them (the
+/// control plane derives it: `config::cookie_key_of`): a SYN answered by one and its ACK
+/// landing on the other (an ECMP change, a failover, a restart) opens the connection there;
+/// with another key (a random one per start) the ACK is refused.
+#[test]
+fn a_cookie_from_another_host_with_the_same_key_is_honoured() {
+    let snap = snapshot();
+    let (mut a, _) = pipeline();
+    let (mut b, stats_b) = pipeline();
+    let fam = v4();
+    let syn = frame(
+        CLIENT_MAC,
+        LB_MAC,
+        fam.client,
+        fam.vip,
+        &bare_syn(5555, 900),
+    );
+    let c = cookie_for(&mut a, &snap, &syn);
+    let ack = Seg {
+        seq: 901,
+        ack: c.wrapping_add(1),
+        flags: ACK,
+        ..bare_syn(5555, 900)
+    };
+    let f = frame(CLIENT_MAC, LB_MAC, fam.client, fam.vip, &ack);
+    let mut buf = VecBuf::new(&f);
+    assert_eq!(b.process(&snap, &mut buf, NOW + 1_000), Verdict::Tx);
+    assert_eq!(
+        &buf.data()[0..6],
+        bmac(1),
+        "the backend's SYN, from the other host"
+    );
+    assert_eq!(stats_b.syn_cookies_valid.load(Relaxed), 1);
+    let mut cfg = PipelineConfig {
+        syn_cookie_key: CookieKey([7, 8]),
+        ..PipelineConfig::default()
+    };
+    cfg.conntrack.capacity = 1 << 12;
+    cfg.conntrack_v6_capacity = 1 << 12;
+    cfg.affinity_capacity = 1 << 10;
+    let mut other = Pipeline::new(&cfg, Arc::new(WorkerStats::new(16)));
+    assert_eq!(
+        other.process(&snap, &mut VecBuf::new(&f), NOW + 1_000),
+        Verdict::Drop(DropReason::SynProxyBadCookie)
+    );
+}

@@ -41,8 +41,8 @@ pub use dataplane::{
     MAX_CONNTRACK_CAPACITY, MAX_MTU, MIN_MTU,
 };
 pub use forwarding::{
-    check_maglev_size, ForwardingConfig, SynProxyMode, Target, DEFAULT_HASH_SEED,
-    DEFAULT_SYN_PROXY_AUTO_THRESHOLD, MAX_SYN_PROXY_AUTO_THRESHOLD,
+    check_maglev_size, cookie_key_of, CookieKeySource, ForwardingConfig, SynProxyMode, Target,
+    DEFAULT_HASH_SEED, DEFAULT_SYN_PROXY_AUTO_THRESHOLD, MAX_SYN_PROXY_AUTO_THRESHOLD,
 };
 pub use health::{HealthConfig, HealthKind};
 pub use l2::{L2Config, L2Membership, L2Peer};

@@ -810,3 +810,50 @@ fn syn_proxy_modes_and_threshold() {
     .unwrap();
     assert_eq!(c.forwarding.syn_proxy_auto_threshold, 2);
 }
+
+/// The SYN cookie key: from `forwarding.syn_cookie_key_file` (the same file gives the same
+/// key; a short one is refused naming the key), else derived from the `[sync]` key (not the
+/// key itself), else none (random per start).
+#[test]
+fn syn_cookie_key_sources() {
+    let dir = std::env::temp_dir().join(format!("sluice-cookie-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good");
+    std::fs::write(&good, "0123456789abcdef-fleet-secret\nignored\n").unwrap();
+    let short = dir.join("short");
+    std::fs::write(&short, "tooshort\n").unwrap();
+    let with_file = |f: &std::path::Path| {
+        format!(
+            "{LAB}\n[forwarding]\nsyn_cookie_key_file = \"{}\"\n",
+            f.display()
+        )
+    };
+    let (a, src) = parse(&with_file(&good)).unwrap().syn_cookie_key().unwrap();
+    let (b, _) = parse(&with_file(&good)).unwrap().syn_cookie_key().unwrap();
+    assert_eq!(src, CookieKeySource::KeyFile);
+    assert!(a.is_some());
+    assert_eq!(a, b, "two hosts with the same file share the key");
+    assert_eq!(a, Some(cookie_key_of(b"0123456789abcdef-fleet-secret")));
+    assert_ne!(a, Some(cookie_key_of(b"0123456789abcdef-other-secret")));
+    let e = parse(&with_file(&short)).unwrap_err();
+    assert_eq!(e.key(), "forwarding.syn_cookie_key_file", "{e}");
+    assert!(e.to_string().contains("at least 16"), "{e}");
+    let e = parse(&with_file(&dir.join("missing"))).unwrap_err();
+    assert_eq!(e.key(), "forwarding.syn_cookie_key_file", "{e}");
+    assert_eq!(
+        parse(LAB).unwrap().syn_cookie_key().unwrap(),
+        (None, CookieKeySource::Random)
+    );
+    let (k, src) = parse(&format!("{LAB}{SYNC}"))
+        .unwrap()
+        .syn_cookie_key()
+        .unwrap();
+    assert_eq!(src, CookieKeySource::SyncKey);
+    assert_eq!(k, Some(cookie_key_of(b"0123456789abcdef")));
+    let raw = u64::from_le_bytes(*b"01234567");
+    assert!(
+        k.is_some_and(|k| k.0[0] != raw),
+        "derived, not the secret's bytes"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

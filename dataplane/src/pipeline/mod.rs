@@ -125,8 +125,9 @@ pub struct PipelineConfig {
     /// The per-source new-flow buckets: prefix lengths, table size, hash seed.
     pub source_limits: SourceLimitConfig,
     /// The SYN proxy's cookie key: the same for every worker of a host (a client's SYN and
-    /// ACK may reach different workers after a change of queues), drawn at every start by
-    /// the daemon; fixed in tests.
+    /// ACK may reach different workers after a change of queues); derived by the daemon from
+    /// a configured fleet secret (the same on every host and across restarts), else drawn at
+    /// every start; fixed in tests.
     pub syn_cookie_key: CookieKey,
 }
 
