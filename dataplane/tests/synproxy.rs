@@ -1082,3 +1082,159 @@ fn a_cookie_from_another_host_with_the_same_key_is_honoured() {
         Verdict::Drop(DropReason::SynProxyBadCookie)
     );
 }
+
+/// Runs one frame through `pipe` at `now`: the verdict and the frame after it.
+fn through(pipe: &mut Pipeline, snap: &Snapshot, f: &[u8], now: u32) -> (Verdict, Vec<u8>) {
+    let mut b = VecBuf::new(f);
+    let v = pipe.process(snap, &mut b, now);
+    (v, b.data().to_vec())
+}
+
+/// A proxied IPv4 connection through its handshake on `pipe` (the client at port 6000, ISN
+/// 1000; the backend at ISN 5,000,000 with window scale 9): the frames of the client's and
+/// the backend's next segments, whose outputs show the translation.
+fn proxied_handshake(pipe: &mut Pipeline, snap: &Snapshot) -> (Vec<u8>, Vec<u8>) {
+    let fam = v4();
+    let bm = bmac(1);
+    let syn_opts = linux_syn_options(1460);
+    let syn = Seg {
+        window: 64240,
+        opts: &syn_opts,
+        ..bare_syn(6000, 1000)
+    };
+    let client = |s: &Seg<'_>| frame(CLIENT_MAC, LB_MAC, fam.client, fam.vip, s);
+    let (v, out) = through(pipe, snap, &client(&syn), NOW);
+    assert_eq!(v, Verdict::Tx, "the cookie SYN-ACK");
+    let c = u32::from_be_bytes(out[38..42].try_into().unwrap());
+    assert_eq!(c, handshake_cookie());
+    let ack = Seg {
+        seq: 1001,
+        ack: c.wrapping_add(1),
+        flags: ACK,
+        window: 502,
+        opts: &[],
+        ..syn
+    };
+    let (v, out) = through(pipe, snap, &client(&ack), NOW);
+    assert_eq!((v, &out[0..6]), (Verdict::Tx, &bm[..]), "the backend's SYN");
+    let nat_port = u16::from_be_bytes([out[34], out[35]]);
+    let from_backend = |s: &Seg<'_>| frame(bm, LB_MAC, fam.backend, fam.nat, s);
+    let syn_ack = Seg {
+        sport: 8080,
+        dport: nat_port,
+        seq: 5_000_000,
+        ack: 1001,
+        flags: SYN | ACK,
+        window: 65160,
+        opts: &[2, 4, 5, 180, 1, 1, 4, 2, 1, 3, 3, 9],
+        payload: &[],
+    };
+    let (v, out) = through(pipe, snap, &from_backend(&syn_ack), NOW);
+    assert_eq!(
+        (v, &out[0..6]),
+        (Verdict::Tx, &CLIENT_MAC[..]),
+        "window update"
+    );
+    let req = Seg {
+        flags: ACK | PSH,
+        payload: b"GET / HTTP/1.1\r\n\r\n",
+        ..ack
+    };
+    let resp = Seg {
+        sport: 8080,
+        dport: nat_port,
+        seq: 5_000_001,
+        ack: 1019,
+        flags: ACK | PSH,
+        window: 200,
+        opts: &[],
+        payload: b"HTTP/1.1 200 OK\r\n\r\n",
+    };
+    (client(&req), from_backend(&resp))
+}
+
+/// A proxied flow saved at stop (its sequence offset and the backend's window scale with it)
+/// and restored by the next process translates both directions exactly as the process that
+/// opened it: the client's acknowledgement gains the offset, the backend's sequence number
+/// loses it and its window is rescaled.
+#[test]
+fn a_restored_proxied_flow_translates_as_before() {
+    let snap = snapshot();
+    let (mut a, _) = pipeline();
+    let (req, resp) = proxied_handshake(&mut a, &snap);
+    let mut saved = Vec::new();
+    a.export_flows(&snap, NOW, &mut saved);
+    assert_eq!(saved.len(), 1, "the proxied flow is saved");
+    let p = saved[0].proxy.expect("with the proxy's state");
+    assert_eq!(
+        (p.seq, p.backend_wscale, p.handshake),
+        (5_000_000u32.wrapping_sub(handshake_cookie()), 9, false)
+    );
+    let restore: Vec<_> = saved.iter().map(|f| f.resolve(&snap).unwrap()).collect();
+    let (mut b, _) = pipeline();
+    assert_eq!(b.restore_flows(&snap, &restore, NOW), 1);
+    for (what, f) in [("client data", &req), ("backend response", &resp)] {
+        let (va, oa) = through(&mut a, &snap, f, NOW + 10);
+        let (vb, ob) = through(&mut b, &snap, f, NOW + 10);
+        assert_eq!(va, Verdict::Tx, "{what}");
+        assert_checksums_valid(&oa);
+        assert_eq!(
+            (vb, ob),
+            (va, oa),
+            "{what}: restored flow, same translation"
+        );
+    }
+    // What the translation is: the backend's numbers on its side, the cookie's on the
+    // client's.
+    let at = |f: &[u8], o: usize| u32::from_be_bytes(f[o..o + 4].try_into().unwrap());
+    let (_, to_backend) = through(&mut b, &snap, &req, NOW + 20);
+    assert_eq!(
+        at(&to_backend, 42),
+        5_000_001,
+        "the client's ACK gains the offset"
+    );
+    let (_, to_client) = through(&mut b, &snap, &resp, NOW + 20);
+    assert_eq!(at(&to_client, 38), handshake_cookie().wrapping_add(1));
+}
+
+/// The cookie the client of [`proxied_handshake`] is answered with.
+fn handshake_cookie() -> u32 {
+    let fam = v4();
+    syn_cookie(
+        &KEY,
+        NOW,
+        SocketAddr::new(fam.client, 6000),
+        SocketAddr::new(fam.vip, 80),
+        1000,
+        CookieData {
+            mss_index: 3,
+            sack: true,
+            wscale: Some(7),
+        },
+    )
+    .unwrap()
+}
+
+/// A proxied flow is published to the peers once its backend answered, with its offset; a
+/// peer that installs it and then gets the flow's packets (a failover) translates them as
+/// the origin did.
+#[test]
+fn a_synced_proxied_flow_translates_on_the_peer() {
+    let snap = snapshot();
+    let (mut a, _) = pipeline();
+    let (tx, rx) = crossbeam_channel::bounded(16);
+    a.set_sync(Some(tx));
+    let (req, resp) = proxied_handshake(&mut a, &snap);
+    let published: Vec<_> = rx.try_iter().collect();
+    assert_eq!(published.len(), 1, "published when established");
+    assert!(published[0].proxy.is_some_and(|p| !p.handshake));
+    let (mut b, stats_b) = pipeline();
+    assert_eq!(b.install_synced(&snap, &published, NOW), 1);
+    for (what, f) in [("client data", &req), ("backend response", &resp)] {
+        let (va, oa) = through(&mut a, &snap, f, NOW + 10);
+        let (vb, ob) = through(&mut b, &snap, f, NOW + 10);
+        assert_eq!(va, Verdict::Tx, "{what}");
+        assert_eq!((vb, ob), (va, oa), "{what}: the peer translates alike");
+    }
+    assert_eq!(stats_b.sync_adopted.load(Relaxed), 1);
+}

@@ -70,7 +70,7 @@ pub use burst::BURST;
 pub use family::{Aff, Fwd, Rev};
 pub use flows::FlowEntry;
 pub use limits::SourceLimitConfig;
-pub use saved::{RestoreFlow, SavedFlow, SavedNat, Unrestorable};
+pub use saved::{RestoreFlow, SavedFlow, SavedNat, SavedProxy, Unrestorable};
 pub use synauto::CENSUS_SLOTS_PER_TICK;
 pub use sync::WALK_SLOTS_PER_TICK;
 pub use synproxy::{syn_cookie, CookieData, CookieKey, WSCALE as SYN_PROXY_WSCALE};

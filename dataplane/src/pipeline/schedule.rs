@@ -147,7 +147,10 @@ impl Pipeline {
             }
             if v.synced() {
                 // A peer's flow whose packets now come here: ours from now on.
-                let ours = Fwd { flags: 0, ..v };
+                let ours = Fwd {
+                    flags: v.flags & !Fwd::SYNCED,
+                    ..v
+                };
                 self.adopt::<F>(snap, &key, &ours, new, src_mac);
             } else if new != old && matches!(new, FlowState::TcpEstablished | FlowState::TcpClosing)
             {

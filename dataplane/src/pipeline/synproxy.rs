@@ -580,6 +580,11 @@ impl Pipeline {
                 if let Some(r) = t.rev.lookup(rk, rh, NO_SLOT, now_ms, |_| {}) {
                     r.set_state(FlowState::TcpEstablished);
                 }
+                // Established: the peers learn it, with its offset.
+                if self.sync.is_some() {
+                    let st = FlowState::TcpEstablished;
+                    self.publish::<F>(snap, &fk, &nv, st, v.reply_mac());
+                }
                 // The client learns the backend's window: its data, carrying the ACK the
                 // backend waits for, completes the backend's handshake.
                 let bytes = u32::from(s.window);
