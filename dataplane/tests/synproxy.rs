@@ -1238,3 +1238,49 @@ fn a_synced_proxied_flow_translates_on_the_peer() {
     }
     assert_eq!(stats_b.sync_adopted.load(Relaxed), 1);
 }
+
+/// An ICMP "fragmentation needed" on the client's path quotes a proxied flow's segment as
+/// the client saw it (VIP -> client, the cookie's sequence numbers): the backend gets it
+/// quoting its own segment (backend -> NAT address, its own sequence number).
+#[test]
+fn an_icmp_error_quoting_a_proxied_flow_has_its_sequence_translated() {
+    let snap = snapshot();
+    let (mut pipe, stats) = pipeline();
+    proxied_handshake(&mut pipe, &snap);
+    let fam = v4();
+    let seg = Seg {
+        sport: 80,
+        dport: 6000,
+        seq: handshake_cookie().wrapping_add(1),
+        ack: 1019,
+        flags: ACK | PSH,
+        window: 200,
+        opts: &[],
+        payload: &[0x55; 64],
+    };
+    let sent = frame(LB_MAC, CLIENT_MAC, fam.vip, fam.client, &seg);
+    let mut err = Vec::new();
+    etherparse::PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv4([10, 9, 0, 254], [192, 0, 2, 1], 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
+        .write(&mut err, &sent[14..14 + 20 + 28])
+        .unwrap();
+    let (v, out) = through(&mut pipe, &snap, &err, NOW + 10);
+    assert_eq!(v, Verdict::Tx);
+    assert_eq!(stats.icmp_errors_forwarded.load(Relaxed), 1);
+    assert_eq!(&out[0..6], bmac(1), "to the backend");
+    assert_checksums_valid(&out);
+    // Ethernet, IPv4, ICMP (8), then the quoted IPv4 header and TCP.
+    let q = 14 + 20 + 8;
+    let quoted_tcp = q + 20;
+    assert_eq!(&out[q + 12..q + 16], &[10, 0, 1, 1], "from the backend");
+    assert_eq!(&out[q + 16..q + 20], &[10, 0, 0, 3], "to the NAT address");
+    assert_eq!(
+        u16::from_be_bytes([out[quoted_tcp], out[quoted_tcp + 1]]),
+        8080
+    );
+    let seq = u32::from_be_bytes(out[quoted_tcp + 4..quoted_tcp + 8].try_into().unwrap());
+    assert_eq!(seq, 5_000_001, "the backend's own sequence number");
+}
