@@ -593,7 +593,7 @@ fn syn_proxy_auto_engages_under_a_flood_and_disengages_after() {
         1,
     );
     std::fs::write(&cfg, t).unwrap();
-    let d = Sluiced::start(&s);
+    let mut d = Sluiced::start(&s);
     let workers = |k: &str| -> u64 {
         let (_, w) = curl_api(&s, "GET", "/v1/workers");
         w.as_array()
@@ -627,6 +627,8 @@ fn syn_proxy_auto_engages_under_a_flood_and_disengages_after() {
         sent >= 1500,
         "most of the flood's 2000 SYNs got cookies: {sent}"
     );
+    // The control plane logs it from the counters it samples every second.
+    d.wait_log("SYN proxy engaged", Duration::from_secs(3));
     // Real clients complete HTTP through the engaged proxy.
     let valid0 = workers("syn_cookies_valid");
     let (b, e) = http("sl-c2", 20, &format!("http://{VIP4}/"));
@@ -646,6 +648,7 @@ fn syn_proxy_auto_engages_under_a_flood_and_disengages_after() {
         std::thread::sleep(Duration::from_millis(250));
     }
     let off_after = t.elapsed();
+    d.wait_log("SYN proxy disengaged", Duration::from_secs(3));
     let sent1 = workers("syn_cookies_sent");
     let (b, e) = http("sl-c1", 10, &format!("http://{VIP4}/"));
     assert_eq!(e, 0, "{b:?}");

@@ -33,6 +33,7 @@ pub mod server;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -43,6 +44,7 @@ use sluice_dataplane::snapshot::{BackendState, Snapshot};
 use sluice_dataplane::stats::{DropReason, WorkerStats};
 use sluice_dataplane::worker::Command;
 use tokio::sync::{mpsc, oneshot};
+use tracing::info;
 
 use crate::compile::CompileReport;
 use crate::config::Config;
@@ -428,6 +430,8 @@ pub(crate) struct Samples {
     port_rates: Vec<(f64, f64)>,
     /// Per drop reason, all workers.
     drop_rates: Vec<f64>,
+    /// Per worker: `auto` frontends whose SYN proxy was engaged at the last sample.
+    engaged: Vec<u64>,
 }
 
 /// Counter values at the last reset.
@@ -741,6 +745,29 @@ impl AdminState {
                 })
                 .collect();
         }
+        // The SYN proxy's engagements, seen from the counters (the workers never log).
+        for (i, (n, o)) in workers.iter().zip(&s.workers).enumerate() {
+            let engaged = self.workers[i].stats.syn_proxy_engaged.load(Relaxed);
+            if n.syn_proxy_engagements > o.syn_proxy_engagements {
+                info!(
+                    worker = i,
+                    engaged,
+                    engagements = n.syn_proxy_engagements - o.syn_proxy_engagements,
+                    "SYN proxy engaged: auto frontends' embryonic flows reached \
+                     forwarding.syn_proxy_auto_threshold, SYNs get cookies"
+                );
+            } else if engaged < s.engaged.get(i).copied().unwrap_or(0) {
+                info!(
+                    worker = i,
+                    engaged, "SYN proxy disengaged on some auto frontends"
+                );
+            }
+        }
+        s.engaged = self
+            .workers
+            .iter()
+            .map(|w| w.stats.syn_proxy_engaged.load(Relaxed))
+            .collect();
         s.at = Some(now);
         s.workers = workers;
         s.ports = ports;
