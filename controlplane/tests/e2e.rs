@@ -572,6 +572,99 @@ fn syn_proxy_opens_backend_connections_only_for_real_clients() {
     drop(counters);
 }
 
+/// The SYN proxy's automatic mode end to end: below the threshold SYNs reach the backends
+/// as usual (no cookie); a spoofed-SYN flood engages it (the worker counts the engagement
+/// and answers SYNs with cookies), real clients still complete HTTP while it is engaged, and
+/// once the flood stopped and its embryonic flows expired it disengages and SYNs reach the
+/// backends again.
+#[test]
+fn syn_proxy_auto_engages_under_a_flood_and_disengages_after() {
+    let _g = lock();
+    let s = Setup::new(
+        "synauto",
+        |svc| annotate(svc, "sluice.dev/syn-proxy: \"auto\""),
+        false,
+    );
+    let cfg = s.dir.join("sluice.toml");
+    let t = std::fs::read_to_string(&cfg).unwrap();
+    let t = t.replacen(
+        "[forwarding]\n",
+        "[forwarding]\nsyn_proxy_auto_threshold = 64\n",
+        1,
+    );
+    std::fs::write(&cfg, t).unwrap();
+    let mut d = Sluiced::start(&s);
+    let workers = |k: &str| -> u64 {
+        let (_, w) = curl_api(&s, "GET", "/v1/workers");
+        w.as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w[k].as_u64().unwrap())
+            .sum()
+    };
+    let sent0 = workers("syn_cookies_sent");
+    let (b, e) = http("sl-c1", 10, &format!("http://{VIP4}/"));
+    assert_eq!(e, 0, "{b:?}");
+    assert_eq!(
+        workers("syn_cookies_sent"),
+        sent0,
+        "below the threshold: no cookie"
+    );
+    assert_eq!(workers("syn_proxy_engagements"), 0);
+    // The flood: 2000 spoofed SYNs (and 2000 forged ACKs).
+    let t = Instant::now();
+    let (ok, out) = ns("sl-c1", &["/usr/bin/python3", "-c", SPOOF, VIP4, "4000"]);
+    assert!(ok, "spoofing: {out}");
+    let flood = t.elapsed();
+    let engaged = workers("syn_proxy_engaged");
+    let sent = workers("syn_cookies_sent") - sent0;
+    assert!(
+        workers("syn_proxy_engagements") >= 1,
+        "the flood engaged the proxy"
+    );
+    assert_eq!(engaged, 1, "still engaged right after the flood");
+    assert!(
+        sent >= 1500,
+        "most of the flood's 2000 SYNs got cookies: {sent}"
+    );
+    // The control plane logs it from the counters it samples every second.
+    d.wait_log("SYN proxy engaged", Duration::from_secs(3));
+    // Real clients complete HTTP through the engaged proxy.
+    let valid0 = workers("syn_cookies_valid");
+    let (b, e) = http("sl-c2", 20, &format!("http://{VIP4}/"));
+    assert_eq!(e, 0, "{b:?}");
+    assert_eq!(
+        workers("syn_cookies_valid") - valid0,
+        20,
+        "proxied while engaged"
+    );
+    // The flood's embryonic flows expire and its cookies age out: disengaged.
+    let t = Instant::now();
+    while workers("syn_proxy_engaged") != 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "still engaged 60 s after the flood"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let off_after = t.elapsed();
+    d.wait_log("SYN proxy disengaged", Duration::from_secs(3));
+    let sent1 = workers("syn_cookies_sent");
+    let (b, e) = http("sl-c1", 10, &format!("http://{VIP4}/"));
+    assert_eq!(e, 0, "{b:?}");
+    assert_eq!(workers("syn_cookies_sent"), sent1, "disengaged: no cookie");
+    let text = metrics_text(&d);
+    assert!(
+        text.contains("sluice_worker_syn_proxy_engagements_total{worker=\"0\"} 1"),
+        "{text}"
+    );
+    eprintln!(
+        "auto SYN proxy: flood of 2000 SYNs in {flood:?}, {sent} cookie SYN-ACKs, disengaged \
+         {off_after:?} after it"
+    );
+    d.stop();
+}
+
 #[test]
 fn nat_flow_survives_a_planned_restart() {
     let _g = lock();
@@ -1210,4 +1303,21 @@ fn metrics_scrape_parses_with_the_expected_series() {
         "publish latency histogram"
     );
     d.stop();
+}
+
+/// The daemon's Prometheus scrape (its address from the log).
+fn metrics_text(d: &Sluiced) -> String {
+    let log = d.log_text();
+    let addr = log
+        .lines()
+        .find(|l| l.contains("metrics listening"))
+        .and_then(|l| l.split("listen=").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .expect("metrics address in the log")
+        .to_owned();
+    let out = Command::new("curl")
+        .args(["-s", "-m", "5", &format!("http://{addr}/metrics")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

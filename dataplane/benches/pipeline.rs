@@ -16,7 +16,7 @@ use sluice_dataplane::conntrack::ConntrackConfig;
 use sluice_dataplane::maglev::{MaglevBackend, MaglevTable};
 use sluice_dataplane::pipeline::{PacketBuf, Pipeline, PipelineConfig, VecBuf, Verdict};
 use sluice_dataplane::snapshot::{
-    Backend, BackendState, Frontend, Local, Method, Protocol, Snapshot,
+    Backend, BackendState, Frontend, Local, Method, Protocol, Snapshot, SynProxy,
 };
 use sluice_dataplane::stats::WorkerStats;
 
@@ -61,7 +61,7 @@ fn snapshot() -> Snapshot {
         source_ranges: vec![],
         flow_limit: None,
         source_flow_limit: None,
-        syn_proxy: false,
+        syn_proxy: SynProxy::Off,
         backends: (0..n).collect(),
         maglev,
     };

@@ -182,6 +182,30 @@ pub struct Backend {
     pub state: BackendState,
 }
 
+/// When a frontend's SYNs are answered by the SYN proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SynProxy {
+    /// Never: SYNs go to the backend.
+    #[default]
+    Off,
+    /// Always.
+    On,
+    /// While the worker holds at least `threshold` embryonic flows of the frontend, until
+    /// they fall below half of it; ACKs with a valid cookie are accepted at any time.
+    Auto {
+        /// Embryonic flows per worker that engage the proxy (at least 2).
+        threshold: u32,
+    },
+}
+
+impl SynProxy {
+    /// Whether the proxy may answer (on or auto): cookie ACKs are then honoured.
+    #[inline(always)]
+    pub fn enabled(self) -> bool {
+        self != SynProxy::Off
+    }
+}
+
 /// One VIP:port:protocol of a Service.
 #[derive(Debug, Clone)]
 pub struct Frontend {
@@ -206,8 +230,9 @@ pub struct Frontend {
     /// New flows this frontend admits from one source prefix, per worker (`None`: no limit).
     pub source_flow_limit: Option<FlowLimit>,
     /// SYN proxy (`nat` TCP only): SYNs are answered with a cookie and the backend sees a
-    /// connection only once the client's ACK returns a valid one (`pipeline/synproxy.rs`).
-    pub syn_proxy: bool,
+    /// connection only once the client's ACK returns a valid one (`pipeline/synproxy.rs`);
+    /// always, or only while the frontend's embryonic flows are many (`pipeline/synauto.rs`).
+    pub syn_proxy: SynProxy,
     /// Backend ids in Maglev index order (`maglev` entries index this list).
     pub backends: Vec<u32>,
     /// The Maglev table over `backends`, built by the control plane.
@@ -693,7 +718,7 @@ mod tests {
             source_ranges: vec![],
             flow_limit: None,
             source_flow_limit: None,
-            syn_proxy: false,
+            syn_proxy: SynProxy::Off,
             backends,
             maglev: Arc::new(MaglevTable::build(&mb, 251, 0).unwrap()),
         }

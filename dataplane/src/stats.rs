@@ -258,6 +258,10 @@ pub struct WorkerStats {
     pub syn_cookies_sent: AtomicU64,
     /// Client ACKs whose cookie was valid: connections the SYN proxy opened to a backend.
     pub syn_cookies_valid: AtomicU64,
+    /// `auto` SYN-proxy frontends whose SYNs this worker answers with cookies now (gauge).
+    pub syn_proxy_engaged: AtomicU64,
+    /// Times an `auto` frontend's SYN proxy engaged on this worker.
+    pub syn_proxy_engagements: AtomicU64,
     /// Neighbour requests (ARP/NS) emitted for the control plane.
     pub neighbor_requests: AtomicU64,
     /// Flow updates put on the sync ring for the peer hosts.
@@ -332,6 +336,8 @@ impl WorkerStats {
             tcp_resets: AtomicU64::new(0),
             syn_cookies_sent: AtomicU64::new(0),
             syn_cookies_valid: AtomicU64::new(0),
+            syn_proxy_engaged: AtomicU64::new(0),
+            syn_proxy_engagements: AtomicU64::new(0),
             neighbor_requests: AtomicU64::new(0),
             sync_published: AtomicU64::new(0),
             sync_ring_full: AtomicU64::new(0),

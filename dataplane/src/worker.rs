@@ -433,6 +433,7 @@ fn run(
         capture: None,
     };
     set(&stats.snapshot_generation, l.snap.generation);
+    l.pipeline.install_snapshot(&l.snap);
     // The previous process's flows, before any packet: on the clock's first millisecond.
     l.pipeline.restore_flows(&l.snap, &cfg.restore, 0);
     drop(cfg.restore);
@@ -447,6 +448,7 @@ fn run(
         let now = tsc();
         let now_ms = ((now - start) / ms_ticks) as u32;
         // Newest snapshot wins; old ones go back to be freed off this core.
+        let mut swapped = false;
         while let Ok(s) = snapshots.try_recv() {
             let old = std::mem::replace(&mut l.snap, s);
             set(&stats.snapshot_generation, l.snap.generation);
@@ -454,6 +456,11 @@ fn run(
                 // The control plane went away; dropping here is the only option left.
                 drop(e.into_inner());
             }
+            swapped = true;
+        }
+        if swapped {
+            // Per-frontend state sized for the new snapshot (off the per-packet path).
+            l.pipeline.install_snapshot(&l.snap);
         }
         let work = l.poll(now, now_ms);
         if now >= next_tick {
@@ -597,6 +604,7 @@ impl Lcore {
             }
         }
         self.pipeline.expire(now_ms, self.expire_buckets);
+        self.pipeline.syn_proxy_tick(&self.snap, now_ms);
         if self.pipeline.sync_walking() {
             self.pipeline.sync_walk_step(&self.snap, now_ms);
         }

@@ -166,6 +166,7 @@ fn unrestorable_flows_name_their_reason() {
         state: FlowState::TcpEstablished,
         remaining_ms: 1000,
         nat: None,
+        proxy: None,
     };
     assert!(base.resolve(&next).is_ok());
     let gone = SavedFlow {

@@ -154,6 +154,7 @@ fn a_synced_flow_never_replaces_an_own_one() {
             state: FlowState::TcpEstablished,
             remaining_ms: 10_000,
         }),
+        proxy: None,
     };
     assert_eq!(b.install_synced(&snap_b, &[peer], 2), 0);
     assert_eq!(b.stats().sync_conflicts.load(Relaxed), 1);

@@ -13,8 +13,9 @@ use common::*;
 use etherparse::{Ethernet2Header, IpNumber, Ipv4Header, Ipv6Header, TcpHeader};
 use sluice_dataplane::pipeline::{
     syn_cookie, CookieData, CookieKey, PacketBuf, Pipeline, PipelineConfig, VecBuf, Verdict,
+    CENSUS_SLOTS_PER_TICK,
 };
-use sluice_dataplane::snapshot::{Method, Protocol, Snapshot};
+use sluice_dataplane::snapshot::{Method, Protocol, Snapshot, SynProxy};
 use sluice_dataplane::stats::{DropReason, WorkerStats};
 
 const KEY: CookieKey = CookieKey([0x5eed_0001, 0x5eed_0002]);
@@ -136,9 +137,9 @@ fn v6() -> Fam {
 /// The NAT frontends of the golden snapshot (0: IPv4, 4: IPv6), SYN-proxied.
 fn snapshot() -> Snapshot {
     let mut a = frontend(0, "192.0.2.1", 80, Protocol::Tcp, Method::Nat, vec![1]);
-    a.syn_proxy = true;
+    a.syn_proxy = SynProxy::On;
     let mut b = frontend(4, "2001:db8::1", 80, Protocol::Tcp, Method::Nat, vec![3]);
-    b.syn_proxy = true;
+    b.syn_proxy = SynProxy::On;
     Snapshot::new(
         1,
         42,
@@ -759,7 +760,7 @@ fn unproxied_frontends_unchanged() {
         .frontends()
         .map(|f| {
             let mut f = f.clone();
-            f.syn_proxy = false;
+            f.syn_proxy = SynProxy::Off;
             f
         })
         .collect();
@@ -794,4 +795,492 @@ fn unproxied_frontends_unchanged() {
     assert_eq!(pipe.process(&s, &mut b, NOW), Verdict::Tx);
     assert_eq!(stats.tcp_resets.load(Relaxed), 1);
     assert_eq!(stats.syn_cookies_sent.load(Relaxed), 0);
+}
+
+/// The golden snapshot with both frontends `auto` at `threshold`, and a pipeline that knows
+/// it (tables of `slots` slots per family).
+fn auto_setup(threshold: u32, slots: usize) -> (Snapshot, Pipeline, Arc<WorkerStats>) {
+    let s = snapshot();
+    let fe: Vec<_> = s
+        .frontends()
+        .map(|f| {
+            let mut f = f.clone();
+            f.syn_proxy = SynProxy::Auto { threshold };
+            f
+        })
+        .collect();
+    let snap = Snapshot::new(
+        2,
+        42,
+        fe,
+        vec![backend(1, "10.0.1.1", 8080), backend(3, "fd00:1::1", 8080)],
+        local(),
+        1024,
+    )
+    .unwrap();
+    let stats = Arc::new(WorkerStats::new(16));
+    let mut cfg = PipelineConfig {
+        syn_cookie_key: KEY,
+        ..PipelineConfig::default()
+    };
+    cfg.conntrack.capacity = slots;
+    cfg.conntrack_v6_capacity = slots;
+    cfg.affinity_capacity = 1 << 10;
+    let mut pipe = Pipeline::new(&cfg, stats.clone());
+    pipe.install_snapshot(&snap);
+    (snap, pipe, stats)
+}
+
+/// The client's IPv4 SYN from `sport` (ISN `seq`), processed at `now`: whether it went to
+/// the backend (`true`) or was answered with a cookie SYN-ACK (`false`).
+fn syn_forwarded(pipe: &mut Pipeline, snap: &Snapshot, sport: u16, seq: u32, now: u32) -> bool {
+    let fam = v4();
+    let f = frame(
+        CLIENT_MAC,
+        LB_MAC,
+        fam.client,
+        fam.vip,
+        &bare_syn(sport, seq),
+    );
+    let mut b = VecBuf::new(&f);
+    assert_eq!(
+        pipe.process(snap, &mut b, now),
+        Verdict::Tx,
+        "SYN from {sport}"
+    );
+    let to = &b.data()[0..6];
+    if to == bmac(1) {
+        return true;
+    }
+    assert_eq!(
+        to, CLIENT_MAC,
+        "SYN from {sport}: neither forwarded nor answered"
+    );
+    let d = b.data();
+    assert_eq!(d[d.len() - 24 + 13], SYN | ACK, "a SYN-ACK");
+    false
+}
+
+/// Ticks the pipeline (expiry, the SYN proxy's census and windows) every millisecond of
+/// `from..to`.
+fn ticks(pipe: &mut Pipeline, snap: &Snapshot, from: u32, to: u32) {
+    for t in from..to {
+        pipe.expire(t, 64);
+        pipe.syn_proxy_tick(snap, t);
+    }
+}
+
+/// `auto`: below the threshold SYNs go to the backend and open embryonic flows; at it the
+/// tick engages the proxy and the next SYNs (a flood) get cookies and store nothing; once
+/// the flood's flows expired and its cookie windows passed, the proxy disengages, and an
+/// ACK with a cookie issued while it was engaged still opens its connection.
+#[test]
+fn auto_engages_past_threshold_and_honours_cookies_after() {
+    let (snap, mut pipe, stats) = auto_setup(8, 1 << 10);
+    let mut now = NOW;
+    for port in 1000..1007 {
+        assert!(
+            syn_forwarded(&mut pipe, &snap, port, 1, now),
+            "below the threshold"
+        );
+    }
+    ticks(&mut pipe, &snap, now, now + 2);
+    now += 2;
+    assert_eq!(pipe.syn_proxy_pressure(0), 7);
+    assert!(!pipe.syn_proxy_engaged(0));
+    assert_eq!(pipe.flows(), 7);
+    // One handshake completes: no longer embryonic.
+    let fam = v4();
+    let ack = Seg {
+        seq: 2,
+        ack: 1,
+        flags: ACK,
+        ..bare_syn(1000, 1)
+    };
+    let f = frame(CLIENT_MAC, LB_MAC, fam.client, fam.vip, &ack);
+    assert_eq!(pipe.process(&snap, &mut VecBuf::new(&f), now), Verdict::Tx);
+    ticks(&mut pipe, &snap, now, now + 1);
+    assert_eq!(pipe.syn_proxy_pressure(0), 6);
+    for port in 1007..1009 {
+        assert!(syn_forwarded(&mut pipe, &snap, port, 1, now));
+    }
+    ticks(&mut pipe, &snap, now, now + 1);
+    now += 1;
+    assert!(pipe.syn_proxy_engaged(0), "8 embryonic flows engage it");
+    assert_eq!(stats.syn_proxy_engaged.load(Relaxed), 1);
+    assert_eq!(stats.syn_proxy_engagements.load(Relaxed), 1);
+    assert!(
+        !pipe.syn_proxy_engaged(4),
+        "the other frontend is not under pressure"
+    );
+    // The flood: cookies, no entries.
+    for port in 2000..2100 {
+        assert!(!syn_forwarded(&mut pipe, &snap, port, 7, now), "engaged");
+    }
+    assert_eq!(pipe.flows(), 9);
+    assert_eq!(stats.syn_cookies_sent.load(Relaxed), 100);
+    // A real client among the flood keeps its cookie SYN-ACK's cookie.
+    let issued = now;
+    let c = syn_cookie(
+        &KEY,
+        issued,
+        SocketAddr::new(fam.client, 3000),
+        SocketAddr::new(fam.vip, 80),
+        41,
+        CookieData::of_cookie(0),
+    )
+    .unwrap();
+    assert!(!syn_forwarded(&mut pipe, &snap, 3000, 41, now));
+    // The flood stops; its embryonic flows expire (5 s) and its cookies leave the two
+    // 5-second windows: the proxy disengages.
+    ticks(&mut pipe, &snap, now, now + 9_000);
+    now += 9_000;
+    assert!(pipe.syn_proxy_engaged(0), "the flood's cookies still count");
+    ticks(&mut pipe, &snap, now, now + 3_000);
+    now += 3_000;
+    assert!(
+        !pipe.syn_proxy_engaged(0),
+        "pressure {}",
+        pipe.syn_proxy_pressure(0)
+    );
+    assert_eq!(stats.syn_proxy_engaged.load(Relaxed), 0);
+    assert_eq!(pipe.embryonic_flows(&snap, 0, now), 0);
+    // The cookie ACK of the handshake begun while engaged opens a backend connection.
+    let ack = Seg {
+        seq: 42,
+        ack: c.wrapping_add(1),
+        flags: ACK,
+        ..bare_syn(3000, 41)
+    };
+    let f = frame(CLIENT_MAC, LB_MAC, fam.client, fam.vip, &ack);
+    let mut b = VecBuf::new(&f);
+    assert_eq!(pipe.process(&snap, &mut b, now), Verdict::Tx);
+    assert_eq!(&b.data()[0..6], bmac(1), "the backend's SYN");
+    assert_eq!(b.data()[14 + 20 + 13], SYN);
+    assert_eq!(stats.syn_cookies_valid.load(Relaxed), 1);
+    // And new SYNs go to the backend again.
+    assert!(syn_forwarded(&mut pipe, &snap, 4000, 1, now));
+}
+
+/// The embryonic count cannot drift: after any mix of SYNs, completed and reset handshakes,
+/// retransmissions, evictions from a full table and expiries, one census with no traffic
+/// leaves the pressure equal to the embryonic flows in the table, exactly; between censuses
+/// it is off by at most what happened since the last one.
+#[test]
+fn auto_embryonic_count_does_not_drift() {
+    // A small table (evictions) and a threshold never reached (no cookies).
+    let (snap, mut pipe, _) = auto_setup(1 << 30, 256);
+    let fam = v4();
+    let mut now = NOW;
+    let mut x = 7u64;
+    let mut rnd = |n: u64| {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (x >> 33) % n
+    };
+    let full_census = 2 * 256 / CENSUS_SLOTS_PER_TICK as u32 + 2;
+    let (mut base, mut max) = (0, 0);
+    for round in 0..40 {
+        let mut ops = 0u32;
+        for _ in 0..rnd(400) {
+            let port = 1000 + rnd(600) as u16;
+            let seg = match rnd(10) {
+                0..=4 => bare_syn(port, 1),
+                5..=6 => Seg {
+                    seq: 2,
+                    ack: 1,
+                    flags: ACK,
+                    ..bare_syn(port, 1)
+                },
+                7 => Seg {
+                    seq: 2,
+                    ack: 1,
+                    flags: RST | ACK,
+                    ..bare_syn(port, 1)
+                },
+                8 => Seg {
+                    seq: 2,
+                    ack: 1,
+                    flags: FIN | ACK,
+                    ..bare_syn(port, 1)
+                },
+                _ => {
+                    now += rnd(2_000) as u32;
+                    pipe.expire(now, rnd(64) as usize);
+                    continue;
+                }
+            };
+            let f = frame(CLIENT_MAC, LB_MAC, fam.client, fam.vip, &seg);
+            pipe.process(&snap, &mut VecBuf::new(&f), now);
+            ops += 1;
+        }
+        // Between censuses only what left unseen (expired, evicted) is still counted.
+        let exact = pipe.embryonic_flows(&snap, 0, now);
+        let p = pipe.syn_proxy_pressure(0);
+        assert!(
+            exact <= p && p <= base + ops,
+            "round {round}: pressure {p}, exact {exact}, {base} at the census, {ops} packets since"
+        );
+        ticks(&mut pipe, &snap, now, now + full_census);
+        now += full_census;
+        let exact = pipe.embryonic_flows(&snap, 0, now);
+        assert_eq!(pipe.syn_proxy_pressure(0), exact, "round {round}");
+        assert!(!pipe.syn_proxy_engaged(0));
+        base = exact;
+        max = max.max(exact);
+    }
+    assert!(max > 20, "the rounds held embryonic flows: {max}");
+    // Everything expires: nothing is left over.
+    ticks(&mut pipe, &snap, now + 400_000, now + 400_000 + full_census);
+    assert_eq!(pipe.syn_proxy_pressure(0), 0);
+}
+
+/// Two hosts (pipelines) with the same cookie key, as a configured secret gives them (the
+/// control plane derives it: `config::cookie_key_of`): a SYN answered by one and its ACK
+/// landing on the other (an ECMP change, a failover, a restart) opens the connection there;
+/// with another key (a random one per start) the ACK is refused.
+#[test]
+fn a_cookie_from_another_host_with_the_same_key_is_honoured() {
+    let snap = snapshot();
+    let (mut a, _) = pipeline();
+    let (mut b, stats_b) = pipeline();
+    let fam = v4();
+    let syn = frame(
+        CLIENT_MAC,
+        LB_MAC,
+        fam.client,
+        fam.vip,
+        &bare_syn(5555, 900),
+    );
+    let c = cookie_for(&mut a, &snap, &syn);
+    let ack = Seg {
+        seq: 901,
+        ack: c.wrapping_add(1),
+        flags: ACK,
+        ..bare_syn(5555, 900)
+    };
+    let f = frame(CLIENT_MAC, LB_MAC, fam.client, fam.vip, &ack);
+    let mut buf = VecBuf::new(&f);
+    assert_eq!(b.process(&snap, &mut buf, NOW + 1_000), Verdict::Tx);
+    assert_eq!(
+        &buf.data()[0..6],
+        bmac(1),
+        "the backend's SYN, from the other host"
+    );
+    assert_eq!(stats_b.syn_cookies_valid.load(Relaxed), 1);
+    let mut cfg = PipelineConfig {
+        syn_cookie_key: CookieKey([7, 8]),
+        ..PipelineConfig::default()
+    };
+    cfg.conntrack.capacity = 1 << 12;
+    cfg.conntrack_v6_capacity = 1 << 12;
+    cfg.affinity_capacity = 1 << 10;
+    let mut other = Pipeline::new(&cfg, Arc::new(WorkerStats::new(16)));
+    assert_eq!(
+        other.process(&snap, &mut VecBuf::new(&f), NOW + 1_000),
+        Verdict::Drop(DropReason::SynProxyBadCookie)
+    );
+}
+
+/// Runs one frame through `pipe` at `now`: the verdict and the frame after it.
+fn through(pipe: &mut Pipeline, snap: &Snapshot, f: &[u8], now: u32) -> (Verdict, Vec<u8>) {
+    let mut b = VecBuf::new(f);
+    let v = pipe.process(snap, &mut b, now);
+    (v, b.data().to_vec())
+}
+
+/// A proxied IPv4 connection through its handshake on `pipe` (the client at port 6000, ISN
+/// 1000; the backend at ISN 5,000,000 with window scale 9): the frames of the client's and
+/// the backend's next segments, whose outputs show the translation.
+fn proxied_handshake(pipe: &mut Pipeline, snap: &Snapshot) -> (Vec<u8>, Vec<u8>) {
+    let fam = v4();
+    let bm = bmac(1);
+    let syn_opts = linux_syn_options(1460);
+    let syn = Seg {
+        window: 64240,
+        opts: &syn_opts,
+        ..bare_syn(6000, 1000)
+    };
+    let client = |s: &Seg<'_>| frame(CLIENT_MAC, LB_MAC, fam.client, fam.vip, s);
+    let (v, out) = through(pipe, snap, &client(&syn), NOW);
+    assert_eq!(v, Verdict::Tx, "the cookie SYN-ACK");
+    let c = u32::from_be_bytes(out[38..42].try_into().unwrap());
+    assert_eq!(c, handshake_cookie());
+    let ack = Seg {
+        seq: 1001,
+        ack: c.wrapping_add(1),
+        flags: ACK,
+        window: 502,
+        opts: &[],
+        ..syn
+    };
+    let (v, out) = through(pipe, snap, &client(&ack), NOW);
+    assert_eq!((v, &out[0..6]), (Verdict::Tx, &bm[..]), "the backend's SYN");
+    let nat_port = u16::from_be_bytes([out[34], out[35]]);
+    let from_backend = |s: &Seg<'_>| frame(bm, LB_MAC, fam.backend, fam.nat, s);
+    let syn_ack = Seg {
+        sport: 8080,
+        dport: nat_port,
+        seq: 5_000_000,
+        ack: 1001,
+        flags: SYN | ACK,
+        window: 65160,
+        opts: &[2, 4, 5, 180, 1, 1, 4, 2, 1, 3, 3, 9],
+        payload: &[],
+    };
+    let (v, out) = through(pipe, snap, &from_backend(&syn_ack), NOW);
+    assert_eq!(
+        (v, &out[0..6]),
+        (Verdict::Tx, &CLIENT_MAC[..]),
+        "window update"
+    );
+    let req = Seg {
+        flags: ACK | PSH,
+        payload: b"GET / HTTP/1.1\r\n\r\n",
+        ..ack
+    };
+    let resp = Seg {
+        sport: 8080,
+        dport: nat_port,
+        seq: 5_000_001,
+        ack: 1019,
+        flags: ACK | PSH,
+        window: 200,
+        opts: &[],
+        payload: b"HTTP/1.1 200 OK\r\n\r\n",
+    };
+    (client(&req), from_backend(&resp))
+}
+
+/// A proxied flow saved at stop (its sequence offset and the backend's window scale with it)
+/// and restored by the next process translates both directions exactly as the process that
+/// opened it: the client's acknowledgement gains the offset, the backend's sequence number
+/// loses it and its window is rescaled.
+#[test]
+fn a_restored_proxied_flow_translates_as_before() {
+    let snap = snapshot();
+    let (mut a, _) = pipeline();
+    let (req, resp) = proxied_handshake(&mut a, &snap);
+    let mut saved = Vec::new();
+    a.export_flows(&snap, NOW, &mut saved);
+    assert_eq!(saved.len(), 1, "the proxied flow is saved");
+    let p = saved[0].proxy.expect("with the proxy's state");
+    assert_eq!(
+        (p.seq, p.backend_wscale, p.handshake),
+        (5_000_000u32.wrapping_sub(handshake_cookie()), 9, false)
+    );
+    let restore: Vec<_> = saved.iter().map(|f| f.resolve(&snap).unwrap()).collect();
+    let (mut b, _) = pipeline();
+    assert_eq!(b.restore_flows(&snap, &restore, NOW), 1);
+    for (what, f) in [("client data", &req), ("backend response", &resp)] {
+        let (va, oa) = through(&mut a, &snap, f, NOW + 10);
+        let (vb, ob) = through(&mut b, &snap, f, NOW + 10);
+        assert_eq!(va, Verdict::Tx, "{what}");
+        assert_checksums_valid(&oa);
+        assert_eq!(
+            (vb, ob),
+            (va, oa),
+            "{what}: restored flow, same translation"
+        );
+    }
+    // What the translation is: the backend's numbers on its side, the cookie's on the
+    // client's.
+    let at = |f: &[u8], o: usize| u32::from_be_bytes(f[o..o + 4].try_into().unwrap());
+    let (_, to_backend) = through(&mut b, &snap, &req, NOW + 20);
+    assert_eq!(
+        at(&to_backend, 42),
+        5_000_001,
+        "the client's ACK gains the offset"
+    );
+    let (_, to_client) = through(&mut b, &snap, &resp, NOW + 20);
+    assert_eq!(at(&to_client, 38), handshake_cookie().wrapping_add(1));
+}
+
+/// The cookie the client of [`proxied_handshake`] is answered with.
+fn handshake_cookie() -> u32 {
+    let fam = v4();
+    syn_cookie(
+        &KEY,
+        NOW,
+        SocketAddr::new(fam.client, 6000),
+        SocketAddr::new(fam.vip, 80),
+        1000,
+        CookieData {
+            mss_index: 3,
+            sack: true,
+            wscale: Some(7),
+        },
+    )
+    .unwrap()
+}
+
+/// A proxied flow is published to the peers once its backend answered, with its offset; a
+/// peer that installs it and then gets the flow's packets (a failover) translates them as
+/// the origin did.
+#[test]
+fn a_synced_proxied_flow_translates_on_the_peer() {
+    let snap = snapshot();
+    let (mut a, _) = pipeline();
+    let (tx, rx) = crossbeam_channel::bounded(16);
+    a.set_sync(Some(tx));
+    let (req, resp) = proxied_handshake(&mut a, &snap);
+    let published: Vec<_> = rx.try_iter().collect();
+    assert_eq!(published.len(), 1, "published when established");
+    assert!(published[0].proxy.is_some_and(|p| !p.handshake));
+    let (mut b, stats_b) = pipeline();
+    assert_eq!(b.install_synced(&snap, &published, NOW), 1);
+    for (what, f) in [("client data", &req), ("backend response", &resp)] {
+        let (va, oa) = through(&mut a, &snap, f, NOW + 10);
+        let (vb, ob) = through(&mut b, &snap, f, NOW + 10);
+        assert_eq!(va, Verdict::Tx, "{what}");
+        assert_eq!((vb, ob), (va, oa), "{what}: the peer translates alike");
+    }
+    assert_eq!(stats_b.sync_adopted.load(Relaxed), 1);
+}
+
+/// An ICMP "fragmentation needed" on the client's path quotes a proxied flow's segment as
+/// the client saw it (VIP -> client, the cookie's sequence numbers): the backend gets it
+/// quoting its own segment (backend -> NAT address, its own sequence number).
+#[test]
+fn an_icmp_error_quoting_a_proxied_flow_has_its_sequence_translated() {
+    let snap = snapshot();
+    let (mut pipe, stats) = pipeline();
+    proxied_handshake(&mut pipe, &snap);
+    let fam = v4();
+    let seg = Seg {
+        sport: 80,
+        dport: 6000,
+        seq: handshake_cookie().wrapping_add(1),
+        ack: 1019,
+        flags: ACK | PSH,
+        window: 200,
+        opts: &[],
+        payload: &[0x55; 64],
+    };
+    let sent = frame(LB_MAC, CLIENT_MAC, fam.vip, fam.client, &seg);
+    let mut err = Vec::new();
+    etherparse::PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv4([10, 9, 0, 254], [192, 0, 2, 1], 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
+        .write(&mut err, &sent[14..14 + 20 + 28])
+        .unwrap();
+    let (v, out) = through(&mut pipe, &snap, &err, NOW + 10);
+    assert_eq!(v, Verdict::Tx);
+    assert_eq!(stats.icmp_errors_forwarded.load(Relaxed), 1);
+    assert_eq!(&out[0..6], bmac(1), "to the backend");
+    assert_checksums_valid(&out);
+    // Ethernet, IPv4, ICMP (8), then the quoted IPv4 header and TCP.
+    let q = 14 + 20 + 8;
+    let quoted_tcp = q + 20;
+    assert_eq!(&out[q + 12..q + 16], &[10, 0, 1, 1], "from the backend");
+    assert_eq!(&out[q + 16..q + 20], &[10, 0, 0, 3], "to the NAT address");
+    assert_eq!(
+        u16::from_be_bytes([out[quoted_tcp], out[quoted_tcp + 1]]),
+        8080
+    );
+    let seq = u32::from_be_bytes(out[quoted_tcp + 4..quoted_tcp + 8].try_into().unwrap());
+    assert_eq!(seq, 5_000_001, "the backend's own sequence number");
 }

@@ -14,7 +14,7 @@ use libfuzzer_sys::fuzz_target;
 use sluice_dataplane::check::transmitted;
 use sluice_dataplane::maglev::{MaglevBackend, MaglevTable};
 use sluice_dataplane::pipeline::{PacketBuf, Pipeline, PipelineConfig, VecBuf, Verdict};
-use sluice_dataplane::snapshot::{
+use sluice_dataplane::snapshot::{SynProxy, 
     Backend, BackendState, Frontend, Local, Method, Protocol, Snapshot,
 };
 use sluice_dataplane::stats::WorkerStats;
@@ -39,7 +39,7 @@ fn snapshot() -> &'static Snapshot {
             source_ranges: vec![],
             flow_limit: None,
             source_flow_limit: None,
-            syn_proxy: false,
+            syn_proxy: SynProxy::Off,
             backends: vec![0, 1],
             maglev: maglev.clone(),
         };

@@ -15,7 +15,7 @@ use sluice_dataplane::conntrack::{ConntrackConfig, Timeouts};
 use sluice_dataplane::maglev::{MaglevBackend, MaglevTable};
 use sluice_dataplane::pipeline::{PacketBuf, Pipeline, PipelineConfig, VecBuf, Verdict};
 
-use sluice_dataplane::snapshot::{
+use sluice_dataplane::snapshot::{SynProxy, 
     Backend, BackendState, Cidr, Frontend, Local, Method, Protocol, Snapshot,
 };
 use sluice_dataplane::stats::WorkerStats;
@@ -251,7 +251,7 @@ fn build_snapshot_with(
             source_ranges: range.iter().filter_map(|r| Cidr::parse(r)).collect(),
             flow_limit: None,
             source_flow_limit: None,
-            syn_proxy: false,
+            syn_proxy: SynProxy::Off,
             backends: ids,
             maglev,
         });

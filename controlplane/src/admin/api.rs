@@ -354,6 +354,12 @@ pub struct WorkerRow {
     /// Client ACKs with a valid cookie: connections the SYN proxy opened to a backend.
     #[serde(default)]
     pub syn_cookies_valid: u64,
+    /// `auto` SYN-proxy frontends whose SYNs the worker answers with cookies now.
+    #[serde(default)]
+    pub syn_proxy_engaged: u64,
+    /// Times an `auto` frontend's SYN proxy engaged on the worker.
+    #[serde(default)]
+    pub syn_proxy_engagements: u64,
     /// Generation of the snapshot the worker runs.
     pub generation: u64,
 }

@@ -603,6 +603,8 @@ fn workers(st: &AdminState) -> Vec<api::WorkerRow> {
                 refusals: c.refusals,
                 syn_cookies_sent: c.syn_cookies_sent,
                 syn_cookies_valid: c.syn_cookies_valid,
+                syn_proxy_engaged: w.stats.syn_proxy_engaged.load(Relaxed),
+                syn_proxy_engagements: c.syn_proxy_engagements,
                 generation: w.stats.snapshot_generation.load(Relaxed),
             }
         })

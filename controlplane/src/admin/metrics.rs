@@ -238,6 +238,13 @@ impl Collector for SluiceCollector {
         )?;
         family(
             &mut enc,
+            "sluice_worker_syn_proxy_engagements",
+            "Times an auto SYN-proxy frontend's proxy engaged on the worker (embryonic flows \
+             reached [forwarding] syn_proxy_auto_threshold)",
+            per_worker(&|w| w.syn_proxy_engagements),
+        )?;
+        family(
+            &mut enc,
             "sluice_worker_cycles",
             "TSC cycles of the poll loop in total",
             per_worker(&|w| w.total_cycles),
@@ -290,6 +297,12 @@ impl Collector for SluiceCollector {
                 .map(|(i, x)| (worker_label(i), Value::Counter(x)))
                 .collect()
         };
+        family(
+            &mut enc,
+            "sluice_worker_syn_proxy_engaged",
+            "Auto SYN-proxy frontends whose SYNs the worker answers with cookies now",
+            gauges(ct(&|s| s.syn_proxy_engaged.load(Relaxed))),
+        )?;
         family(
             &mut enc,
             "sluice_conntrack_entries",

@@ -33,6 +33,7 @@ pub mod server;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -43,6 +44,7 @@ use sluice_dataplane::snapshot::{BackendState, Snapshot};
 use sluice_dataplane::stats::{DropReason, WorkerStats};
 use sluice_dataplane::worker::Command;
 use tokio::sync::{mpsc, oneshot};
+use tracing::info;
 
 use crate::compile::CompileReport;
 use crate::config::Config;
@@ -315,6 +317,7 @@ pub(crate) struct WorkerCounters {
     tcp_resets: u64,
     syn_cookies_sent: u64,
     syn_cookies_valid: u64,
+    syn_proxy_engagements: u64,
     total_cycles: u64,
     evictions: u64,
     evictions_established: u64,
@@ -338,6 +341,7 @@ impl Default for WorkerCounters {
             tcp_resets: 0,
             syn_cookies_sent: 0,
             syn_cookies_valid: 0,
+            syn_proxy_engagements: 0,
             total_cycles: 0,
             evictions: 0,
             evictions_established: 0,
@@ -364,6 +368,7 @@ impl WorkerCounters {
             tcp_resets: s.tcp_resets.load(Relaxed),
             syn_cookies_sent: s.syn_cookies_sent.load(Relaxed),
             syn_cookies_valid: s.syn_cookies_valid.load(Relaxed),
+            syn_proxy_engagements: s.syn_proxy_engagements.load(Relaxed),
             total_cycles: s.total_cycles.load(Relaxed),
             evictions: s.ct_evictions.load(Relaxed),
             evictions_established: s.ct_evictions_established.load(Relaxed),
@@ -387,6 +392,9 @@ impl WorkerCounters {
             tcp_resets: self.tcp_resets.saturating_sub(b.tcp_resets),
             syn_cookies_sent: self.syn_cookies_sent.saturating_sub(b.syn_cookies_sent),
             syn_cookies_valid: self.syn_cookies_valid.saturating_sub(b.syn_cookies_valid),
+            syn_proxy_engagements: self
+                .syn_proxy_engagements
+                .saturating_sub(b.syn_proxy_engagements),
             total_cycles: self.total_cycles.saturating_sub(b.total_cycles),
             evictions: self.evictions.saturating_sub(b.evictions),
             evictions_established: self
@@ -428,6 +436,8 @@ pub(crate) struct Samples {
     port_rates: Vec<(f64, f64)>,
     /// Per drop reason, all workers.
     drop_rates: Vec<f64>,
+    /// Per worker: `auto` frontends whose SYN proxy was engaged at the last sample.
+    engaged: Vec<u64>,
 }
 
 /// Counter values at the last reset.
@@ -753,6 +763,29 @@ impl AdminState {
                 })
                 .collect();
         }
+        // The SYN proxy's engagements, seen from the counters (the workers never log).
+        for (i, (n, o)) in workers.iter().zip(&s.workers).enumerate() {
+            let engaged = self.workers[i].stats.syn_proxy_engaged.load(Relaxed);
+            if n.syn_proxy_engagements > o.syn_proxy_engagements {
+                info!(
+                    worker = i,
+                    engaged,
+                    engagements = n.syn_proxy_engagements - o.syn_proxy_engagements,
+                    "SYN proxy engaged: auto frontends' embryonic flows reached \
+                     forwarding.syn_proxy_auto_threshold, SYNs get cookies"
+                );
+            } else if engaged < s.engaged.get(i).copied().unwrap_or(0) {
+                info!(
+                    worker = i,
+                    engaged, "SYN proxy disengaged on some auto frontends"
+                );
+            }
+        }
+        s.engaged = self
+            .workers
+            .iter()
+            .map(|w| w.stats.syn_proxy_engaged.load(Relaxed))
+            .collect();
         s.at = Some(now);
         s.workers = workers;
         s.ports = ports;

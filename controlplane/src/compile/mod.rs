@@ -105,7 +105,7 @@ pub const ANNOTATION_FLOW_LIMIT: &str = "sluice.dev/new-flow-limit";
 /// Annotation: new flows per second one source prefix may open to each of a Service's
 /// frontends, `RATE` or `RATE,BURST` (`0`: no limit); overrides `limits.new_flows_per_source`.
 pub const ANNOTATION_SOURCE_FLOW_LIMIT: &str = "sluice.dev/new-flow-limit-per-source";
-/// Annotation: SYN proxy for a `nat` Service's TCP ports, `on` or `off`; overrides
+/// Annotation: SYN proxy for a `nat` Service's TCP ports, `on`, `off` or `auto`; overrides
 /// `forwarding.syn_proxy`.
 pub const ANNOTATION_SYN_PROXY: &str = "sluice.dev/syn-proxy";
 /// Annotation: requested VIPs, comma-separated, at most one per family.

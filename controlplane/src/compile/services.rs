@@ -6,7 +6,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_dataplane::snapshot::{Backend, Cidr, Frontend, Method, Protocol, MAX_FRONTENDS};
+use sluice_dataplane::snapshot::{
+    Backend, Cidr, Frontend, Method, Protocol, SynProxy, MAX_FRONTENDS,
+};
 
 use super::ids::{BackendKey, FrontendKey};
 use super::ipam::Issue;
@@ -18,7 +20,7 @@ use super::{
     ANNOTATION_MAGLEV_SIZE, ANNOTATION_METHOD, ANNOTATION_SOURCE_FLOW_LIMIT, ANNOTATION_SYN_PROXY,
     ANNOTATION_TARGET, MAX_WEIGHT,
 };
-use crate::config::{Config, MaglevSize, RateBurst, Target};
+use crate::config::{Config, MaglevSize, RateBurst, SynProxyMode, Target};
 use crate::health::{Health, ProbeTarget};
 use crate::model::{EndpointSlice, IpFamily, L4Protocol, Service};
 
@@ -35,8 +37,8 @@ pub(super) struct Settings {
     flow_limit: RateBurst,
     /// New flows per source prefix and frontend (`sluice.dev/new-flow-limit-per-source`).
     source_flow_limit: RateBurst,
-    /// SYN proxy on (`sluice.dev/syn-proxy`, default `[forwarding] syn_proxy`).
-    syn_proxy: bool,
+    /// SYN proxy mode (`sluice.dev/syn-proxy`, default `[forwarding] syn_proxy`).
+    syn_proxy: SynProxyMode,
 }
 
 /// The last valid values of a Service's new-flow limit annotations, which an invalid value
@@ -46,7 +48,7 @@ pub(super) struct LimitAnnotations {
     vip: Option<RateBurst>,
     source: Option<RateBurst>,
     /// `sluice.dev/syn-proxy`: an invalid value must not turn the proxy off during a flood.
-    syn_proxy: Option<bool>,
+    syn_proxy: Option<SynProxyMode>,
 }
 
 impl Compiler {
@@ -235,9 +237,17 @@ impl Compiler {
                         .collect(),
                     flow_limit: settings.flow_limit.per_worker(workers),
                     source_flow_limit: settings.source_flow_limit.per_worker(workers),
-                    syn_proxy: settings.syn_proxy
-                        && settings.method == Method::Nat
-                        && protocol == Protocol::Tcp,
+                    syn_proxy: if settings.method == Method::Nat && protocol == Protocol::Tcp {
+                        match settings.syn_proxy {
+                            SynProxyMode::Off => SynProxy::Off,
+                            SynProxyMode::On => SynProxy::On,
+                            SynProxyMode::Auto => SynProxy::Auto {
+                                threshold: cfg.forwarding.syn_proxy_auto_threshold,
+                            },
+                        }
+                    } else {
+                        SynProxy::Off
+                    },
                     backends: fe.backends.iter().map(|b| b.id).collect(),
                     maglev,
                 });
@@ -366,27 +376,22 @@ pub(super) fn service_settings(
     }
     match svc.annotations.get(ANNOTATION_SYN_PROXY) {
         None => good.syn_proxy = None,
-        Some(v) => match v.trim() {
-            "on" | "off" => {
-                s.syn_proxy = v.trim() == "on";
-                good.syn_proxy = Some(s.syn_proxy);
+        Some(v) => match SynProxyMode::parse(v) {
+            Some(m) => {
+                s.syn_proxy = m;
+                good.syn_proxy = Some(m);
             }
-            bad => {
+            None => {
                 let using = match last.syn_proxy {
-                    Some(on) => {
-                        s.syn_proxy = on;
-                        format!("keeping its last valid value, {}", on_off(on))
+                    Some(m) => {
+                        s.syn_proxy = m;
+                        format!("keeping its last valid value, {}", m.name())
                     }
-                    None => format!("using forwarding.syn_proxy: {}", on_off(s.syn_proxy)),
-                };
-                let why = if bad == "auto" {
-                    "\"auto\" (on when embryonic flows pass a threshold) is not implemented"
-                } else {
-                    "unknown value"
+                    None => format!("using forwarding.syn_proxy: {}", s.syn_proxy.name()),
                 };
                 probs.push(format!(
-                    "annotation {ANNOTATION_SYN_PROXY}: {v:?}: {why}; write \"on\" or \"off\" \
-                     ({using})"
+                    "annotation {ANNOTATION_SYN_PROXY}: {v:?}: unknown value; write \"on\", \
+                     \"off\" or \"auto\" ({using})"
                 ));
             }
         },
@@ -427,7 +432,7 @@ pub(super) fn service_settings(
             )),
         }
     }
-    if s.syn_proxy && s.method != Method::Nat {
+    if s.syn_proxy != SynProxyMode::Off && s.method != Method::Nat {
         probs.push(format!(
             "the SYN proxy ({ANNOTATION_SYN_PROXY} or forwarding.syn_proxy) needs the nat \
              method, not {}; it is off for this Service",
@@ -435,15 +440,6 @@ pub(super) fn service_settings(
         ));
     }
     (s, good)
-}
-
-/// `on` or `off`.
-fn on_off(on: bool) -> &'static str {
-    if on {
-        "on"
-    } else {
-        "off"
-    }
 }
 
 /// Parses `sluice.dev/backend-weights`: `ADDRESS=WEIGHT` pairs separated by commas.

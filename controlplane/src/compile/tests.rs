@@ -1,7 +1,7 @@
 //! Tests of the compiler: the rules of the module docs, stable ids, caching and IPAM.
 use std::time::Duration;
 
-use sluice_dataplane::snapshot::{BackendState, Cidr, Method};
+use sluice_dataplane::snapshot::{BackendState, Cidr, Method, SynProxy};
 
 use super::*;
 use crate::model::L4Protocol;
@@ -855,6 +855,7 @@ fn new_flow_limit_annotations() {
 
 #[test]
 fn syn_proxy_annotation() {
+    use crate::config::SynProxyMode;
     let mut cfg = cfg();
     let two = &[("10.99.0.21", true, "n1")];
     let env = Env::new();
@@ -866,40 +867,52 @@ fn syn_proxy_annotation() {
         let f = out.snapshot.frontend(s.frontends[0].id).unwrap();
         (f.syn_proxy, s.problems.clone())
     };
-    // Off by default; on by annotation; the config's default applies without one.
-    assert_eq!(proxy_with(&cfg, ""), (false, vec![]));
+    let auto = SynProxy::Auto { threshold: 1024 };
+    // Off by default; on or auto by annotation; the config's default applies without one.
+    assert_eq!(proxy_with(&cfg, ""), (SynProxy::Off, vec![]));
     assert_eq!(
         proxy_with(&cfg, "sluice.dev/syn-proxy: \"on\""),
-        (true, vec![])
+        (SynProxy::On, vec![])
     );
-    // An invalid value keeps the last valid one (on) and says so; "auto" is not built.
-    let (on, probs) = proxy_with(&cfg, "sluice.dev/syn-proxy: \"auto\"");
-    assert!(on);
+    assert_eq!(
+        proxy_with(&cfg, "sluice.dev/syn-proxy: \"auto\""),
+        (auto, vec![])
+    );
+    // An invalid value keeps the last valid one (auto) and says so.
+    let (m, probs) = proxy_with(&cfg, "sluice.dev/syn-proxy: \"sometimes\"");
+    assert_eq!(m, auto);
     assert!(
         probs
             .iter()
-            .any(|p| p.contains("sluice.dev/syn-proxy: \"auto\"")
-                && p.contains("not implemented")
-                && p.contains("keeping its last valid value, on")),
+            .any(|p| p.contains("sluice.dev/syn-proxy: \"sometimes\"")
+                && p.contains("\"on\", \"off\" or \"auto\"")
+                && p.contains("keeping its last valid value, auto")),
         "{probs:?}"
     );
     assert_eq!(
         proxy_with(&cfg, "sluice.dev/syn-proxy: \"off\""),
-        (false, vec![])
+        (SynProxy::Off, vec![])
     );
-    cfg.forwarding.syn_proxy = true;
-    assert_eq!(proxy_with(&cfg, ""), (true, vec![]));
-    let (on, probs) = proxy_with(&cfg, "sluice.dev/syn-proxy: \"yes\"");
-    assert!(on, "no last valid value: the config's default");
+    cfg.forwarding.syn_proxy = SynProxyMode::On;
+    assert_eq!(proxy_with(&cfg, ""), (SynProxy::On, vec![]));
+    let (m, probs) = proxy_with(&cfg, "sluice.dev/syn-proxy: \"yes\"");
+    assert_eq!(m, SynProxy::On, "no last valid value: the config's default");
     assert!(
         probs
             .iter()
             .any(|p| p.contains("unknown value") && p.contains("using forwarding.syn_proxy: on")),
         "{probs:?}"
     );
+    // The threshold comes from the config.
+    cfg.forwarding.syn_proxy = SynProxyMode::Auto;
+    cfg.forwarding.syn_proxy_auto_threshold = 50;
+    assert_eq!(
+        proxy_with(&cfg, ""),
+        (SynProxy::Auto { threshold: 50 }, vec![])
+    );
     // DSR cannot proxy: off, and reported.
-    let (on, probs) = proxy_with(&cfg, "sluice.dev/forwarding-method: \"dsr-l2\"");
-    assert!(!on);
+    let (m, probs) = proxy_with(&cfg, "sluice.dev/forwarding-method: \"dsr-l2\"");
+    assert_eq!(m, SynProxy::Off);
     assert!(
         probs.iter().any(|p| p.contains("needs the nat method")),
         "{probs:?}"

@@ -40,7 +40,10 @@ pub use dataplane::{
     EalConfig, MaglevSize, NatConfig, PollMode, PortConfig, TablesConfig, WorkersConfig,
     MAX_CONNTRACK_CAPACITY, MAX_MTU, MIN_MTU,
 };
-pub use forwarding::{check_maglev_size, ForwardingConfig, Target, DEFAULT_HASH_SEED};
+pub use forwarding::{
+    check_maglev_size, cookie_key_of, CookieKeySource, ForwardingConfig, SynProxyMode, Target,
+    DEFAULT_HASH_SEED, DEFAULT_SYN_PROXY_AUTO_THRESHOLD, MAX_SYN_PROXY_AUTO_THRESHOLD,
+};
 pub use health::{HealthConfig, HealthKind};
 pub use l2::{L2Config, L2Membership, L2Peer};
 pub use limits::{LimitsConfig, RateBurst, MAX_FLOW_RATE, MAX_SOURCE_BUCKETS};

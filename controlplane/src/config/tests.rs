@@ -766,3 +766,94 @@ fn flow_limit_annotation_values() {
         assert!(RateBurst::parse(bad).is_err(), "{bad:?}");
     }
 }
+
+/// `[forwarding] syn_proxy` takes `"on"`, `"off"`, `"auto"` and, as before, `true`/`false`;
+/// the auto threshold is checked with a message naming the file, the key and the fix.
+#[test]
+fn syn_proxy_modes_and_threshold() {
+    for (v, want) in [
+        ("true", SynProxyMode::On),
+        ("false", SynProxyMode::Off),
+        ("\"on\"", SynProxyMode::On),
+        ("\"off\"", SynProxyMode::Off),
+        ("\"auto\"", SynProxyMode::Auto),
+    ] {
+        let c = parse(&format!("{LAB}\n[forwarding]\nsyn_proxy = {v}\n")).unwrap();
+        assert_eq!(c.forwarding.syn_proxy, want, "{v}");
+    }
+    let c = parse(LAB).unwrap();
+    assert_eq!(c.forwarding.syn_proxy, SynProxyMode::Off);
+    assert_eq!(
+        c.forwarding.syn_proxy_auto_threshold,
+        DEFAULT_SYN_PROXY_AUTO_THRESHOLD
+    );
+    let e = parse(&format!("{LAB}\n[forwarding]\nsyn_proxy = \"sometimes\"\n")).unwrap_err();
+    assert_eq!(e.key(), "forwarding.syn_proxy", "{e}");
+    assert!(e.to_string().contains("\"auto\""), "{e}");
+    let e = parse(&format!("{LAB}\n[forwarding]\nsyn_proxy = 1\n")).unwrap_err();
+    assert_eq!(e.key(), "forwarding.syn_proxy", "{e}");
+    for bad in ["0", "1", "16777217"] {
+        let toml = format!(
+            "{LAB}\n[forwarding]\nsyn_proxy = \"auto\"\nsyn_proxy_auto_threshold = {bad}\n"
+        );
+        let e = parse(&toml).unwrap_err();
+        assert_eq!(e.key(), "forwarding.syn_proxy_auto_threshold", "{e}");
+        let m = e.to_string();
+        assert!(
+            m.contains("is not 2 to 16777216") && m.contains("1024"),
+            "{m}"
+        );
+    }
+    let c = parse(&format!(
+        "{LAB}\n[forwarding]\nsyn_proxy = \"auto\"\nsyn_proxy_auto_threshold = 2\n"
+    ))
+    .unwrap();
+    assert_eq!(c.forwarding.syn_proxy_auto_threshold, 2);
+}
+
+/// The SYN cookie key: from `forwarding.syn_cookie_key_file` (the same file gives the same
+/// key; a short one is refused naming the key), else derived from the `[sync]` key (not the
+/// key itself), else none (random per start).
+#[test]
+fn syn_cookie_key_sources() {
+    let dir = std::env::temp_dir().join(format!("sluice-cookie-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good");
+    std::fs::write(&good, "0123456789abcdef-fleet-secret\nignored\n").unwrap();
+    let short = dir.join("short");
+    std::fs::write(&short, "tooshort\n").unwrap();
+    let with_file = |f: &std::path::Path| {
+        format!(
+            "{LAB}\n[forwarding]\nsyn_cookie_key_file = \"{}\"\n",
+            f.display()
+        )
+    };
+    let (a, src) = parse(&with_file(&good)).unwrap().syn_cookie_key().unwrap();
+    let (b, _) = parse(&with_file(&good)).unwrap().syn_cookie_key().unwrap();
+    assert_eq!(src, CookieKeySource::KeyFile);
+    assert!(a.is_some());
+    assert_eq!(a, b, "two hosts with the same file share the key");
+    assert_eq!(a, Some(cookie_key_of(b"0123456789abcdef-fleet-secret")));
+    assert_ne!(a, Some(cookie_key_of(b"0123456789abcdef-other-secret")));
+    let e = parse(&with_file(&short)).unwrap_err();
+    assert_eq!(e.key(), "forwarding.syn_cookie_key_file", "{e}");
+    assert!(e.to_string().contains("at least 16"), "{e}");
+    let e = parse(&with_file(&dir.join("missing"))).unwrap_err();
+    assert_eq!(e.key(), "forwarding.syn_cookie_key_file", "{e}");
+    assert_eq!(
+        parse(LAB).unwrap().syn_cookie_key().unwrap(),
+        (None, CookieKeySource::Random)
+    );
+    let (k, src) = parse(&format!("{LAB}{SYNC}"))
+        .unwrap()
+        .syn_cookie_key()
+        .unwrap();
+    assert_eq!(src, CookieKeySource::SyncKey);
+    assert_eq!(k, Some(cookie_key_of(b"0123456789abcdef")));
+    let raw = u64::from_le_bytes(*b"01234567");
+    assert!(
+        k.is_some_and(|k| k.0[0] != raw),
+        "derived, not the secret's bytes"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -230,6 +230,25 @@ impl Config {
         if self.forwarding.hash_seed > i64::MAX as u64 {
             return err("forwarding.hash_seed", "must be at most 2^63-1".to_owned());
         }
+        // The key file is read at start; a bad one stops the start here, before DPDK.
+        if self.forwarding.syn_cookie_key_file.is_some() {
+            if let Err((k, m)) = self.syn_cookie_key() {
+                return err(&k, m);
+            }
+        }
+        let t = self.forwarding.syn_proxy_auto_threshold;
+        if !(2..=super::MAX_SYN_PROXY_AUTO_THRESHOLD).contains(&t) {
+            return err(
+                "forwarding.syn_proxy_auto_threshold",
+                format!(
+                    "{t} is not 2 to {}: it counts the embryonic flows of one frontend on one \
+                     worker that engage the SYN proxy (it disengages below half); use e.g. \
+                     {} (the default) or leave the key out",
+                    super::MAX_SYN_PROXY_AUTO_THRESHOLD,
+                    super::DEFAULT_SYN_PROXY_AUTO_THRESHOLD
+                ),
+            );
+        }
 
         // [[pools]]
         let mut pool_names = BTreeSet::new();

@@ -232,16 +232,21 @@ pub(super) fn spawn_workers(
         use std::hash::BuildHasher;
         std::collections::hash_map::RandomState::new().hash_one(0x736c_7569_6365_u64)
     };
-    // The SYN proxy's cookie key, the same for every worker, new at every start (cookies
-    // issued before a restart are refused after it; the client retries its SYN).
-    let syn_cookie_key = {
+    // The SYN proxy's cookie key, the same for every worker: from the configured secret
+    // (the same on every host, and across restarts), else new at every start (cookies issued
+    // before a restart are refused after it; the client retries its SYN).
+    let (configured, source) = cfg
+        .syn_cookie_key()
+        .map_err(|(k, m)| DaemonError::Io(std::io::Error::other(format!("{k}: {m}"))))?;
+    let syn_cookie_key = configured.unwrap_or_else(|| {
         use std::hash::BuildHasher;
         let r = std::collections::hash_map::RandomState::new();
         sluice_dataplane::pipeline::CookieKey([
             r.hash_one(0x636f_6f6b_6965_u64),
             r.hash_one(0x6b65_7931_u64),
         ])
-    };
+    });
+    info!(source = source.describe(), "SYN cookie key");
     let mut workers = Vec::new();
     let mut snapshots = Vec::new();
     let mut commands = Vec::new();

@@ -21,14 +21,18 @@
 //! Little-endian binary (JSON would take several times the bytes for a million flows):
 //! the magic `SLUICEFL`, a `u16` version, the header, a `u64` flow count, then one record per
 //! flow whose addresses take 4 or 16 bytes by family: 45 bytes per IPv4 NAT flow, 93 per IPv6
-//! one.
+//! one. Version 2 adds the SYN proxy's state of the flows it opened: bit 1 of the record's
+//! fourth byte (bit 0: NAT), then 5 bytes after the NAT part (the sequence offset or cookie,
+//! and the backend's window scale with the handshake flag). A file without such a flow is
+//! written as version 1, and both versions are read, so a restart across an upgrade or a
+//! downgrade keeps the flows whenever the older process can read them.
 use std::io::{BufWriter, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sluice_dataplane::conntrack::FlowState;
-use sluice_dataplane::pipeline::{RestoreFlow, SavedFlow, SavedNat, Unrestorable};
+use sluice_dataplane::pipeline::{RestoreFlow, SavedFlow, SavedNat, SavedProxy, Unrestorable};
 use sluice_dataplane::snapshot::{Local, Snapshot};
 use tracing::{info, warn};
 
@@ -40,7 +44,10 @@ pub const FILE_NAME: &str = "flows.bin";
 pub const MAX_AGE: Duration = Duration::from_secs(60);
 
 const MAGIC: &[u8; 8] = b"SLUICEFL";
-const VERSION: u16 = 1;
+/// The version written when a flow carries the SYN proxy's state, and the newest read.
+const VERSION: u16 = 2;
+/// The version without the SYN proxy's state.
+const VERSION_1: u16 = 1;
 
 /// The flows file in `state_dir`.
 pub fn path_in(state_dir: &Path) -> PathBuf {
@@ -348,7 +355,12 @@ pub(super) fn save_at_stop(
 
 fn encode(w: &mut impl Write, h: &Header, flows: &[SavedFlow]) -> std::io::Result<()> {
     w.write_all(MAGIC)?;
-    w.write_all(&VERSION.to_le_bytes())?;
+    let version = if flows.iter().any(|f| f.proxy.is_some()) {
+        VERSION
+    } else {
+        VERSION_1
+    };
+    w.write_all(&version.to_le_bytes())?;
     w.write_all(&h.written_unix_ms.to_le_bytes())?;
     w.write_all(&h.workers.to_le_bytes())?;
     w.write_all(&h.hash_seed.to_le_bytes())?;
@@ -371,7 +383,7 @@ fn encode(w: &mut impl Write, h: &Header, flows: &[SavedFlow]) -> std::io::Resul
             if v6 { 6 } else { 4 },
             f.proto,
             f.state as u8,
-            u8::from(f.nat.is_some()),
+            u8::from(f.nat.is_some()) | (u8::from(f.proxy.is_some()) << 1),
         ]);
         rec.extend_from_slice(&f.worker.to_le_bytes());
         for (a, p) in [
@@ -389,6 +401,10 @@ fn encode(w: &mut impl Write, h: &Header, flows: &[SavedFlow]) -> std::io::Resul
             rec.extend_from_slice(&n.client_mac);
             rec.push(n.state as u8);
             rec.extend_from_slice(&n.remaining_ms.to_le_bytes());
+        }
+        if let Some(p) = &f.proxy {
+            rec.extend_from_slice(&p.seq.to_le_bytes());
+            rec.push((p.backend_wscale & 0xf) | (u8::from(p.handshake) << 7));
         }
         w.write_all(&rec)?;
     }
@@ -459,9 +475,9 @@ fn decode(bytes: &[u8]) -> Result<(Header, Vec<SavedFlow>), String> {
         return Err("not a sluice flows file".into());
     }
     let version = r.u16()?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_1 {
         return Err(format!(
-            "format version {version}, this sluiced reads {VERSION}"
+            "format version {version}, this sluiced reads {VERSION_1} and {VERSION}"
         ));
     }
     let written_unix_ms = r.u64()?;
@@ -495,7 +511,14 @@ fn decode(bytes: &[u8]) -> Result<(Header, Vec<SavedFlow>), String> {
         };
         let proto = r.u8()?;
         let state = r.state()?;
-        let has_nat = r.u8()? != 0;
+        let parts = r.u8()?;
+        let (has_nat, has_proxy) = if version == VERSION_1 {
+            (parts != 0, false)
+        } else if parts & !3 != 0 {
+            return Err(format!("unknown record parts {parts:#x}"));
+        } else {
+            (parts & 1 != 0, parts & 2 != 0)
+        };
         let worker = r.u16()?;
         let (client, client_port) = (r.addr(v6)?, r.u16()?);
         let (vip, vip_port) = (r.addr(v6)?, r.u16()?);
@@ -512,6 +535,17 @@ fn decode(bytes: &[u8]) -> Result<(Header, Vec<SavedFlow>), String> {
         } else {
             None
         };
+        let proxy = if has_proxy {
+            let seq = r.u32()?;
+            let b = r.u8()?;
+            Some(SavedProxy {
+                seq,
+                backend_wscale: b & 0xf,
+                handshake: b & 0x80 != 0,
+            })
+        } else {
+            None
+        };
         flows.push(SavedFlow {
             worker,
             client,
@@ -524,6 +558,7 @@ fn decode(bytes: &[u8]) -> Result<(Header, Vec<SavedFlow>), String> {
             state,
             remaining_ms,
             nat,
+            proxy,
         });
     }
     if !r.b.is_empty() {
@@ -566,6 +601,7 @@ mod tests {
                 state: FlowState::TcpClosing,
                 remaining_ms: 9_000,
             }),
+            proxy: None,
         };
         let v6 = SavedFlow {
             worker: 0,
@@ -592,6 +628,38 @@ mod tests {
         assert!(!path.exists(), "deleted once read");
         assert!(load(&path).unwrap().is_none());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A file with a SYN-proxied flow is version 2 and carries the flow's offset, window
+    /// scale and handshake flag; one without is version 1, the format the previous version
+    /// wrote and reads, and its records load as before (no proxy state).
+    #[test]
+    fn proxied_flows_need_version_2_and_old_files_load() {
+        let mut old = Vec::new();
+        encode(&mut old, &header(), &flows()).unwrap();
+        assert_eq!(u16::from_le_bytes([old[8], old[9]]), 1);
+        let (_, f) = decode(&old).unwrap();
+        assert_eq!(f, flows());
+        assert!(f.iter().all(|f| f.proxy.is_none()));
+        let mut with = flows();
+        with[0].proxy = Some(SavedProxy {
+            seq: 0x8000_0001,
+            backend_wscale: 14,
+            handshake: false,
+        });
+        with[1].proxy = Some(SavedProxy {
+            seq: 5,
+            backend_wscale: 0,
+            handshake: true,
+        });
+        let mut b = Vec::new();
+        encode(&mut b, &header(), &with).unwrap();
+        assert_eq!(u16::from_le_bytes([b[8], b[9]]), 2);
+        assert_eq!(b.len(), old.len() + 10, "5 bytes per proxied flow");
+        assert_eq!(decode(&b).unwrap().1, with);
+        let mut future = b.clone();
+        future[8] = 3;
+        assert!(decode(&future).unwrap_err().contains("format version 3"));
     }
 
     /// A truncated or foreign file is invalid, never a panic.

@@ -13,22 +13,29 @@
 //! the receiver drop replays ([`Replay`]). A record (flow update) is, in network order:
 //!
 //! ```text
-//! flags (bit 0 IPv6, bit 1 NAT) | proto | state | nat_state | client_port | vip_port |
-//! backend_port | nat_port | remaining_ms u32 | nat_remaining_ms u32 | client_mac (6) |
-//! client | vip | backend | nat address (NAT only)     addresses 4 or 16 bytes by family
+//! flags (bit 0 IPv6, bit 1 NAT, bit 2 SYN proxy) | proto | state | nat_state | client_port |
+//! vip_port | backend_port | nat_port | remaining_ms u32 | nat_remaining_ms u32 |
+//! client_mac (6) | client | vip | backend | nat address (NAT only) |
+//! proxy seq u32, backend wscale | handshake << 7 (SYN proxy only)
 //! ```
 //!
-//! 42 bytes for an IPv4 NAT flow, 90 for an IPv6 one; a datagram carries up to
-//! [`MAX_PAYLOAD`] bytes of records.
+//! Addresses take 4 or 16 bytes by family: 42 bytes for an IPv4 NAT flow, 90 for an IPv6 one,
+//! 5 more for a flow the SYN proxy opened; a datagram carries up to [`MAX_PAYLOAD`] bytes of
+//! records. The SYN proxy's part came with version 2: a datagram that carries such a record
+//! is version 2, any other version 1, and both are read, so a host of the previous version
+//! still takes every record it can read (it drops a version-2 datagram whole).
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use sluice_dataplane::conntrack::FlowState;
-use sluice_dataplane::pipeline::{SavedFlow, SavedNat};
+use sluice_dataplane::pipeline::{SavedFlow, SavedNat, SavedProxy};
 
 const MAGIC: &[u8; 4] = b"SLSY";
-const VERSION: u8 = 1;
+/// The version of a datagram with a SYN-proxied flow, and the newest read.
+const VERSION: u8 = 2;
+/// The version of any other datagram.
+const VERSION_1: u8 = 1;
 const HEADER: usize = 32;
 const TAG: usize = 32;
 /// Bytes of records per datagram at most (the datagram stays under a 1500-byte MTU).
@@ -82,7 +89,7 @@ fn mac(key: &[u8]) -> HmacSha256 {
 /// The encoded length of `f`.
 pub fn record_len(f: &SavedFlow) -> usize {
     let a = if f.client.is_ipv6() { 16 } else { 4 };
-    26 + a * if f.nat.is_some() { 4 } else { 3 }
+    26 + a * if f.nat.is_some() { 4 } else { 3 } + if f.proxy.is_some() { 5 } else { 0 }
 }
 
 fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
@@ -96,10 +103,15 @@ fn state_code(s: FlowState) -> u8 {
     FlowState::ALL.iter().position(|x| *x == s).unwrap_or(0) as u8
 }
 
-/// Appends `f`'s record to `out`.
+/// Appends `f`'s record to `out`, a message [`begin`] started (made version 2 if `f` carries
+/// the SYN proxy's state).
 pub fn put_record(out: &mut Vec<u8>, f: &SavedFlow) {
     let v6 = f.client.is_ipv6();
-    let flags = u8::from(v6) | (u8::from(f.nat.is_some()) << 1);
+    let flags =
+        u8::from(v6) | (u8::from(f.nat.is_some()) << 1) | (u8::from(f.proxy.is_some()) << 2);
+    if f.proxy.is_some() && out.len() > 4 {
+        out[4] = VERSION;
+    }
     let n = f.nat;
     out.extend_from_slice(&[
         flags,
@@ -124,6 +136,10 @@ pub fn put_record(out: &mut Vec<u8>, f: &SavedFlow) {
     if let Some(n) = n {
         put_ip(out, n.addr);
     }
+    if let Some(p) = f.proxy {
+        out.extend_from_slice(&p.seq.to_be_bytes());
+        out.push((p.backend_wscale & 0xf) | (u8::from(p.handshake) << 7));
+    }
 }
 
 /// Starts a message: the header of `h` (count 0, patched by [`finish`]).
@@ -131,7 +147,7 @@ pub fn begin(out: &mut Vec<u8>, h: &Header) {
     out.clear();
     let name = &h.host.as_bytes()[..h.host.len().min(63)];
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&[VERSION, h.kind as u8, name.len() as u8, 0]);
+    out.extend_from_slice(&[VERSION_1, h.kind as u8, name.len() as u8, 0]);
     out.extend_from_slice(&h.boot.to_be_bytes());
     out.extend_from_slice(&h.seq.to_be_bytes());
     out.extend_from_slice(&h.unix_ms.to_be_bytes());
@@ -187,12 +203,14 @@ impl Rd<'_> {
     }
 }
 
-fn record(r: &mut Rd<'_>) -> Result<SavedFlow, Invalid> {
+/// One record of a message of `version`.
+fn record(r: &mut Rd<'_>, version: u8) -> Result<SavedFlow, Invalid> {
     let flags = r.u8()?;
-    if flags & !3 != 0 {
+    let known = if version == VERSION_1 { 3 } else { 7 };
+    if flags & !known != 0 {
         return Err(Invalid::Malformed);
     }
-    let (v6, nat) = (flags & 1 != 0, flags & 2 != 0);
+    let (v6, nat, proxied) = (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0);
     let proto = r.u8()?;
     let state = r.state()?;
     let nat_state = r.state()?;
@@ -212,6 +230,17 @@ fn record(r: &mut Rd<'_>) -> Result<SavedFlow, Invalid> {
     } else {
         None
     };
+    let proxy = if proxied {
+        let seq = r.u32()?;
+        let b = r.u8()?;
+        Some(SavedProxy {
+            seq,
+            backend_wscale: b & 0xf,
+            handshake: b & 0x80 != 0,
+        })
+    } else {
+        None
+    };
     Ok(SavedFlow {
         worker: 0,
         client,
@@ -224,12 +253,13 @@ fn record(r: &mut Rd<'_>) -> Result<SavedFlow, Invalid> {
         state,
         remaining_ms,
         nat,
+        proxy,
     })
 }
 
 /// Checks `d`'s HMAC under `key` and decodes it; the records go to `out`.
 pub fn decode(d: &[u8], key: &[u8], out: &mut Vec<SavedFlow>) -> Result<Header, Invalid> {
-    if d.len() < HEADER + TAG || &d[..4] != MAGIC || d[4] != VERSION {
+    if d.len() < HEADER + TAG || &d[..4] != MAGIC || (d[4] != VERSION && d[4] != VERSION_1) {
         return Err(Invalid::Malformed);
     }
     let (body, tag) = d.split_at(d.len() - TAG);
@@ -258,7 +288,7 @@ pub fn decode(d: &[u8], key: &[u8], out: &mut Vec<SavedFlow>) -> Result<Header, 
     let mut r = Rd(&body[HEADER + n..]);
     let start = out.len();
     for _ in 0..count {
-        match record(&mut r) {
+        match record(&mut r, d[4]) {
             Ok(f) => out.push(f),
             Err(e) => {
                 out.truncate(start);
@@ -353,6 +383,7 @@ mod tests {
                 state: FlowState::TcpClosing,
                 remaining_ms: 999,
             }),
+            proxy: None,
         }
     }
 
@@ -386,6 +417,50 @@ mod tests {
         let h = decode(&out, b"0123456789abcdef", &mut got).unwrap();
         assert_eq!(h, header(Kind::Flows, 3));
         assert_eq!(got, flows);
+    }
+
+    /// A SYN-proxied flow's record carries its offset, window scale and handshake flag and
+    /// makes its datagram version 2; a datagram without one stays version 1 (what a host of
+    /// the previous version reads), and a version-1 datagram may not use the proxy's bit.
+    #[test]
+    fn proxied_records_round_trip_in_version_2() {
+        let key = b"0123456789abcdef";
+        let plain = flow(false, true);
+        let proxied = SavedFlow {
+            proxy: Some(SavedProxy {
+                seq: 0xdead_beef,
+                backend_wscale: 9,
+                handshake: false,
+            }),
+            ..plain
+        };
+        let waiting = SavedFlow {
+            proxy: Some(SavedProxy {
+                seq: 77,
+                backend_wscale: 0,
+                handshake: true,
+            }),
+            ..flow(true, true)
+        };
+        let mut out = Vec::new();
+        begin(&mut out, &header(Kind::Flows, 1));
+        put_record(&mut out, &plain);
+        assert_eq!(out[4], 1, "no proxied record: version 1");
+        for f in [&proxied, &waiting] {
+            let before = out.len();
+            put_record(&mut out, f);
+            assert_eq!(out.len() - before, record_len(f));
+        }
+        assert_eq!(out[4], 2);
+        finish(&mut out, 3, key);
+        let mut got = Vec::new();
+        decode(&out, key, &mut got).unwrap();
+        assert_eq!(got, vec![plain, proxied, waiting]);
+        // The same records under version 1: the proxy's bit is unknown there.
+        let mut old = out[..out.len() - TAG].to_vec();
+        old[4] = 1;
+        finish(&mut old, 3, key);
+        assert_eq!(decode(&old, key, &mut Vec::new()), Err(Invalid::Malformed));
     }
 
     #[test]

@@ -66,6 +66,7 @@ fn flow(port: u16) -> SavedFlow {
             state: FlowState::TcpEstablished,
             remaining_ms: 8_000_000,
         }),
+        proxy: None,
     }
 }
 

@@ -6,7 +6,7 @@ use etherparse::PacketBuilder;
 use super::*;
 use crate::maglev::{MaglevBackend, MaglevTable};
 use crate::pipeline::{PacketBuf, PipelineConfig, VecBuf};
-use crate::snapshot::{Backend, Cidr, Local, Protocol};
+use crate::snapshot::{Backend, Cidr, Local, Protocol, SynProxy};
 use crate::stats::{DropReason, WorkerStats};
 
 const LB_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
@@ -36,7 +36,7 @@ fn snap(draining: u32) -> Snapshot {
             source_ranges: vec![],
             flow_limit: None,
             source_flow_limit: None,
-            syn_proxy: false,
+            syn_proxy: SynProxy::Off,
             backends,
             maglev: Arc::new(MaglevTable::build(&mb, 31, 1).unwrap()),
         }

@@ -26,7 +26,7 @@ use super::family::{Fam, Tables};
 use super::nat::{NatAhead, NatGuess};
 use super::{flow_hash, nat, pick, Family, Hint, PacketBuf, Pipeline, Verdict};
 use crate::conntrack::{FlowKey, FlowState, Key, NO_SLOT};
-use crate::snapshot::{AddrKind, Method, Snapshot};
+use crate::snapshot::{AddrKind, Method, Snapshot, SynProxy};
 use crate::stats::DropReason;
 use crate::wire::parse::{parse_into, Fragment, Parsed, L3};
 use crate::wire::{proto, tcp::flags};
@@ -505,7 +505,7 @@ fn first<F: Family>(snap: &Snapshot, t: &Tables<F>, b: &mut Burst, i: usize) {
         return;
     };
     // A SYN-proxied frontend's SYN takes no port (the proxy answers it).
-    if f.method != Method::Nat || f.affinity_ms.is_some() || !syn || f.syn_proxy {
+    if f.method != Method::Nat || f.affinity_ms.is_some() || !syn || f.syn_proxy == SynProxy::On {
         return;
     }
     if let Some(e) = f.maglev.entry_for(h) {

@@ -8,13 +8,13 @@
 //! worker puts in mbufs.
 use std::net::IpAddr;
 
-use super::{dsr, mac_at, raw_ip, Family, NeighborEvent, PacketBuf, Pipeline, Verdict};
+use super::{dsr, mac_at, raw_ip, Family, Fwd, NeighborEvent, PacketBuf, Pipeline, Verdict};
 use crate::conntrack::Key;
 use crate::snapshot::{Method, Snapshot};
 use crate::stats::{bump, DropReason};
 use crate::wire::checksum::{self, update16};
 use crate::wire::parse::{Fragment, Parsed};
-use crate::wire::{arp, be16, ethernet, icmp, ipv6, proto, put16};
+use crate::wire::{arp, be16, be32, ethernet, icmp, ipv6, proto, put16, put32};
 
 impl Pipeline {
     /// An ARP packet: a request for one of our addresses is answered in place; a reply (or a
@@ -168,6 +168,12 @@ impl Pipeline {
         d[ioff + alen..ioff + 2 * alen].copy_from_slice(la.bytes());
         put16(d, q + ihl, b.port);
         put16(d, q + ihl + 2, fv.nat_port);
+        // A SYN-proxied flow's segments reached the client with the offset taken off their
+        // sequence numbers: the backend sent them with it (none yet during the handshake).
+        let tcp_seq = q + ihl + 4;
+        if fv.proxied() && fv.flags & Fwd::HANDSHAKE == 0 && tcp_seq + 4 <= end {
+            put32(d, tcp_seq, be32(d, tcp_seq).wrapping_add(fv.seq));
+        }
         F::fill_header_checksums(d, l3, q);
         put16(d, l4 + 2, 0);
         let c = F::icmp_checksum(d, l3, l4, end);

@@ -14,6 +14,7 @@
 //! | `limits.rs` | new-flow budgets: token buckets per frontend and per source prefix |
 //! | `nat.rs` | `nat`: port slices, port allocation, reverse entries, rewrites, replies |
 //! | `synproxy.rs` | the SYN proxy of `nat` TCP frontends: cookies, the backend handshake, sequence translation |
+//! | `synauto.rs` | the SYN proxy's automatic mode: embryonic flows per frontend, engagement |
 //! | `dsr.rs` | `dsr-l2` and `dsr-ipip` |
 //! | `edge.rs` | ARP, NDP and ICMP answers; frames the dataplane originates |
 //! | `flows.rs` | flow dumps for the admin API |
@@ -60,6 +61,7 @@ mod limits;
 mod nat;
 mod saved;
 mod schedule;
+mod synauto;
 mod sync;
 mod synproxy;
 
@@ -68,7 +70,8 @@ pub use burst::BURST;
 pub use family::{Aff, Fwd, Rev};
 pub use flows::FlowEntry;
 pub use limits::SourceLimitConfig;
-pub use saved::{RestoreFlow, SavedFlow, SavedNat, Unrestorable};
+pub use saved::{RestoreFlow, SavedFlow, SavedNat, SavedProxy, Unrestorable};
+pub use synauto::CENSUS_SLOTS_PER_TICK;
 pub use sync::WALK_SLOTS_PER_TICK;
 pub use synproxy::{syn_cookie, CookieData, CookieKey, WSCALE as SYN_PROXY_WSCALE};
 
@@ -122,8 +125,9 @@ pub struct PipelineConfig {
     /// The per-source new-flow buckets: prefix lengths, table size, hash seed.
     pub source_limits: SourceLimitConfig,
     /// The SYN proxy's cookie key: the same for every worker of a host (a client's SYN and
-    /// ACK may reach different workers after a change of queues), drawn at every start by
-    /// the daemon; fixed in tests.
+    /// ACK may reach different workers after a change of queues); derived by the daemon from
+    /// a configured fleet secret (the same on every host and across restarts), else drawn at
+    /// every start; fixed in tests.
     pub syn_cookie_key: CookieKey,
 }
 
@@ -172,6 +176,8 @@ pub struct Pipeline {
     walk: Option<sync::Walk>,
     /// See [`PipelineConfig::syn_cookie_key`].
     cookie_key: CookieKey,
+    /// The SYN proxy's automatic mode: embryonic flows and engagement per frontend.
+    auto: synauto::Auto,
 }
 
 /// Work already done for a packet (by the burst's prefetch passes, or nothing: [`Hint::NONE`]).
@@ -264,6 +270,7 @@ impl Pipeline {
             sync: None,
             walk: None,
             cookie_key: cfg.syn_cookie_key,
+            auto: synauto::Auto::default(),
         };
         crate::stats::set(
             &p.stats.ct_capacity,
@@ -455,12 +462,15 @@ impl Pipeline {
         if !allowed::<F>(f, p) {
             return Verdict::Drop(DropReason::SourceDenied);
         }
-        let proxied = f.syn_proxy && f.method == Method::Nat && p.proto == proto::TCP;
+        let proxied = f.syn_proxy.enabled() && f.method == Method::Nat && p.proto == proto::TCP;
         let with_acks;
-        let flow = if proxied {
-            if p.tcp_flags & (flags::SYN | flags::ACK) == flags::SYN {
+        let flow = if proxied && p.tcp_flags & (flags::SYN | flags::ACK) == flags::SYN {
+            // `on`, or `auto` while engaged: a cookie; else scheduled as any SYN.
+            if self.cookie_for_syn(f) {
                 return self.syn_cookie::<F, P>(snap, pkt, p, flow.now_ms);
             }
+            flow
+        } else if proxied {
             with_acks = VipFlow {
                 proxy: synproxy::seq_ack(pkt.data(), p),
                 ..*flow

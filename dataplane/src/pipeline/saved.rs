@@ -38,6 +38,41 @@ pub struct SavedFlow {
     pub remaining_ms: u32,
     /// The NAT side, for a `nat` flow.
     pub nat: Option<SavedNat>,
+    /// The SYN proxy's state, for a flow it opened.
+    pub proxy: Option<SavedProxy>,
+}
+
+/// The SYN proxy's state of a [`SavedFlow`] it opened (`pipeline/synproxy.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedProxy {
+    /// [`Fwd::seq`]: the sequence offset, or the cookie during the backend handshake.
+    pub seq: u32,
+    /// The backend's window scale (0 to 14; 0 during the handshake).
+    pub backend_wscale: u8,
+    /// The backend's SYN-ACK has not come back yet ([`Fwd::HANDSHAKE`]).
+    pub handshake: bool,
+}
+
+impl SavedProxy {
+    /// The proxy's part of a forward value, if the SYN proxy opened it.
+    pub(super) fn of(v: &Fwd) -> Option<SavedProxy> {
+        v.proxied().then(|| SavedProxy {
+            seq: v.seq,
+            backend_wscale: v.backend_wscale(),
+            handshake: v.flags & Fwd::HANDSHAKE != 0,
+        })
+    }
+
+    /// The forward value's flags and `seq` it stands for.
+    pub(super) fn fwd_bits(p: Option<SavedProxy>) -> (u8, u32) {
+        match p {
+            None => (0, 0),
+            Some(p) => {
+                let hs = if p.handshake { Fwd::HANDSHAKE } else { 0 };
+                (Fwd::PROXIED | hs | ((p.backend_wscale & 0xf) << 4), p.seq)
+            }
+        }
+    }
 }
 
 /// The NAT side of a [`SavedFlow`]: its reverse entry.
@@ -189,8 +224,7 @@ impl Pipeline {
         let k = *e.key();
         let v = *e.value();
         let b = snap.backend(v.backend)?;
-        // A saved flow has no room for a SYN-proxied flow's sequence offset: not kept.
-        if remaining_ms == 0 || v.proxied() {
+        if remaining_ms == 0 {
             return None;
         }
         let nat = if v.nat_port == 0 {
@@ -210,6 +244,7 @@ impl Pipeline {
             state: e.state(),
             remaining_ms,
             nat,
+            proxy: SavedProxy::of(&v),
         })
     }
 
@@ -280,10 +315,15 @@ impl Pipeline {
                     return false;
                 };
                 let rk = Key::new(backend, addr, f.backend_port, n.port, f.proto);
+                let mut client_mac = n.client_mac;
+                if f.proxy.is_some() {
+                    // The mark that sends its replies through the proxy's translation.
+                    client_mac[0] |= Rev::<F>::PROXIED;
+                }
                 let val = Rev {
                     client,
                     client_port: f.client_port,
-                    client_mac: n.client_mac,
+                    client_mac,
                     // A snapshot holds only frontend ids below MAX_FRONTENDS (2^16).
                     frontend: r.frontend as u16,
                 };
@@ -309,12 +349,13 @@ impl Pipeline {
             }
         };
         let key = Key::new(client, vip, f.client_port, f.vip_port, f.proto);
+        let (proxy_flags, seq) = SavedProxy::fwd_bits(f.proxy);
         let val = Fwd {
             backend: r.backend,
             nat_port,
             nat_addr: r.nat_addr,
-            flags: if synced { Fwd::SYNCED } else { 0 },
-            seq: 0,
+            flags: if synced { Fwd::SYNCED } else { 0 } | proxy_flags,
+            seq,
         };
         let h = key.flow_hash(seed);
         let displaced = t.fwd.insert(key, h, val, f.state, seen, Insert::Replace);

@@ -10,7 +10,7 @@ use super::{
 };
 use super::{closed, displaced_flow, nat::NatFlow};
 use crate::conntrack::{Entry, FlowState, Insert, Inserted, Key};
-use crate::snapshot::{Backend, BackendState, Method, Snapshot};
+use crate::snapshot::{Backend, BackendState, Method, Snapshot, SynProxy};
 use crate::stats::{bump, DropReason};
 use crate::wire::parse::{Fragment, Parsed};
 use crate::wire::{proto, tcp::flags};
@@ -120,7 +120,9 @@ impl Pipeline {
         let mut cookie = None;
         let hit = match (hit, proxy) {
             (Some(hv), Some(sa))
-                if f.syn_proxy && hv.1 == FlowState::TcpClosing && fl & flags::FIN == 0 =>
+                if f.syn_proxy.enabled()
+                    && hv.1 == FlowState::TcpClosing
+                    && fl & flags::FIN == 0 =>
             {
                 cookie = self.valid_cookie::<F>(p, sa, now_ms);
                 if cookie.is_some() {
@@ -135,9 +137,20 @@ impl Pipeline {
             (hit, _) => hit,
         };
         if let Some((v, old, new, first)) = hit {
+            // An `auto` frontend counts its embryonic flows: one opened or one completed.
+            if matches!(f.syn_proxy, SynProxy::Auto { .. })
+                && (old == FlowState::TcpSynSent) != (new == FlowState::TcpSynSent)
+                && v.flags & (Fwd::PROXIED | Fwd::SYNCED) == 0
+            {
+                let d = if new == FlowState::TcpSynSent { 1 } else { -1 };
+                self.auto_embryonic(f, d);
+            }
             if v.synced() {
                 // A peer's flow whose packets now come here: ours from now on.
-                let ours = Fwd { flags: 0, ..v };
+                let ours = Fwd {
+                    flags: v.flags & !Fwd::SYNCED,
+                    ..v
+                };
                 self.adopt::<F>(snap, &key, &ours, new, src_mac);
             } else if new != old && matches!(new, FlowState::TcpEstablished | FlowState::TcpClosing)
             {
@@ -194,7 +207,7 @@ impl Pipeline {
             }
         }
         if tcp && f.method == Method::Nat && !syn_only(tcp, fl) {
-            if !f.syn_proxy {
+            if !f.syn_proxy.enabled() {
                 return Err(DropReason::TcpNoFlow);
             }
             // A SYN-proxied frontend: only an ACK returning a valid cookie opens a flow.
@@ -281,6 +294,13 @@ impl Pipeline {
         bump(&self.stats.new_flows, 1);
         if let Some(c) = self.stats.targets.get(b.id as usize) {
             bump(&c.new_flows, 1);
+        }
+        if let SynProxy::Auto { .. } = f.syn_proxy {
+            if proxy_flags != 0 {
+                self.auto_returned(f);
+            } else if st == FlowState::TcpSynSent {
+                self.auto_embryonic(f, 1);
+            }
         }
         // A TCP flow is published once established; a UDP or other flow at birth.
         if !tcp && self.sync.is_some() {

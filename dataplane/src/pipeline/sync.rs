@@ -72,10 +72,6 @@ impl Pipeline {
         client_mac: [u8; 6],
     ) {
         let Some(tx) = &self.sync else { return };
-        // A proxied flow's sequence offset is not part of a synced flow: not published.
-        if v.proxied() {
-            return;
-        }
         let Some(b) = snap.backend(v.backend) else {
             return;
         };
@@ -105,6 +101,7 @@ impl Pipeline {
             state,
             remaining_ms,
             nat,
+            proxy: super::SavedProxy::of(v),
         };
         self.put(tx, f);
     }

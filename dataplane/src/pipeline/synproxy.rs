@@ -18,8 +18,8 @@
 //! 32 bits: a 25-bit MAC over the 4-tuple, the client's initial sequence number, the cookie
 //! epoch and the 7 data bits, then the data bits: the MSS index (2 bits: the largest of the
 //! family's [`Family::COOKIE_MSS`] not above the client's MSS), SACK permitted (1 bit) and the
-//! client's window scale (4 bits, 15: none). The MAC is SipHash-2-4 under a per-host key
-//! drawn at start ([`super::PipelineConfig::syn_cookie_key`]). The epoch is the worker's millisecond
+//! client's window scale (4 bits, 15: none). The MAC is SipHash-2-4 under the host's key
+//! ([`super::PipelineConfig::syn_cookie_key`]: from a fleet secret, or drawn at start). The epoch is the worker's millisecond
 //! clock over 65,536 (65.5 s); an ACK is checked against the current and the previous epoch,
 //! so a cookie lives 65 to 131 s. Forging one blindly succeeds with probability 2^-24 per try.
 //!
@@ -579,6 +579,11 @@ impl Pipeline {
                 e.set_state(FlowState::TcpEstablished);
                 if let Some(r) = t.rev.lookup(rk, rh, NO_SLOT, now_ms, |_| {}) {
                     r.set_state(FlowState::TcpEstablished);
+                }
+                // Established: the peers learn it, with its offset.
+                if self.sync.is_some() {
+                    let st = FlowState::TcpEstablished;
+                    self.publish::<F>(snap, &fk, &nv, st, v.reply_mac());
                 }
                 // The client learns the backend's window: its data, carrying the ACK the
                 // backend waits for, completes the backend's handshake.

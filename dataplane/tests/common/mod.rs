@@ -11,7 +11,7 @@ use etherparse::{
 };
 use sluice_dataplane::maglev::{MaglevBackend, MaglevTable};
 use sluice_dataplane::snapshot::{
-    Backend, BackendState, Cidr, Frontend, Local, Method, Protocol, Snapshot,
+    Backend, BackendState, Cidr, Frontend, Local, Method, Protocol, Snapshot, SynProxy,
 };
 
 pub const LB_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
@@ -67,7 +67,7 @@ pub fn frontend(
         source_ranges: vec![],
         flow_limit: None,
         source_flow_limit: None,
-        syn_proxy: false,
+        syn_proxy: SynProxy::Off,
         backends,
         maglev: Arc::new(MaglevTable::build(&mb, 1021, 42).unwrap()),
     }

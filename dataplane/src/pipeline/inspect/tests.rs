@@ -5,7 +5,7 @@ use super::super::{PacketBuf, PipelineConfig, VecBuf, Verdict};
 use super::*;
 use crate::conntrack::{FlowState, Insert};
 use crate::maglev::{MaglevBackend, MaglevTable};
-use crate::snapshot::{Backend, BackendState, FlowLimit, Frontend, Local, Protocol};
+use crate::snapshot::{Backend, BackendState, FlowLimit, Frontend, Local, Protocol, SynProxy};
 
 fn snap() -> Snapshot {
     let mb = [MaglevBackend {
@@ -33,7 +33,7 @@ fn snap() -> Snapshot {
                 rate: 1000,
                 burst: 1000,
             }),
-            syn_proxy: false,
+            syn_proxy: SynProxy::Off,
             backends: vec![1],
             maglev: Arc::new(MaglevTable::build(&mb, 31, 1).unwrap()),
         }],
