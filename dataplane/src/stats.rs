@@ -196,6 +196,11 @@ pub struct FrontendCounters {
     pub limited_vip: AtomicU64,
     /// New flows refused by a source prefix's budget ([`DropReason::SourceFlowLimit`]).
     pub limited_source: AtomicU64,
+    /// SYN-ACKs with a cookie the SYN proxy sent for the frontend.
+    pub syn_cookies_sent: AtomicU64,
+    /// 1 while this worker's SYN proxy answers the `auto` frontend's SYNs with cookies (a
+    /// gauge).
+    pub syn_proxy_engaged: AtomicU64,
 }
 
 impl FrontendCounters {

@@ -909,6 +909,9 @@ fn auto_engages_past_threshold_and_honours_cookies_after() {
     assert!(pipe.syn_proxy_engaged(0), "8 embryonic flows engage it");
     assert_eq!(stats.syn_proxy_engaged.load(Relaxed), 1);
     assert_eq!(stats.syn_proxy_engagements.load(Relaxed), 1);
+    // Per frontend too: frontend 0 is engaged, frontend 4 is not.
+    assert_eq!(stats.frontends[0].syn_proxy_engaged.load(Relaxed), 1);
+    assert_eq!(stats.frontends[4].syn_proxy_engaged.load(Relaxed), 0);
     assert!(
         !pipe.syn_proxy_engaged(4),
         "the other frontend is not under pressure"
@@ -919,6 +922,7 @@ fn auto_engages_past_threshold_and_honours_cookies_after() {
     }
     assert_eq!(pipe.flows(), 9);
     assert_eq!(stats.syn_cookies_sent.load(Relaxed), 100);
+    assert_eq!(stats.frontends[0].syn_cookies_sent.load(Relaxed), 100);
     // A real client among the flood keeps its cookie SYN-ACK's cookie.
     let issued = now;
     let c = syn_cookie(
@@ -944,6 +948,7 @@ fn auto_engages_past_threshold_and_honours_cookies_after() {
         pipe.syn_proxy_pressure(0)
     );
     assert_eq!(stats.syn_proxy_engaged.load(Relaxed), 0);
+    assert_eq!(stats.frontends[0].syn_proxy_engaged.load(Relaxed), 0);
     assert_eq!(pipe.embryonic_flows(&snap, 0, now), 0);
     // The cookie ACK of the handshake begun while engaged opens a backend connection.
     let ack = Seg {

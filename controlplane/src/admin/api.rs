@@ -262,21 +262,27 @@ pub struct FrontendDetail {
     pub affinity_ms: Option<u32>,
     /// Traffic over its backends.
     pub traffic: Traffic,
-    /// New flows its budgets refused (since the frontend was created on this host).
+    /// Its new-flow budget refusals and SYN proxy counters (since the frontend was created
+    /// on this host).
     #[serde(default)]
-    pub refused: Refused,
+    pub counters: FrontendCounters,
     /// Its backends, by address and port.
     pub backends: Vec<BackendDetail>,
 }
 
-/// New flows a frontend's budgets refused (`new_flow_limit_vip` and `new_flow_limit_source`
-/// drops of this frontend).
+/// One frontend's own counters, summed over the workers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Refused {
-    /// By the frontend's own budget (`sluice.dev/new-flow-limit`).
-    pub vip_budget: u64,
-    /// By a source prefix's budget (`sluice.dev/new-flow-limit-per-source`).
-    pub source_budget: u64,
+pub struct FrontendCounters {
+    /// New flows refused by the frontend's own budget (`sluice.dev/new-flow-limit`; drops
+    /// `new_flow_limit_vip`).
+    pub refused_vip_budget: u64,
+    /// New flows refused by a source prefix's budget (`sluice.dev/new-flow-limit-per-source`;
+    /// drops `new_flow_limit_source`).
+    pub refused_source_budget: u64,
+    /// SYN-ACKs with a cookie the SYN proxy sent for the frontend.
+    pub syn_cookies_sent: u64,
+    /// Workers whose SYN proxy answers the (`auto`) frontend's SYNs with cookies now (a gauge).
+    pub syn_proxy_engaged_workers: u64,
 }
 
 /// `GET /v1/services/NS/NAME`.

@@ -283,7 +283,7 @@ impl<'a> View<'a> {
             maglev_size: f.maglev_size,
             affinity_ms: f.affinity_ms,
             traffic: total,
-            refused: self.st.refused(&self.live, f.id),
+            counters: self.st.frontend_counters(&self.live, f.id),
             backends,
         }
     }

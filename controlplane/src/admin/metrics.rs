@@ -501,7 +501,7 @@ impl Collector for SluiceCollector {
         struct Fe {
             labels: Labels,
             traffic: Traffic,
-            refused: super::api::Refused,
+            counters: super::api::FrontendCounters,
             states: [usize; 3],
             backends: Vec<(Labels, Traffic, BackendState, u32, f64)>,
         }
@@ -543,7 +543,7 @@ impl Collector for SluiceCollector {
                     })
                     .collect();
                 Fe {
-                    refused: st.refused(&live, f.id),
+                    counters: st.frontend_counters(&live, f.id),
                     labels,
                     traffic: total,
                     states,
@@ -584,8 +584,8 @@ impl Collector for SluiceCollector {
             "New flows of the VIP:port its new-flow budgets refused, by budget (vip, source)",
             fes.iter().flat_map(|f| {
                 [
-                    ("vip", f.refused.vip_budget),
-                    ("source", f.refused.source_budget),
+                    ("vip", f.counters.refused_vip_budget),
+                    ("source", f.counters.refused_source_budget),
                 ]
                 .into_iter()
                 .map(move |(b, n)| {
@@ -593,6 +593,24 @@ impl Collector for SluiceCollector {
                     l.push(("budget", b.to_owned()));
                     (l, c(n))
                 })
+            }),
+        )?;
+        family(
+            &mut enc,
+            "sluice_frontend_syn_cookies_sent",
+            "SYN-ACKs with a cookie the SYN proxy sent for the VIP:port",
+            fes.iter()
+                .map(|f| (f.labels.clone(), c(f.counters.syn_cookies_sent))),
+        )?;
+        family(
+            &mut enc,
+            "sluice_frontend_syn_proxy_engaged_workers",
+            "Workers whose SYN proxy answers the VIP:port's SYNs with cookies now (auto mode)",
+            fes.iter().map(|f| {
+                (
+                    f.labels.clone(),
+                    g(f.counters.syn_proxy_engaged_workers as f64),
+                )
             }),
         )?;
         family(

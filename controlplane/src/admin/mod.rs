@@ -294,9 +294,9 @@ pub(crate) struct Live {
     since: HashMap<Owner, (BackendState, SystemTime)>,
     /// Current owner of each backend id and the raw counters when it took the id.
     pub(crate) owners: HashMap<u32, (Owner, api::Traffic)>,
-    /// Current owner of each frontend id (its name, VIP, protocol, port) and the raw budget
-    /// refusals when it took the id.
-    pub(crate) fe_owners: HashMap<u32, (FrontendOwner, api::Refused)>,
+    /// Current owner of each frontend id (its name, VIP, protocol, port) and the raw
+    /// counters when it took the id.
+    pub(crate) fe_owners: HashMap<u32, (FrontendOwner, api::FrontendCounters)>,
 }
 
 /// What owns a frontend id: its name, VIP, protocol and port.
@@ -649,7 +649,7 @@ impl AdminState {
             let origin = match live.fe_owners.get(&f.id) {
                 Some((o, origin)) if *o == owner => *origin,
                 // A new owner starts from what the id's previous owner left.
-                _ => self.raw_refused(f.id),
+                _ => self.raw_frontend(f.id),
             };
             fe_owners.insert(f.id, (owner, origin));
         }
@@ -862,26 +862,34 @@ impl AdminState {
         out
     }
 
-    /// One frontend id's budget refusals, summed over the workers.
-    fn raw_refused(&self, id: u32) -> api::Refused {
+    /// One frontend id's counters, summed over the workers.
+    fn raw_frontend(&self, id: u32) -> api::FrontendCounters {
         use std::sync::atomic::Ordering::Relaxed;
-        let mut r = api::Refused::default();
+        let mut r = api::FrontendCounters::default();
         for w in &self.workers {
             if let Some(c) = w.stats.frontends.get(id as usize) {
-                r.vip_budget += c.limited_vip.load(Relaxed);
-                r.source_budget += c.limited_source.load(Relaxed);
+                r.refused_vip_budget += c.limited_vip.load(Relaxed);
+                r.refused_source_budget += c.limited_source.load(Relaxed);
+                r.syn_cookies_sent += c.syn_cookies_sent.load(Relaxed);
+                r.syn_proxy_engaged_workers += c.syn_proxy_engaged.load(Relaxed);
             }
         }
         r
     }
 
-    /// One frontend id's budget refusals since its owner took the id.
-    pub(crate) fn refused(&self, live: &Live, id: u32) -> api::Refused {
-        let raw = self.raw_refused(id);
+    /// One frontend id's counters since its owner took the id (the engagement gauge as is).
+    pub(crate) fn frontend_counters(&self, live: &Live, id: u32) -> api::FrontendCounters {
+        let raw = self.raw_frontend(id);
         let origin = live.fe_owners.get(&id).map(|o| o.1).unwrap_or_default();
-        api::Refused {
-            vip_budget: raw.vip_budget.saturating_sub(origin.vip_budget),
-            source_budget: raw.source_budget.saturating_sub(origin.source_budget),
+        api::FrontendCounters {
+            refused_vip_budget: raw
+                .refused_vip_budget
+                .saturating_sub(origin.refused_vip_budget),
+            refused_source_budget: raw
+                .refused_source_budget
+                .saturating_sub(origin.refused_source_budget),
+            syn_cookies_sent: raw.syn_cookies_sent.saturating_sub(origin.syn_cookies_sent),
+            syn_proxy_engaged_workers: raw.syn_proxy_engaged_workers,
         }
     }
 

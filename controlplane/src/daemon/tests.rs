@@ -633,6 +633,9 @@ async fn metrics_scrape_parses_with_expected_series() {
     f.stats[1].frontends[fid(80)].limited(DropReason::VipFlowLimit);
     f.stats[1].frontends[fid(80)].limited(DropReason::SourceFlowLimit);
     f.stats[1].frontends[fid(80)].limited(DropReason::NoBackend);
+    bump(&f.stats[0].frontends[fid(80)].syn_cookies_sent, 3);
+    bump(&f.stats[1].frontends[fid(80)].syn_cookies_sent, 2);
+    bump(&f.stats[1].frontends[fid(80)].syn_proxy_engaged, 1);
     f.st.observe_compile(std::time::Duration::from_millis(2));
     f.st.sample(vec![dpdk_sys::PortStats {
         rx_packets: 9,
@@ -684,12 +687,16 @@ async fn metrics_scrape_parses_with_expected_series() {
         .find(|x| x.id as usize == fid(80))
         .unwrap();
     assert_eq!(
-        http.refused,
-        api::Refused {
-            vip_budget: 2,
-            source_budget: 1
+        http.counters,
+        api::FrontendCounters {
+            refused_vip_budget: 2,
+            refused_source_budget: 1,
+            syn_cookies_sent: 5,
+            syn_proxy_engaged_workers: 1,
         }
     );
+    assert_eq!(find("sluice_frontend_syn_cookies_sent_total", &fe), 5.0);
+    assert_eq!(find("sluice_frontend_syn_proxy_engaged_workers", &fe), 1.0);
     assert_eq!(find("sluice_backend_active_flows", &be), 3.0);
     assert_eq!(find("sluice_frontend_active_flows", &fe), 3.0);
     let mut active = fe.to_vec();

@@ -467,7 +467,11 @@ impl Pipeline {
         let flow = if proxied && p.tcp_flags & (flags::SYN | flags::ACK) == flags::SYN {
             // `on`, or `auto` while engaged: a cookie; else scheduled as any SYN.
             if self.cookie_for_syn(f) {
-                return self.syn_cookie::<F, P>(snap, pkt, p, flow.now_ms);
+                let v = self.syn_cookie::<F, P>(snap, pkt, p, flow.now_ms);
+                if let (Verdict::Tx, Some(c)) = (v, self.stats.frontends.get(f.id as usize)) {
+                    crate::stats::bump(&c.syn_cookies_sent, 1);
+                }
+                return v;
             }
             flow
         } else if proxied {

@@ -95,6 +95,13 @@ impl Pipeline {
     /// installs a snapshot; it allocates). Frontends that stay `auto` keep their state; the
     /// census starts over.
     pub fn install_snapshot(&mut self, snap: &Snapshot) {
+        // The per-frontend engagement flags of the old snapshot's frontends go down first;
+        // `publish_auto` raises the new ones'.
+        for (i, s) in self.auto.fronts.iter().enumerate() {
+            if let (true, Some(c)) = (s.engaged, self.stats.frontends.get(i)) {
+                set(&c.syn_proxy_engaged, 0);
+            }
+        }
         let a = &mut self.auto;
         let len = snap
             .frontends()
@@ -248,8 +255,15 @@ impl Pipeline {
         }
     }
 
-    /// Copies the number of engaged frontends into the shared stats.
+    /// Copies the number of engaged frontends, and each `auto` frontend's engagement, into
+    /// the shared stats.
     fn publish_auto(&self) {
+        for &id in &self.auto.ids {
+            if let Some(c) = self.stats.frontends.get(id as usize) {
+                let engaged = self.auto.fronts[id as usize].engaged;
+                set(&c.syn_proxy_engaged, u64::from(engaged));
+            }
+        }
         let n = self
             .auto
             .ids

@@ -345,12 +345,21 @@ pub fn service(d: &api::ServiceDetail) -> String {
             si(f.traffic.packets as f64),
             bytes(f.traffic.bytes)
         );
-        if f.refused != api::Refused::default() {
+        let c = &f.counters;
+        if c.refused_vip_budget + c.refused_source_budget > 0 {
             let _ = writeln!(
                 o,
                 "  refused new flows: {} by the frontend's budget, {} by source budgets",
-                si(f.refused.vip_budget as f64),
-                si(f.refused.source_budget as f64)
+                si(c.refused_vip_budget as f64),
+                si(c.refused_source_budget as f64)
+            );
+        }
+        if c.syn_cookies_sent > 0 || c.syn_proxy_engaged_workers > 0 {
+            let _ = writeln!(
+                o,
+                "  SYN proxy: {} cookies sent; engaged on {} worker(s) now",
+                si(c.syn_cookies_sent as f64),
+                c.syn_proxy_engaged_workers
             );
         }
         let rows: Vec<Vec<String>> = f.backends.iter().map(backend_row).collect();
