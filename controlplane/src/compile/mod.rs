@@ -108,6 +108,9 @@ pub const ANNOTATION_SOURCE_FLOW_LIMIT: &str = "sluice.dev/new-flow-limit-per-so
 /// Annotation: SYN proxy for a `nat` Service's TCP ports, `on`, `off` or `auto`; overrides
 /// `forwarding.syn_proxy`.
 pub const ANNOTATION_SYN_PROXY: &str = "sluice.dev/syn-proxy";
+/// Annotation: the embryonic flows per worker of one of a Service's frontends that engage its
+/// `auto` SYN proxy (2 to 2^24); overrides `forwarding.syn_proxy_auto_threshold`.
+pub const ANNOTATION_SYN_PROXY_THRESHOLD: &str = "sluice.dev/syn-proxy-threshold";
 /// Annotation: requested VIPs, comma-separated, at most one per family.
 pub const ANNOTATION_IPS: &str = crate::compile::ipam::ANNOTATION_IPS;
 pub use probes::{

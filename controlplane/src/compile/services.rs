@@ -18,9 +18,11 @@ use super::targets::{desired_backends, listed_count};
 use super::{
     CompileInput, Compiler, ServiceCache, ANNOTATION_BACKEND_WEIGHTS, ANNOTATION_FLOW_LIMIT,
     ANNOTATION_MAGLEV_SIZE, ANNOTATION_METHOD, ANNOTATION_SOURCE_FLOW_LIMIT, ANNOTATION_SYN_PROXY,
-    ANNOTATION_TARGET, MAX_WEIGHT,
+    ANNOTATION_SYN_PROXY_THRESHOLD, ANNOTATION_TARGET, MAX_WEIGHT,
 };
-use crate::config::{Config, MaglevSize, RateBurst, SynProxyMode, Target};
+use crate::config::{
+    Config, MaglevSize, RateBurst, SynProxyMode, Target, MAX_SYN_PROXY_AUTO_THRESHOLD,
+};
 use crate::health::{Health, ProbeTarget};
 use crate::model::{EndpointSlice, IpFamily, L4Protocol, Service};
 
@@ -39,6 +41,9 @@ pub(super) struct Settings {
     source_flow_limit: RateBurst,
     /// SYN proxy mode (`sluice.dev/syn-proxy`, default `[forwarding] syn_proxy`).
     syn_proxy: SynProxyMode,
+    /// Embryonic flows that engage `auto` (`sluice.dev/syn-proxy-threshold`, default
+    /// `[forwarding] syn_proxy_auto_threshold`).
+    syn_proxy_threshold: u32,
 }
 
 /// The last valid values of a Service's new-flow limit annotations, which an invalid value
@@ -49,6 +54,8 @@ pub(super) struct LimitAnnotations {
     source: Option<RateBurst>,
     /// `sluice.dev/syn-proxy`: an invalid value must not turn the proxy off during a flood.
     syn_proxy: Option<SynProxyMode>,
+    /// `sluice.dev/syn-proxy-threshold`, for the same reason.
+    syn_proxy_threshold: Option<u32>,
 }
 
 impl Compiler {
@@ -242,7 +249,7 @@ impl Compiler {
                             SynProxyMode::Off => SynProxy::Off,
                             SynProxyMode::On => SynProxy::On,
                             SynProxyMode::Auto => SynProxy::Auto {
-                                threshold: cfg.forwarding.syn_proxy_auto_threshold,
+                                threshold: settings.syn_proxy_threshold,
                             },
                         }
                     } else {
@@ -332,6 +339,7 @@ pub(super) fn service_settings(
         flow_limit: cfg.limits.vip(),
         source_flow_limit: cfg.limits.source(),
         syn_proxy: cfg.forwarding.syn_proxy,
+        syn_proxy_threshold: cfg.forwarding.syn_proxy_auto_threshold,
     };
     let mut good = last;
     for (name, key, default, slot, kept) in [
@@ -392,6 +400,32 @@ pub(super) fn service_settings(
                 probs.push(format!(
                     "annotation {ANNOTATION_SYN_PROXY}: {v:?}: unknown value; write \"on\", \
                      \"off\" or \"auto\" ({using})"
+                ));
+            }
+        },
+    }
+    match svc.annotations.get(ANNOTATION_SYN_PROXY_THRESHOLD) {
+        None => good.syn_proxy_threshold = None,
+        Some(v) => match v.trim().parse::<u32>() {
+            Ok(t) if (2..=MAX_SYN_PROXY_AUTO_THRESHOLD).contains(&t) => {
+                s.syn_proxy_threshold = t;
+                good.syn_proxy_threshold = Some(t);
+            }
+            _ => {
+                let using = match last.syn_proxy_threshold {
+                    Some(t) => {
+                        s.syn_proxy_threshold = t;
+                        format!("keeping its last valid value, {t}")
+                    }
+                    None => format!(
+                        "using forwarding.syn_proxy_auto_threshold: {}",
+                        s.syn_proxy_threshold
+                    ),
+                };
+                probs.push(format!(
+                    "annotation {ANNOTATION_SYN_PROXY_THRESHOLD}: {v:?}: not a number from 2 to \
+                     {MAX_SYN_PROXY_AUTO_THRESHOLD}; write the embryonic flows per worker that \
+                     engage the auto SYN proxy, e.g. \"256\" ({using})"
                 ));
             }
         },

@@ -910,6 +910,36 @@ fn syn_proxy_annotation() {
         proxy_with(&cfg, ""),
         (SynProxy::Auto { threshold: 50 }, vec![])
     );
+    // ... unless the Service sets its own; an invalid one keeps the last valid one.
+    assert_eq!(
+        proxy_with(&cfg, "sluice.dev/syn-proxy-threshold: \"300\""),
+        (SynProxy::Auto { threshold: 300 }, vec![])
+    );
+    for bad in ["1", "x", "16777217"] {
+        let (m, probs) = proxy_with(&cfg, &format!("sluice.dev/syn-proxy-threshold: \"{bad}\""));
+        assert_eq!(m, SynProxy::Auto { threshold: 300 }, "{bad}");
+        assert!(
+            probs
+                .iter()
+                .any(|p| p.contains("sluice.dev/syn-proxy-threshold")
+                    && p.contains("not a number from 2 to 16777216")
+                    && p.contains("keeping its last valid value, 300")),
+            "{probs:?}"
+        );
+    }
+    assert_eq!(
+        proxy_with(&cfg, ""),
+        (SynProxy::Auto { threshold: 50 }, vec![]),
+        "without the annotation: the config's again"
+    );
+    let (m, probs) = proxy_with(&cfg, "sluice.dev/syn-proxy-threshold: \"0\"");
+    assert_eq!(m, SynProxy::Auto { threshold: 50 });
+    assert!(
+        probs
+            .iter()
+            .any(|p| p.contains("using forwarding.syn_proxy_auto_threshold: 50")),
+        "{probs:?}"
+    );
     // DSR cannot proxy: off, and reported.
     let (m, probs) = proxy_with(&cfg, "sluice.dev/forwarding-method: \"dsr-l2\"");
     assert_eq!(m, SynProxy::Off);
