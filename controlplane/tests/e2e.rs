@@ -629,6 +629,17 @@ fn syn_proxy_auto_engages_under_a_flood_and_disengages_after() {
     );
     // The control plane logs it from the counters it samples every second.
     d.wait_log("SYN proxy engaged", Duration::from_secs(3));
+    // ... and which frontend.
+    d.wait_log("SYN proxy engaged for a frontend", Duration::from_secs(3));
+    let text = metrics_text(&d);
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("sluice_frontend_syn_proxy_engaged_workers{")
+                && l.contains("port=\"80\"")
+                && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) == Some(1.0)
+        ),
+        "{text}"
+    );
     // Real clients complete HTTP through the engaged proxy.
     let valid0 = workers("syn_cookies_valid");
     let (b, e) = http("sl-c2", 20, &format!("http://{VIP4}/"));
@@ -649,6 +660,10 @@ fn syn_proxy_auto_engages_under_a_flood_and_disengages_after() {
     }
     let off_after = t.elapsed();
     d.wait_log("SYN proxy disengaged", Duration::from_secs(3));
+    d.wait_log(
+        "SYN proxy disengaged for a frontend",
+        Duration::from_secs(3),
+    );
     let sent1 = workers("syn_cookies_sent");
     let (b, e) = http("sl-c1", 10, &format!("http://{VIP4}/"));
     assert_eq!(e, 0, "{b:?}");

@@ -438,6 +438,9 @@ pub(crate) struct Samples {
     drop_rates: Vec<f64>,
     /// Per worker: `auto` frontends whose SYN proxy was engaged at the last sample.
     engaged: Vec<u64>,
+    /// Per engaged frontend id: its Service, VIP, port and the workers engaged at the last
+    /// sample.
+    fe_engaged: HashMap<u32, (ObjectKey, IpAddr, u16, u64)>,
 }
 
 /// Counter values at the last reset.
@@ -728,7 +731,40 @@ impl AdminState {
             .iter()
             .map(|w| WorkerCounters::read(&w.stats))
             .collect();
+        // Which frontends' SYN proxies are engaged, and on how many workers (read before the
+        // samples lock, never inside it).
+        let fe_engaged: HashMap<u32, (ObjectKey, IpAddr, u16, u64)> = {
+            let live = self.live();
+            live.report
+                .services
+                .iter()
+                .flat_map(|s| s.frontends.iter().map(move |f| (s, f)))
+                .filter_map(|(s, f)| {
+                    let n: u64 = self
+                        .workers
+                        .iter()
+                        .filter_map(|w| w.stats.frontends.get(f.id as usize))
+                        .map(|c| c.syn_proxy_engaged.load(Relaxed))
+                        .sum();
+                    (n > 0).then(|| (f.id, (s.service.clone(), f.vip, f.port, n)))
+                })
+                .collect()
+        };
         let mut s = lock(&self.samples);
+        for (id, (svc, vip, port, n)) in &fe_engaged {
+            if !s.fe_engaged.contains_key(id) {
+                info!(
+                    service = %svc, %vip, port, workers = n,
+                    "SYN proxy engaged for a frontend: its SYNs get cookies"
+                );
+            }
+        }
+        for (id, (svc, vip, port, _)) in &s.fe_engaged {
+            if !fe_engaged.contains_key(id) {
+                info!(service = %svc, %vip, port, "SYN proxy disengaged for a frontend");
+            }
+        }
+        s.fe_engaged = fe_engaged;
         if let Some(at) = s.at {
             let dt = now.duration_since(at).as_secs_f64().max(1e-3);
             s.worker_rates = workers
@@ -771,8 +807,8 @@ impl AdminState {
                     worker = i,
                     engaged,
                     engagements = n.syn_proxy_engagements - o.syn_proxy_engagements,
-                    "SYN proxy engaged: auto frontends' embryonic flows reached \
-                     forwarding.syn_proxy_auto_threshold, SYNs get cookies"
+                    "SYN proxy engaged: auto frontends' embryonic flows reached their \
+                     threshold, SYNs get cookies"
                 );
             } else if engaged < s.engaged.get(i).copied().unwrap_or(0) {
                 info!(
