@@ -50,6 +50,7 @@ use crate::compile::CompileReport;
 use crate::config::Config;
 use crate::health::HealthView;
 use crate::model::{L4Protocol, Model, ObjectKey};
+use crate::sources::kubernetes::{HostEvent, HostEvents};
 
 pub use capture::{CaptureRequest, TraceRequest};
 pub use handlers::{handle, Reply};
@@ -504,6 +505,10 @@ pub struct AdminState {
     /// One packet capture or trace at a time.
     captures: crate::capture::Gate,
     sync: Mutex<Option<Arc<dyn SyncReport>>>,
+    /// Where this host's Events go (the Kubernetes source's status writer), if anywhere.
+    events: Mutex<Option<HostEvents>>,
+    /// This host's name in Events.
+    host: String,
 }
 
 /// Seconds since the Unix epoch.
@@ -529,6 +534,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl AdminState {
     /// The admin state, and the receiving end of the control channel (for the control loop).
     pub fn new(setup: Setup) -> (Arc<AdminState>, mpsc::Receiver<ControlRequest>) {
+        let host = crate::sources::kubernetes::identity(&setup.config);
         let (tx, rx) = mpsc::channel(64);
         let config_file = std::fs::read_to_string(&setup.config_path)
             .ok()
@@ -568,6 +574,8 @@ impl AdminState {
             bgp: Mutex::new(BgpView::default()),
             l2: Mutex::new(api::L2Status::default()),
             sync: Mutex::new(None),
+            events: Mutex::new(None),
+            host,
         };
         (Arc::new(state), rx)
     }
@@ -700,6 +708,12 @@ impl AdminState {
         *lock(&self.l2) = v;
     }
 
+    /// Where the SYN proxy's engagement changes go as Events on their Services (the
+    /// Kubernetes source's status writer).
+    pub fn attach_events(&self, sink: HostEvents) {
+        *lock(&self.events) = Some(sink);
+    }
+
     /// Where [`AdminState::sync`] reads flow sync's state from (the sync service's view).
     pub fn attach_sync(&self, source: Arc<dyn SyncReport>) {
         *lock(&self.sync) = Some(source);
@@ -751,17 +765,53 @@ impl AdminState {
                 .collect()
         };
         let mut s = lock(&self.samples);
+        let events = lock(&self.events).clone();
+        let event = |svc: &ObjectKey, warning: bool, reason, action, note: String| {
+            if let Some(e) = &events {
+                e.send(HostEvent {
+                    service: svc.clone(),
+                    reason,
+                    warning,
+                    action,
+                    note,
+                });
+            }
+        };
         for (id, (svc, vip, port, n)) in &fe_engaged {
             if !s.fe_engaged.contains_key(id) {
                 info!(
                     service = %svc, %vip, port, workers = n,
                     "SYN proxy engaged for a frontend: its SYNs get cookies"
                 );
+                let addr = std::net::SocketAddr::new(*vip, *port);
+                event(
+                    svc,
+                    true,
+                    "SYNProxyEngaged",
+                    "Engage",
+                    format!(
+                        "host {}: the SYN proxy answers {addr}'s SYNs with cookies on {n} \
+                         worker(s): embryonic flows reached the auto threshold (a SYN flood?)",
+                        self.host
+                    ),
+                );
             }
         }
         for (id, (svc, vip, port, _)) in &s.fe_engaged {
             if !fe_engaged.contains_key(id) {
                 info!(service = %svc, %vip, port, "SYN proxy disengaged for a frontend");
+                let addr = std::net::SocketAddr::new(*vip, *port);
+                event(
+                    svc,
+                    false,
+                    "SYNProxyDisengaged",
+                    "Disengage",
+                    format!(
+                        "host {}: {addr}'s SYNs are forwarded again (embryonic flows below half \
+                         the auto threshold)",
+                        self.host
+                    ),
+                );
             }
         }
         s.fe_engaged = fe_engaged;

@@ -3,7 +3,7 @@
 //! The BGP task ([`super::bgp`]) calls [`Notifier::update`] after every prefix set BIRD
 //! accepted. The notifier compares, per Service, the VIPs now announced with those announced
 //! before, and for each Service whose set changed logs one line at info and, in Kubernetes
-//! mode, hands one Event to the status writer ([`BgpEvents`]): `BGPAnnounced` naming the new
+//! mode, hands one Event to the status writer ([`HostEvents`]): `BGPAnnounced` naming the new
 //! VIPs, or `BGPWithdrawn` with the cause (no ready backend, host drained, sluiced stopping).
 //! Both name this host and the peers with their session state right now. Nothing is reported
 //! while nothing changes.
@@ -18,7 +18,7 @@ use crate::announce::bgp::{Announcement, PrefixSet};
 use crate::compile::CompileReport;
 use crate::config::BgpConfig;
 use crate::model::ObjectKey;
-use crate::sources::kubernetes::{BgpEvent, BgpEvents};
+use crate::sources::kubernetes::{HostEvent, HostEvents};
 
 /// Each Service's VIPs, from a compile report.
 pub(super) type Owners = Arc<BTreeMap<ObjectKey, Vec<IpAddr>>>;
@@ -68,7 +68,7 @@ impl Cause {
 /// Where announcement changes go: the log always, the cluster in Kubernetes mode.
 pub(super) struct Notifier {
     host: String,
-    sink: Option<BgpEvents>,
+    sink: Option<HostEvents>,
     /// The configured peers `(name, address)`, for messages before BIRD was first read.
     configured: Vec<(String, IpAddr)>,
     /// Per Service, the VIPs announced after the last update.
@@ -77,7 +77,7 @@ pub(super) struct Notifier {
 
 impl Notifier {
     /// Reports as `host` (the instance's identity), to `sink` when given.
-    pub(super) fn new(host: String, sink: Option<BgpEvents>, cfg: &BgpConfig) -> Notifier {
+    pub(super) fn new(host: String, sink: Option<HostEvents>, cfg: &BgpConfig) -> Notifier {
         Notifier {
             host,
             sink,
@@ -168,9 +168,10 @@ impl Notifier {
         };
         info!(service = %svc, "BGP: {note}");
         if let Some(s) = &self.sink {
-            s.send(BgpEvent {
+            s.send(HostEvent {
                 service: svc.clone(),
                 reason,
+                warning: false,
                 action,
                 note,
             });

@@ -222,6 +222,9 @@ pub fn run(path: &Path) -> Result<(), DaemonError> {
     let workers_commands = workers.commands.clone();
     state.attach_workers(workers.snapshots, workers.commands.first().cloned());
     state.attach_admin(admin_state.clone());
+    if let Some(events) = state.host_events() {
+        admin_state.attach_events(events);
+    }
     let dp = workers.dataplane;
     // Bound before the first publish, so a bad socket or metrics address fails the start-up.
     let servers = match start_admin(&cfg, &admin_state) {
@@ -310,7 +313,7 @@ fn start_fleet(
     stats: &[Arc<WorkerStats>],
 ) -> Result<(), DaemonError> {
     if let Some(b) = &cfg.bgp {
-        let notifier = bgp_events::Notifier::new(k8s::identity(cfg), state.bgp_events(), b);
+        let notifier = bgp_events::Notifier::new(k8s::identity(cfg), state.host_events(), b);
         let routed = bgp::Routed::start(b, Some(admin_state.clone()), stats.to_vec(), notifier)?;
         state.attach_bgp(routed);
     }

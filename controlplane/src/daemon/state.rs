@@ -146,8 +146,8 @@ impl ControlState {
     }
 
     /// Where routed mode's announcement changes go as Events (Kubernetes source only).
-    pub(super) fn bgp_events(&self) -> Option<crate::sources::kubernetes::BgpEvents> {
-        self.status.as_ref().map(StatusReporter::bgp_events)
+    pub(super) fn host_events(&self) -> Option<crate::sources::kubernetes::HostEvents> {
+        self.status.as_ref().map(StatusReporter::host_events)
     }
 
     /// Announces over BGP too (routed mode), once the workers run what is announced.
@@ -292,7 +292,7 @@ impl ControlState {
             .copied()
             .collect();
         let owned_changed = owned != *self.announce.announced();
-        if let (Some(l2), Some(events)) = (&self.l2, self.bgp_events()) {
+        if let (Some(l2), Some(events)) = (&self.l2, self.host_events()) {
             let gained: BTreeSet<IpAddr> = owned
                 .difference(self.announce.announced())
                 .copied()

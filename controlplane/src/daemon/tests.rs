@@ -947,3 +947,57 @@ async fn maglev_resizes_are_counted() {
     f.state.lock().unwrap().compile_and_publish("test");
     assert_eq!(resizes(&f), resized as f64);
 }
+
+/// A frontend whose auto SYN proxy engages on a worker gets a Warning Event on its Service,
+/// and a Normal one when it disengages; the log says which frontend either way.
+#[tokio::test]
+async fn syn_proxy_engagement_is_an_event_on_its_service() {
+    use crate::sources::kubernetes::status::WriterMsg;
+    use crate::sources::kubernetes::StatusReporter;
+    let (f, _rx) = fixture();
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    f.st.attach_events(StatusReporter::new(tx).host_events());
+    let d: api::ServiceDetail = ok(get(&f.st, "/v1/services/default/web").await);
+    let http = d
+        .frontends
+        .iter()
+        .find(|x| x.vip == ip("10.99.0.100") && x.port == 80 && x.protocol == "tcp")
+        .unwrap()
+        .id as usize;
+    f.st.sample(Vec::new());
+    assert!(events.try_recv().is_err(), "nothing engaged: no Event");
+    bump(&f.stats[1].frontends[http].syn_proxy_engaged, 1);
+    f.st.sample(Vec::new());
+    match events.try_recv() {
+        Ok(WriterMsg::Host(ev)) => {
+            assert_eq!(ev.service.to_string(), "default/web");
+            assert_eq!(
+                (ev.reason, ev.action, ev.warning),
+                ("SYNProxyEngaged", "Engage", true)
+            );
+            assert!(
+                ev.note.contains("10.99.0.100:80") && ev.note.contains("1 worker"),
+                "{}",
+                ev.note
+            );
+        }
+        other => panic!("expected an engagement Event, got {other:?}"),
+    }
+    // Still engaged (now on both workers): no second Event.
+    bump(&f.stats[0].frontends[http].syn_proxy_engaged, 1);
+    f.st.sample(Vec::new());
+    assert!(events.try_recv().is_err());
+    f.stats[0].frontends[http]
+        .syn_proxy_engaged
+        .store(0, Relaxed);
+    f.stats[1].frontends[http]
+        .syn_proxy_engaged
+        .store(0, Relaxed);
+    f.st.sample(Vec::new());
+    match events.try_recv() {
+        Ok(WriterMsg::Host(ev)) => {
+            assert_eq!((ev.reason, ev.warning), ("SYNProxyDisengaged", false));
+        }
+        other => panic!("expected a disengagement Event, got {other:?}"),
+    }
+}

@@ -176,7 +176,7 @@ async fn announce_and_withdraw_are_each_one_event_naming_host_and_peers() {
 
     let dir = tempfile::tempdir().unwrap();
     let bgp = super::tests::unreachable_peer_bgp(dir.path());
-    let notifier = Notifier::new("h1".into(), state.bgp_events(), &bgp);
+    let notifier = Notifier::new("h1".into(), state.host_events(), &bgp);
     let routed = Routed::start(&bgp, None, stats.clone(), notifier).unwrap();
     state.attach_bgp(routed);
 

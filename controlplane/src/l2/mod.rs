@@ -242,7 +242,7 @@ impl L2 {
         &self,
         gained: &BTreeSet<IpAddr>,
         report: &crate::compile::CompileReport,
-    ) -> Vec<crate::sources::kubernetes::BgpEvent> {
+    ) -> Vec<crate::sources::kubernetes::HostEvent> {
         report
             .services
             .iter()
@@ -253,9 +253,10 @@ impl L2 {
                     .filter(|v| gained.contains(v))
                     .map(ToString::to_string)
                     .collect();
-                (!v.is_empty()).then(|| crate::sources::kubernetes::BgpEvent {
+                (!v.is_empty()).then(|| crate::sources::kubernetes::HostEvent {
                     service: s.service.clone(),
                     reason: "L2Announced",
+                    warning: false,
                     action: "Announce",
                     note: format!(
                         "VIP {} announced by host {} on {} (L2 mode: this host answers ARP/NDP for it)",

@@ -38,7 +38,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::info;
 
 pub use source::{Batch, Change, Kind, Selection};
-pub use status::{BgpEvent, BgpEvents, StatusReporter};
+pub use status::{HostEvent, HostEvents, StatusReporter};
 
 use crate::config::Config;
 use crate::model::Model;

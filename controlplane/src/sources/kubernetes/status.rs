@@ -34,7 +34,7 @@
 //!   `NoReadyBackends`.
 //!
 //! - **BGP Events** (`BGPAnnounced` / `BGPWithdrawn`) come from the daemon's routed mode
-//!   through [`BgpEvents`]. Unlike the rest they are facts about one host, so every instance
+//!   through [`HostEvents`]. Unlike the rest they are facts about one host, so every instance
 //!   records its own, leader or not (see docs/kubernetes.md, "Several Sluice hosts").
 //!
 //! A follower keeps the latest decisions but writes nothing else; when it becomes the leader it
@@ -311,18 +311,22 @@ pub(crate) enum WriterMsg {
     },
     /// An object that could not be converted.
     Invalid(Invalid),
-    /// A BGP announcement change on this host (recorded whether or not it leads).
-    Bgp(BgpEvent),
+    /// A fact about this host (recorded whether or not it leads).
+    Host(HostEvent),
 }
 
-/// A change of what this host announces for one Service (over BGP in routed mode, or as the
-/// owner of a VIP in L2 mode), as an Event to record.
+/// A fact about this host and one Service, as an Event to record: a change of what the host
+/// announces for it (over BGP in routed mode, or as the owner of a VIP in L2 mode), or of its
+/// SYN proxy's automatic mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BgpEvent {
+pub struct HostEvent {
     /// The Service.
     pub service: ObjectKey,
-    /// `BGPAnnounced`, `BGPWithdrawn` or `L2Announced`.
+    /// `BGPAnnounced`, `BGPWithdrawn`, `L2Announced`, `SYNProxyEngaged` or
+    /// `SYNProxyDisengaged`.
     pub reason: &'static str,
+    /// A `Warning` Event (else `Normal`).
+    pub warning: bool,
     /// The Event's action: `Announce`, or `Withdraw` with the cause (`WithdrawNoReadyBackend`,
     /// `WithdrawDrained`, `WithdrawStopping`), so that causes fold into separate series.
     pub action: &'static str,
@@ -341,16 +345,16 @@ fn kevent(t: EventType, reason: &str, action: &str, note: String) -> KEvent {
     }
 }
 
-/// Hands [`BgpEvent`]s to the status writer; cheap to clone.
+/// Hands [`HostEvent`]s to the status writer; cheap to clone.
 #[derive(Debug, Clone)]
-pub struct BgpEvents {
+pub struct HostEvents {
     tx: mpsc::UnboundedSender<WriterMsg>,
 }
 
-impl BgpEvents {
+impl HostEvents {
     /// Queues `ev` for the writer (dropped if the writer stopped).
-    pub fn send(&self, ev: BgpEvent) {
-        let _ = self.tx.send(WriterMsg::Bgp(ev));
+    pub fn send(&self, ev: HostEvent) {
+        let _ = self.tx.send(WriterMsg::Host(ev));
     }
 }
 
@@ -370,9 +374,9 @@ impl StatusReporter {
         }
     }
 
-    /// A handle for the routed mode's [`BgpEvent`]s, to the same writer.
-    pub fn bgp_events(&self) -> BgpEvents {
-        BgpEvents {
+    /// A handle for the routed mode's [`HostEvent`]s, to the same writer.
+    pub fn host_events(&self) -> HostEvents {
+        HostEvents {
             tx: self.tx.clone(),
         }
     }
@@ -600,10 +604,14 @@ impl Writer {
                 self.event(&svc, EventType::Warning, reason, "Watch", note);
             }
             // Every host records its own: what it announces is not the leader's to say.
-            WriterMsg::Bgp(ev) => {
+            WriterMsg::Host(ev) => {
                 self.event(
                     &ev.service,
-                    EventType::Normal,
+                    if ev.warning {
+                        EventType::Warning
+                    } else {
+                        EventType::Normal
+                    },
                     ev.reason,
                     ev.action,
                     ev.note,
