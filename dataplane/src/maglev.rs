@@ -1040,10 +1040,20 @@ mod tests {
             prop_assert_eq!(by_id(&t, &b), by_id(&t2, &shuffled));
         }
 
+        /// Removing one backend at the default size moves at most 1/N + 1.25 pp at the
+        /// median of seven seeds. A single seed is not bounded so: the share has heavy tails
+        /// (a few pp over 1/N for some seeds and backend sets; `kept_rung_removal_report`,
+        /// docs/dataplane-tables.md), which a bound per seed turned into a flaky test.
         #[test]
         fn removal_disturbance_random(n in 10..=BIG_N, gone in any::<prop::sample::Index>(), seed in any::<u64>()) {
-            let c = removal_change(n, gone.index(n), DEFAULT_TABLE_SIZE, seed);
-            prop_assert!(c <= 1.0 / n as f64 + 0.0125, "n = {}: {:.3}% changed", n, c * 100.0);
+            let mut extra: Vec<f64> = (0..7u64)
+                .map(|k| {
+                    removal_change(n, gone.index(n), DEFAULT_TABLE_SIZE, mix64(seed ^ k))
+                        - 1.0 / n as f64
+                })
+                .collect();
+            extra.sort_by(f64::total_cmp);
+            prop_assert!(extra[3] <= 0.0125, "n = {}: median extra {:.3} pp", n, extra[3] * 100.0);
         }
 
         #[test]
