@@ -157,8 +157,9 @@ fn run(
     let v = pipe.process(s.snap, &mut b, s.now_ms);
     assert_eq!(v, Verdict::Tx, "the pipeline transmits {input:02x?}");
     let out = b.data().to_vec();
-    let r = m.packet(s, input, v, &out);
-    m.burst_done(s, pipe);
+    let r = m
+        .packet(s, input, v, &out)
+        .and_then(|()| m.burst_done(s, pipe));
     (out, r)
 }
 
@@ -351,7 +352,7 @@ fn run_burst(
     for ((input, b), v) in frames.iter().zip(&bufs).zip(&verdicts) {
         r = r.and_then(|()| m.packet(s, input, *v, b.data()));
     }
-    m.burst_done(s, pipe);
+    let r = r.and_then(|()| m.burst_done(s, pipe));
     let macs = bufs.iter().map(|b| mac(b.data(), 0)).collect();
     (verdicts, macs, r)
 }
