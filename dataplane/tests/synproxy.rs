@@ -804,6 +804,45 @@ fn backend_fin_during_handshake_keeps_the_nat_halves_together() {
     }
 }
 
+/// A repeated SYN-ACK of the backend with FIN set is answered with our ACK and closes both
+/// halves of the flow together (found by `fuzz/run flows`: it moved the reverse entry to
+/// closing, 60 s, and left the forward entry established, which then outlived it).
+#[test]
+fn repeated_syn_ack_with_fin_closes_both_halves() {
+    let snap = snapshot();
+    let (mut pipe, _) = pipeline();
+    let (_, resp) = proxied_handshake(&mut pipe, &snap);
+    // The backend's SYN-ACK again (its ISN, to the flow's NAT port), with FIN.
+    let fam = v4();
+    let nat_port = u16::from_be_bytes([resp[36], resp[37]]);
+    let again = frame(
+        bmac(1),
+        LB_MAC,
+        fam.backend,
+        fam.nat,
+        &Seg {
+            sport: 8080,
+            dport: nat_port,
+            seq: 5_000_000,
+            ack: 1001,
+            flags: SYN | ACK | FIN,
+            window: 65160,
+            opts: &[],
+            payload: &[],
+        },
+    );
+    let (v, _) = through(&mut pipe, &snap, &again, NOW);
+    assert_eq!(v, Verdict::Tx, "our ACK to the repeated SYN-ACK");
+    let to = Timeouts::default();
+    assert!(2 * to.tcp_closing_ms < to.tcp_established_ms);
+    assert_eq!(
+        pipe.expire(NOW + 2 * to.tcp_closing_ms, usize::MAX),
+        2,
+        "forward and reverse expire together"
+    );
+    assert_eq!(pipe.flows(), 0);
+}
+
 /// Without the proxy, an ACK of no flow is still answered with a RST (nothing changed for
 /// other frontends), and a proxied frontend's SYN takes no NAT port from later flows.
 #[test]

@@ -626,6 +626,8 @@ impl Pipeline {
             // The backend repeats its SYN-ACK: the client sent nothing that completed its
             // handshake (a server that speaks first). This ACK does, in a 64 KiB window
             // (511 units of the usual scale; the client's next segment brings its own).
+            // Both halves take the reply's state (a FIN with it closes them together).
+            e.set_state(state);
             let out = Out {
                 src: p.dport,
                 dst: p.sport,
