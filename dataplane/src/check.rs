@@ -18,16 +18,32 @@
 //! - a NAT reply is the exact inverse of its flow's forward rewrite (source the VIP and port,
 //!   destination the client and port, to the client's MAC; nothing else changed);
 //! - nothing from a source outside the frontend's ranges, to a VIP port not served, or with a
-//!   VLAN tag is ever transmitted.
+//!   VLAN tag is ever transmitted;
+//! - the SYN proxy (a `nat` TCP frontend whose `syn_proxy` is `on` or `auto`): a SYN it
+//!   answers gets a SYN-ACK back to the client (addresses, ports and MACs swapped, checksums
+//!   valid, acknowledging the client's ISN + 1, zero window, its sequence number a valid
+//!   cookie by [`syn_cookie`] under the model's key) and leaves no flow entry; a SYN to an
+//!   `on` frontend is never forwarded; an ACK dropped as a bad cookie does not return a
+//!   valid one and leaves no entry; a segment that becomes the backend's SYN returns a valid
+//!   cookie and is that SYN (the client's ISN, no acknowledgement, the flow's NAT rewrite,
+//!   checksum valid); the backend's first SYN-ACK becomes an ACK to the client from the VIP
+//!   (sequence number cookie + 1, its acknowledgement kept) and fixes the flow's offset (its
+//!   ISN less the cookie); after it, client segments go to the backend with their ACK (and
+//!   SACK edges) raised by the offset and backend segments to the client with their sequence
+//!   number lowered by it, the window rescaled as the proxy's docs say, nothing else changed;
+//!   a repeated SYN-ACK is answered with an ACK back to the backend; a backend RST during the
+//!   handshake reaches the client at sequence number cookie + 1; no other segment of a flow
+//!   in its handshake is transmitted.
 //!
 //! Checksums are verified here with an RFC 1071 sum of its own, not `wire::checksum`, and
 //! frontends are found by a scan of the snapshot, not its VIP table.
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use crate::pipeline::{Pipeline, Verdict};
-use crate::snapshot::{Backend, BackendState, Frontend, Method, Snapshot};
+use crate::pipeline::{syn_cookie, CookieData, CookieKey, Pipeline, Verdict, SYN_PROXY_WSCALE};
+use crate::snapshot::{Backend, BackendState, Frontend, Method, Snapshot, SynProxy};
+use crate::stats::DropReason;
 use crate::wire::parse::{parse, Fragment, Parsed, L3};
 use crate::wire::proto;
 
@@ -115,6 +131,16 @@ struct NatSeen {
     macs: Vec<[u8; 6]>,
 }
 
+/// What the model knows of a SYN-proxied flow, by the client's tuple.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Proxied {
+    /// The cookie its ACK returned.
+    cookie: u32,
+    /// The backend's ISN less the cookie, and the backend's window scale as the proxy
+    /// records it, once the backend's SYN-ACK came.
+    offset: Option<(u32, u8)>,
+}
+
 /// A multiply-rotate hasher (FxHash's): the model's keys are the fuzzer's own tuples, so
 /// SipHash's resistance to chosen keys buys nothing and costs the fuzzer a tenth of its time.
 #[derive(Debug, Default, Clone, Copy)]
@@ -167,6 +193,13 @@ pub struct Model {
     /// pipeline may have recorded such a flow, or (a SYN on a closing flow) moved it, before
     /// the drop; [`Model::burst_done`] learns what it recorded.
     dropped: FxMap<(u16, Tuple), bool>,
+    /// SYN-proxied flows (by worker and client tuple).
+    proxied: FxMap<(u16, Tuple), Proxied>,
+    /// Flows whose latest packet of the current burst the SYN proxy answered or refused: the
+    /// worker must hold no entry for them at the burst's end, unless the model knew one.
+    no_entry: Vec<(u16, Tuple)>,
+    /// The SYN cookie key of the pipelines checked.
+    cookie_key: CookieKey,
     /// A frame as it should be, rebuilt for each comparison.
     scratch: Scratch,
 }
@@ -177,11 +210,14 @@ impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut flows: Vec<String> = self.flows.iter().map(|e| format!("{e:?}")).collect();
         let mut nat: Vec<String> = self.nat.iter().map(|e| format!("{e:?}")).collect();
+        let mut proxied: Vec<String> = self.proxied.iter().map(|e| format!("{e:?}")).collect();
         flows.sort();
         nat.sort();
+        proxied.sort();
         f.debug_struct("Model")
             .field("flows", &flows)
             .field("nat", &nat)
+            .field("proxied", &proxied)
             .finish_non_exhaustive()
     }
 }
@@ -372,6 +408,64 @@ fn rewritten<'e>(
     e
 }
 
+fn be32_at(d: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]])
+}
+
+/// The (sequence, acknowledgement, window) of the TCP header of `p` in `d`, if whole.
+fn tcp_fields(d: &[u8], p: &Parsed) -> Option<(u32, u32, u16)> {
+    let l4 = usize::from(p.l4_off);
+    if p.proto != proto::TCP || l4 == 0 || l4 + 20 > usize::from(p.l3_end) || l4 + 20 > d.len() {
+        return None;
+    }
+    Some((
+        be32_at(d, l4 + 4),
+        be32_at(d, l4 + 8),
+        u16::from_be_bytes([d[l4 + 14], d[l4 + 15]]),
+    ))
+}
+
+/// The offsets of the TCP options of `p` in `d` with their kind and length (a walk that
+/// stops at END or a malformed option, as the proxy's does).
+fn tcp_options(d: &[u8], p: &Parsed) -> Vec<(usize, u8, usize)> {
+    let l4 = usize::from(p.l4_off);
+    let mut v = Vec::new();
+    let Some(&off) = d.get(l4 + 12) else {
+        return v;
+    };
+    let end = (l4 + usize::from(off >> 4) * 4)
+        .min(usize::from(p.l3_end))
+        .min(d.len());
+    let mut i = l4 + 20;
+    while i < end {
+        match d[i] {
+            0 => break,
+            1 => i += 1,
+            kind => {
+                if i + 1 >= end {
+                    break;
+                }
+                let len = usize::from(d[i + 1]);
+                if len < 2 || i + len > end {
+                    break;
+                }
+                v.push((i, kind, len));
+                i += len;
+            }
+        }
+    }
+    v
+}
+
+fn socket(t: &Tuple, a: &[u8; 16], port: u16) -> SocketAddr {
+    SocketAddr::new(t.ip(a), port)
+}
+
+/// Whether a frame is a TCP segment with exactly the flags `f` (of FIN, SYN, RST, ACK).
+fn flags_are(p: &Parsed, f: u8) -> bool {
+    p.proto == proto::TCP && p.tcp_flags & 0x17 == f
+}
+
 fn mac(d: &[u8], at: usize) -> [u8; 6] {
     let mut m = [0u8; 6];
     m.copy_from_slice(&d[at..at + 6]);
@@ -384,11 +478,47 @@ impl Model {
         Model::default()
     }
 
+    /// An empty model of pipelines whose SYN cookie key is `key`.
+    pub fn with_cookie_key(key: CookieKey) -> Self {
+        Model {
+            cookie_key: key,
+            ..Model::default()
+        }
+    }
+
     /// Forgets everything (a new input of the fuzzer).
     pub fn reset(&mut self) {
         self.flows.clear();
         self.nat.clear();
         self.dropped.clear();
+        self.proxied.clear();
+        self.no_entry.clear();
+    }
+
+    /// Whether `c` is a cookie the proxy may have answered the SYN `t` (client -> VIP) with
+    /// initial sequence number `isn`, in this cookie epoch or the last (65,536 ms each).
+    fn cookie_ok(&self, t: &Tuple, now_ms: u32, isn: u32, c: u32) -> bool {
+        let (client, vip) = (socket(t, &t.src, t.sport), socket(t, &t.dst, t.dport));
+        let data = CookieData::of_cookie(c);
+        [now_ms, now_ms.wrapping_sub(1 << 16)]
+            .into_iter()
+            .any(|now| syn_cookie(&self.cookie_key, now, client, vip, isn, data) == Some(c))
+    }
+
+    /// The client's ISN that the ACK `pi` (a segment to proxied frontend `t`) returns a
+    /// valid cookie for: its sequence number less one, or (an empty segment, a zero-window
+    /// probe) the sequence number itself.
+    fn cookie_isn(&self, t: &Tuple, now_ms: u32, input: &[u8], pi: &Parsed) -> Option<u32> {
+        if pi.tcp_flags & 0x16 != 0x10 {
+            return None;
+        }
+        let (seq, ack, _) = tcp_fields(input, pi)?;
+        let c = ack.wrapping_sub(1);
+        if self.cookie_ok(t, now_ms, seq.wrapping_sub(1), c) {
+            return Some(seq.wrapping_sub(1));
+        }
+        let empty = pi.l3_end == pi.l4_off + 20;
+        (empty && self.cookie_ok(t, now_ms, seq, c)).then_some(seq)
     }
 
     /// Checks what worker `s.worker` did with `input` (verdict `v`, the frame rewritten in
@@ -407,7 +537,16 @@ impl Model {
                 v => Err(format!("an unparseable frame got {v:?}")),
             };
         };
+        if !self.no_entry.is_empty() && pi.is_ip() {
+            let key = (s.worker, Tuple::of(&pi));
+            self.no_entry.retain(|k| *k != key);
+        }
         match v {
+            Verdict::Drop(DropReason::SynProxyBadCookie) => {
+                self.bad_cookie(s, input, &pi)?;
+                self.note_dropped(s, &pi);
+                Ok(())
+            }
             Verdict::Drop(_) => {
                 self.note_dropped(s, &pi);
                 Ok(())
@@ -427,6 +566,28 @@ impl Model {
             }
             Verdict::Tx => self.tx(s, input, &pi, output),
         }
+    }
+
+    /// An ACK dropped as a bad cookie: to a SYN-proxied frontend, and its cookie is not valid.
+    fn bad_cookie(&mut self, s: &Step<'_>, input: &[u8], pi: &Parsed) -> Result<(), String> {
+        let t = Tuple::of(pi);
+        let proxied = frontend_of(s.snap, &t)
+            .is_some_and(|f| f.syn_proxy.enabled() && f.method == Method::Nat);
+        if !proxied || pi.proto != proto::TCP {
+            return Err(format!(
+                "dropped as a bad cookie, not to a proxied frontend: {t:?}"
+            ));
+        }
+        if let Some(isn) = self.cookie_isn(&t, s.now_ms, input, pi) {
+            return Err(format!(
+                "a valid cookie (client ISN {isn}) was dropped as a bad one: {t:?}"
+            ));
+        }
+        let key = (s.worker, t);
+        if !self.flows.contains_key(&key) {
+            self.no_entry.push(key);
+        }
+        Ok(())
     }
 
     /// After a drop: the pipeline may have recorded the packet's flow (or, for a SYN, moved
@@ -449,9 +610,30 @@ impl Model {
     /// Read here, not at the drop: the tables then already hold what the burst's later
     /// packets did (a later SYN of the flow may have moved it), which the checks of the
     /// packets between must not see.
-    pub fn burst_done(&mut self, s: &Step<'_>, pipe: &Pipeline) {
+    ///
+    /// Also checks that the flows whose last packet of the burst the SYN proxy answered with
+    /// a cookie or refused as a bad cookie have no entry (unless the model knew one).
+    pub fn burst_done(&mut self, s: &Step<'_>, pipe: &Pipeline) -> Result<(), String> {
+        for (w, t) in std::mem::take(&mut self.no_entry) {
+            if w != s.worker {
+                continue;
+            }
+            let found = pipe.find_flow(
+                s.snap.hash_seed,
+                t.ip(&t.src),
+                t.ip(&t.dst),
+                t.sport,
+                t.dport,
+                t.proto,
+            );
+            if found.is_some() {
+                return Err(format!(
+                    "the SYN proxy answered or refused {t:?}, yet worker {w} holds its flow"
+                ));
+            }
+        }
         if self.dropped.is_empty() {
-            return;
+            return Ok(());
         }
         let mine: Vec<(u16, Tuple)> = self
             .dropped
@@ -479,6 +661,7 @@ impl Model {
                 );
             }
         }
+        Ok(())
     }
 
     /// A transmitted frame.
@@ -583,7 +766,11 @@ impl Model {
     ) -> Result<(), String> {
         let t = Tuple::of(pi);
         let local = &s.snap.local;
+        let proxy = f.syn_proxy.enabled() && f.method == Method::Nat && pi.proto == proto::TCP;
         if mac(output, 0) == mac(input, 6) && Tuple::of(po) == t.reversed() {
+            if proxy && pi.tcp_flags & 0x12 == 0x02 {
+                return self.syn_ack(s, input, pi, output, po);
+            }
             // The RST for a segment of an unknown nat flow.
             let syn_only = pi.tcp_flags & 0x12 == 0x02;
             if f.method != Method::Nat || pi.proto != proto::TCP || syn_only {
@@ -600,6 +787,14 @@ impl Model {
         let key = (s.worker, t);
         let seen = self.flows.get(&key).copied();
         let syn_only = pi.proto == proto::TCP && pi.tcp_flags & 0x12 == 0x02;
+        // A cookie ACK may end a closing flow and open another, scheduled anew.
+        let reopened = proxy && pi.tcp_flags & 0x02 == 0 && flags_are(po, 0x02);
+        if proxy && syn_only && f.syn_proxy == SynProxy::On {
+            return Err(format!(
+                "a SYN to `on` frontend {} was forwarded: {t:?}",
+                f.id
+            ));
+        }
         // A SYN of the flow dropped earlier in this burst may have moved it (and what it
         // moved to is Active: a burst has one snapshot).
         let syn_dropped = self.dropped.remove(&key).unwrap_or(false);
@@ -621,6 +816,7 @@ impl Model {
                 && x.evictions == s.evictions
                 && !syn_only
                 && !syn_dropped
+                && !reopened
             {
                 return Err(format!(
                     "flow {t:?} moved from backend {} to {} within {} ms, nothing evicted",
@@ -705,7 +901,10 @@ impl Model {
                     dport: b.port,
                     ..t
                 };
-                if rewritten(&mut self.scratch.0, input, pi, output, bmac, local.mac, &to) != output
+                if proxy {
+                    self.proxied_forward(s, (&t, &to), input, pi, output, po, bmac)?;
+                } else if rewritten(&mut self.scratch.0, input, pi, output, bmac, local.mac, &to)
+                    != output
                 {
                     return Err(format!("nat: not the rewrite {t:?} -> {to:?}"));
                 }
@@ -750,6 +949,9 @@ impl Model {
         };
         let c = rec.client;
         let to_mac = mac(output, 0);
+        if let Some(&px) = self.proxied.get(&(s.worker, c)) {
+            return self.proxied_reply(s, (&t, &c, px), input, pi, output, po);
+        }
         if !rec.macs.contains(&to_mac) {
             return Err(format!(
                 "NAT reply {t:?} sent to MAC {to_mac:02x?}, not its client's"
@@ -771,6 +973,272 @@ impl Model {
             ));
         }
         Ok(())
+    }
+}
+
+/// The SYN proxy's part of the model.
+impl Model {
+    /// The proxy's SYN-ACK to SYN `pi`: flags, acknowledgement, window, cookie, checksum (the
+    /// addresses, ports and MACs were compared by the caller; the source MAC is ours).
+    fn syn_ack(
+        &mut self,
+        s: &Step<'_>,
+        input: &[u8],
+        pi: &Parsed,
+        output: &[u8],
+        po: &Parsed,
+    ) -> Result<(), String> {
+        let t = Tuple::of(pi);
+        let (Some((isn, _, _)), Some((c, ack, win))) =
+            (tcp_fields(input, pi), tcp_fields(output, po))
+        else {
+            return Err(format!("the answer to SYN {t:?} is no whole TCP segment"));
+        };
+        if !flags_are(po, 0x12) {
+            return Err(format!(
+                "the answer to SYN {t:?} has flags {:#04x}",
+                po.tcp_flags
+            ));
+        }
+        if ack != isn.wrapping_add(1) || win != 0 {
+            return Err(format!(
+                "the SYN-ACK to {t:?} acknowledges {ack} (ISN {isn}) with window {win}"
+            ));
+        }
+        if l4_checksum_ok(output, po) != Some(true) {
+            return Err(format!("the SYN-ACK to {t:?} has a wrong checksum"));
+        }
+        if !self.cookie_ok(&t, s.now_ms, isn, c) {
+            return Err(format!(
+                "the SYN-ACK to {t:?} carries no valid cookie: {c:#x}"
+            ));
+        }
+        let key = (s.worker, t);
+        if !self.flows.contains_key(&key) {
+            self.no_entry.push(key);
+        }
+        Ok(())
+    }
+
+    /// A client's segment to proxied frontend `t`, NAT'd to `to` and transmitted: the
+    /// backend's SYN if it returned a valid cookie and is one, else a segment of a flow past
+    /// its handshake (or of a flow the proxy never saw: an `auto` frontend's SYN before it
+    /// engaged, and that flow's segments) rewritten with its acknowledgement raised by the
+    /// offset.
+    #[allow(clippy::too_many_arguments)]
+    fn proxied_forward(
+        &mut self,
+        s: &Step<'_>,
+        (t, to): (&Tuple, &Tuple),
+        input: &[u8],
+        pi: &Parsed,
+        output: &[u8],
+        po: &Parsed,
+        bmac: [u8; 6],
+    ) -> Result<(), String> {
+        let key = (s.worker, *t);
+        let lb = s.snap.local.mac;
+        if pi.tcp_flags & 0x02 == 0 && flags_are(po, 0x02) {
+            let Some(isn) = self.cookie_isn(t, s.now_ms, input, pi) else {
+                return Err(format!(
+                    "{t:?} became the backend's SYN without a valid cookie"
+                ));
+            };
+            let (Some((_, ack, _)), Some((seq, back, _))) =
+                (tcp_fields(input, pi), tcp_fields(output, po))
+            else {
+                return Err(format!(
+                    "the backend's SYN of {t:?} is no whole TCP segment"
+                ));
+            };
+            if seq != isn || back != 0 {
+                return Err(format!(
+                    "the backend's SYN of {t:?}: sequence {seq} (client ISN {isn}), ack {back}"
+                ));
+            }
+            if l4_checksum_ok(output, po) != Some(true) {
+                return Err(format!("the backend's SYN of {t:?} has a wrong checksum"));
+            }
+            if Tuple::of(po) != *to || mac(output, 0) != bmac || mac(output, 6) != lb {
+                return Err(format!(
+                    "the backend's SYN of {t:?} is not its NAT rewrite to {to:?}"
+                ));
+            }
+            self.proxied.insert(
+                key,
+                Proxied {
+                    cookie: ack.wrapping_sub(1),
+                    offset: None,
+                },
+            );
+            return Ok(());
+        }
+        let px = if pi.tcp_flags & 0x12 == 0x02 {
+            // A SYN forwarded (an `auto` frontend not engaged): a flow of its own.
+            self.proxied.remove(&key);
+            None
+        } else {
+            self.proxied.get(&key).copied()
+        };
+        let want = rewritten(&mut self.scratch.0, input, pi, output, bmac, lb, to);
+        let Some(px) = px else {
+            return if want == output {
+                Ok(())
+            } else {
+                Err(format!("nat: not the rewrite {t:?} -> {to:?}"))
+            };
+        };
+        let Some((off, _)) = px.offset else {
+            return Err(format!(
+                "a segment of {t:?} was forwarded while its backend's SYN-ACK is awaited"
+            ));
+        };
+        let mut e = std::mem::take(&mut self.scratch.0);
+        let l4 = usize::from(pi.l4_off);
+        if pi.tcp_flags & 0x10 != 0 && e.len() >= l4 + 12 {
+            let a = be32_at(&e, l4 + 8).wrapping_add(off);
+            e[l4 + 8..l4 + 12].copy_from_slice(&a.to_be_bytes());
+        }
+        for (at, kind, len) in tcp_options(&e, pi) {
+            if kind == 5 {
+                let mut b = at + 2;
+                while b + 8 <= at + len {
+                    for edge in [b, b + 4] {
+                        let v = be32_at(&e, edge).wrapping_add(off);
+                        e[edge..edge + 4].copy_from_slice(&v.to_be_bytes());
+                    }
+                    b += 8;
+                }
+            }
+        }
+        let same = e == output;
+        self.scratch.0 = e;
+        if !same {
+            return Err(format!(
+                "a proxied segment {t:?} -> {to:?} is not the rewrite with its ACK raised by {off}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A backend's segment `t` of proxied flow `c`, transmitted: the client's window update
+    /// made of its first SYN-ACK, the ACK to a repeated one, or the segment translated.
+    fn proxied_reply(
+        &mut self,
+        s: &Step<'_>,
+        (t, c, px): (&Tuple, &Tuple, Proxied),
+        input: &[u8],
+        pi: &Parsed,
+        output: &[u8],
+        po: &Parsed,
+    ) -> Result<(), String> {
+        let lb = s.snap.local.mac;
+        let key = (s.worker, *c);
+        let macs = self
+            .nat
+            .get(&(s.worker, *t))
+            .map(|r| r.macs.clone())
+            .unwrap_or_default();
+        let to_mac = mac(output, 0);
+        let (Some((seq, ack, win)), Some((oseq, oack, owin))) =
+            (tcp_fields(input, pi), tcp_fields(output, po))
+        else {
+            return Err(format!("a proxied reply {t:?} is no whole TCP segment"));
+        };
+        let synack = flags_are(pi, 0x12) || flags_are(pi, 0x13);
+        let generated = |what: &str, to: Tuple, flags: u8| -> Result<(), String> {
+            if Tuple::of(po) != to || !flags_are(po, flags) || po.l3_end != po.l4_off + 20 {
+                return Err(format!("{what} of {t:?} is not a bare segment {to:?}"));
+            }
+            if l4_checksum_ok(output, po) != Some(true) {
+                return Err(format!("{what} of {t:?} has a wrong checksum"));
+            }
+            Ok(())
+        };
+        match px.offset {
+            None if synack && pi.tcp_flags & 0x04 == 0 => {
+                generated("the window update", c.reversed(), 0x10)?;
+                if !macs.contains(&to_mac) || mac(output, 6) != lb {
+                    return Err(format!("the window update of {t:?} is not to its client"));
+                }
+                if oseq != px.cookie.wrapping_add(1) || oack != ack {
+                    return Err(format!(
+                        "the window update of {t:?}: seq {oseq} ack {oack}, cookie {} ack {ack}",
+                        px.cookie
+                    ));
+                }
+                let data = CookieData::of_cookie(px.cookie);
+                let theirs = tcp_options(input, pi)
+                    .into_iter()
+                    .find(|&(_, k, len)| k == 3 && len == 3)
+                    .map(|(at, _, _)| input[at + 2]);
+                let ws = match data.wscale {
+                    Some(_) => theirs.unwrap_or(0),
+                    None => SYN_PROXY_WSCALE,
+                };
+                let shift = if data.wscale.is_some() {
+                    SYN_PROXY_WSCALE
+                } else {
+                    0
+                };
+                let w = (u32::from(win) >> shift).max(1) as u16;
+                if owin != w {
+                    return Err(format!(
+                        "the window update of {t:?}: window {owin}, not {w}"
+                    ));
+                }
+                let off = seq.wrapping_sub(px.cookie);
+                self.proxied.insert(
+                    key,
+                    Proxied {
+                        offset: Some((off, ws)),
+                        ..px
+                    },
+                );
+                Ok(())
+            }
+            Some(_) if synack && pi.tcp_flags & 0x04 == 0 => {
+                generated("the ACK to a repeated SYN-ACK", t.reversed(), 0x10)?;
+                if to_mac != mac(input, 6) || oseq != ack || oack != seq.wrapping_add(1) {
+                    return Err(format!(
+                        "the ACK to repeated SYN-ACK {t:?} is not its answer"
+                    ));
+                }
+                Ok(())
+            }
+            None if pi.tcp_flags & 0x04 == 0 => Err(format!(
+                "a backend segment of {t:?} was sent while the handshake is not complete"
+            )),
+            offset => {
+                if !macs.contains(&to_mac) {
+                    return Err(format!("proxied reply {t:?} sent to MAC {to_mac:02x?}"));
+                }
+                let want_seq = match offset {
+                    Some((off, _)) => seq.wrapping_sub(off),
+                    None => px.cookie.wrapping_add(1),
+                };
+                let mut want_win = win;
+                if let Some((_, ws)) = offset {
+                    if ws != SYN_PROXY_WSCALE && pi.tcp_flags & 0x02 == 0 {
+                        want_win = ((u32::from(win) << ws) >> SYN_PROXY_WSCALE).min(65_535) as u16;
+                    }
+                }
+                let mut e = std::mem::take(&mut self.scratch.0);
+                rewritten(&mut e, input, pi, output, to_mac, lb, &c.reversed());
+                let l4 = usize::from(pi.l4_off);
+                e[l4 + 4..l4 + 8].copy_from_slice(&want_seq.to_be_bytes());
+                e[l4 + 14..l4 + 16].copy_from_slice(&want_win.to_be_bytes());
+                let same = e == output;
+                self.scratch.0 = e;
+                if !same {
+                    return Err(format!(
+                        "proxied reply {t:?}: not the inverse of {c:?} with sequence {want_seq} \
+                         and window {want_win} (got {oseq}, {owin})"
+                    ));
+                }
+                Ok(())
+            }
+        }
     }
 }
 

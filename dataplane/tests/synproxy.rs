@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use common::*;
 use etherparse::{Ethernet2Header, IpNumber, Ipv4Header, Ipv6Header, TcpHeader};
+use sluice_dataplane::conntrack::Timeouts;
 use sluice_dataplane::pipeline::{
     syn_cookie, CookieData, CookieKey, PacketBuf, Pipeline, PipelineConfig, VecBuf, Verdict,
     CENSUS_SLOTS_PER_TICK,
@@ -749,6 +750,97 @@ fn backend_refusal_reaches_the_client() {
             Some(want),
         );
     }
+}
+
+/// A backend's FIN before its SYN-ACK is dropped and leaves the flow's reverse entry in the
+/// forward entry's state: both expire together (found by `fuzz/run flows`:
+/// the FIN moved the reverse entry to closing, 60 s, while the forward entry still awaited
+/// the SYN-ACK, 5 s).
+#[test]
+fn backend_fin_during_handshake_keeps_the_nat_halves_together() {
+    for fam in [v4(), v6()] {
+        let snap = snapshot();
+        let (mut pipe, _) = pipeline();
+        let bm = bmac(if fam.backend.is_ipv4() { 1 } else { 3 });
+        let client = |s: &Seg<'_>| frame(CLIENT_MAC, LB_MAC, fam.client, fam.vip, s);
+        let syn = bare_syn(40003, 700);
+        let c = cookie_for(&mut pipe, &snap, &client(&syn));
+        let ack = Seg {
+            seq: 701,
+            ack: c.wrapping_add(1),
+            flags: ACK,
+            ..syn
+        };
+        let mut b = VecBuf::new(&client(&ack));
+        assert_eq!(pipe.process(&snap, &mut b, NOW), Verdict::Tx);
+        let fin = Seg {
+            sport: 8080,
+            dport: NAT_PORT_MIN,
+            seq: 9000,
+            ack: 701,
+            flags: FIN | ACK,
+            window: 1000,
+            opts: &[],
+            payload: &[],
+        };
+        run(
+            &mut pipe,
+            &snap,
+            "backend FIN in the handshake",
+            frame(bm, LB_MAC, fam.backend, fam.nat, &fin),
+            Verdict::Drop(DropReason::SynProxyHandshake),
+            None,
+        );
+        // Both halves expire together, within twice the forward entry's SYN timeout (a
+        // closing reverse entry would live 60 s).
+        let t = Timeouts::default();
+        assert!(2 * t.tcp_syn_ms < t.tcp_closing_ms);
+        assert_eq!(
+            pipe.expire(NOW + 2 * t.tcp_syn_ms, usize::MAX),
+            2,
+            "forward and reverse"
+        );
+        assert_eq!(pipe.flows(), 0);
+    }
+}
+
+/// A repeated SYN-ACK of the backend with FIN set is answered with our ACK and closes both
+/// halves of the flow together (found by `fuzz/run flows`: it moved the reverse entry to
+/// closing, 60 s, and left the forward entry established, which then outlived it).
+#[test]
+fn repeated_syn_ack_with_fin_closes_both_halves() {
+    let snap = snapshot();
+    let (mut pipe, _) = pipeline();
+    let (_, resp) = proxied_handshake(&mut pipe, &snap);
+    // The backend's SYN-ACK again (its ISN, to the flow's NAT port), with FIN.
+    let fam = v4();
+    let nat_port = u16::from_be_bytes([resp[36], resp[37]]);
+    let again = frame(
+        bmac(1),
+        LB_MAC,
+        fam.backend,
+        fam.nat,
+        &Seg {
+            sport: 8080,
+            dport: nat_port,
+            seq: 5_000_000,
+            ack: 1001,
+            flags: SYN | ACK | FIN,
+            window: 65160,
+            opts: &[],
+            payload: &[],
+        },
+    );
+    let (v, _) = through(&mut pipe, &snap, &again, NOW);
+    assert_eq!(v, Verdict::Tx, "our ACK to the repeated SYN-ACK");
+    let to = Timeouts::default();
+    assert!(2 * to.tcp_closing_ms < to.tcp_established_ms);
+    assert_eq!(
+        pipe.expire(NOW + 2 * to.tcp_closing_ms, usize::MAX),
+        2,
+        "forward and reverse expire together"
+    );
+    assert_eq!(pipe.flows(), 0);
 }
 
 /// Without the proxy, an ACK of no flow is still answered with a RST (nothing changed for

@@ -14,8 +14,8 @@ use libfuzzer_sys::fuzz_target;
 use sluice_dataplane::check::transmitted;
 use sluice_dataplane::maglev::{MaglevBackend, MaglevTable};
 use sluice_dataplane::pipeline::{PacketBuf, Pipeline, PipelineConfig, VecBuf, Verdict};
-use sluice_dataplane::snapshot::{SynProxy, 
-    Backend, BackendState, Frontend, Local, Method, Protocol, Snapshot,
+use sluice_dataplane::snapshot::{
+    Backend, BackendState, Frontend, Local, Method, Protocol, Snapshot, SynProxy,
 };
 use sluice_dataplane::stats::WorkerStats;
 

@@ -13,10 +13,10 @@ use arbitrary::{Arbitrary, Unstructured};
 use sluice_dataplane::check::{FxMap, Model, Step};
 use sluice_dataplane::conntrack::{ConntrackConfig, Timeouts};
 use sluice_dataplane::maglev::{MaglevBackend, MaglevTable};
-use sluice_dataplane::pipeline::{PacketBuf, Pipeline, PipelineConfig, VecBuf, Verdict};
+use sluice_dataplane::pipeline::{CookieKey, PacketBuf, Pipeline, PipelineConfig, VecBuf, Verdict};
 
-use sluice_dataplane::snapshot::{SynProxy, 
-    Backend, BackendState, Cidr, Frontend, Local, Method, Protocol, Snapshot,
+use sluice_dataplane::snapshot::{
+    Backend, BackendState, Cidr, Frontend, Local, Method, Protocol, Snapshot, SynProxy,
 };
 use sluice_dataplane::stats::WorkerStats;
 use sluice_dataplane::wire::parse::{parse, L3};
@@ -36,6 +36,8 @@ const MAX_IDS: usize = 16;
 const NAT_PORT_MIN: u16 = 20000;
 const NAT_PORT_MAX: u16 = 20063;
 const SEED: u64 = 0x5eed;
+/// The workers' SYN cookie key (the model is given it).
+const COOKIE_KEY: CookieKey = CookieKey([0x5eed_c00c_1e00_0001, 0x5eed_c00c_1e00_0002]);
 
 /// A v4 address in the parser's 16-byte form.
 const fn a4(a: [u8; 4]) -> [u8; 16] {
@@ -94,6 +96,21 @@ const SRC6: [[u8; 16]; 6] = [
 /// Ports: served and not, backends', NAT ports of both workers' slices, ephemeral.
 const PORTS: [u16; 12] = [
     80, 53, 443, 81, 8080, 5353, 20000, 20001, 20032, 20063, 40000, 40001,
+];
+
+/// Each frontend's SYN proxy: `on` for the v4 ACL frontend (192.0.2.4:443), `auto` with the
+/// smallest threshold for the v6 TCP `nat` one (2001:db8::1:80: plain NAT until two of its
+/// handshakes are pending on a worker at a tick, then cookies), off for the rest.
+const SYN_PROXY: [SynProxy; 9] = [
+    SynProxy::Off,
+    SynProxy::Off,
+    SynProxy::Off,
+    SynProxy::Off,
+    SynProxy::On,
+    SynProxy::Auto { threshold: 2 },
+    SynProxy::Off,
+    SynProxy::Off,
+    SynProxy::Off,
 ];
 
 /// The backends that can be in a snapshot, by id: (frontend, address, port). Each belongs to
@@ -251,7 +268,7 @@ fn build_snapshot_with(
             source_ranges: range.iter().filter_map(|r| Cidr::parse(r)).collect(),
             flow_limit: None,
             source_flow_limit: None,
-            syn_proxy: SynProxy::Off,
+            syn_proxy: SYN_PROXY[fid],
             backends: ids,
             maglev,
         });
@@ -400,6 +417,10 @@ pub enum Op {
     Expire(u8),
     /// A raw frame.
     Raw(Vec<u8>),
+    /// The client's answer to the `n`-th latest SYN-ACK of the SYN proxy (`how` % 4): its
+    /// ACK, the ACK with data, the ACK with one bit of the cookie flipped (bit `how` / 4),
+    /// or a zero-window probe (the ACK lost: its ISN as sequence number).
+    CookieAck { n: u8, how: u8 },
 }
 
 /// A fuzzer input: operations.
@@ -870,6 +891,10 @@ impl Op {
                 what: byte(u),
             },
             13 => Op::Expire(byte(u)),
+            15 => Op::CookieAck {
+                n: byte(u),
+                how: byte(u),
+            },
             _ => {
                 let n = usize::from(word(u) % 1600);
                 let mut v = vec![0u8; n.min(u.len())];
@@ -911,6 +936,7 @@ impl Op {
             }
             Op::Swap { backend, what } => out.extend([12, *backend, *what]),
             Op::Expire(n) => out.extend([13, *n]),
+            Op::CookieAck { n, how } => out.extend([15, *n, *how]),
             Op::Raw(v) => {
                 let n = v.len().min(1599) as u16;
                 out.extend([14, (n >> 8) as u8, n as u8]);
@@ -963,6 +989,20 @@ struct Natted {
     mac: [u8; 6],
 }
 
+/// A SYN-ACK of the SYN proxy: what the client's answer looks like.
+#[derive(Debug, Clone, Copy)]
+struct Cookied {
+    v6: bool,
+    client: [u8; 16],
+    vip: [u8; 16],
+    cport: u16,
+    vport: u16,
+    /// The cookie (the SYN-ACK's sequence number) and the client's ISN + 1 (its ACK).
+    seq: u32,
+    ack: u32,
+    mac: [u8; 6],
+}
+
 /// Two workers, their tables, the snapshot and the model, reused across inputs.
 pub struct World {
     pipes: Vec<Pipeline>,
@@ -973,6 +1013,7 @@ pub struct World {
     now_ms: u32,
     sent: Vec<Sent>,
     natted: Vec<Natted>,
+    cookied: Vec<Cookied>,
     min_timeout_ms: u32,
     snaps: SnapCache,
     scratch: Scratch,
@@ -1020,7 +1061,7 @@ impl World {
                     nat_port_start: 0,
                     reset_unknown_flows: true,
                     source_limits: Default::default(),
-                    syn_cookie_key: Default::default(),
+                    syn_cookie_key: COOKIE_KEY,
                 };
                 Pipeline::new(&cfg, Arc::new(WorkerStats::new(MAX_IDS)))
             })
@@ -1028,13 +1069,14 @@ impl World {
         let t = timeouts;
         World {
             pipes,
-            model: Model::new(),
+            model: Model::with_cookie_key(COOKIE_KEY),
             snap: initial_snapshot(),
             slots: initial_slots(),
             generation: 1,
             now_ms: 1000,
             sent: Vec::new(),
             natted: Vec::new(),
+            cookied: Vec::new(),
             min_timeout_ms: [
                 t.tcp_syn_ms,
                 t.tcp_established_ms,
@@ -1066,6 +1108,11 @@ impl World {
         self.now_ms = 1000;
         self.sent.clear();
         self.natted.clear();
+        self.cookied.clear();
+        let snap = self.snap.clone();
+        for p in &mut self.pipes {
+            p.install_snapshot(&snap);
+        }
         self.forget_checks();
     }
 
@@ -1097,7 +1144,7 @@ impl World {
             d.push('\n');
         }
         d.push_str(&format!(
-            "model {:?}\nsnapshot {} first {}\nslots {:?}\ngeneration {} now {}\nsent {:?}\nnatted {:?}\nchecked {:?} seen {:?}",
+            "model {:?}\nsnapshot {} first {}\nslots {:?}\ngeneration {} now {}\nsent {:?}\nnatted {:?}\ncookied {:?}\nchecked {:?} seen {:?}",
             self.model,
             self.snap.generation,
             Arc::ptr_eq(&self.snap, &initial_snapshot()),
@@ -1106,6 +1153,7 @@ impl World {
             self.now_ms,
             self.sent,
             self.natted,
+            self.cookied,
             self.checked,
             // The epochs count from the tables' creation; what matters is which tables
             // changed since their last check.
@@ -1245,6 +1293,11 @@ impl World {
             }
             Op::Advance(ms) => {
                 self.now_ms = self.now_ms.wrapping_add(*ms);
+                // The worker's millisecond tick (the SYN proxy's census and engagement),
+                // once per advance.
+                for p in &mut self.pipes {
+                    p.syn_proxy_tick(&self.snap, self.now_ms);
+                }
                 self.forget_checks();
                 Ok(())
             }
@@ -1273,6 +1326,9 @@ impl World {
                 // snapshot keeps serving).
                 match self.snaps.get(self.generation, &self.slots) {
                     Ok(snap) => {
+                        for p in &mut self.pipes {
+                            p.install_snapshot(&snap);
+                        }
                         self.snap = snap;
                         self.forget_checks();
                     }
@@ -1296,6 +1352,25 @@ impl World {
                 let mut f = self.scratch.buf();
                 f.extend_from_slice(v);
                 self.deliver_one(f)
+            }
+            Op::CookieAck { n, how } => {
+                let Some(c) = nth(&self.cookied, *n) else {
+                    return Ok(());
+                };
+                let mut f = Frame::new_in(self.scratch.buf(), LB_MAC, c.mac, 0);
+                let (mut seq, mut ack, mut flags, mut len) =
+                    (c.ack, c.seq.wrapping_add(1), 0x10, 0);
+                match how % 4 {
+                    0 => {}
+                    1 => (flags, len) = (0x18, 100),
+                    2 => ack ^= 1 << (how / 4 % 32),
+                    _ => seq = seq.wrapping_sub(1),
+                }
+                let mut h = tcp_header(c.cport, c.vport, flags, 0);
+                h[4..8].copy_from_slice(&seq.to_be_bytes());
+                h[8..12].copy_from_slice(&ack.to_be_bytes());
+                f.ip(c.v6, c.client, c.vip, 6, &h, &PAYLOAD[..len], 0, false);
+                self.deliver_one(f.bytes)
             }
         }
     }
@@ -1387,12 +1462,15 @@ impl World {
                             f.extend_from_slice(b.data());
                             sc.next[usize::from(to)].push(f);
                         }
-                        Verdict::Tx => note_nat(&mut self.natted, &self.snap, b.data()),
+                        Verdict::Tx => {
+                            note_nat(&mut self.natted, &self.snap, b.data());
+                            note_cookie(&mut self.cookied, &self.snap, b.data());
+                        }
                         _ => {}
                     }
                 }
                 if r.is_ok() {
-                    self.model.burst_done(&step, pipe);
+                    r = self.model.burst_done(&step, pipe);
                 }
                 let mut inputs = inputs;
                 sc.pool.append(&mut inputs);
@@ -1487,6 +1565,45 @@ fn note_nat(natted: &mut Vec<Natted>, snap: &Snapshot, out: &[u8]) {
         bport: p.dport,
         nport: p.sport,
         proto: p.proto,
+        mac,
+    });
+}
+
+/// Remembers a SYN-ACK of the SYN proxy (from a VIP's port), so the client's ACK can be made.
+fn note_cookie(cookied: &mut Vec<Cookied>, snap: &Snapshot, out: &[u8]) {
+    let Ok(p) = parse(out) else {
+        return;
+    };
+    if p.proto != 6 || p.tcp_flags & 0x17 != 0x12 {
+        return;
+    }
+    let v6 = p.l3 == L3::Ipv6;
+    let n = if v6 { 16 } else { 4 };
+    let proxied = snap.frontends().any(|f| {
+        let vip = match f.vip {
+            std::net::IpAddr::V4(a) => a4(a.octets()),
+            std::net::IpAddr::V6(a) => a.octets(),
+        };
+        f.syn_proxy != SynProxy::Off && vip[..n] == p.src[..n] && f.port == p.sport
+    });
+    let l4 = usize::from(p.l4_off);
+    if !proxied || out.len() < l4 + 12 {
+        return;
+    }
+    if cookied.len() == 16 {
+        cookied.remove(0);
+    }
+    let be = |at: usize| u32::from_be_bytes([out[at], out[at + 1], out[at + 2], out[at + 3]]);
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&out[0..6]);
+    cookied.push(Cookied {
+        v6,
+        client: p.dst,
+        vip: p.src,
+        cport: p.dport,
+        vport: p.sport,
+        seq: be(l4 + 4),
+        ack: be(l4 + 8),
         mac,
     });
 }

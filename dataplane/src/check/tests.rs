@@ -19,6 +19,11 @@ fn bmac(id: u32) -> [u8; 6] {
 }
 
 fn snap(draining: u32) -> Snapshot {
+    snap_with(draining, SynProxy::Off)
+}
+
+/// [`snap`] with frontend 0 (192.0.2.1:80, `nat`) SYN-proxied as `proxy` says.
+fn snap_with(draining: u32, proxy: SynProxy) -> Snapshot {
     let fe = |id: u32, vip: &str, method, backends: Vec<u32>| {
         let names: Vec<String> = backends.iter().map(|b| format!("b{b}")).collect();
         let mb: Vec<_> = names
@@ -59,7 +64,10 @@ fn snap(draining: u32) -> Snapshot {
         1,
         7,
         vec![
-            fe(0, "192.0.2.1", Method::Nat, vec![1]),
+            Frontend {
+                syn_proxy: proxy,
+                ..fe(0, "192.0.2.1", Method::Nat, vec![1])
+            },
             fe(1, "192.0.2.2", Method::DsrL2, vec![3, 5]),
             acl,
             fe(3, "192.0.2.5", Method::Nat, vec![1, 2]),
@@ -157,8 +165,9 @@ fn run(
     let v = pipe.process(s.snap, &mut b, s.now_ms);
     assert_eq!(v, Verdict::Tx, "the pipeline transmits {input:02x?}");
     let out = b.data().to_vec();
-    let r = m.packet(s, input, v, &out);
-    m.burst_done(s, pipe);
+    let r = m
+        .packet(s, input, v, &out)
+        .and_then(|()| m.burst_done(s, pipe));
     (out, r)
 }
 
@@ -351,7 +360,7 @@ fn run_burst(
     for ((input, b), v) in frames.iter().zip(&bufs).zip(&verdicts) {
         r = r.and_then(|()| m.packet(s, input, *v, b.data()));
     }
-    m.burst_done(s, pipe);
+    let r = r.and_then(|()| m.burst_done(s, pipe));
     let macs = bufs.iter().map(|b| mac(b.data(), 0)).collect();
     (verdicts, macs, r)
 }
@@ -482,4 +491,69 @@ fn fix_tcp4(f: &mut [u8]) {
     let ps = sum(sum(0, &f[26..34]), &[]) + 6 + seg.len() as u64;
     let c = !fold(sum(ps, seg));
     f[50..52].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Sets the sequence and acknowledgement numbers of an IPv4 TCP frame (Ethernet 14, IPv4 20
+/// without options) and makes its checksum right again.
+fn set_seq_ack(f: &mut [u8], seq: u32, ack: u32) {
+    f[38..42].copy_from_slice(&seq.to_be_bytes());
+    f[42..46].copy_from_slice(&ack.to_be_bytes());
+    fix_tcp_checksum(f);
+}
+
+/// Makes the TCP checksum of such a frame right (the segment runs to the frame's end).
+fn fix_tcp_checksum(f: &mut [u8]) {
+    f[50..52].fill(0);
+    let len = f.len() - 34;
+    let ps = sum(sum(0, &f[26..30]), &f[30..34]) + u64::from(proto::TCP) + len as u64;
+    let c = !fold(sum(ps, &f[34..]));
+    f[50..52].copy_from_slice(&c.to_be_bytes());
+}
+
+/// The SYN proxy's checks: a SYN-ACK with a forged cookie, a wrong acknowledgement or
+/// checksum; a valid cookie dropped as a bad one; a backend SYN with another ISN; an entry
+/// left for a SYN the proxy answered.
+#[test]
+fn syn_proxy_checks_fire() {
+    let snap = snap_with(0, SynProxy::On);
+    let mut pipe = pipeline();
+    let mut m = Model::new();
+    let s = &step(&snap, 1000);
+    let vip = [192, 0, 2, 1];
+    let syn = tcp_with((CLIENT_MAC, LB_MAC), CLIENT, vip, (40000, 80), 2, b"");
+    let (synack, r) = run(&mut m, &mut pipe, s, &syn);
+    r.unwrap();
+    let cookie = u32::from_be_bytes(synack[38..42].try_into().unwrap());
+    // The SYN-ACK: its cookie, its acknowledgement, its checksum.
+    let mut forged = synack.clone();
+    set_seq_ack(&mut forged, cookie ^ 0x100, 1001);
+    err(m.packet(s, &syn, Verdict::Tx, &forged), "no valid cookie");
+    let mut wrong_ack = synack.clone();
+    set_seq_ack(&mut wrong_ack, cookie, 1000);
+    err(m.packet(s, &syn, Verdict::Tx, &wrong_ack), "acknowledges");
+    let mut bad_sum = synack.clone();
+    bad_sum[50] ^= 1;
+    err(m.packet(s, &syn, Verdict::Tx, &bad_sum), "checksum");
+    // A bad cookie is dropped; a valid one must not be.
+    let mut ack = tcp_with((CLIENT_MAC, LB_MAC), CLIENT, vip, (40000, 80), 0x10, b"");
+    set_seq_ack(&mut ack, 1001, (cookie ^ 0x100).wrapping_add(1));
+    let mut b = VecBuf::new(&ack);
+    let v = pipe.process(s.snap, &mut b, s.now_ms);
+    assert_eq!(v, Verdict::Drop(DropReason::SynProxyBadCookie));
+    m.packet(s, &ack, v, b.data()).unwrap();
+    m.burst_done(s, &pipe).unwrap();
+    set_seq_ack(&mut ack, 1001, cookie.wrapping_add(1));
+    let bad = Verdict::Drop(DropReason::SynProxyBadCookie);
+    err(m.packet(s, &ack, bad, &ack), "valid cookie");
+    // The valid ACK becomes the backend's SYN, with the client's ISN.
+    let (backend_syn, r) = run(&mut m, &mut pipe, s, &ack);
+    r.unwrap();
+    let mut other_isn = backend_syn.clone();
+    other_isn[38..42].copy_from_slice(&1001u32.to_be_bytes());
+    fix_tcp_checksum(&mut other_isn);
+    err(m.packet(s, &ack, Verdict::Tx, &other_isn), "backend's SYN");
+    // A SYN-ACK the proxy sent although it holds the flow: not "no entry".
+    let mut fresh = Model::new();
+    fresh.packet(s, &syn, Verdict::Tx, &synack).unwrap();
+    err(fresh.burst_done(s, &pipe), "holds its flow");
 }

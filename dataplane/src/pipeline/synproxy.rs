@@ -602,6 +602,13 @@ impl Pipeline {
                 return self.answer::<F, P>(snap, pkt, p, (vip, v.client), v.reply_mac(), &out);
             }
             if fl & flags::RST == 0 {
+                // Dropped: the reverse entry keeps the forward one's state (a FIN would have
+                // moved it to closing, whose longer timeout would outlive the forward entry
+                // still awaiting the backend's SYN-ACK, and keep its NAT port).
+                let fs = e.state();
+                if let Some(r) = t.rev.lookup(rk, rh, NO_SLOT, now_ms, |_| {}) {
+                    r.set_state(fs);
+                }
                 return Verdict::Drop(DropReason::SynProxyHandshake);
             }
             // The backend refused: the client hears it, at the sequence number it expects.
@@ -619,6 +626,8 @@ impl Pipeline {
             // The backend repeats its SYN-ACK: the client sent nothing that completed its
             // handshake (a server that speaks first). This ACK does, in a 64 KiB window
             // (511 units of the usual scale; the client's next segment brings its own).
+            // Both halves take the reply's state (a FIN with it closes them together).
+            e.set_state(state);
             let out = Out {
                 src: p.dport,
                 dst: p.sport,

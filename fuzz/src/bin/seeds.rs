@@ -285,6 +285,58 @@ fn main() -> std::io::Result<()> {
                 Expire(15),
             ],
         ),
+        (
+            // The `on` frontend (192.0.2.4:443): SYN-ACK, a bad cookie, the valid ACK and the
+            // backend's SYN, its SYN-ACK (the client's window update), data both ways with
+            // the sequence offset, a repeated SYN-ACK, the close.
+            "synproxy-on-v4",
+            vec![
+                Packet(pk(false, 0, 3, 10, 2, 0, SYN)),
+                CookieAck {
+                    n: 0,
+                    how: 2 + 4 * 9,
+                },
+                CookieAck { n: 0, how: 0 },
+                reply(SYNACK),
+                Again { n: 0, flags: ACK },
+                Packet(with(pk(false, 0, 3, 10, 2, 0, PSHACK), |p| {
+                    p.payload = 40;
+                    p.options = 2
+                })),
+                reply(PSHACK),
+                reply(SYNACK),
+                Again {
+                    n: 0,
+                    flags: FINACK,
+                },
+                reply(FINACK),
+            ],
+        ),
+        (
+            // The `auto` frontend (2001:db8::1:80): eight SYNs forwarded, a tick engages it,
+            // then a SYN gets a cookie and a zero-window probe opens the flow.
+            "synproxy-auto-v6",
+            vec![
+                Burst(
+                    (0..8u8)
+                        .map(|i| pk(true, 0, 0, 500 + u16::from(i), 0, 0, SYN))
+                        .collect(),
+                ),
+                Advance(1),
+                Burst(
+                    (0..4u8)
+                        .map(|i| pk(true, 1, 0, 600 + u16::from(i), 0, 0, SYN))
+                        .collect(),
+                ),
+                CookieAck { n: 0, how: 3 },
+                CookieAck { n: 1, how: 1 },
+                reply(SYNACK),
+                Again { n: 0, flags: ACK },
+                reply(PSHACK),
+                Advance(5_001),
+                Advance(1),
+            ],
+        ),
     ];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
     let (flows, raw) = (dir.join("flows"), dir.join("pipeline"));
