@@ -110,21 +110,29 @@ fn with_mac(frame: &[u8], dst: [u8; 6]) -> Vec<u8> {
 }
 
 fn icmp4_echo(dst: [u8; 4]) -> Vec<u8> {
+    icmp4_echo_with(dst, 7, 1, b"ping")
+}
+
+fn icmp4_echo_with(dst: [u8; 4], id: u16, seq: u16, data: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
     PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
         .ipv4(CLIENT4, dst, 64)
-        .icmpv4_echo_request(7, 1)
-        .write(&mut v, b"ping")
+        .icmpv4_echo_request(id, seq)
+        .write(&mut v, data)
         .unwrap();
     v
 }
 
 fn icmp4_echo_reply(src: [u8; 4]) -> Vec<u8> {
+    icmp4_echo_reply_with(src, 7, 1, b"ping")
+}
+
+fn icmp4_echo_reply_with(src: [u8; 4], id: u16, seq: u16, data: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
     PacketBuilder::ethernet2(LB_MAC, CLIENT_MAC)
         .ipv4(src, CLIENT4, 64)
-        .icmpv4_echo_reply(7, 1)
-        .write(&mut v, b"ping")
+        .icmpv4_echo_reply(id, seq)
+        .write(&mut v, data)
         .unwrap();
     v
 }
@@ -604,6 +612,14 @@ fn golden(burst: bool) {
         ),
         drop("neighbour solicitation for someone else", ns_frame(v6("fd00::77")), DropReason::NdpNotOurs),
         case("ICMP echo to a VIP is answered", icmp4_echo(vip1), Verdict::Tx, Some(icmp4_echo_reply(vip1))),
+        // Found by the fuzzer: a reply whose words sum to zero needs checksum 0xffff (0x0000
+        // does not verify).
+        case(
+            "ICMP echo with identifier, sequence and data all zero gets a reply that verifies",
+            icmp4_echo_with(vip1, 0, 0, &[0; 4]),
+            Verdict::Tx,
+            Some(icmp4_echo_reply_with(vip1, 0, 0, &[0; 4])),
+        ),
         case("ICMPv6 echo to a VIP is answered", icmp6_echo(v6vip, false), Verdict::Tx, Some(icmp6_echo(v6vip, true))),
         case(
             "ICMP fragmentation-needed quoting a tracked dsr-l2 flow goes to its backend",
@@ -691,7 +707,7 @@ fn golden(burst: bool) {
     );
     use std::sync::atomic::Ordering::Relaxed;
     assert_eq!(stats.nat_replies.load(Relaxed), 1);
-    assert_eq!(stats.echo_replies.load(Relaxed), 2);
+    assert_eq!(stats.echo_replies.load(Relaxed), 3);
     assert_eq!(stats.neighbor_replies.load(Relaxed), 3);
     assert_eq!(stats.icmp_errors_forwarded.load(Relaxed), 1);
     // The ACK of an unknown NAT flow was answered with a RST, not dropped.
