@@ -212,6 +212,29 @@ fn cookie_for(pipe: &mut Pipeline, snap: &Snapshot, syn: &[u8]) -> u32 {
     u32::from_be_bytes(d[d.len() - 24 + 4..][..4].try_into().unwrap())
 }
 
+/// Sends family `fam`'s client SYN from port `sport` with ISN `isn` and its cookie ACK, so that
+/// the proxy opens the flow and sends the backend's SYN; returns the cookie.
+fn handshake_to_backend(
+    pipe: &mut Pipeline,
+    snap: &Snapshot,
+    fam: &Fam,
+    sport: u16,
+    isn: u32,
+) -> u32 {
+    let client = |s: &Seg<'_>| frame(CLIENT_MAC, LB_MAC, fam.client, fam.vip, s);
+    let syn = bare_syn(sport, isn);
+    let c = cookie_for(pipe, snap, &client(&syn));
+    let ack = Seg {
+        seq: isn.wrapping_add(1),
+        ack: c.wrapping_add(1),
+        flags: ACK,
+        ..syn
+    };
+    let mut b = VecBuf::new(&client(&ack));
+    assert_eq!(pipe.process(snap, &mut b, NOW), Verdict::Tx);
+    c
+}
+
 /// The whole life of a proxied connection in family `fam`.
 fn proxied_connection(fam: &Fam, count_before: u64) {
     let snap = snapshot();
@@ -708,17 +731,7 @@ fn backend_refusal_reaches_the_client() {
         let snap = snapshot();
         let (mut pipe, _) = pipeline();
         let bm = bmac(if fam.backend.is_ipv4() { 1 } else { 3 });
-        let client = |s: &Seg<'_>| frame(CLIENT_MAC, LB_MAC, fam.client, fam.vip, s);
-        let syn = bare_syn(40002, 500);
-        let c = cookie_for(&mut pipe, &snap, &client(&syn));
-        let ack = Seg {
-            seq: 501,
-            ack: c.wrapping_add(1),
-            flags: ACK,
-            ..syn
-        };
-        let mut b = VecBuf::new(&client(&ack));
-        assert_eq!(pipe.process(&snap, &mut b, NOW), Verdict::Tx);
+        let c = handshake_to_backend(&mut pipe, &snap, &fam, 40002, 500);
         let rst = Seg {
             sport: 8080,
             dport: NAT_PORT_MIN,
@@ -762,17 +775,7 @@ fn backend_fin_during_handshake_keeps_the_nat_halves_together() {
         let snap = snapshot();
         let (mut pipe, _) = pipeline();
         let bm = bmac(if fam.backend.is_ipv4() { 1 } else { 3 });
-        let client = |s: &Seg<'_>| frame(CLIENT_MAC, LB_MAC, fam.client, fam.vip, s);
-        let syn = bare_syn(40003, 700);
-        let c = cookie_for(&mut pipe, &snap, &client(&syn));
-        let ack = Seg {
-            seq: 701,
-            ack: c.wrapping_add(1),
-            flags: ACK,
-            ..syn
-        };
-        let mut b = VecBuf::new(&client(&ack));
-        assert_eq!(pipe.process(&snap, &mut b, NOW), Verdict::Tx);
+        handshake_to_backend(&mut pipe, &snap, &fam, 40003, 700);
         let fin = Seg {
             sport: 8080,
             dport: NAT_PORT_MIN,

@@ -404,7 +404,7 @@ fn encode(w: &mut impl Write, h: &Header, flows: &[SavedFlow]) -> std::io::Resul
         }
         if let Some(p) = &f.proxy {
             rec.extend_from_slice(&p.seq.to_le_bytes());
-            rec.push((p.backend_wscale & 0xf) | (u8::from(p.handshake) << 7));
+            rec.push(p.flags_byte());
         }
         w.write_all(&rec)?;
     }
@@ -537,12 +537,7 @@ fn decode(bytes: &[u8]) -> Result<(Header, Vec<SavedFlow>), String> {
         };
         let proxy = if has_proxy {
             let seq = r.u32()?;
-            let b = r.u8()?;
-            Some(SavedProxy {
-                seq,
-                backend_wscale: b & 0xf,
-                handshake: b & 0x80 != 0,
-            })
+            Some(SavedProxy::from_parts(seq, r.u8()?))
         } else {
             None
         };

@@ -138,7 +138,7 @@ pub fn put_record(out: &mut Vec<u8>, f: &SavedFlow) {
     }
     if let Some(p) = f.proxy {
         out.extend_from_slice(&p.seq.to_be_bytes());
-        out.push((p.backend_wscale & 0xf) | (u8::from(p.handshake) << 7));
+        out.push(p.flags_byte());
     }
 }
 
@@ -232,12 +232,7 @@ fn record(r: &mut Rd<'_>, version: u8) -> Result<SavedFlow, Invalid> {
     };
     let proxy = if proxied {
         let seq = r.u32()?;
-        let b = r.u8()?;
-        Some(SavedProxy {
-            seq,
-            backend_wscale: b & 0xf,
-            handshake: b & 0x80 != 0,
-        })
+        Some(SavedProxy::from_parts(seq, r.u8()?))
     } else {
         None
     };

@@ -54,6 +54,21 @@ pub struct SavedProxy {
 }
 
 impl SavedProxy {
+    /// The one byte the flows file and sync messages keep besides [`SavedProxy::seq`]: the
+    /// backend's window scale in the low four bits, the handshake flag in the top bit.
+    pub fn flags_byte(&self) -> u8 {
+        (self.backend_wscale & 0xf) | (u8::from(self.handshake) << 7)
+    }
+
+    /// The state from its sequence offset and [`SavedProxy::flags_byte`].
+    pub fn from_parts(seq: u32, flags: u8) -> SavedProxy {
+        SavedProxy {
+            seq,
+            backend_wscale: flags & 0xf,
+            handshake: flags & 0x80 != 0,
+        }
+    }
+
     /// The proxy's part of a forward value, if the SYN proxy opened it.
     pub(super) fn of(v: &Fwd) -> Option<SavedProxy> {
         v.proxied().then(|| SavedProxy {
