@@ -169,17 +169,6 @@ impl<T: fmt::Debug> fmt::Debug for HugeSlice<T> {
     }
 }
 
-/// Bytes of the calling process's memory currently backed by transparent huge pages
-/// (`AnonHugePages` in `/proc/self/smaps_rollup`), or `None` if unreadable. For tests and
-/// benchmarks that check the tables really got huge pages.
-#[must_use]
-pub fn anon_huge_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
-    let line = s.lines().find(|l| l.starts_with("AnonHugePages:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,22 +197,67 @@ mod tests {
         assert_eq!(s[99].0[63], 1);
     }
 
+    /// The `smaps` entry of the mapping that holds `addr`: its `VmFlags` line and its
+    /// `AnonHugePages` in bytes.
+    fn smaps_entry(addr: usize) -> Option<(String, u64)> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
+        let mut inside = false;
+        let mut huge = 0;
+        for line in smaps.lines() {
+            let head = line.split_whitespace().next().unwrap_or("");
+            if let Some((lo, hi)) = head.split_once('-') {
+                if let (Ok(lo), Ok(hi)) =
+                    (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+                {
+                    inside = lo <= addr && addr < hi;
+                    continue;
+                }
+            }
+            if !inside {
+                continue;
+            }
+            if let Some(kb) = line.strip_prefix("AnonHugePages:") {
+                huge = kb
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()?
+                    * 1024;
+            } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+                return Some((flags.trim().to_owned(), huge));
+            }
+        }
+        None
+    }
+
     #[test]
-    fn large_tables_get_huge_pages_when_the_kernel_offers_them() {
+    fn large_tables_are_advised_for_huge_pages() {
         let mode = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
             .unwrap_or_default();
-        let before = anon_huge_bytes().unwrap_or(0);
         let s = HugeSlice::new(16 << 20, 0u64); // 128 MiB
-        let after = anon_huge_bytes().unwrap_or(0);
         assert_eq!(s[(16 << 20) - 1], 0);
+        assert_eq!(s.as_ptr() as usize % HUGE, 0);
+        let (flags, huge) = smaps_entry(s.as_ptr() as usize).expect("the mapping is in smaps");
+        // How many huge pages the kernel finds depends on how fragmented its free memory is
+        // (a CI machine gave 46 of 128 MiB), so that figure is reported, not asserted; the
+        // advice that asks for them is ours and is asserted.
+        eprintln!(
+            "{} MiB of 128 MiB on huge pages (THP mode: {})",
+            huge >> 20,
+            mode.trim()
+        );
         if mode.contains("[always]") || mode.contains("[madvise]") {
-            // Other tests may map or unmap meanwhile; most of the 128 MiB must be huge.
             assert!(
-                after.saturating_sub(before) >= 64 << 20,
-                "only {} MiB of huge pages appeared (THP mode: {})",
-                after.saturating_sub(before) >> 20,
-                mode.trim()
+                flags.split_whitespace().any(|f| f == "hg"),
+                "the table is not advised for huge pages: VmFlags {flags}"
             );
         }
+        let small = HugeSlice::new(1000, 0u64);
+        let (flags, _) = smaps_entry(small.as_ptr() as usize).expect("the mapping is in smaps");
+        assert!(
+            !flags.split_whitespace().any(|f| f == "hg"),
+            "a small slice is advised for huge pages: VmFlags {flags}"
+        );
     }
 }

@@ -48,7 +48,7 @@ pub use bpf::PcapProgram;
 pub use eal::{lcore_id, register_thread, Eal, ThreadRegistration};
 #[cfg(feature = "dpdk")]
 pub use error::{DpdkError, Result};
-pub use huge::{anon_huge_bytes, HugeSlice};
+pub use huge::HugeSlice;
 pub use lanes::{lane_count, lanes_eq, lanes_eq_portable, set_lane};
 #[cfg(feature = "dpdk")]
 pub use mbuf::{Drain, Mbuf, MbufBatch, BURST};
