@@ -32,6 +32,42 @@ pub fn lanes_eq(word: &u128, value: u16) -> u32 {
     }
 }
 
+/// Bit `i` (0..8) set for each 16-bit lane `i` of `word` whose bits under `mask` equal
+/// `value` (`lane & mask == value`); no other bit set. One AND more than [`lanes_eq`]: the
+/// conntrack compares tags with their flag bit masked off, and finds the flagged lanes.
+#[inline(always)]
+#[must_use]
+pub fn lanes_eq_masked(word: &u128, mask: u16, value: u16) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            __m128i, _mm_and_si128, _mm_cmpeq_epi16, _mm_loadu_si128, _mm_movemask_epi8,
+            _mm_packs_epi16, _mm_set1_epi16, _mm_setzero_si128,
+        };
+        // SAFETY: SSE2 is part of the x86-64 baseline; `word` is a valid reference to 16 bytes
+        // and `_mm_loadu_si128` needs no alignment.
+        unsafe {
+            let w = _mm_loadu_si128((word as *const u128).cast::<__m128i>());
+            let m = _mm_and_si128(w, _mm_set1_epi16(mask as i16));
+            let eq = _mm_cmpeq_epi16(m, _mm_set1_epi16(value as i16));
+            (_mm_movemask_epi8(_mm_packs_epi16(eq, _mm_setzero_si128())) as u32) & 0xff
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        lanes_eq_masked_portable(*word, mask, value)
+    }
+}
+
+/// [`lanes_eq_masked`] without SIMD: the reference the tests hold the SSE2 version to.
+#[inline]
+#[must_use]
+pub fn lanes_eq_masked_portable(word: u128, mask: u16, value: u16) -> u32 {
+    (0..8).fold(0, |m, lane| {
+        m | (u32::from((word >> (lane * 16)) as u16 & mask == value) << lane)
+    })
+}
+
 /// Sets 16-bit lane `lane` (0..8, bits `16 lane .. 16 lane + 15`) of `word` to `value`: one
 /// 2-byte store on a little-endian machine, where a shift and mask of a `u128` at a variable
 /// position is a dozen instructions.
@@ -52,6 +88,28 @@ pub fn set_lane(word: &mut u128, lane: usize, value: u16) {
     {
         let shift = lane * 16;
         *word = (*word & !(0xffff_u128 << shift)) | (u128::from(value) << shift);
+    }
+}
+
+/// 16-bit lane `lane` (0..8) of `word`: one 2-byte load on a little-endian machine, where a
+/// shift of a `u128` by a variable amount is a dozen instructions.
+///
+/// # Panics
+/// If `lane` is 8 or more.
+#[inline(always)]
+#[must_use]
+pub fn get_lane(word: &u128, lane: usize) -> u16 {
+    assert!(lane < 8, "lane {lane} of a 128-bit word");
+    #[cfg(target_endian = "little")]
+    // SAFETY: `word` is a valid reference to 16 bytes aligned to at least 2, and `lane < 8`
+    // (asserted), so the u16 at byte offset `2 * lane` lies inside it and is aligned; on a
+    // little-endian machine that u16 is exactly bits `16 lane ..` of the u128.
+    unsafe {
+        (word as *const u128).cast::<u16>().add(lane).read()
+    }
+    #[cfg(not(target_endian = "little"))]
+    {
+        (*word >> (lane * 16)) as u16
     }
 }
 
@@ -111,6 +169,13 @@ mod tests {
                 "{w:#x} {value:#x}"
             );
             assert_eq!(lanes_eq(&w, 0), lanes_eq_portable(w, 0), "{w:#x}");
+            for mask in [0x7fff, 0x8000, 0xffff, 0x00f0] {
+                assert_eq!(
+                    lanes_eq_masked(&w, mask, value & mask),
+                    lanes_eq_masked_portable(w, mask, value & mask),
+                    "{w:#x} {mask:#x} {value:#x}"
+                );
+            }
         }
     }
 
@@ -124,6 +189,10 @@ mod tests {
         assert_eq!(lanes_eq(&0, 0), 0xff);
         assert_eq!(lanes_eq(&u128::MAX, 0xffff), 0xff);
         assert_eq!(lanes_eq(&u128::MAX, 0), 0);
+        // Lanes 0x8000 and 0xffff have the top bit; 0x7fff and 0xffff match 0x7fff below it.
+        assert_eq!(lanes_eq_masked(&w, 0x8000, 0x8000), 0b0010_1000);
+        assert_eq!(lanes_eq_masked(&w, 0x7fff, 0x7fff), 0b0000_1001);
+        assert_eq!(lanes_eq_masked(&w, 0x7fff, 0), 0b1011_0010);
     }
 
     #[test]
@@ -135,6 +204,8 @@ mod tests {
             let mask = 0xffff_u128 << (lane * 16);
             assert_eq!(w & !mask, before & !mask, "lane {lane}");
             assert_eq!((w >> (lane * 16)) as u16, 0xa5a5, "lane {lane}");
+            assert_eq!(get_lane(&w, lane), 0xa5a5, "lane {lane}");
+            assert_eq!(get_lane(&before, lane), (before >> (lane * 16)) as u16);
             assert_eq!(lanes_eq(&w, 0xa5a5) >> lane & 1, 1);
         }
         assert_eq!(w, u128::MAX / 0xffff * 0xa5a5);

@@ -49,7 +49,10 @@ pub use eal::{lcore_id, register_thread, Eal, ThreadRegistration};
 #[cfg(feature = "dpdk")]
 pub use error::{DpdkError, Result};
 pub use huge::HugeSlice;
-pub use lanes::{lane_count, lanes_eq, lanes_eq_portable, set_lane};
+pub use lanes::{
+    get_lane, lane_count, lanes_eq, lanes_eq_masked, lanes_eq_masked_portable, lanes_eq_portable,
+    set_lane,
+};
 #[cfg(feature = "dpdk")]
 pub use mbuf::{Drain, Mbuf, MbufBatch, BURST};
 #[cfg(feature = "dpdk")]

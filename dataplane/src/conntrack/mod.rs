@@ -13,11 +13,13 @@
 //! kept as two parallel arrays (DPDK's `rte_hash` has the same shape: two candidate buckets of
 //! eight, 16-bit signatures):
 //!
-//! - `tags`: one `u128` per bucket holding eight 16-bit tags (the top 16 bits of the flow hash,
-//!   0 meaning "free"). Four buckets share a cache line. A lookup compares all eight tags of a
-//!   bucket at once (one SSE2 compare on x86-64, `dpdk_sys::lanes_eq`) and reads a full key
-//!   only on a tag match, so a miss touches no entry at all (a false tag match, which costs
-//!   one entry read, happens in about one miss in 4096: 16 slots, 16-bit tags).
+//! - `tags`: one `u128` per bucket holding eight 16-bit stored tags: 15 bits of the flow hash
+//!   (0 meaning "free") and a flag, [`EMBRYONIC`], set while the entry is embryonic. Four
+//!   buckets share a cache line. A lookup compares all eight tags of a bucket at once, the
+//!   flag masked off (one SSE2 AND and compare on x86-64, `dpdk_sys::lanes_eq_masked`), and
+//!   reads a full key only on a tag match, so a miss touches no entry at all (a false tag
+//!   match, which costs one entry read, happens in about one miss in 2048: 16 slots, 15-bit
+//!   tags).
 //! - `slots`: `Option<Entry<K, V>>` per slot, each slot aligned to 32 bytes; `Entry` stores
 //!   the key, the value, the [`FlowState`] and the last-seen time, and `Option` costs nothing
 //!   (it uses the unused values of the `FlowState` byte). An IPv4 entry with an 8-byte value is
@@ -50,15 +52,22 @@
 //! and [`Conntrack::expire`] scans a bounded number of buckets from a cursor, so a worker can
 //! call it once per poll iteration at a cost it chooses.
 //!
-//! **Eviction**: when both buckets are full, nothing in them has expired and no entry can
-//! move, the lowest-ranked of their 16 entries is evicted ([`Rank`]: embryonic flows first,
-//! then closing ones, then established, UDP and other flows; the least recently seen first
-//! among equals) and handed back in [`Inserted::Evicted`], so the caller can release what the
-//! value stood for (a NAT port, a reverse entry). A handshake never evicts an established
-//! flow: a new embryonic entry whose buckets hold nothing else is refused
-//! ([`Inserted::Refused`]), so a SYN flood cannot push out the connections it competes with.
-//! Scanning both buckets costs eight cache lines per insert into full buckets (IPv4), which
-//! the burst prefetch fetches ahead.
+//! **Eviction**: when both buckets are full and no entry can move, an embryonic flow goes
+//! first, found from the tags' flags without reading the other entries: of the flagged
+//! slots, in an order rotated by the new flow's tag (so evictions spread over them), the
+//! first whose entry is still embryonic (reused as expired if it has expired). A flag is set
+//! when an entry is stored embryonic and follows the entry's state at the flow's first lookup
+//! in each epoch ([`same_epoch`]), so it can be stale for about an epoch after a state
+//! change; a stale flag is skipped, never trusted, and cleared. With no embryonic flow flagged, the insert scans the 16
+//! entries: the first expired one is reused, else the lowest-ranked is evicted ([`Rank`]:
+//! embryonic flows first, then closing ones, then established, UDP and other flows; the
+//! least recently seen first among equals). Either way the entry is handed back in
+//! [`Inserted::Evicted`], so the caller can release what the value stood for (a NAT port, a
+//! reverse entry). A handshake never evicts an established flow: a new embryonic entry whose
+//! buckets hold nothing else is refused ([`Inserted::Refused`]), so a SYN flood cannot push
+//! out the connections it competes with. In a SYN flood the flagged victim costs one cache
+//! line of entries per insert into full buckets; the scan costs eight (IPv4), which the
+//! burst prefetch fetches ahead.
 //!
 //! **Prefetch.** A worker overlaps a burst's cache misses in two passes (the pipeline's
 //! `burst` stage): [`Conntrack::prefetch`] issues `prefetcht0` for the tag words of a flow's
@@ -353,11 +362,52 @@ enum Full {
 #[repr(align(32))]
 struct Slot<K, V>(Option<Entry<K, V>>);
 
-/// The lanes (bit `i`: slot `i` of the bucket) of tag word `w` holding `tag`; with tag 0, the
-/// free slots. One SSE2 compare on x86-64 ([`dpdk_sys::lanes_eq`]).
+/// The flag bit of a stored tag: set while the entry is embryonic ([`Rank::Embryonic`]) as of
+/// its insert or its first lookup in the current epoch, so that an insert into two full buckets finds an embryonic
+/// victim from the tags alone ([`Conntrack::insert`]). The other 15 bits are the tag proper.
+const EMBRYONIC: u16 = 0x8000;
+/// The bits of a stored tag that come from the flow hash.
+const TAG_BITS: u16 = !EMBRYONIC;
+/// Lanes of a flow's two buckets.
+const PAIR_LANES: u32 = 2 * SLOTS_PER_BUCKET as u32;
+
+/// Slot of lane `lane` (0..16) of the bucket pair `b1`, `b2`: lane `lane % 8` of
+/// `[b1, b2][lane / 8]`.
+#[inline(always)]
+fn pair_slot(b1: usize, b2: usize, lane: u32) -> usize {
+    let lane = lane as usize;
+    let b = if lane < SLOTS_PER_BUCKET { b1 } else { b2 };
+    b * SLOTS_PER_BUCKET + lane % SLOTS_PER_BUCKET
+}
+
+/// The lanes (bit `i`: slot `i` of the bucket) of tag word `w` holding `tag` (a [`tag_of`],
+/// the flag bit ignored). One SSE2 AND and compare on x86-64 ([`dpdk_sys::lanes_eq_masked`]).
 #[inline(always)]
 fn lanes(w: &u128, tag: u16) -> u32 {
-    dpdk_sys::lanes_eq(w, tag)
+    dpdk_sys::lanes_eq_masked(w, TAG_BITS, tag)
+}
+
+/// The free lanes of tag word `w` (stored tag 0).
+#[inline(always)]
+fn free_lanes(w: &u128) -> u32 {
+    dpdk_sys::lanes_eq(w, 0)
+}
+
+/// The lanes of tag word `w` whose entry is flagged [`EMBRYONIC`].
+#[inline(always)]
+fn embryonic_lanes(w: &u128) -> u32 {
+    dpdk_sys::lanes_eq_masked(w, EMBRYONIC, EMBRYONIC)
+}
+
+/// The tag stored for an entry with tag `tag` in `state`: the tag, flagged [`EMBRYONIC`] if
+/// the state is.
+#[inline(always)]
+fn stored_tag(tag: u16, state: FlowState) -> u16 {
+    if Rank::of(state) == Rank::Embryonic {
+        tag | EMBRYONIC
+    } else {
+        tag
+    }
 }
 
 /// The number of lanes set in a lane mask.
@@ -372,10 +422,10 @@ fn first_lane(mask: u32) -> usize {
     mask.trailing_zeros() as usize
 }
 
-/// The tag of a flow hash: its top 16 bits, with 0 (the "free" mark) moved to 1.
+/// The tag of a flow hash: 15 of its top bits, with 0 (the "free" mark) moved to 1.
 #[inline(always)]
 fn tag_of(hash: u64) -> u16 {
-    let t = (hash >> 48) as u16;
+    let t = (hash >> 48) as u16 & TAG_BITS;
     t + u16::from(t == 0)
 }
 
@@ -535,9 +585,12 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
             self.stats.misses += 1;
             return None;
         };
-        let expired = match &self.slots[i].0 {
-            Some(e) => is_expired(e, now_ms, &self.timeouts),
-            None => true,
+        let (expired, first) = match &self.slots[i].0 {
+            Some(e) => (
+                is_expired(e, now_ms, &self.timeouts),
+                !same_epoch(e.last_seen_ms, now_ms),
+            ),
+            None => (true, false),
         };
         if expired {
             if let Some(e) = self.release(i) {
@@ -547,8 +600,13 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
             self.stats.expiries += 1;
             return None;
         }
+        // The caller may have changed the state since (a handshake completed): the flag
+        // follows it at the flow's first packet of each epoch, so a stale flag lasts at most
+        // about an epoch, and an established packet pays for it once per epoch, not each time.
+        if first {
+            self.sync_flag(i);
+        }
         let e = self.slots[i].0.as_mut()?;
-        let first = !same_epoch(e.last_seen_ms, now_ms);
         e.last_seen_ms = now_ms;
         self.stats.hits += 1;
         Some((e, first))
@@ -570,10 +628,12 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     /// an entry already holding `key` ([`Insert`]).
     ///
     /// A new entry takes a free slot in the first bucket while it has three free slots, else
-    /// in the less loaded of the two; if both are full, the slot of an expired entry in either;
-    /// failing that, one of their entries moves to its other bucket to make room; failing
-    /// that, the lowest-ranked ([`Rank`]) of the two buckets' 16 entries is evicted, except
-    /// that an embryonic entry never evicts an established one: it is then refused
+    /// in the less loaded of the two. If both are full: an embryonic entry flagged in their
+    /// tags (expired or not; see the module's "Eviction"), else the slot of an expired entry
+    /// in either; failing that, one of their entries moves to its other bucket to make room;
+    /// failing that, the flagged embryonic entry or the lowest-ranked ([`Rank`]) of the two
+    /// buckets' 16 entries is evicted, except that an embryonic entry never evicts an
+    /// established one: it is then refused
     /// ([`Inserted::Refused`]). Never allocates; the returned [`Inserted`] says which happened
     /// and hands back any value displaced.
     #[inline(always)]
@@ -612,6 +672,7 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
             Insert::Replace => {
                 if let Some(i) = self.find(&key, hash) {
                     if let Some(old) = self.slots[i].0.replace(entry) {
+                        self.set_tag(i, stored_tag(tag_of(hash), state));
                         self.stats.replacements += 1;
                         return Inserted::Replaced { old: old.value };
                     }
@@ -630,10 +691,11 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         let at = at as usize;
         let b = at / SLOTS_PER_BUCKET;
         // NO_SLOT names no bucket of the table.
-        if (b == b1 || b == b2) && lanes(&self.tags[b], 0) & (1 << (at % SLOTS_PER_BUCKET)) != 0 {
-            return self.place(at, tag_of(hash), entry);
+        let tag = stored_tag(tag_of(hash), state);
+        if (b == b1 || b == b2) && free_lanes(&self.tags[b]) & (1 << (at % SLOTS_PER_BUCKET)) != 0 {
+            return self.place(at, tag, entry);
         }
-        self.insert_absent(b1, b2, tag_of(hash), entry, now_ms)
+        self.insert_absent(b1, b2, tag, entry, now_ms)
     }
 
     /// Stores `entry` in the free slot `i`.
@@ -646,7 +708,8 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         Inserted::New
     }
 
-    /// Stores `entry`, absent from the table, in its buckets `b1`/`b2`.
+    /// Stores `entry`, absent from the table, in its buckets `b1`/`b2`, under the stored tag
+    /// `tag` ([`stored_tag`]).
     #[inline(always)]
     fn insert_absent(
         &mut self,
@@ -670,12 +733,12 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     /// full first bucket keeps room for the flows whose second bucket it is.
     #[inline(always)]
     fn insert_bucket(&self, b1: usize, b2: usize) -> (usize, u32) {
-        let free1 = lanes(&self.tags[b1], 0);
+        let free1 = free_lanes(&self.tags[b1]);
         let n1 = count_lanes(free1);
         if n1 >= 3 {
             return (b1, free1);
         }
-        let free2 = lanes(&self.tags[b2], 0);
+        let free2 = free_lanes(&self.tags[b2]);
         if n1 >= count_lanes(free2) {
             (b1, free1)
         } else {
@@ -695,7 +758,16 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         entry: Entry<K, V>,
         now_ms: u32,
     ) -> Inserted<K, V> {
-        let (victim, rank) = match self.scan_full(b1, b2, now_ms) {
+        let (flagged, mut stale) = self.flagged_victim(b1, b2, tag, now_ms);
+        // Flags found stale (the entry left the embryonic state since its last lookup) are
+        // cleared, so the next insert into these buckets does not read those entries again.
+        while stale != 0 {
+            let i = pair_slot(b1, b2, stale.trailing_zeros());
+            stale &= stale - 1;
+            let t = self.stored(i) & TAG_BITS;
+            self.set_tag(i, t);
+        }
+        let (victim, rank) = match flagged.unwrap_or_else(|| self.scan_full(b1, b2, now_ms)) {
             Full::Expired(i) => {
                 let old = self.put(i, tag, entry);
                 self.stats.expiries += 1;
@@ -718,8 +790,8 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
             let tags = self.tags[b];
             for lane in 0..SLOTS_PER_BUCKET {
                 let t = (tags >> (lane * 16)) as u16;
-                let alt = self.alt(b, t);
-                let free = lanes(&self.tags[alt], 0);
+                let alt = self.alt(b, t & TAG_BITS);
+                let free = free_lanes(&self.tags[alt]);
                 if free != 0 {
                     let from = b * SLOTS_PER_BUCKET + lane;
                     let to = alt * SLOTS_PER_BUCKET + first_lane(free);
@@ -749,6 +821,73 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
             key: old.key,
             value: old.value,
         }
+    }
+
+    /// Sets or clears the [`EMBRYONIC`] flag of occupied slot `i` after its entry's state.
+    /// Out of line: a lookup calls it once per epoch per flow.
+    #[inline(never)]
+    fn sync_flag(&mut self, i: usize) {
+        if let Some(e) = &self.slots[i].0 {
+            let t = self.stored(i);
+            let want = stored_tag(t & TAG_BITS, e.state);
+            if t != want {
+                self.set_tag(i, want);
+            }
+        }
+    }
+
+    /// The stored tag of slot `i` ([`stored_tag`]; 0 if free).
+    #[inline(always)]
+    fn stored(&self, i: usize) -> u16 {
+        dpdk_sys::get_lane(&self.tags[i / SLOTS_PER_BUCKET], i % SLOTS_PER_BUCKET)
+    }
+
+    /// The embryonic victim an insert with stored tag `tag` into the two full buckets `b1`,
+    /// `b2` takes without scanning them, found from the tags' [`EMBRYONIC`] flags: of the
+    /// flagged slots, in an order rotated by the tag (so that inserts spread their evictions
+    /// over the flagged slots rather than always taking the first), the first whose entry is
+    /// still embryonic, as [`Full::Expired`] if it has expired. `None` if no flagged slot
+    /// holds an embryonic entry. Also the flagged lanes found stale (bit `l`: lane `l % 8` of
+    /// `[b1, b2][l / 8]`). Reads one entry per flagged slot it looks at: in a SYN flood, one.
+    #[inline(always)]
+    fn flagged_victim(&self, b1: usize, b2: usize, tag: u16, now_ms: u32) -> (Option<Full>, u32) {
+        let (mut order, turn) = self.flag_order(b1, b2, tag);
+        let mut stale = 0;
+        while order != 0 {
+            let lane = (order.trailing_zeros() + turn) % PAIR_LANES;
+            order &= order - 1;
+            let i = pair_slot(b1, b2, lane);
+            if let Some(e) = &self.slots[i].0 {
+                if Rank::of(e.state) == Rank::Embryonic {
+                    let full = if is_expired(e, now_ms, &self.timeouts) {
+                        Full::Expired(i)
+                    } else {
+                        Full::Victim(i, Rank::Embryonic)
+                    };
+                    return (Some(full), stale);
+                }
+            }
+            stale |= 1 << lane;
+        }
+        (None, stale)
+    }
+
+    /// The flagged lanes of buckets `b1`, `b2` (lane `l`: lane `l % 8` of `[b1, b2][l / 8]`),
+    /// rotated right by the turn of stored tag `tag`, and that turn: bit `k` of the result is
+    /// lane `(k + turn) % 16`.
+    #[inline(always)]
+    fn flag_order(&self, b1: usize, b2: usize, tag: u16) -> (u32, u32) {
+        let second = if b2 == b1 {
+            0
+        } else {
+            embryonic_lanes(&self.tags[b2])
+        };
+        let flagged = embryonic_lanes(&self.tags[b1]) | second << SLOTS_PER_BUCKET;
+        let turn = u32::from(tag) % PAIR_LANES;
+        (
+            (flagged >> turn | flagged << (PAIR_LANES - turn)) & 0xffff,
+            turn,
+        )
     }
 
     /// What an insert into the two full buckets `b1`, `b2` finds among their sixteen entries
@@ -788,10 +927,12 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     #[inline(always)]
     pub fn victim(&self, hash: u64, state: FlowState, now_ms: u32) -> Option<&Entry<K, V>> {
         let (b1, b2) = self.buckets(hash);
-        if lanes(&self.tags[b1], 0) | lanes(&self.tags[b2], 0) != 0 {
+        if free_lanes(&self.tags[b1]) | free_lanes(&self.tags[b2]) != 0 {
             return None;
         }
-        match self.scan_full(b1, b2, now_ms) {
+        let tag = stored_tag(tag_of(hash), state);
+        let (flagged, _) = self.flagged_victim(b1, b2, tag, now_ms);
+        match flagged.unwrap_or_else(|| self.scan_full(b1, b2, now_ms)) {
             Full::Victim(i, rank)
                 if !(rank == Rank::Established && Rank::of(state) == Rank::Embryonic) =>
             {
@@ -841,7 +982,7 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         for _ in 0..max_buckets.min(self.mask + 1) {
             let b = self.cursor;
             self.cursor = (b + 1) & self.mask;
-            let mut used = !lanes(&self.tags[b], 0) & 0xff;
+            let mut used = !free_lanes(&self.tags[b]) & 0xff;
             while used != 0 {
                 let i = b * SLOTS_PER_BUCKET + first_lane(used);
                 used &= used - 1;
@@ -886,7 +1027,8 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     }
 
     /// Second pass, for a flow about to be inserted (a SYN): prefetches the slot the insert
-    /// will fill, or, if both buckets are full, each cache line of entries of both buckets
+    /// will fill, or, if both buckets are full, the entry of the flagged embryonic victim the
+    /// insert will take, or with none flagged each cache line of entries of both buckets
     /// (eight for IPv4), which the insert scans for an expired entry or a victim. The slot,
     /// for [`Conntrack::insert_at`]; [`NO_SLOT`] if both buckets were full.
     #[inline(always)]
@@ -898,6 +1040,14 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
             dpdk_sys::prefetch(&self.slots[i].0);
             i as u32
         } else {
+            // An embryonic victim found from the flags: its entry is the one line the insert
+            // reads (when it is still embryonic, as it is unless a lookup is overdue).
+            let (order, turn) = self.flag_order(b1, b2, tag_of(hash));
+            if order != 0 {
+                let i = pair_slot(b1, b2, (order.trailing_zeros() + turn) % PAIR_LANES);
+                dpdk_sys::prefetch(&self.slots[i].0);
+                return NO_SLOT;
+            }
             let per_line = (64 / std::mem::size_of::<Slot<K, V>>()).max(1);
             for b in [b1, b2] {
                 for i in (b * SLOTS_PER_BUCKET..(b + 1) * SLOTS_PER_BUCKET).step_by(per_line) {
@@ -943,7 +1093,7 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     pub fn check_occupancy(&self) -> Result<(), String> {
         let mut held = 0;
         for (b, t) in self.tags.iter().enumerate() {
-            let tagged = !lanes(t, 0) & 0xff;
+            let tagged = !free_lanes(t) & 0xff;
             let slots = &self.slots[b * SLOTS_PER_BUCKET..(b + 1) * SLOTS_PER_BUCKET];
             let filled = slots
                 .iter()
@@ -1009,7 +1159,7 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
     #[cfg(any(test, feature = "check"))]
     pub fn occupied(&self) -> impl Iterator<Item = &Entry<K, V>> + '_ {
         self.tags.iter().enumerate().flat_map(move |(b, t)| {
-            let mut m = !lanes(t, 0) & 0xff;
+            let mut m = !free_lanes(t) & 0xff;
             std::iter::from_fn(move || {
                 (m != 0).then(|| {
                     let i = first_lane(m);

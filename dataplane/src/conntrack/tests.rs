@@ -31,7 +31,7 @@ fn consistent<K: FlowKey, V: Copy>(t: &Conntrack<K, V>) {
         "{s:?}"
     );
     assert_eq!(t.entries_in(0, usize::MAX).count(), t.len());
-    let tagged: u32 = t.tags.iter().map(|w| 8 - lanes(w, 0).count_ones()).sum();
+    let tagged: u32 = t.tags.iter().map(|w| 8 - free_lanes(w).count_ones()).sum();
     assert_eq!(tagged as usize, t.len());
     for (i, s) in t.slots.iter().enumerate() {
         let tag = (t.tags[i / SLOTS_PER_BUCKET] >> ((i % SLOTS_PER_BUCKET) * 16)) as u16;
@@ -81,20 +81,29 @@ fn capacity_limit() {
 
 #[test]
 fn lane_masks_name_slots() {
-    // Lane i of a tag word is slot i of its bucket: what set_tag writes, lanes finds.
+    // Lane i of a tag word is slot i of its bucket: what set_tag writes, lanes finds (with
+    // the embryonic flag or without), embryonic_lanes finds when flagged.
     let mut t = table(64);
-    for (i, tag) in [(3usize, 0x8001u16), (8 + 7, 0xffff), (16, 1)] {
-        t.set_tag(i, tag);
+    for (i, stored) in [(3usize, 0x8001u16), (8 + 7, 0xffff), (16, 1)] {
+        t.set_tag(i, stored);
         let b = i / SLOTS_PER_BUCKET;
+        let tag = stored & TAG_BITS;
         assert_eq!(
             lanes(&t.tags[b], tag),
             1 << (i % SLOTS_PER_BUCKET),
             "slot {i}"
         );
         assert_eq!(first_lane(lanes(&t.tags[b], tag)), i % SLOTS_PER_BUCKET);
-        assert_eq!(count_lanes(lanes(&t.tags[b], 0)), 7);
+        assert_eq!(count_lanes(free_lanes(&t.tags[b])), 7);
+        let flagged = if stored & EMBRYONIC != 0 {
+            1 << (i % SLOTS_PER_BUCKET)
+        } else {
+            0
+        };
+        assert_eq!(embryonic_lanes(&t.tags[b]), flagged, "slot {i}");
+        assert_eq!(t.stored(i), stored);
         t.set_tag(i, 0);
-        assert_eq!(lanes(&t.tags[b], 0), 0xff);
+        assert_eq!(free_lanes(&t.tags[b]), 0xff);
     }
 }
 
@@ -528,6 +537,109 @@ fn handshakes_never_evict_established_flows() {
     consistent(&t);
 }
 
+/// The embryonic flag of a slot follows its entry's state as of the last insert or lookup;
+/// an insert into full buckets takes a flagged embryonic entry without a scan, skips (and
+/// clears) a flag gone stale, and never evicts an established flow through one.
+#[test]
+fn embryonic_flags_follow_the_state() {
+    let mut t = table(16); // 2 buckets: every key's buckets are {0, 1}
+    let flagged = |t: &Conntrack<V4Key, Value>| {
+        embryonic_lanes(&t.tags[0]) | embryonic_lanes(&t.tags[1]) << SLOTS_PER_BUCKET
+    };
+    let slot = |t: &Conntrack<V4Key, Value>, i: u32| t.find(&v4(i), crowded(i)).unwrap();
+    for i in 0..16 {
+        let _ = t.insert(
+            v4(i),
+            crowded(i),
+            [i, 0],
+            FlowState::TcpSynSent,
+            i,
+            Insert::New,
+        );
+    }
+    assert_eq!(flagged(&t), 0xffff);
+    // Key 3's handshake completes: its flag goes at its first lookup of a later epoch (not
+    // before). Key 4's completes with no lookup after it: its flag is stale.
+    for i in [3, 4] {
+        t.lookup(&v4(i), crowded(i), NO_SLOT, 20, |_| {})
+            .unwrap()
+            .set_state(FlowState::TcpEstablished);
+    }
+    assert_eq!(flagged(&t), 0xffff);
+    assert!(t.lookup(&v4(3), crowded(3), NO_SLOT, 21, |_| {}).is_some());
+    assert_eq!(flagged(&t), 0xffff);
+    assert!(t
+        .lookup(&v4(3), crowded(3), NO_SLOT, EPOCH_MS + 21, |_| {})
+        .is_some());
+    assert_eq!(t.stored(slot(&t, 3)) & EMBRYONIC, 0);
+    assert_ne!(t.stored(slot(&t, 4)) & EMBRYONIC, 0);
+    // New handshakes evict embryonic flows only, as predicted, whatever their order.
+    for i in 100..140 {
+        let predicted = predicted_victim(&t, i, FlowState::TcpSynSent, 30);
+        let r = t.insert(
+            v4(i),
+            crowded(i),
+            [i, 0],
+            FlowState::TcpSynSent,
+            30,
+            Insert::New,
+        );
+        check_victim(predicted, &r);
+        match r {
+            Inserted::Evicted { key, .. } => assert!(key != v4(3) && key != v4(4), "{key:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(t.contains(&v4(3), crowded(3)) && t.contains(&v4(4), crowded(4)));
+    // Every flow's handshake completes, none looked up since: all flags stale. A handshake
+    // is refused, and the stale flags are cleared on the way.
+    let keys: Vec<u32> = t
+        .occupied()
+        .map(|e| u32::from_be_bytes(e.key().src) & 0xff_ffff)
+        .collect();
+    for i in keys {
+        if let Some(e) = t.lookup(&v4(i), crowded(i), NO_SLOT, 40, |_| {}) {
+            e.set_state(FlowState::TcpEstablished);
+        }
+    }
+    assert_ne!(flagged(&t), 0);
+    let predicted = predicted_victim(&t, 200, FlowState::TcpSynSent, 50);
+    let r = t.insert(
+        v4(200),
+        crowded(200),
+        [200, 0],
+        FlowState::TcpSynSent,
+        50,
+        Insert::New,
+    );
+    check_victim(predicted, &r);
+    assert_eq!(r, Inserted::Refused);
+    assert_eq!(flagged(&t), 0);
+    assert_eq!(t.stats().evictions_established, 0);
+    consistent(&t);
+}
+
+/// Flows with different hashes spread their evictions over all the flagged slots of their
+/// buckets (an order rotated by the tag), rather than evicting the same slot each time.
+#[test]
+fn flagged_evictions_spread_over_the_buckets() {
+    let mut t = table(16);
+    let mut lanes_hit = 0u32;
+    for i in 0..400u32 {
+        let h = mix64(u64::from(i));
+        let predicted = t.victim(h, FlowState::TcpSynSent, 0).map(|e| *e.key());
+        let before: Vec<Option<V4Key>> = (0..16).map(|s| t.slots[s].0.map(|e| *e.key())).collect();
+        let r = t.insert(v4(i), h, [i, 0], FlowState::TcpSynSent, 0, Insert::New);
+        if let Inserted::Evicted { key, .. } = r {
+            assert_eq!(predicted, Some(key));
+            let lane = before.iter().position(|k| *k == Some(key)).unwrap();
+            lanes_hit |= 1 << lane;
+        }
+    }
+    assert_eq!(lanes_hit, 0xffff);
+    consistent(&t);
+}
+
 /// What [`Conntrack::victim`] predicts for inserting key `i` (of [`crowded`]) in `state` at
 /// `now`: `Some(None)` for no eviction; `None` when the key is present (an insert replaces it,
 /// which the prediction, made for new flows, does not cover).
@@ -782,7 +894,7 @@ proptest! {
                 Op::Insert(k, s) => {
                     let h = test_hash(k);
                     let (b1, b2) = t.buckets(h);
-                    let full = lanes(&t.tags[b1], 0) == 0 && lanes(&t.tags[b2], 0) == 0;
+                    let full = free_lanes(&t.tags[b1]) == 0 && free_lanes(&t.tags[b2]) == 0;
                     // An insert into two full buckets picks its victim among both.
                     let in_buckets: Vec<u32> = [b1, b2]
                         .iter()
@@ -809,13 +921,17 @@ proptest! {
                             prop_assert!(live(&m, now));
                             // A handshake never evicts an established flow.
                             prop_assert!(Rank::of(s) != Rank::Embryonic || Rank::of(m.1) != Rank::Established);
-                            // Nothing in the buckets was expired, and the victim was the lowest
-                            // ranked, the least recently seen among equals.
-                            let rank = |x: &(Value, FlowState, u32)| (Rank::of(x.1), now.wrapping_sub(x.2) as i32);
-                            for other in in_buckets.iter().filter(|&&o| o != id(&key)) {
-                                let o = &model[other];
-                                prop_assert!(live(o, now));
-                                prop_assert!(rank(o) <= rank(&m));
+                            // An embryonic victim may be any embryonic entry (found from the
+                            // tags' flags, no scan). Any other victim: nothing in the buckets was
+                            // expired, and it was the lowest ranked, the least recently seen
+                            // among equals.
+                            if Rank::of(m.1) != Rank::Embryonic {
+                                let rank = |x: &(Value, FlowState, u32)| (Rank::of(x.1), now.wrapping_sub(x.2) as i32);
+                                for other in in_buckets.iter().filter(|&&o| o != id(&key)) {
+                                    let o = &model[other];
+                                    prop_assert!(live(o, now));
+                                    prop_assert!(rank(o) <= rank(&m));
+                                }
                             }
                         }
                         Inserted::Refused => {
