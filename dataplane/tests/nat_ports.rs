@@ -144,7 +144,7 @@ fn ports_follow_the_snapshot_range() {
 }
 
 /// An allocation tries the cursor's port first and moves the cursor by one; if that port is in
-/// use it searches on from a second cursor, which covers a small slice whole, and counts a
+/// use it searches on, in a small slice port by port so as to cover it whole, and counts a
 /// retry (`nat_port_retries`, the port-pressure counter operators see).
 #[test]
 fn a_port_in_use_is_searched_past_and_counted() {
@@ -183,6 +183,35 @@ fn a_port_in_use_is_searched_past_and_counted() {
     assert_eq!(port(&syns_at(&mut pipe, &s, 43000, 1, 6100)), [30000]);
     assert_eq!(stats.nat_port_retries.load(Relaxed), 5);
     assert_eq!(reply(&mut pipe, &s, 30000), Verdict::Tx);
+}
+
+/// In a larger slice the search jumps (tries drawn from the flow hash) rather than stepping
+/// port by port: the flows to one destination hold a contiguous run of ports behind its
+/// cursor, and a search that stepped on from a taken port would find 64 more of that run
+/// taken and drop the SYN although a third of the slice is free.
+#[test]
+fn a_search_jumps_out_of_a_run_of_taken_ports() {
+    let stats = Arc::new(WorkerStats::new(64));
+    let mut pipe = Pipeline::new(&PipelineConfig::default(), stats.clone());
+    // 1000 ports, 30000..=30999: 400 flows seen at 2000 ms, 300 at 10 ms, 300 at 2000 ms.
+    let s = snap(1, 30000, 30999);
+    let mut got = syns_at(&mut pipe, &s, 20000, 400, 2000);
+    got.extend(syns_at(&mut pipe, &s, 20400, 300, 10));
+    got.extend(syns_at(&mut pipe, &s, 20700, 300, 2000));
+    let ports: Vec<u16> = got
+        .iter()
+        .map(|(v, p)| p.unwrap_or_else(|| panic!("{v:?}")))
+        .collect();
+    assert_eq!(ports, (30000..31000).collect::<Vec<u16>>(), "in sequence");
+    // The middle 300 time out; the cursor is back at 30000, in use, and so are the 399 ports
+    // after it.
+    pipe.expire(6100, 1 << 20);
+    let retries = stats.nat_port_retries.load(Relaxed);
+    for (v, port) in syns_at(&mut pipe, &s, 21000, 8, 6100) {
+        let port = port.unwrap_or_else(|| panic!("dropped: {v:?}"));
+        assert!((30400..30700).contains(&port), "port {port} was in use");
+    }
+    assert_eq!(stats.nat_port_retries.load(Relaxed), retries + 8);
 }
 
 /// `Pipeline::nat_owner`, the public form the worker and tools use, agrees with the worker's

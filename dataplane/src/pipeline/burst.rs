@@ -23,7 +23,7 @@
 //!    buckets and prefetches the other half's tags, and one packet ahead its entry
 //!    (`victims_ahead`, `victims_next`). Prefetches only: the insert decides as before.
 use super::family::{Fam, Tables};
-use super::nat::{NatAhead, NatGuess};
+use super::nat::{NatAhead, NatGuess, NatSlice, PORT_COUNTERS};
 use super::{flow_hash, nat, pick, Family, Hint, PacketBuf, Pipeline, Verdict};
 use crate::conntrack::{FlowKey, FlowState, Key, NO_SLOT};
 use crate::snapshot::{AddrKind, Method, Snapshot, SynProxy};
@@ -136,11 +136,6 @@ pub(super) struct Burst {
     /// TCP SYNs to NAT frontends in this burst (whose reverse entries the second pass works
     /// out).
     nat_syns: u32,
-    /// The second NAT port cursor (reduced) when the second pass ran.
-    spill0: u32,
-    /// SYNs of this burst predicted so far to search past their first NAT port: each is
-    /// predicted to take the second cursor's next port.
-    spills: u32,
     /// Packets in the burst.
     n: usize,
     /// Bit `j`: lookup `j` is an insert whose second-pass prefetch found both buckets full.
@@ -154,6 +149,13 @@ pub(super) struct Burst {
     nat: [NatAhead; BURST],
     /// The packet being processed.
     cur: usize,
+    /// Per port counter ([`nat::port_counter`]): SYNs of this burst the second pass has
+    /// predicted a port of it for so far (zero outside the second pass).
+    pending: [u8; PORT_COUNTERS],
+    /// The counters `pending` counts for, to zero them after the second pass.
+    touched: [u8; BURST],
+    /// Entries of `touched` in use.
+    ntouched: usize,
 }
 
 impl Default for Burst {
@@ -165,14 +167,15 @@ impl Default for Burst {
             len: 0,
             next: 0,
             nat_syns: 0,
-            spill0: 0,
-            spills: 0,
             n: 0,
             full: 0,
             victims: 0,
             other: [0; PF_MAX],
             nat: [NatAhead::NONE; BURST],
             cur: 0,
+            pending: [0; PORT_COUNTERS],
+            touched: [0; BURST],
+            ntouched: 0,
         }
     }
 }
@@ -188,14 +191,15 @@ impl Burst {
         self.len = 0;
         self.next = 0;
         self.nat_syns = 0;
-        self.spill0 = 0;
-        self.spills = 0;
         self.n = 0;
         self.full = 0;
         self.victims = 0;
         self.other.fill(0);
         self.nat.fill(NatAhead::NONE);
         self.cur = 0;
+        self.pending.fill(0);
+        self.touched.fill(0);
+        self.ntouched = 0;
     }
 
     /// What the second pass learned about the NAT allocation of the packet being processed
@@ -255,7 +259,6 @@ impl Pipeline {
         b.len = 0;
         b.next = 0;
         b.nat_syns = 0;
-        b.spills = 0;
         b.n = pkts.len().min(BURST);
         b.full = 0;
         b.victims = 0;
@@ -295,24 +298,20 @@ impl Pipeline {
         // Established traffic has no SYN: skip the loop.
         let todo = if self.burst.nat_syns != 0 { n } else { 0 };
         let nat = self.ports.slice.of(snap);
-        self.burst.spill0 = self.spill_cursor(&nat);
-        let mut syns = 0;
         for i in 0..todo {
             let Pre { rev_lookup, p, .. } = &self.burst.pre[i];
             if rev_lookup.is_none() {
                 continue;
             }
             let l3 = p.l3;
-            // The cursor moves by exactly one per allocation (see `alloc_nat`): this SYN's
-            // port is the cursor's `syns`-th next. A retransmitted SYN, which takes no port,
-            // puts the burst's later predictions off (each then costs one useless prefetch).
-            let cursor = nat.wrap(nat.wrap(self.ports.cursor) + syns);
-            let port = nat.port(cursor);
+            let cursors = &self.ports.cursors;
             let predicted = match l3 {
-                L3::Ipv4 => predict::<[u8; 4]>(snap, &self.flows.v4, &mut self.burst, i, port),
-                _ => predict::<[u8; 16]>(snap, &self.flows.v6, &mut self.burst, i, port),
+                L3::Ipv4 => {
+                    predict::<[u8; 4]>(snap, &self.flows.v4, &mut self.burst, i, nat, cursors)
+                }
+                _ => predict::<[u8; 16]>(snap, &self.flows.v6, &mut self.burst, i, nat, cursors),
             };
-            if let Some((backend, rh)) = predicted {
+            if let Some((backend, cursor, rh)) = predicted {
                 self.burst.pre[i].hint.rev = Some(NatGuess {
                     cursor,
                     backend,
@@ -320,10 +319,12 @@ impl Pipeline {
                 });
                 self.burst.nat[i] = NatAhead::NONE;
             }
-            if self.burst.pre[i].hint.pick.is_some() {
-                syns += 1;
-            }
         }
+        let b = &mut self.burst;
+        for &c in &b.touched[..b.ntouched] {
+            b.pending[usize::from(c)] = 0;
+        }
+        b.ntouched = 0;
         self.issue(snap, PF_AHEAD);
     }
 
@@ -354,16 +355,18 @@ impl Pipeline {
     }
 
     /// The SYN of reverse lookup `l` will probably find its NAT port in use (its predicted
-    /// reverse key's tag matched): predicts the port its search tries next (the second
-    /// cursor, one port further for each such SYN before it in the burst) and prefetches
-    /// that port's reverse buckets.
+    /// reverse key's tag matched): predicts the port its search tries next
+    /// ([`nat::retry_cursor`] from its predicted first cursor) and prefetches that port's
+    /// reverse buckets.
     #[inline(never)]
     fn predict_spill(&mut self, snap: &Snapshot, l: Lookup) {
         let nat = self.ports.slice.of(snap);
-        let cursor = nat.wrap(self.burst.spill0 + self.burst.spills);
-        self.burst.spills += 1;
         let i = usize::from(l.pkt) % BURST;
         let pre = &self.burst.pre[i];
+        let (Some(g), Some(h)) = (pre.hint.rev, pre.hint.hash) else {
+            return;
+        };
+        let cursor = nat::retry_cursor(&nat, g.cursor, h, 1);
         let port = nat.port(cursor);
         let rh = match l.fam {
             Fam::V4 => spill::<[u8; 4]>(snap, &self.flows.v4, pre, port),
@@ -532,8 +535,9 @@ fn predict<F: Family>(
     t: &Tables<F>,
     b: &mut Burst,
     i: usize,
-    port: u16,
-) -> Option<(u32, u64)> {
+    nat: NatSlice,
+    cursors: &[u32; PORT_COUNTERS],
+) -> Option<(u32, u32, u64)> {
     let pre = &mut b.pre[i];
     let (Some(j), Some(h)) = (pre.rev_lookup, pre.hint.hash) else {
         return None;
@@ -541,7 +545,19 @@ fn predict<F: Family>(
     let f = pre.hint.frontend.and_then(|id| snap.frontend(id))?;
     let be = pick(snap, f, h)?;
     pre.hint.pick = Some(be.id);
-    let (rk, _) = nat::rev_key::<F>(snap, &pre.p, be, h, port)?;
+    // Each allocation moves its destination's cursor by exactly one (see `alloc_nat`): this
+    // SYN's port is that cursor's n-th next, n the burst's SYNs before it to the same
+    // counter. A retransmitted SYN, which takes no port, puts the burst's later predictions
+    // for its counter off (each then costs one useless prefetch).
+    let c = nat::port_counter(be.id, nat::nat_addr_index(h, F::nat_own(&snap.local).len()));
+    let cursor = nat.wrap(nat.wrap(cursors[c]) + u32::from(b.pending[c]));
+    if b.pending[c] == 0 {
+        b.touched[b.ntouched] = c as u8;
+        b.ntouched += 1;
+    }
+    b.pending[c] += 1;
+    let pre = &mut b.pre[i];
+    let (rk, _) = nat::rev_key::<F>(snap, &pre.p, be, h, nat.port(cursor))?;
     let rh = rk.flow_hash(snap.hash_seed);
     // Only the insert's slot matters (the port is expected free), no entry.
     t.rev.prefetch(rh);
@@ -551,7 +567,7 @@ fn predict<F: Family>(
         hash: rh,
         pkt: i as u8,
     };
-    Some((be.id, rh))
+    Some((be.id, cursor, rh))
 }
 
 /// The spill prediction's work on the SYN `pre` of family `F` ([`Pipeline::predict_spill`]):

@@ -9,6 +9,7 @@ use super::{
     PipelineConfig, Rev, Verdict,
 };
 use crate::conntrack::{FlowKey, FlowState, Insert, Inserted, Key, NO_SLOT};
+use crate::hash::mix64;
 use crate::snapshot::{Backend, Snapshot};
 use crate::stats::{bump, DropReason};
 use crate::wire::parse::Parsed;
@@ -17,16 +18,31 @@ use crate::wire::{be16, checksum, proto, put16};
 /// Tries to find a free NAT port before giving up.
 const NAT_PORT_TRIES: u32 = 64;
 
+/// Port cursors per worker: a new flow takes its first port from the cursor of its
+/// destination, (backend, NAT address), hashed into this many ([`port_counter`]).
+pub(super) const PORT_COUNTERS: usize = 256;
+
+/// The port cursor of flows to backend `backend` from NAT address `ai` (RFC 6056's
+/// double-hash port selection, with the counters indexed by destination): ports are handed
+/// out in sequence per destination, so a port comes back to the same reverse key only after
+/// a whole slice of allocations to that destination, not to all of them together; with one
+/// shared cursor a port's previous flow to the same backend was often still live, and every
+/// such SYN searched on.
+#[inline(always)]
+pub(super) fn port_counter(backend: u32, ai: usize) -> usize {
+    let x = u64::from(backend).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ (ai as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    (x >> 56) as usize % PORT_COUNTERS
+}
+
 /// This worker's NAT ports: its slice of the snapshot's range and the cursors that hand its
 /// ports out.
 #[derive(Debug)]
 pub(super) struct NatPorts {
-    /// The next NAT port to try, as an offset into this worker's slice (reduced into the
-    /// slice when used: a new snapshot may shrink it). Moves by one per allocation.
-    pub(super) cursor: u32,
-    /// The second cursor (same form): where an allocation whose first port was in use goes
-    /// on looking.
-    spill: u32,
+    /// The next NAT port to try per destination counter ([`port_counter`]), as an offset into
+    /// this worker's slice (reduced into the slice when used: a new snapshot may shrink it).
+    /// A counter moves by one per allocation to its destinations.
+    pub(super) cursors: [u32; PORT_COUNTERS],
     /// This worker's slice of the snapshot's NAT port range, worked out once per range.
     pub(super) slice: NatSlice,
 }
@@ -35,8 +51,7 @@ impl NatPorts {
     /// The ports of worker `cfg.worker`, its cursors at `cfg.nat_port_start`.
     pub(super) fn new(cfg: &PipelineConfig) -> Self {
         NatPorts {
-            cursor: cfg.nat_port_start,
-            spill: cfg.nat_port_start,
+            cursors: [cfg.nat_port_start; PORT_COUNTERS],
             slice: NatSlice::new(1, 0, cfg.worker, cfg.workers),
         }
     }
@@ -45,8 +60,7 @@ impl NatPorts {
     /// [`NatPorts::new`] left them with `nat_port_start` 0 (a pipeline reused by the fuzzer).
     #[cfg(any(test, feature = "check"))]
     pub(super) fn rewind(&mut self) {
-        self.cursor = 0;
-        self.spill = 0;
+        self.cursors = [0; PORT_COUNTERS];
         self.slice = NatSlice::new(1, 0, self.slice.worker, self.slice.workers);
     }
 }
@@ -70,8 +84,8 @@ pub(super) struct NatGuess {
 pub(super) struct NatAhead {
     /// The free slot the insert at the guessed port will fill ([`NO_SLOT`]: none).
     pub(super) slot: u32,
-    /// If the guessed port looked in use (its reverse key's tag matched a slot): the second
-    /// cursor predicted for the search's first further try, and its reverse key's hash.
+    /// If the guessed port looked in use (its reverse key's tag matched a slot): the search's
+    /// first further try ([`retry_cursor`]) and its reverse key's hash.
     pub(super) spill: Option<(u32, u64)>,
 }
 
@@ -105,16 +119,17 @@ pub(super) struct NatFlow<'a> {
 impl Pipeline {
     /// Finds a free local port in this worker's slice and records the reverse flow.
     ///
-    /// Every allocation first tries the cursor's port and moves the cursor on by exactly one,
-    /// so that the prefetch pass, which predicts the cursor of each SYN of a burst (`guess`:
-    /// cursor, backend, reverse-key hash), predicts right for all of them: its prefetched
-    /// reverse buckets are then the ones read. If that port is in use (its reverse key is
-    /// live or not yet expired), the further tries take the ports of a second cursor, which
-    /// moves past every port it tried; moving the first cursor instead would put every later
-    /// prediction of the burst one port off, and each of those SYNs would read reverse
-    /// buckets nobody prefetched. The prefetch pass also predicts the second cursor for the
-    /// SYNs whose first port looks in use, so that a search's first further try is prefetched
-    /// too.
+    /// Every allocation first tries the port of its destination's cursor ([`port_counter`])
+    /// and moves that cursor on by exactly one, so that the prefetch pass, which predicts the
+    /// cursor of each SYN of a burst (`guess`: cursor, backend, reverse-key hash), predicts
+    /// right for all of them: its prefetched reverse buckets are then the ones read. If that
+    /// port is in use (its reverse key is live or not yet expired), the further tries jump
+    /// through the slice at places drawn from the flow hash ([`retry_cursor`]) and move no
+    /// cursor: a destination's recent flows hold a contiguous run of ports behind its
+    /// cursor, which a search that stepped port by port could not get out of, and moving the
+    /// cursor would put every later prediction of the burst off. The prefetch pass also
+    /// predicts the first further try of the SYNs whose first port looks in use, so that it
+    /// is prefetched too.
     #[inline(always)]
     pub(super) fn alloc_nat<F: Family>(
         &mut self,
@@ -123,8 +138,9 @@ impl Pipeline {
         guess: Option<NatGuess>,
     ) -> Result<(u16, u8), DropReason> {
         let nat = self.ports.slice.of(snap);
-        let first = nat.wrap(self.ports.cursor);
-        self.ports.cursor = nat.wrap(first + 1);
+        let counter = port_counter(nf.b.id, nat_addr_index(nf.h, F::nat_own(&snap.local).len()));
+        let first = nat.wrap(self.ports.cursors[counter]);
+        self.ports.cursors[counter] = nat.wrap(first + 1);
         // The prefetch pass's prediction of this backend holds: its hashes are this flow's.
         let guess = guess.filter(|g| g.backend == nf.b.id);
         let ahead = match guess {
@@ -138,24 +154,25 @@ impl Pipeline {
         if let Some(got) = self.take_nat_port::<F>(snap, nf, nat.port(first), known)? {
             return Ok(got);
         }
-        self.nat_port_retry::<F>(snap, nat, nf, ahead.spill)
+        self.nat_port_retry::<F>(snap, nat, nf, first, ahead.spill)
     }
 
-    /// [`Pipeline::alloc_nat`] once the cursor's port was in use: up to [`NAT_PORT_TRIES`]
-    /// more ports (every port of a slice that small) from the second cursor. `spill` is the
-    /// prefetch pass's prediction of the second cursor and its reverse-key hash.
+    /// [`Pipeline::alloc_nat`] once the port at cursor `first` was in use: up to
+    /// [`NAT_PORT_TRIES`] more ports ([`retry_cursor`]; every other port of a slice that
+    /// small). `spill` is the prefetch pass's prediction of the first of them and its
+    /// reverse-key hash.
     #[inline(never)]
     fn nat_port_retry<F: Family>(
         &mut self,
         snap: &Snapshot,
         nat: NatSlice,
         nf: &NatFlow<'_>,
+        first: u32,
         spill: Option<(u32, u64)>,
     ) -> Result<(u16, u8), DropReason> {
         bump(&self.stats.nat_port_retries, 1);
-        for _ in 0..NAT_PORT_TRIES.min(nat.per) {
-            let cursor = nat.wrap(self.ports.spill);
-            self.ports.spill = nat.wrap(cursor + 1);
+        for i in 1..=NAT_PORT_TRIES.min(nat.per - 1) {
+            let cursor = retry_cursor(&nat, first, nf.h, i);
             let known = spill
                 .filter(|&(c, _)| c == cursor)
                 .map(|(_, rh)| (rh, NO_SLOT));
@@ -164,12 +181,6 @@ impl Pipeline {
             }
         }
         Err(DropReason::NatPortsExhausted)
-    }
-
-    /// The second cursor (reduced into `nat`), for the prefetch pass's prediction.
-    #[inline(always)]
-    pub(super) fn spill_cursor(&self, nat: &NatSlice) -> u32 {
-        nat.wrap(self.ports.spill)
     }
 
     /// Takes NAT port `port` for new flow `nf` unless its reverse key is in use (live or not
@@ -501,10 +512,26 @@ impl NatSlice {
     }
 }
 
+/// Try `i` (1, 2, ...) of the search of a flow with hash `h` whose first port, at `first`,
+/// was in use: in a slice of at most [`NAT_PORT_TRIES`] + 1 ports the next ones in turn (so
+/// the search covers the slice), in a larger one a place drawn from the hash and `i`
+/// (multiply-shift into the slice, never `first`). Independent tries: a port is in use about
+/// as often as the destination's share of the slice is, whichever run of ports it is in.
+#[inline(always)]
+pub(super) fn retry_cursor(nat: &NatSlice, first: u32, h: u64, i: u32) -> u32 {
+    let step = if nat.per <= NAT_PORT_TRIES + 1 {
+        i
+    } else {
+        let r = mix64(h ^ u64::from(i)) >> 32;
+        1 + ((r * u64::from(nat.per - 1)) >> 32) as u32
+    };
+    nat.wrap(first + step)
+}
+
 /// Index of the NAT address for flow hash `h` among `n` (> 0): the high half of the hash
 /// scaled to `0..n` by a multiply, not a division.
 #[inline(always)]
-fn nat_addr_index(h: u64, n: usize) -> usize {
+pub(super) fn nat_addr_index(h: u64, n: usize) -> usize {
     (((h >> 32) * n as u64) >> 32) as usize
 }
 
