@@ -90,6 +90,19 @@ pub(super) struct Auto {
     window_start: u32,
 }
 
+impl Auto {
+    /// Forgets every frontend's state, as a new pipeline's (allocations kept; the fuzzer's
+    /// reset).
+    #[cfg(any(test, feature = "check"))]
+    pub(super) fn clear(&mut self) {
+        self.fronts.clear();
+        self.ids.clear();
+        self.counts.clear();
+        self.next = 0;
+        self.window_start = 0;
+    }
+}
+
 impl Pipeline {
     /// Sizes the SYN proxy's per-frontend state for `snap` (the worker calls it when it
     /// installs a snapshot; it allocates). Frontends that stay `auto` keep their state; the
