@@ -9,6 +9,8 @@
 //! `fuzz/seeds/` are made with (`cargo run --bin seeds`).
 use std::sync::{Arc, OnceLock};
 
+pub mod raw;
+
 use arbitrary::{Arbitrary, Unstructured};
 use sluice_dataplane::check::{FxMap, Model, Step};
 use sluice_dataplane::conntrack::{ConntrackConfig, Timeouts};
