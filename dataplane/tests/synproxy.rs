@@ -1174,6 +1174,90 @@ fn auto_census_counts_ipv6_in_small_tables() {
     assert_eq!(pipe.syn_proxy_pressure(4), 5, "the census and the cookie");
 }
 
+/// An `auto` frontend, no longer engaged, forwards a SYN from the client port of a proxied
+/// connection, established or closing: the new connection is not proxied (the backend chose
+/// its own ISN for the client), so the backend's SYN-ACK reaches the client as a plain NAT
+/// reply. The entry used to be kept with its proxy flag, so the SYN-ACK was taken for a
+/// repeated one and answered to the backend, and the backend's segments were shifted by the
+/// old offset (found by the `flows` fuzzer once its IPv6 `auto` frontend could engage).
+#[test]
+fn a_forwarded_syn_on_a_proxied_flow_is_not_proxied() {
+    for closing in [false, true] {
+        forwarded_syn_on_a_proxied_flow(closing);
+    }
+}
+
+fn forwarded_syn_on_a_proxied_flow(closing: bool) {
+    let (snap, mut pipe, _) = auto_setup(2, 1 << 12);
+    let fam = v4();
+    for port in [1000, 1001] {
+        assert!(syn_forwarded(&mut pipe, &snap, port, 1, NOW));
+    }
+    ticks(&mut pipe, &snap, NOW, NOW + 1);
+    assert!(pipe.syn_proxy_engaged(0));
+    proxied_handshake(&mut pipe, &snap);
+    // The two forwarded handshakes complete; the cookie came back: no pressure left.
+    for port in [1000, 1001] {
+        let ack = Seg {
+            seq: 2,
+            ack: 1,
+            flags: ACK,
+            ..bare_syn(port, 1)
+        };
+        let f = frame(CLIENT_MAC, LB_MAC, fam.client, fam.vip, &ack);
+        assert_eq!(
+            pipe.process(&snap, &mut VecBuf::new(&f), NOW + 1),
+            Verdict::Tx
+        );
+    }
+    ticks(&mut pipe, &snap, NOW + 1, NOW + 2);
+    assert!(!pipe.syn_proxy_engaged(0), "disengaged");
+    let client = |s: &Seg<'_>| frame(CLIENT_MAC, LB_MAC, fam.client, fam.vip, s);
+    if closing {
+        let fin = Seg {
+            seq: 1001,
+            ack: handshake_cookie().wrapping_add(1),
+            flags: FIN | ACK,
+            window: 502,
+            ..bare_syn(6000, 0)
+        };
+        let (v, _) = through(&mut pipe, &snap, &client(&fin), NOW + 2);
+        assert_eq!(v, Verdict::Tx, "the client's FIN");
+    }
+    // A new connection from the same port: forwarded as it is.
+    let (v, out) = through(&mut pipe, &snap, &client(&bare_syn(6000, 9000)), NOW + 3);
+    assert_eq!(
+        (v, &out[0..6]),
+        (Verdict::Tx, &bmac(1)[..]),
+        "the SYN forwarded (closing {closing})"
+    );
+    assert_eq!(u32::from_be_bytes(out[38..42].try_into().unwrap()), 9000);
+    let nat_port = u16::from_be_bytes([out[34], out[35]]);
+    let syn_ack = Seg {
+        sport: 8080,
+        dport: nat_port,
+        seq: 7_000_000,
+        ack: 9001,
+        flags: SYN | ACK,
+        window: 65160,
+        opts: &[],
+        payload: &[],
+    };
+    let f = frame(bmac(1), LB_MAC, fam.backend, fam.nat, &syn_ack);
+    let (v, out) = through(&mut pipe, &snap, &f, NOW + 3);
+    assert_eq!(
+        (v, &out[0..6]),
+        (Verdict::Tx, &CLIENT_MAC[..]),
+        "the backend's SYN-ACK goes to the client (closing {closing})"
+    );
+    assert_eq!(out[47], SYN | ACK);
+    assert_eq!(
+        u32::from_be_bytes(out[38..42].try_into().unwrap()),
+        7_000_000
+    );
+    assert_eq!(u32::from_be_bytes(out[42..46].try_into().unwrap()), 9001);
+}
+
 /// Two hosts (pipelines) with the same cookie key, as a configured secret gives them (the
 /// control plane derives it: `config::cookie_key_of`): a SYN answered by one and its ACK
 /// landing on the other (an ECMP change, a failover, a restart) opens the connection there;
