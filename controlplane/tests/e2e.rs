@@ -572,16 +572,34 @@ fn syn_proxy_opens_backend_connections_only_for_real_clients() {
     drop(counters);
 }
 
-/// The SYN proxy's automatic mode end to end: below the threshold SYNs reach the backends
-/// as usual (no cookie); a spoofed-SYN flood engages it (the worker counts the engagement
-/// and answers SYNs with cookies), real clients still complete HTTP while it is engaged, and
-/// once the flood stopped and its embryonic flows expired it disengages and SYNs reach the
-/// backends again.
+/// The SYN proxy's automatic mode end to end over IPv4: see [`syn_proxy_auto_flood`].
 #[test]
 fn syn_proxy_auto_engages_under_a_flood_and_disengages_after() {
+    syn_proxy_auto_flood("synauto", VIP4);
+}
+
+/// The same over IPv6 (the Service's IPv6 frontend, IPv6 clients, a spoofed IPv6 flood).
+#[test]
+fn syn_proxy_auto_engages_under_a_flood_and_disengages_after_ipv6() {
+    syn_proxy_auto_flood("synauto6", VIP6);
+}
+
+/// The SYN proxy's automatic mode end to end on the lab Service's frontend at `vip` (either
+/// family): below the threshold SYNs reach the backends as usual (no cookie); a
+/// spoofed-SYN flood engages it (the worker counts the engagement and answers SYNs with
+/// cookies), real clients still complete HTTP while it is engaged, and once the flood
+/// stopped and its embryonic flows expired it disengages and SYNs reach the backends again.
+/// Bounded: HTTP requests time out after 2 s, the log waits after 3 s, the wait for the
+/// proxy to disengage after 60 s.
+fn syn_proxy_auto_flood(name: &str, vip: &str) {
     let _g = lock();
+    let url = if vip.contains(':') {
+        format!("http://[{vip}]/")
+    } else {
+        format!("http://{vip}/")
+    };
     let s = Setup::new(
-        "synauto",
+        name,
         |svc| annotate(svc, "sluice.dev/syn-proxy: \"auto\""),
         false,
     );
@@ -603,7 +621,7 @@ fn syn_proxy_auto_engages_under_a_flood_and_disengages_after() {
             .sum()
     };
     let sent0 = workers("syn_cookies_sent");
-    let (b, e) = http("sl-c1", 10, &format!("http://{VIP4}/"));
+    let (b, e) = http("sl-c1", 10, &url);
     assert_eq!(e, 0, "{b:?}");
     assert_eq!(
         workers("syn_cookies_sent"),
@@ -613,7 +631,7 @@ fn syn_proxy_auto_engages_under_a_flood_and_disengages_after() {
     assert_eq!(workers("syn_proxy_engagements"), 0);
     // The flood: 2000 spoofed SYNs (and 2000 forged ACKs).
     let t = Instant::now();
-    let (ok, out) = ns("sl-c1", &["/usr/bin/python3", "-c", SPOOF, VIP4, "4000"]);
+    let (ok, out) = ns("sl-c1", &["/usr/bin/python3", "-c", SPOOF, vip, "4000"]);
     assert!(ok, "spoofing: {out}");
     let flood = t.elapsed();
     let engaged = workers("syn_proxy_engaged");
@@ -636,13 +654,14 @@ fn syn_proxy_auto_engages_under_a_flood_and_disengages_after() {
         text.lines().any(
             |l| l.starts_with("sluice_frontend_syn_proxy_engaged_workers{")
                 && l.contains("port=\"80\"")
+                && l.contains(&format!("vip=\"{vip}\""))
                 && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) == Some(1.0)
         ),
         "{text}"
     );
     // Real clients complete HTTP through the engaged proxy.
     let valid0 = workers("syn_cookies_valid");
-    let (b, e) = http("sl-c2", 20, &format!("http://{VIP4}/"));
+    let (b, e) = http("sl-c2", 20, &url);
     assert_eq!(e, 0, "{b:?}");
     assert_eq!(
         workers("syn_cookies_valid") - valid0,
@@ -665,7 +684,7 @@ fn syn_proxy_auto_engages_under_a_flood_and_disengages_after() {
         Duration::from_secs(3),
     );
     let sent1 = workers("syn_cookies_sent");
-    let (b, e) = http("sl-c1", 10, &format!("http://{VIP4}/"));
+    let (b, e) = http("sl-c1", 10, &url);
     assert_eq!(e, 0, "{b:?}");
     assert_eq!(workers("syn_cookies_sent"), sent1, "disengaged: no cookie");
     let text = metrics_text(&d);
@@ -674,7 +693,7 @@ fn syn_proxy_auto_engages_under_a_flood_and_disengages_after() {
         "{text}"
     );
     eprintln!(
-        "auto SYN proxy: flood of 2000 SYNs in {flood:?}, {sent} cookie SYN-ACKs, disengaged \
+        "auto SYN proxy, {vip}: flood of 2000 SYNs in {flood:?}, {sent} cookie SYN-ACKs, disengaged \
          {off_after:?} after it"
     );
     d.stop();

@@ -3,7 +3,10 @@
 //! each next to a trivial baseline over the same burst (restore the frames + MAC swap) so the
 //! ratio survives machine noise; and the worker's expiry tick, a fixed cost per millisecond.
 //! Run: `cargo bench -p sluice-dataplane --bench pipeline`; with `SLUICE_BENCH_FLOWS=2000` the
-//! established flows all fit in cache, which separates the work from the memory stalls.
+//! established flows all fit in cache, which separates the work from the memory stalls. With
+//! `SLUICE_BENCH_SYN_PROXY=auto` the frontend's SYN proxy is `auto` with the largest
+//! threshold (never engaged: the established path with the auto mode's counts), and one more
+//! benchmark times the auto mode's census tick over the 1M flows.
 #![allow(missing_docs)] // criterion_group! generates an undocumented function
 
 use std::hint::black_box;
@@ -29,6 +32,16 @@ fn tracked_flows() -> u32 {
         .unwrap_or(1_000_000)
 }
 const LB_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+/// The frontend's SYN proxy: off, or with `SLUICE_BENCH_SYN_PROXY=auto` `auto` at the largest
+/// threshold, which the benchmarks' SYNs never reach.
+fn syn_proxy() -> SynProxy {
+    match std::env::var("SLUICE_BENCH_SYN_PROXY").as_deref() {
+        Ok("auto") => SynProxy::Auto { threshold: 1 << 24 },
+        Ok("off") | Err(_) => SynProxy::Off,
+        Ok(other) => panic!("SLUICE_BENCH_SYN_PROXY={other}: use off or auto"),
+    }
+}
 
 fn snapshot() -> Snapshot {
     let n = 100u32;
@@ -61,7 +74,7 @@ fn snapshot() -> Snapshot {
         source_ranges: vec![],
         flow_limit: None,
         source_flow_limit: None,
-        syn_proxy: SynProxy::Off,
+        syn_proxy: syn_proxy(),
         backends: (0..n).collect(),
         maglev,
     };
@@ -139,6 +152,7 @@ fn bench(c: &mut Criterion) {
     let flows = tracked_flows();
     let snap = snapshot();
     let mut pipe = pipeline(1 << 21);
+    pipe.install_snapshot(&snap);
     // Track 1M flows.
     // SYN then ACK: the flows are established (300 s timeout), as in steady state.
     let mut buf = VecBuf::new(&frame(0, true));
@@ -224,6 +238,7 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(32));
     g.bench_function("nat_syn_flood_full_tables_burst32", |b| {
         let mut flood = pipeline(1 << 20);
+        flood.install_snapshot(&snap);
         let mut buf = VecBuf::new(&syn_tmpl);
         for i in 0..1_100_000u32 {
             buf.reset(&frame(i, true));
@@ -252,6 +267,20 @@ fn bench(c: &mut Criterion) {
             black_box(pipe.expire(3 + bursts, 64))
         })
     });
+    // The auto mode's census, once per millisecond: 2048 forward slots of the 2M-slot table
+    // holding the 1M flows (and whatever the SYN benchmark left), its cost per second of a
+    // core 1000 times this.
+    if matches!(
+        snap.frontends().next().map(|f| f.syn_proxy),
+        Some(SynProxy::Auto { .. })
+    ) {
+        g.bench_function("syn_proxy_census_tick_2048_slots", |b| {
+            b.iter(|| {
+                bursts += 1;
+                pipe.syn_proxy_tick(&snap, 3 + bursts);
+            })
+        });
+    }
     g.finish();
 }
 

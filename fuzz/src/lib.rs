@@ -9,6 +9,8 @@
 //! `fuzz/seeds/` are made with (`cargo run --bin seeds`).
 use std::sync::{Arc, OnceLock};
 
+pub mod raw;
+
 use arbitrary::{Arbitrary, Unstructured};
 use sluice_dataplane::check::{FxMap, Model, Step};
 use sluice_dataplane::conntrack::{ConntrackConfig, Timeouts};
@@ -1174,7 +1176,12 @@ impl World {
         self.reset();
         if cfg!(debug_assertions) && self.runs.is_multiple_of(RESET_CHECK_EVERY) {
             static FRESH: OnceLock<String> = OnceLock::new();
-            let fresh = FRESH.get_or_init(|| World::new().state_dump());
+            // A new world as an input finds it: reset, its snapshot installed.
+            let fresh = FRESH.get_or_init(|| {
+                let mut w = World::new();
+                w.reset();
+                w.state_dump()
+            });
             assert!(
                 self.state_dump() == *fresh,
                 "the reset left state behind: a crash would not reproduce"

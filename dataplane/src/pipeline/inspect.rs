@@ -11,9 +11,10 @@ use crate::snapshot::{Method, Snapshot};
 use crate::stats::WorkerStats;
 
 impl Pipeline {
-    /// Forgets every flow, rewinds the NAT port cursors (as if built with `nat_port_start`
-    /// 0) and counts from now on in `stats`: the pipeline as [`Pipeline::new`] left it,
-    /// without allocating its tables again.
+    /// Forgets every flow and the SYN proxy's `auto` state (engagement, counts: a snapshot
+    /// installed next starts from nothing), rewinds the NAT port cursors (as if built with
+    /// `nat_port_start` 0) and counts from now on in `stats`: the pipeline as
+    /// [`Pipeline::new`] left it, without allocating its tables again.
     pub fn reset(&mut self, stats: Arc<WorkerStats>) {
         self.flows.v4.fwd.clear();
         self.flows.v4.rev.clear();
@@ -24,6 +25,7 @@ impl Pipeline {
         self.ports.rewind();
         self.limits.reset();
         self.burst.clear();
+        self.auto.clear();
         crate::stats::set(
             &stats.ct_capacity,
             (self.flows.v4.fwd.capacity() + self.flows.v6.fwd.capacity()) as u64,
@@ -33,12 +35,12 @@ impl Pipeline {
 
     /// Everything the pipeline holds, written out: its tables' contents ([`Conntrack::dump`]
     /// (crate::conntrack::Conntrack::dump)), counters, NAT port cursors and slice, new-flow
-    /// buckets, burst cache and flow sync state. A pipeline after [`Pipeline::reset`] has the dump of a new one
+    /// buckets, burst cache, flow sync state and the SYN proxy's `auto` state. A pipeline after [`Pipeline::reset`] has the dump of a new one
     /// (the fuzzer's proof that no state leaks from one input into the next).
     pub fn state_dump(&self) -> String {
         let (a, b) = (&self.flows.v4, &self.flows.v6);
         format!(
-            "worker {} of {}\nv4 fwd {}\nv4 rev {}\nv4 aff {}\nv6 fwd {}\nv6 rev {}\nv6 aff {}\nports {:?}\nlimits {}\nstats {:?}\nburst {:?}\nreset_unknown_flows {} sync {} walk {:?}",
+            "worker {} of {}\nv4 fwd {}\nv4 rev {}\nv4 aff {}\nv6 fwd {}\nv6 rev {}\nv6 aff {}\nports {:?}\nlimits {}\nstats {:?}\nburst {:?}\nreset_unknown_flows {} sync {} walk {:?}\nsyn proxy auto {:?}",
             self.worker,
             self.workers,
             a.fwd.dump(),
@@ -54,6 +56,7 @@ impl Pipeline {
             self.reset_unknown_flows,
             self.sync.is_some(),
             self.walk,
+            self.auto,
         )
     }
 

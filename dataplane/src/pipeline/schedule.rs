@@ -179,10 +179,14 @@ impl Pipeline {
                 // A SYN on a closing flow is a new connection on a reused port: it keeps the
                 // old backend only while that backend takes new connections.
                 let reused = old == FlowState::TcpClosing && syn_only(tcp, fl);
+                // A SYN forwarded to a SYN-proxied flow (by an `auto` proxy not engaged) is a
+                // connection of its own, with no sequence offset: it does not keep the entry.
+                let unproxied = v.proxied() && syn_only(tcp, fl);
                 if whole
                     && b.mac.is_some()
                     && (f.method != Method::Nat || v.nat_port != 0)
                     && !(reused && b.state != BackendState::Active)
+                    && !unproxied
                 {
                     if reused {
                         // The old connection ended and a new one began on the same entry.

@@ -90,6 +90,19 @@ pub(super) struct Auto {
     window_start: u32,
 }
 
+impl Auto {
+    /// Forgets every frontend's state, as a new pipeline's (allocations kept; the fuzzer's
+    /// reset).
+    #[cfg(any(test, feature = "check"))]
+    pub(super) fn clear(&mut self) {
+        self.fronts.clear();
+        self.ids.clear();
+        self.counts.clear();
+        self.next = 0;
+        self.window_start = 0;
+    }
+}
+
 impl Pipeline {
     /// Sizes the SYN proxy's per-frontend state for `snap` (the worker calls it when it
     /// installs a snapshot; it allocates). Frontends that stay `auto` keep their state; the
@@ -171,14 +184,21 @@ impl Pipeline {
         }
         let n4 = self.flows.v4.fwd.capacity();
         let n6 = self.flows.v6.fwd.capacity();
+        // Slots `next..end` of the two tables end to end: a piece that crosses from the
+        // IPv4 table into the IPv6 one reads both (an IPv4 table whose size is not a
+        // multiple of the piece, one smaller than it, would otherwise leave IPv6 slots out
+        // of every census).
         let next = self.auto.next;
+        let end = next + CENSUS_SLOTS_PER_TICK;
         if next < n4 {
-            self.census_piece::<[u8; 4]>(snap, next, now_ms);
-        } else {
-            self.census_piece::<[u8; 16]>(snap, next - n4, now_ms);
+            self.census_piece::<[u8; 4]>(snap, next, end.min(n4) - next, now_ms);
+        }
+        if end > n4 {
+            let from = next.max(n4);
+            self.census_piece::<[u8; 16]>(snap, from - n4, end - from, now_ms);
         }
         let a = &mut self.auto;
-        a.next = next + CENSUS_SLOTS_PER_TICK;
+        a.next = end;
         if a.next >= n4 + n6 {
             a.next = 0;
             for &id in &a.ids {
@@ -219,13 +239,19 @@ impl Pipeline {
     }
 
     /// Counts the embryonic entries of `auto` frontends among forward slots
-    /// `start..start + CENSUS_SLOTS_PER_TICK` of family `F`.
-    fn census_piece<F: Family>(&mut self, snap: &Snapshot, start: usize, now_ms: u32) {
+    /// `start..start + count` of family `F`.
+    fn census_piece<F: Family>(
+        &mut self,
+        snap: &Snapshot,
+        start: usize,
+        count: usize,
+        now_ms: u32,
+    ) {
         let t = F::tables(&self.flows);
         let a = &mut self.auto;
         // Entries of one frontend tend to come in runs: its last lookup is reused.
         let mut last: Option<([u8; 16], u16, u8, Option<u32>)> = None;
-        for e in t.fwd.entries_in(start, CENSUS_SLOTS_PER_TICK) {
+        for e in t.fwd.entries_in(start, count) {
             let v = e.value();
             if e.state() != FlowState::TcpSynSent
                 || v.proxied()

@@ -2,7 +2,8 @@
 //! `fuzz/seeds/pipeline/` (their frames, raw). The scenarios follow the golden packet table
 //! (`dataplane/tests/golden.rs`: every method and family, ARP, NDP, ICMP, tags, drops) and
 //! extend it into sequences: replies, retransmissions, clock advances past the timeouts,
-//! drains and removals mid-flow, a burst that exhausts a worker's NAT ports.
+//! drains and removals mid-flow, a burst that exhausts a worker's NAT ports. The raw target
+//! also gets frames of the SYN-proxied flows its prelude establishes (`sluice_fuzz::raw`).
 //!
 //! Run from `fuzz/`: `cargo run --release --bin seeds` (scripts/test does not; the corpus is
 //! kept in the repository).
@@ -358,6 +359,11 @@ fn main() -> std::io::Result<()> {
         }
         let input = Input { ops };
         std::fs::write(flows.join(name), input.encode())?;
+    }
+    // The raw target's SYN proxy frames, for the flows its prelude establishes.
+    for (name, f) in sluice_fuzz::raw::seeds() {
+        std::fs::write(raw.join(name), f)?;
+        frames += 1;
     }
     let _ = LB_MAC;
     println!("seeds: wrote {} and {frames} raw frames", flows.display());

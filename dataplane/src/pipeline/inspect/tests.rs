@@ -8,6 +8,11 @@ use crate::maglev::{MaglevBackend, MaglevTable};
 use crate::snapshot::{Backend, BackendState, FlowLimit, Frontend, Local, Protocol, SynProxy};
 
 fn snap() -> Snapshot {
+    snap_with(SynProxy::Off)
+}
+
+/// [`snap`] with its frontend's SYN proxy set to `syn_proxy`.
+fn snap_with(syn_proxy: SynProxy) -> Snapshot {
     let mb = [MaglevBackend {
         id: "b1",
         weight: 1,
@@ -33,7 +38,7 @@ fn snap() -> Snapshot {
                 rate: 1000,
                 burst: 1000,
             }),
-            syn_proxy: SynProxy::Off,
+            syn_proxy,
             backends: vec![1],
             maglev: Arc::new(MaglevTable::build(&mb, 31, 1).unwrap()),
         }],
@@ -237,5 +242,32 @@ fn reset_leaves_a_new_pipeline() {
     pipe.expire(5000, 4);
     assert_ne!(pipe.state_dump(), fresh);
     pipe.reset(Arc::new(WorkerStats::new(16)));
+    assert_eq!(pipe.state_dump(), fresh);
+}
+
+/// A reset forgets the SYN proxy's `auto` state: an engaged frontend is not engaged in the
+/// next input once the snapshot is installed again (`install_snapshot` keeps the state of a
+/// frontend that stays `auto`, so a reset that left it made the fuzzer's inputs depend on the
+/// one before), and the dump shows the state.
+#[test]
+fn reset_forgets_the_syn_proxy_auto_state() {
+    let s = snap_with(SynProxy::Auto { threshold: 2 });
+    let mut fresh = pipeline();
+    fresh.install_snapshot(&s);
+    let fresh = fresh.state_dump();
+    let mut pipe = pipeline();
+    pipe.install_snapshot(&s);
+    assert_eq!(pipe.state_dump(), fresh);
+    for i in 0..2u16 {
+        let mut b = VecBuf::new(&tcp([10, 9, 9, 9], [192, 0, 2, 1], 40000 + i, 80, 0x02));
+        assert_eq!(pipe.process(&s, &mut b, 10), Verdict::Tx);
+    }
+    pipe.syn_proxy_tick(&s, 11);
+    assert!(pipe.syn_proxy_engaged(0));
+    pipe.reset(Arc::new(WorkerStats::new(16)));
+    // Still engaged with its tables empty: the dump must tell (it did not).
+    pipe.install_snapshot(&s);
+    assert!(!pipe.syn_proxy_engaged(0), "engaged across a reset");
+    assert_eq!(pipe.syn_proxy_pressure(0), 0);
     assert_eq!(pipe.state_dump(), fresh);
 }
