@@ -322,6 +322,57 @@ pub fn serves(cfg: &Config, svc: &Service) -> bool {
         }
 }
 
+/// A Service annotation whose invalid value keeps its last valid one in force (a typo must
+/// not turn a flood defence off): its name, the configuration key it overrides, and how to
+/// write it.
+struct Sticky {
+    /// The annotation.
+    name: &'static str,
+    /// The configuration key whose value applies when the annotation has never been valid.
+    key: &'static str,
+    /// What a valid value looks like, for the problem report.
+    hint: &'static str,
+}
+
+impl Sticky {
+    /// Applies the annotation of `svc`, parsed by `parse`, to `value` (the configured default
+    /// on entry): a valid value is used and recorded in `good`; an invalid one is reported in
+    /// `probs` and `kept`, the last valid value, is used if there is one; no annotation
+    /// clears `good`.
+    fn apply<T: Copy>(
+        &self,
+        svc: &Service,
+        (value, good, kept): (&mut T, &mut Option<T>, Option<T>),
+        parse: impl Fn(&str) -> Result<T, String>,
+        describe: impl Fn(&T) -> String,
+        probs: &mut Vec<String>,
+    ) {
+        let Some(v) = svc.annotations.get(self.name) else {
+            *good = None;
+            return;
+        };
+        match parse(v) {
+            Ok(x) => {
+                *value = x;
+                *good = Some(x);
+            }
+            Err(e) => {
+                let using = match kept {
+                    Some(x) => {
+                        *value = x;
+                        format!("keeping its last valid value, {}", describe(&x))
+                    }
+                    None => format!("using {}: {}", self.key, describe(value)),
+                };
+                probs.push(format!(
+                    "annotation {}: {v:?}: {e}; {} ({using})",
+                    self.name, self.hint
+                ));
+            }
+        }
+    }
+}
+
 /// The Service's settings after its annotations, and the last valid values of its new-flow
 /// limit annotations (`last`, updated): an invalid value keeps the last valid one in force.
 pub(super) fn service_settings(
@@ -342,94 +393,66 @@ pub(super) fn service_settings(
         syn_proxy_threshold: cfg.forwarding.syn_proxy_auto_threshold,
     };
     let mut good = last;
-    for (name, key, default, slot, kept) in [
+    let limit_hint = "write new flows per second as RATE or RATE,BURST, e.g. \"1000\" or \
+                      \"1000,5000\", or \"0\" for no limit";
+    Sticky {
+        name: ANNOTATION_FLOW_LIMIT,
+        key: "limits.new_flows_per_vip",
+        hint: limit_hint,
+    }
+    .apply(
+        svc,
+        (&mut s.flow_limit, &mut good.vip, last.vip),
+        |v| RateBurst::parse(v).map_err(|e| e.to_string()),
+        |l| l.describe(),
+        probs,
+    );
+    Sticky {
+        name: ANNOTATION_SOURCE_FLOW_LIMIT,
+        key: "limits.new_flows_per_source",
+        hint: limit_hint,
+    }
+    .apply(
+        svc,
+        (&mut s.source_flow_limit, &mut good.source, last.source),
+        |v| RateBurst::parse(v).map_err(|e| e.to_string()),
+        |l| l.describe(),
+        probs,
+    );
+    Sticky {
+        name: ANNOTATION_SYN_PROXY,
+        key: "forwarding.syn_proxy",
+        hint: "write \"on\", \"off\" or \"auto\"",
+    }
+    .apply(
+        svc,
+        (&mut s.syn_proxy, &mut good.syn_proxy, last.syn_proxy),
+        |v| SynProxyMode::parse(v).ok_or_else(|| "unknown value".to_owned()),
+        |m| m.name().to_owned(),
+        probs,
+    );
+    Sticky {
+        name: ANNOTATION_SYN_PROXY_THRESHOLD,
+        key: "forwarding.syn_proxy_auto_threshold",
+        hint: "write the embryonic flows per worker that engage the auto SYN proxy, e.g. \"256\"",
+    }
+    .apply(
+        svc,
         (
-            ANNOTATION_FLOW_LIMIT,
-            "limits.new_flows_per_vip",
-            &mut s.flow_limit,
-            &mut good.vip,
-            last.vip,
+            &mut s.syn_proxy_threshold,
+            &mut good.syn_proxy_threshold,
+            last.syn_proxy_threshold,
         ),
-        (
-            ANNOTATION_SOURCE_FLOW_LIMIT,
-            "limits.new_flows_per_source",
-            &mut s.source_flow_limit,
-            &mut good.source,
-            last.source,
-        ),
-    ] {
-        let Some(v) = svc.annotations.get(name) else {
-            *slot = None;
-            continue;
-        };
-        match RateBurst::parse(v) {
-            Ok(l) => {
-                *default = l;
-                *slot = Some(l);
-            }
-            Err(e) => {
-                let using = match kept {
-                    Some(l) => {
-                        *default = l;
-                        format!("keeping its last valid value, {}", l.describe())
-                    }
-                    None => format!("using {key}: {}", default.describe()),
-                };
-                probs.push(format!(
-                    "annotation {name}: {v:?}: {e}; write new flows per second as RATE or \
-                     RATE,BURST, e.g. \"1000\" or \"1000,5000\", or \"0\" for no limit ({using})"
-                ));
-            }
-        }
-    }
-    match svc.annotations.get(ANNOTATION_SYN_PROXY) {
-        None => good.syn_proxy = None,
-        Some(v) => match SynProxyMode::parse(v) {
-            Some(m) => {
-                s.syn_proxy = m;
-                good.syn_proxy = Some(m);
-            }
-            None => {
-                let using = match last.syn_proxy {
-                    Some(m) => {
-                        s.syn_proxy = m;
-                        format!("keeping its last valid value, {}", m.name())
-                    }
-                    None => format!("using forwarding.syn_proxy: {}", s.syn_proxy.name()),
-                };
-                probs.push(format!(
-                    "annotation {ANNOTATION_SYN_PROXY}: {v:?}: unknown value; write \"on\", \
-                     \"off\" or \"auto\" ({using})"
-                ));
-            }
+        |v| {
+            v.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|t| (2..=MAX_SYN_PROXY_AUTO_THRESHOLD).contains(t))
+                .ok_or_else(|| format!("not a number from 2 to {MAX_SYN_PROXY_AUTO_THRESHOLD}"))
         },
-    }
-    match svc.annotations.get(ANNOTATION_SYN_PROXY_THRESHOLD) {
-        None => good.syn_proxy_threshold = None,
-        Some(v) => match v.trim().parse::<u32>() {
-            Ok(t) if (2..=MAX_SYN_PROXY_AUTO_THRESHOLD).contains(&t) => {
-                s.syn_proxy_threshold = t;
-                good.syn_proxy_threshold = Some(t);
-            }
-            _ => {
-                let using = match last.syn_proxy_threshold {
-                    Some(t) => {
-                        s.syn_proxy_threshold = t;
-                        format!("keeping its last valid value, {t}")
-                    }
-                    None => format!(
-                        "using forwarding.syn_proxy_auto_threshold: {}",
-                        s.syn_proxy_threshold
-                    ),
-                };
-                probs.push(format!(
-                    "annotation {ANNOTATION_SYN_PROXY_THRESHOLD}: {v:?}: not a number from 2 to \
-                     {MAX_SYN_PROXY_AUTO_THRESHOLD}; write the embryonic flows per worker that \
-                     engage the auto SYN proxy, e.g. \"256\" ({using})"
-                ));
-            }
-        },
-    }
+        |t| t.to_string(),
+        probs,
+    );
     if let Some(v) = svc.annotations.get(ANNOTATION_BACKEND_WEIGHTS) {
         match parse_weights(v) {
             Ok(w) => s.weights = w,
