@@ -27,14 +27,7 @@ fn syn_proxy_opens_backend_connections_only_for_real_clients() {
     let counters = SynCounters::install();
     let d = Sluiced::start(&s);
     let before: u64 = counters.read().values().sum();
-    let cookies = |k: &str| -> u64 {
-        let (_, w) = curl_api(&s, "GET", "/v1/workers");
-        w.as_array()
-            .unwrap()
-            .iter()
-            .map(|w| w[k].as_u64().unwrap())
-            .sum()
-    };
+    let cookies = |k: &str| worker_total(&s, k);
     let valid0 = cookies("syn_cookies_valid");
     let t = Instant::now();
     let (b4, e4) = http("sl-c1", 20, &format!("http://{VIP4}/"));
@@ -130,14 +123,7 @@ fn syn_proxy_auto_flood(name: &str, vip: &str) {
     );
     std::fs::write(&cfg, t).unwrap();
     let mut d = Sluiced::start(&s);
-    let workers = |k: &str| -> u64 {
-        let (_, w) = curl_api(&s, "GET", "/v1/workers");
-        w.as_array()
-            .unwrap()
-            .iter()
-            .map(|w| w[k].as_u64().unwrap())
-            .sum()
-    };
+    let workers = |k: &str| worker_total(&s, k);
     let sent0 = workers("syn_cookies_sent");
     let (b, e) = http("sl-c1", 10, &url);
     assert_eq!(e, 0, "{b:?}");

@@ -41,7 +41,10 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, SocketAddr};
 
-use crate::pipeline::{syn_cookie, CookieData, CookieKey, Pipeline, Verdict, SYN_PROXY_WSCALE};
+use crate::conntrack::FlowState;
+use crate::pipeline::{
+    syn_cookie, CookieData, CookieKey, Fwd, Pipeline, Verdict, SYN_PROXY_WSCALE,
+};
 use crate::snapshot::{Backend, BackendState, Frontend, Method, Snapshot, SynProxy};
 use crate::stats::DropReason;
 use crate::wire::parse::{parse, Fragment, Parsed, L3};
@@ -111,6 +114,18 @@ impl Tuple {
         } else {
             IpAddr::from([a[0], a[1], a[2], a[3]])
         }
+    }
+
+    /// The forward entry `pipe` holds for this tuple (under hash seed `seed`), if any.
+    fn flow_in(&self, pipe: &Pipeline, seed: u64) -> Option<(Fwd, FlowState, u32)> {
+        pipe.find_flow(
+            seed,
+            self.ip(&self.src),
+            self.ip(&self.dst),
+            self.sport,
+            self.dport,
+            self.proto,
+        )
     }
 }
 
@@ -618,15 +633,7 @@ impl Model {
             if w != s.worker {
                 continue;
             }
-            let found = pipe.find_flow(
-                s.snap.hash_seed,
-                t.ip(&t.src),
-                t.ip(&t.dst),
-                t.sport,
-                t.dport,
-                t.proto,
-            );
-            if found.is_some() {
+            if t.flow_in(pipe, s.snap.hash_seed).is_some() {
                 return Err(format!(
                     "the SYN proxy answered or refused {t:?}, yet worker {w} holds its flow"
                 ));
@@ -643,14 +650,7 @@ impl Model {
             .collect();
         for (w, t) in mine {
             self.dropped.remove(&(w, t));
-            if let Some((fwd, _, _)) = pipe.find_flow(
-                s.snap.hash_seed,
-                t.ip(&t.src),
-                t.ip(&t.dst),
-                t.sport,
-                t.dport,
-                t.proto,
-            ) {
+            if let Some((fwd, _, _)) = t.flow_in(pipe, s.snap.hash_seed) {
                 self.flows.insert(
                     (w, t),
                     Seen {

@@ -86,12 +86,9 @@ fn proxied_connection(fam: &Fam, count_before: u64) {
 
     // 2. An ACK whose cookie does not verify opens nothing and is not answered.
     let ack = Seg {
-        seq: 1001,
-        ack: c.wrapping_add(1),
-        flags: ACK,
         window: 502,
         opts: &[],
-        ..base
+        ..cookie_ack(base, c)
     };
     for bad in [c.wrapping_add(2), c ^ 0x100, c ^ 0x8000_0000] {
         run(
@@ -696,12 +693,7 @@ fn a_cookie_from_another_host_with_the_same_key_is_honoured() {
         &bare_syn(5555, 900),
     );
     let c = cookie_for(&mut a, &snap, &syn);
-    let ack = Seg {
-        seq: 901,
-        ack: c.wrapping_add(1),
-        flags: ACK,
-        ..bare_syn(5555, 900)
-    };
+    let ack = cookie_ack(bare_syn(5555, 900), c);
     let f = frame(CLIENT_MAC, LB_MAC, fam.client, fam.vip, &ack);
     let mut buf = VecBuf::new(&f);
     assert_eq!(b.process(&snap, &mut buf, NOW + 1_000), Verdict::Tx);

@@ -185,12 +185,7 @@ fn auto_engages_past_threshold_and_honours_cookies_after() {
     assert_eq!(stats.frontends[0].syn_proxy_engaged.load(Relaxed), 0);
     assert_eq!(pipe.embryonic_flows(&snap, 0, now), 0);
     // The cookie ACK of the handshake begun while engaged opens a backend connection.
-    let ack = Seg {
-        seq: 42,
-        ack: c.wrapping_add(1),
-        flags: ACK,
-        ..bare_syn(3000, 41)
-    };
+    let ack = cookie_ack(bare_syn(3000, 41), c);
     let f = frame(CLIENT_MAC, LB_MAC, fam.client, fam.vip, &ack);
     let mut b = VecBuf::new(&f);
     assert_eq!(pipe.process(&snap, &mut b, now), Verdict::Tx);

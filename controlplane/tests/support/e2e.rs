@@ -245,3 +245,13 @@ pub fn metrics_text(d: &Sluiced) -> String {
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Worker counter `k` summed over the workers (`GET /v1/workers`).
+pub fn worker_total(s: &Setup, k: &str) -> u64 {
+    let (_, w) = curl_api(s, "GET", "/v1/workers");
+    w.as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w[k].as_u64().unwrap())
+        .sum()
+}

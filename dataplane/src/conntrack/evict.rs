@@ -18,9 +18,11 @@ enum Full {
 }
 
 impl<K: FlowKey, V: Copy> Conntrack<K, V> {
-    /// [`Conntrack::insert`] when both buckets are full: reuse an expired slot of either,
-    /// else move an entry to its other bucket if that has room, else evict the lowest-ranked
-    /// of the two buckets (or refuse an embryonic entry; see [`Conntrack::insert`]).
+    /// [`Conntrack::insert`] when both buckets are full: a flagged embryonic entry if one
+    /// is still embryonic, else an expired slot of either bucket (reused), else an entry
+    /// moved to its other bucket if that has room, else the flagged entry or the
+    /// lowest-ranked of the two buckets evicted (or an embryonic newcomer refused; see
+    /// [`Conntrack::insert`]).
     #[inline(never)]
     pub(super) fn insert_full(
         &mut self,
@@ -202,8 +204,8 @@ impl<K: FlowKey, V: Copy> Conntrack<K, V> {
         if free_lanes(&self.tags[b1]) | free_lanes(&self.tags[b2]) != 0 {
             return None;
         }
-        let tag = stored_tag(tag_of(hash), state);
-        let (flagged, _) = self.flagged_victim(b1, b2, tag, now_ms);
+        // The flag does not change the order (its bit is a multiple of 16).
+        let (flagged, _) = self.flagged_victim(b1, b2, tag_of(hash), now_ms);
         match flagged.unwrap_or_else(|| self.scan_full(b1, b2, now_ms)) {
             Full::Victim(i, rank)
                 if !(rank == Rank::Established && Rank::of(state) == Rank::Embryonic) =>

@@ -199,6 +199,17 @@ pub fn bare_syn(sport: u16, seq: u32) -> Seg<'static> {
     }
 }
 
+/// The client's ACK of cookie `c` answering `syn`: its next sequence number, `c + 1`
+/// acknowledged, the rest (window, options) as in the SYN.
+pub fn cookie_ack(syn: Seg<'_>, c: u32) -> Seg<'_> {
+    Seg {
+        seq: syn.seq.wrapping_add(1),
+        ack: c.wrapping_add(1),
+        flags: ACK,
+        ..syn
+    }
+}
+
 /// Sends the SYN frame `syn` and returns the cookie of the SYN-ACK it is answered with.
 pub fn cookie_for(pipe: &mut Pipeline, snap: &Snapshot, syn: &[u8]) -> u32 {
     let mut b = VecBuf::new(syn);
@@ -219,12 +230,7 @@ pub fn handshake_to_backend(
     let client = |s: &Seg<'_>| frame(CLIENT_MAC, LB_MAC, fam.client, fam.vip, s);
     let syn = bare_syn(sport, isn);
     let c = cookie_for(pipe, snap, &client(&syn));
-    let ack = Seg {
-        seq: isn.wrapping_add(1),
-        ack: c.wrapping_add(1),
-        flags: ACK,
-        ..syn
-    };
+    let ack = cookie_ack(syn, c);
     let mut b = VecBuf::new(&client(&ack));
     assert_eq!(pipe.process(snap, &mut b, NOW), Verdict::Tx);
     c
@@ -255,12 +261,9 @@ pub fn proxied_handshake(pipe: &mut Pipeline, snap: &Snapshot) -> (Vec<u8>, Vec<
     let c = u32::from_be_bytes(out[38..42].try_into().unwrap());
     assert_eq!(c, handshake_cookie());
     let ack = Seg {
-        seq: 1001,
-        ack: c.wrapping_add(1),
-        flags: ACK,
         window: 502,
         opts: &[],
-        ..syn
+        ..cookie_ack(syn, c)
     };
     let (v, out) = through(pipe, snap, &client(&ack), NOW);
     assert_eq!((v, &out[0..6]), (Verdict::Tx, &bm[..]), "the backend's SYN");
